@@ -1,0 +1,361 @@
+//! The GOPROXY protocol request, parsed once from the URL path.
+//!
+//! Every endpoint of <https://go.dev/ref/mod#goproxy-protocol> is a variant of
+//! [`Request`]. Parsing checks module paths and versions with the rules of
+//! [`crate::module`], so nothing a client sends can name a file outside the
+//! store: no `..`, no empty elements, no backslashes, no NUL, no
+//! percent-encoded separators.
+
+use crate::module::{self, ModulePath, PathError, Version};
+use crate::semver;
+
+/// What a client asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `<module>/@v/list`
+    List(ModulePath),
+    /// `<module>/@latest`
+    Latest(ModulePath),
+    /// `<module>/@v/<version>.info` for a canonical version.
+    Info(ModulePath, Version),
+    /// `<module>/@v/<query>.info` for a branch, commit or non-canonical version.
+    Query(ModulePath, Version),
+    /// `<module>/@v/<version>.mod`
+    Mod(ModulePath, Version),
+    /// `<module>/@v/<version>.zip`
+    Zip(ModulePath, Version),
+    /// `sumdb/<name>/...`
+    SumDb { name: String, kind: SumDbKind, rest: String },
+}
+
+/// The parts of the checksum-database protocol a proxy passes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SumDbKind {
+    Supported,
+    Latest,
+    Lookup,
+    Tile,
+}
+
+/// Request kinds, for the policy table, metrics and content types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    List,
+    Latest,
+    Info,
+    Query,
+    Mod,
+    Zip,
+    SumDbSupported,
+    SumDbLatest,
+    SumDbLookup,
+    SumDbTile,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 10] = [
+        Kind::List,
+        Kind::Latest,
+        Kind::Info,
+        Kind::Query,
+        Kind::Mod,
+        Kind::Zip,
+        Kind::SumDbSupported,
+        Kind::SumDbLatest,
+        Kind::SumDbLookup,
+        Kind::SumDbTile,
+    ];
+
+    /// A short stable name, used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::List => "list",
+            Kind::Latest => "latest",
+            Kind::Info => "info",
+            Kind::Query => "query",
+            Kind::Mod => "mod",
+            Kind::Zip => "zip",
+            Kind::SumDbSupported => "sumdb_supported",
+            Kind::SumDbLatest => "sumdb_latest",
+            Kind::SumDbLookup => "sumdb_lookup",
+            Kind::SumDbTile => "sumdb_tile",
+        }
+    }
+
+    /// The `Content-Type` of a successful answer.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Kind::Info | Kind::Query | Kind::Latest => "application/json",
+            Kind::Zip => "application/zip",
+            Kind::SumDbTile => "application/octet-stream",
+            _ => "text/plain; charset=utf-8",
+        }
+    }
+}
+
+/// Why a path was refused. Each variant has one HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("bad request path: {0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// A well-formed version that cannot exist for this module path
+    /// (`v2.0.0` of a path without `/v2`): the version is simply not there.
+    #[error("not found: {module}@{version}: invalid version: {reason}")]
+    ImpossibleVersion { module: String, version: String, reason: String },
+}
+
+impl RequestError {
+    pub fn status(&self) -> u16 {
+        match self {
+            RequestError::ImpossibleVersion { .. } => 404,
+            _ => 400,
+        }
+    }
+}
+
+fn malformed(msg: impl Into<String>) -> RequestError {
+    RequestError::Malformed(msg.into())
+}
+
+/// Decodes percent-escapes, refusing any that would hide a separator, a dot,
+/// a control byte or non-ASCII: the GOPROXY protocol never needs them, so
+/// they can only be tricks.
+fn percent_decode(path: &str) -> Result<String, RequestError> {
+    if !path.contains('%') {
+        return Ok(path.to_string());
+    }
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = path.get(i + 1..i + 3).ok_or_else(|| malformed("truncated percent-escape"))?;
+            let b = u8::from_str_radix(hex, 16).map_err(|_| malformed("invalid percent-escape"))?;
+            if !(b.is_ascii_alphanumeric() || b"!+-_~@".contains(&b)) {
+                return Err(malformed(format!("percent-escape %{hex} is not allowed")));
+            }
+            out.push(b as char);
+            i += 3;
+        } else {
+            out.push(bytes[i] as char);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+impl Request {
+    /// Parses a URL path such as `/github.com/!azure/sdk/@v/v1.2.3.zip`.
+    /// A query string must already be stripped.
+    pub fn parse(raw: &str) -> Result<Request, RequestError> {
+        if raw.len() > 4096 {
+            return Err(malformed("path too long"));
+        }
+        if raw.bytes().any(|b| b == 0 || b == b'\\' || !(0x20..0x7f).contains(&b)) {
+            return Err(malformed("path has a NUL, backslash, control or non-ASCII byte"));
+        }
+        let decoded = percent_decode(raw)?;
+        let path = decoded.strip_prefix('/').ok_or_else(|| malformed("path must start with /"))?;
+        if path.split('/').any(|e| e.is_empty() || e == "." || e == "..") {
+            return Err(malformed("empty, '.' or '..' path element"));
+        }
+        if let Some(rest) = path.strip_prefix("sumdb/") {
+            return parse_sumdb(rest);
+        }
+        if let Some(module) = path.strip_suffix("/@latest") {
+            return Ok(Request::Latest(ModulePath::from_escaped(module)?));
+        }
+        let (module, file) = path.rsplit_once("/@v/").ok_or_else(|| malformed("expected /@v/ or /@latest"))?;
+        let module = ModulePath::from_escaped(module)?;
+        if file == "list" {
+            return Ok(Request::List(module));
+        }
+        let (ver, ext) = file.rsplit_once('.').ok_or_else(|| malformed(format!("unknown file {file:?}")))?;
+        let version = Version::from_escaped(ver)?;
+        let canonical = version.is_canonical();
+        let check_major = |version: &Version| -> Result<(), RequestError> {
+            module::check_path_major(version.as_str(), module.major_suffix()).map_err(|reason| {
+                RequestError::ImpossibleVersion {
+                    module: module.to_string(),
+                    version: version.to_string(),
+                    reason,
+                }
+            })
+        };
+        match ext {
+            "info" if canonical => {
+                check_major(&version)?;
+                Ok(Request::Info(module, version))
+            }
+            "info" => Ok(Request::Query(module, version)),
+            "mod" | "zip" if !canonical => Err(malformed(format!(
+                "version {version:?} is not canonical (want {:?})",
+                semver::canonical_module_version(version.as_str()).unwrap_or_default()
+            ))),
+            "mod" | "zip" => {
+                check_major(&version)?;
+                Ok(if ext == "mod" { Request::Mod(module, version) } else { Request::Zip(module, version) })
+            }
+            _ => Err(malformed(format!("unknown file extension {ext:?}"))),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Request::List(_) => Kind::List,
+            Request::Latest(_) => Kind::Latest,
+            Request::Info(..) => Kind::Info,
+            Request::Query(..) => Kind::Query,
+            Request::Mod(..) => Kind::Mod,
+            Request::Zip(..) => Kind::Zip,
+            Request::SumDb { kind, .. } => match kind {
+                SumDbKind::Supported => Kind::SumDbSupported,
+                SumDbKind::Latest => Kind::SumDbLatest,
+                SumDbKind::Lookup => Kind::SumDbLookup,
+                SumDbKind::Tile => Kind::SumDbTile,
+            },
+        }
+    }
+
+    pub fn module(&self) -> Option<&ModulePath> {
+        match self {
+            Request::List(m) | Request::Latest(m) => Some(m),
+            Request::Info(m, _) | Request::Query(m, _) | Request::Mod(m, _) | Request::Zip(m, _) => Some(m),
+            Request::SumDb { .. } => None,
+        }
+    }
+
+    pub fn version(&self) -> Option<&Version> {
+        match self {
+            Request::Info(_, v) | Request::Query(_, v) | Request::Mod(_, v) | Request::Zip(_, v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The escaped path relative to a GOPROXY root, without a leading `/`.
+    /// It is the key of the artifact in every store and cache, and the path
+    /// asked of upstream proxies.
+    pub fn key(&self) -> String {
+        match self {
+            Request::List(m) => format!("{}/@v/list", m.escaped()),
+            Request::Latest(m) => format!("{}/@latest", m.escaped()),
+            Request::Info(m, v) | Request::Query(m, v) => format!("{}/@v/{}.info", m.escaped(), v.escaped()),
+            Request::Mod(m, v) => format!("{}/@v/{}.mod", m.escaped(), v.escaped()),
+            Request::Zip(m, v) => format!("{}/@v/{}.zip", m.escaped(), v.escaped()),
+            Request::SumDb { name, rest, .. } => format!("sumdb/{name}/{rest}"),
+        }
+    }
+}
+
+fn parse_sumdb(path: &str) -> Result<Request, RequestError> {
+    let (name, rest) = path.split_once('/').ok_or_else(|| malformed("sumdb path needs a name and an endpoint"))?;
+    // A checksum database name is a host name, optionally with a path.
+    if !name.contains('.') || !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-') {
+        return Err(malformed(format!("invalid checksum database name {name:?}")));
+    }
+    let kind = if rest == "supported" {
+        SumDbKind::Supported
+    } else if rest == "latest" {
+        SumDbKind::Latest
+    } else if let Some(lookup) = rest.strip_prefix("lookup/") {
+        let (m, v) = lookup.rsplit_once('@').ok_or_else(|| malformed("sumdb lookup needs module@version"))?;
+        ModulePath::from_escaped(m)?;
+        Version::from_escaped(v)?;
+        SumDbKind::Lookup
+    } else if let Some(tile) = rest.strip_prefix("tile/") {
+        // tile/H/L/NNN[/xNNN...][.p/W] or tile/H/data/...: digits, 'x', 'p', '.', 'data'.
+        if !tile.split('/').all(|e| e == "data" || e.bytes().all(|c| c.is_ascii_digit() || c == b'x' || c == b'.' || c == b'p')) {
+            return Err(malformed(format!("invalid tile path {tile:?}")));
+        }
+        SumDbKind::Tile
+    } else {
+        return Err(malformed(format!("unknown sumdb endpoint {rest:?}")));
+    };
+    Ok(Request::SumDb { name: name.to_string(), kind, rest: rest.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_endpoint() {
+        let cases = [
+            ("/github.com/!azure/go/@v/list", Kind::List, "github.com/!azure/go/@v/list"),
+            ("/example.com/m/@latest", Kind::Latest, "example.com/m/@latest"),
+            ("/example.com/m/@v/v1.2.3.info", Kind::Info, "example.com/m/@v/v1.2.3.info"),
+            ("/example.com/m/@v/master.info", Kind::Query, "example.com/m/@v/master.info"),
+            ("/example.com/m/@v/v1.2.info", Kind::Query, "example.com/m/@v/v1.2.info"),
+            ("/example.com/m/@v/v1.0.0-!r!c1.mod", Kind::Mod, "example.com/m/@v/v1.0.0-!r!c1.mod"),
+            ("/example.com/m/@v/v3.0.0+incompatible.zip", Kind::Zip, "example.com/m/@v/v3.0.0+incompatible.zip"),
+            ("/example.com/m/v2/@v/v2.0.1.zip", Kind::Zip, "example.com/m/v2/@v/v2.0.1.zip"),
+            ("/gopkg.in/yaml.v2/@v/v2.4.0.mod", Kind::Mod, "gopkg.in/yaml.v2/@v/v2.4.0.mod"),
+            ("/example.com/m/@v/v3.0.0%2Bincompatible.zip", Kind::Zip, "example.com/m/@v/v3.0.0+incompatible.zip"),
+            ("/sumdb/sum.golang.org/supported", Kind::SumDbSupported, "sumdb/sum.golang.org/supported"),
+            ("/sumdb/sum.golang.org/latest", Kind::SumDbLatest, "sumdb/sum.golang.org/latest"),
+            ("/sumdb/sum.golang.org/lookup/example.com/m@v1.0.0", Kind::SumDbLookup, "sumdb/sum.golang.org/lookup/example.com/m@v1.0.0"),
+            ("/sumdb/sum.golang.org/tile/8/0/x001/234.p/5", Kind::SumDbTile, "sumdb/sum.golang.org/tile/8/0/x001/234.p/5"),
+            ("/sumdb/sum.golang.org/tile/8/data/000", Kind::SumDbTile, "sumdb/sum.golang.org/tile/8/data/000"),
+        ];
+        for (path, kind, key) in cases {
+            let r = Request::parse(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(r.kind(), kind, "{path}");
+            assert_eq!(r.key(), key, "{path}");
+        }
+        let r = Request::parse("/github.com/!azure/go/@v/v1.0.0-!r!c1.info").expect("valid");
+        assert_eq!(r.module().map(|m| m.as_str()), Some("github.com/Azure/go"));
+        assert_eq!(r.version().map(|v| v.as_str()), Some("v1.0.0-RC1"));
+    }
+
+    #[test]
+    fn refuses_malformed_and_tricks_with_400() {
+        for path in [
+            "",
+            "no-slash",
+            "/",
+            "/example.com/m",
+            "/example.com/m/@v/",
+            "/example.com/m/@v/v1.0.0",
+            "/example.com/m/@v/v1.0.0.tar",
+            "/example.com/../etc/@v/list",
+            "/example.com/./m/@v/list",
+            "/example.com//m/@v/list",
+            "/example.com/m/@v/..info",
+            "/example.com/m/@v/../../x.info",
+            "/example.com\\m/@v/list",
+            "/example.com/m\0/@v/list",
+            "/example.com/%2e%2e/@v/list",
+            "/example.com/m%2F..%2F../@v/list",
+            "/example.com/m/@v/v1.0.0%00.zip",
+            "/example.com/m/@v/%zz.info",
+            "/example.com/m/@v/v1.0.0.%",
+            "/Example.com/m/@v/list",
+            "/github.com/!!x/@v/list",
+            "/example.com/m/@v/v1.0.mod",
+            "/example.com/m/@v/master.zip",
+            "/example.com/m/@v/v1.0.0+meta.zip",
+            "/example.com/m/@v/a!.info",
+            "/sumdb/sum.golang.org/bogus",
+            "/sumdb/../supported",
+            "/sumdb/sum.golang.org/tile/8/0/../../x",
+            "/sumdb/sum.golang.org/lookup/nodot",
+            "/example.com/ünïcode/@v/list",
+        ] {
+            match Request::parse(path) {
+                Err(e) => assert_eq!(e.status(), 400, "{path}: {e}"),
+                Ok(r) => panic!("{path:?} parsed as {r:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn impossible_major_is_404() {
+        let e = Request::parse("/example.com/m/@v/v2.0.0.zip").expect_err("v2 without /v2");
+        assert_eq!(e.status(), 404);
+        let e = Request::parse("/example.com/m/v2/@v/v1.0.0.mod").expect_err("v1 with /v2");
+        assert_eq!(e.status(), 404);
+        assert!(Request::parse("/example.com/m/@v/v2.0.0+incompatible.zip").is_ok());
+    }
+}
