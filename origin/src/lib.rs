@@ -1,1 +1,120 @@
-pub fn x(){}
+//! modcdn-origin: the second tier. It answers the GOPROXY protocol from its
+//! durable store, pulls what it lacks from the upstream chain (once per
+//! artifact, however many clients ask), validates it, stores it atomically,
+//! and serves it.
+//!
+//! It must never store or serve an artifact that failed validation or was
+//! cut short, and never turn an upstream failure into a cached "not found".
+//! The request flow is `serve.rs`, top-down.
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod negative;
+pub mod pull;
+pub mod serve;
+pub mod singleflight;
+pub mod store;
+pub mod upstream;
+pub mod validate;
+
+use std::future::{Future, IntoFuture};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use modcdn_shared::policy::Ttls;
+use tokio::net::TcpListener;
+
+use crate::config::OriginConfig;
+use crate::error::OriginError;
+use crate::store::{DiskStore, Store};
+use crate::upstream::{Chain, Upstream};
+
+/// Everything a request needs, shared by all of them.
+pub struct Origin {
+    pub store: Arc<dyn Store>,
+    pub upstream: Upstream,
+    pub flights: singleflight::Group<Result<(), OriginError>>,
+    pub negative: negative::NegativeCache,
+    pub metrics: metrics::Metrics,
+    pub ttls: Ttls,
+    ready: AtomicBool,
+}
+
+impl Origin {
+    /// Builds the node from a validated config: opens the store (cleaning
+    /// leftovers of a crash) and the upstream client.
+    pub fn new(config: &OriginConfig) -> Result<Arc<Origin>, String> {
+        let store = DiskStore::open(&config.store_dir).map_err(|e| format!("store_dir {}: {e}", config.store_dir.display()))?;
+        let chain = Chain::parse(&config.upstream).map_err(|e| format!("upstream: {e}"))?;
+        let origin = Origin {
+            store: Arc::new(store),
+            upstream: Upstream::new(chain, &config.http)?,
+            flights: singleflight::Group::default(),
+            negative: negative::NegativeCache::new(config.negative_cache_entries),
+            metrics: metrics::Metrics::new(),
+            ttls: config.ttls(),
+            ready: AtomicBool::new(true),
+        };
+        origin.refresh_store_gauges();
+        Ok(Arc::new(origin))
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn refresh_store_gauges(&self) {
+        let (objects, bytes) = self.store.usage();
+        self.metrics.store_objects.set(objects);
+        self.metrics.store_bytes.set(bytes);
+    }
+}
+
+/// Serves on `listener` until `shutdown` completes, then stops accepting,
+/// reports not-ready, and lets in-flight requests finish within `grace`.
+pub async fn serve_until(
+    origin: Arc<Origin>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let app = serve::router(Arc::clone(&origin));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let o = Arc::clone(&origin);
+    tokio::spawn(async move {
+        shutdown.await;
+        o.ready.store(false, Ordering::Relaxed);
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stop_tx.send(true);
+    });
+    let mut rx = stop_rx.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = rx.wait_for(|s| *s).await;
+    });
+    let mut rx = stop_rx;
+    tokio::select! {
+        r = server.into_future() => r,
+        _ = async { let _ = rx.wait_for(|s| *s).await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "grace period over; exiting with requests still in flight");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

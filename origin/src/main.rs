@@ -1,1 +1,82 @@
-fn main(){}
+//! `modcdn-origin serve [--config FILE]`: load config, build, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use modcdn_origin::config::OriginConfig;
+
+#[derive(Parser)]
+#[command(version, about = "modcdn origin node: a GOPROXY that pulls, verifies and stores modules")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the GOPROXY protocol.
+    Serve {
+        /// TOML config file; without it the embedded default is used.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Overrides `listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Overrides `upstream` (GOPROXY syntax).
+        #[arg(long)]
+        upstream: Option<String>,
+        /// Overrides `store_dir`.
+        #[arg(long)]
+        store_dir: Option<PathBuf>,
+    },
+    /// Print the embedded default config.
+    DefaultConfig,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::DefaultConfig => {
+            print!("{}", modcdn_origin::config::DEFAULT_TOML);
+            ExitCode::SUCCESS
+        }
+        Command::Serve { config, listen, upstream, store_dir } => {
+            let mut cfg = match OriginConfig::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("modcdn-origin: config error: {e}");
+                    return ExitCode::from(64);
+                }
+            };
+            cfg.listen = listen.unwrap_or(cfg.listen);
+            cfg.upstream = upstream.unwrap_or(cfg.upstream);
+            cfg.store_dir = store_dir.unwrap_or(cfg.store_dir);
+            if let Err(e) = modcdn_origin::upstream::Chain::parse(&cfg.upstream) {
+                eprintln!("modcdn-origin: --upstream: {e}");
+                return ExitCode::from(64);
+            }
+            match run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("modcdn-origin: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(cfg: OriginConfig) -> anyhow::Result<()> {
+    modcdn_shared::telemetry::init(cfg.log.format, &cfg.log.level);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let origin = modcdn_origin::Origin::new(&cfg).map_err(anyhow::Error::msg)?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, upstream = %cfg.upstream, store = %cfg.store_dir.display(), "modcdn-origin serving");
+        println!("GOPROXY=http://{addr}");
+        modcdn_origin::serve_until(origin, listener, modcdn_origin::shutdown_signal(), Duration::from_secs(cfg.shutdown_grace_secs)).await?;
+        Ok(())
+    })
+}

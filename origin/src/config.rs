@@ -1,0 +1,200 @@
+//! The origin's config file (see `default.toml` beside this crate, which is
+//! embedded and documents every key with its default).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use modcdn_shared::config::{self, ConfigError, Validate};
+use modcdn_shared::policy::Ttls;
+use modcdn_shared::telemetry::LogFormat;
+use serde::Deserialize;
+
+use crate::upstream::Chain;
+
+/// The embedded default config.
+pub const DEFAULT_TOML: &str = include_str!("../default.toml");
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "MODCDN_ORIGIN";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginConfig {
+    /// Listen address. Default `127.0.0.1:7070`.
+    pub listen: SocketAddr,
+    /// Upstream chain in GOPROXY syntax. Default `https://proxy.golang.org`.
+    pub upstream: String,
+    /// Store directory. Default `modcdn-data/origin`.
+    pub store_dir: PathBuf,
+    /// Grace period for in-flight requests at shutdown. Default 30.
+    pub shutdown_grace_secs: u64,
+    /// Capacity of the negative cache. Default 100000.
+    pub negative_cache_entries: usize,
+    pub ttl: TtlConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TtlConfig {
+    /// list and @latest. Default 60.
+    pub mutable_secs: u64,
+    /// Query .info. Default 60.
+    pub query_secs: u64,
+    /// 404/410. Default 60.
+    pub negative_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Default 5000.
+    pub connect_timeout_ms: u64,
+    /// Default 30000.
+    pub header_timeout_ms: u64,
+    /// Default 30000.
+    pub read_timeout_ms: u64,
+    /// Default 2.
+    pub retries: u32,
+    /// Default 100.
+    pub retry_backoff_ms: u64,
+    /// Default 32.
+    pub pool_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` (default) or `json`.
+    pub format: LogFormat,
+    /// Default `info`.
+    pub level: String,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        OriginConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            upstream: "https://proxy.golang.org".into(),
+            store_dir: PathBuf::from("modcdn-data/origin"),
+            shutdown_grace_secs: 30,
+            negative_cache_entries: 100_000,
+            ttl: TtlConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for TtlConfig {
+    fn default() -> Self {
+        TtlConfig { mutable_secs: 60, query_secs: 60, negative_secs: 60 }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            connect_timeout_ms: 5000,
+            header_timeout_ms: 30_000,
+            read_timeout_ms: 30_000,
+            retries: 2,
+            retry_backoff_ms: 100,
+            pool_idle_per_host: 32,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Human, level: "info".into() }
+    }
+}
+
+impl Validate for OriginConfig {
+    fn validate(&self) -> Vec<(String, String)> {
+        let mut errs = Vec::new();
+        if let Err(e) = Chain::parse(&self.upstream) {
+            errs.push(("upstream".into(), e));
+        }
+        if self.store_dir.as_os_str().is_empty() {
+            errs.push(("store_dir".into(), "must not be empty".into()));
+        }
+        for (key, v) in [("ttl.mutable_secs", self.ttl.mutable_secs), ("ttl.query_secs", self.ttl.query_secs), ("ttl.negative_secs", self.ttl.negative_secs)] {
+            if v == 0 || v > 86_400 {
+                errs.push((key.into(), format!("{v} is out of range (1..=86400)")));
+            }
+        }
+        for (key, v) in [("http.connect_timeout_ms", self.http.connect_timeout_ms), ("http.header_timeout_ms", self.http.header_timeout_ms), ("http.read_timeout_ms", self.http.read_timeout_ms)] {
+            if v == 0 {
+                errs.push((key.into(), "must be above 0".into()));
+            }
+        }
+        if self.http.retries > 10 {
+            errs.push(("http.retries".into(), format!("{} is above the limit of 10", self.http.retries)));
+        }
+        if self.negative_cache_entries == 0 {
+            errs.push(("negative_cache_entries".into(), "must be above 0".into()));
+        }
+        if self.log.level.trim().is_empty() {
+            errs.push(("log.level".into(), "must not be empty".into()));
+        }
+        errs
+    }
+}
+
+impl OriginConfig {
+    /// Loads from `file` or the embedded default, with environment overrides.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        config::load(file, DEFAULT_TOML, ENV_PREFIX, std::env::vars())
+    }
+
+    pub fn ttls(&self) -> Ttls {
+        Ttls {
+            mutable: Duration::from_secs(self.ttl.mutable_secs),
+            query: Duration::from_secs(self.ttl.query_secs),
+            negative: Duration::from_secs(self.ttl.negative_secs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_equals_struct_default() {
+        let from_file: OriginConfig = toml::from_str(DEFAULT_TOML).expect("embedded default parses");
+        assert!(from_file.validate().is_empty());
+        assert_eq!(format!("{from_file:?}"), format!("{:?}", OriginConfig::default()));
+    }
+
+    #[test]
+    fn deploy_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/origin.toml");
+        let c = config::load::<OriginConfig>(Some(&path), "", ENV_PREFIX, []).expect("deploy/origin.toml");
+        assert_eq!(c.upstream, "https://proxy.golang.org");
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let dir = std::env::temp_dir().join(format!("modcdn-origin-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let f = dir.join("bad.toml");
+        std::fs::write(&f, "upstream = \"direct\"\n").expect("write");
+        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, []).expect_err("direct").to_string();
+        assert!(e.contains("bad.toml") && e.contains("`upstream`") && e.contains("direct"), "{e}");
+        std::fs::write(&f, "[ttl]\nmutable = 5\n").expect("write");
+        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, []).expect_err("unknown").to_string();
+        assert!(e.contains("bad.toml") && e.contains("mutable"), "{e}");
+        std::fs::write(&f, "[ttl]\nmutable_secs = 0\n").expect("write");
+        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, []).expect_err("range").to_string();
+        assert!(e.contains("ttl.mutable_secs"), "{e}");
+        let env = [("MODCDN_ORIGIN__HTTP__RETRIES".to_string(), "3".to_string())];
+        std::fs::write(&f, "").expect("write");
+        let c = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, env).expect("env");
+        assert_eq!(c.http.retries, 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,77 @@
+//! The origin's errors. Each has one HTTP status; `serve::respond_error` is
+//! the one place they become responses.
+
+use modcdn_shared::policy::Outcome;
+use modcdn_shared::RequestError;
+
+/// What went wrong talking to an upstream.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("not found: module lookup disabled by upstream = \"off\"")]
+    Off,
+    #[error("not found: {message}")]
+    NotFound { status: u16, message: String },
+    #[error("upstream timed out: {0}")]
+    Timeout(String),
+    #[error("upstream connection failed: {0}")]
+    Connect(String),
+    #[error("upstream answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("upstream body failed: {0}")]
+    Body(String),
+}
+
+impl UpstreamError {
+    /// 404/410: the next `,` upstream may have it.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, UpstreamError::NotFound { .. } | UpstreamError::Off)
+    }
+
+    /// Worth retrying on the same upstream.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            UpstreamError::Timeout(_) | UpstreamError::Connect(_) => true,
+            UpstreamError::Status { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+/// Anything that keeps the origin from answering 200.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OriginError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// Upstream sent something that fails validation; nothing was stored.
+    #[error("invalid upstream content: {0}")]
+    Invalid(String),
+    /// Writing to the store failed (disk full, permissions); nothing was stored.
+    #[error("store write failed: {0}")]
+    Store(String),
+}
+
+impl OriginError {
+    pub fn status(&self) -> u16 {
+        match self {
+            OriginError::Request(e) => e.status(),
+            OriginError::Upstream(UpstreamError::NotFound { status, .. }) => *status,
+            OriginError::Upstream(UpstreamError::Off) => 404,
+            OriginError::Upstream(UpstreamError::Timeout(_)) => 504,
+            OriginError::Upstream(_) | OriginError::Invalid(_) => 502,
+            OriginError::Store(_) => 500,
+        }
+    }
+
+    /// The policy-table outcome, for upstream-caused errors.
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self.status() {
+            404 => Some(Outcome::NotFound),
+            410 => Some(Outcome::Gone),
+            504 => Some(Outcome::UpstreamTimeout),
+            500 | 502 => Some(Outcome::UpstreamError),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Pulling one artifact from upstream into the store: fetch, stream to a
+//! staged file within the size limit, validate, publish. Nothing reaches the
+//! store unless every step succeeds.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use modcdn_shared::module::Version;
+use modcdn_shared::policy::{self, Outcome};
+use modcdn_shared::{dirhash, modzip, module, semver, Kind, Request};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::error::{OriginError, UpstreamError};
+use crate::store::{Meta, Staged};
+use crate::{validate, Origin};
+
+/// Pulls `req` unless a pull of it is already running; joins it then.
+/// A not-found answer is remembered in the negative cache (once, by the
+/// leader); failures are not remembered.
+pub fn coalesced<'a>(origin: &'a Arc<Origin>, req: &'a Request) -> BoxFuture<'a, Result<(), OriginError>> {
+    async move { coalesced_inner(origin, req).await }.boxed()
+}
+
+async fn coalesced_inner(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
+    let key = req.key();
+    let (o, r) = (Arc::clone(origin), req.clone());
+    let work = async move {
+        let res = pull(&o, &r).await;
+        if let Err(e) = &res {
+            if let (Some(outcome @ (Outcome::NotFound | Outcome::Gone)), OriginError::Upstream(_)) = (e.outcome(), e) {
+                let ttl = match policy::rule(r.kind(), outcome, &o.ttls).freshness {
+                    policy::Freshness::Ttl(d) => d,
+                    _ => o.ttls.negative,
+                };
+                if !matches!(e, OriginError::Upstream(UpstreamError::Off)) {
+                    o.negative.insert(&r.key(), e.status(), e.to_string(), ttl);
+                }
+            }
+        }
+        res
+    }
+    .boxed();
+    let (res, joined) = origin.flights.run(&key, work).await;
+    if joined {
+        origin.metrics.singleflight_waiters.inc();
+    }
+    res
+}
+
+async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
+    let kind = req.kind();
+    let key = req.key();
+    let started = Instant::now();
+    let fetched = origin.upstream.get(&key).await;
+    let result = match &fetched {
+        Ok(_) => "ok",
+        Err(e) if e.is_not_found() => "not_found",
+        Err(_) => "error",
+    };
+    origin.metrics.upstream_seconds.with_label_values(&[kind.as_str(), result]).observe(started.elapsed().as_secs_f64());
+    let fetched = match fetched {
+        Ok(f) => f,
+        Err(e) if kind == Kind::Latest && e.is_not_found() && !origin.upstream.is_off() => {
+            return latest_from_list(origin, req).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let limit = validate::size_limit(kind);
+    if let Some(len) = fetched.content_length {
+        if len > limit {
+            return Err(invalid(origin, kind, format!("{key}: upstream declares {len} bytes, above the {limit}-byte limit")));
+        }
+    }
+    let mut staged = stage(origin, &key).await?;
+    let file = staged.take_file().ok_or_else(|| OriginError::Store("staged file missing".into()))?;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut hasher = Sha256::new();
+    let mut size: u64 = 0;
+    let mut body = fetched.body;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(invalid(origin, kind, format!("{key}: upstream body exceeds the {limit}-byte limit")));
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(|e| OriginError::Store(format!("{key}: {e}")))?;
+    }
+    if let Some(len) = fetched.content_length {
+        if size != len {
+            return Err(invalid(origin, kind, format!("{key}: truncated upstream body ({size} of {len} bytes)")));
+        }
+    }
+    file.sync_all().await.map_err(|e| OriginError::Store(format!("{key}: {e}")))?;
+    drop(file);
+
+    let h1 = check(origin, req, &staged, size).await?;
+    let meta = Meta {
+        size,
+        sha256: hex(&hasher.finalize()),
+        h1,
+        fetched_at_ms: now_ms(),
+        upstream: fetched.upstream,
+    };
+    publish(origin, staged, meta).await
+}
+
+/// Validates a staged body by kind; returns the `h1:` hash of mods and zips.
+async fn check(origin: &Origin, req: &Request, staged: &Staged, size: u64) -> Result<Option<String>, OriginError> {
+    let kind = req.kind();
+    let path = staged.path().to_path_buf();
+    let outcome = match req {
+        Request::Zip(m, v) => {
+            let (m, v) = (m.as_str().to_string(), v.as_str().to_string());
+            tokio::task::spawn_blocking(move || {
+                let f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+                modzip::check_zip(std::io::BufReader::new(f), size, &m, &v).map(|z| Some(z.h1)).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| OriginError::Store(e.to_string()))?
+        }
+        _ => {
+            let body = tokio::fs::read(&path).await.map_err(|e| OriginError::Store(e.to_string()))?;
+            match req {
+                Request::Info(_, v) => validate::check_info(&body, Some(v.as_str())).map(|_| None),
+                Request::Query(..) | Request::Latest(_) => validate::check_info(&body, None).map(|_| None),
+                Request::Mod(m, _) => validate::check_mod(&body, m.as_str()).map(|_| Some(dirhash::hash_go_mod(&body))),
+                Request::List(_) => validate::check_list(&body).map(|_| None),
+                _ => Ok(None),
+            }
+        }
+    };
+    outcome.map_err(|reason| invalid(origin, kind, format!("{}: {reason}", req.key())))
+}
+
+/// `@latest` when upstream has none: the highest version of `list` by the
+/// go command's rules (release over prerelease), answered with its `.info`.
+async fn latest_from_list(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
+    let Request::Latest(module_path) = req else { return Err(OriginError::Store("latest_from_list needs @latest".into())) };
+    let list_req = Request::List(module_path.clone());
+    let list = read_fresh_or_pull(origin, &list_req).await?;
+    let text = String::from_utf8_lossy(&list);
+    let versions = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|v| module::check_path_major(v, module_path.major_suffix()).is_ok());
+    let Some(best) = semver::latest_of(versions) else {
+        return Err(UpstreamError::NotFound { status: 404, message: format!("{module_path}@latest: no matching versions") }.into());
+    };
+    let version = Version::new(best).map_err(|e| invalid(origin, Kind::List, e.to_string()))?;
+    let info = read_fresh_or_pull(origin, &Request::Info(module_path.clone(), version)).await?;
+    let mut staged = stage(origin, &req.key()).await?;
+    let file = staged.take_file().ok_or_else(|| OriginError::Store("staged file missing".into()))?;
+    let info_len = info.len() as u64;
+    let sha = hex(&Sha256::digest(&info));
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut file = file;
+        file.write_all(&info)?;
+        file.sync_all()
+    })
+    .await
+    .map_err(|e| OriginError::Store(e.to_string()))?
+    .map_err(|e| OriginError::Store(e.to_string()))?;
+    let meta = Meta { size: info_len, sha256: sha, h1: None, fetched_at_ms: now_ms(), upstream: "latest of list".into() };
+    publish(origin, staged, meta).await
+}
+
+/// The body at `req`'s key: from the store when fresh, else pulled.
+async fn read_fresh_or_pull(origin: &Arc<Origin>, req: &Request) -> Result<Vec<u8>, OriginError> {
+    let fresh = |meta: &Meta| match policy::rule(req.kind(), Outcome::Found, &origin.ttls).freshness {
+        policy::Freshness::Ttl(ttl) => now_ms().saturating_sub(meta.fetched_at_ms) < ttl.as_millis() as u64,
+        _ => true,
+    };
+    if let Some((meta, body)) = read(origin, &req.key()).await? {
+        if fresh(&meta) {
+            return Ok(body);
+        }
+    }
+    coalesced(origin, req).await?;
+    read(origin, &req.key()).await?.map(|(_, b)| b).ok_or_else(|| OriginError::Store(format!("{} vanished after it was stored", req.key())))
+}
+
+async fn read(origin: &Arc<Origin>, key: &str) -> Result<Option<(Meta, Vec<u8>)>, OriginError> {
+    let (store, key) = (Arc::clone(&origin.store), key.to_string());
+    tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        use std::io::Read;
+        let Some(mut hit) = store.get(&key)? else { return Ok(None) };
+        let mut body = Vec::with_capacity(hit.meta.size as usize);
+        hit.body.read_to_end(&mut body)?;
+        Ok(Some((hit.meta, body)))
+    })
+    .await
+    .map_err(|e| OriginError::Store(e.to_string()))?
+    .map_err(|e| OriginError::Store(e.to_string()))
+}
+
+async fn stage(origin: &Arc<Origin>, key: &str) -> Result<Staged, OriginError> {
+    let (store, k) = (Arc::clone(&origin.store), key.to_string());
+    tokio::task::spawn_blocking(move || store.stage(&k))
+        .await
+        .map_err(|e| OriginError::Store(e.to_string()))?
+        .map_err(|e| OriginError::Store(format!("{key}: {e}")))
+}
+
+async fn publish(origin: &Arc<Origin>, staged: Staged, meta: Meta) -> Result<(), OriginError> {
+    let store = Arc::clone(&origin.store);
+    let key = staged.key().to_string();
+    tokio::task::spawn_blocking(move || store.publish(staged, &meta))
+        .await
+        .map_err(|e| OriginError::Store(e.to_string()))?
+        .map_err(|e| OriginError::Store(format!("{key}: {e}")))?;
+    origin.refresh_store_gauges();
+    Ok(())
+}
+
+fn invalid(origin: &Origin, kind: Kind, reason: String) -> OriginError {
+    tracing::warn!(kind = kind.as_str(), %reason, "refusing upstream content; nothing stored");
+    origin.metrics.invalid.with_label_values(&[kind.as_str()]).inc();
+    OriginError::Invalid(reason)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,371 @@
+//! The origin's request flow, top-down.
+//!
+//! ```text
+//! handle: method check → Request::parse (400 on malformed)
+//!   ├─ .info/.mod/.zip (immutable)  serve_immutable: store hit → negative cache → coalesced pull → serve
+//!   ├─ list, @latest, query .info   serve_mutable:   fresh hit (background refresh near expiry)
+//!   │                                                 → negative cache → coalesced pull → stale on failure
+//!   └─ sumdb/...                    serve_sumdb:     not proxied yet → 404, so the go command asks the database itself
+//! ```
+//! Every answer's status and Cache-Control come from `modcdn_shared::policy`;
+//! `respond_error` is the one place errors become responses.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use modcdn_shared::policy::{self, Freshness, Outcome};
+use modcdn_shared::{Kind, Request};
+use tokio::io::AsyncReadExt;
+
+use crate::error::OriginError;
+use crate::pull::{self, now_ms};
+use crate::store::Meta;
+use crate::Origin;
+
+/// Bodies up to this size are read in one go; larger ones are streamed.
+const SMALL_BODY: u64 = 64 * 1024;
+/// Chunk size when streaming large bodies.
+const STREAM_CHUNK: usize = 256 * 1024;
+
+/// The origin's routes: probes and metrics, and the GOPROXY protocol for
+/// every other path.
+pub fn router(origin: Arc<Origin>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(handle)
+        .with_state(origin)
+}
+
+async fn readyz(State(o): State<Arc<Origin>>) -> (StatusCode, &'static str) {
+    if o.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    }
+}
+
+async fn metrics(State(o): State<Arc<Origin>>) -> ([(header::HeaderName, &'static str); 1], String) {
+    o.refresh_store_gauges();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], o.metrics.render())
+}
+
+/// Whether a response came from the store, upstream, or a stale copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CacheResult {
+    Hit,
+    Miss,
+    Stale,
+    None,
+}
+
+impl CacheResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "HIT",
+            CacheResult::Miss => "MISS",
+            CacheResult::Stale => "STALE",
+            CacheResult::None => "NONE",
+        }
+    }
+}
+
+async fn handle(State(o): State<Arc<Origin>>, req: axum::extract::Request) -> Response {
+    o.metrics.in_flight.inc();
+    let method = req.method().clone();
+    let headers = req.headers().clone();
+    let (kind, cache, mut resp) = if method != Method::GET && method != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, policy::CC_NO_STORE, "method not allowed: the GOPROXY protocol is GET and HEAD only\n");
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        (None, CacheResult::None, r)
+    } else {
+        match Request::parse(req.uri().path()) {
+            Err(e) => (None, CacheResult::None, respond_error(&o, None, &e.into())),
+            Ok(r) => {
+                let kind = r.kind();
+                let (cache, resp) = match kind {
+                    Kind::Info | Kind::Mod | Kind::Zip => serve_immutable(&o, &r, &headers).await,
+                    Kind::List | Kind::Latest | Kind::Query => serve_mutable(&o, &r, &headers).await,
+                    _ => serve_sumdb(),
+                };
+                (Some(kind), cache, resp)
+            }
+        }
+    };
+    o.metrics
+        .requests
+        .with_label_values(&[kind.map_or("invalid", Kind::as_str), resp.status().as_str(), &cache.as_str().to_ascii_lowercase()])
+        .inc();
+    o.metrics.in_flight.dec();
+    if method == Method::HEAD {
+        *resp.body_mut() = Body::empty();
+    }
+    resp
+}
+
+/// Canonical `.info`, `.mod`, `.zip`: stored forever once pulled.
+async fn serve_immutable(o: &Arc<Origin>, req: &Request, headers: &HeaderMap) -> (CacheResult, Response) {
+    let key = req.key();
+    match open(o, &key).await {
+        Ok(Some(hit)) => return (CacheResult::Hit, respond_hit(o, req.kind(), hit, CacheResult::Hit, headers).await),
+        Ok(None) => {}
+        Err(e) => return (CacheResult::None, respond_error(o, Some(req.kind()), &e)),
+    }
+    if let Some(resp) = negative_hit(o, req) {
+        return (CacheResult::Hit, resp);
+    }
+    match pull_and_open(o, req).await {
+        Ok(hit) => (CacheResult::Miss, respond_hit(o, req.kind(), hit, CacheResult::Miss, headers).await),
+        Err(e) => (CacheResult::Miss, respond_error(o, Some(req.kind()), &e)),
+    }
+}
+
+/// `list`, `@latest`, query `.info`: fresh for a TTL, refreshed in the
+/// background as it nears expiry, served stale when upstream fails.
+async fn serve_mutable(o: &Arc<Origin>, req: &Request, headers: &HeaderMap) -> (CacheResult, Response) {
+    let key = req.key();
+    let rule = policy::rule(req.kind(), Outcome::Found, &o.ttls);
+    let ttl = match rule.freshness {
+        Freshness::Ttl(d) => d,
+        _ => Duration::MAX,
+    };
+    let cached = match open(o, &key).await {
+        Ok(c) => c,
+        Err(e) => return (CacheResult::None, respond_error(o, Some(req.kind()), &e)),
+    };
+    if let Some(hit) = cached {
+        let age = Duration::from_millis(now_ms().saturating_sub(hit.meta.fetched_at_ms));
+        if age < ttl {
+            if age > ttl.mul_f64(0.75) {
+                refresh_in_background(o, req);
+            }
+            return (CacheResult::Hit, respond_hit(o, req.kind(), hit, CacheResult::Hit, headers).await);
+        }
+        if let Some(resp) = negative_hit(o, req) {
+            return (CacheResult::Hit, resp);
+        }
+        return match pull_and_open(o, req).await {
+            Ok(fresh) => (CacheResult::Miss, respond_hit(o, req.kind(), fresh, CacheResult::Miss, headers).await),
+            Err(e) if rule.stale_if_error && !matches!(e.outcome(), Some(Outcome::NotFound | Outcome::Gone)) => {
+                tracing::warn!(%key, error = %e, "upstream failed; serving stale copy");
+                (CacheResult::Stale, respond_hit(o, req.kind(), hit, CacheResult::Stale, headers).await)
+            }
+            Err(e) => (CacheResult::Miss, respond_error(o, Some(req.kind()), &e)),
+        };
+    }
+    if let Some(resp) = negative_hit(o, req) {
+        return (CacheResult::Hit, resp);
+    }
+    match pull_and_open(o, req).await {
+        Ok(hit) => (CacheResult::Miss, respond_hit(o, req.kind(), hit, CacheResult::Miss, headers).await),
+        Err(e) => (CacheResult::Miss, respond_error(o, Some(req.kind()), &e)),
+    }
+}
+
+/// The checksum database is not proxied by this origin yet. 404 on
+/// `supported` is the protocol's way to say so: the go command then talks to
+/// the database directly.
+fn serve_sumdb() -> (CacheResult, Response) {
+    (CacheResult::None, text(StatusCode::NOT_FOUND, policy::CC_NO_STORE, "not found: this proxy does not serve checksum databases\n"))
+}
+
+// ---- helpers -------------------------------------------------------------
+
+fn refresh_in_background(o: &Arc<Origin>, req: &Request) {
+    let (o, req) = (Arc::clone(o), req.clone());
+    tokio::spawn(async move {
+        if let Err(e) = pull::coalesced(&o, &req).await {
+            tracing::debug!(key = %req.key(), error = %e, "background refresh failed");
+        }
+    });
+}
+
+fn negative_hit(o: &Origin, req: &Request) -> Option<Response> {
+    let (status, message) = o.negative.get(&req.key())?;
+    let outcome = if status == 410 { Outcome::Gone } else { Outcome::NotFound };
+    let rule = policy::rule(req.kind(), outcome, &o.ttls);
+    let mut r = text(StatusCode::from_u16(rule.status).unwrap_or(StatusCode::NOT_FOUND), &rule.cache_control, &format!("{message}\n"));
+    r.headers_mut().insert("x-cache", HeaderValue::from_static("HIT"));
+    Some(r)
+}
+
+async fn pull_and_open(o: &Arc<Origin>, req: &Request) -> Result<Opened, OriginError> {
+    pull::coalesced(o, req).await?;
+    open(o, &req.key()).await?.ok_or_else(|| OriginError::Store(format!("{} vanished after it was stored", req.key())))
+}
+
+/// A stored artifact ready to send: small bodies already read.
+struct Opened {
+    meta: Meta,
+    small: Option<Bytes>,
+    file: std::fs::File,
+}
+
+async fn open(o: &Arc<Origin>, key: &str) -> Result<Option<Opened>, OriginError> {
+    let (store, k) = (Arc::clone(&o.store), key.to_string());
+    tokio::task::spawn_blocking(move || -> std::io::Result<Option<Opened>> {
+        let Some(mut hit) = store.get(&k)? else { return Ok(None) };
+        let small = if hit.meta.size <= SMALL_BODY {
+            let mut buf = Vec::with_capacity(hit.meta.size as usize);
+            hit.body.read_to_end(&mut buf)?;
+            if buf.len() as u64 != hit.meta.size {
+                return Ok(None);
+            }
+            Some(Bytes::from(buf))
+        } else {
+            None
+        };
+        Ok(Some(Opened { meta: hit.meta, small, file: hit.body }))
+    })
+    .await
+    .map_err(|e| OriginError::Store(e.to_string()))?
+    .map_err(|e| OriginError::Store(format!("{key}: {e}")))
+}
+
+/// 200, 206, 304 or 416 for a stored artifact, honouring If-None-Match and
+/// a single byte Range.
+async fn respond_hit(o: &Origin, kind: Kind, hit: Opened, cache: CacheResult, req_headers: &HeaderMap) -> Response {
+    let rule = policy::rule(kind, Outcome::Found, &o.ttls);
+    let size = hit.meta.size;
+    let etag = format!("\"{}\"", &hit.meta.sha256[..hit.meta.sha256.len().min(32)]);
+    let mut builder = Response::builder()
+        .header(header::CACHE_CONTROL, &rule.cache_control)
+        .header(header::ETAG, &etag)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header("x-cache", cache.as_str());
+    if let Ok(t) = std::time::UNIX_EPOCH.checked_add(Duration::from_millis(hit.meta.fetched_at_ms)).ok_or(()) {
+        builder = builder.header(header::LAST_MODIFIED, httpdate::fmt_http_date(t));
+    }
+    if let Some(inm) = req_headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        if inm.split(',').any(|t| t.trim() == etag || t.trim() == "*" || t.trim().trim_start_matches("W/") == etag) {
+            return builder.status(StatusCode::NOT_MODIFIED).body(Body::empty()).unwrap_or_default();
+        }
+    }
+    builder = builder.header(header::CONTENT_TYPE, kind.content_type());
+    let range = match req_headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        None => None,
+        Some(spec) => match parse_range(spec, size) {
+            RangeSpec::Ignore => None,
+            RangeSpec::Unsatisfiable => {
+                return builder
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                    .body(Body::empty())
+                    .unwrap_or_default();
+            }
+            RangeSpec::Bytes(start, end) => Some((start, end)),
+        },
+    };
+    let (status, start, len) = match range {
+        Some((start, end)) => {
+            builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"));
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        None => (StatusCode::OK, 0, size),
+    };
+    builder = builder.status(status).header(header::CONTENT_LENGTH, len);
+    let body = match hit.small {
+        Some(bytes) => Body::from(bytes.slice(start as usize..(start + len) as usize)),
+        None => {
+            let mut file = hit.file;
+            if start > 0 {
+                if let Err(e) = file.seek(SeekFrom::Start(start)) {
+                    return respond_error(o, Some(kind), &OriginError::Store(e.to_string()));
+                }
+            }
+            let reader = tokio::fs::File::from_std(file).take(len);
+            Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, STREAM_CHUNK))
+        }
+    };
+    builder.body(body).unwrap_or_default()
+}
+
+enum RangeSpec {
+    Ignore,
+    Unsatisfiable,
+    /// Inclusive first and last byte.
+    Bytes(u64, u64),
+}
+
+/// One `bytes=` range; several ranges or other units are ignored (a full
+/// answer is always allowed).
+fn parse_range(spec: &str, size: u64) -> RangeSpec {
+    let Some(set) = spec.trim().strip_prefix("bytes=") else { return RangeSpec::Ignore };
+    if set.contains(',') {
+        return RangeSpec::Ignore;
+    }
+    let Some((a, b)) = set.trim().split_once('-') else { return RangeSpec::Ignore };
+    let (a, b) = (a.trim(), b.trim());
+    let parsed = match (a.is_empty(), b.is_empty()) {
+        (true, true) => return RangeSpec::Ignore,
+        (true, false) => match b.parse::<u64>() {
+            Ok(0) => return RangeSpec::Unsatisfiable,
+            Ok(n) => Some((size.saturating_sub(n), size.saturating_sub(1))),
+            Err(_) => return RangeSpec::Ignore,
+        },
+        (false, _) => match (a.parse::<u64>(), if b.is_empty() { Ok(u64::MAX) } else { b.parse::<u64>() }) {
+            (Ok(s), Ok(e)) if s <= e => Some((s, e.min(size.saturating_sub(1)))),
+            _ => return RangeSpec::Ignore,
+        },
+    };
+    match parsed {
+        Some((s, e)) if size > 0 && s < size => RangeSpec::Bytes(s, e),
+        _ => RangeSpec::Unsatisfiable,
+    }
+}
+
+/// The one place errors become responses: status from the error,
+/// Cache-Control from the policy table, and a body that says what failed.
+fn respond_error(o: &Origin, kind: Option<Kind>, e: &OriginError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let cc = match (kind, e.outcome()) {
+        (Some(kind), Some(outcome)) if !matches!(e, OriginError::Request(_)) => policy::rule(kind, outcome, &o.ttls).cache_control,
+        _ => policy::CC_NO_STORE.to_string(),
+    };
+    if status.is_server_error() {
+        tracing::warn!(status = status.as_u16(), error = %e, "request failed");
+    }
+    text(status, &cc, &format!("{e}\n"))
+}
+
+fn text(status: StatusCode, cache_control: &str, body: &str) -> Response {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CACHE_CONTROL, cache_control)
+        .body(Body::from(body.to_string()))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let b = |s: &str| match parse_range(s, 100) {
+            RangeSpec::Bytes(a, b) => format!("{a}-{b}"),
+            RangeSpec::Ignore => "ignore".into(),
+            RangeSpec::Unsatisfiable => "416".into(),
+        };
+        assert_eq!(b("bytes=0-9"), "0-9");
+        assert_eq!(b("bytes=90-"), "90-99");
+        assert_eq!(b("bytes=-10"), "90-99");
+        assert_eq!(b("bytes=50-500"), "50-99");
+        assert_eq!(b("bytes=100-"), "416");
+        assert_eq!(b("bytes=-0"), "416");
+        assert_eq!(b("bytes=5-1"), "ignore");
+        assert_eq!(b("bytes=0-1,5-6"), "ignore");
+        assert_eq!(b("items=0-1"), "ignore");
+        assert_eq!(b("bytes=x-y"), "ignore");
+    }
+}

@@ -1,0 +1,215 @@
+//! The upstream chain: where the origin pulls what it does not have.
+//!
+//! GOPROXY syntax, as the go command reads it: `https://a,https://b|https://c`.
+//! After a `,` the next upstream is tried only when one answers 404 or 410;
+//! after a `|` it is tried on any error. `off` allows no upstream at all.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+
+use crate::config::HttpConfig;
+use crate::error::UpstreamError;
+
+/// How a failure of one entry moves on to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallThrough {
+    /// `,`: only on 404/410.
+    NotFound,
+    /// `|`: on any error.
+    AnyError,
+}
+
+/// A parsed GOPROXY list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    /// Each base URL (no trailing `/`) with how to move past it.
+    pub entries: Vec<(String, FallThrough)>,
+}
+
+impl Chain {
+    /// Parses GOPROXY syntax. `off` gives an empty chain.
+    pub fn parse(spec: &str) -> Result<Chain, String> {
+        let spec = spec.trim();
+        if spec.is_empty() {
+            return Err("is empty; use \"off\" for no upstream".into());
+        }
+        let mut entries = Vec::new();
+        let mut rest = spec;
+        while !rest.is_empty() {
+            let end = rest.find([',', '|']).unwrap_or(rest.len());
+            let item = rest[..end].trim();
+            let fall = if rest[end..].starts_with('|') { FallThrough::AnyError } else { FallThrough::NotFound };
+            rest = if end < rest.len() { &rest[end + 1..] } else { "" };
+            match item {
+                "" => return Err(format!("{spec:?} has an empty entry")),
+                "off" if spec == "off" => return Ok(Chain { entries }),
+                "off" => return Err("\"off\" must stand alone".into()),
+                "direct" => {
+                    return Err("\"direct\" (fetching from version control) is not supported yet; name GOPROXY URLs only".into())
+                }
+                url => {
+                    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+                    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                        return Err(format!("{url:?} must be an http:// or https:// URL with a host"));
+                    }
+                    entries.push((url.trim_end_matches('/').to_string(), fall));
+                }
+            }
+        }
+        Ok(Chain { entries })
+    }
+}
+
+/// A streamed upstream answer.
+pub struct Fetched {
+    /// Which upstream answered.
+    pub upstream: String,
+    pub content_length: Option<u64>,
+    pub body: Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send + Unpin>,
+}
+
+/// The HTTP client over a [`Chain`], with pooling, timeouts and retries.
+pub struct Upstream {
+    chain: Chain,
+    client: reqwest::Client,
+    cfg: HttpConfig,
+}
+
+impl Upstream {
+    pub fn new(chain: Chain, cfg: &HttpConfig) -> Result<Upstream, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+            .read_timeout(Duration::from_millis(cfg.read_timeout_ms))
+            .pool_max_idle_per_host(cfg.pool_idle_per_host)
+            .tcp_nodelay(true)
+            .user_agent(concat!("modcdn-origin/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        Ok(Upstream { chain, client, cfg: cfg.clone() })
+    }
+
+    /// Whether any upstream is configured (`off` has none).
+    pub fn is_off(&self) -> bool {
+        self.chain.entries.is_empty()
+    }
+
+    /// Fetches `key` (an escaped GOPROXY path) through the chain.
+    pub async fn get(&self, key: &str) -> Result<Fetched, UpstreamError> {
+        let mut last = UpstreamError::Off;
+        for (base, fall) in &self.chain.entries {
+            match self.get_one(base, key).await {
+                Ok(f) => return Ok(f),
+                Err(e) => {
+                    let next = e.is_not_found() || *fall == FallThrough::AnyError;
+                    tracing::debug!(upstream = %base, %key, error = %e, next, "upstream miss");
+                    last = e;
+                    if !next {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// One upstream, with bounded retries of transient failures.
+    async fn get_one(&self, base: &str, key: &str) -> Result<Fetched, UpstreamError> {
+        let url = format!("{base}/{key}");
+        let mut attempt = 0;
+        loop {
+            match self.try_once(base, &url).await {
+                Err(e) if e.is_transient() && attempt < self.cfg.retries => {
+                    let backoff = self.cfg.retry_backoff_ms.saturating_mul(1 << attempt);
+                    let jitter = fastrand::u64(0..=backoff / 2);
+                    tracing::debug!(%url, error = %e, attempt, "retrying upstream");
+                    tokio::time::sleep(Duration::from_millis(backoff + jitter)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_once(&self, base: &str, url: &str) -> Result<Fetched, UpstreamError> {
+        let send = self.client.get(url).send();
+        let resp = match tokio::time::timeout(Duration::from_millis(self.cfg.header_timeout_ms), send).await {
+            Err(_) => return Err(UpstreamError::Timeout(format!("{url}: no response within {} ms", self.cfg.header_timeout_ms))),
+            Ok(Err(e)) if e.is_timeout() => return Err(UpstreamError::Timeout(format!("{url}: {e}"))),
+            Ok(Err(e)) => return Err(UpstreamError::Connect(format!("{url}: {}", error_chain(&e)))),
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status().as_u16();
+        match status {
+            200 => {}
+            404 | 410 => {
+                let text = short_body(resp).await;
+                return Err(UpstreamError::NotFound { status, message: text });
+            }
+            _ => {
+                let text = short_body(resp).await;
+                return Err(UpstreamError::Status { status, message: format!("{url}: {text}") });
+            }
+        }
+        let content_length = resp.content_length();
+        let origin_url = url.to_string();
+        let body = futures::StreamExt::map(resp.bytes_stream(), move |r| {
+            r.map_err(|e| {
+                if e.is_timeout() {
+                    UpstreamError::Timeout(format!("{origin_url}: body stalled: {e}"))
+                } else {
+                    UpstreamError::Body(format!("{origin_url}: {}", error_chain(&e)))
+                }
+            })
+        });
+        Ok(Fetched { upstream: base.to_string(), content_length, body: Box::new(body) })
+    }
+}
+
+/// The first line of an error body, bounded, for messages.
+async fn short_body(resp: reqwest::Response) -> String {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let line = text.lines().next().unwrap_or("").trim();
+    let line: String = line.chars().take(300).collect();
+    if line.is_empty() {
+        status.to_string()
+    } else {
+        format!("{status}: {line}")
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_goproxy_syntax() {
+        let c = Chain::parse("https://a.example, http://b.example/|https://c.example/sub").expect("chain");
+        assert_eq!(
+            c.entries,
+            vec![
+                ("https://a.example".to_string(), FallThrough::NotFound),
+                ("http://b.example".to_string(), FallThrough::AnyError),
+                ("https://c.example/sub".to_string(), FallThrough::NotFound),
+            ]
+        );
+        assert_eq!(Chain::parse("off").expect("off").entries, vec![]);
+        for bad in ["", "direct", "https://a.example,direct", "https://a,,https://b", "ftp://x", "not a url", "https://a.example,off"] {
+            assert!(Chain::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Chain::parse("direct").expect_err("direct").contains("not supported yet"));
+    }
+}
