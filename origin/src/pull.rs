@@ -143,11 +143,29 @@ async fn latest_from_list(origin: &Arc<Origin>, req: &Request) -> Result<(), Ori
     let list_req = Request::List(module_path.clone());
     let list = read_fresh_or_pull(origin, &list_req).await?;
     let text = String::from_utf8_lossy(&list);
-    let versions = text
+    let versions: Vec<&str> = text
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|v| module::check_path_major(v, module_path.major_suffix()).is_ok());
-    let Some(best) = semver::latest_of(versions) else {
+        .filter(|v| module::check_path_major(v, module_path.major_suffix()).is_ok())
+        .collect();
+    let compatible = versions.iter().copied().filter(|v| semver::build(v) != "+incompatible");
+    let best = match semver::latest_of(compatible) {
+        // As the go command: +incompatible versions count only when the
+        // latest compatible version has no go.mod of its own (its .mod is
+        // the synthesized `module <path>` line; checked paths never need
+        // the quotes of modfile.AutoQuote).
+        Some(v) => {
+            let version = Version::new(v).map_err(|e| invalid(origin, Kind::List, e.to_string()))?;
+            let go_mod = read_fresh_or_pull(origin, &Request::Mod(module_path.clone(), version)).await?;
+            if go_mod == format!("module {module_path}\n").as_bytes() {
+                semver::latest_of(versions.iter().copied())
+            } else {
+                Some(v)
+            }
+        }
+        None => semver::latest_of(versions.iter().copied()),
+    };
+    let Some(best) = best else {
         return Err(UpstreamError::NotFound { status: 404, message: format!("{module_path}@latest: no matching versions") }.into());
     };
     let version = Version::new(best).map_err(|e| invalid(origin, Kind::List, e.to_string()))?;

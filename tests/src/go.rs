@@ -1,0 +1,54 @@
+//! Running the real go command, hermetically: its own GOPATH, module cache,
+//! build cache and HOME in a temp dir; only the given GOPROXY; no network.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct GoEnv {
+    pub root: PathBuf,
+    pub proxy: String,
+}
+
+impl GoEnv {
+    pub fn new(root: &Path, proxy: &str) -> GoEnv {
+        let _ = std::fs::create_dir_all(root.join("home"));
+        GoEnv { root: root.to_path_buf(), proxy: proxy.to_string() }
+    }
+
+    /// Runs `go args...` in `dir`.
+    pub fn run(&self, dir: &Path, args: &[&str]) -> Output {
+        let out = Command::new("go")
+            .args(args)
+            .current_dir(dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.root.join("home"))
+            .env("GOPATH", self.root.join("gopath"))
+            .env("GOMODCACHE", self.root.join("modcache"))
+            .env("GOCACHE", self.root.join("gocache"))
+            .env("GOPROXY", &self.proxy)
+            .env("GOSUMDB", "off")
+            .env("GOFLAGS", "-modcacherw -mod=mod")
+            .env("GO111MODULE", "on")
+            .env("GOTOOLCHAIN", "local")
+            .env("CGO_ENABLED", "0")
+            .env("GOENV", "off")
+            .output();
+        match out {
+            Ok(o) => o,
+            Err(e) => panic!("cannot run go (apt-get install golang-go): {e}"),
+        }
+    }
+
+    /// Runs and asserts success, returning stdout.
+    pub fn ok(&self, dir: &Path, args: &[&str]) -> String {
+        let out = self.run(dir, args);
+        assert!(
+            out.status.success(),
+            "go {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}

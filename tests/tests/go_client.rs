@@ -1,0 +1,97 @@
+//! End to end with the real go command (Debian's golang-go) against a real
+//! origin process and the fixture upstream, GOSUMDB=off.
+
+use modcdn_tests::corpus::{self, Corpus};
+use modcdn_tests::go::GoEnv;
+use modcdn_tests::node::OriginProcess;
+use modcdn_tests::upstream::FixtureUpstream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_command_downloads_lists_gets_and_builds_through_the_origin() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 4 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let go = GoEnv::new(&tmp.path().join("go"), &origin.url);
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).expect("work dir");
+
+    let versions = corpus.versions.clone();
+    let (go, work) = tokio::task::spawn_blocking(move || {
+        // go mod download -json of every module@version: the go command's own
+        // hashes must equal the fixture's (and so shared::dirhash).
+        let args: Vec<String> = versions.iter().map(|v| format!("{}@{}", v.path, v.version)).collect();
+        let mut cmd = vec!["mod", "download", "-json"];
+        cmd.extend(args.iter().map(String::as_str));
+        let out = go.ok(&work, &cmd);
+        let stream = serde_json::Deserializer::from_str(&out).into_iter::<serde_json::Value>();
+        let mut seen = 0;
+        for item in stream {
+            let item = item.expect("json");
+            let (path, version) = (item["Path"].as_str().unwrap_or(""), item["Version"].as_str().unwrap_or(""));
+            assert!(item.get("Error").is_none(), "{path}@{version}: {}", item["Error"]);
+            let want = versions.iter().find(|v| v.path == path && v.version == version).expect("known version");
+            assert_eq!(item["Sum"].as_str(), Some(want.sum.as_str()), "{path}@{version} zip hash");
+            assert_eq!(item["GoModSum"].as_str(), Some(want.go_mod_sum.as_str()), "{path}@{version} go.mod hash");
+            seen += 1;
+        }
+        assert_eq!(seen, versions.len());
+        (go, work)
+    })
+    .await
+    .expect("download");
+
+    let consumer = tmp.path().join("consumer");
+    corpus::write_consumer(&consumer).expect("consumer");
+    tokio::task::spawn_blocking(move || {
+        let out = go.ok(&work, &["list", "-m", "-versions", corpus::ALPHA]);
+        assert_eq!(out.trim(), "example.com/alpha v1.0.0 v1.1.0 v1.2.0-rc.1");
+        let out = go.ok(&work, &["list", "-m", "-versions", corpus::UPPER]);
+        assert_eq!(out.trim(), "example.com/Upper/Case v1.0.0");
+        let out = go.ok(&work, &["list", "-m", "-versions", corpus::LEGACY]);
+        assert_eq!(out.trim(), "example.com/legacy v1.0.0 v3.0.0+incompatible");
+
+        // go get @latest picks the release over the newer prerelease.
+        go.ok(&consumer, &["get", &format!("{}@latest", corpus::ALPHA)]);
+        let gomod = std::fs::read_to_string(consumer.join("go.mod")).expect("go.mod");
+        assert!(gomod.contains("example.com/alpha v1.1.0"), "{gomod}");
+        go.ok(&consumer, &["get", &format!("{}@latest", corpus::BETA)]);
+        let gomod = std::fs::read_to_string(consumer.join("go.mod")).expect("go.mod");
+        assert!(gomod.contains("example.com/beta/v2 v2.0.1"), "{gomod}");
+
+        // go build pulls the whole graph, and the program runs.
+        go.ok(&consumer, &["build", "-o", "consumer", "."]);
+        let out = std::process::Command::new(consumer.join("consumer")).output().expect("run consumer");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("alpha v1.1.0 beta v2.0.1 upper v1.0.0 legacy v3 pseudo"), "{text}");
+
+        // A module nobody has is a 404 to the go command: "not found", not an error.
+        let out = go.run(&consumer, &["mod", "download", "-json", "example.com/missing@v1.0.0"]);
+        assert!(!out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("404 Not Found"), "{text}");
+    })
+    .await
+    .expect("go steps");
+    drop(origin);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_falls_back_to_the_list_when_upstream_has_none() {
+    // The fixture upstream has no @latest files at all, so every @latest
+    // above was computed from the list. Check the rule directly too.
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let client = reqwest::Client::new();
+    for (module, want) in [("example.com/alpha", "v1.1.0"), ("example.com/!upper/!case", "v1.0.0"), ("example.com/legacy", "v1.0.0")] {
+        let r = client.get(format!("{}/{module}/@latest", origin.url)).send().await.expect("latest");
+        assert_eq!(r.status(), 200, "{module}");
+        let v: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(v["Version"].as_str(), Some(want), "{module}");
+    }
+    // No versions listed (only a pseudo-version exists): not found.
+    let r = client.get(format!("{}/example.com/pseudo/@latest", origin.url)).send().await.expect("latest");
+    assert_eq!(r.status(), 404);
+}
