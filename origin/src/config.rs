@@ -121,12 +121,20 @@ impl Validate for OriginConfig {
         if self.store_dir.as_os_str().is_empty() {
             errs.push(("store_dir".into(), "must not be empty".into()));
         }
-        for (key, v) in [("ttl.mutable_secs", self.ttl.mutable_secs), ("ttl.query_secs", self.ttl.query_secs), ("ttl.negative_secs", self.ttl.negative_secs)] {
+        for (key, v) in [
+            ("ttl.mutable_secs", self.ttl.mutable_secs),
+            ("ttl.query_secs", self.ttl.query_secs),
+            ("ttl.negative_secs", self.ttl.negative_secs),
+        ] {
             if v == 0 || v > 86_400 {
                 errs.push((key.into(), format!("{v} is out of range (1..=86400)")));
             }
         }
-        for (key, v) in [("http.connect_timeout_ms", self.http.connect_timeout_ms), ("http.header_timeout_ms", self.http.header_timeout_ms), ("http.read_timeout_ms", self.http.read_timeout_ms)] {
+        for (key, v) in [
+            ("http.connect_timeout_ms", self.http.connect_timeout_ms),
+            ("http.header_timeout_ms", self.http.header_timeout_ms),
+            ("http.read_timeout_ms", self.http.read_timeout_ms),
+        ] {
             if v == 0 {
                 errs.push((key.into(), "must be above 0".into()));
             }

@@ -46,7 +46,8 @@ impl Origin {
     /// Builds the node from a validated config: opens the store (cleaning
     /// leftovers of a crash) and the upstream client.
     pub fn new(config: &OriginConfig) -> Result<Arc<Origin>, String> {
-        let store = DiskStore::open(&config.store_dir).map_err(|e| format!("store_dir {}: {e}", config.store_dir.display()))?;
+        let store =
+            DiskStore::open(&config.store_dir).map_err(|e| format!("store_dir {}: {e}", config.store_dir.display()))?;
         let chain = Chain::parse(&config.upstream).map_err(|e| format!("upstream: {e}"))?;
         let origin = Origin {
             store: Arc::new(store),

@@ -72,11 +72,19 @@ fn run(cfg: OriginConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let origin = modcdn_origin::Origin::new(&cfg).map_err(anyhow::Error::msg)?;
-        let listener = tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.listen))?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, upstream = %cfg.upstream, store = %cfg.store_dir.display(), "modcdn-origin serving");
         println!("GOPROXY=http://{addr}");
-        modcdn_origin::serve_until(origin, listener, modcdn_origin::shutdown_signal(), Duration::from_secs(cfg.shutdown_grace_secs)).await?;
+        modcdn_origin::serve_until(
+            origin,
+            listener,
+            modcdn_origin::shutdown_signal(),
+            Duration::from_secs(cfg.shutdown_grace_secs),
+        )
+        .await?;
         Ok(())
     })
 }

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the origin, served at `/metrics`.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 pub struct Metrics {
     registry: Registry,
@@ -21,18 +23,31 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new_custom(Some("modcdn_origin".into()), None).unwrap_or_default();
-        let requests = IntCounterVec::new(Opts::new("requests_total", "Requests by kind, status and cache result"), &["kind", "status", "cache"]).unwrap_or_else(|_| unreachable_metric());
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Requests by kind, status and cache result"),
+            &["kind", "status", "cache"],
+        )
+        .unwrap_or_else(|_| unreachable_metric());
         let upstream_seconds = HistogramVec::new(
             HistogramOpts::new("upstream_seconds", "Upstream time to response headers")
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             &["kind", "result"],
         )
         .unwrap_or_else(|_| unreachable_metric());
-        let singleflight_waiters = IntCounter::new("singleflight_waiters_total", "Requests that waited on a fetch already in flight").unwrap_or_else(|_| unreachable_metric());
-        let in_flight = IntGauge::new("in_flight_requests", "Requests being answered").unwrap_or_else(|_| unreachable_metric());
-        let invalid = IntCounterVec::new(Opts::new("invalid_artifacts_total", "Upstream artifacts refused by validation"), &["kind"]).unwrap_or_else(|_| unreachable_metric());
-        let store_objects = IntGauge::new("store_objects", "Artifacts in the store").unwrap_or_else(|_| unreachable_metric());
-        let store_bytes = IntGauge::new("store_bytes", "Bytes of artifacts in the store").unwrap_or_else(|_| unreachable_metric());
+        let singleflight_waiters =
+            IntCounter::new("singleflight_waiters_total", "Requests that waited on a fetch already in flight")
+                .unwrap_or_else(|_| unreachable_metric());
+        let in_flight =
+            IntGauge::new("in_flight_requests", "Requests being answered").unwrap_or_else(|_| unreachable_metric());
+        let invalid = IntCounterVec::new(
+            Opts::new("invalid_artifacts_total", "Upstream artifacts refused by validation"),
+            &["kind"],
+        )
+        .unwrap_or_else(|_| unreachable_metric());
+        let store_objects =
+            IntGauge::new("store_objects", "Artifacts in the store").unwrap_or_else(|_| unreachable_metric());
+        let store_bytes =
+            IntGauge::new("store_bytes", "Bytes of artifacts in the store").unwrap_or_else(|_| unreachable_metric());
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_seconds.clone()),
@@ -44,7 +59,16 @@ impl Metrics {
         ] {
             let _ = registry.register(c);
         }
-        Metrics { registry, requests, upstream_seconds, singleflight_waiters, in_flight, invalid, store_objects, store_bytes }
+        Metrics {
+            registry,
+            requests,
+            upstream_seconds,
+            singleflight_waiters,
+            in_flight,
+            invalid,
+            store_objects,
+            store_bytes,
+        }
     }
 
     /// The text exposition format.
@@ -75,7 +99,12 @@ mod tests {
         m.requests.with_label_values(&["zip", "200", "hit"]).inc();
         m.upstream_seconds.with_label_values(&["zip", "ok"]).observe(0.01);
         let text = m.render();
-        for name in ["modcdn_origin_requests_total", "modcdn_origin_upstream_seconds", "modcdn_origin_singleflight_waiters_total", "modcdn_origin_store_bytes"] {
+        for name in [
+            "modcdn_origin_requests_total",
+            "modcdn_origin_upstream_seconds",
+            "modcdn_origin_singleflight_waiters_total",
+            "modcdn_origin_store_bytes",
+        ] {
             assert!(text.contains(name), "{name} missing");
         }
     }

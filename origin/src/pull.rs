@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use modcdn_shared::module::Version;
 use modcdn_shared::policy::{self, Outcome};
-use modcdn_shared::{dirhash, modzip, module, semver, Kind, Request};
+use modcdn_shared::{dirhash, module, modzip, semver, Kind, Request};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -60,7 +60,11 @@ async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
         Err(e) if e.is_not_found() => "not_found",
         Err(_) => "error",
     };
-    origin.metrics.upstream_seconds.with_label_values(&[kind.as_str(), result]).observe(started.elapsed().as_secs_f64());
+    origin
+        .metrics
+        .upstream_seconds
+        .with_label_values(&[kind.as_str(), result])
+        .observe(started.elapsed().as_secs_f64());
     let fetched = match fetched {
         Ok(f) => f,
         Err(e) if kind == Kind::Latest && e.is_not_found() && !origin.upstream.is_off() => {
@@ -71,7 +75,11 @@ async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
     let limit = validate::size_limit(kind);
     if let Some(len) = fetched.content_length {
         if len > limit {
-            return Err(invalid(origin, kind, format!("{key}: upstream declares {len} bytes, above the {limit}-byte limit")));
+            return Err(invalid(
+                origin,
+                kind,
+                format!("{key}: upstream declares {len} bytes, above the {limit}-byte limit"),
+            ));
         }
     }
     let mut staged = stage(origin, &key).await?;
@@ -98,13 +106,7 @@ async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
     drop(file);
 
     let h1 = check(origin, req, &staged, size).await?;
-    let meta = Meta {
-        size,
-        sha256: hex(&hasher.finalize()),
-        h1,
-        fetched_at_ms: now_ms(),
-        upstream: fetched.upstream,
-    };
+    let meta = Meta { size, sha256: hex(&hasher.finalize()), h1, fetched_at_ms: now_ms(), upstream: fetched.upstream };
     publish(origin, staged, meta).await
 }
 
@@ -117,7 +119,9 @@ async fn check(origin: &Origin, req: &Request, staged: &Staged, size: u64) -> Re
             let (m, v) = (m.as_str().to_string(), v.as_str().to_string());
             tokio::task::spawn_blocking(move || {
                 let f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-                modzip::check_zip(std::io::BufReader::new(f), size, &m, &v).map(|z| Some(z.h1)).map_err(|e| e.to_string())
+                modzip::check_zip(std::io::BufReader::new(f), size, &m, &v)
+                    .map(|z| Some(z.h1))
+                    .map_err(|e| e.to_string())
             })
             .await
             .map_err(|e| OriginError::Store(e.to_string()))?
@@ -139,7 +143,9 @@ async fn check(origin: &Origin, req: &Request, staged: &Staged, size: u64) -> Re
 /// `@latest` when upstream has none: the highest version of `list` by the
 /// go command's rules (release over prerelease), answered with its `.info`.
 async fn latest_from_list(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
-    let Request::Latest(module_path) = req else { return Err(OriginError::Store("latest_from_list needs @latest".into())) };
+    let Request::Latest(module_path) = req else {
+        return Err(OriginError::Store("latest_from_list needs @latest".into()));
+    };
     let list_req = Request::List(module_path.clone());
     let list = read_fresh_or_pull(origin, &list_req).await?;
     let text = String::from_utf8_lossy(&list);
@@ -166,7 +172,11 @@ async fn latest_from_list(origin: &Arc<Origin>, req: &Request) -> Result<(), Ori
         None => semver::latest_of(versions.iter().copied()),
     };
     let Some(best) = best else {
-        return Err(UpstreamError::NotFound { status: 404, message: format!("{module_path}@latest: no matching versions") }.into());
+        return Err(UpstreamError::NotFound {
+            status: 404,
+            message: format!("{module_path}@latest: no matching versions"),
+        }
+        .into());
     };
     let version = Version::new(best).map_err(|e| invalid(origin, Kind::List, e.to_string()))?;
     let info = read_fresh_or_pull(origin, &Request::Info(module_path.clone(), version)).await?;
@@ -183,7 +193,8 @@ async fn latest_from_list(origin: &Arc<Origin>, req: &Request) -> Result<(), Ori
     .await
     .map_err(|e| OriginError::Store(e.to_string()))?
     .map_err(|e| OriginError::Store(e.to_string()))?;
-    let meta = Meta { size: info_len, sha256: sha, h1: None, fetched_at_ms: now_ms(), upstream: "latest of list".into() };
+    let meta =
+        Meta { size: info_len, sha256: sha, h1: None, fetched_at_ms: now_ms(), upstream: "latest of list".into() };
     publish(origin, staged, meta).await
 }
 
@@ -199,7 +210,10 @@ async fn read_fresh_or_pull(origin: &Arc<Origin>, req: &Request) -> Result<Vec<u
         }
     }
     coalesced(origin, req).await?;
-    read(origin, &req.key()).await?.map(|(_, b)| b).ok_or_else(|| OriginError::Store(format!("{} vanished after it was stored", req.key())))
+    read(origin, &req.key())
+        .await?
+        .map(|(_, b)| b)
+        .ok_or_else(|| OriginError::Store(format!("{} vanished after it was stored", req.key())))
 }
 
 async fn read(origin: &Arc<Origin>, key: &str) -> Result<Option<(Meta, Vec<u8>)>, OriginError> {

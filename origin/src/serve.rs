@@ -84,7 +84,11 @@ async fn handle(State(o): State<Arc<Origin>>, req: axum::extract::Request) -> Re
     let method = req.method().clone();
     let headers = req.headers().clone();
     let (kind, cache, mut resp) = if method != Method::GET && method != Method::HEAD {
-        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, policy::CC_NO_STORE, "method not allowed: the GOPROXY protocol is GET and HEAD only\n");
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            policy::CC_NO_STORE,
+            "method not allowed: the GOPROXY protocol is GET and HEAD only\n",
+        );
         r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         (None, CacheResult::None, r)
     } else {
@@ -103,7 +107,11 @@ async fn handle(State(o): State<Arc<Origin>>, req: axum::extract::Request) -> Re
     };
     o.metrics
         .requests
-        .with_label_values(&[kind.map_or("invalid", Kind::as_str), resp.status().as_str(), &cache.as_str().to_ascii_lowercase()])
+        .with_label_values(&[
+            kind.map_or("invalid", Kind::as_str),
+            resp.status().as_str(),
+            &cache.as_str().to_ascii_lowercase(),
+        ])
         .inc();
     o.metrics.in_flight.dec();
     if method == Method::HEAD {
@@ -175,7 +183,10 @@ async fn serve_mutable(o: &Arc<Origin>, req: &Request, headers: &HeaderMap) -> (
 /// `supported` is the protocol's way to say so: the go command then talks to
 /// the database directly.
 fn serve_sumdb() -> (CacheResult, Response) {
-    (CacheResult::None, text(StatusCode::NOT_FOUND, policy::CC_NO_STORE, "not found: this proxy does not serve checksum databases\n"))
+    (
+        CacheResult::None,
+        text(StatusCode::NOT_FOUND, policy::CC_NO_STORE, "not found: this proxy does not serve checksum databases\n"),
+    )
 }
 
 // ---- helpers -------------------------------------------------------------
@@ -193,7 +204,11 @@ fn negative_hit(o: &Origin, req: &Request) -> Option<Response> {
     let (status, message) = o.negative.get(&req.key())?;
     let outcome = if status == 410 { Outcome::Gone } else { Outcome::NotFound };
     let rule = policy::rule(req.kind(), outcome, &o.ttls);
-    let mut r = text(StatusCode::from_u16(rule.status).unwrap_or(StatusCode::NOT_FOUND), &rule.cache_control, &format!("{message}\n"));
+    let mut r = text(
+        StatusCode::from_u16(rule.status).unwrap_or(StatusCode::NOT_FOUND),
+        &rule.cache_control,
+        &format!("{message}\n"),
+    );
     r.headers_mut().insert("x-cache", HeaderValue::from_static("HIT"));
     Some(r)
 }
@@ -328,7 +343,9 @@ fn parse_range(spec: &str, size: u64) -> RangeSpec {
 fn respond_error(o: &Origin, kind: Option<Kind>, e: &OriginError) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
     let cc = match (kind, e.outcome()) {
-        (Some(kind), Some(outcome)) if !matches!(e, OriginError::Request(_)) => policy::rule(kind, outcome, &o.ttls).cache_control,
+        (Some(kind), Some(outcome)) if !matches!(e, OriginError::Request(_)) => {
+            policy::rule(kind, outcome, &o.ttls).cache_control
+        }
         _ => policy::CC_NO_STORE.to_string(),
     };
     if status.is_server_error() {

@@ -242,7 +242,9 @@ pub fn conformance(store: &dyn Store) {
     use std::io::Read;
     let meta = |body: &[u8]| Meta {
         size: body.len() as u64,
-        sha256: modcdn_shared::dirhash::sha256_reader(body).map(|d| d.iter().map(|b| format!("{b:02x}")).collect()).unwrap_or_default(),
+        sha256: modcdn_shared::dirhash::sha256_reader(body)
+            .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
+            .unwrap_or_default(),
         h1: None,
         fetched_at_ms: 1,
         upstream: "test".into(),

@@ -47,7 +47,10 @@ impl Chain {
                 "off" if spec == "off" => return Ok(Chain { entries }),
                 "off" => return Err("\"off\" must stand alone".into()),
                 "direct" => {
-                    return Err("\"direct\" (fetching from version control) is not supported yet; name GOPROXY URLs only".into())
+                    return Err(
+                        "\"direct\" (fetching from version control) is not supported yet; name GOPROXY URLs only"
+                            .into(),
+                    )
                 }
                 url => {
                     let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
@@ -135,7 +138,12 @@ impl Upstream {
     async fn try_once(&self, base: &str, url: &str) -> Result<Fetched, UpstreamError> {
         let send = self.client.get(url).send();
         let resp = match tokio::time::timeout(Duration::from_millis(self.cfg.header_timeout_ms), send).await {
-            Err(_) => return Err(UpstreamError::Timeout(format!("{url}: no response within {} ms", self.cfg.header_timeout_ms))),
+            Err(_) => {
+                return Err(UpstreamError::Timeout(format!(
+                    "{url}: no response within {} ms",
+                    self.cfg.header_timeout_ms
+                )))
+            }
             Ok(Err(e)) if e.is_timeout() => return Err(UpstreamError::Timeout(format!("{url}: {e}"))),
             Ok(Err(e)) => return Err(UpstreamError::Connect(format!("{url}: {}", error_chain(&e)))),
             Ok(Ok(r)) => r,
@@ -207,7 +215,15 @@ mod tests {
             ]
         );
         assert_eq!(Chain::parse("off").expect("off").entries, vec![]);
-        for bad in ["", "direct", "https://a.example,direct", "https://a,,https://b", "ftp://x", "not a url", "https://a.example,off"] {
+        for bad in [
+            "",
+            "direct",
+            "https://a.example,direct",
+            "https://a,,https://b",
+            "ftp://x",
+            "not a url",
+            "https://a.example,off",
+        ] {
             assert!(Chain::parse(bad).is_err(), "{bad}");
         }
         assert!(Chain::parse("direct").expect_err("direct").contains("not supported yet"));

@@ -34,7 +34,9 @@ struct Info {
 pub fn check_info(body: &[u8], want: Option<&str>) -> Result<String, String> {
     let info: Info = serde_json::from_slice(body).map_err(|e| format!(".info is not the expected JSON: {e}"))?;
     match want {
-        Some(w) if info.version != w => return Err(format!(".info names version {:?}, not the requested {w:?}", info.version)),
+        Some(w) if info.version != w => {
+            return Err(format!(".info names version {:?}, not the requested {w:?}", info.version))
+        }
         _ => {}
     }
     if semver::canonical_module_version(&info.version).as_deref() != Some(info.version.as_str()) {

@@ -45,7 +45,8 @@ pub fn load<T: DeserializeOwned + Validate>(
         }
         None => (EMBEDDED.to_string(), embedded.to_string()),
     };
-    let parse_err = |e: toml::de::Error| ConfigError::Parse { file: name.clone(), message: e.to_string().trim_end().to_string() };
+    let parse_err =
+        |e: toml::de::Error| ConfigError::Parse { file: name.clone(), message: e.to_string().trim_end().to_string() };
     let overrides: Vec<(String, String)> = env
         .into_iter()
         .filter_map(|(k, v)| k.strip_prefix(env_prefix).and_then(|k| k.strip_prefix("__")).map(|k| (k.to_string(), v)))
@@ -59,7 +60,8 @@ pub fn load<T: DeserializeOwned + Validate>(
             apply_override(&mut table, key, value);
         }
         let env_name = format!("{name} (with {env_prefix}__* environment overrides)");
-        T::deserialize(table).map_err(|e| ConfigError::Parse { file: env_name, message: e.to_string().trim_end().to_string() })?
+        T::deserialize(table)
+            .map_err(|e| ConfigError::Parse { file: env_name, message: e.to_string().trim_end().to_string() })?
     };
     if let Some((key, message)) = config.validate().into_iter().next() {
         return Err(ConfigError::Invalid { file: name, key, message });
@@ -119,7 +121,8 @@ mod tests {
     }
 
     fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Demo, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("modcdn-config-test-{}-{}", std::process::id(), text.len() + env.len()));
+        let dir =
+            std::env::temp_dir().join(format!("modcdn-config-test-{}-{}", std::process::id(), text.len() + env.len()));
         std::fs::create_dir_all(&dir).expect("dir");
         let file = dir.join("demo.toml");
         std::fs::write(&file, text).expect("write");
@@ -132,8 +135,11 @@ mod tests {
     #[test]
     fn file_env_and_errors() {
         let d = load_str("listen = \"a\"\n[inner]\nsecs = 5\n", &[]).expect("ok");
+        assert_eq!(d.listen, "a");
         assert_eq!(d.inner.secs, 5);
-        let d = load_str("listen = \"a\"\n", &[("DEMO__INNER__SECS", "7"), ("DEMO__INNER__NAME", "x y"), ("OTHER", "1")]).expect("ok");
+        let d =
+            load_str("listen = \"a\"\n", &[("DEMO__INNER__SECS", "7"), ("DEMO__INNER__NAME", "x y"), ("OTHER", "1")])
+                .expect("ok");
         assert_eq!((d.inner.secs, d.inner.name.as_str()), (7, "x y"));
 
         let e = load_str("listen = \"a\"\n[inner]\nsecz = 5\n", &[]).expect_err("unknown key").to_string();
@@ -144,7 +150,8 @@ mod tests {
         assert!(e.contains("listen"), "{e}");
         let e = load_str("listen = \"a\"\n", &[("DEMO__INNER__SECS", "\"no\"")]).expect_err("env type").to_string();
         assert!(e.contains("DEMO__") && e.contains("secs"), "{e}");
-        let e = load::<Demo>(Some(Path::new("/nonexistent/modcdn.toml")), "", "DEMO", []).expect_err("missing").to_string();
+        let e =
+            load::<Demo>(Some(Path::new("/nonexistent/modcdn.toml")), "", "DEMO", []).expect_err("missing").to_string();
         assert!(e.contains("/nonexistent/modcdn.toml"), "{e}");
     }
 }

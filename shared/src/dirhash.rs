@@ -15,7 +15,10 @@ pub fn hash1_from_digests(mut files: Vec<(String, [u8; 32])>) -> io::Result<Stri
     let mut summary = Sha256::new();
     for (name, digest) in &files {
         if name.contains('\n') {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "dirhash: filenames with newlines are not supported"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "dirhash: filenames with newlines are not supported",
+            ));
         }
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         summary.update(format!("{hex}  {name}\n").as_bytes());
@@ -71,9 +74,8 @@ mod tests {
     fn hash1_matches_x_mod_dirhash_test() {
         // x/mod/sumdb/dirhash/hash_test.go TestHash1: files xyz and abc with
         // contents "data for xyz" and "data for abc".
-        let files = ["xyz", "abc"]
-            .map(|n| (n.to_string(), Sha256::digest(format!("data for {n}").as_bytes()).into()))
-            .to_vec();
+        let files =
+            ["xyz", "abc"].map(|n| (n.to_string(), Sha256::digest(format!("data for {n}").as_bytes()).into())).to_vec();
         let got = hash1_from_digests(files).expect("hash");
         let mut summary = Sha256::new();
         for n in ["abc", "xyz"] {

@@ -10,8 +10,8 @@
 
 pub mod config;
 pub mod dirhash;
-pub mod modzip;
 pub mod module;
+pub mod modzip;
 pub mod policy;
 pub mod request;
 pub mod semver;

@@ -39,7 +39,12 @@ pub struct CheckedZip {
 
 /// Checks a module zip of `module@version` as x/mod's `CheckZip` and hashes
 /// it as `dirhash.HashZip`. `zip_size` is the size of the whole file.
-pub fn check_zip<R: Read + Seek>(r: R, zip_size: u64, module_path: &str, version: &str) -> Result<CheckedZip, ZipError> {
+pub fn check_zip<R: Read + Seek>(
+    r: R,
+    zip_size: u64,
+    module_path: &str,
+    version: &str,
+) -> Result<CheckedZip, ZipError> {
     if zip_size > MAX_ZIP_FILE {
         return Err(ZipError::TooLarge(zip_size));
     }
@@ -137,9 +142,16 @@ mod tests {
 
     #[test]
     fn accepts_a_module_zip_and_hashes_it() {
-        let z = check(&[("example.com/m@v1.0.0/go.mod", b"module example.com/m\n"), ("example.com/m@v1.0.0/m.go", b"package m\n")]).expect("valid");
+        let z = check(&[
+            ("example.com/m@v1.0.0/go.mod", b"module example.com/m\n"),
+            ("example.com/m@v1.0.0/m.go", b"package m\n"),
+        ])
+        .expect("valid");
         assert_eq!(z.files, 2);
-        let bytes = make(&[("example.com/m@v1.0.0/go.mod", b"module example.com/m\n"), ("example.com/m@v1.0.0/m.go", b"package m\n")]);
+        let bytes = make(&[
+            ("example.com/m@v1.0.0/go.mod", b"module example.com/m\n"),
+            ("example.com/m@v1.0.0/m.go", b"package m\n"),
+        ]);
         assert_eq!(dirhash::hash_zip(Cursor::new(bytes)).expect("hash"), z.h1);
     }
 
@@ -156,7 +168,13 @@ mod tests {
         ] {
             assert!(check(entries).is_err(), "{entries:?}");
         }
-        assert!(matches!(check_zip(Cursor::new(b"not a zip".to_vec()), 9, "example.com/m", "v1.0.0"), Err(ZipError::Unreadable(_))));
-        assert!(matches!(check_zip(Cursor::new(Vec::new()), MAX_ZIP_FILE + 1, "example.com/m", "v1.0.0"), Err(ZipError::TooLarge(_))));
+        assert!(matches!(
+            check_zip(Cursor::new(b"not a zip".to_vec()), 9, "example.com/m", "v1.0.0"),
+            Err(ZipError::Unreadable(_))
+        ));
+        assert!(matches!(
+            check_zip(Cursor::new(Vec::new()), MAX_ZIP_FILE + 1, "example.com/m", "v1.0.0"),
+            Err(ZipError::TooLarge(_))
+        ));
     }
 }

@@ -177,11 +177,7 @@ impl Request {
         let canonical = version.is_canonical();
         let check_major = |version: &Version| -> Result<(), RequestError> {
             module::check_path_major(version.as_str(), module.major_suffix()).map_err(|reason| {
-                RequestError::ImpossibleVersion {
-                    module: module.to_string(),
-                    version: version.to_string(),
-                    reason,
-                }
+                RequestError::ImpossibleVersion { module: module.to_string(), version: version.to_string(), reason }
             })
         };
         match ext {
@@ -266,7 +262,10 @@ fn parse_sumdb(path: &str) -> Result<Request, RequestError> {
         SumDbKind::Lookup
     } else if let Some(tile) = rest.strip_prefix("tile/") {
         // tile/H/L/NNN[/xNNN...][.p/W] or tile/H/data/...: digits, 'x', 'p', '.', 'data'.
-        if !tile.split('/').all(|e| e == "data" || e.bytes().all(|c| c.is_ascii_digit() || c == b'x' || c == b'.' || c == b'p')) {
+        if !tile
+            .split('/')
+            .all(|e| e == "data" || e.bytes().all(|c| c.is_ascii_digit() || c == b'x' || c == b'.' || c == b'p'))
+        {
             return Err(malformed(format!("invalid tile path {tile:?}")));
         }
         SumDbKind::Tile
@@ -295,8 +294,16 @@ mod tests {
             ("/example.com/m/@v/v3.0.0%2Bincompatible.zip", Kind::Zip, "example.com/m/@v/v3.0.0+incompatible.zip"),
             ("/sumdb/sum.golang.org/supported", Kind::SumDbSupported, "sumdb/sum.golang.org/supported"),
             ("/sumdb/sum.golang.org/latest", Kind::SumDbLatest, "sumdb/sum.golang.org/latest"),
-            ("/sumdb/sum.golang.org/lookup/example.com/m@v1.0.0", Kind::SumDbLookup, "sumdb/sum.golang.org/lookup/example.com/m@v1.0.0"),
-            ("/sumdb/sum.golang.org/tile/8/0/x001/234.p/5", Kind::SumDbTile, "sumdb/sum.golang.org/tile/8/0/x001/234.p/5"),
+            (
+                "/sumdb/sum.golang.org/lookup/example.com/m@v1.0.0",
+                Kind::SumDbLookup,
+                "sumdb/sum.golang.org/lookup/example.com/m@v1.0.0",
+            ),
+            (
+                "/sumdb/sum.golang.org/tile/8/0/x001/234.p/5",
+                Kind::SumDbTile,
+                "sumdb/sum.golang.org/tile/8/0/x001/234.p/5",
+            ),
             ("/sumdb/sum.golang.org/tile/8/data/000", Kind::SumDbTile, "sumdb/sum.golang.org/tile/8/data/000"),
         ];
         for (path, kind, key) in cases {

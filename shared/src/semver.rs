@@ -201,9 +201,7 @@ fn pseudo_shape(v: &str) -> bool {
     let Some(nums) = head.strip_prefix('v') else { return false };
     match sep {
         // vX.0.0-yyyymmddhhmmss-rev
-        "-" => nums
-            .strip_suffix(".0.0")
-            .is_some_and(|m| !m.is_empty() && m.bytes().all(|c| c.is_ascii_digit())),
+        "-" => nums.strip_suffix(".0.0").is_some_and(|m| !m.is_empty() && m.bytes().all(|c| c.is_ascii_digit())),
         // vX.Y.Z-[pre.]0.yyyymmddhhmmss-rev
         "." => {
             let Some((triple, tail)) = nums.split_once('-') else { return false };
@@ -320,14 +318,21 @@ mod tests {
         ] {
             assert!(is_pseudo_version(ok), "{ok}");
         }
-        for bad in ["v1.2.3", "v1.2.3-pre", "v1.2.3-20060102150405-abcdef123456", "v0.0.0-2006010215040-abcdef123456", "v1.2.4-1.20060102150405-abcdef123456"] {
+        for bad in [
+            "v1.2.3",
+            "v1.2.3-pre",
+            "v1.2.3-20060102150405-abcdef123456",
+            "v0.0.0-2006010215040-abcdef123456",
+            "v1.2.4-1.20060102150405-abcdef123456",
+        ] {
             assert!(!is_pseudo_version(bad), "{bad}");
         }
     }
 
     #[test]
     fn sort_and_latest_like_the_go_command() {
-        let mut list: Vec<String> = ["v1.10.0", "v1.2.0", "v1.2.0-rc.1", "v0.9.0", "v2.0.0+incompatible"].map(String::from).to_vec();
+        let mut list: Vec<String> =
+            ["v1.10.0", "v1.2.0", "v1.2.0-rc.1", "v0.9.0", "v2.0.0+incompatible"].map(String::from).to_vec();
         sort(&mut list);
         assert_eq!(list, ["v0.9.0", "v1.2.0-rc.1", "v1.2.0", "v1.10.0", "v2.0.0+incompatible"]);
         assert_eq!(latest_of(["v1.0.0", "v1.1.0-rc.1"]), Some("v1.0.0"));

@@ -91,10 +91,14 @@ fn specs(large_bytes: usize) -> Vec<Spec<'static>> {
         path,
         version,
         go_mod: Some(go_mod(path, &[])),
-        files: vec![(format!("{pkg}.go"), go_file(pkg, &[], &format!("\nfunc Hello() string {{ return \"{word} {version}\" }}\n")))],
+        files: vec![(
+            format!("{pkg}.go"),
+            go_file(pkg, &[], &format!("\nfunc Hello() string {{ return \"{word} {version}\" }}\n")),
+        )],
         listed,
     };
-    let alpha = |version: &'static str| Spec {
+    let alpha = |version: &'static str| {
+        Spec {
         path: ALPHA,
         version,
         go_mod: Some(go_mod(ALPHA, &[(BETA, "v2.0.1"), (UPPER, "v1.0.0")])),
@@ -111,6 +115,7 @@ fn specs(large_bytes: usize) -> Vec<Spec<'static>> {
             ("internal/util/util.go".into(), go_file("util", &[], "\nconst Name = \"util\"\n")),
         ],
         listed: true,
+    }
     };
     vec![
         alpha("v1.0.0"),
@@ -124,7 +129,10 @@ fn specs(large_bytes: usize) -> Vec<Spec<'static>> {
             path: LEGACY,
             version: "v3.0.0+incompatible",
             go_mod: None,
-            files: vec![("legacy.go".into(), go_file("legacy", &[], "\nfunc Hello() string { return \"legacy v3\" }\n"))],
+            files: vec![(
+                "legacy.go".into(),
+                go_file("legacy", &[], "\nfunc Hello() string { return \"legacy v3\" }\n"),
+            )],
             listed: true,
         },
         simple(PSEUDO, PSEUDO_VERSION, "pseudo", "pseudo", false),
@@ -152,7 +160,8 @@ impl Corpus {
     /// `example.com/many/mNNNN@v1.0.0` for benchmarks.
     pub fn generate_with(root: &Path, large_bytes: usize, many: usize) -> io::Result<Corpus> {
         let mut all = specs(large_bytes);
-        let many_paths: Vec<&'static str> = (0..many).map(|i| &*Box::leak(format!("example.com/many/m{i:04}").into_boxed_str())).collect();
+        let many_paths: Vec<&'static str> =
+            (0..many).map(|i| &*Box::leak(format!("example.com/many/m{i:04}").into_boxed_str())).collect();
         for p in &many_paths {
             let pkg = p.rsplit('/').next().unwrap_or("m");
             all.push(Spec {
@@ -215,9 +224,15 @@ fn write_version(root: &Path, spec: &Spec) -> io::Result<ModVersion> {
         files.push(("go.mod".into(), m.as_bytes()));
     }
     for (name, data) in files {
-        let method = if data.len() > 1 << 20 { zip::CompressionMethod::Stored } else { zip::CompressionMethod::Deflated };
-        w.start_file(format!("{prefix}{name}"), zip::write::SimpleFileOptions::default().compression_method(method).large_file(data.len() > u32::MAX as usize))
-            .map_err(io::Error::other)?;
+        let method =
+            if data.len() > 1 << 20 { zip::CompressionMethod::Stored } else { zip::CompressionMethod::Deflated };
+        w.start_file(
+            format!("{prefix}{name}"),
+            zip::write::SimpleFileOptions::default()
+                .compression_method(method)
+                .large_file(data.len() > u32::MAX as usize),
+        )
+        .map_err(io::Error::other)?;
         w.write_all(data)?;
     }
     let zip_bytes = w.finish().map_err(io::Error::other)?.into_inner();

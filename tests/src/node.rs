@@ -14,8 +14,21 @@ pub fn binary(name: &str) -> PathBuf {
     }
     let exe = std::env::current_exe().unwrap_or_default();
     // target/<profile>/deps/test-binary → target/<profile>/<name>
-    let dir = exe.parent().and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) }).unwrap_or(Path::new("."));
+    let dir =
+        exe.parent().and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) }).unwrap_or(Path::new("."));
     dir.join(name)
+}
+
+/// Writes an origin config for tests: random port, store under `dir`.
+pub fn write_config(dir: &Path, upstream: &str, extra: &str) -> io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let config = dir.join("origin.toml");
+    let store = dir.join("store");
+    std::fs::write(
+        &config,
+        format!("listen = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nstore_dir = \"{}\"\n{extra}\n", store.display()),
+    )?;
+    Ok(config)
 }
 
 /// A running `modcdn-origin serve`; killed when dropped.
@@ -29,26 +42,38 @@ impl OriginProcess {
     /// Writes `<dir>/origin.toml` (listen on a random port, store in
     /// `<dir>/store`, upstream as given, plus `extra` TOML lines) and starts it.
     pub fn start(dir: &Path, upstream: &str, extra: &str) -> io::Result<OriginProcess> {
-        std::fs::create_dir_all(dir)?;
-        let config = dir.join("origin.toml");
-        let store = dir.join("store");
-        std::fs::write(
-            &config,
-            format!("listen = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nstore_dir = \"{}\"\n{extra}\n", store.display()),
-        )?;
-        Self::start_with_config(&config)
+        Self::start_with_config(&write_config(dir, upstream, extra)?)
+    }
+
+    /// As [`OriginProcess::start`], with a limit on the size of any file the
+    /// process writes (RLIMIT_FSIZE), so a large write fails as on a full disk.
+    pub fn start_limited(dir: &Path, upstream: &str, extra: &str, max_file_bytes: u64) -> io::Result<OriginProcess> {
+        let config = write_config(dir, upstream, extra)?;
+        let mut cmd = Command::new("sh");
+        // SIGXFSZ ignored, so the write fails with EFBIG instead of killing.
+        cmd.args(["-c", "trap '' XFSZ; exec prlimit --fsize=\"$0\" -- \"$1\" serve --config \"$2\""])
+            .arg(max_file_bytes.to_string())
+            .arg(binary("modcdn-origin"))
+            .arg(&config);
+        Self::spawn(cmd, &config)
     }
 
     pub fn start_with_config(config: &Path) -> io::Result<OriginProcess> {
+        let mut cmd = Command::new(binary("modcdn-origin"));
+        cmd.args(["serve", "--config"]).arg(config);
+        Self::spawn(cmd, config)
+    }
+
+    fn spawn(mut cmd: Command, config: &Path) -> io::Result<OriginProcess> {
         let bin = binary("modcdn-origin");
-        let mut child = Command::new(&bin)
-            .args(["serve", "--config"])
-            .arg(config)
+        let mut child = cmd
             .env("RUST_LOG", std::env::var("MODCDN_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e} (build the workspace binaries first)", bin.display())))?;
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("{}: {e} (build the workspace binaries first)", bin.display()))
+            })?;
         let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -66,7 +91,10 @@ impl OriginProcess {
                 return Err(io::Error::other(format!("modcdn-origin did not start (exit: {status:?})")));
             }
         };
-        let url = line.strip_prefix("GOPROXY=").ok_or_else(|| io::Error::other(format!("unexpected first line {line:?}")))?.to_string();
+        let url = line
+            .strip_prefix("GOPROXY=")
+            .ok_or_else(|| io::Error::other(format!("unexpected first line {line:?}")))?
+            .to_string();
         Ok(OriginProcess { child, url, config: config.to_path_buf() })
     }
 

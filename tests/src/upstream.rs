@@ -69,7 +69,11 @@ impl FixtureUpstream {
     }
 
     pub async fn start_on(root: PathBuf, addr: SocketAddr) -> std::io::Result<FixtureUpstream> {
-        let inner = Arc::new(Inner { root, faults: Mutex::new(Faults { error_status: 503, ..Faults::default() }), counters: Counters::default() });
+        let inner = Arc::new(Inner {
+            root,
+            faults: Mutex::new(Faults { error_status: 503, ..Faults::default() }),
+            counters: Counters::default(),
+        });
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let app = axum::Router::new().fallback(serve).with_state(Arc::clone(&inner));
@@ -122,7 +126,10 @@ async fn serve(State(inner): State<Arc<Inner>>, req: axum::extract::Request) -> 
         tokio::time::sleep(faults.delay).await;
     }
     if faults.error_ratio > 0.0 && fastrand::f64() < faults.error_ratio {
-        return plain(StatusCode::from_u16(faults.error_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "injected failure\n");
+        return plain(
+            StatusCode::from_u16(faults.error_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            "injected failure\n",
+        );
     }
     if path.split('/').any(|e| e == ".." || e.is_empty()) {
         return plain(StatusCode::BAD_REQUEST, "bad path\n");
@@ -134,7 +141,13 @@ async fn serve(State(inner): State<Arc<Inner>>, req: axum::extract::Request) -> 
             Err(_) => return plain(StatusCode::NOT_FOUND, &format!("not found: {path}\n")),
         },
     };
-    let ct = if path.ends_with(".zip") { "application/zip" } else if path.ends_with(".info") || path.ends_with("@latest") { "application/json" } else { "text/plain; charset=utf-8" };
+    let ct = if path.ends_with(".zip") {
+        "application/zip"
+    } else if path.ends_with(".info") || path.ends_with("@latest") {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
     let len = body.len();
     let stream = async_stream(Bytes::from(body), faults);
     Response::builder()
@@ -156,7 +169,10 @@ fn async_stream(body: Bytes, faults: Faults) -> impl futures::Stream<Item = Resu
         let end_at = if faults.truncate { body.len() / 2 } else { body.len() };
         if pos >= end_at {
             if faults.truncate && pos < body.len() {
-                return Some((Err(std::io::Error::other("injected truncation")), (body.len() + 1, body, faults, stalled)));
+                return Some((
+                    Err(std::io::Error::other("injected truncation")),
+                    (body.len() + 1, body, faults, stalled),
+                ));
             }
             return None;
         }
@@ -169,5 +185,9 @@ fn async_stream(body: Bytes, faults: Faults) -> impl futures::Stream<Item = Resu
 }
 
 fn plain(status: StatusCode, text: &str) -> Response {
-    Response::builder().status(status).header(header::CONTENT_TYPE, "text/plain; charset=utf-8").body(Body::from(text.to_string())).unwrap_or_default()
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::from(text.to_string()))
+        .unwrap_or_default()
 }

@@ -85,7 +85,9 @@ async fn latest_falls_back_to_the_list_when_upstream_has_none() {
     let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
     let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
     let client = reqwest::Client::new();
-    for (module, want) in [("example.com/alpha", "v1.1.0"), ("example.com/!upper/!case", "v1.0.0"), ("example.com/legacy", "v1.0.0")] {
+    for (module, want) in
+        [("example.com/alpha", "v1.1.0"), ("example.com/!upper/!case", "v1.0.0"), ("example.com/legacy", "v1.0.0")]
+    {
         let r = client.get(format!("{}/{module}/@latest", origin.url)).send().await.expect("latest");
         assert_eq!(r.status(), 200, "{module}");
         let v: serde_json::Value = r.json().await.expect("json");

@@ -1,0 +1,327 @@
+//! Integration tests of a real origin process against the fixture upstream:
+//! coalescing, caching semantics, faults, durability and HTTP details.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use modcdn_tests::corpus::{Corpus, ALPHA, LARGE};
+use modcdn_tests::node::OriginProcess;
+use modcdn_tests::upstream::{Faults, FixtureUpstream};
+use reqwest::StatusCode;
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    corpus: Corpus,
+    upstream: FixtureUpstream,
+    origin: OriginProcess,
+    client: reqwest::Client,
+}
+
+async fn setup(large: usize, extra: &str) -> Setup {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), large).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), extra).expect("origin");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
+    Setup { tmp, corpus, upstream, origin, client }
+}
+
+impl Setup {
+    fn store(&self) -> std::path::PathBuf {
+        self.tmp.path().join("origin/store")
+    }
+    async fn get(&self, key: &str) -> reqwest::Response {
+        self.client.get(format!("{}/{key}", self.origin.url)).send().await.expect("request")
+    }
+}
+
+/// Every file under `dir`, relative.
+fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else if let Ok(rel) = e.path().strip_prefix(dir) {
+                out.push(rel.display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
+    r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_on_one_zip_make_one_upstream_request() {
+    let s = setup(2 << 20, "").await;
+    s.upstream.set_faults(Faults { delay: Duration::from_millis(300), ..Faults::default() });
+    let key = Corpus::key(LARGE, "v1.0.0", "zip");
+    let want = s.corpus.get(LARGE, "v1.0.0").expect("large").zip_size;
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let (client, url) = (s.client.clone(), format!("{}/{key}", s.origin.url));
+        tasks.push(tokio::spawn(async move {
+            let r = client.get(url).send().await.expect("request");
+            (r.status(), r.bytes().await.map(|b| b.len() as u64).unwrap_or(0))
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), (StatusCode::OK, want));
+    }
+    assert_eq!(s.upstream.counters().get(&key), 1, "200 concurrent misses → 1 upstream request");
+    let metrics = s.get("metrics").await.text().await.expect("metrics");
+    assert!(metrics.contains("modcdn_origin_singleflight_waiters_total"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_list_is_served_while_upstream_fails() {
+    let s = setup(1024, "[ttl]\nmutable_secs = 1\n").await;
+    let key = format!("{ALPHA}/@v/list");
+    let first = s.get(&key).await;
+    assert_eq!((first.status(), header(&first, "x-cache")), (StatusCode::OK, "MISS"));
+    assert_eq!(header(&first, "cache-control"), "public, max-age=1");
+    let body = first.text().await.expect("body");
+    s.upstream.set_faults(Faults { error_ratio: 1.0, error_status: 503, ..Faults::default() });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let stale = s.get(&key).await;
+    assert_eq!((stale.status(), header(&stale, "x-cache")), (StatusCode::OK, "STALE"));
+    assert_eq!(stale.text().await.expect("body"), body);
+    // Once upstream is back, the list is refreshed.
+    s.upstream.clear_faults();
+    let fresh = s.get(&key).await;
+    assert_eq!((fresh.status(), header(&fresh, "x-cache")), (StatusCode::OK, "MISS"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_found_is_negatively_cached_and_failures_are_not() {
+    let s = setup(1024, "").await;
+    // 404 passes through and is remembered.
+    let key = "example.com/missing/@v/v1.0.0.info";
+    for _ in 0..3 {
+        let r = s.get(key).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert_eq!(header(&r, "cache-control"), "public, max-age=60");
+    }
+    assert_eq!(s.upstream.counters().get(key), 1, "404 negatively cached");
+
+    // A 5xx is a 502 with no-store, never a cached 404.
+    let key = Corpus::key(ALPHA, "v1.0.0", "mod");
+    s.upstream.set_faults(Faults { error_ratio: 1.0, error_status: 500, ..Faults::default() });
+    let r = s.get(&key).await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(header(&r, "cache-control"), "no-store");
+    assert!(r.text().await.expect("body").contains("upstream answered 500"));
+    s.upstream.clear_faults();
+    let r = s.get(&key).await;
+    assert_eq!(r.status(), StatusCode::OK, "the failure was not remembered");
+
+    // 410 passes through as 410.
+    s.upstream.set_faults(Faults { error_ratio: 1.0, error_status: 410, ..Faults::default() });
+    let r = s.get("example.com/gone/@v/list").await;
+    assert_eq!(r.status(), StatusCode::GONE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_invalid_and_oversized_upstream_bodies_are_never_stored() {
+    let s = setup(1 << 20, "[http]\nretries = 0\n").await;
+    let zip = Corpus::key(LARGE, "v1.0.0", "zip");
+    s.upstream.set_faults(Faults { truncate: true, ..Faults::default() });
+    let r = s.get(&zip).await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    s.upstream.clear_faults();
+
+    let info = Corpus::key(ALPHA, "v1.0.0", "info");
+    let mod_ = Corpus::key(ALPHA, "v1.0.0", "mod");
+    let alpha_zip = Corpus::key(ALPHA, "v1.0.0", "zip");
+    s.upstream.set_faults(Faults {
+        replace: vec![
+            (info.clone(), br#"{"Version":"v9.9.9","Time":"2024-01-02T03:04:05Z"}"#.to_vec()),
+            (mod_.clone(), b"module example.com/impostor\n".to_vec()),
+            (alpha_zip.clone(), b"PK\x03\x04 definitely not a zip".to_vec()),
+            ("example.com/alpha/@v/v1.1.0.info".into(), vec![b' '; 2 << 20]),
+        ],
+        ..Faults::default()
+    });
+    for key in [&info, &mod_, &alpha_zip, &"example.com/alpha/@v/v1.1.0.info".to_string()] {
+        let r = s.get(key).await;
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY, "{key}");
+        assert_eq!(header(&r, "cache-control"), "no-store");
+        assert!(r.text().await.expect("body").contains("invalid upstream content"), "{key}");
+    }
+    assert!(
+        files(&s.store()).iter().all(|f| !f.ends_with(".zip") && !f.ends_with(".info") && !f.ends_with(".mod")),
+        "{:?}",
+        files(&s.store())
+    );
+
+    s.upstream.clear_faults();
+    for key in [&zip, &info, &mod_, &alpha_zip] {
+        assert_eq!(s.get(key).await.status(), StatusCode::OK, "{key}");
+    }
+    let body = s.get(&zip).await.bytes().await.expect("zip");
+    assert_eq!(body.len() as u64, s.corpus.get(LARGE, "v1.0.0").expect("large").zip_size);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_paths_are_400_and_unknown_modules_404() {
+    let s = setup(1024, "").await;
+    for path in [
+        "example.com/../etc/@v/list",
+        "example.com/m/@v/v1.0.0.tar",
+        "Example.com/m/@v/list",
+        "example.com/m/@v/master.zip",
+        "example.com/%2e%2e/@v/list",
+        "example.com/m/@v/v1.0.0%00.zip",
+        "nodot/@v/list",
+    ] {
+        let r = s.get(path).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(header(&r, "cache-control"), "no-store");
+    }
+    assert_eq!(s.upstream.counters().total(), 0, "malformed requests never reach upstream");
+    let r = s.client.post(format!("{}/{ALPHA}/@v/list", s.origin.url)).send().await.expect("post");
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(s.get("example.com/nobody/@v/list").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(s.get("example.com/alpha/@v/v2.0.0.info").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(s.get("sumdb/sum.golang.org/supported").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(s.get("healthz").await.status(), StatusCode::OK);
+    assert_eq!(s.get("readyz").await.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_details_head_etag_range_content_type() {
+    let s = setup(1 << 20, "").await;
+    let zip = Corpus::key(LARGE, "v1.0.0", "zip");
+    let full = s.get(&zip).await;
+    assert_eq!(header(&full, "content-type"), "application/zip");
+    assert_eq!(header(&full, "cache-control"), "public, max-age=31536000, immutable");
+    let etag = header(&full, "etag").to_string();
+    let bytes = full.bytes().await.expect("zip");
+
+    let head = s.client.head(format!("{}/{zip}", s.origin.url)).send().await.expect("head");
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(header(&head, "content-length"), bytes.len().to_string());
+    assert_eq!(header(&head, "x-cache"), "HIT");
+
+    let r = s.client.get(format!("{}/{zip}", s.origin.url)).header("if-none-match", &etag).send().await.expect("inm");
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+
+    let r =
+        s.client.get(format!("{}/{zip}", s.origin.url)).header("range", "bytes=100-199").send().await.expect("range");
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(header(&r, "content-range"), format!("bytes 100-199/{}", bytes.len()));
+    assert_eq!(r.bytes().await.expect("part"), bytes.slice(100..200));
+    let r = s
+        .client
+        .get(format!("{}/{zip}", s.origin.url))
+        .header("range", format!("bytes={}-", bytes.len()))
+        .send()
+        .await
+        .expect("416");
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+
+    for (key, ct) in [
+        (Corpus::key(ALPHA, "v1.0.0", "info"), "application/json"),
+        (Corpus::key(ALPHA, "v1.0.0", "mod"), "text/plain; charset=utf-8"),
+        (format!("{ALPHA}/@v/list"), "text/plain; charset=utf-8"),
+        (format!("{ALPHA}/@latest"), "application/json"),
+    ] {
+        let r = s.get(&key).await;
+        assert_eq!((r.status(), header(&r, "content-type")), (StatusCode::OK, ct), "{key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_the_store() {
+    let mut s = setup(1 << 20, "").await;
+    let keys: Vec<String> = ["info", "mod", "zip"].iter().map(|e| Corpus::key(ALPHA, "v1.1.0", e)).collect();
+    let mut bodies = Vec::new();
+    for k in &keys {
+        bodies.push(s.get(k).await.bytes().await.expect("body"));
+    }
+    assert!(s.origin.terminate(Duration::from_secs(10)), "clean exit on SIGTERM");
+    let seen = s.upstream.counters().total();
+    s.origin = OriginProcess::start_with_config(&s.origin.config.clone()).expect("restart");
+    for (k, b) in keys.iter().zip(&bodies) {
+        let r = s.get(k).await;
+        assert_eq!((r.status(), header(&r, "x-cache").to_string()), (StatusCode::OK, "HIT".to_string()), "{k}");
+        assert_eq!(&r.bytes().await.expect("body"), b);
+    }
+    assert_eq!(s.upstream.counters().total(), seen, "hits after restart ask upstream nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_large_download_leaves_nothing_partial() {
+    let mut s = setup(8 << 20, "").await;
+    let zip = Corpus::key(LARGE, "v1.0.0", "zip");
+    // About 4 s for the whole body: the kill lands in the middle.
+    s.upstream.set_faults(Faults { bytes_per_sec: Some(2 << 20), ..Faults::default() });
+    let (client, url) = (s.client.clone(), format!("{}/{zip}", s.origin.url));
+    let download = tokio::spawn(async move { client.get(url).send().await.map(|r| r.status()) });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.origin.kill9();
+    let _ = download.await;
+    let leftovers = files(&s.store());
+    assert!(
+        leftovers.iter().all(|f| !f.ends_with(".zip") && !f.ends_with(".zip.meta")),
+        "no published zip: {leftovers:?}"
+    );
+    assert!(leftovers.iter().any(|f| f.contains(".tmp-")), "the kill hit mid-download: {leftovers:?}");
+
+    s.upstream.clear_faults();
+    s.origin = OriginProcess::start_with_config(&s.origin.config.clone()).expect("restart");
+    assert!(files(&s.store()).iter().all(|f| !f.contains(".tmp-")), "temp files removed at start");
+    let r = s.get(&zip).await;
+    assert_eq!((r.status(), header(&r, "x-cache").to_string()), (StatusCode::OK, "MISS".to_string()));
+    let body = r.bytes().await.expect("zip");
+    let sum = modcdn_shared::dirhash::hash_zip(std::io::Cursor::new(body.to_vec())).expect("hash");
+    assert_eq!(sum, s.corpus.get(LARGE, "v1.0.0").expect("large").sum);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests() {
+    let mut s = setup(4 << 20, "").await;
+    let zip = Corpus::key(LARGE, "v1.0.0", "zip");
+    let want = s.corpus.get(LARGE, "v1.0.0").expect("large").zip_size;
+    s.upstream.set_faults(Faults { bytes_per_sec: Some(4 << 20), ..Faults::default() });
+    let (client, url) = (s.client.clone(), format!("{}/{zip}", s.origin.url));
+    let download = tokio::spawn(async move {
+        let r = client.get(url).send().await.expect("request");
+        (r.status(), r.bytes().await.map(|b| b.len() as u64).unwrap_or(0))
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let origin = &mut s.origin;
+    let clean = tokio::task::block_in_place(|| origin.terminate(Duration::from_secs(20)));
+    assert!(clean, "exit 0 after draining");
+    assert_eq!(download.await.expect("download"), (StatusCode::OK, want), "in-flight request completed");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_only_the_write_and_hits_keep_flowing() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 4 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    // A file-size limit of 1 MiB on the origin process: writing the 4 MiB
+    // zip fails with EFBIG, as on a full disk; small files still fit.
+    let dir = tmp.path().join("origin");
+    let origin = OriginProcess::start_limited(&dir, &upstream.url(), "", 1 << 20).expect("origin");
+    let client = reqwest::Client::new();
+    let info = Corpus::key(ALPHA, "v1.0.0", "info");
+    assert_eq!(client.get(format!("{}/{info}", origin.url)).send().await.expect("info").status(), StatusCode::OK);
+    let zip = Corpus::key(LARGE, "v1.0.0", "zip");
+    let r = client.get(format!("{}/{zip}", origin.url)).send().await.expect("zip");
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(header(&r, "cache-control"), "no-store");
+    assert!(r.text().await.expect("body").contains("store write failed"));
+    assert!(files(&dir.join("store")).iter().all(|f| !f.contains("large")), "nothing half-stored");
+    let r = client.get(format!("{}/{info}", origin.url)).send().await.expect("info");
+    assert_eq!((r.status(), header(&r, "x-cache")), (StatusCode::OK, "HIT"));
+}
