@@ -30,6 +30,10 @@ pub struct OriginConfig {
     pub shutdown_grace_secs: u64,
     /// Capacity of the negative cache. Default 100000.
     pub negative_cache_entries: usize,
+    /// Memory tier budget in MiB (0 turns it off). Default 256.
+    pub memory_cache_mib: u64,
+    /// Largest artifact kept in the memory tier, in KiB. Default 4096.
+    pub memory_object_max_kib: u64,
     pub ttl: TtlConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
@@ -80,6 +84,8 @@ impl Default for OriginConfig {
             store_dir: PathBuf::from("modcdn-data/origin"),
             shutdown_grace_secs: 30,
             negative_cache_entries: 100_000,
+            memory_cache_mib: 256,
+            memory_object_max_kib: 4096,
             ttl: TtlConfig::default(),
             http: HttpConfig::default(),
             log: LogConfig::default(),
@@ -141,6 +147,12 @@ impl Validate for OriginConfig {
         }
         if self.http.retries > 10 {
             errs.push(("http.retries".into(), format!("{} is above the limit of 10", self.http.retries)));
+        }
+        if self.memory_cache_mib > 1 << 20 {
+            errs.push(("memory_cache_mib".into(), format!("{} MiB is more than 1 TiB", self.memory_cache_mib)));
+        }
+        if self.memory_object_max_kib > 500 << 10 {
+            errs.push(("memory_object_max_kib".into(), "is above the 500 MiB largest module zip".into()));
         }
         if self.negative_cache_entries == 0 {
             errs.push(("negative_cache_entries".into(), "must be above 0".into()));

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod error;
+pub mod memory;
 pub mod metrics;
 pub mod negative;
 pub mod pull;
@@ -34,6 +35,7 @@ use crate::upstream::{Chain, Upstream};
 /// Everything a request needs, shared by all of them.
 pub struct Origin {
     pub store: Arc<dyn Store>,
+    pub memory: memory::MemoryTier,
     pub upstream: Upstream,
     pub flights: singleflight::Group<Result<(), OriginError>>,
     pub negative: negative::NegativeCache,
@@ -51,6 +53,7 @@ impl Origin {
         let chain = Chain::parse(&config.upstream).map_err(|e| format!("upstream: {e}"))?;
         let origin = Origin {
             store: Arc::new(store),
+            memory: memory::MemoryTier::new(config.memory_cache_mib << 20, config.memory_object_max_kib << 10),
             upstream: Upstream::new(chain, &config.http)?,
             flights: singleflight::Group::default(),
             negative: negative::NegativeCache::new(config.negative_cache_entries),

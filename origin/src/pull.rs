@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{OriginError, UpstreamError};
-use crate::store::{Meta, Staged};
+use crate::store::Meta;
+use crate::upstream::Fetched;
 use crate::{validate, Origin};
 
 /// Pulls `req` unless a pull of it is already running; joins it then.
@@ -60,12 +61,8 @@ async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
         Err(e) if e.is_not_found() => "not_found",
         Err(_) => "error",
     };
-    origin
-        .metrics
-        .upstream_seconds
-        .with_label_values(&[kind.as_str(), result])
-        .observe(started.elapsed().as_secs_f64());
-    let fetched = match fetched {
+    origin.metrics.upstream_seconds.with_label_values(&[kind.as_str(), result]).observe(started.elapsed().as_secs_f64());
+    let mut fetched = match fetched {
         Ok(f) => f,
         Err(e) if kind == Kind::Latest && e.is_not_found() && !origin.upstream.is_off() => {
             return latest_from_list(origin, req).await;
@@ -75,14 +72,46 @@ async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
     let limit = validate::size_limit(kind);
     if let Some(len) = fetched.content_length {
         if len > limit {
-            return Err(invalid(
-                origin,
-                kind,
-                format!("{key}: upstream declares {len} bytes, above the {limit}-byte limit"),
-            ));
+            return Err(invalid(origin, kind, format!("{key}: upstream declares {len} bytes, above the {limit}-byte limit")));
         }
     }
-    let mut staged = stage(origin, &key).await?;
+    let upstream = std::mem::take(&mut fetched.upstream);
+    if kind == Kind::Zip {
+        return pull_zip(origin, req, fetched, upstream).await;
+    }
+    // Everything but zips is small (≤ 16 MiB): held in memory, checked,
+    // then written in one go.
+    let mut body = Vec::with_capacity(fetched.content_length.unwrap_or(1024).min(limit) as usize);
+    while let Some(chunk) = fetched.body.next().await {
+        let chunk = chunk?;
+        if body.len() as u64 + chunk.len() as u64 > limit {
+            return Err(invalid(origin, kind, format!("{key}: upstream body exceeds the {limit}-byte limit")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    check_length(origin, kind, &key, body.len() as u64, fetched.content_length)?;
+    let h1 = match req {
+        Request::Info(_, v) => validate::check_info(&body, Some(v.as_str())).map(|_| None),
+        Request::Query(..) | Request::Latest(_) => validate::check_info(&body, None).map(|_| None),
+        Request::Mod(m, _) => validate::check_mod(&body, m.as_str()).map(|_| Some(dirhash::hash_go_mod(&body))),
+        Request::List(_) => validate::check_list(&body).map(|_| None),
+        _ => Ok(None),
+    }
+    .map_err(|reason| invalid(origin, kind, format!("{key}: {reason}")))?;
+    put(origin, &key, body, h1, upstream).await
+}
+
+/// A zip streams to a staged file (never whole in memory), is checked
+/// against the module zip rules from there, and published.
+async fn pull_zip(origin: &Arc<Origin>, req: &Request, fetched: Fetched, upstream: String) -> Result<(), OriginError> {
+    let (kind, key) = (req.kind(), req.key());
+    let Request::Zip(module_path, version) = req else { return Err(OriginError::Store("pull_zip needs a zip".into())) };
+    let limit = validate::size_limit(kind);
+    let mut staged = blocking(origin, {
+        let k = key.clone();
+        move |store| store.stage(&k)
+    })
+    .await?;
     let file = staged.take_file().ok_or_else(|| OriginError::Store("staged file missing".into()))?;
     let mut file = tokio::fs::File::from_std(file);
     let mut hasher = Sha256::new();
@@ -97,47 +126,54 @@ async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
         hasher.update(&chunk);
         file.write_all(&chunk).await.map_err(|e| OriginError::Store(format!("{key}: {e}")))?;
     }
-    if let Some(len) = fetched.content_length {
-        if size != len {
-            return Err(invalid(origin, kind, format!("{key}: truncated upstream body ({size} of {len} bytes)")));
-        }
-    }
-    file.sync_all().await.map_err(|e| OriginError::Store(format!("{key}: {e}")))?;
+    file.flush().await.map_err(|e| OriginError::Store(format!("{key}: {e}")))?;
     drop(file);
-
-    let h1 = check(origin, req, &staged, size).await?;
-    let meta = Meta { size, sha256: hex(&hasher.finalize()), h1, fetched_at_ms: now_ms(), upstream: fetched.upstream };
-    publish(origin, staged, meta).await
+    check_length(origin, kind, &key, size, fetched.content_length)?;
+    let (path, m, v) = (staged.path().to_path_buf(), module_path.as_str().to_string(), version.as_str().to_string());
+    let checked = tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        modzip::check_zip(std::io::BufReader::new(f), size, &m, &v).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| OriginError::Store(e.to_string()))?
+    .map_err(|reason| invalid(origin, kind, format!("{key}: {reason}")))?;
+    let meta = Meta { size, sha256: hex(&hasher.finalize()), h1: Some(checked.h1), fetched_at_ms: now_ms(), upstream };
+    blocking(origin, move |store| store.publish(staged, &meta)).await?;
+    origin.refresh_store_gauges();
+    Ok(())
 }
 
-/// Validates a staged body by kind; returns the `h1:` hash of mods and zips.
-async fn check(origin: &Origin, req: &Request, staged: &Staged, size: u64) -> Result<Option<String>, OriginError> {
-    let kind = req.kind();
-    let path = staged.path().to_path_buf();
-    let outcome = match req {
-        Request::Zip(m, v) => {
-            let (m, v) = (m.as_str().to_string(), v.as_str().to_string());
-            tokio::task::spawn_blocking(move || {
-                let f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-                modzip::check_zip(std::io::BufReader::new(f), size, &m, &v)
-                    .map(|z| Some(z.h1))
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(|e| OriginError::Store(e.to_string()))?
+fn check_length(origin: &Origin, kind: Kind, key: &str, got: u64, declared: Option<u64>) -> Result<(), OriginError> {
+    match declared {
+        Some(len) if len != got => {
+            Err(invalid(origin, kind, format!("{key}: truncated upstream body ({got} of {len} bytes)")))
         }
-        _ => {
-            let body = tokio::fs::read(&path).await.map_err(|e| OriginError::Store(e.to_string()))?;
-            match req {
-                Request::Info(_, v) => validate::check_info(&body, Some(v.as_str())).map(|_| None),
-                Request::Query(..) | Request::Latest(_) => validate::check_info(&body, None).map(|_| None),
-                Request::Mod(m, _) => validate::check_mod(&body, m.as_str()).map(|_| Some(dirhash::hash_go_mod(&body))),
-                Request::List(_) => validate::check_list(&body).map(|_| None),
-                _ => Ok(None),
-            }
-        }
-    };
-    outcome.map_err(|reason| invalid(origin, kind, format!("{}: {reason}", req.key())))
+        _ => Ok(()),
+    }
+}
+
+/// Stores a validated in-memory body durably, then in the memory tier.
+async fn put(origin: &Arc<Origin>, key: &str, body: Vec<u8>, h1: Option<String>, upstream: String) -> Result<(), OriginError> {
+    let meta = Meta { size: body.len() as u64, sha256: hex(&Sha256::digest(&body)), h1, fetched_at_ms: now_ms(), upstream };
+    let body = bytes::Bytes::from(body);
+    let (k, b, m) = (key.to_string(), body.clone(), meta.clone());
+    blocking(origin, move |store| store.put(&k, &b, &m)).await?;
+    origin.memory.insert(key, meta, body);
+    origin.refresh_store_gauges();
+    Ok(())
+}
+
+/// Runs a store operation on the blocking pool; its errors are store errors.
+async fn blocking<T, F>(origin: &Origin, op: F) -> Result<T, OriginError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn crate::store::Store) -> std::io::Result<T> + Send + 'static,
+{
+    let store = Arc::clone(&origin.store);
+    tokio::task::spawn_blocking(move || op(store.as_ref()))
+        .await
+        .map_err(|e| OriginError::Store(e.to_string()))?
+        .map_err(|e| OriginError::Store(e.to_string()))
 }
 
 /// `@latest` when upstream has none: the highest version of `list` by the
@@ -180,22 +216,7 @@ async fn latest_from_list(origin: &Arc<Origin>, req: &Request) -> Result<(), Ori
     };
     let version = Version::new(best).map_err(|e| invalid(origin, Kind::List, e.to_string()))?;
     let info = read_fresh_or_pull(origin, &Request::Info(module_path.clone(), version)).await?;
-    let mut staged = stage(origin, &req.key()).await?;
-    let file = staged.take_file().ok_or_else(|| OriginError::Store("staged file missing".into()))?;
-    let info_len = info.len() as u64;
-    let sha = hex(&Sha256::digest(&info));
-    tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut file = file;
-        file.write_all(&info)?;
-        file.sync_all()
-    })
-    .await
-    .map_err(|e| OriginError::Store(e.to_string()))?
-    .map_err(|e| OriginError::Store(e.to_string()))?;
-    let meta =
-        Meta { size: info_len, sha256: sha, h1: None, fetched_at_ms: now_ms(), upstream: "latest of list".into() };
-    publish(origin, staged, meta).await
+    put(origin, &req.key(), info, None, "latest of list".into()).await
 }
 
 /// The body at `req`'s key: from the store when fresh, else pulled.
@@ -217,36 +238,13 @@ async fn read_fresh_or_pull(origin: &Arc<Origin>, req: &Request) -> Result<Vec<u
 }
 
 async fn read(origin: &Arc<Origin>, key: &str) -> Result<Option<(Meta, Vec<u8>)>, OriginError> {
-    let (store, key) = (Arc::clone(&origin.store), key.to_string());
-    tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-        use std::io::Read;
-        let Some(mut hit) = store.get(&key)? else { return Ok(None) };
-        let mut body = Vec::with_capacity(hit.meta.size as usize);
-        hit.body.read_to_end(&mut body)?;
-        Ok(Some((hit.meta, body)))
-    })
-    .await
-    .map_err(|e| OriginError::Store(e.to_string()))?
-    .map_err(|e| OriginError::Store(e.to_string()))
-}
-
-async fn stage(origin: &Arc<Origin>, key: &str) -> Result<Staged, OriginError> {
-    let (store, k) = (Arc::clone(&origin.store), key.to_string());
-    tokio::task::spawn_blocking(move || store.stage(&k))
+    if let Some(c) = origin.memory.get(key) {
+        return Ok(Some((c.meta.clone(), c.body.to_vec())));
+    }
+    let k = key.to_string();
+    blocking(origin, move |store| store.get(&k)?.map(|hit| Ok((hit.read_body()?, hit.meta))).transpose())
         .await
-        .map_err(|e| OriginError::Store(e.to_string()))?
-        .map_err(|e| OriginError::Store(format!("{key}: {e}")))
-}
-
-async fn publish(origin: &Arc<Origin>, staged: Staged, meta: Meta) -> Result<(), OriginError> {
-    let store = Arc::clone(&origin.store);
-    let key = staged.key().to_string();
-    tokio::task::spawn_blocking(move || store.publish(staged, &meta))
-        .await
-        .map_err(|e| OriginError::Store(e.to_string()))?
-        .map_err(|e| OriginError::Store(format!("{key}: {e}")))?;
-    origin.refresh_store_gauges();
-    Ok(())
+        .map(|o| o.map(|(body, meta)| (meta, body)))
 }
 
 fn invalid(origin: &Origin, kind: Kind, reason: String) -> OriginError {

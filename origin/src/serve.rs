@@ -10,7 +10,7 @@
 //! Every answer's status and Cache-Control come from `modcdn_shared::policy`;
 //! `respond_error` is the one place errors become responses.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,11 +27,10 @@ use tokio::io::AsyncReadExt;
 
 use crate::error::OriginError;
 use crate::pull::{self, now_ms};
-use crate::store::Meta;
+use crate::memory::Cached;
+use crate::store::{Hit, Meta};
 use crate::Origin;
 
-/// Bodies up to this size are read in one go; larger ones are streamed.
-const SMALL_BODY: u64 = 64 * 1024;
 /// Chunk size when streaming large bodies.
 const STREAM_CHUNK: usize = 256 * 1024;
 
@@ -151,7 +150,7 @@ async fn serve_mutable(o: &Arc<Origin>, req: &Request, headers: &HeaderMap) -> (
         Err(e) => return (CacheResult::None, respond_error(o, Some(req.kind()), &e)),
     };
     if let Some(hit) = cached {
-        let age = Duration::from_millis(now_ms().saturating_sub(hit.meta.fetched_at_ms));
+        let age = Duration::from_millis(now_ms().saturating_sub(hit.meta().fetched_at_ms));
         if age < ttl {
             if age > ttl.mul_f64(0.75) {
                 refresh_in_background(o, req);
@@ -218,28 +217,38 @@ async fn pull_and_open(o: &Arc<Origin>, req: &Request) -> Result<Opened, OriginE
     open(o, &req.key()).await?.ok_or_else(|| OriginError::Store(format!("{} vanished after it was stored", req.key())))
 }
 
-/// A stored artifact ready to send: small bodies already read.
-struct Opened {
-    meta: Meta,
-    small: Option<Bytes>,
-    file: std::fs::File,
+/// A stored artifact ready to send: from the memory tier, or a file to
+/// stream (larger than the tier keeps).
+enum Opened {
+    Memory(Arc<Cached>),
+    File(Hit),
 }
 
+impl Opened {
+    fn meta(&self) -> &Meta {
+        match self {
+            Opened::Memory(c) => &c.meta,
+            Opened::File(h) => &h.meta,
+        }
+    }
+}
+
+/// The artifact at `key`: memory tier first, then the store (filling the
+/// memory tier when it fits).
 async fn open(o: &Arc<Origin>, key: &str) -> Result<Option<Opened>, OriginError> {
-    let (store, k) = (Arc::clone(&o.store), key.to_string());
+    if let Some(c) = o.memory.get(key) {
+        return Ok(Some(Opened::Memory(c)));
+    }
+    let (o2, k) = (Arc::clone(o), key.to_string());
     tokio::task::spawn_blocking(move || -> std::io::Result<Option<Opened>> {
-        let Some(mut hit) = store.get(&k)? else { return Ok(None) };
-        let small = if hit.meta.size <= SMALL_BODY {
-            let mut buf = Vec::with_capacity(hit.meta.size as usize);
-            hit.body.read_to_end(&mut buf)?;
-            if buf.len() as u64 != hit.meta.size {
-                return Ok(None);
+        let Some(hit) = o2.store.get(&k)? else { return Ok(None) };
+        if o2.memory.fits(hit.meta.size) {
+            let body = Bytes::from(hit.read_body()?);
+            if let Some(c) = o2.memory.insert(&k, hit.meta.clone(), body) {
+                return Ok(Some(Opened::Memory(c)));
             }
-            Some(Bytes::from(buf))
-        } else {
-            None
-        };
-        Ok(Some(Opened { meta: hit.meta, small, file: hit.body }))
+        }
+        Ok(Some(Opened::File(hit)))
     })
     .await
     .map_err(|e| OriginError::Store(e.to_string()))?
@@ -250,14 +259,15 @@ async fn open(o: &Arc<Origin>, key: &str) -> Result<Option<Opened>, OriginError>
 /// a single byte Range.
 async fn respond_hit(o: &Origin, kind: Kind, hit: Opened, cache: CacheResult, req_headers: &HeaderMap) -> Response {
     let rule = policy::rule(kind, Outcome::Found, &o.ttls);
-    let size = hit.meta.size;
-    let etag = format!("\"{}\"", &hit.meta.sha256[..hit.meta.sha256.len().min(32)]);
+    let meta = hit.meta();
+    let size = meta.size;
+    let etag = format!("\"{}\"", &meta.sha256[..meta.sha256.len().min(32)]);
     let mut builder = Response::builder()
         .header(header::CACHE_CONTROL, &rule.cache_control)
         .header(header::ETAG, &etag)
         .header(header::ACCEPT_RANGES, "bytes")
         .header("x-cache", cache.as_str());
-    if let Ok(t) = std::time::UNIX_EPOCH.checked_add(Duration::from_millis(hit.meta.fetched_at_ms)).ok_or(()) {
+    if let Ok(t) = std::time::UNIX_EPOCH.checked_add(Duration::from_millis(meta.fetched_at_ms)).ok_or(()) {
         builder = builder.header(header::LAST_MODIFIED, httpdate::fmt_http_date(t));
     }
     if let Some(inm) = req_headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
@@ -288,9 +298,9 @@ async fn respond_hit(o: &Origin, kind: Kind, hit: Opened, cache: CacheResult, re
         None => (StatusCode::OK, 0, size),
     };
     builder = builder.status(status).header(header::CONTENT_LENGTH, len);
-    let body = match hit.small {
-        Some(bytes) => Body::from(bytes.slice(start as usize..(start + len) as usize)),
-        None => {
+    let body = match hit {
+        Opened::Memory(c) => Body::from(c.body.slice(start as usize..(start + len) as usize)),
+        Opened::File(hit) => {
             let mut file = hit.file;
             if start > 0 {
                 if let Err(e) = file.seek(SeekFrom::Start(start)) {

@@ -1,14 +1,18 @@
 //! Durable storage of artifacts, keyed by escaped GOPROXY path.
 //!
-//! Writes never expose a partial artifact: the body streams into a temp file
-//! in the destination directory ([`Store::stage`]), is fsynced, and only then
-//! renamed into place next to its metadata record ([`Store::publish`]), and
-//! the directory is fsynced. A body without a matching record (size and
-//! all) is never served, so a crash at any point leaves either the old state
-//! or the new one. Leftover temp files are removed when the store opens.
+//! One file per artifact at `<root>/<key>`, so the layout mirrors the
+//! GOPROXY URL space: the body, then a trailer holding its metadata record
+//! (JSON, its length, a magic tag). The body starts at offset 0, so ranges
+//! are plain offsets. Writes never expose a partial artifact: the body
+//! streams into a temp file in the destination directory ([`Store::stage`]);
+//! [`Store::publish`] appends the trailer, fsyncs, renames it into place and
+//! fsyncs the directory. A file whose trailer is missing or does not match
+//! its length is never served, and leftover temp files are removed when the
+//! store opens.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -30,11 +34,21 @@ pub struct Meta {
     pub upstream: String,
 }
 
-/// A stored artifact, opened for reading.
+/// A stored artifact, opened for reading: its body is the first
+/// `meta.size` bytes of `file`.
 #[derive(Debug)]
 pub struct Hit {
     pub meta: Meta,
-    pub body: File,
+    pub file: File,
+}
+
+impl Hit {
+    /// Reads the whole body.
+    pub fn read_body(&self) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; self.meta.size as usize];
+        self.file.read_exact_at(&mut buf, 0)?;
+        Ok(buf)
+    }
 }
 
 /// A body being written; removed on drop unless published.
@@ -74,15 +88,23 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &str) -> io::Result<Option<Hit>>;
     /// A new temp file for `key`'s body, invisible to `get`.
     fn stage(&self, key: &str) -> io::Result<Staged>;
-    /// Makes a fully written, fsynced staged body visible under its key with
-    /// `meta`, replacing what was there.
+    /// Makes a fully written staged body visible under its key with `meta`,
+    /// durably, replacing what was there.
     fn publish(&self, staged: Staged, meta: &Meta) -> io::Result<()>;
-    /// Objects and bytes stored.
+    /// Objects stored, and bytes they take.
     fn usage(&self) -> (i64, i64);
+
+    /// Stores a body held in memory: stage, write, publish.
+    fn put(&self, key: &str, body: &[u8], meta: &Meta) -> io::Result<()> {
+        let mut staged = self.stage(key)?;
+        let mut file = staged.take_file().ok_or_else(|| io::Error::other("staged file taken"))?;
+        file.write_all(body)?;
+        drop(file);
+        self.publish(staged, meta)
+    }
 }
 
-/// The disk store: `<root>/<key>` holds the body and `<root>/<key>.meta` its
-/// record, so the layout mirrors the GOPROXY URL space.
+/// The disk store.
 pub struct DiskStore {
     root: PathBuf,
     objects: AtomicI64,
@@ -90,43 +112,37 @@ pub struct DiskStore {
 }
 
 const TEMP_PREFIX: &str = ".tmp-";
-const META_SUFFIX: &str = ".meta";
+const MAGIC: &[u8; 8] = b"MODCDN\x01\n";
+/// Trailer after the JSON record: its length (u32 LE) and [`MAGIC`].
+const TRAILER_FIXED: u64 = 12;
+const MAX_RECORD: u64 = 64 * 1024;
 
 impl DiskStore {
     /// Opens (creating) the store at `root`, removing leftover temp files and
     /// counting what is stored.
     pub fn open(root: &Path) -> io::Result<DiskStore> {
         fs::create_dir_all(root)?;
-        let store = DiskStore { root: root.to_path_buf(), objects: AtomicI64::new(0), bytes: AtomicI64::new(0) };
         let (mut objects, mut bytes, mut removed) = (0, 0, 0);
         let mut dirs = vec![root.to_path_buf()];
         while let Some(dir) = dirs.pop() {
             for entry in fs::read_dir(&dir)? {
                 let entry = entry?;
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
                 let ty = entry.file_type()?;
                 if ty.is_dir() {
                     dirs.push(entry.path());
-                } else if name.starts_with(TEMP_PREFIX) {
+                } else if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
                     fs::remove_file(entry.path())?;
                     removed += 1;
-                } else if let Some(body) = name.strip_suffix(META_SUFFIX) {
-                    if let Ok(meta) = read_meta(&entry.path()) {
-                        if fs::metadata(dir.join(body)).map(|m| m.len() == meta.size).unwrap_or(false) {
-                            objects += 1;
-                            bytes += meta.size as i64;
-                        }
-                    }
+                } else {
+                    objects += 1;
+                    bytes += entry.metadata()?.len() as i64;
                 }
             }
         }
         if removed > 0 {
             tracing::info!(removed, root = %root.display(), "removed leftover temp files");
         }
-        store.objects.store(objects, Ordering::Relaxed);
-        store.bytes.store(bytes, Ordering::Relaxed);
-        Ok(store)
+        Ok(DiskStore { root: root.to_path_buf(), objects: AtomicI64::new(objects), bytes: AtomicI64::new(bytes) })
     }
 
     fn path_of(&self, key: &str) -> io::Result<PathBuf> {
@@ -135,8 +151,7 @@ impl DiskStore {
         let bad = key.is_empty()
             || key.starts_with('/')
             || key.split('/').any(|e| e.is_empty() || e == "." || e == ".." || e.starts_with(TEMP_PREFIX))
-            || key.contains(['\\', '\0'])
-            || key.ends_with(META_SUFFIX);
+            || key.contains(['\\', '\0']);
         if bad {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("refusing store key {key:?}")));
         }
@@ -144,15 +159,26 @@ impl DiskStore {
     }
 }
 
-fn meta_path(body: &Path) -> PathBuf {
-    let mut s = body.as_os_str().to_owned();
-    s.push(META_SUFFIX);
-    PathBuf::from(s)
-}
-
-fn read_meta(path: &Path) -> io::Result<Meta> {
-    let bytes = fs::read(path)?;
-    serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+/// Reads the record in the trailer of `file`; `None` when it is missing,
+/// torn or does not account for the file's length.
+fn read_trailer(file: &File) -> io::Result<Option<Meta>> {
+    let len = file.metadata()?.len();
+    if len < TRAILER_FIXED {
+        return Ok(None);
+    }
+    let mut fixed = [0u8; TRAILER_FIXED as usize];
+    file.read_exact_at(&mut fixed, len - TRAILER_FIXED)?;
+    if &fixed[4..] != MAGIC {
+        return Ok(None);
+    }
+    let record_len = u32::from_le_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]) as u64;
+    if record_len > MAX_RECORD || record_len + TRAILER_FIXED > len {
+        return Ok(None);
+    }
+    let mut record = vec![0u8; record_len as usize];
+    file.read_exact_at(&mut record, len - TRAILER_FIXED - record_len)?;
+    let Ok(meta) = serde_json::from_slice::<Meta>(&record) else { return Ok(None) };
+    Ok((meta.size + record_len + TRAILER_FIXED == len).then_some(meta))
 }
 
 fn temp_path(dest: &Path) -> PathBuf {
@@ -160,29 +186,18 @@ fn temp_path(dest: &Path) -> PathBuf {
     dest.with_file_name(format!("{TEMP_PREFIX}{name}-{:016x}", fastrand::u64(..)))
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 impl Store for DiskStore {
     fn get(&self, key: &str) -> io::Result<Option<Hit>> {
         let path = self.path_of(key)?;
-        let meta = match read_meta(&meta_path(&path)) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let body = match File::open(&path) {
+        let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        if body.metadata()?.len() != meta.size {
-            // Mid-replacement, or a torn write from a crash: not ours to serve.
+        if !file.metadata()?.is_file() {
             return Ok(None);
         }
-        Ok(Some(Hit { meta, body }))
+        Ok(read_trailer(&file)?.map(|meta| Hit { meta, file }))
     }
 
     fn stage(&self, key: &str) -> io::Result<Staged> {
@@ -198,35 +213,27 @@ impl Store for DiskStore {
     fn publish(&self, mut staged: Staged, meta: &Meta) -> io::Result<()> {
         let dest = self.path_of(&staged.key)?;
         let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
-        if fs::metadata(&staged.temp)?.len() != meta.size {
+        let mut file = fs::OpenOptions::new().append(true).open(&staged.temp)?;
+        if file.metadata()?.len() != meta.size {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "staged body size differs from its record"));
         }
-        let old = read_meta(&meta_path(&dest)).ok();
-        let meta_dest = meta_path(&dest);
-        let meta_temp = temp_path(&meta_dest);
-        let write_meta = || -> io::Result<()> {
-            let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&meta_temp)?;
-            f.write_all(&serde_json::to_vec(meta).map_err(io::Error::other)?)?;
-            f.sync_all()
-        };
-        if let Err(e) = write_meta() {
-            let _ = fs::remove_file(&meta_temp);
-            return Err(e);
-        }
-        // Body first: a body whose record is missing or of another size is
-        // never served, so every crash point leaves a consistent store.
+        let record = serde_json::to_vec(meta).map_err(io::Error::other)?;
+        let mut trailer = record;
+        trailer.extend_from_slice(&(trailer.len() as u32).to_le_bytes());
+        trailer.extend_from_slice(MAGIC);
+        file.write_all(&trailer)?;
+        file.sync_all()?;
+        let total = file.metadata()?.len() as i64;
+        drop(file);
+        let old = fs::metadata(&dest).ok().map(|m| m.len() as i64);
         fs::rename(&staged.temp, &dest)?;
         staged.temp = PathBuf::new();
-        if let Err(e) = fs::rename(&meta_temp, &meta_dest) {
-            let _ = fs::remove_file(&meta_temp);
-            return Err(e);
-        }
-        sync_dir(&dir)?;
+        File::open(&dir)?.sync_all()?;
         match old {
-            Some(old) => self.bytes.fetch_add(meta.size as i64 - old.size as i64, Ordering::Relaxed),
+            Some(old) => self.bytes.fetch_add(total - old, Ordering::Relaxed),
             None => {
                 self.objects.fetch_add(1, Ordering::Relaxed);
-                self.bytes.fetch_add(meta.size as i64, Ordering::Relaxed)
+                self.bytes.fetch_add(total, Ordering::Relaxed)
             }
         };
         Ok(())
@@ -239,7 +246,6 @@ impl Store for DiskStore {
 
 /// The contract every [`Store`] must meet; each backend's tests call it.
 pub fn conformance(store: &dyn Store) {
-    use std::io::Read;
     let meta = |body: &[u8]| Meta {
         size: body.len() as u64,
         sha256: modcdn_shared::dirhash::sha256_reader(body)
@@ -257,15 +263,14 @@ pub fn conformance(store: &dyn Store) {
         s
     };
     let read = |key: &str| -> Option<(Meta, Vec<u8>)> {
-        store.get(key).expect("get").map(|mut h| {
-            let mut v = Vec::new();
-            h.body.read_to_end(&mut v).expect("read");
-            (h.meta, v)
+        store.get(key).expect("get").map(|h| {
+            let body = h.read_body().expect("read");
+            (h.meta, body)
         })
     };
     let key = "example.com/!conformance/@v/v1.0.0.zip";
     assert!(read(key).is_none(), "empty store has nothing");
-    let (objects0, bytes0) = store.usage();
+    let (objects0, _) = store.usage();
 
     // A staged body is invisible, and dropping it leaves nothing.
     let staged = write(key, b"partial");
@@ -277,13 +282,17 @@ pub fn conformance(store: &dyn Store) {
     let staged = write(key, b"hello");
     store.publish(staged, &meta(b"hello")).expect("publish");
     assert_eq!(read(key), Some((meta(b"hello"), b"hello".to_vec())));
-    assert_eq!(store.usage(), (objects0 + 1, bytes0 + 5));
+    assert_eq!(store.usage().0, objects0 + 1);
 
     // Replacement is whole.
     let staged = write(key, b"hello, world");
     store.publish(staged, &meta(b"hello, world")).expect("replace");
     assert_eq!(read(key).map(|(_, b)| b), Some(b"hello, world".to_vec()));
-    assert_eq!(store.usage(), (objects0 + 1, bytes0 + 12));
+    assert_eq!(store.usage().0, objects0 + 1);
+
+    // put: the same, from memory.
+    store.put("example.com/!conformance/@v/list", b"v1.0.0\n", &meta(b"v1.0.0\n")).expect("put");
+    assert_eq!(read("example.com/!conformance/@v/list").map(|(_, b)| b), Some(b"v1.0.0\n".to_vec()));
 
     // A record that does not match the body is refused at publish.
     let staged = write(key, b"xx");
@@ -291,7 +300,7 @@ pub fn conformance(store: &dyn Store) {
     assert_eq!(read(key).map(|(_, b)| b), Some(b"hello, world".to_vec()));
 
     // Keys that could escape the store are refused.
-    for bad in ["../x", "/etc/passwd", "a/../../b", "a//b", "", "a/.tmp-x", "a\\b", "x.meta"] {
+    for bad in ["../x", "/etc/passwd", "a/../../b", "a//b", "", "a/.tmp-x", "a\\b"] {
         assert!(store.get(bad).is_err(), "{bad:?}");
         assert!(store.stage(bad).is_err(), "{bad:?}");
     }
@@ -307,7 +316,7 @@ mod tests {
         let store = DiskStore::open(&dir).expect("open");
         conformance(&store);
 
-        // Leftovers of a crash: a temp file, and a body without its record.
+        // Leftovers of a crash: a temp file, and a file without its trailer.
         let key = "example.com/m/@v/v1.0.0.zip";
         let mut s = store.stage(key).expect("stage");
         s.take_file().expect("file").write_all(b"half").expect("write");
@@ -318,7 +327,11 @@ mod tests {
         let store = DiskStore::open(&dir).expect("reopen");
         assert!(!temp.exists(), "temp file removed at open");
         assert!(store.get(key).expect("get").is_none(), "a body without record is not served");
-        assert_eq!(store.usage().0, 1, "only the conformance artifact counts");
+        // A torn trailer (cut short) is not served either.
+        let good = dir.join("example.com/!conformance/@v/v1.0.0.zip");
+        let bytes = fs::read(&good).expect("read");
+        fs::write(&good, &bytes[..bytes.len() - 3]).expect("cut");
+        assert!(store.get("example.com/!conformance/@v/v1.0.0.zip").expect("get").is_none());
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -33,6 +33,14 @@ enum Cli {
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
     },
+    /// GET each path (one per line in `--paths`) from `--base` in turn over
+    /// one keep-alive connection; print p50 and p99 latency in microseconds.
+    Latency {
+        #[arg(long)]
+        base: String,
+        #[arg(long)]
+        paths: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -46,7 +54,27 @@ async fn main() -> anyhow::Result<()> {
             let up = FixtureUpstream::start_on(corpus, listen).await?;
             up.set_faults(Faults { delay: Duration::from_millis(delay_ms), ..Faults::default() });
             println!("{}", up.url());
-            tokio::signal::ctrl_c().await?;
+            // SIGTERM ends it (a background job of a script ignores SIGINT).
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Cli::Latency { base, paths } => {
+            let client = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
+            let mut micros = Vec::new();
+            for path in std::fs::read_to_string(&paths)?.lines().filter(|l| !l.is_empty()) {
+                let started = std::time::Instant::now();
+                let r = client.get(format!("{base}{path}")).send().await?;
+                let status = r.status();
+                r.bytes().await?;
+                micros.push(started.elapsed().as_micros() as u64);
+                anyhow::ensure!(status.is_success(), "{path}: {status}");
+            }
+            micros.sort_unstable();
+            let pct = |p: f64| micros.get(((micros.len() as f64 * p) as usize).min(micros.len().saturating_sub(1))).copied().unwrap_or(0);
+            println!("n={} p50_us={} p99_us={}", micros.len(), pct(0.50), pct(0.99));
         }
     }
     Ok(())
