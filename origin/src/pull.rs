@@ -61,7 +61,11 @@ async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
         Err(e) if e.is_not_found() => "not_found",
         Err(_) => "error",
     };
-    origin.metrics.upstream_seconds.with_label_values(&[kind.as_str(), result]).observe(started.elapsed().as_secs_f64());
+    origin
+        .metrics
+        .upstream_seconds
+        .with_label_values(&[kind.as_str(), result])
+        .observe(started.elapsed().as_secs_f64());
     let mut fetched = match fetched {
         Ok(f) => f,
         Err(e) if kind == Kind::Latest && e.is_not_found() && !origin.upstream.is_off() => {
@@ -72,7 +76,11 @@ async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
     let limit = validate::size_limit(kind);
     if let Some(len) = fetched.content_length {
         if len > limit {
-            return Err(invalid(origin, kind, format!("{key}: upstream declares {len} bytes, above the {limit}-byte limit")));
+            return Err(invalid(
+                origin,
+                kind,
+                format!("{key}: upstream declares {len} bytes, above the {limit}-byte limit"),
+            ));
         }
     }
     let upstream = std::mem::take(&mut fetched.upstream);
@@ -153,8 +161,15 @@ fn check_length(origin: &Origin, kind: Kind, key: &str, got: u64, declared: Opti
 }
 
 /// Stores a validated in-memory body durably, then in the memory tier.
-async fn put(origin: &Arc<Origin>, key: &str, body: Vec<u8>, h1: Option<String>, upstream: String) -> Result<(), OriginError> {
-    let meta = Meta { size: body.len() as u64, sha256: hex(&Sha256::digest(&body)), h1, fetched_at_ms: now_ms(), upstream };
+async fn put(
+    origin: &Arc<Origin>,
+    key: &str,
+    body: Vec<u8>,
+    h1: Option<String>,
+    upstream: String,
+) -> Result<(), OriginError> {
+    let meta =
+        Meta { size: body.len() as u64, sha256: hex(&Sha256::digest(&body)), h1, fetched_at_ms: now_ms(), upstream };
     let body = bytes::Bytes::from(body);
     let (k, b, m) = (key.to_string(), body.clone(), meta.clone());
     blocking(origin, move |store| store.put(&k, &b, &m)).await?;

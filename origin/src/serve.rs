@@ -26,8 +26,8 @@ use modcdn_shared::{Kind, Request};
 use tokio::io::AsyncReadExt;
 
 use crate::error::OriginError;
-use crate::pull::{self, now_ms};
 use crate::memory::Cached;
+use crate::pull::{self, now_ms};
 use crate::store::{Hit, Meta};
 use crate::Origin;
 

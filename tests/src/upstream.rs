@@ -31,6 +31,8 @@ pub struct Faults {
     pub bytes_per_sec: Option<u64>,
     /// Replace the body of matching paths (suffix match) with these bytes.
     pub replace: Vec<(String, Vec<u8>)>,
+    /// Answer the next this many requests with `error_status`, then recover.
+    pub fail_next: u32,
 }
 
 #[derive(Default)]
@@ -125,7 +127,13 @@ async fn serve(State(inner): State<Arc<Inner>>, req: axum::extract::Request) -> 
     if !faults.delay.is_zero() {
         tokio::time::sleep(faults.delay).await;
     }
-    if faults.error_ratio > 0.0 && fastrand::f64() < faults.error_ratio {
+    let fail_now = faults.fail_next > 0 && {
+        if let Ok(mut f) = inner.faults.lock() {
+            f.fail_next = f.fail_next.saturating_sub(1);
+        }
+        true
+    };
+    if fail_now || (faults.error_ratio > 0.0 && fastrand::f64() < faults.error_ratio) {
         return plain(
             StatusCode::from_u16(faults.error_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
             "injected failure\n",

@@ -73,7 +73,12 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::ensure!(status.is_success(), "{path}: {status}");
             }
             micros.sort_unstable();
-            let pct = |p: f64| micros.get(((micros.len() as f64 * p) as usize).min(micros.len().saturating_sub(1))).copied().unwrap_or(0);
+            let pct = |p: f64| {
+                micros
+                    .get(((micros.len() as f64 * p) as usize).min(micros.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or(0)
+            };
             println!("n={} p50_us={} p99_us={}", micros.len(), pct(0.50), pct(0.99));
         }
     }
