@@ -2,10 +2,13 @@
 //!
 //! ```text
 //! handle: method check → Request::parse (400 on malformed)
-//!   ├─ .info/.mod/.zip (immutable)  serve_immutable: store hit → negative cache → coalesced pull → serve
-//!   ├─ list, @latest, query .info   serve_mutable:   fresh hit (background refresh near expiry)
-//!   │                                                 → negative cache → coalesced pull → stale on failure
-//!   └─ sumdb/...                    serve_sumdb:     not proxied yet → 404, so the go command asks the database itself
+//!   ├─ list, @latest, .info, .mod, .zip   serve_artifact:
+//!   │     1. store (memory tier, disk) fresh per policy → HIT (background refresh near expiry)
+//!   │     2. negative cache → remembered 404/410
+//!   │     3. coalesced pull (upstream → validate → durable write) → MISS;
+//!   │        on failure an expired copy → STALE, else 502/504
+//!   └─ sumdb/...                          serve_sumdb: not proxied yet → 404, so the
+//!                                         go command asks the database itself
 //! ```
 //! Every answer's status and Cache-Control come from `modcdn_shared::policy`;
 //! `respond_error` is the one place errors become responses.
@@ -95,10 +98,9 @@ async fn handle(State(o): State<Arc<Origin>>, req: axum::extract::Request) -> Re
             Err(e) => (None, CacheResult::None, respond_error(&o, None, &e.into())),
             Ok(r) => {
                 let kind = r.kind();
-                let (cache, resp) = match kind {
-                    Kind::Info | Kind::Mod | Kind::Zip => serve_immutable(&o, &r, &headers).await,
-                    Kind::List | Kind::Latest | Kind::Query => serve_mutable(&o, &r, &headers).await,
-                    _ => serve_sumdb(),
+                let (cache, resp) = match r {
+                    Request::SumDb { .. } => serve_sumdb(),
+                    _ => serve_artifact(&o, &r, &headers).await,
                 };
                 (Some(kind), cache, resp)
             }
@@ -119,62 +121,49 @@ async fn handle(State(o): State<Arc<Origin>>, req: axum::extract::Request) -> Re
     resp
 }
 
-/// Canonical `.info`, `.mod`, `.zip`: stored forever once pulled.
-async fn serve_immutable(o: &Arc<Origin>, req: &Request, headers: &HeaderMap) -> (CacheResult, Response) {
-    let key = req.key();
-    match open(o, &key).await {
-        Ok(Some(hit)) => return (CacheResult::Hit, respond_hit(o, req.kind(), hit, CacheResult::Hit, headers).await),
-        Ok(None) => {}
-        Err(e) => return (CacheResult::None, respond_error(o, Some(req.kind()), &e)),
-    }
-    if let Some(resp) = negative_hit(o, req) {
-        return (CacheResult::Hit, resp);
-    }
-    match pull_and_open(o, req).await {
-        Ok(hit) => (CacheResult::Miss, respond_hit(o, req.kind(), hit, CacheResult::Miss, headers).await),
-        Err(e) => (CacheResult::Miss, respond_error(o, Some(req.kind()), &e)),
-    }
-}
+/// A GOPROXY artifact. Canonical `.info`, `.mod`, `.zip` are fresh forever
+/// once stored; `list`, `@latest` and query `.info` for their TTL, refreshed
+/// in the background as they near expiry and served stale when upstream
+/// fails (all per the policy table).
+async fn serve_artifact(o: &Arc<Origin>, req: &Request, headers: &HeaderMap) -> (CacheResult, Response) {
+    let kind = req.kind();
+    let rule = policy::rule(kind, Outcome::Found, &o.ttls);
 
-/// `list`, `@latest`, query `.info`: fresh for a TTL, refreshed in the
-/// background as it nears expiry, served stale when upstream fails.
-async fn serve_mutable(o: &Arc<Origin>, req: &Request, headers: &HeaderMap) -> (CacheResult, Response) {
-    let key = req.key();
-    let rule = policy::rule(req.kind(), Outcome::Found, &o.ttls);
-    let ttl = match rule.freshness {
-        Freshness::Ttl(d) => d,
-        _ => Duration::MAX,
-    };
-    let cached = match open(o, &key).await {
-        Ok(c) => c,
-        Err(e) => return (CacheResult::None, respond_error(o, Some(req.kind()), &e)),
-    };
-    if let Some(hit) = cached {
-        let age = Duration::from_millis(now_ms().saturating_sub(hit.meta().fetched_at_ms));
-        if age < ttl {
-            if age > ttl.mul_f64(0.75) {
-                refresh_in_background(o, req);
+    // 1. The store (memory tier, then disk): fresh → served.
+    let stale = match open(o, &req.key()).await {
+        Err(e) => return (CacheResult::None, respond_error(o, Some(kind), &e)),
+        Ok(None) => None,
+        Ok(Some(hit)) => {
+            let age = Duration::from_millis(now_ms().saturating_sub(hit.meta().fetched_at_ms));
+            match rule.freshness {
+                Freshness::Ttl(ttl) if age >= ttl => Some(hit),
+                Freshness::Ttl(ttl) => {
+                    if age > ttl.mul_f64(0.75) {
+                        refresh_in_background(o, req);
+                    }
+                    return (CacheResult::Hit, respond_hit(o, kind, hit, CacheResult::Hit, headers).await);
+                }
+                _ => return (CacheResult::Hit, respond_hit(o, kind, hit, CacheResult::Hit, headers).await),
             }
-            return (CacheResult::Hit, respond_hit(o, req.kind(), hit, CacheResult::Hit, headers).await);
         }
-        if let Some(resp) = negative_hit(o, req) {
-            return (CacheResult::Hit, resp);
-        }
-        return match pull_and_open(o, req).await {
-            Ok(fresh) => (CacheResult::Miss, respond_hit(o, req.kind(), fresh, CacheResult::Miss, headers).await),
-            Err(e) if rule.stale_if_error && !matches!(e.outcome(), Some(Outcome::NotFound | Outcome::Gone)) => {
-                tracing::warn!(%key, error = %e, "upstream failed; serving stale copy");
-                (CacheResult::Stale, respond_hit(o, req.kind(), hit, CacheResult::Stale, headers).await)
-            }
-            Err(e) => (CacheResult::Miss, respond_error(o, Some(req.kind()), &e)),
-        };
-    }
+    };
+
+    // 2. A remembered not-found.
     if let Some(resp) = negative_hit(o, req) {
         return (CacheResult::Hit, resp);
     }
+
+    // 3. Pull from upstream, once for all concurrent askers; if that fails,
+    //    an expired copy stands in where the policy allows.
     match pull_and_open(o, req).await {
-        Ok(hit) => (CacheResult::Miss, respond_hit(o, req.kind(), hit, CacheResult::Miss, headers).await),
-        Err(e) => (CacheResult::Miss, respond_error(o, Some(req.kind()), &e)),
+        Ok(fresh) => (CacheResult::Miss, respond_hit(o, kind, fresh, CacheResult::Miss, headers).await),
+        Err(e) => match stale {
+            Some(hit) if rule.stale_if_error && !matches!(e.outcome(), Some(Outcome::NotFound | Outcome::Gone)) => {
+                tracing::warn!(key = %req.key(), error = %e, "upstream failed; serving stale copy");
+                (CacheResult::Stale, respond_hit(o, kind, hit, CacheResult::Stale, headers).await)
+            }
+            _ => (CacheResult::Miss, respond_error(o, Some(kind), &e)),
+        },
     }
 }
 

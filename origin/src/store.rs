@@ -222,7 +222,8 @@ impl Store for DiskStore {
         trailer.extend_from_slice(&(trailer.len() as u32).to_le_bytes());
         trailer.extend_from_slice(MAGIC);
         file.write_all(&trailer)?;
-        file.sync_all()?;
+        // Data and size, which is all a reader needs; timestamps can wait.
+        file.sync_data()?;
         let total = file.metadata()?.len() as i64;
         drop(file);
         let old = fs::metadata(&dest).ok().map(|m| m.len() as i64);

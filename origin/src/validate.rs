@@ -47,15 +47,16 @@ pub fn check_info(body: &[u8], want: Option<&str>) -> Result<String, String> {
     Ok(info.version)
 }
 
-/// A go.mod: UTF-8 text whose `module` directive, if any, names `module`.
+/// A go.mod: UTF-8 text whose `module` directive names `module`. Every
+/// proxy answer has one (for code without a go.mod, proxies synthesize
+/// `module <path>`), so its absence means an error page, not a go.mod.
 pub fn check_mod(body: &[u8], module: &str) -> Result<(), String> {
     let text = std::str::from_utf8(body).map_err(|_| "go.mod is not UTF-8 text".to_string())?;
-    if let Some(declared) = module_directive(text) {
-        if declared != module {
-            return Err(format!("go.mod declares module {declared:?}, not {module:?}"));
-        }
+    match module_directive(text) {
+        Some(declared) if declared == module => Ok(()),
+        Some(declared) => Err(format!("go.mod declares module {declared:?}, not {module:?}")),
+        None => Err("go.mod has no module directive".to_string()),
     }
-    Ok(())
 }
 
 /// The path of the first `module` directive (`module x`, `module "x"`,
@@ -74,9 +75,16 @@ fn module_directive(text: &str) -> Option<String> {
     None
 }
 
-/// A `list`: UTF-8 text.
+/// A `list`: UTF-8 text, one version per line (optionally followed by more
+/// fields). The go command skips lines it cannot read, so a list is refused
+/// only when it has text but not a single version: an error page, not a list.
 pub fn check_list(body: &[u8]) -> Result<(), String> {
-    std::str::from_utf8(body).map(|_| ()).map_err(|_| "list is not UTF-8 text".to_string())
+    let text = std::str::from_utf8(body).map_err(|_| "list is not UTF-8 text".to_string())?;
+    let mut first_fields = text.lines().filter_map(|l| l.split_whitespace().next()).peekable();
+    if first_fields.peek().is_some() && !first_fields.any(semver::is_valid) {
+        return Err("list has text but no version".to_string());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -95,11 +103,20 @@ mod tests {
     }
 
     #[test]
+    fn list_checks() {
+        assert!(check_list(b"").is_ok());
+        assert!(check_list(b"v1.0.0\nv1.1.0 2024-01-02T03:04:05Z\n").is_ok());
+        assert!(check_list(b"<html>\n<body>oops</body>\n").is_err());
+        assert!(check_list(&[0xff]).is_err());
+    }
+
+    #[test]
     fn mod_checks() {
         assert!(check_mod(b"module example.com/m\n\ngo 1.19\n", "example.com/m").is_ok());
         assert!(check_mod(b"// c\nmodule \"example.com/m\" // x\n", "example.com/m").is_ok());
         assert!(check_mod(b"module (\n\texample.com/m\n)\n", "example.com/m").is_ok());
-        assert!(check_mod(b"go 1.19\n", "example.com/m").is_ok());
+        assert!(check_mod(b"go 1.19\n", "example.com/m").is_err());
+        assert!(check_mod(b"<html><body>Service Unavailable</body></html>\n", "example.com/m").is_err());
         assert!(check_mod(b"module example.com/other\n", "example.com/m").is_err());
         assert!(check_mod(b"modulex example.com/other\nmodule example.com/m\n", "example.com/m").is_ok());
         assert!(check_mod(&[0xff, 0xfe], "example.com/m").is_err());

@@ -325,3 +325,51 @@ async fn a_full_disk_fails_only_the_write_and_hits_keep_flowing() {
     let r = client.get(format!("{}/{info}", origin.url)).send().await.expect("info");
     assert_eq!((r.status(), header(&r, "x-cache")), (StatusCode::OK, "HIT"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_near_expiry_are_refreshed_in_the_background() {
+    let s = setup(1024, "[ttl]\nmutable_secs = 2\n").await;
+    let key = format!("{ALPHA}/@v/list");
+    assert_eq!(header(&s.get(&key).await, "x-cache"), "MISS");
+    assert_eq!(s.upstream.counters().get(&key), 1);
+    // Past 75% of the TTL: still a hit, and a refresh goes out behind it.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(header(&s.get(&key).await, "x-cache"), "HIT");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.upstream.counters().get(&key) < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.upstream.counters().get(&key), 2, "background refresh");
+    // The refreshed copy is fresh again past the first copy's expiry.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(header(&s.get(&key).await, "x-cache"), "HIT");
+}
+
+#[test]
+fn config_errors_name_the_file_and_key_and_exit_64() {
+    let tmp = modcdn_tests::tempdir();
+    for (text, key) in [
+        ("upstream = \"direct\"\n", "upstream"),
+        ("[ttl]\nmutable_secs = 0\n", "ttl.mutable_secs"),
+        ("listen = \"not an address\"\n", "listen"),
+        ("[http]\nretrys = 3\n", "retrys"),
+        ("store_dir = \n", "store_dir"),
+    ] {
+        let file = tmp.path().join("bad.toml");
+        std::fs::write(&file, text).expect("write");
+        let out = std::process::Command::new(modcdn_tests::node::binary("modcdn-origin"))
+            .args(["serve", "--config"])
+            .arg(&file)
+            .output()
+            .expect("run modcdn-origin");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{text:?}: {err}");
+        assert!(err.contains("bad.toml") && err.contains(key), "{text:?}: {err}");
+    }
+    let out = std::process::Command::new(modcdn_tests::node::binary("modcdn-origin"))
+        .args(["serve", "--config", "/nonexistent/origin.toml"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/origin.toml"));
+}
