@@ -57,7 +57,7 @@ impl Origin {
             upstream: Upstream::new(chain, &config.http)?,
             flights: singleflight::Group::default(),
             negative: negative::NegativeCache::new(config.negative_cache_entries),
-            metrics: metrics::Metrics::new(),
+            metrics: metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?,
             ttls: config.ttls(),
             ready: AtomicBool::new(true),
         };

@@ -21,45 +21,34 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
-        let registry = Registry::new_custom(Some("modcdn_origin".into()), None).unwrap_or_default();
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("modcdn_origin".into()), None)?;
         let requests = IntCounterVec::new(
             Opts::new("requests_total", "Requests by kind, status and cache result"),
             &["kind", "status", "cache"],
-        )
-        .unwrap_or_else(|_| unreachable_metric());
+        )?;
         let upstream_seconds = HistogramVec::new(
             HistogramOpts::new("upstream_seconds", "Upstream time to response headers")
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             &["kind", "result"],
-        )
-        .unwrap_or_else(|_| unreachable_metric());
+        )?;
         let singleflight_waiters =
-            IntCounter::new("singleflight_waiters_total", "Requests that waited on a fetch already in flight")
-                .unwrap_or_else(|_| unreachable_metric());
-        let in_flight =
-            IntGauge::new("in_flight_requests", "Requests being answered").unwrap_or_else(|_| unreachable_metric());
+            IntCounter::new("singleflight_waiters_total", "Requests that waited on a fetch already in flight")?;
+        let in_flight = IntGauge::new("in_flight_requests", "Requests being answered")?;
         let invalid = IntCounterVec::new(
             Opts::new("invalid_artifacts_total", "Upstream artifacts refused by validation"),
             &["kind"],
-        )
-        .unwrap_or_else(|_| unreachable_metric());
-        let store_objects =
-            IntGauge::new("store_objects", "Artifacts in the store").unwrap_or_else(|_| unreachable_metric());
-        let store_bytes =
-            IntGauge::new("store_bytes", "Bytes of artifacts in the store").unwrap_or_else(|_| unreachable_metric());
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(upstream_seconds.clone()),
-            Box::new(singleflight_waiters.clone()),
-            Box::new(in_flight.clone()),
-            Box::new(invalid.clone()),
-            Box::new(store_objects.clone()),
-            Box::new(store_bytes.clone()),
-        ] {
-            let _ = registry.register(c);
-        }
-        Metrics {
+        )?;
+        let store_objects = IntGauge::new("store_objects", "Artifacts in the store")?;
+        let store_bytes = IntGauge::new("store_bytes", "Bytes the store's files take")?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(upstream_seconds.clone()))?;
+        registry.register(Box::new(singleflight_waiters.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(invalid.clone()))?;
+        registry.register(Box::new(store_objects.clone()))?;
+        registry.register(Box::new(store_bytes.clone()))?;
+        Ok(Metrics {
             registry,
             requests,
             upstream_seconds,
@@ -68,7 +57,7 @@ impl Metrics {
             invalid,
             store_objects,
             store_bytes,
-        }
+        })
     }
 
     /// The text exposition format.
@@ -79,23 +68,11 @@ impl Metrics {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Metric definitions above are constant and valid; prometheus only fails
-/// on malformed names, which a test would catch at once.
-fn unreachable_metric<T>() -> T {
-    panic!("invalid constant metric definition")
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn renders_every_family() {
-        let m = super::Metrics::new();
+        let m = super::Metrics::new().expect("metrics");
         m.requests.with_label_values(&["zip", "200", "hit"]).inc();
         m.upstream_seconds.with_label_values(&["zip", "ok"]).observe(0.01);
         let text = m.render();

@@ -357,6 +357,65 @@ mod tests {
         }
     }
 
+    /// Random paths from an alphabet of the characters that matter: parsing
+    /// never panics, and whatever parses has a key that is a safe relative path.
+    #[test]
+    fn random_paths_never_panic_and_keys_stay_inside() {
+        const ALPHABET: &[&str] = &[
+            "/",
+            ".",
+            "..",
+            "@v",
+            "@latest",
+            "!",
+            "%",
+            "%2e",
+            "%2f",
+            "%00",
+            "%2B",
+            "\\",
+            "a",
+            "Z",
+            "v1",
+            ".0",
+            "-",
+            "+incompatible",
+            "example.com",
+            "list",
+            ".info",
+            ".mod",
+            ".zip",
+            "sumdb",
+            "tile",
+            "lookup",
+            "~",
+            "\0",
+            "é",
+        ];
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut parsed = 0;
+        for _ in 0..200_000 {
+            let n = 1 + next() % 12;
+            let mut path = String::from("/");
+            for _ in 0..n {
+                path.push_str(ALPHABET[(next() % ALPHABET.len() as u64) as usize]);
+            }
+            if let Ok(r) = Request::parse(&path) {
+                parsed += 1;
+                let key = r.key();
+                assert!(!key.starts_with('/') && !key.contains('\\') && !key.contains('\0'), "{path} → {key}");
+                assert!(key.split('/').all(|e| !e.is_empty() && e != "." && e != ".."), "{path} → {key}");
+            }
+        }
+        assert!(parsed > 0, "the alphabet should produce some valid paths");
+    }
+
     #[test]
     fn impossible_major_is_404() {
         let e = Request::parse("/example.com/m/@v/v2.0.0.zip").expect_err("v2 without /v2");

@@ -49,6 +49,7 @@ pub const LEGACY: &str = "example.com/legacy";
 pub const PSEUDO: &str = "example.com/pseudo";
 pub const PSEUDO_VERSION: &str = "v0.0.0-20240102030405-abcdef123456";
 pub const LARGE: &str = "example.com/large";
+pub const GOPKG: &str = "gopkg.in/fixture.v2";
 
 fn go_file(pkg: &str, imports: &[(&str, &str)], body: &str) -> Vec<u8> {
     let mut s = format!("package {pkg}\n\n");
@@ -136,6 +137,7 @@ fn specs(large_bytes: usize) -> Vec<Spec<'static>> {
             listed: true,
         },
         simple(PSEUDO, PSEUDO_VERSION, "pseudo", "pseudo", false),
+        simple(GOPKG, "v2.1.0", "fixture", "gopkg", true),
         Spec {
             path: LARGE,
             version: "v1.0.0",
@@ -253,12 +255,14 @@ pub fn write_consumer(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     fs::write(
         dir.join("go.mod"),
-        format!("module example.com/consumer\n\ngo 1.19\n\nrequire (\n\t{ALPHA} v1.1.0\n\t{LEGACY} v3.0.0+incompatible\n\t{PSEUDO} {PSEUDO_VERSION}\n)\n"),
+        format!(
+            "module example.com/consumer\n\ngo 1.19\n\nrequire (\n\t{ALPHA} v1.1.0\n\t{LEGACY} v3.0.0+incompatible\n\t{PSEUDO} {PSEUDO_VERSION}\n\t{GOPKG} v2.1.0\n)\n"
+        ),
     )?;
     fs::write(
         dir.join("main.go"),
         format!(
-            "package main\n\nimport (\n\t\"fmt\"\n\n\t\"{ALPHA}\"\n\t\"{LEGACY}\"\n\t\"{PSEUDO}\"\n)\n\nfunc main() {{\n\tfmt.Println(alpha.Hello(), legacy.Hello(), pseudo.Hello())\n}}\n"
+            "package main\n\nimport (\n\t\"fmt\"\n\n\t\"{ALPHA}\"\n\t\"{LEGACY}\"\n\t\"{PSEUDO}\"\n\tfixture \"{GOPKG}\"\n)\n\nfunc main() {{\n\tfmt.Println(alpha.Hello(), legacy.Hello(), pseudo.Hello(), fixture.Hello())\n}}\n"
         ),
     )
 }

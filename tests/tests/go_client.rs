@@ -64,6 +64,7 @@ async fn go_command_downloads_lists_gets_and_builds_through_the_origin() {
         let out = std::process::Command::new(consumer.join("consumer")).output().expect("run consumer");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("alpha v1.1.0 beta v2.0.1 upper v1.0.0 legacy v3 pseudo"), "{text}");
+        assert!(text.contains("gopkg v2.1.0"), "{text}");
 
         // A module nobody has is a 404 to the go command: "not found", not an error.
         let out = go.run(&consumer, &["mod", "download", "-json", "example.com/missing@v1.0.0"]);
