@@ -76,7 +76,28 @@ async fn concurrent_misses_on_one_zip_make_one_upstream_request() {
     }
     assert_eq!(s.upstream.counters().get(&key), 1, "200 concurrent misses → 1 upstream request");
     let metrics = s.get("metrics").await.text().await.expect("metrics");
-    assert!(metrics.contains("modcdn_origin_singleflight_waiters_total"), "{metrics}");
+    let waiters = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("modcdn_origin_singleflight_waiters_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(waiters >= 150, "most of the 200 joined the one fetch: {waiters}");
+
+    // A failure reaches every waiter, and is not kept: the next ask fetches again.
+    let key = Corpus::key(ALPHA, "v1.0.0", "zip");
+    s.upstream.set_faults(Faults { delay: Duration::from_millis(300), error_ratio: 1.0, error_status: 500, ..Faults::default() });
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (client, url) = (s.client.clone(), format!("{}/{key}", s.origin.url));
+        tasks.push(tokio::spawn(async move { client.get(url).send().await.map(|r| r.status()).ok() }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), Some(StatusCode::BAD_GATEWAY));
+    }
+    let failed_fetches = s.upstream.counters().get(&key);
+    assert!((1..=3).contains(&failed_fetches), "one fetch (with its retries) for 50 waiters: {failed_fetches}");
+    s.upstream.clear_faults();
+    assert_eq!(s.get(&key).await.status(), StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
