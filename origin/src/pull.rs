@@ -30,15 +30,10 @@ async fn coalesced_inner(origin: &Arc<Origin>, req: &Request) -> Result<(), Orig
     let (o, r) = (Arc::clone(origin), req.clone());
     let work = async move {
         let res = pull(&o, &r).await;
-        if let Err(e) = &res {
-            if let (Some(outcome @ (Outcome::NotFound | Outcome::Gone)), OriginError::Upstream(_)) = (e.outcome(), e) {
-                let ttl = match policy::rule(r.kind(), outcome, &o.ttls).freshness {
-                    policy::Freshness::Ttl(d) => d,
-                    _ => o.ttls.negative,
-                };
-                if !matches!(e, OriginError::Upstream(UpstreamError::Off)) {
-                    o.negative.insert(&r.key(), e.status(), e.to_string(), ttl);
-                }
+        if let Err(e @ OriginError::Upstream(UpstreamError::NotFound { status, .. })) = &res {
+            let outcome = if *status == 410 { Outcome::Gone } else { Outcome::NotFound };
+            if let policy::Freshness::Ttl(ttl) = policy::rule(r.kind(), outcome, &o.ttls).freshness {
+                o.negative.insert(&r.key(), *status, e.to_string(), ttl);
             }
         }
         res
@@ -121,7 +116,8 @@ async fn pull_zip(origin: &Arc<Origin>, req: &Request, fetched: Fetched, upstrea
     })
     .await?;
     let file = staged.take_file().ok_or_else(|| OriginError::Store("staged file missing".into()))?;
-    let mut file = tokio::fs::File::from_std(file);
+    // Chunks from the network are small; write to disk in larger pieces.
+    let mut file = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
     let mut body = fetched.body;

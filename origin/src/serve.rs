@@ -82,9 +82,11 @@ impl CacheResult {
 }
 
 async fn handle(State(o): State<Arc<Origin>>, req: axum::extract::Request) -> Response {
+    let started = std::time::Instant::now();
     o.metrics.in_flight.inc();
     let method = req.method().clone();
     let headers = req.headers().clone();
+    let req_path = req.uri().path().to_string();
     let (kind, cache, mut resp) = if method != Method::GET && method != Method::HEAD {
         let mut r = text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -94,7 +96,7 @@ async fn handle(State(o): State<Arc<Origin>>, req: axum::extract::Request) -> Re
         r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         (None, CacheResult::None, r)
     } else {
-        match Request::parse(req.uri().path()) {
+        match Request::parse(&req_path) {
             Err(e) => (None, CacheResult::None, respond_error(&o, None, &e.into())),
             Ok(r) => {
                 let kind = r.kind();
@@ -115,6 +117,7 @@ async fn handle(State(o): State<Arc<Origin>>, req: axum::extract::Request) -> Re
         ])
         .inc();
     o.metrics.in_flight.dec();
+    tracing::debug!(%method, path = req_path, status = resp.status().as_u16(), cache = cache.as_str(), elapsed_us = started.elapsed().as_micros() as u64, "request");
     if method == Method::HEAD {
         *resp.body_mut() = Body::empty();
     }

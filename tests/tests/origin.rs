@@ -85,7 +85,12 @@ async fn concurrent_misses_on_one_zip_make_one_upstream_request() {
 
     // A failure reaches every waiter, and is not kept: the next ask fetches again.
     let key = Corpus::key(ALPHA, "v1.0.0", "zip");
-    s.upstream.set_faults(Faults { delay: Duration::from_millis(300), error_ratio: 1.0, error_status: 500, ..Faults::default() });
+    s.upstream.set_faults(Faults {
+        delay: Duration::from_millis(300),
+        error_ratio: 1.0,
+        error_status: 500,
+        ..Faults::default()
+    });
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let (client, url) = (s.client.clone(), format!("{}/{key}", s.origin.url));
