@@ -174,6 +174,11 @@ impl Request {
         }
         let (ver, ext) = file.rsplit_once('.').ok_or_else(|| malformed(format!("unknown file {file:?}")))?;
         let version = Version::from_escaped(ver)?;
+        if ver.starts_with('.') {
+            // No Go version or query starts with a dot; refusing it keeps
+            // every key clear of hidden and temporary file names.
+            return Err(malformed(format!("invalid version {ver:?}")));
+        }
         let canonical = version.is_canonical();
         let check_major = |version: &Version| -> Result<(), RequestError> {
             module::check_path_major(version.as_str(), module.major_suffix()).map_err(|reason| {
@@ -344,6 +349,8 @@ mod tests {
             "/example.com/m/@v/master.zip",
             "/example.com/m/@v/v1.0.0+meta.zip",
             "/example.com/m/@v/a!.info",
+            "/example.com/m/@v/.tmp-x.info",
+            "/example.com/m/@v/.hidden.info",
             "/sumdb/sum.golang.org/bogus",
             "/sumdb/../supported",
             "/sumdb/sum.golang.org/tile/8/0/../../x",

@@ -222,13 +222,21 @@ async fn malformed_paths_are_400_and_unknown_modules_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_details_head_etag_range_content_type() {
-    let s = setup(1 << 20, "").await;
+    // 6 MiB: above the memory tier's object limit, so the zip streams from
+    // its file; the small alpha zip below is served from memory.
+    let s = setup(6 << 20, "").await;
+    let small = Corpus::key(ALPHA, "v1.0.0", "zip");
+    let small_bytes = s.get(&small).await.bytes().await.expect("small zip");
+    let r = s.client.get(format!("{}/{small}", s.origin.url)).header("range", "bytes=-10").send().await.expect("range");
+    assert_eq!((r.status(), header(&r, "x-cache").to_string()), (StatusCode::PARTIAL_CONTENT, "HIT".to_string()));
+    assert_eq!(r.bytes().await.expect("tail"), small_bytes.slice(small_bytes.len() - 10..));
     let zip = Corpus::key(LARGE, "v1.0.0", "zip");
     let full = s.get(&zip).await;
     assert_eq!(header(&full, "content-type"), "application/zip");
     assert_eq!(header(&full, "cache-control"), "public, max-age=31536000, immutable");
     let etag = header(&full, "etag").to_string();
     let bytes = full.bytes().await.expect("zip");
+    assert_eq!(bytes.len() as u64, s.corpus.get(LARGE, "v1.0.0").expect("large").zip_size);
 
     let head = s.client.head(format!("{}/{zip}", s.origin.url)).send().await.expect("head");
     assert_eq!(head.status(), StatusCode::OK);
