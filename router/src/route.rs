@@ -1,0 +1,198 @@
+//! Routing a key: region → that region's ring → bounded loads → origin,
+//! with distinct failover candidates. A `Topology` is an immutable snapshot
+//! (swapped whole when membership changes); the live numbers come from a
+//! [`LoadView`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::load::LoadView;
+use crate::ring::{Ring, RingMember};
+
+/// An origin as membership describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub id: String,
+    pub address: String,
+    pub region: String,
+    pub weight: f64,
+}
+
+/// How routing behaves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoutePolicy {
+    /// Bounded-load factor c: a member above c × average load is passed over.
+    pub bounded_load: f64,
+    /// Virtual nodes per unit of weight.
+    pub vnodes_per_weight: u32,
+    /// Most candidates returned (the chosen one plus failovers).
+    pub max_candidates: usize,
+}
+
+impl Default for RoutePolicy {
+    fn default() -> Self {
+        RoutePolicy { bounded_load: 1.25, vnodes_per_weight: crate::ring::DEFAULT_VNODES_PER_WEIGHT, max_candidates: 3 }
+    }
+}
+
+struct RegionRing {
+    ring: Ring,
+    fallback: Vec<String>,
+}
+
+/// Members, per-region rings and region fallbacks.
+pub struct Topology {
+    members: HashMap<String, Member>,
+    regions: BTreeMap<String, RegionRing>,
+    policy: RoutePolicy,
+}
+
+impl Topology {
+    /// `fallbacks[region]` lists the regions to try, in order, when `region`
+    /// has no healthy member; every other region follows, by name.
+    pub fn new(members: &[Member], fallbacks: &HashMap<String, Vec<String>>, policy: RoutePolicy) -> Topology {
+        let mut by_region: BTreeMap<String, Vec<RingMember>> = BTreeMap::new();
+        for m in members {
+            by_region.entry(m.region.clone()).or_default().push(RingMember { id: m.id.clone(), weight: m.weight });
+        }
+        for region in fallbacks.keys() {
+            by_region.entry(region.clone()).or_default();
+        }
+        let regions = by_region
+            .into_iter()
+            .map(|(name, ms)| {
+                let fallback = fallbacks.get(&name).cloned().unwrap_or_default();
+                (name, RegionRing { ring: Ring::new(&ms, policy.vnodes_per_weight), fallback })
+            })
+            .collect();
+        Topology { members: members.iter().map(|m| (m.id.clone(), m.clone())).collect(), regions, policy }
+    }
+
+    pub fn member(&self, id: &str) -> Option<&Member> {
+        self.members.get(id)
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    pub fn regions(&self) -> impl Iterator<Item = &str> {
+        self.regions.keys().map(String::as_str)
+    }
+
+    pub fn policy(&self) -> &RoutePolicy {
+        &self.policy
+    }
+
+    /// The members of `region`'s ring for `key`, in ring order, ignoring load
+    /// and health (what `plan` compares).
+    pub fn owner_in(&self, key: &str, region: &str) -> Option<&str> {
+        self.regions.get(region)?.ring.owner(key)
+    }
+
+    /// The regions tried for a client of `region`: itself, its fallbacks,
+    /// then every other region.
+    fn region_order<'a>(&'a self, region: &'a str) -> Vec<&'a str> {
+        let mut order: Vec<&str> = Vec::new();
+        let own = self.regions.get(region);
+        for r in std::iter::once(region)
+            .chain(own.into_iter().flat_map(|r| r.fallback.iter().map(String::as_str)))
+            .chain(self.regions.keys().map(String::as_str))
+        {
+            if self.regions.contains_key(r) && !order.contains(&r) {
+                order.push(r);
+            }
+        }
+        order
+    }
+
+    /// Where to send `key` for a client of `region`: the chosen origin first
+    /// (the first healthy member in ring order whose load is within the
+    /// bound), then failover candidates — the rest within the bound in ring
+    /// order, then those above it by Peak-EWMA latency. Regions without a
+    /// healthy member are skipped for their fallbacks.
+    pub fn route(&self, key: &str, region: &str, view: &LoadView) -> Vec<&Member> {
+        for r in self.region_order(region) {
+            let ring = &self.regions[r].ring;
+            let healthy: Vec<&str> = ring.members().iter().map(|m| m.id.as_str()).filter(|id| view.is_healthy(id)).collect();
+            if healthy.is_empty() {
+                continue;
+            }
+            // Mirrokni, Thorup, Zadimoghaddam: capacity ⌈c·(m+1)/n⌉ for m
+            // requests in flight over n members, counting the new one.
+            let total: i64 = healthy.iter().map(|id| view.load(id)).sum();
+            let cap = (self.policy.bounded_load * (total + 1) as f64 / healthy.len() as f64).ceil() as i64;
+            let mut within = Vec::new();
+            let mut over = Vec::new();
+            for id in ring.walk(key).filter(|id| view.is_healthy(id)) {
+                if view.load(id) < cap {
+                    within.push(id);
+                } else {
+                    over.push(id);
+                }
+                if within.len() >= self.policy.max_candidates {
+                    break;
+                }
+            }
+            over.sort_by(|a, b| view.ewma_us(a).total_cmp(&view.ewma_us(b)));
+            return within.into_iter().chain(over).take(self.policy.max_candidates).filter_map(|id| self.members.get(id)).collect();
+        }
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::HealthPolicy;
+
+    fn member(id: &str, region: &str) -> Member {
+        Member { id: id.into(), address: format!("{id}:1"), region: region.into(), weight: 1.0 }
+    }
+
+    fn topology() -> Topology {
+        let members = vec![member("cn1", "cn"), member("cn2", "cn"), member("us1", "us"), member("us2", "us"), member("us3", "us")];
+        let fallbacks = HashMap::from([("cn".to_string(), vec!["us".to_string()]), ("eu".to_string(), vec!["us".to_string()])]);
+        Topology::new(&members, &fallbacks, RoutePolicy::default())
+    }
+
+    #[test]
+    fn routes_within_the_region_and_falls_back_when_it_is_down() {
+        let t = topology();
+        let view = LoadView::new(HealthPolicy { fall: 1, rise: 1, ..HealthPolicy::default() });
+        let c = t.route("golang.org/x/mod", "cn", &view);
+        assert!(c.iter().all(|m| m.region == "cn") && c.len() == 2, "{c:?}");
+        assert_eq!(c[0].id, t.owner_in("golang.org/x/mod", "cn").unwrap_or(""));
+        // eu has no members: its fallback us serves.
+        assert!(t.route("golang.org/x/mod", "eu", &view).iter().all(|m| m.region == "us"));
+        // The whole cn region down: us serves cn clients.
+        view.check_result("cn1", false);
+        view.check_result("cn2", false);
+        let c = t.route("golang.org/x/mod", "cn", &view);
+        assert!(!c.is_empty() && c.iter().all(|m| m.region == "us"), "{c:?}");
+        // One member down: its keys go to the next in ring order, others stay.
+        view.check_result("cn1", true);
+        let c = t.route("golang.org/x/mod", "cn", &view);
+        assert_eq!(c.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), vec!["cn1"]);
+        assert!(!t.route("x.y/z", "nowhere", &view).is_empty(), "an unknown region still gets an origin");
+    }
+
+    #[test]
+    fn bounded_loads_keep_every_member_within_c_times_average() {
+        // Sequential arrivals, no departures, all keys on one hot module:
+        // without bounds one member takes everything; with them no member
+        // exceeds ⌈c × average⌉.
+        let members: Vec<Member> = (0..10).map(|i| member(&format!("o{i}"), "r")).collect();
+        let t = Topology::new(&members, &HashMap::new(), RoutePolicy { max_candidates: 10, ..RoutePolicy::default() });
+        let view = LoadView::new(HealthPolicy::default());
+        let mut held = Vec::new();
+        for i in 0..1000 {
+            let key = if i % 10 < 7 { "hot.example/module".to_string() } else { format!("k{i}.example/m") };
+            let chosen = t.route(&key, "r", &view);
+            held.push(view.begin(&chosen[0].id));
+            let loads: Vec<i64> = members.iter().map(|m| view.load(&m.id)).collect();
+            let avg = (i + 1) as f64 / members.len() as f64;
+            let max = *loads.iter().max().unwrap_or(&0);
+            assert!(max as f64 <= (1.25 * avg).ceil(), "step {i}: max {max} avg {avg:.2}");
+        }
+    }
+}
