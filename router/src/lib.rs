@@ -6,6 +6,9 @@
 //! counters. Reading files (membership, GeoIP database) happens only when a
 //! snapshot is built.
 
+pub mod geo;
 pub mod load;
+pub mod membership;
+pub mod plan;
 pub mod ring;
 pub mod route;

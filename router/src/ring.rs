@@ -215,7 +215,8 @@ mod tests {
             sorted.dedup();
             assert_eq!(sorted.len(), 5, "{c:?}");
             // The second candidate is the owner of the key once the owner is gone.
-            let without: Vec<RingMember> = members(&["a", "b", "c", "d", "e"]).into_iter().filter(|m| m.id != c[0]).collect();
+            let without: Vec<RingMember> =
+                members(&["a", "b", "c", "d", "e"]).into_iter().filter(|m| m.id != c[0]).collect();
             assert_eq!(Ring::new(&without, 160).owner(&k), Some(c[1]));
         }
         assert!(Ring::new(&[], 160).candidates("x", 3).is_empty());
@@ -240,10 +241,11 @@ mod tests {
     #[test]
     fn golden_placements() {
         let ring = Ring::new(&members(&["origin-a", "origin-b", "origin-c"]), 160);
-        let got: Vec<(&str, Vec<&str>)> = ["golang.org/x/mod", "github.com/!azure/azure-sdk-for-go", "gopkg.in/yaml.v3", "example.com/m/v2"]
-            .iter()
-            .map(|k| (*k, ring.candidates(k, 3)))
-            .collect();
+        let got: Vec<(&str, Vec<&str>)> =
+            ["golang.org/x/mod", "github.com/!azure/azure-sdk-for-go", "gopkg.in/yaml.v3", "example.com/m/v2"]
+                .iter()
+                .map(|k| (*k, ring.candidates(k, 3)))
+                .collect();
         assert_eq!(key_point("golang.org/x/mod"), GOLDEN_POINT, "XXH3-64 changed");
         assert_eq!(format!("{got:?}"), GOLDEN);
     }

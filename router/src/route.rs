@@ -113,7 +113,8 @@ impl Topology {
     pub fn route(&self, key: &str, region: &str, view: &LoadView) -> Vec<&Member> {
         for r in self.region_order(region) {
             let ring = &self.regions[r].ring;
-            let healthy: Vec<&str> = ring.members().iter().map(|m| m.id.as_str()).filter(|id| view.is_healthy(id)).collect();
+            let healthy: Vec<&str> =
+                ring.members().iter().map(|m| m.id.as_str()).filter(|id| view.is_healthy(id)).collect();
             if healthy.is_empty() {
                 continue;
             }
@@ -134,7 +135,12 @@ impl Topology {
                 }
             }
             over.sort_by(|a, b| view.ewma_us(a).total_cmp(&view.ewma_us(b)));
-            return within.into_iter().chain(over).take(self.policy.max_candidates).filter_map(|id| self.members.get(id)).collect();
+            return within
+                .into_iter()
+                .chain(over)
+                .take(self.policy.max_candidates)
+                .filter_map(|id| self.members.get(id))
+                .collect();
         }
         Vec::new()
     }
@@ -150,8 +156,15 @@ mod tests {
     }
 
     fn topology() -> Topology {
-        let members = vec![member("cn1", "cn"), member("cn2", "cn"), member("us1", "us"), member("us2", "us"), member("us3", "us")];
-        let fallbacks = HashMap::from([("cn".to_string(), vec!["us".to_string()]), ("eu".to_string(), vec!["us".to_string()])]);
+        let members = vec![
+            member("cn1", "cn"),
+            member("cn2", "cn"),
+            member("us1", "us"),
+            member("us2", "us"),
+            member("us3", "us"),
+        ];
+        let fallbacks =
+            HashMap::from([("cn".to_string(), vec!["us".to_string()]), ("eu".to_string(), vec!["us".to_string()])]);
         Topology::new(&members, &fallbacks, RoutePolicy::default())
     }
 

@@ -1,0 +1,89 @@
+//! `modcdn-router`: see what a membership change moves, where a client and
+//! module are routed, and build the test GeoIP database.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use modcdn_router::load::LoadView;
+use modcdn_router::membership::MembershipFile;
+use modcdn_router::{geo, plan};
+
+#[derive(Parser)]
+#[command(version, about = "modcdn routing: consistent-hash ring, regions, bounded loads")]
+enum Cli {
+    /// Print, per region and member, the share of keys that would move from
+    /// one membership file to another, next to the ideal.
+    Plan {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        to: PathBuf,
+        /// Synthetic module keys to compare.
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+    },
+    /// Print the region of a client IP and the origins a module goes to.
+    Lookup {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        ip: IpAddr,
+        /// Module path (escaped or not).
+        module: String,
+    },
+    /// Build a MaxMind DB from `network,country,continent` CSV lines.
+    GeoBuild {
+        #[arg(long)]
+        csv: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("modcdn-router: {e}");
+            ExitCode::from(64)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli {
+        Cli::Plan { from, to, keys } => {
+            let a = MembershipFile::snapshot(&from).map_err(|e| e.to_string())?;
+            let b = MembershipFile::snapshot(&to).map_err(|e| e.to_string())?;
+            let ks = plan::synthetic_keys(keys);
+            print!("{}", plan::render(&plan::plan(&a.topology, &b.topology, &ks), keys));
+        }
+        Cli::Lookup { config, ip, module } => {
+            let s = MembershipFile::snapshot(&config).map_err(|e| e.to_string())?;
+            let key = modcdn_shared::module::escape_path(&module)
+                .or_else(|_| modcdn_shared::module::unescape_path(&module).map(|_| module.clone()))
+                .map_err(|e| e.to_string())?;
+            let region = s.geo.region_of(ip);
+            let (country, continent) = s.geo.locate(ip);
+            println!(
+                "client {ip}: country {} continent {} → region {region}",
+                country.as_deref().unwrap_or("-"),
+                continent.as_deref().unwrap_or("-")
+            );
+            println!("key {key}");
+            let view = LoadView::new(s.health.policy());
+            for (i, m) in s.topology.route(&key, region, &view).iter().enumerate() {
+                println!("{}. {} {} (region {}, weight {})", i + 1, m.id, m.address, m.region, m.weight);
+            }
+        }
+        Cli::GeoBuild { csv, out } => {
+            let text = std::fs::read_to_string(&csv).map_err(|e| format!("{}: {e}", csv.display()))?;
+            let db = geo::build_country_db(&text).map_err(|e| format!("{}: {e}", csv.display()))?;
+            std::fs::write(&out, db).map_err(|e| format!("{}: {e}", out.display()))?;
+            println!("wrote {}", out.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! What moves when membership changes: for each region, the share of keys
+//! whose owner changes, next to the ideal (the least any assignment
+//! proportional to weight could move), and per member what it gains and
+//! loses.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+use crate::route::Topology;
+
+/// `n` synthetic escaped module paths, the same every run.
+pub fn synthetic_keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("github.com/owner{}/module-{i}", i % 7919)).collect()
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MemberChange {
+    pub before: f64,
+    pub after: f64,
+    pub gained: f64,
+    pub lost: f64,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RegionPlan {
+    pub moved: f64,
+    pub ideal: f64,
+    pub members: BTreeMap<String, MemberChange>,
+}
+
+fn weight_shares(t: &Topology, region: &str) -> BTreeMap<String, f64> {
+    let ms: Vec<_> = t.members().filter(|m| m.region == region).collect();
+    let total: f64 = ms.iter().map(|m| m.weight).sum();
+    ms.iter().map(|m| (m.id.clone(), if total > 0.0 { m.weight / total } else { 0.0 })).collect()
+}
+
+/// Compares the owners of `keys` in every region of either topology.
+pub fn plan(from: &Topology, to: &Topology, keys: &[String]) -> BTreeMap<String, RegionPlan> {
+    let regions: BTreeSet<&str> = from.regions().chain(to.regions()).collect();
+    let mut out = BTreeMap::new();
+    for region in regions {
+        let mut p = RegionPlan::default();
+        let n = keys.len().max(1) as f64;
+        let mut moved = 0usize;
+        for k in keys {
+            let a = from.owner_in(k, region);
+            let b = to.owner_in(k, region);
+            if let Some(a) = a {
+                p.members.entry(a.to_string()).or_default().before += 1.0 / n;
+            }
+            if let Some(b) = b {
+                p.members.entry(b.to_string()).or_default().after += 1.0 / n;
+            }
+            if a != b {
+                moved += 1;
+                if let Some(a) = a {
+                    p.members.entry(a.to_string()).or_default().lost += 1.0 / n;
+                }
+                if let Some(b) = b {
+                    p.members.entry(b.to_string()).or_default().gained += 1.0 / n;
+                }
+            }
+        }
+        p.moved = moved as f64 / n;
+        // Total variation distance between the weight shares before and after.
+        let (wa, wb) = (weight_shares(from, region), weight_shares(to, region));
+        let ids: BTreeSet<&String> = wa.keys().chain(wb.keys()).collect();
+        p.ideal =
+            ids.iter().map(|id| (wa.get(*id).unwrap_or(&0.0) - wb.get(*id).unwrap_or(&0.0)).abs()).sum::<f64>() / 2.0;
+        if wa.is_empty() || wb.is_empty() {
+            p.ideal = if wa.is_empty() && wb.is_empty() { 0.0 } else { 1.0 };
+        }
+        out.insert(region.to_string(), p);
+    }
+    out
+}
+
+/// The plan as a table.
+pub fn render(plans: &BTreeMap<String, RegionPlan>, keys: usize) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{keys} synthetic module keys; shares are of each region's keys\n");
+    for (region, p) in plans {
+        let ratio = if p.ideal > 0.0 { format!("{:.2}× ideal", p.moved / p.ideal) } else { "-".into() };
+        let _ = writeln!(
+            s,
+            "region {region}: {:.2}% of keys move (ideal {:.2}%, {ratio})",
+            p.moved * 100.0,
+            p.ideal * 100.0
+        );
+        let _ = writeln!(s, "  {:<20} {:>8} {:>8} {:>8} {:>8}", "member", "before", "after", "gains", "loses");
+        for (id, c) in &p.members {
+            let _ = writeln!(
+                s,
+                "  {:<20} {:>7.2}% {:>7.2}% {:>7.2}% {:>7.2}%",
+                id,
+                c.before * 100.0,
+                c.after * 100.0,
+                c.gained * 100.0,
+                c.lost * 100.0
+            );
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::{Member, RoutePolicy};
+    use std::collections::HashMap;
+
+    fn topo(ids: &[&str]) -> Topology {
+        let ms: Vec<Member> = ids
+            .iter()
+            .map(|id| Member { id: id.to_string(), address: "h:1".into(), region: "r".into(), weight: 1.0 })
+            .collect();
+        Topology::new(&ms, &HashMap::new(), RoutePolicy::default())
+    }
+
+    #[test]
+    fn adding_one_of_four_moves_about_a_fifth_all_to_it() {
+        let keys = synthetic_keys(50_000);
+        let p = &plan(&topo(&["a", "b", "c", "d"]), &topo(&["a", "b", "c", "d", "e"]), &keys)["r"];
+        assert!((p.ideal - 0.2).abs() < 1e-9, "{}", p.ideal);
+        assert!(p.moved <= 1.1 * p.ideal && p.moved >= 0.9 * p.ideal, "moved {}", p.moved);
+        assert!((p.members["e"].gained - p.moved).abs() < 1e-9);
+        assert!(p.members.iter().filter(|(id, _)| *id != "e").all(|(_, c)| c.gained == 0.0));
+        assert!(render(&plan(&topo(&["a"]), &topo(&["a", "b"]), &keys), keys.len()).contains("region r"));
+    }
+}
