@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use modcdn_router::load::LoadView;
 use modcdn_router::membership::MembershipFile;
 use modcdn_router::{geo, plan};
 
@@ -73,8 +72,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 continent.as_deref().unwrap_or("-")
             );
             println!("key {key}");
-            let view = LoadView::new(s.health.policy());
-            for (i, m) in s.topology.route(&key, region, &view).iter().enumerate() {
+            for (i, m) in s.topology.route(&key, region).iter().enumerate() {
                 println!("{}. {} {} (region {}, weight {})", i + 1, m.id, m.address, m.region, m.weight);
             }
         }

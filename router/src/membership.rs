@@ -9,7 +9,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::geo::{Geo, RegionMap};
-use crate::load::HealthPolicy;
+use std::sync::Arc;
+
+use crate::load::{HealthPolicy, LoadView};
 use crate::route::{Member, RoutePolicy, Topology};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,6 +101,7 @@ pub enum MembershipError {
 /// Everything routing needs, built from one membership file.
 pub struct Snapshot {
     pub topology: Topology,
+    pub view: Arc<LoadView>,
     pub geo: Geo,
     pub health: HealthFile,
 }
@@ -200,6 +203,13 @@ impl MembershipFile {
 
     /// Builds the routing snapshot (opens the GeoIP database).
     pub fn snapshot(path: &Path) -> Result<Snapshot, MembershipError> {
+        let (m, _) = Self::load(path)?;
+        Self::snapshot_with(path, Arc::new(LoadView::new(m.health.policy())))
+    }
+
+    /// As [`MembershipFile::snapshot`], keeping the live numbers of `view`
+    /// (a reload keeps what the edge has learned).
+    pub fn snapshot_with(path: &Path, view: Arc<LoadView>) -> Result<Snapshot, MembershipError> {
         let (m, map) = Self::load(path)?;
         let file = path.display().to_string();
         let base = path.parent().unwrap_or(Path::new("."));
@@ -232,7 +242,8 @@ impl MembershipFile {
             vnodes_per_weight: m.vnodes_per_weight,
             max_candidates: m.max_candidates,
         };
-        Ok(Snapshot { topology: Topology::new(&members, &fallbacks, policy), geo, health: m.health })
+        let topology = Topology::new(&members, &fallbacks, policy, &view);
+        Ok(Snapshot { topology, view, geo, health: m.health })
     }
 }
 

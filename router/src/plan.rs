@@ -114,7 +114,7 @@ mod tests {
             .iter()
             .map(|id| Member { id: id.to_string(), address: "h:1".into(), region: "r".into(), weight: 1.0 })
             .collect();
-        Topology::new(&ms, &HashMap::new(), RoutePolicy::default())
+        Topology::new(&ms, &HashMap::new(), RoutePolicy::default(), &crate::load::LoadView::default())
     }
 
     #[test]

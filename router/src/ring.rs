@@ -132,27 +132,61 @@ impl Ring {
     /// Up to `n` distinct members for `key` in ring order: the owner first,
     /// then each next member met walking clockwise.
     pub fn candidates(&self, key: &str, n: usize) -> Vec<&str> {
-        self.walk(key).take(n).collect()
+        self.walk(key).take(n).map(|i| self.members[i].id.as_str()).collect()
     }
 
-    /// Distinct members for `key` in ring order, lazily: the owner first.
-    /// Each step is one binary search; the walk ends after one full turn.
-    pub fn walk<'a>(&'a self, key: &str) -> impl Iterator<Item = &'a str> + 'a {
-        let mut point = key_point(key);
-        let mut seen: Vec<u32> = Vec::new();
-        let mut steps = 0;
-        std::iter::from_fn(move || {
-            while steps < self.ring.len() && seen.len() < self.members.len() {
-                steps += 1;
-                let v = self.ring.get(&Point(point))?;
-                point = v.point.wrapping_add(1);
-                if !seen.contains(&v.member) {
-                    seen.push(v.member);
-                    return Some(self.members[v.member as usize].id.as_str());
-                }
+    /// Distinct members for `key` in ring order, lazily, as indexes into
+    /// [`Ring::members`]: the owner first. Each step is one binary search;
+    /// the walk ends after one full turn.
+    pub fn walk(&self, key: &str) -> Walk<'_> {
+        Walk { ring: self, point: key_point(key), seen: Seen::default(), steps: 0 }
+    }
+}
+
+/// Members already met on a walk: inline for the usual few, then a Vec.
+#[derive(Default)]
+struct Seen {
+    inline: [u32; 8],
+    len: usize,
+    more: Vec<u32>,
+}
+
+impl Seen {
+    fn insert(&mut self, m: u32) -> bool {
+        if self.inline[..self.len.min(8)].contains(&m) || self.more.contains(&m) {
+            return false;
+        }
+        if self.len < 8 {
+            self.inline[self.len] = m;
+        } else {
+            self.more.push(m);
+        }
+        self.len += 1;
+        true
+    }
+}
+
+/// See [`Ring::walk`].
+pub struct Walk<'a> {
+    ring: &'a Ring,
+    point: u64,
+    seen: Seen,
+    steps: usize,
+}
+
+impl Iterator for Walk<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        while self.steps < self.ring.ring.len() && self.seen.len < self.ring.members.len() {
+            self.steps += 1;
+            let v = self.ring.ring.get(&Point(self.point))?;
+            self.point = v.point.wrapping_add(1);
+            if self.seen.insert(v.member) {
+                return Some(v.member as usize);
             }
-            None
-        })
+        }
+        None
     }
 }
 

@@ -5,7 +5,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::load::LoadView;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::load::{LoadView, MemberStats, RegionStats};
 use crate::ring::{Ring, RingMember};
 
 /// An origin as membership describes it.
@@ -36,10 +39,13 @@ impl Default for RoutePolicy {
 
 struct RegionRing {
     ring: Ring,
+    /// Live numbers of `ring.members()`, index for index.
+    stats: Vec<Arc<MemberStats>>,
+    totals: Arc<RegionStats>,
     fallback: Vec<String>,
 }
 
-/// Members, per-region rings and region fallbacks.
+/// Members, per-region rings and region fallbacks, bound to a [`LoadView`].
 pub struct Topology {
     members: HashMap<String, Member>,
     regions: BTreeMap<String, RegionRing>,
@@ -48,8 +54,9 @@ pub struct Topology {
 
 impl Topology {
     /// `fallbacks[region]` lists the regions to try, in order, when `region`
-    /// has no healthy member; every other region follows, by name.
-    pub fn new(members: &[Member], fallbacks: &HashMap<String, Vec<String>>, policy: RoutePolicy) -> Topology {
+    /// has no healthy member; every other region follows, by name. The
+    /// view's region totals are set to this membership.
+    pub fn new(members: &[Member], fallbacks: &HashMap<String, Vec<String>>, policy: RoutePolicy, view: &LoadView) -> Topology {
         let mut by_region: BTreeMap<String, Vec<RingMember>> = BTreeMap::new();
         for m in members {
             by_region.entry(m.region.clone()).or_default().push(RingMember { id: m.id.clone(), weight: m.weight });
@@ -57,11 +64,16 @@ impl Topology {
         for region in fallbacks.keys() {
             by_region.entry(region.clone()).or_default();
         }
+        let placement: Vec<(&str, &str)> = members.iter().map(|m| (m.id.as_str(), m.region.as_str())).collect();
+        view.assign(&placement);
         let regions = by_region
             .into_iter()
             .map(|(name, ms)| {
+                let ring = Ring::new(&ms, policy.vnodes_per_weight);
+                let stats = ring.members().iter().map(|m| view.member(&m.id)).collect();
                 let fallback = fallbacks.get(&name).cloned().unwrap_or_default();
-                (name, RegionRing { ring: Ring::new(&ms, policy.vnodes_per_weight), fallback })
+                let totals = view.region(&name);
+                (name, RegionRing { ring, stats, totals, fallback })
             })
             .collect();
         Topology { members: members.iter().map(|m| (m.id.clone(), m.clone())).collect(), regions, policy }
@@ -83,66 +95,68 @@ impl Topology {
         &self.policy
     }
 
-    /// The members of `region`'s ring for `key`, in ring order, ignoring load
-    /// and health (what `plan` compares).
+    /// The owner of `key` in `region`'s ring, ignoring load and health
+    /// (what `plan` compares).
     pub fn owner_in(&self, key: &str, region: &str) -> Option<&str> {
         self.regions.get(region)?.ring.owner(key)
-    }
-
-    /// The regions tried for a client of `region`: itself, its fallbacks,
-    /// then every other region.
-    fn region_order<'a>(&'a self, region: &'a str) -> Vec<&'a str> {
-        let mut order: Vec<&str> = Vec::new();
-        let own = self.regions.get(region);
-        for r in std::iter::once(region)
-            .chain(own.into_iter().flat_map(|r| r.fallback.iter().map(String::as_str)))
-            .chain(self.regions.keys().map(String::as_str))
-        {
-            if self.regions.contains_key(r) && !order.contains(&r) {
-                order.push(r);
-            }
-        }
-        order
     }
 
     /// Where to send `key` for a client of `region`: the chosen origin first
     /// (the first healthy member in ring order whose load is within the
     /// bound), then failover candidates — the rest within the bound in ring
-    /// order, then those above it by Peak-EWMA latency. Regions without a
-    /// healthy member are skipped for their fallbacks.
-    pub fn route(&self, key: &str, region: &str, view: &LoadView) -> Vec<&Member> {
-        for r in self.region_order(region) {
-            let ring = &self.regions[r].ring;
-            let healthy: Vec<&str> =
-                ring.members().iter().map(|m| m.id.as_str()).filter(|id| view.is_healthy(id)).collect();
-            if healthy.is_empty() {
+    /// order, then those above it by Peak-EWMA latency. A region without a
+    /// healthy member hands over to its fallbacks, then to every other region.
+    pub fn route(&self, key: &str, region: &str) -> Vec<&Member> {
+        if let Some(found) = self.regions.get(region).and_then(|r| self.route_in(r, key)) {
+            return found;
+        }
+        let own = self.regions.get(region);
+        let fallbacks = own.into_iter().flat_map(|r| r.fallback.iter().map(String::as_str));
+        let mut tried = vec![region];
+        for name in fallbacks.chain(self.regions.keys().map(String::as_str)) {
+            if tried.contains(&name) {
                 continue;
             }
-            // Mirrokni, Thorup, Zadimoghaddam: capacity ⌈c·(m+1)/n⌉ for m
-            // requests in flight over n members, counting the new one.
-            let total: i64 = healthy.iter().map(|id| view.load(id)).sum();
-            let cap = (self.policy.bounded_load * (total + 1) as f64 / healthy.len() as f64).ceil() as i64;
-            let mut within = Vec::new();
-            let mut over = Vec::new();
-            for id in ring.walk(key).filter(|id| view.is_healthy(id)) {
-                if view.load(id) < cap {
-                    within.push(id);
-                } else {
-                    over.push(id);
-                }
-                if within.len() >= self.policy.max_candidates {
-                    break;
-                }
+            tried.push(name);
+            if let Some(found) = self.regions.get(name).and_then(|r| self.route_in(r, key)) {
+                return found;
             }
-            over.sort_by(|a, b| view.ewma_us(a).total_cmp(&view.ewma_us(b)));
-            return within
-                .into_iter()
-                .chain(over)
-                .take(self.policy.max_candidates)
-                .filter_map(|id| self.members.get(id))
-                .collect();
         }
         Vec::new()
+    }
+
+    fn route_in(&self, r: &RegionRing, key: &str) -> Option<Vec<&Member>> {
+        let healthy = r.totals.healthy.load(Ordering::Relaxed);
+        if healthy <= 0 {
+            return None;
+        }
+        // Mirrokni, Thorup, Zadimoghaddam: capacity ⌈c·(m+1)/n⌉ for m
+        // requests in flight over n members, counting the new one.
+        let total = r.totals.load.load(Ordering::Relaxed).max(0);
+        let cap = (self.policy.bounded_load * (total + 1) as f64 / healthy as f64).ceil() as i64;
+        let want = self.policy.max_candidates;
+        let mut within: Vec<usize> = Vec::with_capacity(want);
+        let mut over: Vec<usize> = Vec::new();
+        for i in r.ring.walk(key) {
+            let s = &r.stats[i];
+            if !s.is_healthy() {
+                continue;
+            }
+            if s.load() < cap {
+                within.push(i);
+                if within.len() >= want {
+                    break;
+                }
+            } else {
+                over.push(i);
+            }
+        }
+        if within.is_empty() && over.is_empty() {
+            return None;
+        }
+        over.sort_by(|a, b| r.stats[*a].ewma_us().total_cmp(&r.stats[*b].ewma_us()));
+        let ids = r.ring.members();
+        Some(within.into_iter().chain(over).take(want).filter_map(|i| self.members.get(&ids[i].id)).collect())
     }
 }
 
@@ -155,7 +169,7 @@ mod tests {
         Member { id: id.into(), address: format!("{id}:1"), region: region.into(), weight: 1.0 }
     }
 
-    fn topology() -> Topology {
+    fn topology(view: &LoadView) -> Topology {
         let members = vec![
             member("cn1", "cn"),
             member("cn2", "cn"),
@@ -165,28 +179,28 @@ mod tests {
         ];
         let fallbacks =
             HashMap::from([("cn".to_string(), vec!["us".to_string()]), ("eu".to_string(), vec!["us".to_string()])]);
-        Topology::new(&members, &fallbacks, RoutePolicy::default())
+        Topology::new(&members, &fallbacks, RoutePolicy::default(), view)
     }
 
     #[test]
     fn routes_within_the_region_and_falls_back_when_it_is_down() {
-        let t = topology();
         let view = LoadView::new(HealthPolicy { fall: 1, rise: 1, ..HealthPolicy::default() });
-        let c = t.route("golang.org/x/mod", "cn", &view);
+        let t = topology(&view);
+        let c = t.route("golang.org/x/mod", "cn");
         assert!(c.iter().all(|m| m.region == "cn") && c.len() == 2, "{c:?}");
         assert_eq!(c[0].id, t.owner_in("golang.org/x/mod", "cn").unwrap_or(""));
         // eu has no members: its fallback us serves.
-        assert!(t.route("golang.org/x/mod", "eu", &view).iter().all(|m| m.region == "us"));
+        assert!(t.route("golang.org/x/mod", "eu").iter().all(|m| m.region == "us"));
         // The whole cn region down: us serves cn clients.
         view.check_result("cn1", false);
         view.check_result("cn2", false);
-        let c = t.route("golang.org/x/mod", "cn", &view);
+        let c = t.route("golang.org/x/mod", "cn");
         assert!(!c.is_empty() && c.iter().all(|m| m.region == "us"), "{c:?}");
         // One member down: its keys go to the next in ring order, others stay.
         view.check_result("cn1", true);
-        let c = t.route("golang.org/x/mod", "cn", &view);
+        let c = t.route("golang.org/x/mod", "cn");
         assert_eq!(c.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), vec!["cn1"]);
-        assert!(!t.route("x.y/z", "nowhere", &view).is_empty(), "an unknown region still gets an origin");
+        assert!(!t.route("x.y/z", "nowhere").is_empty(), "an unknown region still gets an origin");
     }
 
     #[test]
@@ -195,12 +209,12 @@ mod tests {
         // without bounds one member takes everything; with them no member
         // exceeds ⌈c × average⌉.
         let members: Vec<Member> = (0..10).map(|i| member(&format!("o{i}"), "r")).collect();
-        let t = Topology::new(&members, &HashMap::new(), RoutePolicy { max_candidates: 10, ..RoutePolicy::default() });
         let view = LoadView::new(HealthPolicy::default());
+        let t = Topology::new(&members, &HashMap::new(), RoutePolicy { max_candidates: 10, ..RoutePolicy::default() }, &view);
         let mut held = Vec::new();
         for i in 0..1000 {
             let key = if i % 10 < 7 { "hot.example/module".to_string() } else { format!("k{i}.example/m") };
-            let chosen = t.route(&key, "r", &view);
+            let chosen = t.route(&key, "r");
             held.push(view.begin(&chosen[0].id));
             let loads: Vec<i64> = members.iter().map(|m| view.load(&m.id)).collect();
             let avg = (i + 1) as f64 / members.len() as f64;

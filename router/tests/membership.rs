@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::process::Command;
 
-use modcdn_router::load::LoadView;
 use modcdn_router::membership::MembershipFile;
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -28,11 +27,10 @@ fn origins(n: usize, region: &str) -> String {
 fn deploy_example_loads_and_routes_by_region() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/router.toml");
     let s = MembershipFile::snapshot(&path).expect("deploy/router.toml");
-    let view = LoadView::default();
     let cn_client = s.geo.region("127.0.1.9".parse().expect("ip"), None);
     assert_eq!(cn_client, "cn");
-    assert_eq!(s.topology.route("golang.org/x/mod", cn_client, &view)[0].id, "cn-1");
-    let us = s.topology.route("golang.org/x/mod", s.geo.region("127.0.2.9".parse().expect("ip"), None), &view);
+    assert_eq!(s.topology.route("golang.org/x/mod", cn_client)[0].id, "cn-1");
+    let us = s.topology.route("golang.org/x/mod", s.geo.region("127.0.2.9".parse().expect("ip"), None));
     assert!(us.iter().all(|m| m.region == "us") && us.len() == 2);
 }
 
