@@ -226,8 +226,11 @@ impl LoadView {
     /// and health count toward its region; members not listed count nowhere.
     pub fn assign(&self, placement: &[(&str, &str)]) {
         let listed: HashSet<&str> = placement.iter().map(|(id, _)| *id).collect();
-        let all: Vec<(String, Arc<MemberStats>)> =
-            self.members.read().map(|m| m.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect()).unwrap_or_default();
+        let all: Vec<(String, Arc<MemberStats>)> = self
+            .members
+            .read()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect())
+            .unwrap_or_default();
         for (id, stats) in all {
             if !listed.contains(id.as_str()) {
                 stats.attach(None);

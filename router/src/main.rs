@@ -72,7 +72,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 continent.as_deref().unwrap_or("-")
             );
             println!("key {key}");
-            for (i, m) in s.topology.route(&key, region).iter().enumerate() {
+            for (i, m) in s.topology.route(&key, region).enumerate() {
                 println!("{}. {} {} (region {}, weight {})", i + 1, m.id, m.address, m.region, m.weight);
             }
         }

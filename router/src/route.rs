@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::load::{LoadView, MemberStats, RegionStats};
-use crate::ring::{Ring, RingMember};
+use crate::ring::{Ring, RingMember, Walk};
 
 /// An origin as membership describes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +39,8 @@ impl Default for RoutePolicy {
 
 struct RegionRing {
     ring: Ring,
-    /// Live numbers of `ring.members()`, index for index.
+    /// The ring's members and their live numbers, index for index.
+    members: Vec<Member>,
     stats: Vec<Arc<MemberStats>>,
     totals: Arc<RegionStats>,
     fallback: Vec<String>,
@@ -56,7 +57,13 @@ impl Topology {
     /// `fallbacks[region]` lists the regions to try, in order, when `region`
     /// has no healthy member; every other region follows, by name. The
     /// view's region totals are set to this membership.
-    pub fn new(members: &[Member], fallbacks: &HashMap<String, Vec<String>>, policy: RoutePolicy, view: &LoadView) -> Topology {
+    pub fn new(
+        members: &[Member],
+        fallbacks: &HashMap<String, Vec<String>>,
+        policy: RoutePolicy,
+        view: &LoadView,
+    ) -> Topology {
+        let by_id: HashMap<String, Member> = members.iter().map(|m| (m.id.clone(), m.clone())).collect();
         let mut by_region: BTreeMap<String, Vec<RingMember>> = BTreeMap::new();
         for m in members {
             by_region.entry(m.region.clone()).or_default().push(RingMember { id: m.id.clone(), weight: m.weight });
@@ -70,13 +77,14 @@ impl Topology {
             .into_iter()
             .map(|(name, ms)| {
                 let ring = Ring::new(&ms, policy.vnodes_per_weight);
+                let members = ring.members().iter().filter_map(|m| by_id.get(&m.id).cloned()).collect();
                 let stats = ring.members().iter().map(|m| view.member(&m.id)).collect();
                 let fallback = fallbacks.get(&name).cloned().unwrap_or_default();
                 let totals = view.region(&name);
-                (name, RegionRing { ring, stats, totals, fallback })
+                (name, RegionRing { ring, members, stats, totals, fallback })
             })
             .collect();
-        Topology { members: members.iter().map(|m| (m.id.clone(), m.clone())).collect(), regions, policy }
+        Topology { members: by_id, regions, policy }
     }
 
     pub fn member(&self, id: &str) -> Option<&Member> {
@@ -101,62 +109,82 @@ impl Topology {
         self.regions.get(region)?.ring.owner(key)
     }
 
-    /// Where to send `key` for a client of `region`: the chosen origin first
-    /// (the first healthy member in ring order whose load is within the
-    /// bound), then failover candidates — the rest within the bound in ring
-    /// order, then those above it by Peak-EWMA latency. A region without a
-    /// healthy member hands over to its fallbacks, then to every other region.
-    pub fn route(&self, key: &str, region: &str) -> Vec<&Member> {
-        if let Some(found) = self.regions.get(region).and_then(|r| self.route_in(r, key)) {
-            return found;
-        }
-        let own = self.regions.get(region);
-        let fallbacks = own.into_iter().flat_map(|r| r.fallback.iter().map(String::as_str));
-        let mut tried = vec![region];
-        for name in fallbacks.chain(self.regions.keys().map(String::as_str)) {
-            if tried.contains(&name) {
-                continue;
-            }
-            tried.push(name);
-            if let Some(found) = self.regions.get(name).and_then(|r| self.route_in(r, key)) {
-                return found;
-            }
-        }
-        Vec::new()
-    }
-
-    fn route_in(&self, r: &RegionRing, key: &str) -> Option<Vec<&Member>> {
-        let healthy = r.totals.healthy.load(Ordering::Relaxed);
-        if healthy <= 0 {
-            return None;
-        }
+    /// Where to send `key` for a client of `region`, best first, at most
+    /// `max_candidates`: first the healthy members whose load is within the
+    /// bound, in ring order (so the owner whenever it is not overloaded),
+    /// then those above it by Peak-EWMA latency. A region without a healthy
+    /// member hands over to its fallbacks, then to every other region.
+    ///
+    /// Lazy: the first candidate costs one ring lookup and a few atomic
+    /// reads; failover candidates are found only when asked for.
+    pub fn route<'a>(&'a self, key: &str, region: &str) -> Candidates<'a> {
+        let chosen = self.regions.get(region).filter(|r| r.totals.healthy.load(Ordering::Relaxed) > 0).or_else(|| {
+            let own = self.regions.get(region);
+            let fallbacks = own.into_iter().flat_map(|r| r.fallback.iter().map(String::as_str));
+            fallbacks
+                .chain(self.regions.keys().map(String::as_str))
+                .filter_map(|name| self.regions.get(name))
+                .find(|r| r.totals.healthy.load(Ordering::Relaxed) > 0)
+        });
+        let Some(r) = chosen else {
+            return Candidates { region: None, walk: None, cap: 0, left: 0, over: Vec::new(), draining: true };
+        };
         // Mirrokni, Thorup, Zadimoghaddam: capacity ⌈c·(m+1)/n⌉ for m
         // requests in flight over n members, counting the new one.
+        let healthy = r.totals.healthy.load(Ordering::Relaxed).max(1);
         let total = r.totals.load.load(Ordering::Relaxed).max(0);
         let cap = (self.policy.bounded_load * (total + 1) as f64 / healthy as f64).ceil() as i64;
-        let want = self.policy.max_candidates;
-        let mut within: Vec<usize> = Vec::with_capacity(want);
-        let mut over: Vec<usize> = Vec::new();
-        for i in r.ring.walk(key) {
-            let s = &r.stats[i];
-            if !s.is_healthy() {
-                continue;
-            }
-            if s.load() < cap {
-                within.push(i);
-                if within.len() >= want {
-                    break;
-                }
-            } else {
-                over.push(i);
-            }
+        Candidates {
+            region: Some(r),
+            walk: Some(r.ring.walk(key)),
+            cap,
+            left: self.policy.max_candidates,
+            over: Vec::new(),
+            draining: false,
         }
-        if within.is_empty() && over.is_empty() {
+    }
+}
+
+/// See [`Topology::route`].
+pub struct Candidates<'a> {
+    region: Option<&'a RegionRing>,
+    walk: Option<Walk<'a>>,
+    cap: i64,
+    left: usize,
+    /// Members met above the bound, yielded after the walk.
+    over: Vec<usize>,
+    draining: bool,
+}
+
+impl<'a> Iterator for Candidates<'a> {
+    type Item = &'a Member;
+
+    fn next(&mut self) -> Option<&'a Member> {
+        let r = self.region?;
+        if self.left == 0 {
             return None;
         }
-        over.sort_by(|a, b| r.stats[*a].ewma_us().total_cmp(&r.stats[*b].ewma_us()));
-        let ids = r.ring.members();
-        Some(within.into_iter().chain(over).take(want).filter_map(|i| self.members.get(&ids[i].id)).collect())
+        if !self.draining {
+            if let Some(walk) = self.walk.as_mut() {
+                for i in walk.by_ref() {
+                    let s = &r.stats[i];
+                    if !s.is_healthy() {
+                        continue;
+                    }
+                    if s.load() < self.cap {
+                        self.left -= 1;
+                        return r.members.get(i);
+                    }
+                    self.over.push(i);
+                }
+            }
+            self.draining = true;
+            // Reversed, so that popping yields the lowest latency first.
+            self.over.sort_by(|a, b| r.stats[*b].ewma_us().total_cmp(&r.stats[*a].ewma_us()));
+        }
+        let i = self.over.pop()?;
+        self.left -= 1;
+        r.members.get(i)
     }
 }
 
@@ -186,21 +214,21 @@ mod tests {
     fn routes_within_the_region_and_falls_back_when_it_is_down() {
         let view = LoadView::new(HealthPolicy { fall: 1, rise: 1, ..HealthPolicy::default() });
         let t = topology(&view);
-        let c = t.route("golang.org/x/mod", "cn");
+        let c = t.route("golang.org/x/mod", "cn").collect::<Vec<_>>();
         assert!(c.iter().all(|m| m.region == "cn") && c.len() == 2, "{c:?}");
         assert_eq!(c[0].id, t.owner_in("golang.org/x/mod", "cn").unwrap_or(""));
         // eu has no members: its fallback us serves.
-        assert!(t.route("golang.org/x/mod", "eu").iter().all(|m| m.region == "us"));
+        assert!(t.route("golang.org/x/mod", "eu").all(|m| m.region == "us"));
         // The whole cn region down: us serves cn clients.
         view.check_result("cn1", false);
         view.check_result("cn2", false);
-        let c = t.route("golang.org/x/mod", "cn");
+        let c = t.route("golang.org/x/mod", "cn").collect::<Vec<_>>();
         assert!(!c.is_empty() && c.iter().all(|m| m.region == "us"), "{c:?}");
         // One member down: its keys go to the next in ring order, others stay.
         view.check_result("cn1", true);
-        let c = t.route("golang.org/x/mod", "cn");
+        let c = t.route("golang.org/x/mod", "cn").collect::<Vec<_>>();
         assert_eq!(c.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), vec!["cn1"]);
-        assert!(!t.route("x.y/z", "nowhere").is_empty(), "an unknown region still gets an origin");
+        assert!(!t.route("x.y/z", "nowhere").next().is_none(), "an unknown region still gets an origin");
     }
 
     #[test]
@@ -210,11 +238,16 @@ mod tests {
         // exceeds ⌈c × average⌉.
         let members: Vec<Member> = (0..10).map(|i| member(&format!("o{i}"), "r")).collect();
         let view = LoadView::new(HealthPolicy::default());
-        let t = Topology::new(&members, &HashMap::new(), RoutePolicy { max_candidates: 10, ..RoutePolicy::default() }, &view);
+        let t = Topology::new(
+            &members,
+            &HashMap::new(),
+            RoutePolicy { max_candidates: 10, ..RoutePolicy::default() },
+            &view,
+        );
         let mut held = Vec::new();
         for i in 0..1000 {
             let key = if i % 10 < 7 { "hot.example/module".to_string() } else { format!("k{i}.example/m") };
-            let chosen = t.route(&key, "r");
+            let chosen: Vec<&Member> = t.route(&key, "r").collect();
             held.push(view.begin(&chosen[0].id));
             let loads: Vec<i64> = members.iter().map(|m| view.load(&m.id)).collect();
             let avg = (i + 1) as f64 / members.len() as f64;
