@@ -20,7 +20,7 @@ pub mod upstream;
 pub mod validate;
 
 use std::future::{Future, IntoFuture};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +42,8 @@ pub struct Origin {
     pub metrics: metrics::Metrics,
     pub ttls: Ttls,
     ready: AtomicBool,
+    /// EWMA of request latency in microseconds (f64 bits), for `/loadz`.
+    latency_ewma_us: AtomicU64,
 }
 
 impl Origin {
@@ -60,9 +62,26 @@ impl Origin {
             metrics: metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?,
             ttls: config.ttls(),
             ready: AtomicBool::new(true),
+            latency_ewma_us: AtomicU64::new(0f64.to_bits()),
         };
         origin.refresh_store_gauges();
         Ok(Arc::new(origin))
+    }
+
+    /// Folds one request's latency into the EWMA `/loadz` reports.
+    pub fn observe_latency(&self, sample: Duration) {
+        const ALPHA: f64 = 0.1;
+        let sample_us = sample.as_secs_f64() * 1e6;
+        let _ = self.latency_ewma_us.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+            let prev = f64::from_bits(bits);
+            let next = if prev == 0.0 { sample_us } else { prev + ALPHA * (sample_us - prev) };
+            Some(next.to_bits())
+        });
+    }
+
+    /// In-flight requests and latency EWMA, as edges' health checks read them.
+    pub fn load_report(&self) -> (i64, f64) {
+        (self.metrics.in_flight.get(), f64::from_bits(self.latency_ewma_us.load(Ordering::Relaxed)) / 1000.0)
     }
 
     pub fn is_ready(&self) -> bool {

@@ -44,6 +44,7 @@ pub fn router(origin: Arc<Origin>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/loadz", get(loadz))
         .fallback(handle)
         .with_state(origin)
 }
@@ -54,6 +55,15 @@ async fn readyz(State(o): State<Arc<Origin>>) -> (StatusCode, &'static str) {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
     }
+}
+
+/// The origin's load for edges' health checks: cheap, no store access.
+async fn loadz(State(o): State<Arc<Origin>>) -> ([(header::HeaderName, &'static str); 2], String) {
+    let (in_flight, ewma_ms) = o.load_report();
+    (
+        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, policy::CC_NO_STORE)],
+        format!("{{\"in_flight\":{in_flight},\"ewma_latency_ms\":{ewma_ms:.3}}}\n"),
+    )
 }
 
 async fn metrics(State(o): State<Arc<Origin>>) -> ([(header::HeaderName, &'static str); 1], String) {
@@ -117,6 +127,7 @@ async fn handle(State(o): State<Arc<Origin>>, req: axum::extract::Request) -> Re
         ])
         .inc();
     o.metrics.in_flight.dec();
+    o.observe_latency(started.elapsed());
     tracing::debug!(%method, path = req_path, status = resp.status().as_u16(), cache = cache.as_str(), elapsed_us = started.elapsed().as_micros() as u64, "request");
     if method == Method::HEAD {
         *resp.body_mut() = Body::empty();

@@ -4,11 +4,14 @@
 //!
 //! The routing path never does I/O: it reads immutable snapshots and atomic
 //! counters. Reading files (membership, GeoIP database) happens only when a
-//! snapshot is built.
+//! snapshot is built ([`watch`]), and origins are asked for their load by a
+//! background thread ([`health`]).
 
 pub mod geo;
+pub mod health;
 pub mod load;
 pub mod membership;
 pub mod plan;
 pub mod ring;
 pub mod route;
+pub mod watch;

@@ -407,3 +407,20 @@ fn config_errors_name_the_file_and_key_and_exit_64() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/origin.toml"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadz_reports_what_edges_health_checks_read() {
+    let s = setup(1024, "").await;
+    let _ = s.get(&Corpus::key(ALPHA, "v1.0.0", "info")).await;
+    let addr = s.origin.url.trim_start_matches("http://").to_string();
+    let report = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(2))).build().into();
+        modcdn_router::health::probe(&agent, &addr)
+    })
+    .await
+    .expect("join")
+    .expect("probe");
+    assert_eq!(report.in_flight, 0);
+    assert!(report.ewma_latency_ms > 0.0, "{report:?}");
+}

@@ -1,0 +1,80 @@
+//! Active health checks: every interval, each origin's load endpoint
+//! (`GET /loadz` → `{"in_flight": n, "ewma_latency_ms": x}`) is asked with a
+//! timeout. An answer feeds the load view (health, reported load, latency);
+//! no answer counts as a failure. Down after `fall` failures, up after `rise`
+//! successes (see [`crate::load::HealthPolicy`]).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::watch::Membership;
+
+/// The body of an origin's `/loadz`.
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq)]
+pub struct LoadReport {
+    pub in_flight: i64,
+    pub ewma_latency_ms: f64,
+}
+
+/// Asks one origin for its load.
+pub fn probe(agent: &ureq::Agent, address: &str) -> Result<LoadReport, String> {
+    let mut resp = agent.get(&format!("http://{address}/loadz")).call().map_err(|e| e.to_string())?;
+    resp.body_mut().read_json::<LoadReport>().map_err(|e| e.to_string())
+}
+
+/// Checks every member of the current membership each interval, in a
+/// background thread, until the handle is dropped.
+pub fn spawn(membership: Arc<Membership>) -> std::io::Result<HealthHandle> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let thread = std::thread::Builder::new().name("health-checks".into()).spawn(move || {
+        while !stop2.load(Ordering::Relaxed) {
+            let snap = membership.snapshot();
+            let (interval, timeout) =
+                (Duration::from_millis(snap.health.interval_ms), Duration::from_millis(snap.health.timeout_ms));
+            let agent: ureq::Agent =
+                ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(true).build().into();
+            for m in snap.topology.members() {
+                let view = membership.view();
+                match probe(&agent, &m.address) {
+                    Ok(r) => {
+                        view.report(
+                            &m.id,
+                            r.in_flight,
+                            Some(Duration::from_secs_f64(r.ewma_latency_ms.max(0.0) / 1000.0)),
+                        );
+                        view.check_result(&m.id, true);
+                    }
+                    Err(e) => {
+                        tracing::debug!(origin = %m.id, address = %m.address, error = %e, "health check failed");
+                        view.check_result(&m.id, false);
+                    }
+                }
+            }
+            let mut slept = Duration::ZERO;
+            while slept < interval && !stop2.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+                slept += Duration::from_millis(20);
+            }
+        }
+    })?;
+    Ok(HealthHandle { stop, thread: Some(thread) })
+}
+
+pub struct HealthHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for HealthHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
