@@ -91,9 +91,26 @@ impl CacheResult {
     }
 }
 
+/// Counts a request in flight until it is answered or its client goes away
+/// (axum drops the handler then, so the decrement lives in `Drop`).
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn enter(gauge: &prometheus::IntGauge) -> InFlight {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 async fn handle(State(o): State<Arc<Origin>>, req: axum::extract::Request) -> Response {
     let started = std::time::Instant::now();
-    o.metrics.in_flight.inc();
+    let in_flight = InFlight::enter(&o.metrics.in_flight);
     let method = req.method().clone();
     let headers = req.headers().clone();
     let req_path = req.uri().path().to_string();
@@ -126,7 +143,7 @@ async fn handle(State(o): State<Arc<Origin>>, req: axum::extract::Request) -> Re
             &cache.as_str().to_ascii_lowercase(),
         ])
         .inc();
-    o.metrics.in_flight.dec();
+    drop(in_flight);
     o.observe_latency(started.elapsed());
     tracing::debug!(%method, path = req_path, status = resp.status().as_u16(), cache = cache.as_str(), elapsed_us = started.elapsed().as_micros() as u64, "request");
     if method == Method::HEAD {

@@ -423,4 +423,15 @@ async fn loadz_reports_what_edges_health_checks_read() {
     .expect("probe");
     assert_eq!(report.in_flight, 0);
     assert!(report.ewma_latency_ms > 0.0, "{report:?}");
+
+    // Clients that hang up mid-request do not leave phantom load behind.
+    s.upstream.set_faults(Faults { delay: Duration::from_millis(800), ..Faults::default() });
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(100)).build().expect("client");
+    for v in ["v1.1.0", "v1.2.0-rc.1"] {
+        let r = impatient.get(format!("{}/{}", s.origin.url, Corpus::key(ALPHA, v, "zip"))).send().await;
+        assert!(r.is_err(), "the client gave up");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let loadz: serde_json::Value = s.get("loadz").await.json().await.expect("loadz");
+    assert_eq!(loadz["in_flight"], 0, "{loadz}");
 }
