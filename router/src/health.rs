@@ -1,8 +1,10 @@
 //! Active health checks: every interval, each origin's load endpoint
 //! (`GET /loadz` → `{"in_flight": n, "ewma_latency_ms": x}`) is asked with a
 //! timeout. An answer feeds the load view (health, reported load, latency);
-//! no answer counts as a failure. Down after `fall` failures, up after `rise`
-//! successes (see [`crate::load::HealthPolicy`]).
+//! a refused connection takes the origin out at once (nothing listens, so a
+//! dead origin leaves routing within one interval); other failures count
+//! toward `fall`. Up again after `rise` successes (see
+//! [`crate::load::HealthPolicy`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,10 +22,26 @@ pub struct LoadReport {
     pub ewma_latency_ms: f64,
 }
 
+/// Why a check failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeError {
+    /// Nothing listens there: the origin is down, no need to wait for more
+    /// failures.
+    Refused(String),
+    /// Timeout, bad answer, reset: may be passing, counts toward `fall`.
+    Failed(String),
+}
+
 /// Asks one origin for its load.
-pub fn probe(agent: &ureq::Agent, address: &str) -> Result<LoadReport, String> {
-    let mut resp = agent.get(&format!("http://{address}/loadz")).call().map_err(|e| e.to_string())?;
-    resp.body_mut().read_json::<LoadReport>().map_err(|e| e.to_string())
+pub fn probe(agent: &ureq::Agent, address: &str) -> Result<LoadReport, ProbeError> {
+    let mut resp = agent.get(&format!("http://{address}/loadz")).call().map_err(|e| match e {
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            ProbeError::Refused(io.to_string())
+        }
+        ureq::Error::ConnectionFailed => ProbeError::Refused("connection failed".into()),
+        other => ProbeError::Failed(other.to_string()),
+    })?;
+    resp.body_mut().read_json::<LoadReport>().map_err(|e| ProbeError::Failed(e.to_string()))
 }
 
 /// Checks every member of the current membership each interval, in a
@@ -49,7 +67,11 @@ pub fn spawn(membership: Arc<Membership>) -> std::io::Result<HealthHandle> {
                         );
                         view.check_result(&m.id, true);
                     }
-                    Err(e) => {
+                    Err(ProbeError::Refused(e)) => {
+                        tracing::debug!(origin = %m.id, address = %m.address, error = %e, "origin refuses connections: down");
+                        view.mark_down(&m.id);
+                    }
+                    Err(ProbeError::Failed(e)) => {
                         tracing::debug!(origin = %m.id, address = %m.address, error = %e, "health check failed");
                         view.check_result(&m.id, false);
                     }

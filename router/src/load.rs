@@ -254,6 +254,14 @@ impl LoadView {
         self.member(id).record(ok, &self.policy);
     }
 
+    /// Takes `id` out of routing now (its port refuses connections); it
+    /// comes back after `rise` successful checks.
+    pub fn mark_down(&self, id: &str) {
+        let s = self.member(id);
+        s.successes.store(0, Ordering::Relaxed);
+        s.set_healthy(false);
+    }
+
     /// A load report from the origin itself.
     pub fn report(&self, id: &str, in_flight: i64, latency: Option<Duration>) {
         let s = self.member(id);

@@ -72,8 +72,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 continent.as_deref().unwrap_or("-")
             );
             println!("key {key}");
+            let mut any = false;
             for (i, m) in s.topology.route(&key, region).enumerate() {
                 println!("{}. {} {} (region {}, weight {})", i + 1, m.id, m.address, m.region, m.weight);
+                any = true;
+            }
+            if !any {
+                return Err("no origin in the membership can serve this".into());
             }
         }
         Cli::GeoBuild { csv, out } => {
