@@ -36,6 +36,7 @@ pub struct OriginConfig {
     pub memory_object_max_kib: u64,
     pub ttl: TtlConfig,
     pub http: HttpConfig,
+    pub prefetch: crate::prefetch::PrefetchConfig,
     pub log: LogConfig,
 }
 
@@ -88,6 +89,7 @@ impl Default for OriginConfig {
             memory_object_max_kib: 4096,
             ttl: TtlConfig::default(),
             http: HttpConfig::default(),
+            prefetch: crate::prefetch::PrefetchConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -156,6 +158,12 @@ impl Validate for OriginConfig {
         }
         if self.negative_cache_entries == 0 {
             errs.push(("negative_cache_entries".into(), "must be above 0".into()));
+        }
+        if self.prefetch.depth > 10 {
+            errs.push(("prefetch.depth".into(), format!("{} is above the limit of 10", self.prefetch.depth)));
+        }
+        if self.prefetch.enabled && (self.prefetch.workers == 0 || self.prefetch.queue == 0) {
+            errs.push(("prefetch.workers".into(), "workers and queue must be above 0 when prefetch is enabled".into()));
         }
         if self.log.level.trim().is_empty() {
             errs.push(("log.level".into(), "must not be empty".into()));

@@ -12,6 +12,7 @@ pub mod error;
 pub mod memory;
 pub mod metrics;
 pub mod negative;
+pub mod prefetch;
 pub mod pull;
 pub mod serve;
 pub mod singleflight;
@@ -39,6 +40,7 @@ pub struct Origin {
     pub upstream: Upstream,
     pub flights: singleflight::Group<Result<(), OriginError>>,
     pub negative: negative::NegativeCache,
+    pub prefetch: prefetch::Prefetcher,
     pub metrics: metrics::Metrics,
     pub ttls: Ttls,
     ready: AtomicBool,
@@ -59,6 +61,7 @@ impl Origin {
             upstream: Upstream::new(chain, &config.http)?,
             flights: singleflight::Group::default(),
             negative: negative::NegativeCache::new(config.negative_cache_entries),
+            prefetch: prefetch::Prefetcher::new(&config.prefetch),
             metrics: metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?,
             ttls: config.ttls(),
             ready: AtomicBool::new(true),
@@ -103,6 +106,7 @@ pub async fn serve_until(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
+    prefetch::Prefetcher::start(&origin);
     let app = serve::router(Arc::clone(&origin));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let o = Arc::clone(&origin);

@@ -18,6 +18,13 @@ pub struct Metrics {
     pub invalid: IntCounterVec,
     pub store_objects: IntGauge,
     pub store_bytes: IntGauge,
+    /// Upstream fetches by who started them (client, refresh, prefetch).
+    pub upstream_fetches: IntCounterVec,
+    pub prefetch_queue: IntGauge,
+    pub prefetched: IntCounter,
+    /// Prefetched artifacts a client later asked for.
+    pub prefetch_useful: IntCounter,
+    pub prefetch_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -41,6 +48,21 @@ impl Metrics {
         )?;
         let store_objects = IntGauge::new("store_objects", "Artifacts in the store")?;
         let store_bytes = IntGauge::new("store_bytes", "Bytes the store's files take")?;
+        let upstream_fetches = IntCounterVec::new(
+            Opts::new("upstream_fetches_total", "Upstream fetches by what started them"),
+            &["trigger"],
+        )?;
+        let prefetch_queue = IntGauge::new("prefetch_queue_depth", "Prefetches waiting")?;
+        let prefetched = IntCounter::new("prefetched_total", "Artifacts fetched by prefetch")?;
+        let prefetch_useful =
+            IntCounter::new("prefetch_useful_total", "Prefetched artifacts later asked for by a client")?;
+        let prefetch_dropped =
+            IntCounter::new("prefetch_dropped_total", "Prefetches dropped because the queue was full")?;
+        registry.register(Box::new(prefetch_queue.clone()))?;
+        registry.register(Box::new(upstream_fetches.clone()))?;
+        registry.register(Box::new(prefetched.clone()))?;
+        registry.register(Box::new(prefetch_useful.clone()))?;
+        registry.register(Box::new(prefetch_dropped.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(upstream_seconds.clone()))?;
         registry.register(Box::new(singleflight_waiters.clone()))?;
@@ -57,6 +79,11 @@ impl Metrics {
             invalid,
             store_objects,
             store_bytes,
+            upstream_fetches,
+            prefetch_queue,
+            prefetched,
+            prefetch_useful,
+            prefetch_dropped,
         })
     }
 

@@ -18,17 +18,41 @@ use crate::store::Meta;
 use crate::upstream::Fetched;
 use crate::{validate, Origin};
 
+/// Who started a pull, for metrics: a client waiting for it, a background
+/// refresh of a mutable answer, or a prefetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Client,
+    Refresh,
+    Prefetch,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Client => "client",
+            Trigger::Refresh => "refresh",
+            Trigger::Prefetch => "prefetch",
+        }
+    }
+}
+
 /// Pulls `req` unless a pull of it is already running; joins it then.
 /// A not-found answer is remembered in the negative cache (once, by the
 /// leader); failures are not remembered.
-pub fn coalesced<'a>(origin: &'a Arc<Origin>, req: &'a Request) -> BoxFuture<'a, Result<(), OriginError>> {
-    async move { coalesced_inner(origin, req).await }.boxed()
+pub fn coalesced<'a>(
+    origin: &'a Arc<Origin>,
+    req: &'a Request,
+    trigger: Trigger,
+) -> BoxFuture<'a, Result<(), OriginError>> {
+    async move { coalesced_inner(origin, req, trigger).await }.boxed()
 }
 
-async fn coalesced_inner(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
+async fn coalesced_inner(origin: &Arc<Origin>, req: &Request, trigger: Trigger) -> Result<(), OriginError> {
     let key = req.key();
     let (o, r) = (Arc::clone(origin), req.clone());
     let work = async move {
+        o.metrics.upstream_fetches.with_label_values(&[trigger.as_str()]).inc();
         let res = pull(&o, &r).await;
         if let Err(e @ OriginError::Upstream(UpstreamError::NotFound { status, .. })) = &res {
             let outcome = if *status == 410 { Outcome::Gone } else { Outcome::NotFound };
@@ -241,14 +265,14 @@ async fn read_fresh_or_pull(origin: &Arc<Origin>, req: &Request) -> Result<Vec<u
             return Ok(body);
         }
     }
-    coalesced(origin, req).await?;
+    coalesced(origin, req, Trigger::Client).await?;
     read(origin, &req.key())
         .await?
         .map(|(_, b)| b)
         .ok_or_else(|| OriginError::Store(format!("{} vanished after it was stored", req.key())))
 }
 
-async fn read(origin: &Arc<Origin>, key: &str) -> Result<Option<(Meta, Vec<u8>)>, OriginError> {
+pub async fn read(origin: &Arc<Origin>, key: &str) -> Result<Option<(Meta, Vec<u8>)>, OriginError> {
     if let Some(c) = origin.memory.get(key) {
         return Ok(Some((c.meta.clone(), c.body.to_vec())));
     }

@@ -157,12 +157,28 @@ async fn handle(State(o): State<Arc<Origin>>, req: axum::extract::Request) -> Re
 /// in the background as they near expiry and served stale when upstream
 /// fails (all per the policy table).
 async fn serve_artifact(o: &Arc<Origin>, req: &Request, headers: &HeaderMap) -> (CacheResult, Response) {
+    o.prefetch.client_asked(o, &req.key());
+    let (cache, opened_or_resp) = find_artifact(o, req).await;
+    match opened_or_resp {
+        Ok(hit) => {
+            // The go command asks for a module's requirements next: fetch them now.
+            if let (Request::Mod(..), Opened::Memory(c)) = (req, &hit) {
+                o.prefetch.after_mod(o, &c.body, 0);
+            }
+            (cache, respond_hit(o, req.kind(), hit, cache, headers).await)
+        }
+        Err(resp) => (cache, resp),
+    }
+}
+
+/// The artifact for `req`, or the error response.
+async fn find_artifact(o: &Arc<Origin>, req: &Request) -> (CacheResult, Result<Opened, Response>) {
     let kind = req.kind();
     let rule = policy::rule(kind, Outcome::Found, &o.ttls);
 
     // 1. The store (memory tier, then disk): fresh → served.
     let stale = match open(o, &req.key()).await {
-        Err(e) => return (CacheResult::None, respond_error(o, Some(kind), &e)),
+        Err(e) => return (CacheResult::None, Err(respond_error(o, Some(kind), &e))),
         Ok(None) => None,
         Ok(Some(hit)) => {
             let age = Duration::from_millis(now_ms().saturating_sub(hit.meta().fetched_at_ms));
@@ -172,28 +188,28 @@ async fn serve_artifact(o: &Arc<Origin>, req: &Request, headers: &HeaderMap) -> 
                     if age > ttl.mul_f64(0.75) {
                         refresh_in_background(o, req);
                     }
-                    return (CacheResult::Hit, respond_hit(o, kind, hit, CacheResult::Hit, headers).await);
+                    return (CacheResult::Hit, Ok(hit));
                 }
-                _ => return (CacheResult::Hit, respond_hit(o, kind, hit, CacheResult::Hit, headers).await),
+                _ => return (CacheResult::Hit, Ok(hit)),
             }
         }
     };
 
     // 2. A remembered not-found.
     if let Some(resp) = negative_hit(o, req) {
-        return (CacheResult::Hit, resp);
+        return (CacheResult::Hit, Err(resp));
     }
 
     // 3. Pull from upstream, once for all concurrent askers; if that fails,
     //    an expired copy stands in where the policy allows.
     match pull_and_open(o, req).await {
-        Ok(fresh) => (CacheResult::Miss, respond_hit(o, kind, fresh, CacheResult::Miss, headers).await),
+        Ok(fresh) => (CacheResult::Miss, Ok(fresh)),
         Err(e) => match stale {
             Some(hit) if rule.stale_if_error && !matches!(e.outcome(), Some(Outcome::NotFound | Outcome::Gone)) => {
                 tracing::warn!(key = %req.key(), error = %e, "upstream failed; serving stale copy");
-                (CacheResult::Stale, respond_hit(o, kind, hit, CacheResult::Stale, headers).await)
+                (CacheResult::Stale, Ok(hit))
             }
-            _ => (CacheResult::Miss, respond_error(o, Some(kind), &e)),
+            _ => (CacheResult::Miss, Err(respond_error(o, Some(kind), &e))),
         },
     }
 }
@@ -213,7 +229,7 @@ fn serve_sumdb() -> (CacheResult, Response) {
 fn refresh_in_background(o: &Arc<Origin>, req: &Request) {
     let (o, req) = (Arc::clone(o), req.clone());
     tokio::spawn(async move {
-        if let Err(e) = pull::coalesced(&o, &req).await {
+        if let Err(e) = pull::coalesced(&o, &req, pull::Trigger::Refresh).await {
             tracing::debug!(key = %req.key(), error = %e, "background refresh failed");
         }
     });
@@ -233,7 +249,7 @@ fn negative_hit(o: &Origin, req: &Request) -> Option<Response> {
 }
 
 async fn pull_and_open(o: &Arc<Origin>, req: &Request) -> Result<Opened, OriginError> {
-    pull::coalesced(o, req).await?;
+    pull::coalesced(o, req, pull::Trigger::Client).await?;
     open(o, &req.key()).await?.ok_or_else(|| OriginError::Store(format!("{} vanished after it was stored", req.key())))
 }
 

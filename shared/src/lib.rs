@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod dirhash;
+pub mod gomod;
 pub mod module;
 pub mod modzip;
 pub mod policy;

@@ -50,6 +50,10 @@ pub const PSEUDO: &str = "example.com/pseudo";
 pub const PSEUDO_VERSION: &str = "v0.0.0-20240102030405-abcdef123456";
 pub const LARGE: &str = "example.com/large";
 pub const GOPKG: &str = "gopkg.in/fixture.v2";
+/// A chain example.com/chain/c0 → c1 → c2 → c3 (each requires and imports
+/// the next): the go command discovers it one go.mod at a time.
+pub const CHAIN: [&str; 4] =
+    ["example.com/chain/c0", "example.com/chain/c1", "example.com/chain/c2", "example.com/chain/c3"];
 
 fn go_file(pkg: &str, imports: &[(&str, &str)], body: &str) -> Vec<u8> {
     let mut s = format!("package {pkg}\n\n");
@@ -85,6 +89,25 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+fn chain(i: usize) -> Spec<'static> {
+    let pkg = format!("c{i}");
+    let (requires, imports, body) = match CHAIN.get(i + 1) {
+        Some(next) => (
+            vec![(*next, "v1.0.0")],
+            vec![("next", *next)],
+            format!("\nfunc Hello() string {{ return \"{pkg} \" + next.Hello() }}\n"),
+        ),
+        None => (vec![], vec![], format!("\nfunc Hello() string {{ return \"{pkg}\" }}\n")),
+    };
+    Spec {
+        path: CHAIN[i],
+        version: "v1.0.0",
+        go_mod: Some(go_mod(CHAIN[i], &requires)),
+        files: vec![(format!("{pkg}.go"), go_file(&pkg, &imports, &body))],
+        listed: true,
+    }
 }
 
 fn specs(large_bytes: usize) -> Vec<Spec<'static>> {
@@ -138,6 +161,10 @@ fn specs(large_bytes: usize) -> Vec<Spec<'static>> {
         },
         simple(PSEUDO, PSEUDO_VERSION, "pseudo", "pseudo", false),
         simple(GOPKG, "v2.1.0", "fixture", "gopkg", true),
+        chain(0),
+        chain(1),
+        chain(2),
+        chain(3),
         Spec {
             path: LARGE,
             version: "v1.0.0",
@@ -248,6 +275,19 @@ fn write_version(root: &Path, spec: &Spec) -> io::Result<ModVersion> {
         zip_size: zip_bytes.len() as u64,
         listed: spec.listed,
     })
+}
+
+/// A consumer of the chain: `go build` walks it one module at a time.
+pub fn write_chain_consumer(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    fs::write(dir.join("go.mod"), format!("module example.com/chainuser\n\ngo 1.19\n\nrequire {} v1.0.0\n", CHAIN[0]))?;
+    fs::write(
+        dir.join("main.go"),
+        format!(
+            "package main\n\nimport (\n\t\"fmt\"\n\n\tc0 \"{}\"\n)\n\nfunc main() {{\n\tfmt.Println(c0.Hello())\n}}\n",
+            CHAIN[0]
+        ),
+    )
 }
 
 /// A consumer module whose `go build` needs the whole graph.

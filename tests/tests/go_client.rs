@@ -98,3 +98,48 @@ async fn latest_falls_back_to_the_list_when_upstream_has_none() {
     let r = client.get(format!("{}/example.com/pseudo/@latest", origin.url)).send().await.expect("latest");
     assert_eq!(r.status(), 404);
 }
+
+/// Client-started upstream fetches, from the origin's metrics.
+async fn client_fetches(origin_url: &str) -> u64 {
+    let text = reqwest::get(format!("{origin_url}/metrics")).await.expect("metrics").text().await.expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("modcdn_origin_upstream_fetches_total{trigger=\"client\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependency_prefetch_saves_synchronous_upstream_fetches() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1024).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    upstream.set_faults(modcdn_tests::upstream::Faults {
+        delay: std::time::Duration::from_millis(20),
+        ..Default::default()
+    });
+    let mut results = Vec::new();
+    for (name, prefetch) in [("off", "false"), ("on", "true")] {
+        let dir = tmp.path().join(name);
+        let origin =
+            OriginProcess::start(&dir.join("origin"), &upstream.url(), &format!("[prefetch]\nenabled = {prefetch}\n"))
+                .expect("origin");
+        let go = GoEnv::new(&dir.join("go"), &origin.url);
+        let consumer = dir.join("consumer");
+        corpus::write_chain_consumer(&consumer).expect("consumer");
+        let started = std::time::Instant::now();
+        let out = tokio::task::spawn_blocking(move || {
+            go.ok(&consumer, &["build", "-o", "chainuser", "."]);
+            std::process::Command::new(consumer.join("chainuser")).output().expect("run")
+        })
+        .await
+        .expect("go build");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "c0 c1 c2 c3");
+        results.push((name, client_fetches(&origin.url).await, started.elapsed()));
+    }
+    let (off, on) = (results[0].1, results[1].1);
+    eprintln!(
+        "client-started upstream fetches: prefetch off {off}, on {on}; times {:?} / {:?}",
+        results[0].2, results[1].2
+    );
+    assert!(on < off, "prefetch should spare the go command synchronous fetches: off {off}, on {on}");
+}

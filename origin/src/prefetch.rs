@@ -1,0 +1,170 @@
+//! Dependency prefetch: when the origin serves a `.mod`, the `.mod` and
+//! `.info` of that module's requirements are queued, because the go command
+//! asks for them next while it walks the module graph. Bounded in depth
+//! (requirements of requirements), width (requirements per go.mod) and queue
+//! length, deduplicated, and run by its own few workers so that it never
+//! takes more than its share from client traffic. A client that asks for an
+//! artifact being prefetched joins that fetch.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use modcdn_shared::module::{ModulePath, Version};
+use modcdn_shared::{gomod, Request};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::pull::{self, Trigger};
+use crate::Origin;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrefetchConfig {
+    /// Prefetch requirements of served go.mod files. Default true.
+    pub enabled: bool,
+    /// Levels of requirements followed from a served go.mod. Default 2.
+    pub depth: u32,
+    /// Requirements taken from one go.mod. Default 64.
+    pub width: usize,
+    /// Concurrent prefetch fetches. Default 2.
+    pub workers: usize,
+    /// Queued prefetches at most; more are dropped. Default 10000.
+    pub queue: usize,
+}
+
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        PrefetchConfig { enabled: true, depth: 2, width: 64, workers: 2, queue: 10_000 }
+    }
+}
+
+struct Job {
+    req: Request,
+    depth: u32,
+}
+
+/// Keys remembered in insertion order, at most `cap`.
+struct Recent {
+    cap: usize,
+    order: VecDeque<String>,
+    set: HashSet<String>,
+}
+
+impl Recent {
+    fn new(cap: usize) -> Recent {
+        Recent { cap, order: VecDeque::new(), set: HashSet::new() }
+    }
+    /// Adds `key`; false if it was there already.
+    fn insert(&mut self, key: String) -> bool {
+        if self.set.contains(&key) {
+            return false;
+        }
+        if self.order.len() >= self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.set.insert(key.clone());
+        self.order.push_back(key);
+        true
+    }
+    fn remove(&mut self, key: &str) -> bool {
+        self.set.remove(key)
+    }
+}
+
+pub struct Prefetcher {
+    cfg: PrefetchConfig,
+    tx: mpsc::Sender<Job>,
+    rx: Mutex<Option<mpsc::Receiver<Job>>>,
+    /// Recently queued keys, so one artifact is queued once.
+    queued: Mutex<Recent>,
+    /// Prefetched keys not yet asked for by a client (usefulness).
+    fetched: Mutex<Recent>,
+}
+
+impl Prefetcher {
+    pub fn new(cfg: &PrefetchConfig) -> Prefetcher {
+        let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+        Prefetcher {
+            cfg: cfg.clone(),
+            tx,
+            rx: Mutex::new(Some(rx)),
+            queued: Mutex::new(Recent::new(cfg.queue.max(1) * 4)),
+            fetched: Mutex::new(Recent::new(100_000)),
+        }
+    }
+
+    /// Queues the requirements of a go.mod served at `depth` (0 for one a
+    /// client asked for).
+    pub fn after_mod(&self, origin: &Origin, go_mod: &[u8], depth: u32) {
+        if !self.cfg.enabled || depth >= self.cfg.depth {
+            return;
+        }
+        let text = String::from_utf8_lossy(go_mod);
+        for (path, version) in gomod::requires(&text).into_iter().take(self.cfg.width) {
+            let (Ok(m), Ok(v)) = (ModulePath::new(&path), Version::new(&version)) else { continue };
+            for req in [Request::Mod(m.clone(), v.clone()), Request::Info(m.clone(), v.clone())] {
+                let fresh = self.queued.lock().map(|mut q| q.insert(req.key())).unwrap_or(false);
+                if !fresh {
+                    continue;
+                }
+                if self.tx.try_send(Job { req, depth: depth + 1 }).is_err() {
+                    origin.metrics.prefetch_dropped.inc();
+                }
+            }
+        }
+        origin.metrics.prefetch_queue.set((self.tx.max_capacity() - self.tx.capacity()) as i64);
+    }
+
+    /// A client asked for `key`; counts it if a prefetch brought it.
+    pub fn client_asked(&self, origin: &Origin, key: &str) {
+        if self.fetched.lock().map(|mut f| f.remove(key)).unwrap_or(false) {
+            origin.metrics.prefetch_useful.inc();
+        }
+    }
+
+    /// Starts the workers (once).
+    pub fn start(origin: &Arc<Origin>) {
+        let Some(rx) = origin.prefetch.rx.lock().ok().and_then(|mut r| r.take()) else { return };
+        if !origin.prefetch.cfg.enabled {
+            return;
+        }
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..origin.prefetch.cfg.workers.max(1) {
+            let (o, rx) = (Arc::clone(origin), Arc::clone(&rx));
+            tokio::spawn(async move {
+                loop {
+                    let Some(job) = rx.lock().await.recv().await else { break };
+                    o.metrics.prefetch_queue.set((o.prefetch.tx.max_capacity() - o.prefetch.tx.capacity()) as i64);
+                    work(&o, job).await;
+                }
+            });
+        }
+    }
+}
+
+async fn work(o: &Arc<Origin>, job: Job) {
+    let key = job.req.key();
+    let stored = pull::read(o, &key).await.ok().flatten();
+    let body = match stored {
+        Some((_, body)) => body,
+        None => {
+            if let Err(e) = pull::coalesced(o, &job.req, Trigger::Prefetch).await {
+                tracing::debug!(%key, error = %e, "prefetch failed");
+                return;
+            }
+            o.metrics.prefetched.inc();
+            if let Ok(mut f) = o.prefetch.fetched.lock() {
+                f.insert(key.clone());
+            }
+            match pull::read(o, &key).await {
+                Ok(Some((_, body))) => body,
+                _ => return,
+            }
+        }
+    };
+    if matches!(job.req, Request::Mod(..)) {
+        o.prefetch.after_mod(o, &body, job.depth);
+    }
+}
