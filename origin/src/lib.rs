@@ -13,6 +13,7 @@ pub mod memory;
 pub mod metrics;
 pub mod negative;
 pub mod prefetch;
+pub mod prewarm;
 pub mod pull;
 pub mod serve;
 pub mod singleflight;

@@ -39,9 +39,52 @@ fn push(out: &mut Vec<(String, String)>, entry: &str) {
     }
 }
 
+/// What a go.sum line records: a module version's zip (`go_mod_only =
+/// false`) or only its go.mod (`<version>/go.mod`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SumEntry {
+    pub path: String,
+    pub version: String,
+    pub go_mod_only: bool,
+}
+
+/// The entries of a go.sum (`<path> <version>[/go.mod] h1:<hash>`), in file
+/// order, skipping malformed lines.
+pub fn sum_entries(text: &str) -> Vec<SumEntry> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(path), Some(ver), Some(hash)) = (f.next(), f.next(), f.next()) else { continue };
+        if !hash.starts_with("h1:") {
+            continue;
+        }
+        let (version, go_mod_only) = match ver.strip_suffix("/go.mod") {
+            Some(v) => (v, true),
+            None => (ver, false),
+        };
+        if module::check(path, version).is_ok() {
+            out.push(SumEntry { path: path.to_string(), version: version.to_string(), go_mod_only });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_sum_lines() {
+        let text = "example.com/a v1.0.0 h1:abc=\nexample.com/a v1.0.0/go.mod h1:def=\nbroken line\nexample.com/b/v2 v2.0.0/go.mod h1:x=\nexample.com/c v1.0.0 sha256:nope\n";
+        assert_eq!(
+            sum_entries(text),
+            vec![
+                SumEntry { path: "example.com/a".into(), version: "v1.0.0".into(), go_mod_only: false },
+                SumEntry { path: "example.com/a".into(), version: "v1.0.0".into(), go_mod_only: true },
+                SumEntry { path: "example.com/b/v2".into(), version: "v2.0.0".into(), go_mod_only: true },
+            ]
+        );
+    }
 
     #[test]
     fn single_lines_blocks_comments_and_junk() {

@@ -437,3 +437,60 @@ async fn loadz_reports_what_edges_health_checks_read() {
     let loadz: serde_json::Value = s.get("loadz").await.json().await.expect("loadz");
     assert_eq!(loadz["in_flight"], 0, "{loadz}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prewarm_from_a_go_sum_warms_everything_and_names_failures() {
+    let s = setup(1 << 20, "[prefetch]\nenabled = false\n").await;
+    let sum: String = s
+        .corpus
+        .versions
+        .iter()
+        .filter(|v| v.path != LARGE)
+        .map(|v| format!("{} {} {}\n{} {}/go.mod {}\n", v.path, v.version, v.sum, v.path, v.version, v.go_mod_sum))
+        .collect();
+    let dir = s.tmp.path().join("prewarm");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("go.sum"), &sum).expect("go.sum");
+    let bin = modcdn_tests::node::binary("modcdn-origin");
+    let run = |args: Vec<String>| {
+        let bin = bin.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(bin).arg("prewarm").args(args).output().expect("prewarm")
+        })
+    };
+    let n = s.corpus.versions.iter().filter(|v| v.path != LARGE).count() * 3;
+    let out = run(vec!["--target".into(), s.origin.url.clone(), dir.join("go.sum").display().to_string()])
+        .await
+        .expect("join");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("{n} artifacts: 0 hits, {n} misses, 0 failures")), "{text}");
+
+    let seen = s.upstream.counters().total();
+    for v in s.corpus.versions.iter().filter(|v| v.path != LARGE) {
+        for ext in ["info", "mod", "zip"] {
+            let r = s.get(&Corpus::key(&v.path, &v.version, ext)).await;
+            assert_eq!(header(&r, "x-cache"), "HIT", "{}@{} {ext}", v.path, v.version);
+        }
+    }
+    assert_eq!(s.upstream.counters().total(), seen, "everything listed was warm");
+
+    let out = run(vec![
+        "--target".into(),
+        s.origin.url.clone(),
+        "--concurrency".into(),
+        "3".into(),
+        dir.join("go.sum").display().to_string(),
+    ])
+    .await
+    .expect("join");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{n} hits, 0 misses")));
+
+    std::fs::write(dir.join("go.sum"), format!("{sum}example.com/missing v1.0.0 h1:x=\n")).expect("go.sum");
+    let out = run(vec!["--target".into(), s.origin.url.clone(), dir.join("go.sum").display().to_string()])
+        .await
+        .expect("join");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAILED example.com/missing@v1.0.0"), "{text}");
+}
