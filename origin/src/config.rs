@@ -37,6 +37,7 @@ pub struct OriginConfig {
     pub ttl: TtlConfig,
     pub http: HttpConfig,
     pub prefetch: crate::prefetch::PrefetchConfig,
+    pub sync: crate::sync::SyncConfig,
     pub log: LogConfig,
 }
 
@@ -90,6 +91,7 @@ impl Default for OriginConfig {
             ttl: TtlConfig::default(),
             http: HttpConfig::default(),
             prefetch: crate::prefetch::PrefetchConfig::default(),
+            sync: crate::sync::SyncConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -164,6 +166,13 @@ impl Validate for OriginConfig {
         }
         if self.prefetch.enabled && (self.prefetch.workers == 0 || self.prefetch.queue == 0) {
             errs.push(("prefetch.workers".into(), "workers and queue must be above 0 when prefetch is enabled".into()));
+        }
+        if self.sync.enabled && (self.sync.interval_ms < 100 || self.sync.tracked == 0 || self.sync.half_life_secs == 0)
+        {
+            errs.push((
+                "sync.interval_ms".into(),
+                "interval_ms must be at least 100, tracked and half_life_secs above 0".into(),
+            ));
         }
         if self.log.level.trim().is_empty() {
             errs.push(("log.level".into(), "must not be empty".into()));

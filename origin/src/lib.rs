@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod error;
+pub mod hot;
 pub mod memory;
 pub mod metrics;
 pub mod negative;
@@ -18,6 +19,7 @@ pub mod pull;
 pub mod serve;
 pub mod singleflight;
 pub mod store;
+pub mod sync;
 pub mod upstream;
 pub mod validate;
 
@@ -42,6 +44,9 @@ pub struct Origin {
     pub flights: singleflight::Group<Result<(), OriginError>>,
     pub negative: negative::NegativeCache,
     pub prefetch: prefetch::Prefetcher,
+    /// The modules clients ask for most, lately.
+    pub hot: hot::HotSet,
+    sync: sync::SyncConfig,
     pub metrics: metrics::Metrics,
     pub ttls: Ttls,
     ready: AtomicBool,
@@ -63,6 +68,8 @@ impl Origin {
             flights: singleflight::Group::default(),
             negative: negative::NegativeCache::new(config.negative_cache_entries),
             prefetch: prefetch::Prefetcher::new(&config.prefetch),
+            hot: hot::HotSet::new(config.sync.tracked, Duration::from_secs(config.sync.half_life_secs)),
+            sync: config.sync.clone(),
             metrics: metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?,
             ttls: config.ttls(),
             ready: AtomicBool::new(true),
@@ -108,6 +115,7 @@ pub async fn serve_until(
     grace: Duration,
 ) -> std::io::Result<()> {
     prefetch::Prefetcher::start(&origin);
+    sync::start(&origin, &origin.sync);
     let app = serve::router(Arc::clone(&origin));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let o = Arc::clone(&origin);

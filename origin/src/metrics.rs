@@ -25,6 +25,9 @@ pub struct Metrics {
     /// Prefetched artifacts a client later asked for.
     pub prefetch_useful: IntCounter,
     pub prefetch_dropped: IntCounter,
+    pub sync_rounds: IntCounter,
+    /// New versions of hot modules fetched by sync.
+    pub sync_new_versions: IntCounter,
 }
 
 impl Metrics {
@@ -55,9 +58,14 @@ impl Metrics {
         let prefetch_queue = IntGauge::new("prefetch_queue_depth", "Prefetches waiting")?;
         let prefetched = IntCounter::new("prefetched_total", "Artifacts fetched by prefetch")?;
         let prefetch_useful =
-            IntCounter::new("prefetch_useful_total", "Prefetched artifacts later asked for by a client")?;
+            IntCounter::new("prefetch_useful_total", "Prefetched or synced artifacts later asked for by a client")?;
         let prefetch_dropped =
             IntCounter::new("prefetch_dropped_total", "Prefetches dropped because the queue was full")?;
+        let sync_rounds = IntCounter::new("sync_rounds_total", "Sync rounds run")?;
+        let sync_new_versions =
+            IntCounter::new("sync_new_versions_total", "New versions of hot modules fetched by sync")?;
+        registry.register(Box::new(sync_rounds.clone()))?;
+        registry.register(Box::new(sync_new_versions.clone()))?;
         registry.register(Box::new(prefetch_queue.clone()))?;
         registry.register(Box::new(upstream_fetches.clone()))?;
         registry.register(Box::new(prefetched.clone()))?;
@@ -84,6 +92,8 @@ impl Metrics {
             prefetched,
             prefetch_useful,
             prefetch_dropped,
+            sync_rounds,
+            sync_new_versions,
         })
     }
 

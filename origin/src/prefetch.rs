@@ -79,7 +79,7 @@ pub struct Prefetcher {
     rx: Mutex<Option<mpsc::Receiver<Job>>>,
     /// Recently queued keys, so one artifact is queued once.
     queued: Mutex<Recent>,
-    /// Prefetched keys not yet asked for by a client (usefulness).
+    /// Prefetched or synced keys not yet asked for by a client (usefulness).
     fetched: Mutex<Recent>,
 }
 
@@ -115,6 +115,13 @@ impl Prefetcher {
             }
         }
         origin.metrics.prefetch_queue.set((self.tx.max_capacity() - self.tx.capacity()) as i64);
+    }
+
+    /// Records that a background fetch (prefetch or sync) brought `key`.
+    pub fn mark_fetched(&self, key: &str) {
+        if let Ok(mut f) = self.fetched.lock() {
+            f.insert(key.to_string());
+        }
     }
 
     /// A client asked for `key`; counts it if a prefetch brought it.
@@ -155,9 +162,7 @@ async fn work(o: &Arc<Origin>, job: Job) {
                 return;
             }
             o.metrics.prefetched.inc();
-            if let Ok(mut f) = o.prefetch.fetched.lock() {
-                f.insert(key.clone());
-            }
+            o.prefetch.mark_fetched(&key);
             match pull::read(o, &key).await {
                 Ok(Some((_, body))) => body,
                 _ => return,

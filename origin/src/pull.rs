@@ -25,6 +25,7 @@ pub enum Trigger {
     Client,
     Refresh,
     Prefetch,
+    Sync,
 }
 
 impl Trigger {
@@ -33,6 +34,7 @@ impl Trigger {
             Trigger::Client => "client",
             Trigger::Refresh => "refresh",
             Trigger::Prefetch => "prefetch",
+            Trigger::Sync => "sync",
         }
     }
 }
@@ -270,6 +272,15 @@ async fn read_fresh_or_pull(origin: &Arc<Origin>, req: &Request) -> Result<Vec<u
         .await?
         .map(|(_, b)| b)
         .ok_or_else(|| OriginError::Store(format!("{} vanished after it was stored", req.key())))
+}
+
+/// Whether a complete artifact is stored at `key` (memory tier or store).
+pub async fn exists(origin: &Arc<Origin>, key: &str) -> bool {
+    if origin.memory.get(key).is_some() {
+        return true;
+    }
+    let k = key.to_string();
+    blocking(origin, move |store| store.get(&k).map(|h| h.is_some())).await.unwrap_or(false)
 }
 
 pub async fn read(origin: &Arc<Origin>, key: &str) -> Result<Option<(Meta, Vec<u8>)>, OriginError> {

@@ -45,6 +45,7 @@ pub fn router(origin: Arc<Origin>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/loadz", get(loadz))
+        .route("/hotz", get(hotz))
         .fallback(handle)
         .with_state(origin)
 }
@@ -63,6 +64,21 @@ async fn loadz(State(o): State<Arc<Origin>>) -> ([(header::HeaderName, &'static 
     (
         [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, policy::CC_NO_STORE)],
         format!("{{\"in_flight\":{in_flight},\"ewma_latency_ms\":{ewma_ms:.3}}}\n"),
+    )
+}
+
+/// The hottest modules, hottest first: `[{"module": ..., "weight": ...}]`
+/// (escaped paths; weight in decayed requests). For operators and edges.
+async fn hotz(State(o): State<Arc<Origin>>) -> ([(header::HeaderName, &'static str); 2], String) {
+    let top: Vec<serde_json::Value> = o
+        .hot
+        .top(100)
+        .into_iter()
+        .map(|(m, w)| serde_json::json!({"module": m, "weight": (w * 100.0).round() / 100.0}))
+        .collect();
+    (
+        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, policy::CC_NO_STORE)],
+        serde_json::Value::from(top).to_string(),
     )
 }
 
@@ -158,6 +174,9 @@ async fn handle(State(o): State<Arc<Origin>>, req: axum::extract::Request) -> Re
 /// fails (all per the policy table).
 async fn serve_artifact(o: &Arc<Origin>, req: &Request, headers: &HeaderMap) -> (CacheResult, Response) {
     o.prefetch.client_asked(o, &req.key());
+    if let Some(m) = req.module() {
+        o.hot.record(m.escaped());
+    }
     let (cache, opened_or_resp) = find_artifact(o, req).await;
     match opened_or_resp {
         Ok(hit) => {

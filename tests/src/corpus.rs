@@ -224,6 +224,29 @@ impl Corpus {
         Ok(Corpus { root: root.to_path_buf(), versions })
     }
 
+    /// Publishes a new version of `path` upstream, as a module author would:
+    /// its files, and the version appended to the list.
+    pub fn publish(&mut self, path: &'static str, version: &'static str) -> io::Result<ModVersion> {
+        let pkg = path.rsplit('/').next().unwrap_or("m").to_ascii_lowercase();
+        let spec = Spec {
+            path,
+            version,
+            go_mod: Some(go_mod(path, &[])),
+            files: vec![(
+                format!("{pkg}.go"),
+                go_file(&pkg, &[], &format!("\nfunc Hello() string {{ return \"{version}\" }}\n")),
+            )],
+            listed: true,
+        };
+        let v = write_version(&self.root, &spec)?;
+        let list = self.root.join(escape(path)).join("@v").join("list");
+        let mut text = fs::read_to_string(&list).unwrap_or_default();
+        text.push_str(&format!("{version}\n"));
+        fs::write(&list, text)?;
+        self.versions.push(v.clone());
+        Ok(v)
+    }
+
     pub fn get(&self, path: &str, version: &str) -> Option<&ModVersion> {
         self.versions.iter().find(|v| v.path == path && v.version == version)
     }

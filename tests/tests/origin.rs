@@ -494,3 +494,48 @@ async fn prewarm_from_a_go_sum_warms_everything_and_names_failures() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("FAILED example.com/missing@v1.0.0"), "{text}");
 }
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_of_a_hot_module_is_fetched_before_anyone_asks() {
+    let mut s = setup(1024, "[prefetch]\nenabled = false\n[sync]\ninterval_ms = 300\n").await;
+    // Make alpha hot.
+    for _ in 0..5 {
+        for key in [format!("{ALPHA}/@v/list"), Corpus::key(ALPHA, "v1.1.0", "mod")] {
+            assert_eq!(s.get(&key).await.status(), StatusCode::OK);
+        }
+    }
+    let hot: serde_json::Value = s.get("hotz").await.json().await.expect("hotz");
+    assert_eq!(hot[0]["module"], ALPHA, "{hot}");
+    // A round sees the list as it is; then the author publishes v1.3.0.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&s.get("metrics").await.text().await.expect("metrics"), "modcdn_origin_sync_rounds_total ") < 1.0 {
+        assert!(Instant::now() < deadline, "no sync round");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.corpus.publish(ALPHA, "v1.3.0").expect("publish");
+    let published = Instant::now();
+    while metric(&s.get("metrics").await.text().await.expect("metrics"), "modcdn_origin_sync_new_versions_total ") < 1.0
+    {
+        assert!(Instant::now() < deadline, "the new version was not synced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        published.elapsed() < Duration::from_millis(300 * 12 / 10 * 2 + 500),
+        "within about one interval: {:?}",
+        published.elapsed()
+    );
+    let seen = s.upstream.counters().total();
+    for ext in ["info", "mod", "zip"] {
+        let key = Corpus::key(ALPHA, "v1.3.0", ext);
+        let r = s.get(&key).await;
+        assert_eq!((r.status(), header(&r, "x-cache").to_string()), (StatusCode::OK, "HIT".to_string()), "{key}");
+        assert_eq!(s.upstream.counters().get(&key), 1, "fetched once, by sync");
+    }
+    assert_eq!(s.upstream.counters().total(), seen, "the first client requests asked upstream nothing");
+    let m = s.get("metrics").await.text().await.expect("metrics");
+    assert!(metric(&m, "modcdn_origin_prefetch_useful_total ") >= 3.0, "{m}");
+}

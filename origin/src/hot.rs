@@ -1,0 +1,117 @@
+//! Hot modules: which modules clients ask for most, lately. Space-Saving
+//! (Metwally, Agrawal, El Abbadi) keeps the top K in bounded memory; forward
+//! exponential decay (each hit weighs 2^(age / half-life) more than one at
+//! the start) makes old popularity fade without touching every counter.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+struct Inner {
+    counts: HashMap<String, f64>,
+    epoch: Instant,
+}
+
+pub struct HotSet {
+    k: usize,
+    half_life: Duration,
+    inner: Mutex<Inner>,
+}
+
+/// Weights above this are folded back (every count divided), so they stay
+/// far from f64's limits.
+const RESCALE_AT: f64 = 1e100;
+
+impl HotSet {
+    pub fn new(k: usize, half_life: Duration) -> HotSet {
+        HotSet { k: k.max(1), half_life, inner: Mutex::new(Inner { counts: HashMap::new(), epoch: Instant::now() }) }
+    }
+
+    fn weight(&self, inner: &Inner, now: Instant) -> f64 {
+        let age = now.saturating_duration_since(inner.epoch).as_secs_f64();
+        (age / self.half_life.as_secs_f64().max(1e-3)).exp2()
+    }
+
+    /// Counts one request for `module` (escaped path).
+    pub fn record(&self, module: &str) {
+        let now = Instant::now();
+        let Ok(mut inner) = self.inner.lock() else { return };
+        let mut w = self.weight(&inner, now);
+        if w > RESCALE_AT {
+            for c in inner.counts.values_mut() {
+                *c /= w;
+            }
+            inner.epoch = now;
+            w = 1.0;
+        }
+        if let Some(c) = inner.counts.get_mut(module) {
+            *c += w;
+            return;
+        }
+        if inner.counts.len() < self.k {
+            inner.counts.insert(module.to_string(), w);
+            return;
+        }
+        // Space-Saving: the newcomer takes the place of the least counted,
+        // inheriting its count (an overestimate bounded by that minimum).
+        let Some((min_key, min)) = inner.counts.iter().min_by(|a, b| a.1.total_cmp(b.1)).map(|(k, v)| (k.clone(), *v))
+        else {
+            return;
+        };
+        inner.counts.remove(&min_key);
+        inner.counts.insert(module.to_string(), min + w);
+    }
+
+    /// The `n` hottest modules, hottest first, with their decayed counts
+    /// (in requests as of now).
+    pub fn top(&self, n: usize) -> Vec<(String, f64)> {
+        let Ok(inner) = self.inner.lock() else { return Vec::new() };
+        let w = self.weight(&inner, Instant::now());
+        let mut v: Vec<(String, f64)> = inner.counts.iter().map(|(k, c)| (k.clone(), c / w)).collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_heavy_hitters_in_bounded_memory() {
+        let h = HotSet::new(10, Duration::from_secs(3600));
+        let mut x: u64 = 7;
+        for i in 0..20_000 {
+            // 30% to one module, 10% to another, the rest spread over 5000.
+            let m = match i % 10 {
+                0..=2 => "hot.example/a".to_string(),
+                3 => "warm.example/b".to_string(),
+                _ => {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    format!("cold.example/m{}", x % 5000)
+                }
+            };
+            h.record(&m);
+        }
+        let top = h.top(2);
+        assert_eq!(top.iter().map(|t| t.0.as_str()).collect::<Vec<_>>(), vec!["hot.example/a", "warm.example/b"]);
+        assert!((top[0].1 - 6000.0).abs() < 50.0, "{top:?}");
+        assert!(h.top(100).len() <= 10);
+    }
+
+    #[test]
+    fn old_popularity_fades() {
+        let h = HotSet::new(10, Duration::from_millis(50));
+        for _ in 0..100 {
+            h.record("old.example/x");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        for _ in 0..10 {
+            h.record("new.example/y");
+        }
+        assert_eq!(h.top(1)[0].0, "new.example/y", "100 requests six half-lives ago weigh less than 10 now");
+    }
+}
