@@ -22,11 +22,11 @@ use crate::Origin;
 pub struct PrefetchConfig {
     /// Prefetch requirements of served go.mod files. Default true.
     pub enabled: bool,
-    /// Levels of requirements followed from a served go.mod. Default 2.
+    /// Levels of requirements followed from a served go.mod. Default 3.
     pub depth: u32,
     /// Requirements taken from one go.mod. Default 64.
     pub width: usize,
-    /// Concurrent prefetch fetches. Default 2.
+    /// Concurrent prefetch fetches. Default 4.
     pub workers: usize,
     /// Queued prefetches at most; more are dropped. Default 10000.
     pub queue: usize,
@@ -34,7 +34,7 @@ pub struct PrefetchConfig {
 
 impl Default for PrefetchConfig {
     fn default() -> Self {
-        PrefetchConfig { enabled: true, depth: 2, width: 64, workers: 2, queue: 10_000 }
+        PrefetchConfig { enabled: true, depth: 3, width: 64, workers: 4, queue: 10_000 }
     }
 }
 

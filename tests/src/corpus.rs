@@ -300,6 +300,14 @@ fn write_version(root: &Path, spec: &Spec) -> io::Result<ModVersion> {
     })
 }
 
+/// A consumer of the whole fixture graph: the main graph and the chain.
+pub fn write_graph_consumer(dir: &Path) -> io::Result<()> {
+    write_consumer(dir)?;
+    let gomod = fs::read_to_string(dir.join("go.mod"))?;
+    fs::write(dir.join("go.mod"), gomod.replace("\n)\n", &format!("\n\t{} v1.0.0\n)\n", CHAIN[0])))?;
+    fs::write(dir.join("chain.go"), format!("package main\n\nimport c0 \"{}\"\n\nvar _ = c0.Hello\n", CHAIN[0]))
+}
+
 /// A consumer of the chain: `go build` walks it one module at a time.
 pub fn write_chain_consumer(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;

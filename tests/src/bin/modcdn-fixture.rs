@@ -33,6 +33,11 @@ enum Cli {
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
     },
+    /// Write a consumer module of the whole fixture graph into `--out`.
+    Consumer {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// GET each path (one per line in `--paths`) from `--base` in turn over
     /// one keep-alive connection; print p50 and p99 latency in microseconds.
     Latency {
@@ -60,6 +65,10 @@ async fn main() -> anyhow::Result<()> {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
+        }
+        Cli::Consumer { out } => {
+            modcdn_tests::corpus::write_graph_consumer(&out)?;
+            println!("wrote {}", out.display());
         }
         Cli::Latency { base, paths } => {
             let client = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Dependency prefetch benchmark: cold `go mod download all` of the fixture
+# graph (main graph + a 4-module chain) through an origin, with the fixture
+# upstream at 20 ms latency, prefetch off vs on, in one run. Each run starts
+# with an empty origin store and an empty module cache. Prints median wall
+# time, the ratio, and the upstream fetches the go command had to wait for
+# (client-started) next to those prefetch started.
+# Usage: tests/bench/prefetch.sh [runs]   (default 5)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUNS="${1:-5}"
+command -v go >/dev/null || { apt-get update -qq && apt-get install -y -qq golang-go >/dev/null; }
+cargo build --release -q -p modcdn-origin -p modcdn-tests --bins
+BIN="$PWD/target/release"
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+
+"$BIN/modcdn-fixture" corpus --out "$WORK/corpus" --large-mib 1 >/dev/null
+"$BIN/modcdn-fixture" consumer --out "$WORK/consumer" >/dev/null
+UP_PORT=$(port)
+"$BIN/modcdn-fixture" upstream --corpus "$WORK/corpus" --listen "127.0.0.1:$UP_PORT" --delay-ms 20 >/dev/null & PIDS+=($!)
+wait_http "http://127.0.0.1:$UP_PORT/example.com/alpha/@v/list"
+
+run_once() { # prefetch(true|false) → "seconds client_fetches prefetch_fetches"
+  local port dir pid start end m
+  port=$(port); dir="$WORK/run-$1-$RANDOM"
+  mkdir -p "$dir"
+  printf 'listen = "127.0.0.1:%s"\nupstream = "http://127.0.0.1:%s"\nstore_dir = "%s/store"\n[prefetch]\nenabled = %s\n[log]\nlevel = "warn"\n' \
+    "$port" "$UP_PORT" "$dir" "$1" > "$dir/origin.toml"
+  "$BIN/modcdn-origin" serve --config "$dir/origin.toml" >/dev/null & pid=$!
+  wait_http "http://127.0.0.1:$port/healthz"
+  cp -r "$WORK/consumer" "$dir/consumer"
+  start=$(date +%s.%N)
+  (cd "$dir/consumer" && env -i PATH="$PATH" HOME="$dir" GOPATH="$dir/gopath" GOMODCACHE="$dir/modcache" GOCACHE="$dir/gocache" \
+     GOPROXY="http://127.0.0.1:$port" GOSUMDB=off GOFLAGS="-mod=mod -modcacherw" GOENV=off go mod download all)
+  end=$(date +%s.%N)
+  m=$(curl -sf "http://127.0.0.1:$port/metrics")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  echo "$(echo "$end - $start" | bc -l) $(echo "$m" | awk '/upstream_fetches_total\{trigger="client"\}/ {print $2}') $(echo "$m" | awk '/upstream_fetches_total\{trigger="prefetch"\}/ {print $2+0}')"
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+for mode in false true; do
+  : > "$WORK/times-$mode"
+  for _ in $(seq "$RUNS"); do
+    read -r t c p <<<"$(run_once "$mode")"
+    echo "$t" >> "$WORK/times-$mode"; echo "$c $p" > "$WORK/fetches-$mode"
+  done
+done
+# Floor: the same download when the origin already has everything (the go
+# command's own work plus hits), to show how much of the time is upstream.
+port=$(port); dir="$WORK/warm"; mkdir -p "$dir"
+printf 'listen = "127.0.0.1:%s"\nupstream = "http://127.0.0.1:%s"\nstore_dir = "%s/store"\n[log]\nlevel = "warn"\n' "$port" "$UP_PORT" "$dir" > "$dir/origin.toml"
+"$BIN/modcdn-origin" serve --config "$dir/origin.toml" >/dev/null & PIDS+=($!)
+wait_http "http://127.0.0.1:$port/healthz"
+warm_run() {
+  local d="$dir/go-$RANDOM" start end
+  cp -r "$WORK/consumer" "$d"
+  start=$(date +%s.%N)
+  (cd "$d" && env -i PATH="$PATH" HOME="$d" GOPATH="$d/gopath" GOMODCACHE="$d/modcache" GOCACHE="$d/gocache" \
+     GOPROXY="http://127.0.0.1:$port" GOSUMDB=off GOFLAGS="-mod=mod -modcacherw" GOENV=off go mod download all)
+  end=$(date +%s.%N)
+  echo "$end - $start" | bc -l
+}
+warm_run >/dev/null
+for _ in $(seq "$RUNS"); do warm_run; done > "$WORK/times-warm"
+warm=$(median < "$WORK/times-warm")
+
+off=$(median < "$WORK/times-false"); on=$(median < "$WORK/times-true")
+read -r off_c off_p < "$WORK/fetches-false"; read -r on_c on_p < "$WORK/fetches-true"
+printf '\n%-14s %12s %16s %18s\n' "prefetch" "median s" "client fetches" "prefetch fetches"
+printf '%-14s %12.3f %16s %18s\n' "off" "$off" "$off_c" "$off_p"
+printf '%-14s %12.3f %16s %18s\n' "on" "$on" "$on_c" "$on_p"
+printf '%-14s %12.3f %16s %18s\n' "all hits" "$warm" "0" "-"
+printf 'speed-up: %.2fx (target ≥ 1.5x); upstream-bound time (minus the all-hits floor): %.2fx; %s runs each, upstream latency 20 ms\n' \
+  "$(echo "$off / $on" | bc -l)" "$(echo "($off - $warm) / ($on - $warm)" | bc -l)" "$RUNS"
