@@ -50,6 +50,10 @@ pub enum OriginError {
     /// Writing to the store failed (disk full, permissions); nothing was stored.
     #[error("store write failed: {0}")]
     Store(String),
+    /// The fetch was cut off (the node is shutting down, or it hit a bug);
+    /// nothing was stored. Retrying is fine.
+    #[error("fetch interrupted: {0}")]
+    Interrupted(String),
 }
 
 impl OriginError {
@@ -61,6 +65,7 @@ impl OriginError {
             OriginError::Upstream(UpstreamError::Timeout(_)) => 504,
             OriginError::Upstream(_) | OriginError::Invalid(_) => 502,
             OriginError::Store(_) => 500,
+            OriginError::Interrupted(_) => 503,
         }
     }
 

@@ -69,7 +69,7 @@ async fn coalesced_inner(origin: &Arc<Origin>, req: &Request, trigger: Trigger) 
     if joined {
         origin.metrics.singleflight_waiters.inc();
     }
-    res
+    res.unwrap_or_else(|| Err(OriginError::Interrupted(format!("{key}: shutting down, or a bug (see the log)"))))
 }
 
 async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {

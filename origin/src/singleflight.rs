@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 
-type Flight<T> = Shared<BoxFuture<'static, T>>;
+/// `None` when the work did not finish: its task panicked or was cancelled
+/// (the runtime shutting down).
+type Flight<T> = Shared<BoxFuture<'static, Option<T>>>;
 
 pub struct Group<T: Clone + Send + Sync + 'static> {
     flights: Arc<Mutex<HashMap<String, Flight<T>>>>,
@@ -25,8 +27,9 @@ impl<T: Clone + Send + Sync + 'static> Default for Group<T> {
 
 impl<T: Clone + Send + Sync + 'static> Group<T> {
     /// Runs `work` for `key` unless it is already running; returns its result
-    /// and whether this call joined a flight led by another.
-    pub async fn run<F>(&self, key: &str, work: F) -> (T, bool)
+    /// (`None` if the work panicked or was cancelled) and whether this call
+    /// joined a flight led by another.
+    pub async fn run<F>(&self, key: &str, work: F) -> (Option<T>, bool)
     where
         F: Future<Output = T> + Send + 'static,
     {
@@ -46,8 +49,13 @@ impl<T: Clone + Send + Sync + 'static> Group<T> {
                 });
                 let f: Flight<T> = async move {
                     match task.await {
-                        Ok(v) => v,
-                        Err(e) => std::panic::resume_unwind(e.into_panic()),
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            if e.is_panic() {
+                                tracing::error!("a coalesced fetch panicked");
+                            }
+                            None
+                        }
                     }
                 }
                 .boxed()
@@ -94,13 +102,15 @@ mod tests {
         let mut joined = 0;
         for h in handles {
             let (res, j) = h.await.expect("join");
-            assert_eq!(res, Err("boom".into()));
+            assert_eq!(res, Some(Err("boom".into())));
             joined += j as usize;
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(joined, 49);
         assert!(group.is_empty());
         let (res, joined) = group.run("k", async { Ok(7) }).await;
-        assert_eq!((res, joined), (Ok(7), false), "a failure is not remembered");
+        assert_eq!((res, joined), (Some(Ok(7)), false), "a failure is not remembered");
+        let (res, _) = group.run("p", async { panic!("bug") }).await;
+        assert_eq!(res, None, "a panicking fetch is an error for its waiters, not a crash");
     }
 }
