@@ -38,6 +38,8 @@ pub struct OriginConfig {
     pub http: HttpConfig,
     pub prefetch: crate::prefetch::PrefetchConfig,
     pub sync: crate::sync::SyncConfig,
+    /// Checksum databases proxied at `/sumdb/<name>/`. Default: sum.golang.org.
+    pub checksum_db: Vec<ChecksumDb>,
     pub log: LogConfig,
 }
 
@@ -69,6 +71,16 @@ pub struct HttpConfig {
     pub pool_idle_per_host: usize,
 }
 
+/// A checksum database the origin proxies for the go command.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChecksumDb {
+    /// Its name, as in GOSUMDB (`sum.golang.org`).
+    pub name: String,
+    /// Where it is served (`https://sum.golang.org`).
+    pub url: String,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -92,6 +104,7 @@ impl Default for OriginConfig {
             http: HttpConfig::default(),
             prefetch: crate::prefetch::PrefetchConfig::default(),
             sync: crate::sync::SyncConfig::default(),
+            checksum_db: vec![ChecksumDb { name: "sum.golang.org".into(), url: "https://sum.golang.org".into() }],
             log: LogConfig::default(),
         }
     }
@@ -173,6 +186,22 @@ impl Validate for OriginConfig {
                 "sync.interval_ms".into(),
                 "interval_ms must be at least 100, tracked and half_life_secs above 0".into(),
             ));
+        }
+        for (i, db) in self.checksum_db.iter().enumerate() {
+            let name_ok =
+                db.name.contains('.') && db.name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-');
+            if !name_ok {
+                errs.push((
+                    format!("checksum_db[{i}].name"),
+                    format!("{:?} is not a checksum database name (a host name)", db.name),
+                ));
+            }
+            if !(db.url.starts_with("http://") || db.url.starts_with("https://")) {
+                errs.push((
+                    format!("checksum_db[{i}].url"),
+                    format!("{:?} must be an http:// or https:// URL", db.url),
+                ));
+            }
         }
         if self.log.level.trim().is_empty() {
             errs.push(("log.level".into(), "must not be empty".into()));

@@ -49,6 +49,8 @@ pub struct Origin {
     sync: sync::SyncConfig,
     pub metrics: metrics::Metrics,
     pub ttls: Ttls,
+    /// Proxied checksum databases: name → URL.
+    checksum_dbs: std::collections::HashMap<String, String>,
     ready: AtomicBool,
     /// EWMA of request latency in microseconds (f64 bits), for `/loadz`.
     latency_ewma_us: AtomicU64,
@@ -72,6 +74,11 @@ impl Origin {
             sync: config.sync.clone(),
             metrics: metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?,
             ttls: config.ttls(),
+            checksum_dbs: config
+                .checksum_db
+                .iter()
+                .map(|d| (d.name.clone(), d.url.trim_end_matches('/').to_string()))
+                .collect(),
             ready: AtomicBool::new(true),
             latency_ewma_us: AtomicU64::new(0f64.to_bits()),
         };
@@ -93,6 +100,11 @@ impl Origin {
     /// In-flight requests and latency EWMA, as edges' health checks read them.
     pub fn load_report(&self) -> (i64, f64) {
         (self.metrics.in_flight.get(), f64::from_bits(self.latency_ewma_us.load(Ordering::Relaxed)) / 1000.0)
+    }
+
+    /// The URL of checksum database `name`, if it is proxied.
+    pub fn checksum_db(&self, name: &str) -> Option<&str> {
+        self.checksum_dbs.get(name).map(String::as_str)
     }
 
     pub fn is_ready(&self) -> bool {

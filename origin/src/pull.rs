@@ -76,7 +76,17 @@ async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
     let kind = req.kind();
     let key = req.key();
     let started = Instant::now();
-    let fetched = origin.upstream.get(&key).await;
+    let fetched = match req {
+        // Checksum databases are asked directly, never through the GOPROXY chain.
+        Request::SumDb { name, rest, .. } => match origin.checksum_db(name) {
+            Some(url) => origin.upstream.get_one(url, rest).await,
+            None => Err(UpstreamError::NotFound {
+                status: 404,
+                message: format!("checksum database {name} is not proxied here"),
+            }),
+        },
+        _ => origin.upstream.get(&key).await,
+    };
     let result = match &fetched {
         Ok(_) => "ok",
         Err(e) if e.is_not_found() => "not_found",
@@ -124,6 +134,7 @@ async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
         Request::Query(..) | Request::Latest(_) => validate::check_info(&body, None).map(|_| None),
         Request::Mod(m, _) => validate::check_mod(&body, m.as_str()).map(|_| Some(dirhash::hash_go_mod(&body))),
         Request::List(_) => validate::check_list(&body).map(|_| None),
+        Request::SumDb { kind, .. } => validate::check_sumdb(*kind, &body).map(|_| None),
         _ => Ok(None),
     }
     .map_err(|reason| invalid(origin, kind, format!("{key}: {reason}")))?;

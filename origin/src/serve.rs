@@ -7,8 +7,8 @@
 //!   │     2. negative cache → remembered 404/410
 //!   │     3. coalesced pull (upstream → validate → durable write) → MISS;
 //!   │        on failure an expired copy → STALE, else 502/504
-//!   └─ sumdb/...                          serve_sumdb: not proxied yet → 404, so the
-//!                                         go command asks the database itself
+//!   ├─ sumdb/<name>/latest, lookup, tile  serve_artifact, pulled from the checksum database
+//!   └─ sumdb/<name>/supported             answered here: 200 if proxied, else 404
 //! ```
 //! Every answer's status and Cache-Control come from `modcdn_shared::policy`;
 //! `respond_error` is the one place errors become responses.
@@ -25,6 +25,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use modcdn_shared::policy::{self, Freshness, Outcome};
+use modcdn_shared::request::SumDbKind;
 use modcdn_shared::{Kind, Request};
 use tokio::io::AsyncReadExt;
 
@@ -143,8 +144,8 @@ async fn handle(State(o): State<Arc<Origin>>, req: axum::extract::Request) -> Re
             Err(e) => (None, CacheResult::None, respond_error(&o, None, &e.into())),
             Ok(r) => {
                 let kind = r.kind();
-                let (cache, resp) = match r {
-                    Request::SumDb { .. } => serve_sumdb(),
+                let (cache, resp) = match &r {
+                    Request::SumDb { name, kind: SumDbKind::Supported, .. } => serve_sumdb_supported(&o, name),
                     _ => serve_artifact(&o, &r, &headers).await,
                 };
                 (Some(kind), cache, resp)
@@ -233,14 +234,24 @@ async fn find_artifact(o: &Arc<Origin>, req: &Request) -> (CacheResult, Result<O
     }
 }
 
-/// The checksum database is not proxied by this origin yet. 404 on
-/// `supported` is the protocol's way to say so: the go command then talks to
-/// the database directly.
-fn serve_sumdb() -> (CacheResult, Response) {
-    (
-        CacheResult::None,
-        text(StatusCode::NOT_FOUND, policy::CC_NO_STORE, "not found: this proxy does not serve checksum databases\n"),
-    )
+/// `sumdb/<name>/supported`, answered here: 200 for a proxied database, so
+/// the go command sends its lookups and tiles through us; 404 otherwise, so
+/// it asks the database itself.
+fn serve_sumdb_supported(o: &Origin, name: &str) -> (CacheResult, Response) {
+    match o.checksum_db(name) {
+        Some(_) => {
+            let rule = policy::rule(Kind::SumDbSupported, Outcome::Found, &o.ttls);
+            (CacheResult::None, text(StatusCode::OK, &rule.cache_control, ""))
+        }
+        None => (
+            CacheResult::None,
+            text(
+                StatusCode::NOT_FOUND,
+                policy::CC_NO_STORE,
+                &format!("not found: checksum database {name} is not proxied here\n"),
+            ),
+        ),
+    }
 }
 
 // ---- helpers -------------------------------------------------------------

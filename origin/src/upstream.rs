@@ -117,8 +117,9 @@ impl Upstream {
         Err(last)
     }
 
-    /// One upstream, with bounded retries of transient failures.
-    async fn get_one(&self, base: &str, key: &str) -> Result<Fetched, UpstreamError> {
+    /// One upstream (`base` URL, then `/key`), with bounded retries of
+    /// transient failures. Also how checksum databases are asked.
+    pub async fn get_one(&self, base: &str, key: &str) -> Result<Fetched, UpstreamError> {
         let url = format!("{base}/{key}");
         let mut attempt = 0;
         loop {

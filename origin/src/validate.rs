@@ -75,6 +75,31 @@ fn module_directive(text: &str) -> Option<String> {
     None
 }
 
+/// A checksum-database answer: `latest` is a signed note and `lookup` a
+/// record followed by one (text); tiles are binary hashes or record text.
+/// The go command verifies signatures and proofs itself; this refuses what
+/// cannot be one (an error page instead of a note).
+pub fn check_sumdb(kind: modcdn_shared::request::SumDbKind, body: &[u8]) -> Result<(), String> {
+    use modcdn_shared::request::SumDbKind;
+    match kind {
+        SumDbKind::Latest | SumDbKind::Lookup => {
+            let text =
+                std::str::from_utf8(body).map_err(|_| "checksum database answer is not UTF-8 text".to_string())?;
+            // A signed note ends with signature lines "— <name> <base64>".
+            if !text.contains("\n\n\u{2014} ") {
+                return Err("checksum database answer has no signed note".into());
+            }
+            Ok(())
+        }
+        SumDbKind::Tile | SumDbKind::Supported => {
+            if body.is_empty() {
+                return Err("empty tile".into());
+            }
+            Ok(())
+        }
+    }
+}
+
 /// A `list`: UTF-8 text, one version per line (optionally followed by more
 /// fields). The go command skips lines it cannot read, so a list is refused
 /// only when it has text but not a single version: an error page, not a list.

@@ -7,12 +7,14 @@ use std::process::{Command, Output};
 pub struct GoEnv {
     pub root: PathBuf,
     pub proxy: String,
+    /// GOSUMDB (`off` unless set).
+    pub sumdb: String,
 }
 
 impl GoEnv {
     pub fn new(root: &Path, proxy: &str) -> GoEnv {
         let _ = std::fs::create_dir_all(root.join("home"));
-        GoEnv { root: root.to_path_buf(), proxy: proxy.to_string() }
+        GoEnv { root: root.to_path_buf(), proxy: proxy.to_string(), sumdb: "off".into() }
     }
 
     /// Runs `go args...` in `dir`.
@@ -27,7 +29,7 @@ impl GoEnv {
             .env("GOMODCACHE", self.root.join("modcache"))
             .env("GOCACHE", self.root.join("gocache"))
             .env("GOPROXY", &self.proxy)
-            .env("GOSUMDB", "off")
+            .env("GOSUMDB", &self.sumdb)
             .env("GOFLAGS", "-modcacherw -mod=mod")
             .env("GO111MODULE", "on")
             .env("GOTOOLCHAIN", "local")

@@ -5,6 +5,7 @@
 pub mod corpus;
 pub mod go;
 pub mod node;
+pub mod sumdb;
 pub mod upstream;
 
 /// A fresh temp directory, removed when dropped.

@@ -1,0 +1,66 @@
+//! The reference checksum database (golang.org/x/mod/sumdb) over a fixture
+//! corpus, as a real process on 127.0.0.1: see `tests/go/`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+/// Builds the Go helper once per test process (offline, GOPATH mode).
+fn helper() -> &'static Result<PathBuf, String> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let gopath = Path::new(env!("CARGO_MANIFEST_DIR")).join("go");
+        let out = std::env::temp_dir().join(format!("modcdn-sumdbfixture-{}", std::process::id()));
+        let status = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg("modcdn.test/sumdbfixture")
+            .env("GO111MODULE", "off")
+            .env("GOPATH", format!("{}:/usr/share/gocode", gopath.display()))
+            .env("GOCACHE", std::env::temp_dir().join("modcdn-gocache"))
+            .env("GOFLAGS", "")
+            .status()
+            .map_err(|e| format!("go build: {e} (apt-get install golang-go golang-golang-x-mod-dev)"))?;
+        if !status.success() {
+            return Err("go build modcdn.test/sumdbfixture failed (apt-get install golang-golang-x-mod-dev)".into());
+        }
+        Ok(out)
+    })
+}
+
+/// A running checksum database; killed when dropped.
+pub struct SumDbProcess {
+    child: Child,
+    pub url: String,
+    pub name: String,
+    /// The verifier key, as GOSUMDB takes it.
+    pub key: String,
+}
+
+impl SumDbProcess {
+    pub fn start(corpus: &Path, name: &str) -> Result<SumDbProcess, String> {
+        let bin = helper().clone()?;
+        let mut child = Command::new(bin)
+            .arg("-corpus")
+            .arg(corpus)
+            .arg("-name")
+            .arg(name)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map_err(|e| e.to_string())?;
+        let (url, key) = line.trim().split_once(' ').ok_or_else(|| format!("unexpected first line {line:?}"))?;
+        Ok(SumDbProcess { url: url.to_string(), key: key.to_string(), name: name.to_string(), child })
+    }
+}
+
+impl Drop for SumDbProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
