@@ -24,9 +24,19 @@ pub fn write_config(dir: &Path, upstream: &str, extra: &str) -> io::Result<PathB
     std::fs::create_dir_all(dir)?;
     let config = dir.join("origin.toml");
     let store = dir.join("store");
+    // Tests never reach the internet: unless a test names its own checksum
+    // database, sum.golang.org points at a closed local port.
+    let sumdb = if extra.contains("[[checksum_db]]") {
+        ""
+    } else {
+        "[[checksum_db]]\nname = \"sum.golang.org\"\nurl = \"http://127.0.0.1:9\"\n"
+    };
     std::fs::write(
         &config,
-        format!("listen = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nstore_dir = \"{}\"\n{extra}\n", store.display()),
+        format!(
+            "listen = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nstore_dir = \"{}\"\n{extra}\n{sumdb}",
+            store.display()
+        ),
     )?;
     Ok(config)
 }

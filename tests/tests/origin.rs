@@ -215,7 +215,10 @@ async fn malformed_paths_are_400_and_unknown_modules_404() {
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(s.get("example.com/nobody/@v/list").await.status(), StatusCode::NOT_FOUND);
     assert_eq!(s.get("example.com/alpha/@v/v2.0.0.info").await.status(), StatusCode::NOT_FOUND);
-    assert_eq!(s.get("sumdb/sum.golang.org/supported").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(s.get("sumdb/sum.golang.org/supported").await.status(), StatusCode::OK, "proxied by default");
+    assert_eq!(s.get("sumdb/sum.example.org/supported").await.status(), StatusCode::NOT_FOUND);
+    let r = s.get("sumdb/sum.example.org/latest").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "an unconfigured database is never contacted");
     assert_eq!(s.get("healthz").await.status(), StatusCode::OK);
     assert_eq!(s.get("readyz").await.status(), StatusCode::OK);
 }
