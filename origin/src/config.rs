@@ -40,6 +40,12 @@ pub struct OriginConfig {
     pub sync: crate::sync::SyncConfig,
     /// Checksum databases proxied at `/sumdb/<name>/`. Default: sum.golang.org.
     pub checksum_db: Vec<ChecksumDb>,
+    /// Private module routes (patterns, upstream, client credentials).
+    pub private: Vec<crate::private::PrivateRouteConfig>,
+    /// Patterns never fetched from `upstream` (GONOPROXY syntax). Default "".
+    pub noproxy: String,
+    /// Patterns never looked up in a checksum database (GONOSUMDB syntax). Default "".
+    pub nosumdb: String,
     pub log: LogConfig,
 }
 
@@ -105,6 +111,9 @@ impl Default for OriginConfig {
             prefetch: crate::prefetch::PrefetchConfig::default(),
             sync: crate::sync::SyncConfig::default(),
             checksum_db: vec![ChecksumDb { name: "sum.golang.org".into(), url: "https://sum.golang.org".into() }],
+            private: Vec::new(),
+            noproxy: String::new(),
+            nosumdb: String::new(),
             log: LogConfig::default(),
         }
     }
@@ -201,6 +210,20 @@ impl Validate for OriginConfig {
                     format!("checksum_db[{i}].url"),
                     format!("{:?} must be an http:// or https:// URL", db.url),
                 ));
+            }
+        }
+        for (i, p) in self.private.iter().enumerate() {
+            if p.patterns.split(',').all(|g| g.trim().is_empty()) {
+                errs.push((format!("private[{i}].patterns"), "must name at least one pattern".into()));
+            }
+            if let Err(e) = Chain::parse(&p.upstream) {
+                errs.push((format!("private[{i}].upstream"), e));
+            }
+            if p.unauthorized_status != 404 && p.unauthorized_status != 401 {
+                errs.push((format!("private[{i}].unauthorized_status"), "must be 404 or 401".into()));
+            }
+            if p.basic_users.iter().any(|u| !u.contains(':')) {
+                errs.push((format!("private[{i}].basic_users"), "entries are user:password".into()));
             }
         }
         if self.log.level.trim().is_empty() {

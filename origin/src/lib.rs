@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod negative;
 pub mod prefetch;
 pub mod prewarm;
+pub mod private;
 pub mod pull;
 pub mod serve;
 pub mod singleflight;
@@ -49,6 +50,7 @@ pub struct Origin {
     sync: sync::SyncConfig,
     pub metrics: metrics::Metrics,
     pub ttls: Ttls,
+    pub private: private::PrivatePolicy,
     /// Proxied checksum databases: name → URL.
     checksum_dbs: std::collections::HashMap<String, String>,
     ready: AtomicBool,
@@ -74,6 +76,15 @@ impl Origin {
             sync: config.sync.clone(),
             metrics: metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?,
             ttls: config.ttls(),
+            private: private::PrivatePolicy {
+                routes: config
+                    .private
+                    .iter()
+                    .map(|p| private::PrivateRoute::new(p, &config.http))
+                    .collect::<Result<_, _>>()?,
+                noproxy: config.noproxy.clone(),
+                nosumdb: config.nosumdb.clone(),
+            },
             checksum_dbs: config
                 .checksum_db
                 .iter()

@@ -85,7 +85,18 @@ async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
                 message: format!("checksum database {name} is not proxied here"),
             }),
         },
-        _ => origin.upstream.get(&key).await,
+        // Private modules only from their route; noproxy ones never from the public chain.
+        _ => {
+            let module = req.module().map(|m| m.as_str()).unwrap_or("");
+            match origin.private.route(module) {
+                Some(route) => route.upstream.get(&key).await,
+                None if origin.private.is_noproxy(module) => Err(UpstreamError::NotFound {
+                    status: 404,
+                    message: format!("{module} is not served here (noproxy)"),
+                }),
+                None => origin.upstream.get(&key).await,
+            }
+        }
     };
     let result = match &fetched {
         Ok(_) => "ok",

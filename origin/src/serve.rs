@@ -1,7 +1,8 @@
 //! The origin's request flow, top-down.
 //!
 //! ```text
-//! handle: method check → Request::parse (400 on malformed)
+//! handle → answer: method check → Request::parse (400 on malformed) → private gate
+//!   (credentials for private modules; no checksum lookups for private paths)
 //!   ├─ list, @latest, .info, .mod, .zip   serve_artifact:
 //!   │     1. store (memory tier, disk) fresh per policy → HIT (background refresh near expiry)
 //!   │     2. negative cache → remembered 404/410
@@ -71,10 +72,13 @@ async fn loadz(State(o): State<Arc<Origin>>) -> ([(header::HeaderName, &'static 
 /// The hottest modules, hottest first: `[{"module": ..., "weight": ...}]`
 /// (escaped paths; weight in decayed requests). For operators and edges.
 async fn hotz(State(o): State<Arc<Origin>>) -> ([(header::HeaderName, &'static str); 2], String) {
+    // Private module names never leave the origin.
+    let public = |escaped: &str| modcdn_shared::module::unescape_path(escaped).is_ok_and(|m| !o.private.is_noproxy(&m));
     let top: Vec<serde_json::Value> = o
         .hot
         .top(100)
         .into_iter()
+        .filter(|(m, _)| public(m))
         .map(|(m, w)| serde_json::json!({"module": m, "weight": (w * 100.0).round() / 100.0}))
         .collect();
     (
@@ -128,30 +132,58 @@ impl Drop for InFlight {
 async fn handle(State(o): State<Arc<Origin>>, req: axum::extract::Request) -> Response {
     let started = std::time::Instant::now();
     let in_flight = InFlight::enter(&o.metrics.in_flight);
-    let method = req.method().clone();
-    let headers = req.headers().clone();
-    let req_path = req.uri().path().to_string();
-    let (kind, cache, mut resp) = if method != Method::GET && method != Method::HEAD {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let (kind, cache, resp) = answer(&o, &method, &path, req.headers()).await;
+    finish(&o, &method, &path, started, in_flight, kind, cache, resp)
+}
+
+/// The flow: method → parse → private gate → sumdb `supported` or artifact.
+async fn answer(
+    o: &Arc<Origin>,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> (Option<Kind>, CacheResult, Response) {
+    if method != Method::GET && method != Method::HEAD {
         let mut r = text(
             StatusCode::METHOD_NOT_ALLOWED,
             policy::CC_NO_STORE,
             "method not allowed: the GOPROXY protocol is GET and HEAD only\n",
         );
         r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        (None, CacheResult::None, r)
-    } else {
-        match Request::parse(&req_path) {
-            Err(e) => (None, CacheResult::None, respond_error(&o, None, &e.into())),
-            Ok(r) => {
-                let kind = r.kind();
-                let (cache, resp) = match &r {
-                    Request::SumDb { name, kind: SumDbKind::Supported, .. } => serve_sumdb_supported(&o, name),
-                    _ => serve_artifact(&o, &r, &headers).await,
-                };
-                (Some(kind), cache, resp)
-            }
-        }
+        return (None, CacheResult::None, r);
+    }
+    let r = match Request::parse(path) {
+        Ok(r) => r,
+        Err(e) => return (None, CacheResult::None, respond_error(o, None, &e.into())),
     };
+    let kind = Some(r.kind());
+    if let Some(resp) = private_gate(o, &r, headers) {
+        return (kind, CacheResult::None, resp);
+    }
+    let (cache, mut resp) = match &r {
+        Request::SumDb { name, kind: SumDbKind::Supported, .. } => serve_sumdb_supported(o, name),
+        _ => serve_artifact(o, &r, headers).await,
+    };
+    if r.module().is_some_and(|m| o.private.route(m.as_str()).is_some()) {
+        // Credentials decide who may see it: no shared cache may keep it.
+        keep_private(&mut resp);
+    }
+    (kind, cache, resp)
+}
+
+/// Counts, logs and (for HEAD) empties a response on its way out.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    o: &Origin,
+    method: &Method,
+    req_path: &str,
+    started: std::time::Instant,
+    in_flight: InFlight,
+    kind: Option<Kind>,
+    cache: CacheResult,
+    mut resp: Response,
+) -> Response {
     o.metrics
         .requests
         .with_label_values(&[
@@ -167,6 +199,39 @@ async fn handle(State(o): State<Arc<Origin>>, req: axum::extract::Request) -> Re
         *resp.body_mut() = Body::empty();
     }
     resp
+}
+
+/// Private modules: a client without the route's credentials gets what a
+/// missing module gets (or 401), and checksum-database lookups for private
+/// or `nosumdb` paths are never forwarded.
+fn private_gate(o: &Origin, req: &Request, headers: &HeaderMap) -> Option<Response> {
+    if let Request::SumDb { kind: SumDbKind::Lookup, rest, .. } = req {
+        let escaped = rest.strip_prefix("lookup/").and_then(|l| l.rsplit_once('@')).map(|(m, _)| m).unwrap_or("");
+        let module = modcdn_shared::module::unescape_path(escaped).unwrap_or_default();
+        if o.private.is_nosumdb(&module) {
+            return Some(text(StatusCode::NOT_FOUND, policy::CC_NO_STORE, "not found\n"));
+        }
+        return None;
+    }
+    let route = o.private.route(req.module()?.as_str())?;
+    if route.authorized(headers) {
+        return None;
+    }
+    if route.unauthorized_status == 401 {
+        let mut r = text(StatusCode::UNAUTHORIZED, policy::CC_NO_STORE, "unauthorized\n");
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"modcdn\""));
+        return Some(r);
+    }
+    Some(text(StatusCode::NOT_FOUND, policy::CC_NO_STORE, "not found\n"))
+}
+
+/// Rewrites `public` Cache-Control to `private`.
+fn keep_private(resp: &mut Response) {
+    let cc = resp.headers().get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let private = if cc.starts_with("public") { cc.replacen("public", "private", 1) } else { cc };
+    if let Ok(v) = HeaderValue::from_str(&private) {
+        resp.headers_mut().insert(header::CACHE_CONTROL, v);
+    }
 }
 
 /// A GOPROXY artifact. Canonical `.info`, `.mod`, `.zip` are fresh forever

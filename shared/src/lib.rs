@@ -13,6 +13,7 @@ pub mod dirhash;
 pub mod gomod;
 pub mod module;
 pub mod modzip;
+pub mod pattern;
 pub mod policy;
 pub mod request;
 pub mod semver;

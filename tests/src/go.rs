@@ -19,6 +19,23 @@ impl GoEnv {
 
     /// Runs `go args...` in `dir`.
     pub fn run(&self, dir: &Path, args: &[&str]) -> Output {
+        self.run_env(dir, &[], args)
+    }
+
+    /// Runs and asserts success, with extra environment.
+    pub fn ok_env(&self, dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
+        let out = self.run_env(dir, env, args);
+        assert!(
+            out.status.success(),
+            "go {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `go args...` in `dir` with extra environment.
+    pub fn run_env(&self, dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
         let out = Command::new("go")
             .args(args)
             .current_dir(dir)
@@ -35,6 +52,7 @@ impl GoEnv {
             .env("GOTOOLCHAIN", "local")
             .env("CGO_ENABLED", "0")
             .env("GOENV", "off")
+            .envs(env.iter().copied())
             .output();
         match out {
             Ok(o) => o,
@@ -44,13 +62,6 @@ impl GoEnv {
 
     /// Runs and asserts success, returning stdout.
     pub fn ok(&self, dir: &Path, args: &[&str]) -> String {
-        let out = self.run(dir, args);
-        assert!(
-            out.status.success(),
-            "go {args:?} failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.ok_env(dir, &[], args)
     }
 }

@@ -46,6 +46,11 @@ impl Counters {
     pub fn get(&self, path: &str) -> u64 {
         self.per_path.lock().map(|m| m.get(path).copied().unwrap_or(0)).unwrap_or(0)
     }
+    /// Requests seen for paths containing `needle`.
+    pub fn matching(&self, needle: &str) -> u64 {
+        self.per_path.lock().map(|m| m.iter().filter(|(p, _)| p.contains(needle)).map(|(_, n)| n).sum()).unwrap_or(0)
+    }
+
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::SeqCst)
     }

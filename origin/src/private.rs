@@ -1,0 +1,156 @@
+//! Private modules: paths matching a private route's patterns (Go's
+//! GOPRIVATE syntax) are fetched only from that route's upstream — never
+//! from the public chain, never looked up in a checksum database — and are
+//! served only to clients that present one of the route's credentials. An
+//! unauthenticated client gets a plain 404 (no hint the module exists), or
+//! 401 if the route says so.
+
+use axum::http::{header, HeaderMap};
+use base64::Engine;
+use modcdn_shared::pattern::match_prefix_patterns;
+use serde::Deserialize;
+
+use crate::upstream::{Chain, Upstream};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrivateRouteConfig {
+    /// Module path patterns, comma-separated globs as in GOPRIVATE.
+    pub patterns: String,
+    /// Where these modules come from (GOPROXY syntax).
+    pub upstream: String,
+    /// Accepted `Authorization: Bearer <token>` values.
+    #[serde(default)]
+    pub bearer_tokens: Vec<String>,
+    /// Accepted basic-auth `user:password` pairs.
+    #[serde(default)]
+    pub basic_users: Vec<String>,
+    /// Status for a client without valid credentials: 404 (default) or 401.
+    #[serde(default = "default_unauthorized")]
+    pub unauthorized_status: u16,
+}
+
+fn default_unauthorized() -> u16 {
+    404
+}
+
+pub struct PrivateRoute {
+    pub patterns: String,
+    pub upstream: Upstream,
+    bearer: Vec<String>,
+    basic: Vec<String>,
+    pub unauthorized_status: u16,
+}
+
+impl PrivateRoute {
+    pub fn new(cfg: &PrivateRouteConfig, http: &crate::config::HttpConfig) -> Result<PrivateRoute, String> {
+        let chain = Chain::parse(&cfg.upstream)?;
+        Ok(PrivateRoute {
+            patterns: cfg.patterns.clone(),
+            upstream: Upstream::new(chain, http)?,
+            bearer: cfg.bearer_tokens.clone(),
+            basic: cfg.basic_users.clone(),
+            unauthorized_status: cfg.unauthorized_status,
+        })
+    }
+
+    pub fn matches(&self, module: &str) -> bool {
+        match_prefix_patterns(&self.patterns, module)
+    }
+
+    /// Whether the request carries one of this route's credentials. A
+    /// route without any accepts everyone (a trusted network).
+    pub fn authorized(&self, headers: &HeaderMap) -> bool {
+        if self.bearer.is_empty() && self.basic.is_empty() {
+            return true;
+        }
+        let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
+        if let Some(token) = auth.strip_prefix("Bearer ") {
+            return self.bearer.iter().any(|t| constant_time_eq(t.as_bytes(), token.trim().as_bytes()));
+        }
+        if let Some(b64) = auth.strip_prefix("Basic ") {
+            let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else { return false };
+            return self.basic.iter().any(|u| constant_time_eq(u.as_bytes(), &raw));
+        }
+        false
+    }
+}
+
+/// Compares secrets without stopping at the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The private policy of an origin.
+pub struct PrivatePolicy {
+    pub routes: Vec<PrivateRoute>,
+    /// Never fetched from the public chain (GONOPROXY), besides the routes' patterns.
+    pub noproxy: String,
+    /// Never looked up in a checksum database (GONOSUMDB), besides the routes' patterns.
+    pub nosumdb: String,
+}
+
+impl PrivatePolicy {
+    /// The private route serving `module`, if any.
+    pub fn route(&self, module: &str) -> Option<&PrivateRoute> {
+        self.routes.iter().find(|r| r.matches(module))
+    }
+
+    /// Whether `module` must never reach the public upstream chain.
+    pub fn is_noproxy(&self, module: &str) -> bool {
+        self.route(module).is_some() || match_prefix_patterns(&self.noproxy, module)
+    }
+
+    /// Whether `module` must never be looked up in a checksum database.
+    pub fn is_nosumdb(&self, module: &str) -> bool {
+        self.route(module).is_some() || match_prefix_patterns(&self.nosumdb, module)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn route(bearer: &[&str], basic: &[&str]) -> PrivateRoute {
+        let cfg = PrivateRouteConfig {
+            patterns: "corp.example.com,*.internal/*".into(),
+            upstream: "http://127.0.0.1:9".into(),
+            bearer_tokens: bearer.iter().map(|s| s.to_string()).collect(),
+            basic_users: basic.iter().map(|s| s.to_string()).collect(),
+            unauthorized_status: 404,
+        };
+        PrivateRoute::new(&cfg, &crate::config::HttpConfig::default()).expect("route")
+    }
+
+    #[test]
+    fn patterns_and_credentials() {
+        let r = route(&["s3cret"], &["ci:pw"]);
+        assert!(
+            r.matches("corp.example.com/team/lib") && r.matches("git.internal/x/y") && !r.matches("github.com/x/y")
+        );
+        let mut h = HeaderMap::new();
+        assert!(!r.authorized(&h));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer s3cret"));
+        assert!(r.authorized(&h));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer wrong"));
+        assert!(!r.authorized(&h));
+        let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("ci:pw"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(&basic).expect("header"));
+        assert!(r.authorized(&h));
+        assert!(route(&[], &[]).authorized(&HeaderMap::new()), "no credentials configured: open");
+        let p = PrivatePolicy {
+            routes: vec![r],
+            noproxy: "vendor.example.org".into(),
+            nosumdb: "nosum.example.org".into(),
+        };
+        assert!(
+            p.is_noproxy("corp.example.com/a") && p.is_noproxy("vendor.example.org/x") && !p.is_noproxy("github.com/a")
+        );
+        assert!(
+            p.is_nosumdb("corp.example.com/a")
+                && p.is_nosumdb("nosum.example.org/x")
+                && !p.is_nosumdb("vendor.example.org/x")
+        );
+    }
+}

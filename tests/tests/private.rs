@@ -1,0 +1,85 @@
+//! Private modules: served only from their route, to clients with
+//! credentials; nothing about them reaches the public upstream or a
+//! checksum database.
+
+use modcdn_tests::corpus::Corpus;
+use modcdn_tests::go::GoEnv;
+use modcdn_tests::node::OriginProcess;
+use modcdn_tests::upstream::FixtureUpstream;
+use reqwest::StatusCode;
+
+const PRIVATE: &str = "corp.example.com/platform/lib";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_modules_stay_private() {
+    let tmp = modcdn_tests::tempdir();
+    let public_corpus = Corpus::generate(&tmp.path().join("public"), 1024).expect("corpus");
+    let public = FixtureUpstream::start(public_corpus.root.clone()).await.expect("public upstream");
+    let mut private_corpus = Corpus { root: tmp.path().join("private"), versions: Vec::new() };
+    let lib = private_corpus.publish(PRIVATE, "v1.0.0").expect("publish");
+    let private = FixtureUpstream::start(private_corpus.root.clone()).await.expect("private upstream");
+    // The "checksum database" is the public fixture: any lookup would show in its counters.
+    let extra = format!(
+        "[[private]]\npatterns = \"corp.example.com\"\nupstream = \"{}\"\nbasic_users = [\"ci:pw\"]\nbearer_tokens = [\"tok\"]\n\n[[checksum_db]]\nname = \"sum.golang.org\"\nurl = \"{}/sumdb\"\n",
+        private.url(),
+        public.url()
+    );
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &public.url(), &extra).expect("origin");
+    let client = reqwest::Client::new();
+    let key = Corpus::key(PRIVATE, "v1.0.0", "zip");
+
+    // No credentials: a plain 404, and nobody upstream was asked.
+    for path in [format!("{PRIVATE}/@v/list"), key.clone(), format!("{PRIVATE}/@latest")] {
+        let r = client.get(format!("{}/{path}", origin.url)).send().await.expect("request");
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(r.text().await.expect("body"), "not found\n");
+    }
+    assert_eq!(private.counters().total(), 0);
+    // Wrong credentials: the same.
+    let r = client.get(format!("{}/{key}", origin.url)).bearer_auth("nope").send().await.expect("request");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // With credentials: served from the private route, privately.
+    let r = client.get(format!("{}/{key}", origin.url)).bearer_auth("tok").send().await.expect("request");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["cache-control"].to_str().unwrap_or("").starts_with("private"), "{:?}", r.headers());
+    assert_eq!(private.counters().get(&key), 1);
+
+    // A checksum lookup for a private path is answered here, never forwarded.
+    let r = client
+        .get(format!("{}/sumdb/sum.golang.org/lookup/{PRIVATE}@v1.0.0", origin.url))
+        .send()
+        .await
+        .expect("lookup");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // The real go command through a route without credentials (a trusted
+    // network: Go 1.19 sends .netrc credentials over HTTPS only, and this
+    // origin speaks plain HTTP; TLS is the edge's).
+    let open_extra = extra.replace("basic_users = [\"ci:pw\"]\nbearer_tokens = [\"tok\"]\n", "");
+    let open = OriginProcess::start(&tmp.path().join("open-origin"), &public.url(), &open_extra).expect("origin");
+    let mut go = GoEnv::new(&tmp.path().join("go"), &open.url);
+    go.sumdb = "sum.golang.org".into();
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).expect("work");
+    let out = tokio::task::spawn_blocking(move || {
+        // GONOSUMDB is how a company tells its go commands; modcdn refuses
+        // private lookups even when a client forgets (checked above).
+        go.ok_env(
+            &work,
+            &[("GONOSUMDB", "corp.example.com")],
+            &["mod", "download", "-json", &format!("{PRIVATE}@v1.0.0")],
+        )
+    })
+    .await
+    .expect("go");
+    assert!(out.contains(&lib.sum), "{out}");
+    assert_eq!(private.counters().get(&Corpus::key(PRIVATE, "v1.0.0", "info")), 1, "from the private route");
+
+    // Nothing about the private module ever reached the public side.
+    let hot: serde_json::Value =
+        client.get(format!("{}/hotz", origin.url)).send().await.expect("hotz").json().await.expect("json");
+    assert!(!hot.to_string().contains("corp.example.com"), "{hot}");
+    let leaked: u64 = ["corp.example.com", "sumdb"].iter().map(|needle| public.counters().matching(needle)).sum();
+    assert_eq!(leaked, 0, "requests for private paths or checksum lookups reached the public side");
+}
