@@ -13,10 +13,12 @@ pub mod dirhash;
 pub mod gomod;
 pub mod module;
 pub mod modzip;
+pub mod note;
 pub mod pattern;
 pub mod policy;
 pub mod request;
 pub mod semver;
 pub mod telemetry;
+pub mod tlog;
 
 pub use request::{Kind, Request, RequestError};
