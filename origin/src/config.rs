@@ -40,6 +40,9 @@ pub struct OriginConfig {
     pub sync: crate::sync::SyncConfig,
     /// Checksum databases proxied at `/sumdb/<name>/`. Default: sum.golang.org.
     pub checksum_db: Vec<ChecksumDb>,
+    /// Verify zips and go.mod files against the checksum database before
+    /// storing them (`verify`, default) or not (`off`).
+    pub verify: VerifyMode,
     /// Private module routes (patterns, upstream, client credentials).
     pub private: Vec<crate::private::PrivateRouteConfig>,
     /// Patterns never fetched from `upstream` (GONOPROXY syntax). Default "".
@@ -85,6 +88,20 @@ pub struct ChecksumDb {
     pub name: String,
     /// Where it is served (`https://sum.golang.org`).
     pub url: String,
+    /// Its verifier key (GOSUMDB form). With a key and `verify = "verify"`,
+    /// the origin checks what it stores against this database.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// The public key of sum.golang.org, as the go command has it built in.
+pub const SUM_GOLANG_ORG_KEY: &str = "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMode {
+    Verify,
+    Off,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,7 +127,12 @@ impl Default for OriginConfig {
             http: HttpConfig::default(),
             prefetch: crate::prefetch::PrefetchConfig::default(),
             sync: crate::sync::SyncConfig::default(),
-            checksum_db: vec![ChecksumDb { name: "sum.golang.org".into(), url: "https://sum.golang.org".into() }],
+            checksum_db: vec![ChecksumDb {
+                name: "sum.golang.org".into(),
+                url: "https://sum.golang.org".into(),
+                key: Some(SUM_GOLANG_ORG_KEY.into()),
+            }],
+            verify: VerifyMode::Verify,
             private: Vec::new(),
             noproxy: String::new(),
             nosumdb: String::new(),
@@ -204,6 +226,11 @@ impl Validate for OriginConfig {
                     format!("checksum_db[{i}].name"),
                     format!("{:?} is not a checksum database name (a host name)", db.name),
                 ));
+            }
+            if let Some(key) = &db.key {
+                if let Err(e) = crate::verify::SumDbVerifier::new(&db.name, &db.url, key) {
+                    errs.push((format!("checksum_db[{i}].key"), e));
+                }
             }
             if !(db.url.starts_with("http://") || db.url.starts_with("https://")) {
                 errs.push((

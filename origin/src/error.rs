@@ -50,6 +50,13 @@ pub enum OriginError {
     /// Writing to the store failed (disk full, permissions); nothing was stored.
     #[error("store write failed: {0}")]
     Store(String),
+    /// The checksum database has another hash for this module version.
+    #[error("checksum mismatch: {0}")]
+    ChecksumMismatch(String),
+    /// The checksum database could not vouch for the content (bad signature,
+    /// failed proof, forked log, no record).
+    #[error("checksum database verification failed: {0}")]
+    Verification(String),
     /// The fetch was cut off (the node is shutting down, or it hit a bug);
     /// nothing was stored. Retrying is fine.
     #[error("fetch interrupted: {0}")]
@@ -64,6 +71,7 @@ impl OriginError {
             OriginError::Upstream(UpstreamError::Off) => 404,
             OriginError::Upstream(UpstreamError::Timeout(_)) => 504,
             OriginError::Upstream(_) | OriginError::Invalid(_) => 502,
+            OriginError::ChecksumMismatch(_) | OriginError::Verification(_) => 502,
             OriginError::Store(_) => 500,
             OriginError::Interrupted(_) => 503,
         }

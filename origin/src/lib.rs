@@ -23,6 +23,7 @@ pub mod store;
 pub mod sync;
 pub mod upstream;
 pub mod validate;
+pub mod verify;
 
 use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,6 +52,8 @@ pub struct Origin {
     pub metrics: metrics::Metrics,
     pub ttls: Ttls,
     pub private: private::PrivatePolicy,
+    /// The checksum database artifacts are verified against, if any.
+    pub verifier: Option<verify::SumDbVerifier>,
     /// Proxied checksum databases: name → URL.
     checksum_dbs: std::collections::HashMap<String, String>,
     ready: AtomicBool,
@@ -84,6 +87,14 @@ impl Origin {
                     .collect::<Result<_, _>>()?,
                 noproxy: config.noproxy.clone(),
                 nosumdb: config.nosumdb.clone(),
+            },
+            verifier: match config.verify {
+                config::VerifyMode::Off => None,
+                config::VerifyMode::Verify => config
+                    .checksum_db
+                    .iter()
+                    .find_map(|d| d.key.as_ref().map(|k| verify::SumDbVerifier::new(&d.name, &d.url, k)))
+                    .transpose()?,
             },
             checksum_dbs: config
                 .checksum_db

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub prefetch_useful: IntCounter,
     pub prefetch_dropped: IntCounter,
     pub sync_rounds: IntCounter,
+    /// Artifacts whose hash the checksum database contradicts.
+    pub checksum_mismatch: IntCounter,
     /// New versions of hot modules fetched by sync.
     pub sync_new_versions: IntCounter,
 }
@@ -62,6 +64,11 @@ impl Metrics {
         let prefetch_dropped =
             IntCounter::new("prefetch_dropped_total", "Prefetches dropped because the queue was full")?;
         let sync_rounds = IntCounter::new("sync_rounds_total", "Sync rounds run")?;
+        let checksum_mismatch = IntCounter::new(
+            "checksum_mismatch_total",
+            "Upstream artifacts whose hash the checksum database contradicts",
+        )?;
+        registry.register(Box::new(checksum_mismatch.clone()))?;
         let sync_new_versions =
             IntCounter::new("sync_new_versions_total", "New versions of hot modules fetched by sync")?;
         registry.register(Box::new(sync_rounds.clone()))?;
@@ -94,6 +101,7 @@ impl Metrics {
             prefetch_dropped,
             sync_rounds,
             sync_new_versions,
+            checksum_mismatch,
         })
     }
 

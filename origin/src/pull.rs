@@ -149,6 +149,9 @@ async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
         _ => Ok(None),
     }
     .map_err(|reason| invalid(origin, kind, format!("{key}: {reason}")))?;
+    if let (Request::Mod(m, v), Some(h1)) = (req, &h1) {
+        crate::verify::check(origin, m, v, h1, true).await?;
+    }
     put(origin, &key, body, h1, upstream).await
 }
 
@@ -189,6 +192,7 @@ async fn pull_zip(origin: &Arc<Origin>, req: &Request, fetched: Fetched, upstrea
     .await
     .map_err(|e| OriginError::Store(e.to_string()))?
     .map_err(|reason| invalid(origin, kind, format!("{key}: {reason}")))?;
+    crate::verify::check(origin, module_path, version, &checked.h1, false).await?;
     let meta = Meta { size, sha256: hex(&hasher.finalize()), h1: Some(checked.h1), fetched_at_ms: now_ms(), upstream };
     blocking(origin, move |store| store.publish(staged, &meta)).await?;
     origin.refresh_store_gauges();

@@ -129,5 +129,9 @@ mod tests {
             "hash mismatch"
         );
         assert!(Verifier::new("garbage").is_err());
+        // The go command's built-in key (cmd/go/internal/modfetch/key.go).
+        let v = Verifier::new("sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8")
+            .expect("sum.golang.org key");
+        assert_eq!((v.name.as_str(), v.hash), ("sum.golang.org", 0x033de0ae));
     }
 }

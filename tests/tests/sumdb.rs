@@ -15,7 +15,7 @@ async fn go_verifies_every_download_through_the_proxy() {
     let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 20).expect("corpus");
     let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
     let db = SumDbProcess::start(&corpus.root, NAME).expect("sumdb");
-    let extra = format!("[[checksum_db]]\nname = \"{NAME}\"\nurl = \"{}\"\n", db.url);
+    let extra = format!("[[checksum_db]]\nname = \"{NAME}\"\nurl = \"{}\"\nkey = \"{}\"\n", db.url, db.key);
     let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), &extra).expect("origin");
 
     let client = reqwest::Client::new();
@@ -87,4 +87,105 @@ async fn a_tampered_zip_is_refused_by_the_go_command() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("SECURITY ERROR") || text.contains("checksum mismatch"), "{text}");
+}
+
+fn evil_alpha_zip() -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, data) in [
+        ("go.mod", format!("module {ALPHA}\n")),
+        ("alpha.go", "package alpha\n\nfunc Hello() string { return \"evil\" }\n".into()),
+    ] {
+        w.start_file(format!("{ALPHA}@v1.0.0/{name}"), zip::write::SimpleFileOptions::default()).expect("zip");
+        std::io::Write::write_all(&mut w, data.as_bytes()).expect("zip");
+    }
+    w.finish().expect("zip").into_inner()
+}
+
+fn stored_files(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_origin_verifies_before_storing() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let db = SumDbProcess::start(&corpus.root, NAME).expect("sumdb");
+    let extra = format!(
+        "[prefetch]\nenabled = false\n[[checksum_db]]\nname = \"{NAME}\"\nurl = \"{}\"\nkey = \"{}\"\n",
+        db.url, db.key
+    );
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), &extra).expect("origin");
+    let client = reqwest::Client::new();
+    let get = |key: String| {
+        let (client, url) = (client.clone(), format!("{}/{key}", origin.url));
+        async move {
+            let r = client.get(url).send().await.expect("request");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+
+    // A tampered zip: refused, nothing stored, counted.
+    let zip = Corpus::key(ALPHA, "v1.0.0", "zip");
+    upstream.set_faults(Faults { replace: vec![(zip.clone(), evil_alpha_zip())], ..Faults::default() });
+    let (status, body) = get(zip.clone()).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("checksum mismatch"), "{body}");
+    assert!(stored_files(&tmp.path().join("origin/store")).iter().all(|f| !f.contains("alpha/@v/v1.0.0.zip")));
+    let metrics = get("metrics".into()).await.1;
+    assert!(metrics.contains("modcdn_origin_checksum_mismatch_total 1"), "{metrics}");
+
+    // Every genuine artifact verifies (and later trees stay consistent with earlier ones).
+    upstream.clear_faults();
+    for v in &corpus.versions {
+        for ext in ["mod", "zip"] {
+            let (status, body) = get(Corpus::key(&v.path, &v.version, ext)).await;
+            assert_eq!(status, 200, "{}@{} {ext}: {body}", v.path, v.version);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_signatures_and_unlogged_versions_are_refused() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1024).expect("corpus");
+    let db = SumDbProcess::start(&corpus.root, NAME).expect("sumdb");
+    let impostor = SumDbProcess::start(&corpus.root, NAME).expect("second sumdb");
+    // A second upstream has a module the checksum database never logged.
+    let mut unlogged_root = Corpus { root: tmp.path().join("unlogged"), versions: Vec::new() };
+    unlogged_root.publish("example.com/unlogged", "v1.0.0").expect("publish");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let second = FixtureUpstream::start(unlogged_root.root.clone()).await.expect("upstream 2");
+
+    // Notes signed by another key than the configured one: nothing verifies.
+    let extra = format!("[[checksum_db]]\nname = \"{NAME}\"\nurl = \"{}\"\nkey = \"{}\"\n", impostor.url, db.key);
+    let origin = OriginProcess::start(&tmp.path().join("forged"), &upstream.url(), &extra).expect("origin");
+    let r = reqwest::get(format!("{}/{}", origin.url, Corpus::key(ALPHA, "v1.0.0", "mod"))).await.expect("get");
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap_or_default();
+    assert!(body.contains("verification failed") && body.contains("signature"), "{body}");
+    assert!(stored_files(&tmp.path().join("forged/store")).iter().all(|f| !f.ends_with(".mod")), "nothing stored");
+
+    // A version the log does not have.
+    let extra = format!("[[checksum_db]]\nname = \"{NAME}\"\nurl = \"{}\"\nkey = \"{}\"\n", db.url, db.key);
+    let chain = format!("{},{}", upstream.url(), second.url());
+    let origin = OriginProcess::start(&tmp.path().join("unlogged-origin"), &chain, &extra).expect("origin");
+    let r = reqwest::get(format!("{}/{}", origin.url, Corpus::key("example.com/unlogged", "v1.0.0", "zip")))
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers().get("cache-control").and_then(|v| v.to_str().ok()), Some("no-store"));
+    let body = r.text().await.unwrap_or_default();
+    assert!(body.contains("not in the checksum database"), "{body}");
 }
