@@ -43,6 +43,8 @@ pub struct OriginConfig {
     /// Verify zips and go.mod files against the checksum database before
     /// storing them (`verify`, default) or not (`off`).
     pub verify: VerifyMode,
+    /// How `direct` runs the go command.
+    pub direct: crate::direct::DirectConfig,
     /// Private module routes (patterns, upstream, client credentials).
     pub private: Vec<crate::private::PrivateRouteConfig>,
     /// Patterns never fetched from `upstream` (GONOPROXY syntax). Default "".
@@ -133,6 +135,7 @@ impl Default for OriginConfig {
                 key: Some(SUM_GOLANG_ORG_KEY.into()),
             }],
             verify: VerifyMode::Verify,
+            direct: crate::direct::DirectConfig::default(),
             private: Vec::new(),
             noproxy: String::new(),
             nosumdb: String::new(),
@@ -253,6 +256,9 @@ impl Validate for OriginConfig {
                 errs.push((format!("private[{i}].basic_users"), "entries are user:password".into()));
             }
         }
+        if self.direct.timeout_secs == 0 || self.direct.concurrency == 0 {
+            errs.push(("direct.timeout_secs".into(), "timeout_secs and concurrency must be above 0".into()));
+        }
         if self.log.level.trim().is_empty() {
             errs.push(("log.level".into(), "must not be empty".into()));
         }
@@ -298,9 +304,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("modcdn-origin-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let f = dir.join("bad.toml");
-        std::fs::write(&f, "upstream = \"direct\"\n").expect("write");
-        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, []).expect_err("direct").to_string();
-        assert!(e.contains("bad.toml") && e.contains("`upstream`") && e.contains("direct"), "{e}");
+        std::fs::write(&f, "upstream = \"https://a.example,,direct\"\n").expect("write");
+        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, []).expect_err("empty entry").to_string();
+        assert!(e.contains("bad.toml") && e.contains("`upstream`") && e.contains("empty entry"), "{e}");
         std::fs::write(&f, "[ttl]\nmutable = 5\n").expect("write");
         let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, []).expect_err("unknown").to_string();
         assert!(e.contains("bad.toml") && e.contains("mutable"), "{e}");

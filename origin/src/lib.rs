@@ -8,6 +8,7 @@
 //! The request flow is `serve.rs`, top-down.
 
 pub mod config;
+pub mod direct;
 pub mod error;
 pub mod hot;
 pub mod memory;
@@ -68,10 +69,11 @@ impl Origin {
         let store =
             DiskStore::open(&config.store_dir).map_err(|e| format!("store_dir {}: {e}", config.store_dir.display()))?;
         let chain = Chain::parse(&config.upstream).map_err(|e| format!("upstream: {e}"))?;
+        let direct = Arc::new(direct::Direct::new(&config.direct));
         let origin = Origin {
             store: Arc::new(store),
             memory: memory::MemoryTier::new(config.memory_cache_mib << 20, config.memory_object_max_kib << 10),
-            upstream: Upstream::new(chain, &config.http)?,
+            upstream: Upstream::new(chain, &config.http, Arc::clone(&direct))?,
             flights: singleflight::Group::default(),
             negative: negative::NegativeCache::new(config.negative_cache_entries),
             prefetch: prefetch::Prefetcher::new(&config.prefetch),
@@ -83,7 +85,7 @@ impl Origin {
                 routes: config
                     .private
                     .iter()
-                    .map(|p| private::PrivateRoute::new(p, &config.http))
+                    .map(|p| private::PrivateRoute::new(p, &config.http, Arc::clone(&direct)))
                     .collect::<Result<_, _>>()?,
                 noproxy: config.noproxy.clone(),
                 nosumdb: config.nosumdb.clone(),

@@ -43,11 +43,15 @@ pub struct PrivateRoute {
 }
 
 impl PrivateRoute {
-    pub fn new(cfg: &PrivateRouteConfig, http: &crate::config::HttpConfig) -> Result<PrivateRoute, String> {
+    pub fn new(
+        cfg: &PrivateRouteConfig,
+        http: &crate::config::HttpConfig,
+        direct: std::sync::Arc<crate::direct::Direct>,
+    ) -> Result<PrivateRoute, String> {
         let chain = Chain::parse(&cfg.upstream)?;
         Ok(PrivateRoute {
             patterns: cfg.patterns.clone(),
-            upstream: Upstream::new(chain, http)?,
+            upstream: Upstream::new(chain, http, direct)?,
             bearer: cfg.bearer_tokens.clone(),
             basic: cfg.basic_users.clone(),
             unauthorized_status: cfg.unauthorized_status,
@@ -120,7 +124,8 @@ mod tests {
             basic_users: basic.iter().map(|s| s.to_string()).collect(),
             unauthorized_status: 404,
         };
-        PrivateRoute::new(&cfg, &crate::config::HttpConfig::default()).expect("route")
+        let direct = std::sync::Arc::new(crate::direct::Direct::new(&crate::direct::DirectConfig::default()));
+        PrivateRoute::new(&cfg, &crate::config::HttpConfig::default(), direct).expect("route")
     }
 
     #[test]

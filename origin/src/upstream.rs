@@ -21,6 +21,9 @@ pub enum FallThrough {
     AnyError,
 }
 
+/// The `direct` entry of a chain: fetch from version control.
+pub const DIRECT: &str = "direct";
+
 /// A parsed GOPROXY list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
@@ -46,12 +49,7 @@ impl Chain {
                 "" => return Err(format!("{spec:?} has an empty entry")),
                 "off" if spec == "off" => return Ok(Chain { entries }),
                 "off" => return Err("\"off\" must stand alone".into()),
-                "direct" => {
-                    return Err(
-                        "\"direct\" (fetching from version control) is not supported yet; name GOPROXY URLs only"
-                            .into(),
-                    )
-                }
+                "direct" => entries.push((DIRECT.to_string(), fall)),
                 url => {
                     let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
                     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
@@ -78,10 +76,15 @@ pub struct Upstream {
     chain: Chain,
     client: reqwest::Client,
     cfg: HttpConfig,
+    direct: std::sync::Arc<crate::direct::Direct>,
 }
 
 impl Upstream {
-    pub fn new(chain: Chain, cfg: &HttpConfig) -> Result<Upstream, String> {
+    pub fn new(
+        chain: Chain,
+        cfg: &HttpConfig,
+        direct: std::sync::Arc<crate::direct::Direct>,
+    ) -> Result<Upstream, String> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
             .read_timeout(Duration::from_millis(cfg.read_timeout_ms))
@@ -90,7 +93,7 @@ impl Upstream {
             .user_agent(concat!("modcdn-origin/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build HTTP client: {e}"))?;
-        Ok(Upstream { chain, client, cfg: cfg.clone() })
+        Ok(Upstream { chain, client, cfg: cfg.clone(), direct })
     }
 
     /// Whether any upstream is configured (`off` has none).
@@ -102,7 +105,8 @@ impl Upstream {
     pub async fn get(&self, key: &str) -> Result<Fetched, UpstreamError> {
         let mut last = UpstreamError::Off;
         for (base, fall) in &self.chain.entries {
-            match self.get_one(base, key).await {
+            let got = if base == DIRECT { self.direct.fetch(key).await } else { self.get_one(base, key).await };
+            match got {
                 Ok(f) => return Ok(f),
                 Err(e) => {
                     let next = e.is_not_found() || *fall == FallThrough::AnyError;
@@ -216,17 +220,10 @@ mod tests {
             ]
         );
         assert_eq!(Chain::parse("off").expect("off").entries, vec![]);
-        for bad in [
-            "",
-            "direct",
-            "https://a.example,direct",
-            "https://a,,https://b",
-            "ftp://x",
-            "not a url",
-            "https://a.example,off",
-        ] {
+        for bad in ["", "https://a,,https://b", "ftp://x", "not a url", "https://a.example,off"] {
             assert!(Chain::parse(bad).is_err(), "{bad}");
         }
-        assert!(Chain::parse("direct").expect_err("direct").contains("not supported yet"));
+        let c = Chain::parse("https://a.example|direct").expect("direct");
+        assert_eq!(c.entries[1], (DIRECT.to_string(), FallThrough::NotFound));
     }
 }

@@ -83,3 +83,86 @@ async fn private_modules_stay_private() {
     let leaked: u64 = ["corp.example.com", "sumdb"].iter().map(|needle| public.counters().matching(needle)).sum();
     assert_eq!(leaked, 0, "requests for private paths or checksum lookups reached the public side");
 }
+
+/// A git repository on this machine, reachable as `https://git.modcdn.test/corp/lib`
+/// for git run with `home` as HOME (url.insteadOf → file://).
+fn git_repo(root: &std::path::Path) -> std::path::PathBuf {
+    let git = |dir: &std::path::Path, args: &[&str]| {
+        let out = std::process::Command::new("git").args(args).current_dir(dir).output().expect("git");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let src = root.join("src");
+    std::fs::create_dir_all(&src).expect("src");
+    git(&src, &["init", "-q"]);
+    git(&src, &["config", "user.email", "dev@corp.example"]);
+    git(&src, &["config", "user.name", "dev"]);
+    std::fs::write(src.join("go.mod"), "module git.modcdn.test/corp/lib.git\n\ngo 1.19\n").expect("go.mod");
+    for (i, tag) in ["v1.0.0", "v1.1.0"].iter().enumerate() {
+        std::fs::write(
+            src.join("lib.go"),
+            format!("package lib\n\nfunc Hello() string {{ return \"private {i}\" }}\n"),
+        )
+        .expect("lib.go");
+        git(&src, &["add", "."]);
+        git(&src, &["commit", "-q", "-m", tag]);
+        git(&src, &["tag", tag]);
+    }
+    let repos = root.join("repos/corp");
+    std::fs::create_dir_all(&repos).expect("repos");
+    git(root, &["clone", "-q", "--bare", src.to_str().unwrap_or(""), repos.join("lib").to_str().unwrap_or("")]);
+    let home = root.join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    std::fs::write(
+        home.join(".gitconfig"),
+        format!(
+            "[url \"file://{}/\"]\n\tinsteadOf = https://git.modcdn.test/\n[protocol \"file\"]\n\tallow = always\n",
+            root.join("repos").display()
+        ),
+    )
+    .expect("gitconfig");
+    home
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_modules_come_direct_from_version_control() {
+    let tmp = modcdn_tests::tempdir();
+    let public_corpus = Corpus::generate(&tmp.path().join("public"), 1024).expect("corpus");
+    let public = FixtureUpstream::start(public_corpus.root.clone()).await.expect("public upstream");
+    let home = git_repo(&tmp.path().join("vcs"));
+    let extra = format!(
+        "[direct]\ndir = \"{}\"\nhome = \"{}\"\ntimeout_secs = 60\n\n[[private]]\npatterns = \"git.modcdn.test\"\nupstream = \"direct\"\n",
+        tmp.path().join("direct").display(),
+        home.display()
+    );
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &public.url(), &extra).expect("origin");
+    let get = |path: String| {
+        let url = format!("{}/{path}", origin.url);
+        async move {
+            let r = reqwest::get(url).await.expect("request");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    let m = "git.modcdn.test/corp/lib.git";
+    assert_eq!(get(format!("{m}/@v/list")).await, (200, "v1.0.0\nv1.1.0\n".to_string()));
+    let (status, latest) = get(format!("{m}/@latest")).await;
+    assert_eq!(status, 200, "{latest}");
+    assert!(latest.contains("\"Version\":\"v1.1.0\""), "{latest}");
+    for ext in ["info", "mod", "zip"] {
+        let (status, body) = get(format!("{m}/@v/v1.0.0.{ext}")).await;
+        assert_eq!(status, 200, "{ext}: {body}");
+    }
+    let (status, body) = get(format!("{m}/@v/v9.9.9.info")).await;
+    assert_eq!(status, 404, "{body}");
+
+    // The go command through the origin gets the same module.
+    let go = GoEnv::new(&tmp.path().join("go"), &origin.url);
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).expect("work");
+    let out = tokio::task::spawn_blocking(move || {
+        go.ok(&work, &["mod", "download", "-json", "git.modcdn.test/corp/lib.git@v1.1.0"])
+    })
+    .await
+    .expect("go");
+    assert!(out.contains("\"Sum\": \"h1:"), "{out}");
+    assert_eq!(public.counters().matching("git.modcdn.test"), 0, "never asked the public upstream");
+}

@@ -1,0 +1,190 @@
+//! `direct`: fetching from version control with the go command itself, as
+//! Athens does — `go mod download -json` and `go list -m -json` in a sandbox
+//! (its own GOPATH, module and build caches; GOPROXY=direct; the origin
+//! verifies against the checksum database itself), with a timeout and a
+//! concurrency limit. Credentials come from the go command's usual places
+//! (`.netrc`, git's config and credential helpers) in `direct.home`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use modcdn_shared::Request;
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use crate::error::UpstreamError;
+use crate::upstream::Fetched;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectConfig {
+    /// Sandbox for the go command (GOPATH, module cache, build cache).
+    /// Default `modcdn-data/direct`.
+    pub dir: PathBuf,
+    /// HOME of the go command (its `.netrc`, `.gitconfig`, ssh keys).
+    /// Default: the origin's own HOME.
+    pub home: Option<PathBuf>,
+    /// Longest a go command may run, in seconds. Default 300.
+    pub timeout_secs: u64,
+    /// go commands at once. Default 4.
+    pub concurrency: usize,
+}
+
+impl Default for DirectConfig {
+    fn default() -> Self {
+        DirectConfig { dir: PathBuf::from("modcdn-data/direct"), home: None, timeout_secs: 300, concurrency: 4 }
+    }
+}
+
+pub struct Direct {
+    cfg: DirectConfig,
+    slots: Semaphore,
+}
+
+/// What the go command prints with -json (the parts used here).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct GoJson {
+    version: Option<String>,
+    time: Option<String>,
+    versions: Option<Vec<String>>,
+    go_mod: Option<String>,
+    zip: Option<String>,
+    error: Option<serde_json::Value>,
+}
+
+impl Direct {
+    pub fn new(cfg: &DirectConfig) -> Direct {
+        Direct { cfg: cfg.clone(), slots: Semaphore::new(cfg.concurrency.max(1)) }
+    }
+
+    /// Answers `key` (an escaped GOPROXY path) from version control.
+    pub async fn fetch(&self, key: &str) -> Result<Fetched, UpstreamError> {
+        let req = Request::parse(&format!("/{key}"))
+            .map_err(|e| UpstreamError::NotFound { status: 404, message: format!("direct: {e}") })?;
+        let module = req.module().map(|m| m.as_str().to_string()).unwrap_or_default();
+        let body: Vec<u8> = match &req {
+            Request::List(_) => {
+                let j = self.go(&["list", "-m", "-versions", "-json", &module]).await?;
+                let mut text = j.versions.unwrap_or_default().join("\n");
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.into_bytes()
+            }
+            Request::Latest(_) | Request::Info(..) | Request::Query(..) => {
+                let query = req.version().map(|v| v.as_str().to_string()).unwrap_or_else(|| "latest".into());
+                let j = self.go(&["list", "-m", "-json", &format!("{module}@{query}")]).await?;
+                serde_json::to_vec(&serde_json::json!({"Version": j.version, "Time": j.time})).unwrap_or_default()
+            }
+            Request::Mod(_, v) | Request::Zip(_, v) => {
+                let j = self.go(&["mod", "download", "-json", &format!("{module}@{v}")]).await?;
+                let file = if matches!(req, Request::Mod(..)) { j.go_mod } else { j.zip };
+                let file = file.ok_or_else(|| UpstreamError::Body(format!("direct: go printed no file for {key}")))?;
+                tokio::fs::read(&file).await.map_err(|e| UpstreamError::Body(format!("direct: {file}: {e}")))?
+            }
+            Request::SumDb { .. } => {
+                return Err(UpstreamError::NotFound { status: 404, message: "direct: not a module path".into() })
+            }
+        };
+        let len = body.len() as u64;
+        Ok(Fetched {
+            upstream: "direct".into(),
+            content_length: Some(len),
+            body: Box::new(futures::stream::iter([Ok(Bytes::from(body))])),
+        })
+    }
+
+    /// Runs the go command in the sandbox and reads its JSON answer.
+    async fn go(&self, args: &[&str]) -> Result<GoJson, UpstreamError> {
+        let _slot = self.slots.acquire().await.map_err(|_| UpstreamError::Connect("direct: shutting down".into()))?;
+        let dir = &self.cfg.dir;
+        tokio::fs::create_dir_all(dir.join("work"))
+            .await
+            .map_err(|e| UpstreamError::Connect(format!("direct: {}: {e}", dir.display())))?;
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+        let home = self
+            .cfg
+            .home
+            .clone()
+            .or_else(|| std::env::var_os("HOME").map(PathBuf::from))
+            .unwrap_or_else(|| dir.clone());
+        let mut cmd = tokio::process::Command::new("go");
+        cmd.args(args)
+            .current_dir(dir.join("work"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("GOPATH", dir.join("gopath"))
+            .env("GOMODCACHE", dir.join("modcache"))
+            .env("GOCACHE", dir.join("gocache"))
+            .env("GOPROXY", "direct")
+            .env("GOSUMDB", "off")
+            .env("GOFLAGS", "-modcacherw")
+            .env("GO111MODULE", "on")
+            .env("GOTOOLCHAIN", "local")
+            .env("GOENV", "off")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("CGO_ENABLED", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in std::env::vars_os() {
+            // Credentials and transport settings the go command and git read.
+            let k_str = k.to_string_lossy();
+            if k_str.starts_with("GIT_") && k_str != "GIT_TERMINAL_PROMPT"
+                || matches!(&*k_str, "SSH_AUTH_SOCK" | "NETRC" | "GOVCS" | "GOINSECURE")
+            {
+                cmd.env(&k, v);
+            }
+        }
+        let child = cmd.spawn().map_err(|e| UpstreamError::Connect(format!("direct: cannot run go: {e}")))?;
+        let timeout = Duration::from_secs(self.cfg.timeout_secs);
+        let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Err(_) => {
+                return Err(UpstreamError::Timeout(format!(
+                    "direct: go {} took over {}s",
+                    args.join(" "),
+                    timeout.as_secs()
+                )))
+            }
+            Ok(Err(e)) => return Err(UpstreamError::Connect(format!("direct: go: {e}"))),
+            Ok(Ok(out)) => out,
+        };
+        let parsed: Option<GoJson> = serde_json::from_slice(&out.stdout).ok();
+        let error = match &parsed {
+            Some(GoJson { error: Some(e), .. }) => {
+                Some(e.get("Err").and_then(|v| v.as_str()).map(str::to_string).unwrap_or_else(|| e.to_string()))
+            }
+            Some(_) if out.status.success() => None,
+            _ => Some(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        };
+        match (parsed, error) {
+            (Some(j), None) => Ok(j),
+            (_, Some(e)) => Err(classify(&e)),
+            (None, None) => Err(UpstreamError::Body("direct: go printed no JSON".into())),
+        }
+    }
+}
+
+/// The go command's "does not exist" errors are 404s (as proxy.golang.org
+/// answers them); anything else is an upstream failure.
+fn classify(message: &str) -> UpstreamError {
+    let not_found = [
+        "unknown revision",
+        "invalid version",
+        "no matching versions",
+        "not found",
+        "malformed module path",
+        "does not exist",
+    ];
+    let short: String = message.lines().take(3).collect::<Vec<_>>().join(" ").chars().take(400).collect();
+    if not_found.iter().any(|n| message.contains(n)) {
+        UpstreamError::NotFound { status: 404, message: format!("direct: {short}") }
+    } else {
+        UpstreamError::Status { status: 502, message: format!("direct: {short}") }
+    }
+}
