@@ -384,11 +384,27 @@ async fn lists_near_expiry_are_refreshed_in_the_background() {
     assert_eq!(header(&s.get(&key).await, "x-cache"), "HIT");
 }
 
+/// Runs a command that should exit at once; kills it after 10 s so that a
+/// config that unexpectedly starts a server fails the test instead of hanging it.
+fn run_bounded(cmd: &mut std::process::Command) -> std::process::Output {
+    let mut child =
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
 #[test]
 fn config_errors_name_the_file_and_key_and_exit_64() {
     let tmp = modcdn_tests::tempdir();
     for (text, key) in [
-        ("upstream = \"direct\"\n", "upstream"),
+        ("upstream = \"ftp://mirror.example\"\n", "upstream"),
         ("[ttl]\nmutable_secs = 0\n", "ttl.mutable_secs"),
         ("listen = \"not an address\"\n", "listen"),
         ("[http]\nretrys = 3\n", "retrys"),
@@ -396,19 +412,20 @@ fn config_errors_name_the_file_and_key_and_exit_64() {
     ] {
         let file = tmp.path().join("bad.toml");
         std::fs::write(&file, text).expect("write");
-        let out = std::process::Command::new(modcdn_tests::node::binary("modcdn-origin"))
-            .args(["serve", "--config"])
-            .arg(&file)
-            .output()
-            .expect("run modcdn-origin");
+        let out = run_bounded(
+            std::process::Command::new(modcdn_tests::node::binary("modcdn-origin"))
+                .args(["serve", "--config"])
+                .arg(&file),
+        );
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{text:?}: {err}");
         assert!(err.contains("bad.toml") && err.contains(key), "{text:?}: {err}");
     }
-    let out = std::process::Command::new(modcdn_tests::node::binary("modcdn-origin"))
-        .args(["serve", "--config", "/nonexistent/origin.toml"])
-        .output()
-        .expect("run");
+    let out = run_bounded(std::process::Command::new(modcdn_tests::node::binary("modcdn-origin")).args([
+        "serve",
+        "--config",
+        "/nonexistent/origin.toml",
+    ]));
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/origin.toml"));
 }
