@@ -142,6 +142,8 @@ impl Upstream {
 
     async fn try_once(&self, base: &str, url: &str) -> Result<Fetched, UpstreamError> {
         let send = self.client.get(url).send();
+        // Credentials in an upstream URL never reach a message, a log or the store.
+        let url = &redact(url);
         let resp = match tokio::time::timeout(Duration::from_millis(self.cfg.header_timeout_ms), send).await {
             Err(_) => {
                 return Err(UpstreamError::Timeout(format!(
@@ -149,8 +151,8 @@ impl Upstream {
                     self.cfg.header_timeout_ms
                 )))
             }
-            Ok(Err(e)) if e.is_timeout() => return Err(UpstreamError::Timeout(format!("{url}: {e}"))),
-            Ok(Err(e)) => return Err(UpstreamError::Connect(format!("{url}: {}", error_chain(&e)))),
+            Ok(Err(e)) if e.is_timeout() => return Err(UpstreamError::Timeout(format!("{url}: {}", e.without_url()))),
+            Ok(Err(e)) => return Err(UpstreamError::Connect(format!("{url}: {}", error_chain(&e.without_url())))),
             Ok(Ok(r)) => r,
         };
         let status = resp.status().as_u16();
@@ -169,6 +171,7 @@ impl Upstream {
         let origin_url = url.to_string();
         let body = futures::StreamExt::map(resp.bytes_stream(), move |r| {
             r.map_err(|e| {
+                let e = e.without_url();
                 if e.is_timeout() {
                     UpstreamError::Timeout(format!("{origin_url}: body stalled: {e}"))
                 } else {
@@ -176,7 +179,19 @@ impl Upstream {
                 }
             })
         });
-        Ok(Fetched { upstream: base.to_string(), content_length, body: Box::new(body) })
+        Ok(Fetched { upstream: redact(base), content_length, body: Box::new(body) })
+    }
+}
+
+/// `url` without user name and password.
+pub fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string().trim_end_matches('/').to_string()
+        }
+        _ => url.to_string(),
     }
 }
 
@@ -223,6 +238,8 @@ mod tests {
         for bad in ["", "https://a,,https://b", "ftp://x", "not a url", "https://a.example,off"] {
             assert!(Chain::parse(bad).is_err(), "{bad}");
         }
+        assert_eq!(redact("https://user:secret@proxy.corp.example/sub/x"), "https://proxy.corp.example/sub/x");
+        assert_eq!(redact("https://proxy.example"), "https://proxy.example");
         let c = Chain::parse("https://a.example|direct").expect("direct");
         assert_eq!(c.entries[1], (DIRECT.to_string(), FallThrough::NotFound));
     }

@@ -33,6 +33,8 @@ pub struct Faults {
     pub replace: Vec<(String, Vec<u8>)>,
     /// Answer the next this many requests with `error_status`, then recover.
     pub fail_next: u32,
+    /// Answer 401 unless the request carries exactly this Authorization header.
+    pub require_auth: Option<String>,
 }
 
 #[derive(Default)]
@@ -129,6 +131,11 @@ async fn serve(State(inner): State<Arc<Inner>>, req: axum::extract::Request) -> 
         *m.entry(path.clone()).or_default() += 1;
     }
     let faults = inner.faults.lock().map(|f| f.clone()).unwrap_or_default();
+    if let Some(want) = &faults.require_auth {
+        if req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(want.as_str()) {
+            return plain(StatusCode::UNAUTHORIZED, "authentication required\n");
+        }
+    }
     if !faults.delay.is_zero() {
         tokio::time::sleep(faults.delay).await;
     }

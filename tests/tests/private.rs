@@ -18,10 +18,15 @@ async fn private_modules_stay_private() {
     let mut private_corpus = Corpus { root: tmp.path().join("private"), versions: Vec::new() };
     let lib = private_corpus.publish(PRIVATE, "v1.0.0").expect("publish");
     let private = FixtureUpstream::start(private_corpus.root.clone()).await.expect("private upstream");
+    // The internal proxy wants credentials; the origin sends those of the route's URL.
+    private.set_faults(modcdn_tests::upstream::Faults {
+        require_auth: Some("Basic bW9kY2RuOnMzY3JldA==".into()),
+        ..Default::default()
+    });
+    let private_url = private.url().replace("http://", "http://modcdn:s3cret@");
     // The "checksum database" is the public fixture: any lookup would show in its counters.
     let extra = format!(
-        "[[private]]\npatterns = \"corp.example.com\"\nupstream = \"{}\"\nbasic_users = [\"ci:pw\"]\nbearer_tokens = [\"tok\"]\n\n[[checksum_db]]\nname = \"sum.golang.org\"\nurl = \"{}/sumdb\"\n",
-        private.url(),
+        "[[private]]\npatterns = \"corp.example.com\"\nupstream = \"{private_url}\"\nbasic_users = [\"ci:pw\"]\nbearer_tokens = [\"tok\"]\n\n[[checksum_db]]\nname = \"sum.golang.org\"\nurl = \"{}/sumdb\"\n",
         public.url()
     );
     let origin = OriginProcess::start(&tmp.path().join("origin"), &public.url(), &extra).expect("origin");
@@ -44,6 +49,24 @@ async fn private_modules_stay_private() {
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.headers()["cache-control"].to_str().unwrap_or("").starts_with("private"), "{:?}", r.headers());
     assert_eq!(private.counters().get(&key), 1);
+
+    // If the internal proxy refuses the origin, the error says so without
+    // repeating the origin's credentials.
+    private
+        .set_faults(modcdn_tests::upstream::Faults { require_auth: Some("Basic other".into()), ..Default::default() });
+    let r = client
+        .get(format!("{}/{}", origin.url, Corpus::key(PRIVATE, "v1.0.0", "mod")))
+        .bearer_auth("tok")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let body = r.text().await.expect("body");
+    assert!(body.contains("401") && !body.contains("s3cret") && !body.contains("modcdn:"), "{body}");
+    private.set_faults(modcdn_tests::upstream::Faults {
+        require_auth: Some("Basic bW9kY2RuOnMzY3JldA==".into()),
+        ..Default::default()
+    });
 
     // A checksum lookup for a private path is answered here, never forwarded.
     let r = client
