@@ -29,7 +29,7 @@ run_once() { # prefetch(true|false) → "seconds client_fetches prefetch_fetches
   local port dir pid start end m
   port=$(port); dir="$WORK/run-$1-$RANDOM"
   mkdir -p "$dir"
-  printf 'listen = "127.0.0.1:%s"\nupstream = "http://127.0.0.1:%s"\nstore_dir = "%s/store"\n[prefetch]\nenabled = %s\n[log]\nlevel = "warn"\n' \
+  printf 'listen = "127.0.0.1:%s"\nupstream = "http://127.0.0.1:%s"\nstore_dir = "%s/store"\nverify = "off"\n[prefetch]\nenabled = %s\n[log]\nlevel = "warn"\n' \
     "$port" "$UP_PORT" "$dir" "$1" > "$dir/origin.toml"
   "$BIN/modcdn-origin" serve --config "$dir/origin.toml" >/dev/null & pid=$!
   wait_http "http://127.0.0.1:$port/healthz"
@@ -54,7 +54,7 @@ done
 # Floor: the same download when the origin already has everything (the go
 # command's own work plus hits), to show how much of the time is upstream.
 port=$(port); dir="$WORK/warm"; mkdir -p "$dir"
-printf 'listen = "127.0.0.1:%s"\nupstream = "http://127.0.0.1:%s"\nstore_dir = "%s/store"\n[log]\nlevel = "warn"\n' "$port" "$UP_PORT" "$dir" > "$dir/origin.toml"
+printf 'listen = "127.0.0.1:%s"\nupstream = "http://127.0.0.1:%s"\nstore_dir = "%s/store"\nverify = "off"\n[log]\nlevel = "warn"\n' "$port" "$UP_PORT" "$dir" > "$dir/origin.toml"
 "$BIN/modcdn-origin" serve --config "$dir/origin.toml" >/dev/null & PIDS+=($!)
 wait_http "http://127.0.0.1:$port/healthz"
 warm_run() {
