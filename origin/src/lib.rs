@@ -106,6 +106,9 @@ impl Origin {
             ready: AtomicBool::new(true),
             latency_ewma_us: AtomicU64::new(0f64.to_bits()),
         };
+        if let Some(v) = &origin.verifier {
+            v.load(origin.store.as_ref());
+        }
         origin.refresh_store_gauges();
         Ok(Arc::new(origin))
     }

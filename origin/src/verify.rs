@@ -50,6 +50,47 @@ impl SumDbVerifier {
     }
 }
 
+impl SumDbVerifier {
+    /// Where the largest verified tree head is kept across restarts (not a
+    /// GOPROXY path: clients cannot ask for it).
+    fn tree_key(&self) -> String {
+        format!("sumdb/{}/verified-tree", self.name)
+    }
+
+    /// Picks up the tree head an earlier run verified, so that a log that
+    /// forked while this origin was down is still caught.
+    pub fn load(&self, store: &dyn crate::store::Store) {
+        let Ok(Some(hit)) = store.get(&self.tree_key()) else { return };
+        let Ok(body) = hit.read_body() else { return };
+        if let Ok(tree) = tlog::parse_tree(&String::from_utf8_lossy(&body)) {
+            tracing::info!(db = %self.name, records = tree.n, "resuming from the last verified tree head");
+            *self.known.lock().unwrap_or_else(|p| p.into_inner()) = Some(tree);
+        }
+    }
+}
+
+/// Stores the verified tree head (best effort: a failure only means the next
+/// run starts from an earlier one).
+async fn remember(o: &Arc<Origin>, v: &SumDbVerifier, tree: Tree) {
+    use base64::Engine;
+    let text =
+        format!("go.sum database tree\n{}\n{}\n", tree.n, base64::engine::general_purpose::STANDARD.encode(tree.hash));
+    let meta = crate::store::Meta {
+        size: text.len() as u64,
+        sha256: modcdn_shared::dirhash::sha256_reader(text.as_bytes())
+            .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
+            .unwrap_or_default(),
+        h1: None,
+        fetched_at_ms: crate::pull::now_ms(),
+        upstream: v.name.clone(),
+    };
+    let (store, key) = (Arc::clone(&o.store), v.tree_key());
+    let res = tokio::task::spawn_blocking(move || store.put(&key, text.as_bytes(), &meta)).await;
+    if !matches!(res, Ok(Ok(()))) {
+        tracing::warn!(db = %v.name, "could not keep the verified tree head");
+    }
+}
+
 fn failed(msg: impl std::fmt::Display) -> OriginError {
     OriginError::Verification(msg.to_string())
 }
@@ -128,6 +169,7 @@ async fn check_consistent(o: &Arc<Origin>, v: &SumDbVerifier, tree: Tree) -> Res
     let known = *v.known.lock().unwrap_or_else(|p| p.into_inner());
     let Some(known) = known else {
         *v.known.lock().unwrap_or_else(|p| p.into_inner()) = Some(tree);
+        remember(o, v, tree).await;
         return Ok(());
     };
     let (big, small) = if tree.n >= known.n { (tree, known) } else { (known, tree) };
@@ -148,9 +190,16 @@ async fn check_consistent(o: &Arc<Origin>, v: &SumDbVerifier, tree: Tree) -> Res
             ))
         })?;
     }
-    let mut k = v.known.lock().unwrap_or_else(|p| p.into_inner());
-    if k.is_none_or(|k| big.n > k.n) {
-        *k = Some(big);
+    let grew = {
+        let mut k = v.known.lock().unwrap_or_else(|p| p.into_inner());
+        let grew = k.is_none_or(|k| big.n > k.n);
+        if grew {
+            *k = Some(big);
+        }
+        grew
+    };
+    if grew {
+        remember(o, v, big).await;
     }
     Ok(())
 }

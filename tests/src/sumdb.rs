@@ -36,25 +36,32 @@ pub struct SumDbProcess {
     pub name: String,
     /// The verifier key, as GOSUMDB takes it.
     pub key: String,
+    /// The signer key, to run another log under the same name and key.
+    pub signer: String,
 }
 
 impl SumDbProcess {
     pub fn start(corpus: &Path, name: &str) -> Result<SumDbProcess, String> {
+        Self::start_with_signer(corpus, name, None)
+    }
+
+    /// With a given signer key: a second log under the same name and key.
+    pub fn start_with_signer(corpus: &Path, name: &str, signer: Option<&str>) -> Result<SumDbProcess, String> {
         let bin = helper().clone()?;
-        let mut child = Command::new(bin)
-            .arg("-corpus")
-            .arg(corpus)
-            .arg("-name")
-            .arg(name)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("-corpus").arg(corpus).arg("-name").arg(name);
+        if let Some(s) = signer {
+            cmd.arg("-signer").arg(s);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().map_err(|e| e.to_string())?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).map_err(|e| e.to_string())?;
-        let (url, key) = line.trim().split_once(' ').ok_or_else(|| format!("unexpected first line {line:?}"))?;
-        Ok(SumDbProcess { url: url.to_string(), key: key.to_string(), name: name.to_string(), child })
+        let mut fields = line.split_whitespace();
+        let (Some(url), Some(key), Some(signer)) = (fields.next(), fields.next(), fields.next()) else {
+            return Err(format!("unexpected first line {line:?}"));
+        };
+        Ok(SumDbProcess { url: url.into(), key: key.into(), signer: signer.into(), name: name.to_string(), child })
     }
 }
 

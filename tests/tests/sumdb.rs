@@ -189,3 +189,40 @@ async fn forged_signatures_and_unlogged_versions_are_refused() {
     let body = r.text().await.unwrap_or_default();
     assert!(body.contains("not in the checksum database"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_forked_while_the_origin_was_down_is_caught() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1024).expect("corpus");
+    let mut other = Corpus { root: tmp.path().join("other"), versions: Vec::new() };
+    other.publish("example.com/unlogged", "v1.0.0").expect("publish");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let other_upstream = FixtureUpstream::start(other.root.clone()).await.expect("upstream 2");
+    let chain = format!("{},{}", upstream.url(), other_upstream.url());
+    let dir = tmp.path().join("origin");
+
+    // First run: the log holds alpha's record; its tree head is verified and kept.
+    let db = SumDbProcess::start(&corpus.root, NAME).expect("sumdb");
+    let extra = |url: &str| {
+        format!(
+            "[prefetch]\nenabled = false\n[[checksum_db]]\nname = \"{NAME}\"\nurl = \"{url}\"\nkey = \"{}\"\n",
+            db.key
+        )
+    };
+    let mut origin = OriginProcess::start(&dir, &chain, &extra(&db.url)).expect("origin");
+    let r = reqwest::get(format!("{}/{}", origin.url, Corpus::key(ALPHA, "v1.0.0", "mod"))).await.expect("get");
+    assert_eq!(r.status(), 200);
+    assert!(origin.terminate(std::time::Duration::from_secs(10)));
+
+    // While the origin is down, the database (same name, same key) starts a
+    // different log: a tree of the same size with another hash.
+    let forked = SumDbProcess::start_with_signer(&other.root, NAME, Some(&db.signer)).expect("forked sumdb");
+    assert_eq!(forked.key, db.key);
+    let origin = OriginProcess::start(&dir, &chain, &extra(&forked.url)).expect("origin again");
+    let r = reqwest::get(format!("{}/{}", origin.url, Corpus::key("example.com/unlogged", "v1.0.0", "mod")))
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap_or_default();
+    assert!(body.contains("forked") || body.contains("inconsistent"), "{body}");
+}

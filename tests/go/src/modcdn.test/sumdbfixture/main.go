@@ -1,7 +1,8 @@
 // Command sumdbfixture serves a checksum database over a modcdn fixture
 // corpus with golang.org/x/mod/sumdb's reference server (TestServer), on
-// 127.0.0.1. It prints "<url> <verifier key>" on its first line of output,
-// then serves until killed.
+// 127.0.0.1. It prints "<url> <verifier key> <signer key>" on its first
+// line of output, then serves until killed. -signer reuses a key, so that a
+// test can run a second log under the same name and key (a fork).
 //
 // Built offline in GOPATH mode against Debian's golang-golang-x-mod-dev:
 //
@@ -9,7 +10,9 @@
 package main
 
 import (
+	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/base64"
 	"flag"
 	"fmt"
 	"io"
@@ -28,6 +31,7 @@ import (
 func main() {
 	corpus := flag.String("corpus", "", "corpus directory in GOPROXY layout")
 	name := flag.String("name", "sum.modcdn.test", "checksum database name")
+	skey := flag.String("signer", "", "signer key to reuse (default: a new one); its verifier key is derived")
 	flag.Parse()
 	if *corpus == "" {
 		fmt.Fprintln(os.Stderr, "sumdbfixture: -corpus is required")
@@ -37,6 +41,17 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sumdbfixture:", err)
 		os.Exit(1)
+	}
+	if *skey != "" {
+		s, err := note.NewSigner(*skey)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "sumdbfixture: -signer:", err)
+			os.Exit(2)
+		}
+		signer = *skey
+		// The verifier key of a signer key: name+hash+key with the private
+		// half replaced by the public one, as note.GenerateKey prints it.
+		verifier = verifierFor(*skey, s)
 	}
 	gosum := func(path, vers string) ([]byte, error) {
 		escPath, err := module.EscapePath(path)
@@ -63,11 +78,30 @@ func main() {
 		fmt.Fprintln(os.Stderr, "sumdbfixture:", err)
 		os.Exit(1)
 	}
-	fmt.Printf("http://%s %s\n", ln.Addr(), strings.TrimSpace(verifier))
+	fmt.Printf("http://%s %s %s\n", ln.Addr(), strings.TrimSpace(verifier), signer)
 	os.Stdout.Sync()
 	srv := sumdb.NewServer(sumdb.NewTestServer(signer, gosum))
 	if err := http.Serve(ln, srv); err != nil {
 		fmt.Fprintln(os.Stderr, "sumdbfixture:", err)
 		os.Exit(1)
 	}
+}
+
+// verifierFor derives the verifier key of a signer key
+// ("PRIVATE+KEY+name+hash+base64(alg||seed)").
+func verifierFor(skey string, s note.Signer) string {
+	parts := strings.SplitN(skey, "+", 5)
+	if len(parts) != 5 {
+		return ""
+	}
+	seed, err := base64.StdEncoding.DecodeString(parts[4])
+	if err != nil || len(seed) != 1+ed25519.SeedSize {
+		return ""
+	}
+	pub := ed25519.NewKeyFromSeed(seed[1:]).Public().(ed25519.PublicKey)
+	vkey, err := note.NewEd25519VerifierKey(s.Name(), pub)
+	if err != nil {
+		return ""
+	}
+	return vkey
 }
