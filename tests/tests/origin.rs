@@ -1,7 +1,6 @@
 //! Integration tests of a real origin process against the fixture upstream:
 //! coalescing, caching semantics, faults, durability and HTTP details.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use modcdn_tests::corpus::{Corpus, ALPHA, LARGE};
@@ -33,24 +32,6 @@ impl Setup {
     async fn get(&self, key: &str) -> reqwest::Response {
         self.client.get(format!("{}/{key}", self.origin.url)).send().await.expect("request")
     }
-}
-
-/// Every file under `dir`, relative.
-fn files(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else if let Ok(rel) = e.path().strip_prefix(dir) {
-                out.push(rel.display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
@@ -181,9 +162,11 @@ async fn truncated_invalid_and_oversized_upstream_bodies_are_never_stored() {
         assert!(r.text().await.expect("body").contains("invalid upstream content"), "{key}");
     }
     assert!(
-        files(&s.store()).iter().all(|f| !f.ends_with(".zip") && !f.ends_with(".info") && !f.ends_with(".mod")),
+        modcdn_tests::files(&s.store())
+            .iter()
+            .all(|f| !f.ends_with(".zip") && !f.ends_with(".info") && !f.ends_with(".mod")),
         "{:?}",
-        files(&s.store())
+        modcdn_tests::files(&s.store())
     );
 
     s.upstream.clear_faults();
@@ -306,7 +289,7 @@ async fn kill_9_during_a_large_download_leaves_nothing_partial() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     s.origin.kill9();
     let _ = download.await;
-    let leftovers = files(&s.store());
+    let leftovers = modcdn_tests::files(&s.store());
     assert!(
         leftovers.iter().all(|f| !f.ends_with(".zip") && !f.ends_with(".zip.meta")),
         "no published zip: {leftovers:?}"
@@ -315,7 +298,7 @@ async fn kill_9_during_a_large_download_leaves_nothing_partial() {
 
     s.upstream.clear_faults();
     s.origin = OriginProcess::start_with_config(&s.origin.config.clone()).expect("restart");
-    assert!(files(&s.store()).iter().all(|f| !f.contains(".tmp-")), "temp files removed at start");
+    assert!(modcdn_tests::files(&s.store()).iter().all(|f| !f.contains(".tmp-")), "temp files removed at start");
     let r = s.get(&zip).await;
     assert_eq!((r.status(), header(&r, "x-cache").to_string()), (StatusCode::OK, "MISS".to_string()));
     let body = r.bytes().await.expect("zip");
@@ -360,7 +343,7 @@ async fn a_full_disk_fails_only_the_write_and_hits_keep_flowing() {
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(header(&r, "cache-control"), "no-store");
     assert!(r.text().await.expect("body").contains("store write failed"));
-    assert!(files(&dir.join("store")).iter().all(|f| !f.contains("large")), "nothing half-stored");
+    assert!(modcdn_tests::files(&dir.join("store")).iter().all(|f| !f.contains("large")), "nothing half-stored");
     let r = client.get(format!("{}/{info}", origin.url)).send().await.expect("info");
     assert_eq!((r.status(), header(&r, "x-cache")), (StatusCode::OK, "HIT"));
 }

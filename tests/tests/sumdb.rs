@@ -64,15 +64,7 @@ async fn a_tampered_zip_is_refused_by_the_go_command() {
     let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
     let db = SumDbProcess::start(&corpus.root, NAME).expect("sumdb");
     // A well-formed module zip for alpha@v1.0.0, with other content.
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (name, data) in [
-        ("go.mod", format!("module {ALPHA}\n")),
-        ("alpha.go", "package alpha\n\nfunc Hello() string { return \"evil\" }\n".into()),
-    ] {
-        w.start_file(format!("{ALPHA}@v1.0.0/{name}"), zip::write::SimpleFileOptions::default()).expect("zip");
-        std::io::Write::write_all(&mut w, data.as_bytes()).expect("zip");
-    }
-    let evil = w.finish().expect("zip").into_inner();
+    let evil = evil_alpha_zip();
     upstream.set_faults(Faults { replace: vec![(Corpus::key(ALPHA, "v1.0.0", "zip"), evil)], ..Faults::default() });
     let extra = format!("[[checksum_db]]\nname = \"{NAME}\"\nurl = \"{}\"\n[prefetch]\nenabled = false\n", db.url);
     let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), &extra).expect("origin");
@@ -89,6 +81,7 @@ async fn a_tampered_zip_is_refused_by_the_go_command() {
     assert!(text.contains("SECURITY ERROR") || text.contains("checksum mismatch"), "{text}");
 }
 
+/// A well-formed module zip for alpha@v1.0.0 with other content than the real one.
 fn evil_alpha_zip() -> Vec<u8> {
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     for (name, data) in [
@@ -99,21 +92,6 @@ fn evil_alpha_zip() -> Vec<u8> {
         std::io::Write::write_all(&mut w, data.as_bytes()).expect("zip");
     }
     w.finish().expect("zip").into_inner()
-}
-
-fn stored_files(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path().display().to_string());
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +120,7 @@ async fn the_origin_verifies_before_storing() {
     let (status, body) = get(zip.clone()).await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("checksum mismatch"), "{body}");
-    assert!(stored_files(&tmp.path().join("origin/store")).iter().all(|f| !f.contains("alpha/@v/v1.0.0.zip")));
+    assert!(modcdn_tests::files(&tmp.path().join("origin/store")).iter().all(|f| !f.contains("alpha/@v/v1.0.0.zip")));
     let metrics = get("metrics".into()).await.1;
     assert!(metrics.contains("modcdn_origin_checksum_mismatch_total 1"), "{metrics}");
 
@@ -175,7 +153,10 @@ async fn forged_signatures_and_unlogged_versions_are_refused() {
     assert_eq!(r.status(), 502);
     let body = r.text().await.unwrap_or_default();
     assert!(body.contains("verification failed") && body.contains("signature"), "{body}");
-    assert!(stored_files(&tmp.path().join("forged/store")).iter().all(|f| !f.ends_with(".mod")), "nothing stored");
+    assert!(
+        modcdn_tests::files(&tmp.path().join("forged/store")).iter().all(|f| !f.ends_with(".mod")),
+        "nothing stored"
+    );
 
     // A version the log does not have.
     let extra = format!("[[checksum_db]]\nname = \"{NAME}\"\nurl = \"{}\"\nkey = \"{}\"\n", db.url, db.key);
