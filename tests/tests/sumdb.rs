@@ -207,3 +207,39 @@ async fn a_log_that_forked_while_the_origin_was_down_is_caught() {
     let body = r.text().await.unwrap_or_default();
     assert!(body.contains("forked") || body.contains("inconsistent"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_database_answers_are_refused() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1024).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let real = SumDbProcess::start(&corpus.root, NAME).expect("sumdb");
+    // A "database" whose answers the test writes: the fixture upstream.
+    let fake = FixtureUpstream::start(tmp.path().join("empty")).await.expect("fake sumdb");
+    let extra = format!(
+        "[prefetch]\nenabled = false\n[[checksum_db]]\nname = \"{NAME}\"\nurl = \"{}\"\nkey = \"{}\"\n",
+        fake.url(),
+        real.key
+    );
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), &extra).expect("origin");
+    let lookup = format!("lookup/{ALPHA}@v1.0.0");
+    for (answer, expect) in [
+        (b"not a record at all".to_vec(), "malformed record"),
+        (
+            format!("1\n{ALPHA} v1.0.0/go.mod h1:x=\n\ngo.sum database tree\n5\nnot-base64\n\n\u{2014} {NAME} AAAA\n")
+                .into_bytes(),
+            "malformed note",
+        ),
+        (vec![b'7'; 2 << 20], "answer above"),
+    ] {
+        fake.set_faults(Faults { replace: vec![(lookup.clone(), answer)], ..Faults::default() });
+        let r = reqwest::get(format!("{}/{}", origin.url, Corpus::key(ALPHA, "v1.0.0", "mod"))).await.expect("get");
+        assert_eq!(r.status(), 502);
+        let body = r.text().await.unwrap_or_default();
+        assert!(body.contains("verification failed") && body.contains(expect), "want {expect:?}: {body}");
+    }
+    assert!(
+        modcdn_tests::files(&tmp.path().join("origin/store")).iter().all(|f| !f.ends_with(".mod")),
+        "nothing stored"
+    );
+}
