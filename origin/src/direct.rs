@@ -177,14 +177,40 @@ fn classify(message: &str) -> UpstreamError {
         "unknown revision",
         "invalid version",
         "no matching versions",
-        "not found",
         "malformed module path",
+        "repository not found",
         "does not exist",
+        "404 Not Found",
+        "410 Gone",
     ];
+    // A missing git (or go) is this node's failure, not a missing module.
+    let broken = ["executable file not found", "missing Git command", "cannot run go"];
     let short: String = message.lines().take(3).collect::<Vec<_>>().join(" ").chars().take(400).collect();
-    if not_found.iter().any(|n| message.contains(n)) {
+    if !broken.iter().any(|b| message.contains(b)) && not_found.iter().any(|n| message.contains(n)) {
         UpstreamError::NotFound { status: 404, message: format!("direct: {short}") }
     } else {
         UpstreamError::Status { status: 502, message: format!("direct: {short}") }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_modules_are_404_and_broken_tools_are_not() {
+        for m in [
+            "example.com/x@v9.9.9: invalid version: unknown revision v9.9.9",
+            "no matching versions for query \"latest\"",
+        ] {
+            assert!(classify(m).is_not_found(), "{m}");
+        }
+        for m in [
+            "go: missing Git command. See https://golang.org/s/gogetcmd",
+            "exec: \"git\": executable file not found in $PATH: invalid version",
+            "context deadline exceeded",
+        ] {
+            assert!(!classify(m).is_not_found(), "{m}");
+        }
     }
 }
