@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DUR="${1:-10}"
-command -v nginx >/dev/null && command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx wrk >/dev/null; }
+for t in nginx wrk curl python3 taskset; do command -v "$t" >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx wrk curl python3 util-linux >/dev/null; break; }; done
 cargo build --release -q -p modcdn-origin -p modcdn-tests --bins
 BIN=target/release
 WORK="$(mktemp -d)"

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS="${1:-5}"
-command -v go >/dev/null || { apt-get update -qq && apt-get install -y -qq golang-go >/dev/null; }
+for t in go curl python3 bc; do command -v "$t" >/dev/null || { apt-get update -qq && apt-get install -y -qq golang-go curl python3 bc >/dev/null; break; }; done
 cargo build --release -q -p modcdn-origin -p modcdn-tests --bins
 BIN="$PWD/target/release"
 WORK="$(mktemp -d)"

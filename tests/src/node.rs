@@ -116,7 +116,8 @@ impl OriginProcess {
 
     /// SIGTERM, then wait for exit (bounded); returns whether it exited cleanly.
     pub fn terminate(&mut self, within: Duration) -> bool {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        // The shell's own `kill`: no procps needed on a minimal machine.
+        let _ = Command::new("sh").args(["-c", &format!("kill -TERM {}", self.child.id())]).status();
         let deadline = std::time::Instant::now() + within;
         while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
