@@ -3,11 +3,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use modcdn_shared::config::{self, ConfigError, Validate};
+use modcdn_shared::config::{self, ConfigError, LogConfig, TtlConfig, Validate};
 use modcdn_shared::policy::Ttls;
-use modcdn_shared::telemetry::LogFormat;
 use serde::Deserialize;
 
 use crate::upstream::Chain;
@@ -51,18 +49,9 @@ pub struct OriginConfig {
     pub noproxy: String,
     /// Patterns never looked up in a checksum database (GONOSUMDB syntax). Default "".
     pub nosumdb: String,
+    /// Bearer token for `POST /purge`; purges are refused while empty. Default "".
+    pub purge_token: String,
     pub log: LogConfig,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TtlConfig {
-    /// list and @latest. Default 60.
-    pub mutable_secs: u64,
-    /// Query .info. Default 60.
-    pub query_secs: u64,
-    /// 404/410. Default 60.
-    pub negative_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,15 +95,6 @@ pub enum VerifyMode {
     Off,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// `human` (default) or `json`.
-    pub format: LogFormat,
-    /// Default `info`.
-    pub level: String,
-}
-
 impl Default for OriginConfig {
     fn default() -> Self {
         OriginConfig {
@@ -139,14 +119,9 @@ impl Default for OriginConfig {
             private: Vec::new(),
             noproxy: String::new(),
             nosumdb: String::new(),
+            purge_token: String::new(),
             log: LogConfig::default(),
         }
-    }
-}
-
-impl Default for TtlConfig {
-    fn default() -> Self {
-        TtlConfig { mutable_secs: 60, query_secs: 60, negative_secs: 60 }
     }
 }
 
@@ -163,12 +138,6 @@ impl Default for HttpConfig {
     }
 }
 
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig { format: LogFormat::Human, level: "info".into() }
-    }
-}
-
 impl Validate for OriginConfig {
     fn validate(&self) -> Vec<(String, String)> {
         let mut errs = Vec::new();
@@ -178,15 +147,7 @@ impl Validate for OriginConfig {
         if self.store_dir.as_os_str().is_empty() {
             errs.push(("store_dir".into(), "must not be empty".into()));
         }
-        for (key, v) in [
-            ("ttl.mutable_secs", self.ttl.mutable_secs),
-            ("ttl.query_secs", self.ttl.query_secs),
-            ("ttl.negative_secs", self.ttl.negative_secs),
-        ] {
-            if v == 0 || v > 86_400 {
-                errs.push((key.into(), format!("{v} is out of range (1..=86400)")));
-            }
-        }
+        errs.extend(self.ttl.validate());
         for (key, v) in [
             ("http.connect_timeout_ms", self.http.connect_timeout_ms),
             ("http.header_timeout_ms", self.http.header_timeout_ms),
@@ -273,11 +234,7 @@ impl OriginConfig {
     }
 
     pub fn ttls(&self) -> Ttls {
-        Ttls {
-            mutable: Duration::from_secs(self.ttl.mutable_secs),
-            query: Duration::from_secs(self.ttl.query_secs),
-            negative: Duration::from_secs(self.ttl.negative_secs),
-        }
+        self.ttl.ttls()
     }
 }
 

@@ -18,6 +18,7 @@ pub mod prefetch;
 pub mod prewarm;
 pub mod private;
 pub mod pull;
+pub mod purge;
 pub mod serve;
 pub mod singleflight;
 pub mod store;
@@ -58,6 +59,9 @@ pub struct Origin {
     /// Proxied checksum databases: name → URL.
     checksum_dbs: std::collections::HashMap<String, String>,
     ready: AtomicBool,
+    /// Purges, in order, for edges to follow.
+    pub purge_log: purge::PurgeLog,
+    pub purge_token: String,
     /// EWMA of request latency in microseconds (f64 bits), for `/loadz`.
     latency_ewma_us: AtomicU64,
 }
@@ -104,6 +108,9 @@ impl Origin {
                 .map(|d| (d.name.clone(), d.url.trim_end_matches('/').to_string()))
                 .collect(),
             ready: AtomicBool::new(true),
+            purge_log: purge::PurgeLog::open(&config.store_dir)
+                .map_err(|e| format!("store_dir {}: purge log: {e}", config.store_dir.display()))?,
+            purge_token: config.purge_token.clone(),
             latency_ewma_us: AtomicU64::new(0f64.to_bits()),
         };
         if let Some(v) = &origin.verifier {

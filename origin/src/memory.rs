@@ -61,6 +61,17 @@ impl MemoryTier {
         Some(c)
     }
 
+    /// Drops `key`, or with `prefix` every key starting with it (purges).
+    pub fn remove(&self, key: &str, prefix: bool) {
+        if let Some(c) = &self.cache {
+            if prefix {
+                c.retain(|k, _| !k.starts_with(key));
+            } else {
+                c.remove(key);
+            }
+        }
+    }
+
     /// Bytes held now.
     pub fn weight(&self) -> u64 {
         self.cache.as_ref().map_or(0, |c| c.weight())

@@ -26,6 +26,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use modcdn_shared::policy::{self, Freshness, Outcome};
+use modcdn_shared::purge::Target;
 use modcdn_shared::request::SumDbKind;
 use modcdn_shared::{Kind, Request};
 use tokio::io::AsyncReadExt;
@@ -48,6 +49,8 @@ pub fn router(origin: Arc<Origin>) -> Router {
         .route("/metrics", get(metrics))
         .route("/loadz", get(loadz))
         .route("/hotz", get(hotz))
+        .route("/purge", axum::routing::post(purge))
+        .route("/purgez", get(purgez))
         .fallback(handle)
         .with_state(origin)
 }
@@ -85,6 +88,62 @@ async fn hotz(State(o): State<Arc<Origin>>) -> ([(header::HeaderName, &'static s
         [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, policy::CC_NO_STORE)],
         serde_json::Value::from(top).to_string(),
     )
+}
+
+/// `POST /purge?path=…|module=…` with the purge token: removes from the
+/// store and the memory tier, then logs it for edges.
+async fn purge(
+    State(o): State<Arc<Origin>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<std::collections::BTreeMap<String, String>>,
+) -> Response {
+    let no = |status, msg: &str| text(status, policy::CC_NO_STORE, &format!("{msg}\n"));
+    if o.purge_token.is_empty() {
+        return no(StatusCode::FORBIDDEN, "purges are off: set purge_token");
+    }
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if bearer != Some(o.purge_token.as_str()) {
+        return no(StatusCode::UNAUTHORIZED, "a purge needs Authorization: Bearer <purge_token>");
+    }
+    let target = match Target::parse(q.get("path").map(String::as_str), q.get("module").map(String::as_str)) {
+        Ok(t) => t,
+        Err(e) => return no(StatusCode::BAD_REQUEST, &e),
+    };
+    let (key, prefix) = target.keys();
+    o.memory.remove(&key, prefix);
+    let o2 = Arc::clone(&o);
+    let done = tokio::task::spawn_blocking(move || {
+        let removed = o2.store.remove(&key, prefix)?;
+        let seq = o2.purge_log.append(target)?;
+        Ok::<_, std::io::Error>((removed, seq))
+    })
+    .await;
+    match done {
+        Ok(Ok((removed, seq))) => {
+            o.refresh_store_gauges();
+            tracing::info!(removed, seq, "purged");
+            let body = serde_json::json!({ "removed": removed, "seq": seq }).to_string();
+            let mut r = text(StatusCode::OK, policy::CC_NO_STORE, &body);
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        Ok(Err(e)) => no(StatusCode::INTERNAL_SERVER_ERROR, &format!("purge failed: {e}")),
+        Err(e) => no(StatusCode::INTERNAL_SERVER_ERROR, &format!("purge failed: {e}")),
+    }
+}
+
+/// `GET /purgez?after=N`: the purge log after N, for edges.
+async fn purgez(
+    State(o): State<Arc<Origin>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::BTreeMap<String, String>>,
+) -> Response {
+    let Ok(after) = q.get("after").map_or(Ok(0), |a| a.parse::<u64>()) else {
+        return text(StatusCode::BAD_REQUEST, policy::CC_NO_STORE, "after: not a number\n");
+    };
+    let body = serde_json::to_string(&o.purge_log.page(after)).unwrap_or_default();
+    let mut r = text(StatusCode::OK, policy::CC_NO_STORE, &body);
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
 }
 
 async fn metrics(State(o): State<Arc<Origin>>) -> ([(header::HeaderName, &'static str); 1], String) {

@@ -93,6 +93,9 @@ pub trait Store: Send + Sync + 'static {
     fn publish(&self, staged: Staged, meta: &Meta) -> io::Result<()>;
     /// Objects stored, and bytes they take.
     fn usage(&self) -> (i64, i64);
+    /// Removes the artifact at `key`, or with `prefix` every artifact whose
+    /// key starts with it (a purge). Returns how many were removed.
+    fn remove(&self, key: &str, prefix: bool) -> io::Result<u64>;
 
     /// Stores a body held in memory: stage, write, publish.
     fn put(&self, key: &str, body: &[u8], meta: &Meta) -> io::Result<()> {
@@ -243,6 +246,55 @@ impl Store for DiskStore {
     fn usage(&self) -> (i64, i64) {
         (self.objects.load(Ordering::Relaxed), self.bytes.load(Ordering::Relaxed))
     }
+
+    fn remove(&self, key: &str, prefix: bool) -> io::Result<u64> {
+        // A prefix is `<dir>/<start of a name>`: walk that directory.
+        let (dir, start) = match (prefix, key.rsplit_once('/')) {
+            (true, Some((dir, start))) => (self.path_of(dir)?, start.to_string()),
+            _ => {
+                let path = self.path_of(key)?;
+                let (dir, name) = (path.parent().map(Path::to_path_buf), path.file_name().map(|n| n.to_string_lossy().into_owned()));
+                (dir.unwrap_or_else(|| self.root.clone()), name.unwrap_or_default())
+            }
+        };
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut doomed = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if (prefix && name.starts_with(&start)) || name == start {
+                doomed.push(entry.path());
+            }
+        }
+        let mut removed = 0;
+        while let Some(path) = doomed.pop() {
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if meta.is_dir() {
+                for entry in fs::read_dir(&path)? {
+                    doomed.push(entry?.path());
+                }
+                continue;
+            }
+            fs::remove_file(&path)?;
+            if !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(TEMP_PREFIX)) {
+                removed += 1;
+                self.objects.fetch_sub(1, Ordering::Relaxed);
+                self.bytes.fetch_sub(meta.len() as i64, Ordering::Relaxed);
+            }
+        }
+        if removed > 0 {
+            File::open(&dir)?.sync_all()?;
+        }
+        Ok(removed)
+    }
 }
 
 /// The contract every [`Store`] must meet; each backend's tests call it.
@@ -304,7 +356,20 @@ pub fn conformance(store: &dyn Store) {
     for bad in ["../x", "/etc/passwd", "a/../../b", "a//b", "", "a/.tmp-x", "a\\b"] {
         assert!(store.get(bad).is_err(), "{bad:?}");
         assert!(store.stage(bad).is_err(), "{bad:?}");
+        assert!(store.remove(bad, false).is_err(), "{bad:?}");
     }
+
+    // Purges: one key, then a module's keys by prefix, sparing a nested module.
+    let nested = "example.com/!conformance/sub/@v/v1.0.0.mod";
+    store.put(nested, b"module x\n", &meta(b"module x\n")).expect("put nested");
+    store.put("example.com/!conformance/@latest", b"{}", &meta(b"{}")).expect("put latest");
+    assert_eq!(store.remove("example.com/!conformance/@v/list", false).expect("remove"), 1);
+    assert!(read("example.com/!conformance/@v/list").is_none());
+    assert_eq!(store.remove("example.com/!conformance/@v/list", false).expect("remove again"), 0);
+    assert_eq!(store.remove("example.com/!conformance/@", true).expect("remove module"), 2);
+    assert!(read(key).is_none() && read("example.com/!conformance/@latest").is_none());
+    assert!(read(nested).is_some(), "a nested module is another module");
+    assert_eq!(store.usage().0, objects0 + 1);
 }
 
 #[cfg(test)]

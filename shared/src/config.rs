@@ -9,6 +9,61 @@
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::policy::Ttls;
+use crate::telemetry::LogFormat;
+
+/// `[ttl]`: how long mutable answers are fresh, in seconds (both nodes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TtlConfig {
+    /// list and @latest. Default 60.
+    pub mutable_secs: u64,
+    /// Query .info. Default 60.
+    pub query_secs: u64,
+    /// 404/410. Default 60.
+    pub negative_secs: u64,
+}
+
+impl Default for TtlConfig {
+    fn default() -> Self {
+        TtlConfig { mutable_secs: 60, query_secs: 60, negative_secs: 60 }
+    }
+}
+
+impl TtlConfig {
+    pub fn ttls(&self) -> Ttls {
+        let secs = std::time::Duration::from_secs;
+        Ttls { mutable: secs(self.mutable_secs), query: secs(self.query_secs), negative: secs(self.negative_secs) }
+    }
+}
+
+impl Validate for TtlConfig {
+    fn validate(&self) -> Vec<(String, String)> {
+        [("ttl.mutable_secs", self.mutable_secs), ("ttl.query_secs", self.query_secs), ("ttl.negative_secs", self.negative_secs)]
+            .into_iter()
+            .filter(|(_, v)| *v == 0 || *v > 86_400)
+            .map(|(key, v)| (key.to_string(), format!("{v} is out of range (1..=86400)")))
+            .collect()
+    }
+}
+
+/// `[log]` of both nodes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` (default) or `json`.
+    pub format: LogFormat,
+    /// Default `info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Human, level: "info".into() }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -16,6 +16,7 @@ pub mod modzip;
 pub mod note;
 pub mod pattern;
 pub mod policy;
+pub mod purge;
 pub mod request;
 pub mod semver;
 pub mod telemetry;

@@ -139,3 +139,177 @@ impl Drop for OriginProcess {
         self.kill9();
     }
 }
+
+/// A free port on 127.0.0.1 (bound, read, released). Pingora binds the
+/// address it is given, so edges get concrete ports; [`EdgeProcess`]
+/// retries with others in the rare case one was taken in between.
+pub fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The test GeoIP database (127.0.1.0/24 CN, 127.0.2.0/24 US, ...).
+pub fn test_mmdb() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../geo-data/test-country.mmdb")
+}
+
+/// One origin as the membership file names it.
+pub struct Member<'a> {
+    pub id: &'a str,
+    /// `http://host:port`, as [`OriginProcess::url`].
+    pub url: &'a str,
+    pub region: &'a str,
+}
+
+/// Writes a membership file for `members`, routing by the test GeoIP
+/// database, with fast health checks.
+pub fn write_membership(path: &Path, members: &[Member<'_>]) -> io::Result<()> {
+    let mut s = format!(
+        "geoip_db = \"{}\"\n[health]\ninterval_ms = 200\ntimeout_ms = 200\nfall = 2\nrise = 2\n\n",
+        test_mmdb().display()
+    );
+    for m in members {
+        let address = m.url.trim_start_matches("http://");
+        s.push_str(&format!("[[origin]]\nid = \"{}\"\naddress = \"{address}\"\nregion = \"{}\"\n\n", m.id, m.region));
+    }
+    std::fs::write(path, s)
+}
+
+/// A running `modcdn-edge serve`; killed when dropped.
+pub struct EdgeProcess {
+    child: Option<Child>,
+    pub url: String,
+    pub admin: String,
+    pub config: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl EdgeProcess {
+    /// Writes `<dir>/edge.toml` (random ports, cache in `<dir>/cache`,
+    /// membership in `<dir>/membership.toml` from `members`, admin token
+    /// `test-token`, plus `extra` TOML) and starts it.
+    pub fn start(dir: &Path, members: &[Member<'_>], extra: &str) -> io::Result<EdgeProcess> {
+        std::fs::create_dir_all(dir)?;
+        write_membership(&dir.join("membership.toml"), members)?;
+        let mut last = None;
+        for _ in 0..3 {
+            let (port, admin) = (free_port()?, free_port()?);
+            let config = dir.join("edge.toml");
+            std::fs::write(&config, Self::config_text(port, admin, extra))?;
+            let mut edge = EdgeProcess {
+                child: None,
+                url: format!("http://127.0.0.1:{port}"),
+                admin: format!("http://127.0.0.1:{admin}"),
+                config,
+                dir: dir.to_path_buf(),
+            };
+            match edge.spawn(false) {
+                Ok(()) => return Ok(edge),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("edge did not start")))
+    }
+
+    fn config_text(port: u16, admin: u16, extra: &str) -> String {
+        // Top-level keys of `extra` must come before any table.
+        let (top, tables) = match extra.find("\n[").or(extra.starts_with('[').then_some(0)) {
+            Some(i) => extra.split_at(i),
+            None => (extra, ""),
+        };
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nmembership = \"membership.toml\"\nupgrade_sock = \"upgrade.sock\"\n\
+             pid_file = \"edge.pid\"\n{top}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"test-token\"\n\
+             [cache]\ndir = \"cache\"\n[purge]\npoll_ms = 200\n{tables}\n"
+        )
+    }
+
+    /// Starts the process on the config already written; with `upgrade`,
+    /// as the successor of a running edge (it takes over its sockets).
+    pub fn spawn(&mut self, upgrade: bool) -> io::Result<()> {
+        let bin = binary("modcdn-edge");
+        let mut cmd = Command::new(&bin);
+        cmd.args(["serve", "--config"]).arg(&self.config);
+        if upgrade {
+            cmd.arg("--upgrade");
+        }
+        let mut child = cmd
+            .env("RUST_LOG", std::env::var("MODCDN_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e} (build the workspace binaries first)", bin.display())))?;
+        let addr = self.url.trim_start_matches("http://").to_string();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(io::Error::other(format!("modcdn-edge exited at start: {status}")));
+            }
+            if std::net::TcpStream::connect(&addr).is_ok() && !upgrade {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if upgrade && std::path::Path::new(&self.dir.join("upgrade.sock")).exists() {
+                self.child = Some(child);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        Err(io::Error::other("modcdn-edge did not start listening within 30 s"))
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM", "QUIT") to the process.
+    pub fn signal(&self, signal: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("sh").args(["-c", &format!("kill -{signal} {}", c.id())]).status();
+        }
+    }
+
+    /// SIGTERM, then wait for exit (bounded); returns whether it exited cleanly.
+    pub fn terminate(&mut self, within: Duration) -> bool {
+        self.signal("TERM");
+        self.wait_exit(within)
+    }
+
+    /// Waits for the process to exit (bounded); kills it after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(c) = &mut self.child {
+                if let Ok(Some(status)) = c.try_wait() {
+                    self.child = None;
+                    return status.success();
+                }
+            } else {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+        false
+    }
+
+    /// Takes the process out of this handle (for graceful upgrades, where
+    /// the old and new process overlap).
+    pub fn take_child(&mut self) -> Option<Child> {
+        self.child.take()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,117 @@
+//! The operator listener, on its own port: `/healthz`, `/readyz`,
+//! `/metrics`, and `POST /purge?path=…` or `POST /purge?module=…` with
+//! `Authorization: Bearer <admin.token>`. A purge is applied here at once
+//! and sent to every origin's purge log, from which the other edges (and
+//! this one, harmlessly) pick it up.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use modcdn_router::watch::Membership;
+use pingora::apps::http_app::ServeHttp;
+use pingora::cache::eviction::EvictionManager;
+use pingora::protocols::http::ServerSession;
+
+use crate::metrics::Metrics;
+use crate::purge::{self, Target};
+use crate::storage::CacheStore;
+
+pub struct Admin {
+    pub membership: Arc<Membership>,
+    pub store: &'static CacheStore,
+    pub eviction: &'static (dyn EvictionManager + Sync),
+    pub metrics: Arc<Metrics>,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+fn answer(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = r.body().len().to_string().parse() {
+        r.headers_mut().insert(http::header::CONTENT_LENGTH, v);
+    }
+    r
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Vec<u8>> {
+    answer(status, "text/plain; charset=utf-8", body.into().into_bytes())
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let (method, path) = (req.method.clone(), req.uri.path().to_string());
+        let query: BTreeMap<String, String> =
+            form_urlencoded::parse(req.uri.query().unwrap_or("").as_bytes()).into_owned().collect();
+        let auth = req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/healthz") => text(StatusCode::OK, "ok\n"),
+            ("GET", "/readyz") => self.readyz(),
+            ("GET", "/metrics") => self.metrics(),
+            ("POST", "/purge") => self.purge(auth.as_deref(), &query).await,
+            (_, "/healthz" | "/readyz" | "/metrics" | "/purge") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+impl Admin {
+    fn readyz(&self) -> Response<Vec<u8>> {
+        let snapshot = self.membership.snapshot();
+        let healthy = snapshot.topology.members().filter(|m| snapshot.view.is_healthy(&m.id)).count();
+        if healthy == 0 {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy origin\n");
+        }
+        text(StatusCode::OK, format!("ready: {healthy} healthy origins\n"))
+    }
+
+    fn metrics(&self) -> Response<Vec<u8>> {
+        let (objects, bytes) = self.store.disk_usage();
+        let m = &self.metrics;
+        m.cache_objects.set(objects as i64);
+        m.cache_bytes.set(bytes as i64);
+        m.memory_bytes.set(self.store.memory_usage() as i64);
+        m.evictions.set(self.eviction.evicted_items() as i64);
+        m.evicted_bytes.set(self.eviction.evicted_size() as i64);
+        answer(StatusCode::OK, "text/plain; version=0.0.4", m.render())
+    }
+
+    async fn purge(&self, auth: Option<&str>, query: &BTreeMap<String, String>) -> Response<Vec<u8>> {
+        if self.token.is_empty() {
+            return text(StatusCode::FORBIDDEN, "purges are off: set admin.token\n");
+        }
+        if auth.and_then(|a| a.strip_prefix("Bearer ")) != Some(self.token.as_str()) {
+            return text(StatusCode::UNAUTHORIZED, "a purge needs Authorization: Bearer <admin.token>\n");
+        }
+        let target = match Target::parse(query.get("path").map(String::as_str), query.get("module").map(String::as_str)) {
+            Ok(t) => t,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        };
+        let removed = purge::apply(self.store, &self.metrics, &target).await;
+        let mut origins = BTreeMap::new();
+        let (name, value) = match &target {
+            Target::Path(p) => ("path", p.as_str()),
+            Target::Module(m) => ("module", m.as_str()),
+        };
+        for member in self.membership.snapshot().topology.members() {
+            let sent = self
+                .http
+                .post(format!("http://{}/purge", member.address))
+                .query(&[(name, value)])
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status());
+            origins.insert(member.id.clone(), sent.map_or_else(|e| format!("error: {e}"), |_| "logged".to_string()));
+        }
+        let body = serde_json::json!({ "removed": removed, "origins": origins });
+        answer(StatusCode::OK, "application/json", body.to_string().into_bytes())
+    }
+}

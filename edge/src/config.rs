@@ -1,0 +1,263 @@
+//! The edge's config file (see `default.toml` beside this crate, which is
+//! embedded and documents every key with its default).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use modcdn_shared::config::{self, ConfigError, LogConfig, TtlConfig, Validate};
+use serde::Deserialize;
+
+/// The embedded default config.
+pub const DEFAULT_TOML: &str = include_str!("../default.toml");
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "MODCDN_EDGE";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    /// Plain HTTP listener. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Membership file. Default `deploy/router.toml`.
+    pub membership: PathBuf,
+    /// Worker threads. Default 2.
+    pub threads: usize,
+    /// Grace period at shutdown and upgrade. Default 5.
+    pub grace_secs: u64,
+    /// Default `modcdn-data/edge/upgrade.sock`.
+    pub upgrade_sock: PathBuf,
+    /// Default `modcdn-data/edge/edge.pid`.
+    pub pid_file: PathBuf,
+    pub tls: TlsConfig,
+    pub admin: AdminConfig,
+    pub cache: CacheConfig,
+    pub ttl: TtlConfig,
+    pub origin: OriginClientConfig,
+    pub purge: PurgeConfig,
+    pub rate_limit: RateLimitConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// HTTPS listener; off when empty. Default "".
+    pub listen: String,
+    /// PEM certificate chain. Default "".
+    pub cert: PathBuf,
+    /// PEM private key. Default "".
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Default `127.0.0.1:8081`.
+    pub listen: SocketAddr,
+    /// Bearer token for purges; empty refuses them. Default "".
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Default `modcdn-data/edge/cache`.
+    pub dir: PathBuf,
+    /// Disk budget in MiB. Default 10240.
+    pub max_mib: u64,
+    /// Memory tier in MiB. Default 256.
+    pub memory_mib: u64,
+    /// Largest memory-tier object in KiB. Default 1024.
+    pub memory_object_max_kib: u64,
+    /// Cache lock timeout in ms. Default 30000.
+    pub lock_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginClientConfig {
+    /// Default 1000.
+    pub connect_timeout_ms: u64,
+    /// Default 30000.
+    pub read_timeout_ms: u64,
+    /// Default 2.
+    pub retries: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PurgeConfig {
+    /// Default 2000; 0 turns polling off.
+    pub poll_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Default 0 (unlimited).
+    pub requests_per_sec: f64,
+    /// Default 0.
+    pub burst: u32,
+    /// Default 0 (unlimited).
+    pub max_in_flight_per_ip: u32,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            membership: PathBuf::from("deploy/router.toml"),
+            threads: 2,
+            grace_secs: 5,
+            upgrade_sock: PathBuf::from("modcdn-data/edge/upgrade.sock"),
+            pid_file: PathBuf::from("modcdn-data/edge/edge.pid"),
+            tls: TlsConfig::default(),
+            admin: AdminConfig::default(),
+            cache: CacheConfig::default(),
+            ttl: TtlConfig::default(),
+            origin: OriginClientConfig::default(),
+            purge: PurgeConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8081)), token: String::new() }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            dir: PathBuf::from("modcdn-data/edge/cache"),
+            max_mib: 10240,
+            memory_mib: 256,
+            memory_object_max_kib: 1024,
+            lock_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for OriginClientConfig {
+    fn default() -> Self {
+        OriginClientConfig { connect_timeout_ms: 1000, read_timeout_ms: 30_000, retries: 2 }
+    }
+}
+
+impl Default for PurgeConfig {
+    fn default() -> Self {
+        PurgeConfig { poll_ms: 2000 }
+    }
+}
+
+impl Validate for EdgeConfig {
+    fn validate(&self) -> Vec<(String, String)> {
+        let mut errs = self.ttl.validate();
+        if self.threads == 0 || self.threads > 1024 {
+            errs.push(("threads".into(), format!("{} is out of range (1..=1024)", self.threads)));
+        }
+        if self.membership.as_os_str().is_empty() {
+            errs.push(("membership".into(), "must name the membership file".into()));
+        }
+        if self.cache.dir.as_os_str().is_empty() {
+            errs.push(("cache.dir".into(), "must not be empty".into()));
+        }
+        if self.cache.max_mib == 0 {
+            errs.push(("cache.max_mib".into(), "must be above 0".into()));
+        }
+        if self.cache.memory_object_max_kib > 500 << 10 {
+            errs.push(("cache.memory_object_max_kib".into(), "is above the 500 MiB largest module zip".into()));
+        }
+        for (key, v) in [
+            ("cache.lock_timeout_ms", self.cache.lock_timeout_ms),
+            ("origin.connect_timeout_ms", self.origin.connect_timeout_ms),
+            ("origin.read_timeout_ms", self.origin.read_timeout_ms),
+        ] {
+            if v == 0 {
+                errs.push((key.into(), "must be above 0".into()));
+            }
+        }
+        if self.origin.retries > 10 {
+            errs.push(("origin.retries".into(), format!("{} is above the limit of 10", self.origin.retries)));
+        }
+        if !self.tls.listen.is_empty() {
+            if self.tls.listen.parse::<SocketAddr>().is_err() {
+                errs.push(("tls.listen".into(), format!("{:?} is not host:port", self.tls.listen)));
+            }
+            for (key, path) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+                if path.as_os_str().is_empty() {
+                    errs.push((key.into(), "required when tls.listen is set".into()));
+                }
+            }
+        }
+        let rl = &self.rate_limit;
+        if !(rl.requests_per_sec.is_finite() && rl.requests_per_sec >= 0.0) {
+            errs.push(("rate_limit.requests_per_sec".into(), "must be a number ≥ 0".into()));
+        }
+        if rl.requests_per_sec > 0.0 && rl.burst == 0 {
+            errs.push(("rate_limit.burst".into(), "must be above 0 when requests_per_sec is set".into()));
+        }
+        errs
+    }
+}
+
+impl EdgeConfig {
+    /// Loads from `file` or the embedded default, with environment
+    /// overrides; relative paths then resolve against the file's directory.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut cfg: EdgeConfig = config::load(file, DEFAULT_TOML, ENV_PREFIX, std::env::vars())?;
+        let base = file.and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+        for p in [
+            &mut cfg.membership,
+            &mut cfg.upgrade_sock,
+            &mut cfg.pid_file,
+            &mut cfg.cache.dir,
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+        ] {
+            if !p.as_os_str().is_empty() && p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.origin.connect_timeout_ms)
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.origin.read_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_matches_code_defaults() {
+        let from_file: EdgeConfig = toml::from_str(DEFAULT_TOML).expect("default.toml parses");
+        let code = EdgeConfig::default();
+        assert_eq!(format!("{from_file:?}"), format!("{code:?}"));
+        assert!(from_file.validate().is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, key) in [
+            ("threads = 0\n", "threads"),
+            ("[cache]\nmax_mib = 0\n", "cache.max_mib"),
+            ("[tls]\nlisten = \"127.0.0.1:8443\"\n", "tls.cert"),
+            ("[rate_limit]\nrequests_per_sec = 5\n", "rate_limit.burst"),
+            ("[ttl]\nnegative_secs = 0\n", "ttl.negative_secs"),
+        ] {
+            let cfg: EdgeConfig = toml::from_str(text).expect("parses");
+            let errs = cfg.validate();
+            assert!(errs.iter().any(|(k, _)| k == key), "{text}: {errs:?}");
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! modcdn-edge: the tier go clients talk to. A Pingora proxy that answers
+//! from its cache (memory tier, then disk) and sends misses, one per key,
+//! through the consistent-hash ring to the origin that owns the module in
+//! the client's region, moving on to the next candidate when one fails.
+//!
+//! It must never forward a request it could not parse, never cache an error
+//! or a private answer, and never serve a cache entry a crash left partial.
+//! The request flow is `proxy.rs`, top-down.
+
+pub mod config;
+pub mod limits;
+pub mod metrics;
+pub mod proxy;
+pub mod storage;
+pub mod admin;
+pub mod purge;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use modcdn_router::watch::Membership;
+use pingora::cache::eviction::lru::Manager;
+use pingora::cache::eviction::{CacheEntryKey, EvictionManager};
+use pingora::cache::lock::CacheLock;
+use pingora::cache::storage::{PurgeTarget, PurgeType, Storage};
+use pingora::cache::trace::Span;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+
+use crate::config::EdgeConfig;
+use crate::storage::{cache_key, CacheStore};
+
+/// Shards of the LRU eviction manager.
+const LRU_SHARDS: usize = 16;
+type Lru = Manager<LRU_SHARDS>;
+/// How often the LRU state is saved besides at shutdown.
+const LRU_SAVE_EVERY: Duration = Duration::from_secs(60);
+
+/// Builds the edge from `cfg` and serves until SIGTERM/SIGINT, or until a
+/// new process takes the sockets over (SIGQUIT). With `upgrade`, takes the
+/// listening sockets over from the running edge instead of binding them.
+pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
+    let membership = Membership::load(&cfg.membership).context("membership")?;
+    let _watch = membership.watch(Duration::from_secs(2)).context("watching membership")?;
+    let _health = modcdn_router::health::spawn(Arc::clone(&membership)).context("health checks")?;
+    let metrics = Arc::new(metrics::Metrics::new()?);
+
+    let (storage, eviction) = open_cache(&cfg)?;
+    let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(Duration::from_millis(cfg.cache.lock_timeout_ms)));
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+
+    let edge = proxy::Edge {
+        membership: Arc::clone(&membership),
+        storage,
+        eviction,
+        lock,
+        limits: limits::Limits::new(&cfg.rate_limit),
+        metrics: Arc::clone(&metrics),
+        ttls: cfg.ttl.ttls(),
+        retries: cfg.origin.retries,
+        connect_timeout: cfg.connect_timeout(),
+        read_timeout: cfg.read_timeout(),
+    };
+
+    let conf = ServerConf {
+        threads: cfg.threads,
+        upgrade_sock: cfg.upgrade_sock.display().to_string(),
+        pid_file: cfg.pid_file.display().to_string(),
+        grace_period_seconds: Some(cfg.grace_secs),
+        graceful_shutdown_timeout_seconds: Some(cfg.grace_secs),
+        // Failover is decided per request (`origin.retries`); this only caps it.
+        max_retries: cfg.origin.retries + 1,
+        ..ServerConf::default()
+    };
+    let opt = Opt { upgrade, ..Opt::default() };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, edge);
+    proxy.add_tcp(&cfg.listen.to_string());
+    if !cfg.tls.listen.is_empty() {
+        let (cert, key) = (cfg.tls.cert.display().to_string(), cfg.tls.key.display().to_string());
+        let mut tls = pingora::listeners::tls::TlsSettings::intermediate(&cert, &key)
+            .map_err(|e| anyhow::anyhow!("tls.cert / tls.key: {e}"))?;
+        tls.enable_h2();
+        proxy.add_tls_with_settings(&cfg.tls.listen, None, tls);
+    }
+
+    let admin_app = admin::Admin {
+        membership: Arc::clone(&membership),
+        store: storage,
+        eviction,
+        metrics: Arc::clone(&metrics),
+        token: cfg.admin.token.clone(),
+        http: http.clone(),
+    };
+    let mut admin = Service::new("admin".to_string(), admin_app);
+    admin.add_tcp(&cfg.admin.listen.to_string());
+
+    let follower = (cfg.purge.poll_ms > 0).then(|| purge::Follower {
+        membership: Arc::clone(&membership),
+        store: storage,
+        metrics: Arc::clone(&metrics),
+        cursors_file: cfg.cache.dir.join("purge-cursors.json"),
+        interval: Duration::from_millis(cfg.purge.poll_ms),
+        http,
+    });
+    let housekeeping =
+        background_service("housekeeping", Housekeeping { follower, eviction, lru_dir: lru_dir(&cfg) });
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(housekeeping);
+    tracing::info!(listen = %cfg.listen, admin = %cfg.admin.listen, tls = %cfg.tls.listen, "edge serving");
+    server.run(RunArgs::default());
+    Ok(())
+}
+
+fn lru_dir(cfg: &EdgeConfig) -> String {
+    cfg.cache.dir.join("lru").display().to_string()
+}
+
+/// Opens the cache and its eviction manager: the saved LRU order first,
+/// then whatever the disk holds that the saved state did not know.
+fn open_cache(cfg: &EdgeConfig) -> anyhow::Result<(&'static CacheStore, &'static Lru)> {
+    let (store, found) = CacheStore::open(
+        &cfg.cache.dir,
+        cfg.cache.memory_mib << 20,
+        cfg.cache.memory_object_max_kib << 10,
+    )
+    .with_context(|| format!("cache.dir {}", cfg.cache.dir.display()))?;
+    let storage: &'static CacheStore = Box::leak(Box::new(store));
+    let limit = (cfg.cache.max_mib << 20) as usize;
+    let eviction: &'static Lru = Box::leak(Box::new(Lru::with_capacity(limit, 1 << 16)));
+    let dir = lru_dir(cfg);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cache.dir {dir}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        if let Err(e) = eviction.load(&dir).await {
+            tracing::info!(error = %e, "no saved LRU state; starting from the disk scan");
+        }
+        let mut evicted = Vec::new();
+        for s in &found {
+            let item = CacheEntryKey::key_only(cache_key(&s.primary).to_compact());
+            if !eviction.peek(&item) {
+                evicted.extend(eviction.admit(item, s.size as usize, s.fresh_until));
+            }
+        }
+        // The budget may have shrunk since the cache was filled.
+        let span = Span::inactive().handle();
+        for item in evicted {
+            let _ = storage.purge(PurgeTarget::Exact(&item), PurgeType::Eviction, &span).await;
+        }
+    });
+    tracing::info!(entries = found.len(), bytes = found.iter().map(|s| s.size).sum::<u64>(), "cache opened");
+    Ok((storage, eviction))
+}
+
+/// Follows the purge logs and saves the LRU state now and then and at
+/// shutdown, so a restarted edge evicts in the same order.
+struct Housekeeping {
+    follower: Option<purge::Follower>,
+    eviction: &'static Lru,
+    lru_dir: String,
+}
+
+impl Housekeeping {
+    async fn save(&self) {
+        if let Err(e) = self.eviction.save(&self.lru_dir).await {
+            tracing::warn!(error = %e, "LRU state not saved");
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Housekeeping {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let follower_shutdown = shutdown.clone();
+        let follow = async move {
+            if let Some(f) = &self.follower {
+                f.run(follower_shutdown).await;
+            }
+        };
+        let save = async {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(LRU_SAVE_EVERY) => self.save().await,
+                    _ = shutdown.changed() => break,
+                }
+            }
+            self.save().await;
+        };
+        tokio::join!(follow, save);
+    }
+}

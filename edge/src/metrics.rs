@@ -1,0 +1,88 @@
+//! Prometheus metrics of the edge, served at the admin listener's `/metrics`.
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by kind, status and cache result (HIT, MISS, STALE, EXPIRED, BYPASS).
+    pub requests: IntCounterVec,
+    /// Body bytes sent to clients, by kind.
+    pub bytes: IntCounterVec,
+    /// Requests sent to origins, by origin and result (ok, error, connect).
+    pub origin_requests: IntCounterVec,
+    /// Origin time to response headers, by origin.
+    pub origin_seconds: HistogramVec,
+    pub rate_limited: IntCounter,
+    /// Purge-log entries applied and keys they removed.
+    pub purges: IntCounter,
+    pub purged_keys: IntCounter,
+    pub cache_objects: IntGauge,
+    pub cache_bytes: IntGauge,
+    pub memory_bytes: IntGauge,
+    pub evictions: IntGauge,
+    pub evicted_bytes: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("modcdn_edge".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Requests by kind, status and cache result"),
+            &["kind", "status", "cache"],
+        )?;
+        let bytes = IntCounterVec::new(Opts::new("response_bytes_total", "Body bytes sent to clients"), &["kind"])?;
+        let origin_requests =
+            IntCounterVec::new(Opts::new("origin_requests_total", "Requests sent to origins"), &["origin", "result"])?;
+        let origin_seconds = HistogramVec::new(
+            HistogramOpts::new("origin_seconds", "Origin time to response headers")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["origin"],
+        )?;
+        let rate_limited = IntCounter::new("rate_limited_total", "Requests refused with 429")?;
+        let purges = IntCounter::new("purges_total", "Purges applied (admin and purge log)")?;
+        let purged_keys = IntCounter::new("purged_keys_total", "Cache entries removed by purges")?;
+        let cache_objects = IntGauge::new("cache_objects", "Entries in the disk tier")?;
+        let cache_bytes = IntGauge::new("cache_bytes", "Body bytes in the disk tier")?;
+        let memory_bytes = IntGauge::new("memory_cache_bytes", "Bytes in the memory tier")?;
+        let evictions = IntGauge::new("evictions", "Entries evicted by the byte budget since start")?;
+        let evicted_bytes = IntGauge::new("evicted_bytes", "Bytes evicted by the byte budget since start")?;
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(bytes.clone()),
+            Box::new(origin_requests.clone()),
+            Box::new(origin_seconds.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(purges.clone()),
+            Box::new(purged_keys.clone()),
+            Box::new(cache_objects.clone()),
+            Box::new(cache_bytes.clone()),
+            Box::new(memory_bytes.clone()),
+            Box::new(evictions.clone()),
+            Box::new(evicted_bytes.clone()),
+        ] {
+            registry.register(c)?;
+        }
+        Ok(Metrics {
+            registry,
+            requests,
+            bytes,
+            origin_requests,
+            origin_seconds,
+            rate_limited,
+            purges,
+            purged_keys,
+            cache_objects,
+            cache_bytes,
+            memory_bytes,
+            evictions,
+            evicted_bytes,
+        })
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}

@@ -1,0 +1,347 @@
+//! The edge's request flow, top-down, as pingora calls it:
+//!
+//! 1. `request_filter`: client IP (trusted `X-Forwarded-For` only) → limits
+//!    (429) → method (405) → `Request::parse` (400, never forwarded) → region.
+//! 2. `request_cache_filter` / `cache_key_callback`: everything public is
+//!    looked up in the cache (memory tier, then disk), keyed by the escaped
+//!    GOPROXY path; concurrent misses on a key wait on one cache lock.
+//! 3. `upstream_peer`: region → ring → bounded load → origin, skipping the
+//!    ones this request already tried.
+//! 4. `fail_to_connect` / `error_while_proxy` / `upstream_response_filter`:
+//!    a refused connection, a timeout or a 5xx moves on to the next
+//!    candidate while retries remain and nothing was sent to the client.
+//! 5. `response_cache_filter`: what to keep and how long, from the one
+//!    policy table in `shared` (artifacts forever, lists with a TTL, 404/410
+//!    briefly, errors and private answers never).
+//! 6. `response_filter`: `X-Cache` and `Cache-Control` on every answer.
+//! 7. `logging`: metrics, and the origin's load slot is released.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use modcdn_router::load::InFlight;
+use modcdn_router::membership::Snapshot;
+use modcdn_router::route::Member;
+use modcdn_router::watch::Membership;
+use modcdn_shared::policy::{self, Freshness, Outcome, Ttls, CC_NO_STORE};
+use modcdn_shared::request::Request;
+use pingora::cache::eviction::EvictionManager;
+use pingora::cache::lock::CacheKeyLockImpl;
+use pingora::cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::limits::{Limits, Permit};
+use crate::metrics::Metrics;
+use crate::storage::{cache_key, CacheStore};
+
+/// How long an artifact with `Freshness::Forever` is considered fresh.
+const FOREVER: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// How long a list may stand in for an origin that fails.
+const STALE_IF_ERROR: Duration = Duration::from_secs(86_400);
+
+/// What the edge shares between requests.
+pub struct Edge {
+    pub membership: Arc<Membership>,
+    pub storage: &'static CacheStore,
+    pub eviction: &'static (dyn EvictionManager + Sync),
+    pub lock: &'static CacheKeyLockImpl,
+    pub limits: Arc<Limits>,
+    pub metrics: Arc<Metrics>,
+    pub ttls: Ttls,
+    pub retries: usize,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+/// One request's state.
+#[derive(Default)]
+pub struct Ctx {
+    request: Option<Request>,
+    client: Option<IpAddr>,
+    region: String,
+    _permit: Option<Permit>,
+    /// Origin ids tried so far, in order.
+    tried: Vec<String>,
+    /// The origin being asked now: its load slot and when it was asked.
+    current: Option<(InFlight, Instant)>,
+}
+
+impl Ctx {
+    fn kind(&self) -> &'static str {
+        self.request.as_ref().map_or("invalid", |r| r.kind().as_str())
+    }
+
+    /// Releases the current origin's load slot with the result.
+    fn finish_origin(&mut self, ok: bool) {
+        if let Some((slot, _)) = self.current.take() {
+            slot.finish(ok);
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let snapshot = self.membership.snapshot();
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let forwarded = session.req_header().headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        let client = peer.map(|p| snapshot.geo.client_ip(p, forwarded));
+        ctx.client = client;
+        if let Some(ip) = client {
+            match self.limits.admit(ip, Instant::now()) {
+                Ok(permit) => ctx._permit = permit,
+                Err(refused) => {
+                    self.metrics.rate_limited.inc();
+                    let retry = refused.retry_after_secs.to_string();
+                    let body = format!("too many requests ({}); retry after {retry} s\n", refused.reason);
+                    respond(session, 429, &body, &[("retry-after", &retry)]).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        let method = &session.req_header().method;
+        if method != http::Method::GET && method != http::Method::HEAD {
+            respond(session, 405, "only GET and HEAD are served\n", &[("allow", "GET, HEAD")]).await?;
+            return Ok(true);
+        }
+        let path = session.req_header().uri.path().to_string();
+        match Request::parse(&path) {
+            Ok(r) => ctx.request = Some(r),
+            Err(e) => {
+                respond(session, e.status(), &format!("{e}\n"), &[]).await?;
+                return Ok(true);
+            }
+        }
+        // A client without an IP (a Unix socket) is local: the default region.
+        let ip = client.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        ctx.region = snapshot.geo.region_of(ip).to_string();
+        Ok(false)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // Credentialed requests are for private modules: never shared.
+        if session.req_header().headers.contains_key(http::header::AUTHORIZATION) {
+            return Ok(());
+        }
+        session.cache.enable(self.storage, Some(self.eviction), None, Some(self.lock), None);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        match &ctx.request {
+            Some(r) => Ok(cache_key(&r.key())),
+            None => Error::e_explain(ErrorType::InternalError, "cache key without a parsed request"),
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let snapshot = self.membership.snapshot();
+        let Some(member) = next_candidate(&snapshot, ctx) else {
+            let route_key = ctx.request.as_ref().map(routing_key).unwrap_or_default();
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                format!("no healthy origin for {route_key} in region {}", ctx.region),
+            ));
+        };
+        ctx.tried.push(member.id.clone());
+        ctx.current = Some((snapshot.view.begin(&member.id), Instant::now()));
+        let mut peer = HttpPeer::new(member.address.as_str(), false, String::new());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.read_timeout = Some(self.read_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(&self, _session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        if let Some(ip) = ctx.client {
+            req.insert_header("x-forwarded-for", ip.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        self.origin_failed(ctx, "connect");
+        if let Some(id) = ctx.tried.last() {
+            // A refused or timed-out connection takes it out of routing now;
+            // health checks bring it back.
+            self.membership.view().mark_down(id);
+        }
+        e.set_retry(self.may_retry(session, ctx));
+        e
+    }
+
+    fn error_while_proxy(&self, _peer: &HttpPeer, session: &mut Session, mut e: Box<Error>, ctx: &mut Ctx, _reused: bool) -> Box<Error> {
+        if ctx.current.is_some() {
+            self.origin_failed(ctx, "error");
+        }
+        e.set_retry(self.may_retry(session, ctx));
+        e
+    }
+
+    async fn upstream_response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        let status = resp.status.as_u16();
+        if let (Some((_, started)), Some(id)) = (&ctx.current, ctx.tried.last()) {
+            self.metrics.origin_seconds.with_label_values(&[id]).observe(started.elapsed().as_secs_f64());
+        }
+        if status >= 500 && self.may_retry(session, ctx) {
+            self.origin_failed(ctx, "5xx");
+            let mut e = Error::explain(ErrorType::HTTPStatus(status), "origin answered 5xx; trying the next one");
+            e.set_retry(true);
+            return Err(e);
+        }
+        if let Some(id) = ctx.tried.last() {
+            self.metrics.origin_requests.with_label_values(&[id.as_str(), if status >= 500 { "5xx" } else { "ok" }]).inc();
+        }
+        Ok(())
+    }
+
+    fn response_cache_filter(&self, _session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Result<RespCacheable> {
+        let Some(request) = &ctx.request else { return Ok(RespCacheable::Uncacheable(NoCacheReason::InternalError)) };
+        let outcome = match resp.status.as_u16() {
+            200 => Outcome::Found,
+            404 => Outcome::NotFound,
+            410 => Outcome::Gone,
+            _ => return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)),
+        };
+        let cache_control = resp.headers.get(http::header::CACHE_CONTROL).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if cache_control.contains("private") || cache_control.contains("no-store") {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache));
+        }
+        let rule = policy::rule(request.kind(), outcome, &self.ttls);
+        let now = SystemTime::now();
+        let (fresh, swr, sie) = match rule.freshness {
+            Freshness::Never => return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)),
+            Freshness::Forever => (FOREVER, 0, 0),
+            Freshness::Ttl(ttl) if rule.stale_if_error => (ttl, ttl.as_secs() as u32, STALE_IF_ERROR.as_secs() as u32),
+            Freshness::Ttl(ttl) => (ttl, 0, 0),
+        };
+        Ok(RespCacheable::Cacheable(CacheMeta::new(now + fresh, now, swr, sie, resp.clone())))
+    }
+
+    fn should_serve_stale(&self, _session: &mut Session, _ctx: &mut Ctx, error: Option<&Error>) -> bool {
+        // Stale-while-revalidate windows come from the policy table; on
+        // errors, anything that went wrong on the way to origins counts.
+        match error {
+            None => true,
+            Some(e) => e.esource() == &ErrorSource::Upstream || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500),
+        }
+    }
+
+    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        let x_cache = match session.cache.phase() {
+            CachePhase::Hit | CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "HIT",
+            CachePhase::Stale | CachePhase::StaleUpdating => "STALE",
+            CachePhase::Expired => "EXPIRED",
+            CachePhase::Miss => "MISS",
+            _ => "BYPASS",
+        };
+        resp.insert_header("x-cache", x_cache)?;
+        if !resp.headers.contains_key(http::header::CACHE_CONTROL) {
+            let cc = match (&ctx.request, resp.status.as_u16()) {
+                (Some(r), 200) => policy::rule(r.kind(), Outcome::Found, &self.ttls).cache_control,
+                (Some(r), 404) => policy::rule(r.kind(), Outcome::NotFound, &self.ttls).cache_control,
+                _ => CC_NO_STORE.to_string(),
+            };
+            resp.insert_header(http::header::CACHE_CONTROL, cc)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        ctx.finish_origin(false);
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => 0,
+                _ => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            // The connection is not reused after an error: say so, so that
+            // clients do not send another request on it.
+            session.set_keepalive(None);
+            let body = format!("modcdn edge: {}\n", e.context.as_ref().map_or_else(|| e.etype().as_str().to_string(), |c| c.as_str().to_string()));
+            let _ = respond(session, code, &body, &[]).await;
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        ctx.finish_origin(status != 0 && status < 500);
+        let cache = session
+            .response_written()
+            .and_then(|r| r.headers.get("x-cache"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("NONE")
+            .to_string();
+        let kind = ctx.kind();
+        self.metrics.requests.with_label_values(&[kind, &status.to_string(), &cache]).inc();
+        self.metrics.bytes.with_label_values(&[kind]).inc_by(session.body_bytes_sent() as u64);
+    }
+}
+
+impl Edge {
+    /// Whether a failed attempt may move on: attempts left, and nothing of
+    /// the answer has reached the client yet (every request served is a
+    /// GET or HEAD, so repeating it is safe).
+    /// The answer of the last one stands when there is no other to ask.
+    fn may_retry(&self, session: &Session, ctx: &Ctx) -> bool {
+        ctx.tried.len() <= self.retries
+            && session.response_written().is_none()
+            && next_candidate(&self.membership.snapshot(), ctx).is_some()
+    }
+
+    fn origin_failed(&self, ctx: &mut Ctx, result: &str) {
+        if let Some(id) = ctx.tried.last() {
+            self.metrics.origin_requests.with_label_values(&[id.as_str(), result]).inc();
+        }
+        ctx.finish_origin(false);
+    }
+}
+
+/// The best origin for this request that it has not tried yet.
+fn next_candidate(snapshot: &Snapshot, ctx: &Ctx) -> Option<Member> {
+    let key = ctx.request.as_ref().map(routing_key).unwrap_or_default();
+    snapshot.topology.route(&key, &ctx.region).find(|m| !ctx.tried.contains(&m.id)).cloned()
+}
+
+/// What the ring is keyed on: the module path, so all of a module's
+/// artifacts meet on one origin; a checksum database's name for its paths.
+fn routing_key(r: &Request) -> String {
+    match r {
+        Request::SumDb { name, .. } => format!("sumdb/{name}"),
+        other => other.module().map(|m| m.as_str().to_string()).unwrap_or_default(),
+    }
+}
+
+/// Writes a small answer of the edge's own (errors, refusals).
+async fn respond(session: &mut Session, status: u16, body: &str, headers: &[(&'static str, &str)]) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4 + headers.len()))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(http::header::CACHE_CONTROL, CC_NO_STORE)?;
+    resp.insert_header("x-cache", "NONE")?;
+    for (name, value) in headers {
+        resp.insert_header(*name, *value)?;
+    }
+    let head = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(resp), head).await?;
+    if !head {
+        session.write_response_body(Some(Bytes::copy_from_slice(body.as_bytes())), true).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! Purges: what they target, applying them to this edge's cache, and
+//! following the origins' purge logs so every edge applies every purge,
+//! including those made while it was down.
+//!
+//! An origin's log is a sequence of entries numbered from 1 (`GET
+//! /purgez?after=N` on the origin). The edge remembers, per origin, the last
+//! number it applied, in `purge-cursors.json` in its cache directory; applying
+//! an entry twice is harmless, so a lost cursor only costs refetches.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use modcdn_router::watch::Membership;
+pub use modcdn_shared::purge::{LogEntry, LogPage, Target};
+
+use crate::metrics::Metrics;
+use crate::storage::CacheStore;
+
+/// The cache keys `target` covers now.
+fn keys(target: &Target, store: &CacheStore) -> Vec<String> {
+    match target.keys() {
+        (prefix, true) => store.keys_with_prefix(&prefix),
+        (key, false) => vec![key],
+    }
+}
+
+/// Applies `target` to the cache; returns how many entries it removed.
+pub async fn apply(store: &'static CacheStore, metrics: &Metrics, target: &Target) -> usize {
+    let mut removed = 0;
+    for key in keys(target, store) {
+        match store.purge_key(&key).await {
+            Ok(true) => removed += 1,
+            Ok(false) => {}
+            Err(e) => tracing::error!(key, error = %e, "purge failed"),
+        }
+    }
+    metrics.purges.inc();
+    metrics.purged_keys.inc_by(removed as u64);
+    tracing::info!(?target, removed, "purged");
+    removed
+}
+
+/// Follows every origin's purge log.
+pub struct Follower {
+    pub membership: Arc<Membership>,
+    pub store: &'static CacheStore,
+    pub metrics: Arc<Metrics>,
+    pub cursors_file: PathBuf,
+    pub interval: Duration,
+    pub http: reqwest::Client,
+}
+
+impl Follower {
+    fn load_cursors(&self) -> HashMap<String, u64> {
+        std::fs::read(&self.cursors_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    fn save_cursors(&self, cursors: &HashMap<String, u64>) {
+        let tmp = self.cursors_file.with_extension("tmp");
+        let write = serde_json::to_vec(cursors)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &self.cursors_file));
+        if let Err(e) = write {
+            tracing::warn!(file = %self.cursors_file.display(), error = %e, "purge cursors not saved");
+        }
+    }
+
+    /// Polls each origin once; returns the entries applied.
+    pub async fn poll_once(&self, cursors: &mut HashMap<String, u64>) -> usize {
+        let snapshot = self.membership.snapshot();
+        let mut applied = 0;
+        for member in snapshot.topology.members() {
+            let after = cursors.get(&member.id).copied().unwrap_or(0);
+            let url = format!("http://{}/purgez?after={after}", member.address);
+            let page = match self.http.get(&url).send().await.and_then(|r| r.error_for_status()) {
+                Ok(r) => r.json::<LogPage>().await,
+                Err(e) => Err(e),
+            };
+            let page = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(origin = %member.id, error = %e, "purge log not read");
+                    continue;
+                }
+            };
+            // A log that went backwards was started anew: read it all again.
+            if page.last < after {
+                cursors.insert(member.id.clone(), 0);
+                continue;
+            }
+            for entry in page.entries.iter().filter(|e| e.seq > after) {
+                apply(self.store, &self.metrics, &entry.target).await;
+                applied += 1;
+                cursors.insert(member.id.clone(), entry.seq);
+            }
+        }
+        if applied > 0 {
+            self.save_cursors(cursors);
+        }
+        applied
+    }
+
+    /// Polls until `shutdown` turns true.
+    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut cursors = self.load_cursors();
+        loop {
+            self.poll_once(&mut cursors).await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

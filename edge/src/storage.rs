@@ -1,0 +1,751 @@
+//! The edge's cache storage behind pingora-cache: a disk tier that keeps
+//! every cached answer, and a memory tier in front of it for small hot
+//! objects (`.info`, `.mod`, lists, small zips), bounded in bytes.
+//!
+//! On disk each entry is two files under `objects/<2 hex>/`: `<hash>.meta`
+//! (the serialized `CacheMeta`, the request key, the body length and the
+//! generation of the body) and `<hash>.<generation>.body`. A fill writes the
+//! body to `tmp/`, syncs it and renames it into place, then replaces the meta
+//! file the same way, so a reader sees the old entry or the new one, never a
+//! mix. Anything a crash leaves behind (temp files, a body without meta, a
+//! meta whose body is missing or short) is removed at start, never served.
+//!
+//! Fills stream: readers that arrive while a zip is still being written read
+//! the temp file up to what has been written so far (pingora's streaming
+//! partial writes), so waiters of a coalesced miss get bytes at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use pingora::cache::key::CacheHashKey;
+use pingora::cache::storage::streaming_write::U64WriteId;
+use pingora::cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType, Storage,
+};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheKey, CacheMeta};
+use pingora::{Error, ErrorType, Result};
+use tokio::sync::watch;
+
+/// Bytes read from disk per body chunk.
+const CHUNK: usize = 1 << 20;
+const MAGIC: &[u8; 16] = b"MODCDN-EDGE-M01\n";
+
+/// Builds the cache key of a request key (`Request::key()`); the one place
+/// that decides it, so purges find what the proxy stored.
+pub fn cache_key(primary: &str) -> CacheKey {
+    CacheKey::new(primary, "")
+}
+
+/// What is kept in the memory tier.
+struct MemObject {
+    meta: (Vec<u8>, Vec<u8>),
+    body: Bytes,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FillState {
+    Partial(u64),
+    Complete(u64),
+    Failed,
+}
+
+/// A write in progress.
+struct Fill {
+    id: u64,
+    tag: U64WriteId,
+    meta: (Vec<u8>, Vec<u8>),
+    part: PathBuf,
+    state: watch::Sender<FillState>,
+    aborted: AtomicBool,
+}
+
+/// One entry on disk, as found at start.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub hash: String,
+    pub primary: String,
+    pub size: u64,
+    pub fresh_until: SystemTime,
+}
+
+#[derive(Default)]
+struct Index {
+    /// hash → (request key, body bytes)
+    by_hash: HashMap<String, (String, u64)>,
+    /// request key → hash, ordered so a module's entries are one range.
+    by_key: BTreeMap<String, String>,
+}
+
+impl Index {
+    fn insert(&mut self, hash: &str, primary: &str, size: u64) {
+        self.by_hash.insert(hash.to_string(), (primary.to_string(), size));
+        self.by_key.insert(primary.to_string(), hash.to_string());
+    }
+    fn remove(&mut self, hash: &str) {
+        if let Some((primary, _)) = self.by_hash.remove(hash) {
+            self.by_key.remove(&primary);
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Weigh;
+impl quick_cache::Weighter<String, Arc<MemObject>> for Weigh {
+    fn weight(&self, key: &String, v: &Arc<MemObject>) -> u64 {
+        (key.len() + v.meta.0.len() + v.meta.1.len() + v.body.len() + 64) as u64
+    }
+}
+
+pub struct CacheStore {
+    dir: PathBuf,
+    memory: quick_cache::sync::Cache<String, Arc<MemObject>, Weigh>,
+    memory_object_max: u64,
+    fills: Mutex<HashMap<String, Arc<Fill>>>,
+    index: Mutex<Index>,
+    next_id: AtomicU64,
+}
+
+fn storage_error(context: &str, e: impl std::fmt::Display) -> Box<Error> {
+    Error::explain(ErrorType::InternalError, format!("edge cache: {context}: {e}"))
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The parsed meta file.
+struct MetaFile {
+    generation: u64,
+    body_len: u64,
+    primary: String,
+    meta: (Vec<u8>, Vec<u8>),
+}
+
+impl MetaFile {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.primary.len() + self.meta.0.len() + self.meta.1.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.generation.to_le_bytes());
+        out.extend_from_slice(&self.body_len.to_le_bytes());
+        for part in [self.primary.as_bytes(), &self.meta.0, &self.meta.1] {
+            out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    fn decode(buf: &[u8]) -> Option<MetaFile> {
+        let rest = buf.strip_prefix(MAGIC.as_slice())?;
+        let u64_at = |b: &[u8]| -> Option<u64> { Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?)) };
+        let generation = u64_at(rest)?;
+        let body_len = u64_at(rest.get(8..)?)?;
+        let mut rest = rest.get(16..)?;
+        let mut parts = Vec::with_capacity(3);
+        for _ in 0..3 {
+            let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            parts.push(rest.get(4..4 + len)?.to_vec());
+            rest = &rest[4 + len..];
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+        let meta1 = parts.pop()?;
+        let meta0 = parts.pop()?;
+        let primary = String::from_utf8(parts.pop()?).ok()?;
+        Some(MetaFile { generation, body_len, primary, meta: (meta0, meta1) })
+    }
+}
+
+fn sync_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_data()
+}
+
+impl CacheStore {
+    /// Opens (creating) the cache under `dir`, cleaning what a crash left,
+    /// and returns the entries found so the eviction manager can track them.
+    pub fn open(dir: &Path, memory_bytes: u64, memory_object_max: u64) -> std::io::Result<(CacheStore, Vec<Stored>)> {
+        let objects = dir.join("objects");
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&objects)?;
+        // Whatever is in tmp/ is an unfinished fill.
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        let mut found = Vec::new();
+        let mut index = Index::default();
+        for shard in std::fs::read_dir(&objects)? {
+            let shard = shard?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            found.extend(Self::scan_shard(&shard, &mut index)?);
+        }
+        let memory = quick_cache::sync::Cache::with_weighter(
+            (memory_bytes / 4096).max(16) as usize,
+            memory_bytes.max(1),
+            Weigh,
+        );
+        let store = CacheStore {
+            dir: dir.to_path_buf(),
+            memory,
+            memory_object_max: if memory_bytes == 0 { 0 } else { memory_object_max },
+            fills: Mutex::new(HashMap::new()),
+            index: Mutex::new(index),
+            next_id: AtomicU64::new(unix_nanos(SystemTime::now())),
+        };
+        Ok((store, found))
+    }
+
+    /// Keeps the complete entries of one shard directory, removes the rest.
+    fn scan_shard(shard: &Path, index: &mut Index) -> std::io::Result<Vec<Stored>> {
+        let mut metas = Vec::new();
+        let mut bodies = Vec::new();
+        for entry in std::fs::read_dir(shard)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            if let Some(hash) = name.strip_suffix(".meta") {
+                metas.push((hash.to_string(), path));
+            } else {
+                bodies.push((name, path));
+            }
+        }
+        let mut keep = std::collections::HashSet::new();
+        let mut found = Vec::new();
+        for (hash, path) in metas {
+            let parsed = std::fs::read(&path).ok().and_then(|b| MetaFile::decode(&b));
+            let complete = parsed.as_ref().and_then(|m| {
+                let body = shard.join(format!("{hash}.{}.body", m.generation));
+                let len = std::fs::metadata(&body).ok()?.len();
+                let meta = CacheMeta::deserialize(&m.meta.0, &m.meta.1).ok()?;
+                (len == m.body_len).then_some((body, meta))
+            });
+            match (parsed, complete) {
+                (Some(m), Some((body, meta))) => {
+                    keep.insert(body);
+                    index.insert(&hash, &m.primary, m.body_len);
+                    found.push(Stored {
+                        hash,
+                        primary: m.primary,
+                        size: m.body_len,
+                        fresh_until: meta.fresh_until(),
+                    });
+                }
+                _ => {
+                    tracing::warn!(file = %path.display(), "removing an incomplete cache entry");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        for (_, path) in bodies {
+            if !keep.contains(&path) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        Ok(found)
+    }
+
+    fn shard(&self, hash: &str) -> PathBuf {
+        self.dir.join("objects").join(&hash[..2.min(hash.len())])
+    }
+
+    fn meta_path(&self, hash: &str) -> PathBuf {
+        self.shard(hash).join(format!("{hash}.meta"))
+    }
+
+    fn body_path(&self, hash: &str, generation: u64) -> PathBuf {
+        self.shard(hash).join(format!("{hash}.{generation}.body"))
+    }
+
+    /// Entries and bytes on disk.
+    pub fn disk_usage(&self) -> (usize, u64) {
+        let index = self.index.lock();
+        (index.by_hash.len(), index.by_hash.values().map(|(_, s)| *s).sum())
+    }
+
+    /// Bytes held by the memory tier.
+    pub fn memory_usage(&self) -> u64 {
+        self.memory.weight()
+    }
+
+    /// The request keys stored under `prefix` (e.g. `example.com/a/@` for
+    /// one module), for purges.
+    pub fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let index = self.index.lock();
+        index.by_key.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// Removes one entry by hash from both tiers and stops a fill in
+    /// progress from publishing. Returns whether anything was there.
+    async fn remove(&'static self, hash: &str) -> Result<bool> {
+        let in_memory = self.memory.remove(hash).is_some();
+        let filling = self.fills.lock().remove(hash).inspect(|f| f.aborted.store(true, Ordering::SeqCst)).is_some();
+        let was_indexed = self.index.lock().by_hash.contains_key(hash);
+        let (meta_path, shard, hash_owned) = (self.meta_path(hash), self.shard(hash), hash.to_string());
+        let on_disk = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+            let generation = std::fs::read(&meta_path).ok().and_then(|b| MetaFile::decode(&b)).map(|m| m.generation);
+            match std::fs::remove_file(&meta_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            if let Some(g) = generation {
+                let _ = std::fs::remove_file(shard.join(format!("{hash_owned}.{g}.body")));
+            }
+            Ok(true)
+        })
+        .await
+        .map_err(|e| storage_error("purge", e))?
+        .map_err(|e| storage_error("purge", e))?;
+        self.index.lock().remove(hash);
+        Ok(in_memory || filling || on_disk || was_indexed)
+    }
+
+    /// Purges one request key. Returns whether it was cached.
+    pub async fn purge_key(&'static self, primary: &str) -> Result<bool> {
+        self.remove(&cache_key(primary).combined()).await
+    }
+
+    fn memory_hit(&self, obj: &Arc<MemObject>) -> Result<(CacheMeta, HitHandler)> {
+        let meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
+        let len = obj.body.len();
+        Ok((meta, Box::new(Hit::Memory { body: obj.body.clone(), start: 0, end: len, done: false })))
+    }
+
+    fn partial_hit(&self, fill: &Arc<Fill>) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let file = match File::open(&fill.part) {
+            Ok(f) => Arc::new(f),
+            // The fill just finished or was purged: look again later.
+            Err(_) => return Ok(None),
+        };
+        let meta = CacheMeta::deserialize(&fill.meta.0, &fill.meta.1)?;
+        Ok(Some((meta, Box::new(Hit::Partial { file, state: fill.state.subscribe(), pos: 0 }))))
+    }
+}
+
+/// What a disk lookup found.
+enum DiskLookup {
+    Small(MemObject),
+    Large { meta: (Vec<u8>, Vec<u8>), file: File, len: u64 },
+}
+
+fn read_disk(meta_path: &Path, shard: &Path, hash: &str, memory_max: u64) -> std::io::Result<Option<DiskLookup>> {
+    let buf = match std::fs::read(meta_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some(m) = MetaFile::decode(&buf) else { return Ok(None) };
+    let mut file = match File::open(shard.join(format!("{hash}.{}.body", m.generation))) {
+        Ok(f) => f,
+        // Replaced or purged between reading meta and opening the body.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if file.metadata()?.len() != m.body_len {
+        return Ok(None);
+    }
+    if m.body_len <= memory_max {
+        let mut body = Vec::with_capacity(m.body_len as usize);
+        file.read_to_end(&mut body)?;
+        return Ok(Some(DiskLookup::Small(MemObject { meta: m.meta, body: body.into() })));
+    }
+    Ok(Some(DiskLookup::Large { meta: m.meta, file, len: m.body_len }))
+}
+
+#[async_trait]
+impl Storage for CacheStore {
+    async fn lookup(&'static self, key: &CacheKey, _trace: &SpanHandle) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let hash = key.combined();
+        if let Some(obj) = self.memory.get(&hash) {
+            return self.memory_hit(&obj).map(Some);
+        }
+        let fill = self.fills.lock().get(&hash).cloned();
+        if let Some(fill) = fill {
+            if let Some(hit) = self.partial_hit(&fill)? {
+                return Ok(Some(hit));
+            }
+        }
+        let (meta_path, shard, h, max) = (self.meta_path(&hash), self.shard(&hash), hash.clone(), self.memory_object_max);
+        let found = tokio::task::spawn_blocking(move || read_disk(&meta_path, &shard, &h, max))
+            .await
+            .map_err(|e| storage_error("lookup", e))?
+            .map_err(|e| storage_error("lookup", e))?;
+        match found {
+            None => Ok(None),
+            Some(DiskLookup::Small(obj)) => {
+                let obj = Arc::new(obj);
+                self.memory.insert(hash, obj.clone());
+                self.memory_hit(&obj).map(Some)
+            }
+            Some(DiskLookup::Large { meta, file, len }) => {
+                let meta = CacheMeta::deserialize(&meta.0, &meta.1)?;
+                Ok(Some((meta, Box::new(Hit::Disk { file: Arc::new(file), pos: 0, end: len, len }))))
+            }
+        }
+    }
+
+    async fn lookup_streaming_write(
+        &'static self,
+        key: &CacheKey,
+        streaming_write_tag: Option<&[u8]>,
+        trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(tag) = streaming_write_tag.and_then(|t| U64WriteId::try_from(t).ok()) else {
+            return self.lookup(key, trace).await;
+        };
+        let id: u64 = tag.into();
+        let fill = self.fills.lock().get(&key.combined()).filter(|f| f.id == id).cloned();
+        match fill {
+            Some(fill) => self.partial_hit(&fill),
+            None => self.lookup(key, trace).await,
+        }
+    }
+
+    async fn get_miss_handler(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<MissHandler> {
+        let hash = key.combined();
+        let primary = key.primary_key_str().unwrap_or_default().to_string();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let part = self.dir.join("tmp").join(format!("{hash}.{id}.part"));
+        let file = {
+            let part = part.clone();
+            tokio::task::spawn_blocking(move || File::create(part))
+                .await
+                .map_err(|e| storage_error("create", e))?
+                .map_err(|e| storage_error("create", e))?
+        };
+        let (state, _) = watch::channel(FillState::Partial(0));
+        let fill = Arc::new(Fill { id, tag: id.into(), meta: meta.serialize()?, part, state, aborted: AtomicBool::new(false) });
+        self.fills.lock().insert(hash.clone(), fill.clone());
+        let small = (self.memory_object_max > 0).then(Vec::new);
+        Ok(Box::new(Filler { store: self, hash, primary, fill, file: Some(file), written: 0, small, done: false }))
+    }
+
+    async fn purge(&'static self, target: PurgeTarget<'_>, _kind: PurgeType, _trace: &SpanHandle) -> Result<PurgeOutcome> {
+        let removed = self.remove(&target.key().combined()).await?;
+        Ok(if removed { PurgeOutcome::Purged(None) } else { PurgeOutcome::NotFound })
+    }
+
+    async fn expire(&'static self, target: PurgeTarget<'_>, _trace: &SpanHandle) -> Result<PurgeOutcome> {
+        let hash = target.key().combined();
+        let stored = self.read_meta(&hash).await?;
+        let Some(mut m) = stored else { return Ok(PurgeOutcome::NotFound) };
+        let mut meta = CacheMeta::deserialize(&m.meta.0, &m.meta.1)?;
+        meta.expire_at(SystemTime::now());
+        m.meta = meta.serialize()?;
+        self.write_meta(&hash, m).await?;
+        Ok(PurgeOutcome::Expired)
+    }
+
+    async fn update_meta(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<bool> {
+        let hash = key.combined();
+        let Some(mut m) = self.read_meta(&hash).await? else { return Ok(false) };
+        m.meta = meta.serialize()?;
+        self.write_meta(&hash, m).await?;
+        Ok(true)
+    }
+
+    fn support_streaming_partial_write(&self) -> bool {
+        true
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+impl CacheStore {
+    async fn read_meta(&'static self, hash: &str) -> Result<Option<MetaFile>> {
+        let path = self.meta_path(hash);
+        tokio::task::spawn_blocking(move || match std::fs::read(&path) {
+            Ok(b) => Ok(MetaFile::decode(&b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+        .map_err(|e| storage_error("read meta", e))?
+        .map_err(|e| storage_error("read meta", e))
+    }
+
+    /// Replaces the meta file atomically; the memory copy follows.
+    async fn write_meta(&'static self, hash: &str, m: MetaFile) -> Result<()> {
+        if let Some(obj) = self.memory.get(hash) {
+            self.memory.insert(hash.to_string(), Arc::new(MemObject { meta: m.meta.clone(), body: obj.body.clone() }));
+        }
+        let path = self.meta_path(hash);
+        let tmp = self.dir.join("tmp").join(format!("{hash}.{}.meta", self.next_id.fetch_add(1, Ordering::Relaxed)));
+        tokio::task::spawn_blocking(move || {
+            sync_write(&tmp, &m.encode())?;
+            std::fs::rename(&tmp, &path)
+        })
+        .await
+        .map_err(|e| storage_error("write meta", e))?
+        .map_err(|e| storage_error("write meta", e))
+    }
+}
+
+/// Reads a cached body: from memory, from a complete file, or from a file
+/// still being filled.
+enum Hit {
+    Memory { body: Bytes, start: usize, end: usize, done: bool },
+    Disk { file: Arc<File>, pos: u64, end: u64, len: u64 },
+    Partial { file: Arc<File>, state: watch::Receiver<FillState>, pos: u64 },
+}
+
+async fn read_at(file: &Arc<File>, pos: u64, n: usize) -> Result<Bytes> {
+    let file = file.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; n];
+        let mut got = 0;
+        while got < n {
+            match file.read_at(&mut buf[got..], pos + got as u64)? {
+                0 => break,
+                k => got += k,
+            }
+        }
+        buf.truncate(got);
+        Ok::<_, std::io::Error>(Bytes::from(buf))
+    })
+    .await
+    .map_err(|e| storage_error("read", e))?
+    .map_err(|e| storage_error("read", e))
+}
+
+#[async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        match self {
+            Hit::Memory { body, start, end, done } => {
+                if *done {
+                    return Ok(None);
+                }
+                *done = true;
+                Ok(Some(body.slice(*start..*end)))
+            }
+            Hit::Disk { file, pos, end, .. } => {
+                if *pos >= *end {
+                    return Ok(None);
+                }
+                let n = CHUNK.min((*end - *pos) as usize);
+                let chunk = read_at(file, *pos, n).await?;
+                if chunk.is_empty() {
+                    return Err(storage_error("read", "cached body is shorter than recorded"));
+                }
+                *pos += chunk.len() as u64;
+                Ok(Some(chunk))
+            }
+            Hit::Partial { file, state, pos } => loop {
+                let now = *state.borrow_and_update();
+                let available = match now {
+                    FillState::Failed => return Err(storage_error("read", "the fill this read follows failed")),
+                    FillState::Complete(n) if n == *pos => return Ok(None),
+                    FillState::Complete(n) | FillState::Partial(n) => n,
+                };
+                if available > *pos {
+                    let n = CHUNK.min((available - *pos) as usize);
+                    let chunk = read_at(file, *pos, n).await?;
+                    *pos += chunk.len() as u64;
+                    return Ok(Some(chunk));
+                }
+                if state.changed().await.is_err() {
+                    // The writer is gone; its last word stands.
+                    if !matches!(*state.borrow(), FillState::Complete(_)) {
+                        return Err(storage_error("read", "the fill this read follows stopped"));
+                    }
+                }
+            },
+        }
+    }
+
+    async fn finish(self: Box<Self>, _storage: &'static (dyn Storage + Sync), _key: &CacheKey, _trace: &SpanHandle) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        !matches!(self, Hit::Partial { .. })
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        match self {
+            Hit::Memory { body, start: s, end: e, done } => {
+                if start >= body.len() {
+                    return Error::e_explain(ErrorType::InternalError, "seek past the end");
+                }
+                *s = start;
+                *e = end.map_or(body.len(), |end| end.min(body.len()));
+                *done = false;
+            }
+            Hit::Disk { pos, end: e, len, .. } => {
+                if start as u64 >= *len {
+                    return Error::e_explain(ErrorType::InternalError, "seek past the end");
+                }
+                *pos = start as u64;
+                *e = end.map_or(*len, |end| (end as u64).min(*len));
+            }
+            Hit::Partial { .. } => return Error::e_explain(ErrorType::InternalError, "seek while filling"),
+        }
+        Ok(())
+    }
+
+    fn should_count_access(&self) -> bool {
+        !matches!(self, Hit::Partial { .. })
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        match self {
+            Hit::Memory { body, .. } => body.len(),
+            Hit::Disk { len, .. } => *len as usize,
+            Hit::Partial { .. } => 0,
+        }
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+/// Writes one fill.
+struct Filler {
+    store: &'static CacheStore,
+    hash: String,
+    primary: String,
+    fill: Arc<Fill>,
+    file: Option<File>,
+    written: u64,
+    /// The body, while it is small enough for the memory tier.
+    small: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl Filler {
+    fn aborted(&self) -> Result<()> {
+        if self.fill.aborted.load(Ordering::SeqCst) {
+            return Err(storage_error("fill", "purged while filling"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl HandleMiss for Filler {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.aborted()?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let Some(mut file) = self.file.take() else { return Err(storage_error("fill", "write after failure")) };
+        let len = data.len() as u64;
+        if let Some(small) = &mut self.small {
+            if self.written + len <= self.store.memory_object_max {
+                small.extend_from_slice(&data);
+            } else {
+                self.small = None;
+            }
+        }
+        let file = tokio::task::spawn_blocking(move || file.write_all(&data).map(|()| file))
+            .await
+            .map_err(|e| storage_error("write", e))?
+            .map_err(|e| storage_error("write", e))?;
+        self.file = Some(file);
+        self.written += len;
+        self.fill.state.send_replace(FillState::Partial(self.written));
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        self.aborted()?;
+        let Some(file) = self.file.take() else { return Err(storage_error("fill", "finish after failure")) };
+        let store = self.store;
+        let generation = self.fill.id;
+        let meta = MetaFile { generation, body_len: self.written, primary: self.primary.clone(), meta: self.fill.meta.clone() };
+        let (part, body, meta_path) =
+            (self.fill.part.clone(), store.body_path(&self.hash, generation), store.meta_path(&self.hash));
+        let (shard, hash) = (store.shard(&self.hash), self.hash.clone());
+        let meta_tmp = store.dir.join("tmp").join(format!("{hash}.{generation}.meta"));
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            file.sync_data()?;
+            drop(file);
+            std::fs::create_dir_all(&shard)?;
+            let previous = std::fs::read(&meta_path).ok().and_then(|b| MetaFile::decode(&b)).map(|m| m.generation);
+            std::fs::rename(&part, &body)?;
+            sync_write(&meta_tmp, &meta.encode())?;
+            std::fs::rename(&meta_tmp, &meta_path)?;
+            if let Some(g) = previous.filter(|g| *g != generation) {
+                let _ = std::fs::remove_file(shard.join(format!("{hash}.{g}.body")));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| storage_error("publish", e))?
+        .map_err(|e| storage_error("publish", e))?;
+        // A purge that came while publishing wins.
+        if self.fill.aborted.load(Ordering::SeqCst) {
+            let _ = store.remove(&self.hash).await;
+            return Err(storage_error("fill", "purged while filling"));
+        }
+        store.index.lock().insert(&self.hash, &self.primary, self.written);
+        if let Some(small) = self.small.take() {
+            store.memory.insert(self.hash.clone(), Arc::new(MemObject { meta: self.fill.meta.clone(), body: small.into() }));
+        }
+        self.fill.state.send_replace(FillState::Complete(self.written));
+        self.done = true;
+        let mut fills = store.fills.lock();
+        if fills.get(&self.hash).is_some_and(|f| f.id == self.fill.id) {
+            fills.remove(&self.hash);
+        }
+        Ok(MissFinishType::Created(self.written as usize + self.fill.meta.0.len() + self.fill.meta.1.len()))
+    }
+
+    fn streaming_write_tag(&self) -> Option<&[u8]> {
+        // The fill's id: the request that writes finds its own fill by it.
+        Some(self.fill.tag.as_bytes())
+    }
+}
+
+impl Drop for Filler {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.fill.state.send_replace(FillState::Failed);
+        let mut fills = self.store.fills.lock();
+        if fills.get(&self.hash).is_some_and(|f| f.id == self.fill.id) {
+            fills.remove(&self.hash);
+        }
+        let _ = std::fs::remove_file(&self.fill.part);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_file_round_trips_and_rejects_damage() {
+        let m = MetaFile { generation: 7, body_len: 42, primary: "example.com/a/@v/v1.0.0.zip".into(), meta: (vec![1, 2], vec![3]) };
+        let enc = m.encode();
+        let back = MetaFile::decode(&enc).expect("decodes");
+        assert_eq!((back.generation, back.body_len, back.primary.as_str()), (7, 42, "example.com/a/@v/v1.0.0.zip"));
+        assert_eq!(back.meta, (vec![1, 2], vec![3]));
+        for cut in 0..enc.len() {
+            assert!(MetaFile::decode(&enc[..cut]).is_none(), "truncated at {cut}");
+        }
+        let mut extra = enc.clone();
+        extra.push(0);
+        assert!(MetaFile::decode(&extra).is_none());
+    }
+}

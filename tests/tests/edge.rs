@@ -1,0 +1,451 @@
+//! The edge end to end: real edge (Pingora) and origin processes, the
+//! fixture upstream, and the real go command, all on 127.0.0.1.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use modcdn_tests::corpus::{self, Corpus};
+use modcdn_tests::go::GoEnv;
+use modcdn_tests::node::{EdgeProcess, Member, OriginProcess};
+use modcdn_tests::upstream::{Faults, FixtureUpstream};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client")
+}
+
+/// A client whose connections come from `ip` (127.0.1.x is CN in the test
+/// GeoIP database, 127.0.2.x is US).
+fn client_from(ip: &str) -> reqwest::Client {
+    let ip: IpAddr = ip.parse().expect("ip");
+    reqwest::Client::builder().local_address(ip).timeout(Duration::from_secs(60)).build().expect("client")
+}
+
+/// Sum of a metric's samples (all label sets) on the edge's admin listener.
+async fn metric(edge: &EdgeProcess, name: &str) -> f64 {
+    let text = client().get(format!("{}/metrics", edge.admin)).send().await.expect("metrics").text().await.expect("body");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn get(c: &reqwest::Client, url: &str) -> (u16, String, bytes::Bytes) {
+    let r = c.get(url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status().as_u16();
+    let x_cache = r.headers().get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    (status, x_cache, r.bytes().await.expect("body"))
+}
+
+/// One complete 200, or what went wrong.
+async fn fetch_ok(c: &reqwest::Client, url: &str) -> Result<(), String> {
+    let r = c.get(url).send().await.map_err(|e| e.to_string())?;
+    let status = r.status();
+    r.bytes().await.map_err(|e| format!("body: {e}"))?;
+    if status != 200 {
+        return Err(status.to_string());
+    }
+    Ok(())
+}
+
+fn corpus_file(corpus: &Corpus, key: &str) -> Vec<u8> {
+    std::fs::read(corpus.root.join(key)).expect("corpus file")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_command_through_the_edge_and_a_restarted_edge_serves_from_disk() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let mut origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let members = [Member { id: "us-1", url: &origin.url, region: "us" }];
+    let mut edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "").expect("edge");
+
+    let versions = corpus.versions.clone();
+    let go = GoEnv::new(&tmp.path().join("go"), &edge.url);
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).expect("work");
+    let consumer = tmp.path().join("consumer");
+    corpus::write_graph_consumer(&consumer).expect("consumer");
+    let download_all = move |go: &GoEnv, work: &std::path::Path| {
+        let args: Vec<String> = versions.iter().map(|v| format!("{}@{}", v.path, v.version)).collect();
+        let mut cmd = vec!["mod", "download", "-json"];
+        cmd.extend(args.iter().map(String::as_str));
+        let out = go.ok(work, &cmd);
+        let mut seen = 0;
+        for item in serde_json::Deserializer::from_str(&out).into_iter::<serde_json::Value>() {
+            let item = item.expect("json");
+            let (path, version) = (item["Path"].as_str().unwrap_or(""), item["Version"].as_str().unwrap_or(""));
+            assert!(item.get("Error").is_none(), "{path}@{version}: {}", item["Error"]);
+            let want = versions.iter().find(|v| v.path == path && v.version == version).expect("known");
+            assert_eq!(item["Sum"].as_str(), Some(want.sum.as_str()), "{path}@{version}");
+            assert_eq!(item["GoModSum"].as_str(), Some(want.go_mod_sum.as_str()), "{path}@{version}");
+            seen += 1;
+        }
+        assert_eq!(seen, versions.len());
+    };
+    let download = download_all.clone();
+    let (go, work) = tokio::task::spawn_blocking(move || {
+        download(&go, &work);
+        let out = go.ok(&work, &["list", "-m", "-versions", corpus::ALPHA]);
+        assert_eq!(out.trim(), "example.com/alpha v1.0.0 v1.1.0 v1.2.0-rc.1");
+        let out = go.ok(&work, &["list", "-m", "-versions", corpus::UPPER]);
+        assert_eq!(out.trim(), "example.com/Upper/Case v1.0.0");
+        // The dependency graph builds through the edge.
+        go.ok(&consumer, &["build", "./..."]);
+        go.ok(&consumer, &["get", &format!("{}@latest", corpus::ALPHA)]);
+        let gomod = std::fs::read_to_string(consumer.join("go.mod")).expect("go.mod");
+        assert!(gomod.contains("example.com/alpha v1.1.0"), "{gomod}");
+        // A module that does not exist: the go command reports not found.
+        let out = go.run(&work, &["mod", "download", "-json", "example.com/nonexistent@v1.0.0"]);
+        assert!(!out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("404") || text.contains("not found"), "{text}");
+        (go, work)
+    })
+    .await
+    .expect("go through the edge");
+
+    // Headers on hits and misses.
+    let c = client();
+    let zip = Corpus::key(corpus::ALPHA, "v1.0.0", "zip");
+    let r = c.get(format!("{}/{zip}", edge.url)).send().await.expect("zip");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(r.headers()["cache-control"], "public, max-age=31536000, immutable");
+    assert_eq!(r.headers()["content-type"], "application/zip");
+    assert_eq!(r.bytes().await.expect("body"), corpus_file(&corpus, &zip));
+    let (status, x_cache, _) = get(&c, &format!("{}/example.com/alpha/@v/list", edge.url)).await;
+    assert_eq!((status, x_cache.as_str()), (200, "HIT"));
+    let (status, x_cache, _) = get(&c, &format!("{}/example.com/nonexistent/@v/v1.9.9.info", edge.url)).await;
+    assert_eq!((status, x_cache.as_str()), (404, "MISS"));
+    let (status, x_cache, _) = get(&c, &format!("{}/example.com/nonexistent/@v/v1.9.9.info", edge.url)).await;
+    assert_eq!((status, x_cache.as_str()), (404, "HIT"), "404s are kept for the negative TTL");
+    // Range on a cached zip.
+    let r = c.get(format!("{}/{zip}", edge.url)).header("range", "bytes=10-19").send().await.expect("range");
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.expect("body").as_ref(), &corpus_file(&corpus, &zip)[10..20]);
+
+    // Restart the edge with every origin gone: the same downloads are hits.
+    assert!(edge.terminate(Duration::from_secs(20)), "edge exits cleanly on SIGTERM");
+    origin.kill9();
+    let upstream_before = upstream.counters().total();
+    edge.spawn(false).expect("edge restarts");
+    let go2 = GoEnv::new(&tmp.path().join("go2"), &edge.url);
+    let work2 = work.clone();
+    tokio::task::spawn_blocking(move || download_all(&go2, &work2)).await.expect("downloads after restart");
+    drop(go);
+    let r = c.get(format!("{}/{zip}", edge.url)).send().await.expect("zip after restart");
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(upstream.counters().total(), upstream_before);
+    assert_eq!(metric(&edge, "modcdn_edge_origin_requests_total").await, 0.0, "no origin was asked after restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_refused_at_the_edge() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &[Member { id: "o", url: &origin.url, region: "us" }], "")
+        .expect("edge");
+    let c = client();
+    for path in [
+        "/example.com/../etc/passwd/@v/list",
+        "/example.com/UPPER/@v/list",
+        "/example.com/alpha/@v/v1.0.0.exe",
+        "/example.com/alpha/@v/%2e%2e.info",
+        "/.hidden/@v/list",
+        "/example.com/alpha/@v/",
+    ] {
+        let (status, _, body) = get(&c, &format!("{}{path}", edge.url)).await;
+        assert!(status == 400 || status == 404, "{path}: {status}");
+        assert!(!body.is_empty(), "{path}: the error says what is wrong");
+    }
+    let r = c.post(format!("{}/example.com/alpha/@v/list", edge.url)).send().await.expect("post");
+    assert_eq!(r.status(), 405);
+    assert_eq!(upstream.counters().total(), 0, "nothing malformed reached upstream");
+    assert_eq!(metric(&edge, "modcdn_edge_origin_requests_total").await, 0.0, "nor an origin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_on_one_zip_make_one_origin_and_one_upstream_request() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 4 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    upstream.set_faults(Faults { delay: Duration::from_millis(300), ..Faults::default() });
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &[Member { id: "o", url: &origin.url, region: "us" }], "")
+        .expect("edge");
+    let zip = Corpus::key(corpus::LARGE, "v1.0.0", "zip");
+    let want = corpus_file(&corpus, &zip);
+    let url = format!("{}/{zip}", edge.url);
+    let mut tasks = Vec::new();
+    for _ in 0..500 {
+        let (c, url) = (client(), url.clone());
+        tasks.push(tokio::spawn(async move { get(&c, &url).await }));
+    }
+    let mut by_cache = std::collections::BTreeMap::new();
+    for t in tasks {
+        let (status, x_cache, body) = t.await.expect("task");
+        assert_eq!(status, 200);
+        assert!(body == want, "every client gets the whole zip");
+        *by_cache.entry(x_cache).or_insert(0) += 1;
+    }
+    assert_eq!(upstream.counters().get(&zip), 1, "one upstream request");
+    assert_eq!(metric(&edge, "modcdn_edge_origin_requests_total").await, 1.0, "one origin request ({by_cache:?})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_are_served_by_the_origins_of_their_region() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    // No dependency prefetch, so an origin stores only what it was asked for.
+    let no_prefetch = "[prefetch]\nenabled = false\n";
+    let cn = OriginProcess::start(&tmp.path().join("cn"), &upstream.url(), no_prefetch).expect("cn origin");
+    let us = OriginProcess::start(&tmp.path().join("us"), &upstream.url(), no_prefetch).expect("us origin");
+    let members = [Member { id: "cn-1", url: &cn.url, region: "cn" }, Member { id: "us-1", url: &us.url, region: "us" }];
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "").expect("edge");
+    let stored = |origin: &str, key: &str| tmp.path().join(origin).join("store").join(key).exists();
+
+    let alpha = Corpus::key(corpus::ALPHA, "v1.0.0", "mod");
+    let (status, _, _) = get(&client_from("127.0.1.7"), &format!("{}/{alpha}", edge.url)).await;
+    assert_eq!(status, 200);
+    assert!(stored("cn", &alpha) && !stored("us", &alpha), "a CN client's miss went to the CN origin");
+
+    let beta = Corpus::key(corpus::BETA, "v2.0.1", "mod");
+    let (status, _, _) = get(&client_from("127.0.2.7"), &format!("{}/{beta}", edge.url)).await;
+    assert_eq!(status, 200);
+    assert!(stored("us", &beta) && !stored("cn", &beta), "a US client's miss went to the US origin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_failing_or_dying_under_load_costs_clients_nothing() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate_with(&tmp.path().join("corpus"), 1 << 10, 3000).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let broken = FixtureUpstream::start(corpus.root.clone()).await.expect("broken upstream");
+    broken.set_faults(Faults { error_ratio: 1.0, error_status: 503, ..Faults::default() });
+    let a = OriginProcess::start(&tmp.path().join("a"), &upstream.url(), "").expect("a");
+    let mut b = OriginProcess::start(&tmp.path().join("b"), &upstream.url(), "").expect("b");
+    // c answers 502 for everything: the edge must move on to the next origin.
+    let c = OriginProcess::start(&tmp.path().join("c"), &broken.url(), "").expect("c");
+    let members = [
+        Member { id: "a", url: &a.url, region: "us" },
+        Member { id: "b", url: &b.url, region: "us" },
+        Member { id: "c", url: &c.url, region: "us" },
+    ];
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "").expect("edge");
+
+    let keys: Arc<Vec<String>> = Arc::new(
+        corpus
+            .versions
+            .iter()
+            .filter(|v| v.path.starts_with("example.com/many/"))
+            .flat_map(|v| ["info", "mod", "zip"].map(|ext| Corpus::key(&v.path, &v.version, ext)))
+            .collect(),
+    );
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let run_for = Duration::from_secs(30);
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for i in 0..32usize {
+        let (keys, ok, failed, url) = (Arc::clone(&keys), Arc::clone(&ok), Arc::clone(&failed), edge.url.clone());
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            let mut n = i * 97;
+            // Bounded in time and count.
+            while started.elapsed() < run_for && n < i * 97 + 1_000_000 {
+                let key = &keys[n % keys.len()];
+                n += 1;
+                match fetch_ok(&c, &format!("{url}/{key}")).await {
+                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("{key}: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    b.kill9();
+    for t in clients {
+        t.await.expect("client");
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    assert!(ok > 1000, "the load ran ({ok} requests)");
+    assert!(broken.counters().total() > 0, "the failing origin was tried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_is_served_stale_when_its_origin_is_gone() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let mut origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let members = [Member { id: "o", url: &origin.url, region: "us" }];
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "[ttl]\nmutable_secs = 1\n").expect("edge");
+    let c = client();
+    let url = format!("{}/example.com/alpha/@v/list", edge.url);
+    let (status, x_cache, fresh) = get(&c, &url).await;
+    assert_eq!((status, x_cache.as_str()), (200, "MISS"));
+    origin.kill9();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, x_cache, body) = get(&c, &url).await;
+    assert_eq!(status, 200, "a stale list beats an error");
+    assert_eq!(x_cache, "STALE");
+    assert_eq!(body, fresh);
+    // An artifact never seen: a clear 502, not a hang and not a 404.
+    let (status, _, body) = get(&c, &format!("{}/{}", edge.url, Corpus::key(corpus::BETA, "v2.0.1", "zip"))).await;
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_reach_this_edge_at_once_and_others_through_the_origin_log() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin =
+        OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "purge_token = \"test-token\"\n").expect("origin");
+    let members = [Member { id: "o", url: &origin.url, region: "us" }];
+    let a = EdgeProcess::start(&tmp.path().join("a"), &members, "").expect("edge a");
+    let mut b = EdgeProcess::start(&tmp.path().join("b"), &members, "").expect("edge b");
+    let c = client();
+    let zip = Corpus::key(corpus::ALPHA, "v1.0.0", "zip");
+    let info = Corpus::key(corpus::BETA, "v2.0.1", "info");
+    for edge in [&a, &b] {
+        for key in [&zip, &info] {
+            get(&c, &format!("{}/{key}", edge.url)).await;
+            assert_eq!(get(&c, &format!("{}/{key}", edge.url)).await.1, "HIT");
+        }
+    }
+    // Refused without the token, and for a malformed target.
+    let purge = |query: &str| format!("{}/purge?{query}", a.admin);
+    let r = c.post(purge("module=example.com/alpha")).send().await.expect("purge");
+    assert_eq!(r.status(), 401);
+    let r = c.post(purge("module=..")).bearer_auth("test-token").send().await.expect("purge");
+    assert_eq!(r.status(), 400);
+
+    let r = c.post(purge("module=example.com/alpha")).bearer_auth("test-token").send().await.expect("purge");
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert!(body["removed"].as_u64().unwrap_or(0) >= 1, "{body}");
+    assert_eq!(body["origins"]["o"], "logged");
+    assert_eq!(get(&c, &format!("{}/{zip}", a.url)).await.1, "MISS", "purged at once on this edge");
+    assert_eq!(get(&c, &format!("{}/{info}", a.url)).await.1, "HIT", "other modules untouched");
+    let wait_for_miss = |edge_url: String, key: String| {
+        let c = c.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                // HEAD does not refill the cache.
+                let r = c.head(format!("{edge_url}/{key}")).send().await.expect("head");
+                let x = r.headers().get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                if x != "HIT" {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "purge did not reach the other edge");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_for_miss(b.url.clone(), zip.clone()).await;
+
+    // An edge that is down during a purge applies it when it comes back.
+    assert_eq!(get(&c, &format!("{}/{info}", b.url)).await.1, "HIT");
+    assert!(b.terminate(Duration::from_secs(20)));
+    let r = c.post(purge(&format!("path={info}"))).bearer_auth("test-token").send().await.expect("purge");
+    assert_eq!(r.status(), 200);
+    b.spawn(false).expect("b restarts");
+    wait_for_miss(b.url.clone(), info.clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_upgrade_under_load_fails_no_request() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let members = [Member { id: "o", url: &origin.url, region: "us" }];
+    let mut edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "").expect("edge");
+    let keys: Arc<Vec<String>> = Arc::new(
+        corpus.versions.iter().flat_map(|v| ["info", "mod", "zip"].map(|e| Corpus::key(&v.path, &v.version, e))).collect(),
+    );
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for i in 0..8usize {
+        let (keys, ok, failed, stop, url) =
+            (Arc::clone(&keys), Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&stop), edge.url.clone());
+        clients.push(tokio::spawn(async move {
+            // A new connection per request as well as kept-alive ones.
+            let keep = client();
+            for n in i..i + 200_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let c = if n % 2 == 0 { keep.clone() } else { client() };
+                let key = &keys[n % keys.len()];
+                match fetch_ok(&c, &format!("{url}/{key}")).await {
+                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("{key}: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The new process waits for the sockets; SIGQUIT makes the old one hand
+    // them over and drain.
+    let mut old = edge.take_child().expect("running edge");
+    let _ = std::fs::remove_file(edge.dir.join("upgrade.sock"));
+    edge.spawn(true).expect("successor starts");
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = std::process::Command::new("sh").args(["-c", &format!("kill -QUIT {}", old.id())]).status();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in clients {
+        t.await.expect("client");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while old.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(old.try_wait().ok().flatten().is_some(), "the old edge exits after handing over");
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    assert!(ok > 200, "the load ran ({ok})");
+    assert_eq!(get(&client(), &format!("{}/{}", edge.url, keys[0])).await.0, 200, "the successor serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_over_the_rate_limit_get_429_with_retry_after() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let members = [Member { id: "o", url: &origin.url, region: "us" }];
+    let extra = "[rate_limit]\nrequests_per_sec = 2\nburst = 5\n";
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, extra).expect("edge");
+    let (c, other) = (client_from("127.0.2.10"), client_from("127.0.2.11"));
+    let url = format!("{}/example.com/alpha/@v/list", edge.url);
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let r = c.get(&url).send().await.expect("get");
+        if r.status() == 429 {
+            assert_eq!(r.headers()["retry-after"], "1");
+        }
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 5, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5, "{statuses:?}");
+    assert_eq!(get(&other, &url).await.0, 200, "limits are per client");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(get(&c, &url).await.0, 200, "tokens come back at the rate");
+}
