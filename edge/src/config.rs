@@ -20,6 +20,9 @@ pub struct EdgeConfig {
     pub listen: SocketAddr,
     /// Membership file. Default `deploy/router.toml`.
     pub membership: PathBuf,
+    /// Region of clients the GeoIP database cannot place (loopback, private
+    /// networks); empty: the region map's default. Default "".
+    pub region: String,
     /// Worker threads. Default 2.
     pub threads: usize,
     /// Grace period at shutdown and upgrade. Default 5.
@@ -67,7 +70,7 @@ pub struct CacheConfig {
     pub max_mib: u64,
     /// Memory tier in MiB. Default 256.
     pub memory_mib: u64,
-    /// Largest memory-tier object in KiB. Default 1024.
+    /// Largest memory-tier object in KiB. Default 4096.
     pub memory_object_max_kib: u64,
     /// Cache lock timeout in ms. Default 30000.
     pub lock_timeout_ms: u64,
@@ -107,6 +110,7 @@ impl Default for EdgeConfig {
         EdgeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             membership: PathBuf::from("deploy/router.toml"),
+            region: String::new(),
             threads: 2,
             grace_secs: 5,
             upgrade_sock: PathBuf::from("modcdn-data/edge/upgrade.sock"),
@@ -135,7 +139,7 @@ impl Default for CacheConfig {
             dir: PathBuf::from("modcdn-data/edge/cache"),
             max_mib: 10240,
             memory_mib: 256,
-            memory_object_max_kib: 1024,
+            memory_object_max_kib: 4096,
             lock_timeout_ms: 30_000,
         }
     }

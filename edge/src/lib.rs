@@ -7,6 +7,7 @@
 //! or a private answer, and never serve a cache entry a crash left partial.
 //! The request flow is `proxy.rs`, top-down.
 
+pub mod cluster;
 pub mod config;
 pub mod limits;
 pub mod metrics;
@@ -61,6 +62,7 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
         limits: limits::Limits::new(&cfg.rate_limit),
         metrics: Arc::clone(&metrics),
         ttls: cfg.ttl.ttls(),
+        region: cfg.region.clone(),
         retries: cfg.origin.retries,
         connect_timeout: cfg.connect_timeout(),
         read_timeout: cfg.read_timeout(),
@@ -81,13 +83,13 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
     server.bootstrap();
 
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, edge);
-    proxy.add_tcp(&cfg.listen.to_string());
+    proxy.add_listener(listener(pingora::listeners::ListenerConfig::tcp(cfg.listen.to_string())));
     if !cfg.tls.listen.is_empty() {
         let (cert, key) = (cfg.tls.cert.display().to_string(), cfg.tls.key.display().to_string());
         let mut tls = pingora::listeners::tls::TlsSettings::intermediate(&cert, &key)
             .map_err(|e| anyhow::anyhow!("tls.cert / tls.key: {e}"))?;
         tls.enable_h2();
-        proxy.add_tls_with_settings(&cfg.tls.listen, None, tls);
+        proxy.add_listener(listener(pingora::listeners::ListenerConfig::tcp(cfg.tls.listen.clone()).tls(tls)));
     }
 
     let admin_app = admin::Admin {
@@ -118,6 +120,15 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
     tracing::info!(listen = %cfg.listen, admin = %cfg.admin.listen, tls = %cfg.tls.listen, "edge serving");
     server.run(RunArgs::default());
     Ok(())
+}
+
+/// Client connections buffer writes up to this many bytes, so that a
+/// response head and a small body (a `.mod`, a typical zip) leave in one
+/// send instead of two; larger bodies are written straight through.
+const CLIENT_WRITE_BUFFER: usize = 32 << 10;
+
+fn listener(config: pingora::listeners::ListenerConfig) -> pingora::listeners::ListenerConfig {
+    config.l4_buffer(pingora::protocols::l4::stream::L4BufferSettings::default().write(CLIENT_WRITE_BUFFER))
 }
 
 fn lru_dir(cfg: &EdgeConfig) -> String {

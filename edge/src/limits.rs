@@ -63,6 +63,11 @@ impl Limits {
         })
     }
 
+    /// Whether any limit is configured.
+    pub fn enabled(&self) -> bool {
+        self.rate > 0.0 || self.max_in_flight > 0
+    }
+
     /// Admits one request from `ip` or says why not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Option<Permit>, Refused> {
         if self.rate > 0.0 {

@@ -28,12 +28,37 @@ enum Command {
         #[arg(long)]
         upgrade: bool,
     },
+    /// Start a local cluster (deploy/cluster/cluster.toml: two regions, an
+    /// edge in each, three origins) and print the GOPROXY line.
+    Cluster {
+        /// Upstream of the origins (GOPROXY syntax), e.g. a local fixture
+        /// upstream for offline use. Default: https://proxy.golang.org.
+        #[arg(long)]
+        upstream: Option<String>,
+        /// Do not verify against the checksum database (for upstreams whose
+        /// modules are in none, like the fixture corpus).
+        #[arg(long)]
+        no_verify: bool,
+        /// Where configs, data and logs go. Default: modcdn-data/cluster.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Print the embedded default config.
     DefaultConfig,
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Cluster { upstream, no_verify, dir } => {
+            let overrides = modcdn_edge::cluster::Overrides { upstream, verify: !no_verify, dir };
+            match modcdn_edge::cluster::run(overrides) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("modcdn-edge cluster: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::DefaultConfig => {
             print!("{}", modcdn_edge::config::DEFAULT_TOML);
             ExitCode::SUCCESS

@@ -2,6 +2,8 @@
 //!
 //! 1. `request_filter`: client IP (trusted `X-Forwarded-For` only) → limits
 //!    (429) → method (405) → `Request::parse` (400, never forwarded) → region.
+//!    A fresh object of the memory tier is answered right there (no cache
+//!    state machine for the commonest hit: a plain GET of a small artifact).
 //! 2. `request_cache_filter` / `cache_key_callback`: everything public is
 //!    looked up in the cache (memory tier, then disk), keyed by the escaped
 //!    GOPROXY path; concurrent misses on a key wait on one cache lock.
@@ -38,7 +40,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::limits::{Limits, Permit};
 use crate::metrics::Metrics;
-use crate::storage::{cache_key, CacheStore};
+use crate::storage::{cache_key, CacheStore, MemObject};
 
 /// How long an artifact with `Freshness::Forever` is considered fresh.
 const FOREVER: Duration = Duration::from_secs(10 * 365 * 86_400);
@@ -54,6 +56,8 @@ pub struct Edge {
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
     pub ttls: Ttls,
+    /// Region of clients GeoIP cannot place; empty: the region map's default.
+    pub region: String,
     pub retries: usize,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -63,6 +67,8 @@ pub struct Edge {
 #[derive(Default)]
 pub struct Ctx {
     request: Option<Request>,
+    /// The kind of a request answered by the memory fast path (unparsed).
+    fast_kind: Option<modcdn_shared::Kind>,
     client: Option<IpAddr>,
     region: String,
     _permit: Option<Permit>,
@@ -74,7 +80,7 @@ pub struct Ctx {
 
 impl Ctx {
     fn kind(&self) -> &'static str {
-        self.request.as_ref().map_or("invalid", |r| r.kind().as_str())
+        self.request.as_ref().map(Request::kind).or(self.fast_kind).map_or("invalid", |k| k.as_str())
     }
 
     /// Releases the current origin's load slot with the result.
@@ -94,26 +100,20 @@ impl ProxyHttp for Edge {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let snapshot = self.membership.snapshot();
-        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let forwarded = session.req_header().headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-        let client = peer.map(|p| snapshot.geo.client_ip(p, forwarded));
-        ctx.client = client;
-        if let Some(ip) = client {
-            match self.limits.admit(ip, Instant::now()) {
-                Ok(permit) => ctx._permit = permit,
-                Err(refused) => {
-                    self.metrics.rate_limited.inc();
-                    let retry = refused.retry_after_secs.to_string();
-                    let body = format!("too many requests ({}); retry after {retry} s\n", refused.reason);
-                    respond(session, 429, &body, &[("retry-after", &retry)]).await?;
-                    return Ok(true);
-                }
-            }
+        if self.limits.enabled() && self.refuse_over_limit(session, ctx).await? {
+            return Ok(true);
         }
         let method = &session.req_header().method;
         if method != http::Method::GET && method != http::Method::HEAD {
             respond(session, 405, "only GET and HEAD are served\n", &[("allow", "GET, HEAD")]).await?;
+            return Ok(true);
+        }
+        // The memory tier is keyed by escaped GOPROXY path, which only a
+        // request that parsed could have put there: a raw path equal to a
+        // key is that request, and needs no parsing again.
+        if let Some(obj) = self.fresh_in_memory(session) {
+            ctx.fast_kind = obj.kind;
+            serve_from_memory(session, &obj).await?;
             return Ok(true);
         }
         let path = session.req_header().uri.path().to_string();
@@ -124,9 +124,9 @@ impl ProxyHttp for Edge {
                 return Ok(true);
             }
         }
-        // A client without an IP (a Unix socket) is local: the default region.
-        let ip = client.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-        ctx.region = snapshot.geo.region_of(ip).to_string();
+        let snapshot = self.membership.snapshot();
+        ctx.client = ctx.client.or_else(|| client_ip(session, &snapshot));
+        ctx.region = self.region_of(&snapshot, ctx.client);
         Ok(false)
     }
 
@@ -280,17 +280,20 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        ctx.finish_origin(status != 0 && status < 500);
-        let cache = session
-            .response_written()
-            .and_then(|r| r.headers.get("x-cache"))
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("NONE")
-            .to_string();
+        let written = session.response_written();
+        let status = written.map_or(0, |r| r.status.as_u16());
+        let cache = written.and_then(|r| r.headers.get("x-cache")).map_or("NONE", |v| match v.as_bytes() {
+            b"HIT" => "HIT",
+            b"MISS" => "MISS",
+            b"STALE" => "STALE",
+            b"EXPIRED" => "EXPIRED",
+            b"BYPASS" => "BYPASS",
+            _ => "NONE",
+        });
         let kind = ctx.kind();
-        self.metrics.requests.with_label_values(&[kind, &status.to_string(), &cache]).inc();
-        self.metrics.bytes.with_label_values(&[kind]).inc_by(session.body_bytes_sent() as u64);
+        let bytes = session.body_bytes_sent() as u64;
+        ctx.finish_origin(status != 0 && status < 500);
+        self.metrics.request(kind, status, cache, bytes);
     }
 }
 
@@ -303,6 +306,51 @@ impl Edge {
         ctx.tried.len() <= self.retries
             && session.response_written().is_none()
             && next_candidate(&self.membership.snapshot(), ctx).is_some()
+    }
+
+    /// Applies the per-client limits; `Ok(true)` when the request was
+    /// refused (429 with Retry-After written).
+    async fn refuse_over_limit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(ip) = client_ip(session, &self.membership.snapshot()) else { return Ok(false) };
+        ctx.client = Some(ip);
+        match self.limits.admit(ip, Instant::now()) {
+            Ok(permit) => {
+                ctx._permit = permit;
+                Ok(false)
+            }
+            Err(refused) => {
+                self.metrics.rate_limited.inc();
+                let retry = refused.retry_after_secs.to_string();
+                let body = format!("too many requests ({}); retry after {retry} s\n", refused.reason);
+                respond(session, 429, &body, &[("retry-after", &retry)]).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// The memory tier's copy, when it may answer this request as it is: a
+    /// fresh object, and a request with no credentials, range or condition
+    /// (those take the full cache path).
+    fn fresh_in_memory(&self, session: &Session) -> Option<Arc<MemObject>> {
+        let headers = &session.req_header().headers;
+        let special = [http::header::AUTHORIZATION, http::header::RANGE, http::header::IF_NONE_MATCH, http::header::IF_MODIFIED_SINCE];
+        if special.iter().any(|h| headers.contains_key(h)) {
+            return None;
+        }
+        let key = session.req_header().uri.path().strip_prefix('/')?;
+        let obj = self.storage.memory_get(key)?;
+        (obj.fresh_until > SystemTime::now()).then_some(obj)
+    }
+
+    /// The client's region by GeoIP; clients it cannot place (a Unix
+    /// socket, loopback, private networks) are in the edge's own region.
+    fn region_of(&self, snapshot: &Snapshot, client: Option<IpAddr>) -> String {
+        let located = client.map(|ip| snapshot.geo.locate(ip)).filter(|(country, continent)| country.is_some() || continent.is_some());
+        match (located, client, self.region.is_empty()) {
+            (None, _, false) => self.region.clone(),
+            (_, Some(ip), _) => snapshot.geo.region_of(ip).to_string(),
+            (_, None, _) => snapshot.geo.region_of(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)).to_string(),
+        }
     }
 
     fn origin_failed(&self, ctx: &mut Ctx, result: &str) {
@@ -326,6 +374,27 @@ fn routing_key(r: &Request) -> String {
         Request::SumDb { name, .. } => format!("sumdb/{name}"),
         other => other.module().map(|m| m.as_str().to_string()).unwrap_or_default(),
     }
+}
+
+/// The client's address: the peer, or whom a trusted proxy forwarded for.
+fn client_ip(session: &Session, snapshot: &Snapshot) -> Option<IpAddr> {
+    let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())?;
+    let forwarded = session.req_header().headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    Some(snapshot.geo.client_ip(peer, forwarded))
+}
+
+/// Answers a hit from the memory tier.
+async fn serve_from_memory(session: &mut Session, obj: &MemObject) -> Result<()> {
+    let mut resp = obj.header.clone();
+    resp.insert_header("x-cache", "HIT")?;
+    let age = SystemTime::now().duration_since(obj.created).unwrap_or_default().as_secs();
+    resp.insert_header("age", age.to_string())?;
+    let head = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(resp), head).await?;
+    if !head {
+        session.write_response_body(Some(obj.body.clone()), true).await?;
+    }
+    Ok(())
 }
 
 /// Writes a small answer of the edge's own (errors, refusals).

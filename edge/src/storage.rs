@@ -46,10 +46,45 @@ pub fn cache_key(primary: &str) -> CacheKey {
     CacheKey::new(primary, "")
 }
 
-/// What is kept in the memory tier.
-struct MemObject {
-    meta: (Vec<u8>, Vec<u8>),
-    body: Bytes,
+/// What is kept in the memory tier: the metadata already parsed (parsing
+/// a serialized `CacheMeta` costs more than serving a small hit), the body.
+pub struct MemObject {
+    /// What it answers, for metrics.
+    pub kind: Option<modcdn_shared::Kind>,
+    pub header: pingora::http::ResponseHeader,
+    pub fresh_until: SystemTime,
+    pub created: SystemTime,
+    stale_while_revalidate: u32,
+    stale_if_error: u32,
+    pub body: Bytes,
+}
+
+impl MemObject {
+    fn new(primary: &str, meta: &CacheMeta, body: Bytes) -> MemObject {
+        MemObject {
+            kind: modcdn_shared::Request::parse(&format!("/{primary}")).ok().map(|r| r.kind()),
+            header: meta.response_header_copy(),
+            fresh_until: meta.fresh_until(),
+            created: meta.created(),
+            stale_while_revalidate: meta.stale_while_revalidate_sec(),
+            stale_if_error: meta.stale_if_error_sec(),
+            body,
+        }
+    }
+
+    fn parse(primary: &str, meta: &(Vec<u8>, Vec<u8>), body: Bytes) -> Result<MemObject> {
+        Ok(MemObject::new(primary, &CacheMeta::deserialize(&meta.0, &meta.1)?, body))
+    }
+
+    fn meta(&self) -> CacheMeta {
+        CacheMeta::new(
+            self.fresh_until,
+            self.created,
+            self.stale_while_revalidate,
+            self.stale_if_error,
+            self.header.clone(),
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,12 +137,14 @@ impl Index {
 struct Weigh;
 impl quick_cache::Weighter<String, Arc<MemObject>> for Weigh {
     fn weight(&self, key: &String, v: &Arc<MemObject>) -> u64 {
-        (key.len() + v.meta.0.len() + v.meta.1.len() + v.body.len() + 64) as u64
+        let headers: usize = v.header.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
+        (key.len() + headers + v.body.len() + 128) as u64
     }
 }
 
 pub struct CacheStore {
     dir: PathBuf,
+    /// Memory tier, by request key (no hashing on the hit path).
     memory: quick_cache::sync::Cache<String, Arc<MemObject>, Weigh>,
     memory_object_max: u64,
     fills: Mutex<HashMap<String, Arc<Fill>>>,
@@ -285,10 +322,13 @@ impl CacheStore {
         index.by_key.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, _)| k.clone()).collect()
     }
 
-    /// Removes one entry by hash from both tiers and stops a fill in
-    /// progress from publishing. Returns whether anything was there.
-    async fn remove(&'static self, hash: &str) -> Result<bool> {
-        let in_memory = self.memory.remove(hash).is_some();
+    /// Removes one entry by hash from disk, and from memory too unless it
+    /// is an eviction (the memory tier has its own budget, and what is in
+    /// it stays correct), and stops a fill in progress from publishing.
+    /// Returns whether anything was there.
+    async fn remove(&'static self, hash: &str, from_memory: bool) -> Result<bool> {
+        let primary = self.index.lock().by_hash.get(hash).map(|(p, _)| p.clone());
+        let in_memory = from_memory && primary.is_some_and(|p| self.memory.remove(&p).is_some());
         let filling = self.fills.lock().remove(hash).inspect(|f| f.aborted.store(true, Ordering::SeqCst)).is_some();
         let was_indexed = self.index.lock().by_hash.contains_key(hash);
         let (meta_path, shard, hash_owned) = (self.meta_path(hash), self.shard(hash), hash.to_string());
@@ -313,13 +353,18 @@ impl CacheStore {
 
     /// Purges one request key. Returns whether it was cached.
     pub async fn purge_key(&'static self, primary: &str) -> Result<bool> {
-        self.remove(&cache_key(primary).combined()).await
+        let in_memory = self.memory.remove(primary).is_some();
+        Ok(self.remove(&cache_key(primary).combined(), true).await? || in_memory)
     }
 
-    fn memory_hit(&self, obj: &Arc<MemObject>) -> Result<(CacheMeta, HitHandler)> {
-        let meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
+    /// A fresh-or-not object of the memory tier, for the proxy's fast path.
+    pub fn memory_get(&self, primary: &str) -> Option<Arc<MemObject>> {
+        self.memory.get(primary)
+    }
+
+    fn memory_hit(&self, obj: &Arc<MemObject>) -> (CacheMeta, HitHandler) {
         let len = obj.body.len();
-        Ok((meta, Box::new(Hit::Memory { body: obj.body.clone(), start: 0, end: len, done: false })))
+        (obj.meta(), Box::new(Hit::Memory { body: obj.body.clone(), start: 0, end: len, done: false }))
     }
 
     fn partial_hit(&self, fill: &Arc<Fill>) -> Result<Option<(CacheMeta, HitHandler)>> {
@@ -335,7 +380,7 @@ impl CacheStore {
 
 /// What a disk lookup found.
 enum DiskLookup {
-    Small(MemObject),
+    Small { meta: (Vec<u8>, Vec<u8>), body: Bytes },
     Large { meta: (Vec<u8>, Vec<u8>), file: File, len: u64 },
 }
 
@@ -358,7 +403,7 @@ fn read_disk(meta_path: &Path, shard: &Path, hash: &str, memory_max: u64) -> std
     if m.body_len <= memory_max {
         let mut body = Vec::with_capacity(m.body_len as usize);
         file.read_to_end(&mut body)?;
-        return Ok(Some(DiskLookup::Small(MemObject { meta: m.meta, body: body.into() })));
+        return Ok(Some(DiskLookup::Small { meta: m.meta, body: body.into() }));
     }
     Ok(Some(DiskLookup::Large { meta: m.meta, file, len: m.body_len }))
 }
@@ -366,10 +411,11 @@ fn read_disk(meta_path: &Path, shard: &Path, hash: &str, memory_max: u64) -> std
 #[async_trait]
 impl Storage for CacheStore {
     async fn lookup(&'static self, key: &CacheKey, _trace: &SpanHandle) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let hash = key.combined();
-        if let Some(obj) = self.memory.get(&hash) {
-            return self.memory_hit(&obj).map(Some);
+        let primary = key.primary_key_str().unwrap_or_default();
+        if let Some(obj) = self.memory.get(primary) {
+            return Ok(Some(self.memory_hit(&obj)));
         }
+        let hash = key.combined();
         let fill = self.fills.lock().get(&hash).cloned();
         if let Some(fill) = fill {
             if let Some(hit) = self.partial_hit(&fill)? {
@@ -383,10 +429,10 @@ impl Storage for CacheStore {
             .map_err(|e| storage_error("lookup", e))?;
         match found {
             None => Ok(None),
-            Some(DiskLookup::Small(obj)) => {
-                let obj = Arc::new(obj);
-                self.memory.insert(hash, obj.clone());
-                self.memory_hit(&obj).map(Some)
+            Some(DiskLookup::Small { meta, body }) => {
+                let obj = Arc::new(MemObject::parse(primary, &meta, body)?);
+                self.memory.insert(primary.to_string(), obj.clone());
+                Ok(Some(self.memory_hit(&obj)))
             }
             Some(DiskLookup::Large { meta, file, len }) => {
                 let meta = CacheMeta::deserialize(&meta.0, &meta.1)?;
@@ -431,8 +477,8 @@ impl Storage for CacheStore {
         Ok(Box::new(Filler { store: self, hash, primary, fill, file: Some(file), written: 0, small, done: false }))
     }
 
-    async fn purge(&'static self, target: PurgeTarget<'_>, _kind: PurgeType, _trace: &SpanHandle) -> Result<PurgeOutcome> {
-        let removed = self.remove(&target.key().combined()).await?;
+    async fn purge(&'static self, target: PurgeTarget<'_>, kind: PurgeType, _trace: &SpanHandle) -> Result<PurgeOutcome> {
+        let removed = self.remove(&target.key().combined(), matches!(kind, PurgeType::Invalidation)).await?;
         Ok(if removed { PurgeOutcome::Purged(None) } else { PurgeOutcome::NotFound })
     }
 
@@ -479,8 +525,8 @@ impl CacheStore {
 
     /// Replaces the meta file atomically; the memory copy follows.
     async fn write_meta(&'static self, hash: &str, m: MetaFile) -> Result<()> {
-        if let Some(obj) = self.memory.get(hash) {
-            self.memory.insert(hash.to_string(), Arc::new(MemObject { meta: m.meta.clone(), body: obj.body.clone() }));
+        if let Some(obj) = self.memory.get(&m.primary) {
+            self.memory.insert(m.primary.clone(), Arc::new(MemObject::parse(&m.primary, &m.meta, obj.body.clone())?));
         }
         let path = self.meta_path(hash);
         let tmp = self.dir.join("tmp").join(format!("{hash}.{}.meta", self.next_id.fetch_add(1, Ordering::Relaxed)));
@@ -694,12 +740,12 @@ impl HandleMiss for Filler {
         .map_err(|e| storage_error("publish", e))?;
         // A purge that came while publishing wins.
         if self.fill.aborted.load(Ordering::SeqCst) {
-            let _ = store.remove(&self.hash).await;
+            let _ = store.remove(&self.hash, true).await;
             return Err(storage_error("fill", "purged while filling"));
         }
         store.index.lock().insert(&self.hash, &self.primary, self.written);
         if let Some(small) = self.small.take() {
-            store.memory.insert(self.hash.clone(), Arc::new(MemObject { meta: self.fill.meta.clone(), body: small.into() }));
+            store.memory.insert(self.primary.clone(), Arc::new(MemObject::parse(&self.primary, &self.fill.meta, small.into())?));
         }
         self.fill.state.send_replace(FillState::Complete(self.written));
         self.done = true;

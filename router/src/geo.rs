@@ -32,6 +32,10 @@ struct Continent<'a> {
     code: Option<&'a str>,
 }
 
+/// The test database of `geo-data/` (127.0.1.0/24 CN, 127.0.2.0/24 US,
+/// 127.0.3.0/24 DE, 127.0.4.0/24 JP), for local clusters and tests.
+pub const TEST_COUNTRY_DB: &[u8] = include_bytes!("../../geo-data/test-country.mmdb");
+
 /// One region of the region map.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

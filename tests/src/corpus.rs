@@ -247,6 +247,23 @@ impl Corpus {
         Ok(v)
     }
 
+    /// Adds `example.com/sized/k<kib>@v1.0.0`, whose zip holds `kib` KiB of
+    /// incompressible bytes (zips of chosen sizes, for benchmarks).
+    pub fn add_sized(&mut self, kib: usize) -> io::Result<ModVersion> {
+        let path: &'static str = Box::leak(format!("example.com/sized/k{kib}").into_boxed_str());
+        let spec = Spec {
+            path,
+            version: "v1.0.0",
+            go_mod: Some(go_mod(path, &[])),
+            files: vec![("testdata/blob.bin".into(), noise(kib << 10, 0x2545f4914f6cdd1d ^ kib as u64))],
+            listed: true,
+        };
+        let v = write_version(&self.root, &spec)?;
+        fs::write(self.root.join(escape(path)).join("@v").join("list"), "v1.0.0\n")?;
+        self.versions.push(v.clone());
+        Ok(v)
+    }
+
     pub fn get(&self, path: &str, version: &str) -> Option<&ModVersion> {
         self.versions.iter().find(|v| v.path == path && v.version == version)
     }

@@ -22,6 +22,10 @@ enum Cli {
         /// Extra small modules example.com/many/mNNNN@v1.0.0.
         #[arg(long, default_value_t = 0)]
         many: usize,
+        /// Extra modules example.com/sized/k<KiB>@v1.0.0 whose zips hold
+        /// that many KiB of incompressible bytes (comma-separated sizes).
+        #[arg(long, value_delimiter = ',')]
+        sized_kib: Vec<usize>,
     },
     /// Serve a corpus directory as a GOPROXY.
     Upstream {
@@ -51,8 +55,11 @@ enum Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse() {
-        Cli::Corpus { out, large_mib, many } => {
-            let c = Corpus::generate_with(&out, large_mib << 20, many)?;
+        Cli::Corpus { out, large_mib, many, sized_kib } => {
+            let mut c = Corpus::generate_with(&out, large_mib << 20, many)?;
+            for kib in sized_kib {
+                c.add_sized(kib)?;
+            }
             println!("wrote {} module versions to {}", c.versions.len(), out.display());
         }
         Cli::Upstream { corpus, listen, delay_ms } => {

@@ -1,0 +1,228 @@
+//! `modcdn-edge cluster`: a whole modcdn on one machine, for trying it and
+//! for benchmarks — the origins and edges of `deploy/cluster/cluster.toml`
+//! (embedded) as child processes, each on its own config and data directory,
+//! stopped together on SIGINT/SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// The embedded cluster description.
+pub const CLUSTER_TOML: &str = include_str!("../../deploy/cluster/cluster.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub upstream: String,
+    pub purge_token: String,
+    #[serde(rename = "origin")]
+    pub origins: Vec<NodeSpec>,
+    #[serde(rename = "edge")]
+    pub edges: Vec<NodeSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub id: String,
+    pub listen: String,
+    pub region: String,
+    #[serde(default)]
+    pub admin: Option<String>,
+}
+
+/// What the command line changes.
+pub struct Overrides {
+    pub upstream: Option<String>,
+    pub verify: bool,
+    pub dir: Option<PathBuf>,
+}
+
+impl Cluster {
+    pub fn embedded() -> anyhow::Result<Cluster> {
+        toml::from_str(CLUSTER_TOML).context("deploy/cluster/cluster.toml")
+    }
+
+    /// Writes every node's config under `dir`; returns (id, binary, config).
+    fn write_configs(&self, verify: bool) -> anyhow::Result<Vec<(String, &'static str, PathBuf)>> {
+        let dir = &self.dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+        let mut nodes = Vec::new();
+        let mut membership = "# Written by `modcdn-edge cluster`.\ngeoip_db = \"test-country.mmdb\"\n\n".to_string();
+        std::fs::write(dir.join("test-country.mmdb"), modcdn_router::geo::TEST_COUNTRY_DB)?;
+        for o in &self.origins {
+            membership.push_str(&format!(
+                "[[origin]]\nid = \"{}\"\naddress = \"{}\"\nregion = \"{}\"\n\n",
+                o.id, o.listen, o.region
+            ));
+            let config = dir.join(format!("{}.toml", o.id));
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = \"{}\"\nupstream = \"{}\"\nstore_dir = \"{}\"\nverify = \"{}\"\npurge_token = \"{}\"\n",
+                    o.listen,
+                    self.upstream,
+                    dir.join(&o.id).join("store").display(),
+                    if verify { "verify" } else { "off" },
+                    self.purge_token,
+                ),
+            )?;
+            nodes.push((o.id.clone(), "modcdn-origin", config));
+        }
+        std::fs::write(dir.join("membership.toml"), membership)?;
+        for e in &self.edges {
+            let config = dir.join(format!("{}.toml", e.id));
+            let node = dir.join(&e.id);
+            std::fs::create_dir_all(&node)?;
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = \"{}\"\nregion = \"{}\"\nmembership = \"membership.toml\"\n\
+                     upgrade_sock = \"{id}/upgrade.sock\"\npid_file = \"{id}/edge.pid\"\n\
+                     [admin]\nlisten = \"{}\"\ntoken = \"{}\"\n[cache]\ndir = \"{id}/cache\"\n",
+                    e.listen,
+                    e.region,
+                    e.admin.as_deref().unwrap_or("127.0.0.1:0"),
+                    self.purge_token,
+                    id = e.id,
+                ),
+            )?;
+            nodes.push((e.id.clone(), "modcdn-edge", config));
+        }
+        Ok(nodes)
+    }
+}
+
+struct Running {
+    id: String,
+    child: Child,
+}
+
+/// Starts the cluster and supervises it until SIGINT/SIGTERM or until a
+/// node exits on its own (then the rest are stopped and this fails).
+pub fn run(overrides: Overrides) -> anyhow::Result<()> {
+    let mut cluster = Cluster::embedded()?;
+    if let Some(u) = overrides.upstream {
+        cluster.upstream = u;
+    }
+    if let Some(d) = overrides.dir {
+        cluster.dir = d;
+    }
+    cluster.dir = std::path::absolute(&cluster.dir).context("cluster dir")?;
+    let nodes = cluster.write_configs(overrides.verify)?;
+    let exe = std::env::current_exe().context("own path")?;
+    let bin_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))?;
+    }
+    let mut running: Vec<Running> = Vec::new();
+    for (id, bin, config) in &nodes {
+        let log = std::fs::File::create(cluster.dir.join(format!("{id}.log")))?;
+        let child = Command::new(bin_dir.join(bin))
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {id} ({}; build with `cargo build --release --bins`)", bin_dir.join(bin).display()));
+        match child {
+            Ok(child) => running.push(Running { id: id.clone(), child }),
+            Err(e) => {
+                stop_all(&mut running);
+                return Err(e);
+            }
+        }
+    }
+    let wait = wait_listening(&cluster, &mut running);
+    if let Err(e) = wait {
+        stop_all(&mut running);
+        return Err(e);
+    }
+    for e in &cluster.edges {
+        eprintln!("modcdn-edge cluster: edge {} (region {}) on http://{}", e.id, e.region, e.listen);
+    }
+    eprintln!(
+        "modcdn-edge cluster: {} origins, upstream {}, logs in {}; Ctrl-C stops it",
+        cluster.origins.len(),
+        cluster.upstream,
+        cluster.dir.display()
+    );
+    if let Some(first) = cluster.edges.first() {
+        println!("GOPROXY=http://{}", first.listen);
+    }
+    loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            stop_all(&mut running);
+            return Ok(());
+        }
+        for r in &mut running {
+            if let Ok(Some(status)) = r.child.try_wait() {
+                let id = r.id.clone();
+                stop_all(&mut running);
+                bail!("{id} exited ({status}); see {}", cluster.dir.join(format!("{id}.log")).display());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until every node accepts connections (bounded).
+fn wait_listening(cluster: &Cluster, running: &mut [Running]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for spec in cluster.origins.iter().chain(&cluster.edges) {
+        loop {
+            if std::net::TcpStream::connect(&spec.listen).is_ok() {
+                break;
+            }
+            if let Some(r) = running.iter_mut().find(|r| r.id == spec.id) {
+                if let Ok(Some(status)) = r.child.try_wait() {
+                    bail!("{} exited at start ({status}); see {}", spec.id, cluster.dir.join(format!("{}.log", spec.id)).display());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{} is not listening on {} after 30 s", spec.id, spec.listen);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+/// SIGTERM to every node, then SIGKILL to those still there after 10 s.
+fn stop_all(running: &mut Vec<Running>) {
+    for r in running.iter() {
+        let _ = Command::new("sh").args(["-c", &format!("kill -TERM {}", r.child.id())]).status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && running.iter_mut().any(|r| matches!(r.child.try_wait(), Ok(None))) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for r in running.iter_mut() {
+        let _ = r.child.kill();
+        let _ = r.child.wait();
+    }
+    running.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_cluster_is_two_regions_one_edge_each_three_origins() {
+        let c = Cluster::embedded().expect("parses");
+        assert_eq!(c.origins.len(), 3);
+        assert_eq!(c.edges.len(), 2);
+        let mut edge_regions: Vec<&str> = c.edges.iter().map(|e| e.region.as_str()).collect();
+        edge_regions.sort();
+        assert_eq!(edge_regions, ["eu", "us"]);
+        for e in &c.edges {
+            assert!(c.origins.iter().any(|o| o.region == e.region), "edge {} has origins in its region", e.id);
+        }
+    }
+}

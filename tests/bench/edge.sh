@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Edge benchmark, one run, one machine, same CPU pinning for every cache:
+# modcdn-edge, nginx proxy_cache and Varnish (malloc) in front of the same
+# modcdn-origin, all warmed, then wrk against each in turn:
+#   - random small hits: .info and .mod across 1000 modules
+#   - one 16 KiB zip, one 1 MiB zip, one 64 MiB zip (MB/s)
+# Caches run on CPU 0 (one worker each), wrk on CPU 1, the origin and the
+# fixture upstream on CPU 1 too (they only serve the warm-up).
+# Usage: tests/bench/edge.sh [seconds-per-wrk-run]   (default 10)
+# Prints req/s, MB/s, p99 and ratios; nothing here is a pass/fail test.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DUR="${1:-10}"
+for t in nginx varnishd wrk curl python3 taskset; do command -v "$t" >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx varnish wrk curl python3 util-linux >/dev/null; break; }; done
+cargo build --release -q -p modcdn-edge -p modcdn-origin -p modcdn-tests --bins
+BIN=target/release
+WORK="$(mktemp -d)"
+chmod 755 "$WORK"  # nginx workers run unprivileged
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null
+  [ -f "$WORK/varnish.pid" ] && kill "$(cat "$WORK/varnish.pid")" 2>/dev/null
+  sleep 0.5; rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+
+"$BIN/modcdn-fixture" corpus --out "$WORK/corpus" --large-mib 1 --many 1000 --sized-kib 16,1024,65536 >/dev/null
+Z16=/example.com/sized/k16/@v/v1.0.0.zip
+Z1M=/example.com/sized/k1024/@v/v1.0.0.zip
+Z64M=/example.com/sized/k65536/@v/v1.0.0.zip
+
+UP_PORT=$(port); ORIGIN_PORT=$(port); EDGE_PORT=$(port); ADMIN_PORT=$(port); NGINX_PORT=$(port); VARNISH_PORT=$(port)
+taskset -c 1 "$BIN/modcdn-fixture" upstream --corpus "$WORK/corpus" --listen "127.0.0.1:$UP_PORT" & PIDS+=($!)
+wait_http "http://127.0.0.1:$UP_PORT/example.com/large/@v/list"
+cat > "$WORK/origin.toml" <<TOML
+listen = "127.0.0.1:$ORIGIN_PORT"
+upstream = "http://127.0.0.1:$UP_PORT"
+store_dir = "$WORK/origin-store"
+verify = "off"
+[log]
+level = "warn"
+TOML
+taskset -c 1 "$BIN/modcdn-origin" serve --config "$WORK/origin.toml" >/dev/null & PIDS+=($!)
+wait_http "http://127.0.0.1:$ORIGIN_PORT/healthz"
+
+# modcdn-edge: one worker thread, defaults otherwise.
+cat > "$WORK/membership.toml" <<TOML
+single_region = true
+[[origin]]
+id = "origin"
+address = "127.0.0.1:$ORIGIN_PORT"
+region = "us"
+TOML
+cat > "$WORK/edge.toml" <<TOML
+listen = "127.0.0.1:$EDGE_PORT"
+membership = "membership.toml"
+threads = 1
+upgrade_sock = "edge.sock"
+pid_file = "edge.pid"
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+[cache]
+dir = "edge-cache"
+[log]
+level = "warn"
+TOML
+taskset -c 0 "$BIN/modcdn-edge" serve --config "$WORK/edge.toml" 2>"$WORK/edge.log" & PIDS+=($!)
+wait_http "http://127.0.0.1:$ADMIN_PORT/healthz"
+
+# nginx proxy_cache as a competent operator would run it: one worker,
+# cache lock, sendfile, upstream keep-alive, responses kept per the
+# origin's Cache-Control.
+cat > "$WORK/nginx.conf" <<NGINX
+worker_processes 1;
+worker_cpu_affinity 01;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_requests 1000000; keepalive_timeout 60;
+  open_file_cache max=10000 inactive=60s;
+  proxy_cache_path $WORK/nginx-cache levels=1:2 keys_zone=mod:64m max_size=10g inactive=1y use_temp_path=off;
+  upstream origin { server 127.0.0.1:$ORIGIN_PORT; keepalive 32; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache mod;
+      proxy_cache_lock on;
+      proxy_cache_lock_timeout 30s;
+      proxy_cache_valid 404 1m;
+      proxy_buffering on;
+      add_header X-Cache \$upstream_cache_status;
+    }
+  }
+}
+NGINX
+nginx -c "$WORK/nginx.conf" -p "$WORK" -g 'daemon on;'
+
+# Varnish with malloc storage, its default VCL (keeps per Cache-Control).
+mkdir -p "$WORK/varnish"
+taskset -c 0 varnishd -n "$WORK/varnish" -a "127.0.0.1:$VARNISH_PORT" -b "127.0.0.1:$ORIGIN_PORT" \
+  -s malloc,1G -P "$WORK/varnish.pid" -p thread_pools=1 >/dev/null 2>"$WORK/varnish.log"
+wait_http "http://127.0.0.1:$VARNISH_PORT/example.com/large/@v/list"
+wait_http "http://127.0.0.1:$NGINX_PORT/example.com/large/@v/list"
+
+for i in $(seq 0 999); do printf '/example.com/many/m%04d/@v/v1.0.0.info\n/example.com/many/m%04d/@v/v1.0.0.mod\n' "$i" "$i"; done > "$WORK/small.txt"
+cat > "$WORK/random.lua" <<'LUA'
+local paths = {}
+for line in io.lines(os.getenv("PATHS_FILE")) do paths[#paths + 1] = line end
+request = function() return wrk.format("GET", paths[math.random(#paths)]) end
+LUA
+
+# Warm every cache with every path (twice, so each has it stored).
+for port in $EDGE_PORT $NGINX_PORT $VARNISH_PORT; do
+  for p in $(cat "$WORK/small.txt") $Z16 $Z1M $Z64M; do printf 'url = "http://127.0.0.1:%s%s"\noutput = "/dev/null"\n' "$port" "$p"; done > "$WORK/warm.cfg"
+  curl -sf -K "$WORK/warm.cfg"; curl -sf -K "$WORK/warm.cfg"
+done
+for port in $EDGE_PORT $NGINX_PORT $VARNISH_PORT; do
+  h=$(curl -sI "http://127.0.0.1:$port$Z64M" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache" {print $2} tolower($1)=="age" {print "age=" $2}' | tr '\n' ' ')
+  echo "port $port 64 MiB zip: $h" >&2
+done
+
+run_wrk() { # url conns [paths-file] → "req/s MB/s p99ms"
+  local out
+  out=$(PATHS_FILE="${3:-/dev/null}" taskset -c 1 wrk -t1 -c"$2" -d"${DUR}s" --latency ${3:+-s "$WORK/random.lua"} "$1")
+  echo "$out" | grep -q "Non-2xx" && { echo "non-2xx answers from $1" >&2; echo "$out" >&2; exit 1; }
+  local rps mbs p99
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  mbs=$(echo "$out" | awk '/Transfer\/sec/ {v=$2; if (v ~ /GB/) {sub("GB","",v); v*=1024} else if (v ~ /KB/) {sub("KB","",v); v/=1024} else {sub("MB","",v)}; printf "%.1f", v}')
+  p99=$(echo "$out" | awk '$1=="99%" {v=$2; if (v ~ /us/) {sub("us","",v); v/=1000} else if (v ~ /ms/) {sub("ms","",v)} else if (v ~ /s/) {sub("s","",v); v*=1000}; printf "%.2f", v}')
+  echo "$rps $mbs $p99"
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", a/b}'; }
+
+printf '\n%-22s %11s %11s %11s %9s %9s %9s %18s %8s %8s %8s\n' row "edge r/s" "nginx r/s" "varnish r/s" "edge MB/s" "nginx MB/s" "varn MB/s" "p99 e/n/v ms" "e÷nginx" "e÷varn" "e÷best"
+for row in "small-random 32" "zip-16KiB 32" "zip-1MiB 8" "zip-64MiB 4"; do
+  set -- $row
+  case $1 in
+    small-random) path=/; file="$WORK/small.txt" ;;
+    zip-16KiB) path=$Z16; file= ;;
+    zip-1MiB) path=$Z1M; file= ;;
+    zip-64MiB) path=$Z64M; file= ;;
+  esac
+  read -r e_rps e_mbs e_p99 <<<"$(run_wrk "http://127.0.0.1:$EDGE_PORT$path" "$2" $file)"
+  read -r n_rps n_mbs n_p99 <<<"$(run_wrk "http://127.0.0.1:$NGINX_PORT$path" "$2" $file)"
+  read -r v_rps v_mbs v_p99 <<<"$(run_wrk "http://127.0.0.1:$VARNISH_PORT$path" "$2" $file)"
+  if [ "$1" = zip-64MiB ]; then e=$e_mbs; n=$n_mbs; v=$v_mbs; else e=$e_rps; n=$n_rps; v=$v_rps; fi
+  best=$(awk -v a="$n" -v b="$v" 'BEGIN {print (a > b) ? a : b}')
+  printf '%-22s %11s %11s %11s %9s %9s %9s %18s %8s %8s %8s\n' "$1 (c=$2)" "$e_rps" "$n_rps" "$v_rps" "$e_mbs" "$n_mbs" "$v_mbs" "$e_p99/$n_p99/$v_p99" "$(ratio "$e" "$n")" "$(ratio "$e" "$v")" "$(ratio "$e" "$best")"
+done
+echo "(ratios on req/s, on MB/s for the 64 MiB zip; targets vs nginx: ≥ 1.2x small, ≥ 1.0x zips, ≥ 0.9x 64 MiB MB/s; the bar is the best peer)"
