@@ -56,7 +56,9 @@ impl ServeHttp for Admin {
             ("GET", "/readyz") => self.readyz(),
             ("GET", "/metrics") => self.metrics(),
             ("POST", "/purge") => self.purge(auth.as_deref(), &query).await,
-            (_, "/healthz" | "/readyz" | "/metrics" | "/purge") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+            (_, "/healthz" | "/readyz" | "/metrics" | "/purge") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+            }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
@@ -90,7 +92,8 @@ impl Admin {
         if auth.and_then(|a| a.strip_prefix("Bearer ")) != Some(self.token.as_str()) {
             return text(StatusCode::UNAUTHORIZED, "a purge needs Authorization: Bearer <admin.token>\n");
         }
-        let target = match Target::parse(query.get("path").map(String::as_str), query.get("module").map(String::as_str)) {
+        let target = match Target::parse(query.get("path").map(String::as_str), query.get("module").map(String::as_str))
+        {
             Ok(t) => t,
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         };

@@ -129,7 +129,9 @@ pub fn run(overrides: Overrides) -> anyhow::Result<()> {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {id} ({}; build with `cargo build --release --bins`)", bin_dir.join(bin).display()));
+            .with_context(|| {
+                format!("starting {id} ({}; build with `cargo build --release --bins`)", bin_dir.join(bin).display())
+            });
         match child {
             Ok(child) => running.push(Running { id: id.clone(), child }),
             Err(e) => {
@@ -181,7 +183,11 @@ fn wait_listening(cluster: &Cluster, running: &mut [Running]) -> anyhow::Result<
             }
             if let Some(r) = running.iter_mut().find(|r| r.id == spec.id) {
                 if let Ok(Some(status)) = r.child.try_wait() {
-                    bail!("{} exited at start ({status}); see {}", spec.id, cluster.dir.join(format!("{}.log", spec.id)).display());
+                    bail!(
+                        "{} exited at start ({status}); see {}",
+                        spec.id,
+                        cluster.dir.join(format!("{}.log", spec.id)).display()
+                    );
                 }
             }
             if Instant::now() > deadline {

@@ -7,14 +7,14 @@
 //! or a private answer, and never serve a cache entry a crash left partial.
 //! The request flow is `proxy.rs`, top-down.
 
+pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
-pub mod storage;
-pub mod admin;
 pub mod purge;
+pub mod storage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,8 +111,7 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
         interval: Duration::from_millis(cfg.purge.poll_ms),
         http,
     });
-    let housekeeping =
-        background_service("housekeeping", Housekeeping { follower, eviction, lru_dir: lru_dir(&cfg) });
+    let housekeeping = background_service("housekeeping", Housekeeping { follower, eviction, lru_dir: lru_dir(&cfg) });
 
     server.add_service(proxy);
     server.add_service(admin);
@@ -138,12 +137,9 @@ fn lru_dir(cfg: &EdgeConfig) -> String {
 /// Opens the cache and its eviction manager: the saved LRU order first,
 /// then whatever the disk holds that the saved state did not know.
 fn open_cache(cfg: &EdgeConfig) -> anyhow::Result<(&'static CacheStore, &'static Lru)> {
-    let (store, found) = CacheStore::open(
-        &cfg.cache.dir,
-        cfg.cache.memory_mib << 20,
-        cfg.cache.memory_object_max_kib << 10,
-    )
-    .with_context(|| format!("cache.dir {}", cfg.cache.dir.display()))?;
+    let (store, found) =
+        CacheStore::open(&cfg.cache.dir, cfg.cache.memory_mib << 20, cfg.cache.memory_object_max_kib << 10)
+            .with_context(|| format!("cache.dir {}", cfg.cache.dir.display()))?;
     let storage: &'static CacheStore = Box::leak(Box::new(store));
     let limit = (cfg.cache.max_mib << 20) as usize;
     let eviction: &'static Lru = Box::leak(Box::new(Lru::with_capacity(limit, 1 << 16)));

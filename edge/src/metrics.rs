@@ -1,6 +1,8 @@
 //! Prometheus metrics of the edge, served at the admin listener's `/metrics`.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 pub struct Metrics {
     registry: Registry,
@@ -34,8 +36,9 @@ impl Metrics {
         let origin_requests =
             IntCounterVec::new(Opts::new("origin_requests_total", "Requests sent to origins"), &["origin", "result"])?;
         let origin_seconds = HistogramVec::new(
-            HistogramOpts::new("origin_seconds", "Origin time to response headers")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            HistogramOpts::new("origin_seconds", "Origin time to response headers").buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
             &["origin"],
         )?;
         let rate_limited = IntCounter::new("rate_limited_total", "Requests refused with 429")?;

@@ -163,7 +163,12 @@ impl ProxyHttp for Edge {
         Ok(Box::new(peer))
     }
 
-    async fn upstream_request_filter(&self, _session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         if let Some(ip) = ctx.client {
             req.insert_header("x-forwarded-for", ip.to_string())?;
         }
@@ -181,7 +186,14 @@ impl ProxyHttp for Edge {
         e
     }
 
-    fn error_while_proxy(&self, _peer: &HttpPeer, session: &mut Session, mut e: Box<Error>, ctx: &mut Ctx, _reused: bool) -> Box<Error> {
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut Ctx,
+        _reused: bool,
+    ) -> Box<Error> {
         if ctx.current.is_some() {
             self.origin_failed(ctx, "error");
         }
@@ -189,7 +201,12 @@ impl ProxyHttp for Edge {
         e
     }
 
-    async fn upstream_response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         let status = resp.status.as_u16();
         if let (Some((_, started)), Some(id)) = (&ctx.current, ctx.tried.last()) {
             self.metrics.origin_seconds.with_label_values(&[id]).observe(started.elapsed().as_secs_f64());
@@ -201,7 +218,10 @@ impl ProxyHttp for Edge {
             return Err(e);
         }
         if let Some(id) = ctx.tried.last() {
-            self.metrics.origin_requests.with_label_values(&[id.as_str(), if status >= 500 { "5xx" } else { "ok" }]).inc();
+            self.metrics
+                .origin_requests
+                .with_label_values(&[id.as_str(), if status >= 500 { "5xx" } else { "ok" }])
+                .inc();
         }
         Ok(())
     }
@@ -234,7 +254,9 @@ impl ProxyHttp for Edge {
         // errors, anything that went wrong on the way to origins counts.
         match error {
             None => true,
-            Some(e) => e.esource() == &ErrorSource::Upstream || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500),
+            Some(e) => {
+                e.esource() == &ErrorSource::Upstream || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500)
+            }
         }
     }
 
@@ -273,7 +295,10 @@ impl ProxyHttp for Edge {
             // The connection is not reused after an error: say so, so that
             // clients do not send another request on it.
             session.set_keepalive(None);
-            let body = format!("modcdn edge: {}\n", e.context.as_ref().map_or_else(|| e.etype().as_str().to_string(), |c| c.as_str().to_string()));
+            let body = format!(
+                "modcdn edge: {}\n",
+                e.context.as_ref().map_or_else(|| e.etype().as_str().to_string(), |c| c.as_str().to_string())
+            );
             let _ = respond(session, code, &body, &[]).await;
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
@@ -333,7 +358,12 @@ impl Edge {
     /// (those take the full cache path).
     fn fresh_in_memory(&self, session: &Session) -> Option<Arc<MemObject>> {
         let headers = &session.req_header().headers;
-        let special = [http::header::AUTHORIZATION, http::header::RANGE, http::header::IF_NONE_MATCH, http::header::IF_MODIFIED_SINCE];
+        let special = [
+            http::header::AUTHORIZATION,
+            http::header::RANGE,
+            http::header::IF_NONE_MATCH,
+            http::header::IF_MODIFIED_SINCE,
+        ];
         if special.iter().any(|h| headers.contains_key(h)) {
             return None;
         }
@@ -345,7 +375,9 @@ impl Edge {
     /// The client's region by GeoIP; clients it cannot place (a Unix
     /// socket, loopback, private networks) are in the edge's own region.
     fn region_of(&self, snapshot: &Snapshot, client: Option<IpAddr>) -> String {
-        let located = client.map(|ip| snapshot.geo.locate(ip)).filter(|(country, continent)| country.is_some() || continent.is_some());
+        let located = client
+            .map(|ip| snapshot.geo.locate(ip))
+            .filter(|(country, continent)| country.is_some() || continent.is_some());
         match (located, client, self.region.is_empty()) {
             (None, _, false) => self.region.clone(),
             (_, Some(ip), _) => snapshot.geo.region_of(ip).to_string(),

@@ -36,8 +36,10 @@ use pingora::cache::{CacheKey, CacheMeta};
 use pingora::{Error, ErrorType, Result};
 use tokio::sync::watch;
 
-/// Bytes read from disk per body chunk.
-const CHUNK: usize = 1 << 20;
+/// Bytes read from disk per body chunk: large enough that the thread hop
+/// per read is cheap, small enough that many clients streaming large zips
+/// hold little memory (each holds about one chunk).
+const CHUNK: usize = 256 << 10;
 const MAGIC: &[u8; 16] = b"MODCDN-EDGE-M01\n";
 
 /// Builds the cache key of a request key (`Request::key()`); the one place
@@ -228,11 +230,8 @@ impl CacheStore {
             }
             found.extend(Self::scan_shard(&shard, &mut index)?);
         }
-        let memory = quick_cache::sync::Cache::with_weighter(
-            (memory_bytes / 4096).max(16) as usize,
-            memory_bytes.max(1),
-            Weigh,
-        );
+        let memory =
+            quick_cache::sync::Cache::with_weighter((memory_bytes / 4096).max(16) as usize, memory_bytes.max(1), Weigh);
         let store = CacheStore {
             dir: dir.to_path_buf(),
             memory,
@@ -271,12 +270,7 @@ impl CacheStore {
                 (Some(m), Some((body, meta))) => {
                     keep.insert(body);
                     index.insert(&hash, &m.primary, m.body_len);
-                    found.push(Stored {
-                        hash,
-                        primary: m.primary,
-                        size: m.body_len,
-                        fresh_until: meta.fresh_until(),
-                    });
+                    found.push(Stored { hash, primary: m.primary, size: m.body_len, fresh_until: meta.fresh_until() });
                 }
                 _ => {
                     tracing::warn!(file = %path.display(), "removing an incomplete cache entry");
@@ -319,7 +313,12 @@ impl CacheStore {
     /// one module), for purges.
     pub fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
         let index = self.index.lock();
-        index.by_key.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, _)| k.clone()).collect()
+        index
+            .by_key
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// Removes one entry by hash from disk, and from memory too unless it
@@ -422,7 +421,8 @@ impl Storage for CacheStore {
                 return Ok(Some(hit));
             }
         }
-        let (meta_path, shard, h, max) = (self.meta_path(&hash), self.shard(&hash), hash.clone(), self.memory_object_max);
+        let (meta_path, shard, h, max) =
+            (self.meta_path(&hash), self.shard(&hash), hash.clone(), self.memory_object_max);
         let found = tokio::task::spawn_blocking(move || read_disk(&meta_path, &shard, &h, max))
             .await
             .map_err(|e| storage_error("lookup", e))?
@@ -458,7 +458,12 @@ impl Storage for CacheStore {
         }
     }
 
-    async fn get_miss_handler(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<MissHandler> {
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
         let hash = key.combined();
         let primary = key.primary_key_str().unwrap_or_default().to_string();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -471,13 +476,25 @@ impl Storage for CacheStore {
                 .map_err(|e| storage_error("create", e))?
         };
         let (state, _) = watch::channel(FillState::Partial(0));
-        let fill = Arc::new(Fill { id, tag: id.into(), meta: meta.serialize()?, part, state, aborted: AtomicBool::new(false) });
+        let fill = Arc::new(Fill {
+            id,
+            tag: id.into(),
+            meta: meta.serialize()?,
+            part,
+            state,
+            aborted: AtomicBool::new(false),
+        });
         self.fills.lock().insert(hash.clone(), fill.clone());
         let small = (self.memory_object_max > 0).then(Vec::new);
         Ok(Box::new(Filler { store: self, hash, primary, fill, file: Some(file), written: 0, small, done: false }))
     }
 
-    async fn purge(&'static self, target: PurgeTarget<'_>, kind: PurgeType, _trace: &SpanHandle) -> Result<PurgeOutcome> {
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        kind: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
         let removed = self.remove(&target.key().combined(), matches!(kind, PurgeType::Invalidation)).await?;
         Ok(if removed { PurgeOutcome::Purged(None) } else { PurgeOutcome::NotFound })
     }
@@ -613,7 +630,12 @@ impl HandleHit for Hit {
         }
     }
 
-    async fn finish(self: Box<Self>, _storage: &'static (dyn Storage + Sync), _key: &CacheKey, _trace: &SpanHandle) -> Result<()> {
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
         Ok(())
     }
 
@@ -717,7 +739,12 @@ impl HandleMiss for Filler {
         let Some(file) = self.file.take() else { return Err(storage_error("fill", "finish after failure")) };
         let store = self.store;
         let generation = self.fill.id;
-        let meta = MetaFile { generation, body_len: self.written, primary: self.primary.clone(), meta: self.fill.meta.clone() };
+        let meta = MetaFile {
+            generation,
+            body_len: self.written,
+            primary: self.primary.clone(),
+            meta: self.fill.meta.clone(),
+        };
         let (part, body, meta_path) =
             (self.fill.part.clone(), store.body_path(&self.hash, generation), store.meta_path(&self.hash));
         let (shard, hash) = (store.shard(&self.hash), self.hash.clone());
@@ -745,7 +772,10 @@ impl HandleMiss for Filler {
         }
         store.index.lock().insert(&self.hash, &self.primary, self.written);
         if let Some(small) = self.small.take() {
-            store.memory.insert(self.primary.clone(), Arc::new(MemObject::parse(&self.primary, &self.fill.meta, small.into())?));
+            store.memory.insert(
+                self.primary.clone(),
+                Arc::new(MemObject::parse(&self.primary, &self.fill.meta, small.into())?),
+            );
         }
         self.fill.state.send_replace(FillState::Complete(self.written));
         self.done = true;
@@ -779,10 +809,142 @@ impl Drop for Filler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora::cache::trace::Span;
+    use pingora::http::ResponseHeader;
+
+    fn meta(body_len: usize) -> CacheMeta {
+        let mut h = ResponseHeader::build(200, None).expect("header");
+        h.insert_header("content-length", body_len.to_string()).expect("content-length");
+        let now = SystemTime::now();
+        CacheMeta::new(now + std::time::Duration::from_secs(3600), now, 0, 0, h)
+    }
+
+    fn open(dir: &Path, memory: u64) -> (&'static CacheStore, Vec<Stored>) {
+        let (store, found) = CacheStore::open(dir, memory, 1 << 10).expect("open");
+        (Box::leak(Box::new(store)), found)
+    }
+
+    async fn read_all(mut hit: HitHandler) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(b) = hit.read_body().await? {
+            out.extend_from_slice(&b);
+        }
+        Ok(out)
+    }
+
+    async fn fill(store: &'static CacheStore, key: &str, body: &[u8]) {
+        let span = Span::inactive().handle();
+        let mut miss = store.get_miss_handler(&cache_key(key), &meta(body.len()), &span).await.expect("miss handler");
+        for chunk in body.chunks(4096) {
+            miss.write_body(Bytes::copy_from_slice(chunk), false).await.expect("write");
+        }
+        miss.finish().await.expect("finish");
+    }
+
+    #[tokio::test]
+    async fn fills_survive_a_restart_from_both_tiers() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let span = Span::inactive().handle();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let (store, _) = open(&dir, 1 << 20);
+        fill(store, "example.com/a/@v/v1.0.0.zip", &big).await;
+        fill(store, "example.com/a/@v/v1.0.0.mod", b"module example.com/a\n").await;
+        for (key, body) in
+            [("example.com/a/@v/v1.0.0.zip", &big[..]), ("example.com/a/@v/v1.0.0.mod", b"module example.com/a\n")]
+        {
+            let (_, hit) = store.lookup(&cache_key(key), &span).await.expect("lookup").expect("hit");
+            assert_eq!(read_all(hit).await.expect("read"), body, "{key}");
+        }
+        assert!(store.memory_get("example.com/a/@v/v1.0.0.mod").is_some(), "small bodies go to the memory tier");
+        assert!(store.memory_get("example.com/a/@v/v1.0.0.zip").is_none(), "large ones do not");
+
+        let (again, found) = open(&dir, 1 << 20);
+        assert_eq!(found.len(), 2);
+        let (_, mut hit) =
+            again.lookup(&cache_key("example.com/a/@v/v1.0.0.zip"), &span).await.expect("lookup").expect("hit");
+        assert!(hit.can_seek());
+        hit.seek(1000, Some(2000)).expect("seek");
+        assert_eq!(read_all(hit).await.expect("read"), &big[1000..2000]);
+        assert_eq!(
+            again.keys_with_prefix("example.com/a/@"),
+            ["example.com/a/@v/v1.0.0.mod", "example.com/a/@v/v1.0.0.zip"]
+        );
+    }
+
+    #[tokio::test]
+    async fn readers_follow_a_fill_and_a_failed_fill_is_never_served() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let span = Span::inactive().handle();
+        let (store, _) = open(&dir, 0);
+        let key = cache_key("example.com/b/@v/v1.0.0.zip");
+        let mut miss = store.get_miss_handler(&key, &meta(8), &span).await.expect("miss");
+        miss.write_body(Bytes::from_static(b"abcd"), false).await.expect("write");
+        let (_, mut reader) = store.lookup(&key, &span).await.expect("lookup").expect("partial hit");
+        assert!(!reader.can_seek());
+        assert_eq!(reader.read_body().await.expect("read").as_deref(), Some(&b"abcd"[..]));
+        let late = tokio::spawn(async move { read_all(reader).await });
+        miss.write_body(Bytes::from_static(b"efgh"), true).await.expect("write");
+        miss.finish().await.expect("finish");
+        assert_eq!(late.await.expect("join").expect("read"), b"efgh");
+
+        // A fill dropped half way: its reader gets an error, nothing stays.
+        let key2 = cache_key("example.com/b/@v/v2.0.0.zip");
+        let mut miss = store.get_miss_handler(&key2, &meta(8), &span).await.expect("miss");
+        miss.write_body(Bytes::from_static(b"half"), false).await.expect("write");
+        let (_, reader) = store.lookup(&key2, &span).await.expect("lookup").expect("partial hit");
+        drop(miss);
+        assert!(read_all(reader).await.is_err(), "a reader of a failed fill must not see a short body as complete");
+        assert!(store.lookup(&key2, &span).await.expect("lookup").is_none());
+        let (_, found) = open(&dir, 0);
+        assert_eq!(found.len(), 1, "only the finished fill is on disk");
+    }
+
+    #[tokio::test]
+    async fn a_purge_during_a_fill_wins_and_crash_leftovers_are_removed() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let span = Span::inactive().handle();
+        let (store, _) = open(&dir, 1 << 20);
+        let key = cache_key("example.com/c/@v/list");
+        let mut miss = store.get_miss_handler(&key, &meta(7), &span).await.expect("miss");
+        miss.write_body(Bytes::from_static(b"v1.0.0\n"), true).await.expect("write");
+        assert!(store.purge_key("example.com/c/@v/list").await.expect("purge"));
+        assert!(miss.finish().await.is_err(), "the purged fill is not published");
+        assert!(store.lookup(&key, &span).await.expect("lookup").is_none());
+
+        fill(store, "example.com/c/@v/v1.0.0.info", b"{}").await;
+        let hash = cache_key("example.com/c/@v/v1.0.0.info").combined();
+        let shard = dir.join("objects").join(&hash[..2]);
+        // Leftovers: a torn meta, a body without meta, a stray temp file.
+        std::fs::write(shard.join("ffff.meta"), b"MODCDN-EDGE-M01\ntorn").expect("torn meta");
+        std::fs::write(shard.join("eeee.1.body"), b"orphan").expect("orphan body");
+        std::fs::write(dir.join("tmp").join("dddd.2.part"), b"partial").expect("temp");
+        // And a body cut short behind a good meta.
+        let body = std::fs::read_dir(&shard)
+            .expect("shard")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().contains(&hash) && p.extension().is_some_and(|e| e == "body"))
+            .expect("body file");
+        std::fs::write(&body, b"{").expect("cut body");
+        let (again, found) = open(&dir, 1 << 20);
+        assert!(found.is_empty(), "{found:?}");
+        assert!(again.lookup(&cache_key("example.com/c/@v/v1.0.0.info"), &span).await.expect("lookup").is_none());
+        let left: Vec<_> = std::fs::read_dir(&shard).expect("shard").flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(std::fs::read_dir(dir.join("tmp")).expect("tmp").count(), 0);
+    }
 
     #[test]
     fn meta_file_round_trips_and_rejects_damage() {
-        let m = MetaFile { generation: 7, body_len: 42, primary: "example.com/a/@v/v1.0.0.zip".into(), meta: (vec![1, 2], vec![3]) };
+        let m = MetaFile {
+            generation: 7,
+            body_len: 42,
+            primary: "example.com/a/@v/v1.0.0.zip".into(),
+            meta: (vec![1, 2], vec![3]),
+        };
         let enc = m.encode();
         let back = MetaFile::decode(&enc).expect("decodes");
         assert_eq!((back.generation, back.body_len, back.primary.as_str()), (7, 42, "example.com/a/@v/v1.0.0.zip"));

@@ -28,7 +28,9 @@ impl PurgeLog {
         let mut entries: Vec<LogEntry> = Vec::new();
         let file = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(PurgeLog { path, entries: Mutex::new(entries) }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(PurgeLog { path, entries: Mutex::new(entries) })
+            }
             Err(e) => return Err(e),
         };
         let (mut good, total) = (0u64, file.metadata()?.len());

@@ -101,7 +101,8 @@ async fn purge(
     if o.purge_token.is_empty() {
         return no(StatusCode::FORBIDDEN, "purges are off: set purge_token");
     }
-    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let bearer =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     if bearer != Some(o.purge_token.as_str()) {
         return no(StatusCode::UNAUTHORIZED, "a purge needs Authorization: Bearer <purge_token>");
     }

@@ -253,7 +253,8 @@ impl Store for DiskStore {
             (true, Some((dir, start))) => (self.path_of(dir)?, start.to_string()),
             _ => {
                 let path = self.path_of(key)?;
-                let (dir, name) = (path.parent().map(Path::to_path_buf), path.file_name().map(|n| n.to_string_lossy().into_owned()));
+                let (dir, name) =
+                    (path.parent().map(Path::to_path_buf), path.file_name().map(|n| n.to_string_lossy().into_owned()));
                 (dir.unwrap_or_else(|| self.root.clone()), name.unwrap_or_default())
             }
         };
@@ -370,6 +371,9 @@ pub fn conformance(store: &dyn Store) {
     assert!(read(key).is_none() && read("example.com/!conformance/@latest").is_none());
     assert!(read(nested).is_some(), "a nested module is another module");
     assert_eq!(store.usage().0, objects0 + 1);
+    assert_eq!(store.remove(nested, false).expect("remove nested"), 1);
+    // Leave the artifact callers may look at afterwards.
+    store.put(key, b"hello, world", &meta(b"hello, world")).expect("put again");
 }
 
 #[cfg(test)]

@@ -41,11 +41,15 @@ impl TtlConfig {
 
 impl Validate for TtlConfig {
     fn validate(&self) -> Vec<(String, String)> {
-        [("ttl.mutable_secs", self.mutable_secs), ("ttl.query_secs", self.query_secs), ("ttl.negative_secs", self.negative_secs)]
-            .into_iter()
-            .filter(|(_, v)| *v == 0 || *v > 86_400)
-            .map(|(key, v)| (key.to_string(), format!("{v} is out of range (1..=86400)")))
-            .collect()
+        [
+            ("ttl.mutable_secs", self.mutable_secs),
+            ("ttl.query_secs", self.query_secs),
+            ("ttl.negative_secs", self.negative_secs),
+        ]
+        .into_iter()
+        .filter(|(_, v)| *v == 0 || *v > 86_400)
+        .map(|(key, v)| (key.to_string(), format!("{v} is out of range (1..=86400)")))
+        .collect()
     }
 }
 

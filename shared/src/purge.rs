@@ -82,7 +82,8 @@ mod tests {
 
     #[test]
     fn log_pages_round_trip() {
-        let page = LogPage { entries: vec![LogEntry { seq: 3, target: Target::Module("example.com/a".into()) }], last: 3 };
+        let page =
+            LogPage { entries: vec![LogEntry { seq: 3, target: Target::Module("example.com/a".into()) }], last: 3 };
         let json = serde_json::to_string(&page).expect("serializes");
         assert_eq!(json, r#"{"entries":[{"seq":3,"target":{"module":"example.com/a"}}],"last":3}"#);
         let back: LogPage = serde_json::from_str(&json).expect("parses");

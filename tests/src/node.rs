@@ -237,7 +237,9 @@ impl EdgeProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e} (build the workspace binaries first)", bin.display())))?;
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("{}: {e} (build the workspace binaries first)", bin.display()))
+            })?;
         let addr = self.url.trim_start_matches("http://").to_string();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::time::Instant::now() < deadline {

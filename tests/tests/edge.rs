@@ -24,7 +24,8 @@ fn client_from(ip: &str) -> reqwest::Client {
 
 /// Sum of a metric's samples (all label sets) on the edge's admin listener.
 async fn metric(edge: &EdgeProcess, name: &str) -> f64 {
-    let text = client().get(format!("{}/metrics", edge.admin)).send().await.expect("metrics").text().await.expect("body");
+    let text =
+        client().get(format!("{}/metrics", edge.admin)).send().await.expect("metrics").text().await.expect("body");
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -206,7 +207,8 @@ async fn clients_are_served_by_the_origins_of_their_region() {
     let no_prefetch = "[prefetch]\nenabled = false\n";
     let cn = OriginProcess::start(&tmp.path().join("cn"), &upstream.url(), no_prefetch).expect("cn origin");
     let us = OriginProcess::start(&tmp.path().join("us"), &upstream.url(), no_prefetch).expect("us origin");
-    let members = [Member { id: "cn-1", url: &cn.url, region: "cn" }, Member { id: "us-1", url: &us.url, region: "us" }];
+    let members =
+        [Member { id: "cn-1", url: &cn.url, region: "cn" }, Member { id: "us-1", url: &us.url, region: "us" }];
     let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "").expect("edge");
     let stored = |origin: &str, key: &str| tmp.path().join(origin).join("store").join(key).exists();
 
@@ -309,8 +311,8 @@ async fn purges_reach_this_edge_at_once_and_others_through_the_origin_log() {
     let tmp = modcdn_tests::tempdir();
     let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
     let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
-    let origin =
-        OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "purge_token = \"test-token\"\n").expect("origin");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "purge_token = \"test-token\"\n")
+        .expect("origin");
     let members = [Member { id: "o", url: &origin.url, region: "us" }];
     let a = EdgeProcess::start(&tmp.path().join("a"), &members, "").expect("edge a");
     let mut b = EdgeProcess::start(&tmp.path().join("b"), &members, "").expect("edge b");
@@ -373,7 +375,11 @@ async fn a_graceful_upgrade_under_load_fails_no_request() {
     let members = [Member { id: "o", url: &origin.url, region: "us" }];
     let mut edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "").expect("edge");
     let keys: Arc<Vec<String>> = Arc::new(
-        corpus.versions.iter().flat_map(|v| ["info", "mod", "zip"].map(|e| Corpus::key(&v.path, &v.version, e))).collect(),
+        corpus
+            .versions
+            .iter()
+            .flat_map(|v| ["info", "mod", "zip"].map(|e| Corpus::key(&v.path, &v.version, e)))
+            .collect(),
     );
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -448,4 +454,122 @@ async fn clients_over_the_rate_limit_get_429_with_retry_after() {
     assert_eq!(get(&other, &url).await.0, 200, "limits are per client");
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(get(&c, &url).await.0, 200, "tokens come back at the rate");
+}
+
+/// Peak resident memory of `pid` while `during` runs, sampled every 10 ms.
+async fn peak_rss_kib<F: std::future::Future>(pid: u32, during: F) -> (u64, F::Output) {
+    let rss = move || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or(0)
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let sampler = std::thread::spawn(move || {
+        let mut peak = 0;
+        while !stop2.load(Ordering::Relaxed) {
+            peak = peak.max(rss());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        peak
+    });
+    let out = during.await;
+    stop.store(true, Ordering::Relaxed);
+    (sampler.join().unwrap_or(0), out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_clients_streaming_one_large_zip_keep_the_edge_small() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 48 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    // Slow enough upstream that clients join while the zip is still filling.
+    upstream.set_faults(Faults { bytes_per_sec: Some(64 << 20), ..Faults::default() });
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &[Member { id: "o", url: &origin.url, region: "us" }], "")
+        .expect("edge");
+    let c = client();
+    for _ in 0..3 {
+        get(&c, &format!("{}/example.com/alpha/@v/list", edge.url)).await;
+    }
+    let pid = edge.pid().expect("pid");
+    let (baseline, _) = peak_rss_kib(pid, tokio::time::sleep(Duration::from_millis(200))).await;
+    let zip = Corpus::key(corpus::LARGE, "v1.0.0", "zip");
+    let want = Arc::new(corpus_file(&corpus, &zip));
+    let url = format!("{}/{zip}", edge.url);
+    let clients = async {
+        let mut tasks = Vec::new();
+        for _ in 0..64 {
+            let (url, want) = (url.clone(), Arc::clone(&want));
+            tasks.push(tokio::spawn(async move {
+                let mut r = client().get(&url).send().await.expect("get");
+                assert_eq!(r.status(), 200);
+                let mut at = 0;
+                while let Some(chunk) = r.chunk().await.expect("chunk") {
+                    assert!(want[at..at + chunk.len()] == chunk[..], "bytes at {at} differ");
+                    at += chunk.len();
+                }
+                assert_eq!(at, want.len(), "whole zip");
+            }));
+        }
+        for t in tasks {
+            t.await.expect("client");
+        }
+    };
+    let (peak, ()) = peak_rss_kib(pid, clients).await;
+    let grew_mib = peak.saturating_sub(baseline) / 1024;
+    eprintln!("edge RSS: baseline {} MiB, peak {} MiB, grew {grew_mib} MiB", baseline / 1024, peak / 1024);
+    assert!(grew_mib <= 64, "edge grew by {grew_mib} MiB streaming a 48 MiB zip to 64 clients");
+    assert_eq!(upstream.counters().get(&zip), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_http2_serves_the_go_command() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let dir = tmp.path().join("edge");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("cert");
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).expect("cert.pem");
+    std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).expect("key.pem");
+    let tls_port = modcdn_tests::node::free_port().expect("port");
+    let extra = format!("[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n");
+    let _edge = EdgeProcess::start(&dir, &[Member { id: "o", url: &origin.url, region: "us" }], &extra).expect("edge");
+    let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).expect("root");
+    let base = format!("https://localhost:{tls_port}");
+    let key = Corpus::key(corpus::ALPHA, "v1.0.0", "mod");
+
+    let h2 = reqwest::Client::builder().add_root_certificate(root.clone()).build().expect("client");
+    let r = h2.get(format!("{base}/{key}")).send().await.expect("https get");
+    assert_eq!((r.status().as_u16(), r.version()), (200, reqwest::Version::HTTP_2));
+    assert_eq!(r.bytes().await.expect("body"), corpus_file(&corpus, &key));
+    let h1 = reqwest::Client::builder().add_root_certificate(root).http1_only().build().expect("client");
+    for _ in 0..3 {
+        let r = h1.get(format!("{base}/{key}")).send().await.expect("https get");
+        assert_eq!((r.status().as_u16(), r.version()), (200, reqwest::Version::HTTP_11));
+        assert_eq!(r.headers()["x-cache"], "HIT");
+    }
+
+    // The go command over HTTPS, trusting the test certificate.
+    let go = GoEnv::new(&tmp.path().join("go"), &base);
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).expect("work");
+    let cert_file = dir.join("cert.pem").display().to_string();
+    let want = corpus.get(corpus::BETA, "v2.0.1").expect("beta").sum.clone();
+    tokio::task::spawn_blocking(move || {
+        let out = go.ok_env(
+            &work,
+            &[("SSL_CERT_FILE", &cert_file)],
+            &["mod", "download", "-json", "example.com/beta/v2@v2.0.1"],
+        );
+        assert!(out.contains(&want), "{out}");
+    })
+    .await
+    .expect("go over https");
 }
