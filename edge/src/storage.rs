@@ -40,6 +40,8 @@ use tokio::sync::watch;
 /// per read is cheap, small enough that many clients streaming large zips
 /// hold little memory (each holds about one chunk).
 const CHUNK: usize = 256 << 10;
+/// Bytes per chunk of a mapped body (slices: no copy, no memory held).
+const MAPPED_CHUNK: usize = 1 << 20;
 const MAGIC: &[u8; 16] = b"MODCDN-EDGE-M01\n";
 
 /// Builds the cache key of a request key (`Request::key()`); the one place
@@ -152,6 +154,17 @@ pub struct CacheStore {
     fills: Mutex<HashMap<String, Arc<Fill>>>,
     index: Mutex<Index>,
     next_id: AtomicU64,
+    /// Bodies mapped now, so that readers of one file share one mapping.
+    maps: Mutex<HashMap<PathBuf, std::sync::Weak<memmap2::Mmap>>>,
+}
+
+/// A shared mapping as the owner of `Bytes`.
+struct SharedMap(Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for SharedMap {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 fn storage_error(context: &str, e: impl std::fmt::Display) -> Box<Error> {
@@ -239,6 +252,7 @@ impl CacheStore {
             fills: Mutex::new(HashMap::new()),
             index: Mutex::new(index),
             next_id: AtomicU64::new(unix_nanos(SystemTime::now())),
+            maps: Mutex::new(HashMap::new()),
         };
         Ok((store, found))
     }
@@ -284,6 +298,26 @@ impl CacheStore {
             }
         }
         Ok(found)
+    }
+
+    /// The body at `path` (open as `file`) as `Bytes` over a memory
+    /// mapping shared by everyone reading it now.
+    fn map_body(&self, path: &Path, file: &File) -> std::io::Result<Bytes> {
+        let mut maps = self.maps.lock();
+        if let Some(map) = maps.get(path).and_then(std::sync::Weak::upgrade) {
+            return Ok(Bytes::from_owner(SharedMap(map)));
+        }
+        // SAFETY: a body file is never written after it is renamed into
+        // place: fills write a temp file, a new generation gets a new name,
+        // purges and evictions unlink (the mapping keeps the inode). Only a
+        // file truncated by hand under a running edge could fault a read.
+        #[allow(unsafe_code)]
+        let map = Arc::new(unsafe { memmap2::Mmap::map(file)? });
+        if maps.len() >= 1024 {
+            maps.retain(|_, w| w.strong_count() > 0);
+        }
+        maps.insert(path.to_path_buf(), Arc::downgrade(&map));
+        Ok(Bytes::from_owner(SharedMap(map)))
     }
 
     fn shard(&self, hash: &str) -> PathBuf {
@@ -380,17 +414,19 @@ impl CacheStore {
 /// What a disk lookup found.
 enum DiskLookup {
     Small { meta: (Vec<u8>, Vec<u8>), body: Bytes },
-    Large { meta: (Vec<u8>, Vec<u8>), file: File, len: u64 },
+    Large { meta: (Vec<u8>, Vec<u8>), body: Bytes },
 }
 
-fn read_disk(meta_path: &Path, shard: &Path, hash: &str, memory_max: u64) -> std::io::Result<Option<DiskLookup>> {
+fn read_disk(store: &CacheStore, meta_path: &Path, shard: &Path, hash: &str) -> std::io::Result<Option<DiskLookup>> {
+    let memory_max = store.memory_object_max;
     let buf = match std::fs::read(meta_path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
     let Some(m) = MetaFile::decode(&buf) else { return Ok(None) };
-    let mut file = match File::open(shard.join(format!("{hash}.{}.body", m.generation))) {
+    let body_path = shard.join(format!("{hash}.{}.body", m.generation));
+    let mut file = match File::open(&body_path) {
         Ok(f) => f,
         // Replaced or purged between reading meta and opening the body.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -404,7 +440,7 @@ fn read_disk(meta_path: &Path, shard: &Path, hash: &str, memory_max: u64) -> std
         file.read_to_end(&mut body)?;
         return Ok(Some(DiskLookup::Small { meta: m.meta, body: body.into() }));
     }
-    Ok(Some(DiskLookup::Large { meta: m.meta, file, len: m.body_len }))
+    Ok(Some(DiskLookup::Large { meta: m.meta, body: store.map_body(&body_path, &file)? }))
 }
 
 #[async_trait]
@@ -421,9 +457,8 @@ impl Storage for CacheStore {
                 return Ok(Some(hit));
             }
         }
-        let (meta_path, shard, h, max) =
-            (self.meta_path(&hash), self.shard(&hash), hash.clone(), self.memory_object_max);
-        let found = tokio::task::spawn_blocking(move || read_disk(&meta_path, &shard, &h, max))
+        let (meta_path, shard, h) = (self.meta_path(&hash), self.shard(&hash), hash.clone());
+        let found = tokio::task::spawn_blocking(move || read_disk(self, &meta_path, &shard, &h))
             .await
             .map_err(|e| storage_error("lookup", e))?
             .map_err(|e| storage_error("lookup", e))?;
@@ -434,9 +469,10 @@ impl Storage for CacheStore {
                 self.memory.insert(primary.to_string(), obj.clone());
                 Ok(Some(self.memory_hit(&obj)))
             }
-            Some(DiskLookup::Large { meta, file, len }) => {
+            Some(DiskLookup::Large { meta, body }) => {
                 let meta = CacheMeta::deserialize(&meta.0, &meta.1)?;
-                Ok(Some((meta, Box::new(Hit::Disk { file: Arc::new(file), pos: 0, end: len, len }))))
+                let len = body.len();
+                Ok(Some((meta, Box::new(Hit::Disk { body, pos: 0, end: len }))))
             }
         }
     }
@@ -560,15 +596,44 @@ impl CacheStore {
 /// Reads a cached body: from memory, from a complete file, or from a file
 /// still being filled.
 enum Hit {
-    Memory { body: Bytes, start: usize, end: usize, done: bool },
-    Disk { file: Arc<File>, pos: u64, end: u64, len: u64 },
-    Partial { file: Arc<File>, state: watch::Receiver<FillState>, pos: u64 },
+    Memory {
+        body: Bytes,
+        start: usize,
+        end: usize,
+        done: bool,
+    },
+    /// A complete body on disk, mapped: chunks are slices of the mapping,
+    /// so serving one costs a single copy, into the socket.
+    Disk {
+        body: Bytes,
+        pos: usize,
+        end: usize,
+    },
+    Partial {
+        file: Arc<File>,
+        state: watch::Receiver<FillState>,
+        pos: u64,
+    },
 }
 
+/// Reads up to `n` bytes at `pos`. Data in the page cache (a hot zip) is
+/// read right here, without blocking (`RWF_NOWAIT`): a hop to the blocking
+/// pool costs more than the copy. Anything else is read on the blocking pool.
+/// May return fewer bytes than asked; callers advance by what they got.
 async fn read_at(file: &Arc<File>, pos: u64, n: usize) -> Result<Bytes> {
+    let mut buf = vec![0u8; n];
+    let nowait = rustix::io::preadv2(
+        &**file,
+        &mut [std::io::IoSliceMut::new(&mut buf)],
+        pos,
+        rustix::io::ReadWriteFlags::NOWAIT,
+    );
+    if let Some(got) = nowait.ok().filter(|got| *got > 0) {
+        buf.truncate(got);
+        return Ok(Bytes::from(buf));
+    }
     let file = file.clone();
     tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; n];
         let mut got = 0;
         while got < n {
             match file.read_at(&mut buf[got..], pos + got as u64)? {
@@ -595,16 +660,13 @@ impl HandleHit for Hit {
                 *done = true;
                 Ok(Some(body.slice(*start..*end)))
             }
-            Hit::Disk { file, pos, end, .. } => {
+            Hit::Disk { body, pos, end } => {
                 if *pos >= *end {
                     return Ok(None);
                 }
-                let n = CHUNK.min((*end - *pos) as usize);
-                let chunk = read_at(file, *pos, n).await?;
-                if chunk.is_empty() {
-                    return Err(storage_error("read", "cached body is shorter than recorded"));
-                }
-                *pos += chunk.len() as u64;
+                let next = (*pos + MAPPED_CHUNK).min(*end);
+                let chunk = body.slice(*pos..next);
+                *pos = next;
                 Ok(Some(chunk))
             }
             Hit::Partial { file, state, pos } => loop {
@@ -653,12 +715,12 @@ impl HandleHit for Hit {
                 *e = end.map_or(body.len(), |end| end.min(body.len()));
                 *done = false;
             }
-            Hit::Disk { pos, end: e, len, .. } => {
-                if start as u64 >= *len {
+            Hit::Disk { body, pos, end: e } => {
+                if start >= body.len() {
                     return Error::e_explain(ErrorType::InternalError, "seek past the end");
                 }
-                *pos = start as u64;
-                *e = end.map_or(*len, |end| (end as u64).min(*len));
+                *pos = start;
+                *e = end.map_or(body.len(), |end| end.min(body.len()));
             }
             Hit::Partial { .. } => return Error::e_explain(ErrorType::InternalError, "seek while filling"),
         }
@@ -672,7 +734,7 @@ impl HandleHit for Hit {
     fn get_eviction_weight(&self) -> usize {
         match self {
             Hit::Memory { body, .. } => body.len(),
-            Hit::Disk { len, .. } => *len as usize,
+            Hit::Disk { body, .. } => body.len(),
             Hit::Partial { .. } => 0,
         }
     }
