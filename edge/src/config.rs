@@ -251,6 +251,15 @@ mod tests {
     }
 
     #[test]
+    fn deploy_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/edge.toml");
+        let c = EdgeConfig::load(Some(&path)).expect("deploy/edge.toml");
+        assert!(c.membership.ends_with("deploy/router.toml"), "{}", c.membership.display());
+        assert_eq!(c.tls.listen, "0.0.0.0:443");
+        assert!(c.rate_limit.requests_per_sec > 0.0);
+    }
+
+    #[test]
     fn errors_name_the_key() {
         for (text, key) in [
             ("threads = 0\n", "threads"),
