@@ -10,6 +10,7 @@
 # Prints req/s, MB/s, p99 and ratios; nothing here is a pass/fail test.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source tests/bench/lib.sh
 DUR="${1:-10}"
 for t in nginx varnishd wrk curl python3 taskset; do command -v "$t" >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx varnish wrk curl python3 util-linux >/dev/null; break; }; done
 cargo build --release -q -p modcdn-edge -p modcdn-origin -p modcdn-tests --bins
@@ -25,8 +26,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
 
 "$BIN/modcdn-fixture" corpus --out "$WORK/corpus" --large-mib 1 --many 1000 --sized-kib 16,1024,65536 >/dev/null
 Z16=/example.com/sized/k16/@v/v1.0.0.zip
@@ -113,11 +112,7 @@ wait_http "http://127.0.0.1:$VARNISH_PORT/example.com/large/@v/list"
 wait_http "http://127.0.0.1:$NGINX_PORT/example.com/large/@v/list"
 
 for i in $(seq 0 999); do printf '/example.com/many/m%04d/@v/v1.0.0.info\n/example.com/many/m%04d/@v/v1.0.0.mod\n' "$i" "$i"; done > "$WORK/small.txt"
-cat > "$WORK/random.lua" <<'LUA'
-local paths = {}
-for line in io.lines(os.getenv("PATHS_FILE")) do paths[#paths + 1] = line end
-request = function() return wrk.format("GET", paths[math.random(#paths)]) end
-LUA
+write_random_lua
 
 # Warm every cache with every path (twice, so each has it stored).
 for port in $EDGE_PORT $NGINX_PORT $VARNISH_PORT; do
@@ -129,16 +124,6 @@ for port in $EDGE_PORT $NGINX_PORT $VARNISH_PORT; do
   echo "port $port 64 MiB zip: $h" >&2
 done
 
-run_wrk() { # url conns [paths-file] → "req/s MB/s p99ms"
-  local out
-  out=$(PATHS_FILE="${3:-/dev/null}" taskset -c 1 wrk -t1 -c"$2" -d"${DUR}s" --latency ${3:+-s "$WORK/random.lua"} "$1")
-  echo "$out" | grep -q "Non-2xx" && { echo "non-2xx answers from $1" >&2; echo "$out" >&2; exit 1; }
-  local rps mbs p99
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  mbs=$(echo "$out" | awk '/Transfer\/sec/ {v=$2; if (v ~ /GB/) {sub("GB","",v); v*=1024} else if (v ~ /KB/) {sub("KB","",v); v/=1024} else {sub("MB","",v)}; printf "%.1f", v}')
-  p99=$(echo "$out" | awk '$1=="99%" {v=$2; if (v ~ /us/) {sub("us","",v); v/=1000} else if (v ~ /ms/) {sub("ms","",v)} else if (v ~ /s/) {sub("s","",v); v*=1000}; printf "%.2f", v}')
-  echo "$rps $mbs $p99"
-}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", a/b}'; }
 
 printf '\n%-22s %11s %11s %11s %9s %9s %9s %18s %8s %8s %8s\n' row "edge r/s" "nginx r/s" "varnish r/s" "edge MB/s" "nginx MB/s" "varn MB/s" "p99 e/n/v ms" "e÷nginx" "e÷varn" "e÷best"

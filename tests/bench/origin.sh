@@ -9,6 +9,7 @@
 # Prints a table with ratios; nothing here is a pass/fail test.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source tests/bench/lib.sh
 DUR="${1:-10}"
 for t in nginx wrk curl python3 taskset; do command -v "$t" >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx wrk curl python3 util-linux >/dev/null; break; }; done
 cargo build --release -q -p modcdn-origin -p modcdn-tests --bins
@@ -19,8 +20,6 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
 
 "$BIN/modcdn-fixture" corpus --out "$WORK/corpus" --large-mib 1 --many 1000 >/dev/null
 ZIP_PATH=/example.com/large/@v/v1.0.0.zip
@@ -63,11 +62,7 @@ wait_http "http://127.0.0.1:$NGINX_PORT/example.com/large/@v/list"
 # Paths: 1000 .info for the hit runs, 500 .mod for cold misses.
 for i in $(seq 0 999); do printf '/example.com/many/m%04d/@v/v1.0.0.info\n' "$i"; done > "$WORK/info.txt"
 for i in $(seq 0 499); do printf '/example.com/many/m%04d/@v/v1.0.0.mod\n' "$i"; done > "$WORK/mod.txt"
-cat > "$WORK/random.lua" <<'LUA'
-local paths = {}
-for line in io.lines(os.getenv("PATHS_FILE")) do paths[#paths + 1] = line end
-request = function() return wrk.format("GET", paths[math.random(#paths)]) end
-LUA
+write_random_lua
 
 # Cold misses first, while nothing is stored: origin (miss → upstream →
 # validate → durable write → serve) against the upstream directly. A second
@@ -86,16 +81,6 @@ kill "$SHM_PID"; rm -rf "$SHM"
 while read -r p; do curl -sf -o /dev/null "http://127.0.0.1:$ORIGIN_PORT$p"; done < "$WORK/info.txt"
 curl -sf -o /dev/null "http://127.0.0.1:$ORIGIN_PORT$ZIP_PATH"
 
-run_wrk() { # url conns [paths-file] → "req/s MB/s p99ms"
-  local out
-  out=$(PATHS_FILE="${3:-/dev/null}" taskset -c 1 wrk -t1 -c"$2" -d"${DUR}s" --latency ${3:+-s "$WORK/random.lua"} "$1")
-  echo "$out" | grep -q "Non-2xx" && { echo "non-2xx answers from $1" >&2; echo "$out" >&2; exit 1; }
-  local rps mbs p99
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  mbs=$(echo "$out" | awk '/Transfer\/sec/ {v=$2; if (v ~ /GB/) {sub("GB","",v); v*=1024} else if (v ~ /KB/) {sub("KB","",v); v/=1024} else {sub("MB","",v)}; printf "%.1f", v}')
-  p99=$(echo "$out" | awk '$1=="99%" {v=$2; if (v ~ /us/) {sub("us","",v); v/=1000} else if (v ~ /ms/) {sub("ms","",v)} else if (v ~ /s/) {sub("s","",v); v*=1000}; printf "%.2f", v}')
-  echo "$rps $mbs $p99"
-}
 
 printf '\n%-28s %12s %12s %10s %10s %10s %8s\n' "row" "origin req/s" "nginx req/s" "origin MB/s" "nginx MB/s" "p99 o/n ms" "ratio"
 for row in "info-random 32" "zip-1MiB 8"; do

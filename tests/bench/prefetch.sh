@@ -8,6 +8,7 @@
 # Usage: tests/bench/prefetch.sh [runs]   (default 5)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source tests/bench/lib.sh
 RUNS="${1:-5}"
 for t in go curl python3 bc; do command -v "$t" >/dev/null || { apt-get update -qq && apt-get install -y -qq golang-go curl python3 bc >/dev/null; break; }; done
 cargo build --release -q -p modcdn-origin -p modcdn-tests --bins
@@ -16,8 +17,6 @@ WORK="$(mktemp -d)"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
 
 "$BIN/modcdn-fixture" corpus --out "$WORK/corpus" --large-mib 1 >/dev/null
 "$BIN/modcdn-fixture" consumer --out "$WORK/consumer" >/dev/null

@@ -65,3 +65,24 @@ impl GoEnv {
         self.ok_env(dir, &[], args)
     }
 }
+
+/// `go mod download -json` of every one of `versions` in `dir`, asserting
+/// that the go command's own hashes equal the corpus's (and so
+/// `shared::dirhash`) and that none failed.
+pub fn download_and_check(go: &GoEnv, dir: &Path, versions: &[crate::corpus::ModVersion]) {
+    let args: Vec<String> = versions.iter().map(|v| format!("{}@{}", v.path, v.version)).collect();
+    let mut cmd = vec!["mod", "download", "-json"];
+    cmd.extend(args.iter().map(String::as_str));
+    let out = go.ok(dir, &cmd);
+    let mut seen = 0;
+    for item in serde_json::Deserializer::from_str(&out).into_iter::<serde_json::Value>() {
+        let item = item.expect("json");
+        let (path, version) = (item["Path"].as_str().unwrap_or(""), item["Version"].as_str().unwrap_or(""));
+        assert!(item.get("Error").is_none(), "{path}@{version}: {}", item["Error"]);
+        let want = versions.iter().find(|v| v.path == path && v.version == version).expect("known version");
+        assert_eq!(item["Sum"].as_str(), Some(want.sum.as_str()), "{path}@{version} zip hash");
+        assert_eq!(item["GoModSum"].as_str(), Some(want.go_mod_sum.as_str()), "{path}@{version} go.mod hash");
+        seen += 1;
+    }
+    assert_eq!(seen, versions.len());
+}

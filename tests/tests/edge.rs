@@ -2,7 +2,7 @@
 //! fixture upstream, and the real go command, all on 127.0.0.1.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,54 @@ async fn fetch_ok(c: &reqwest::Client, url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `clients` concurrent clients GET `keys` from `base` in turn (each from
+/// its own offset) until `stop` is set, at most `max_each` requests each,
+/// over kept-alive connections or (`fresh`) half of them on new ones; each
+/// task returns (complete 200s, failures), printing each failure.
+fn load(
+    base: &str,
+    keys: &Arc<Vec<String>>,
+    clients: usize,
+    max_each: usize,
+    fresh: bool,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(u64, u64)>> {
+    (0..clients)
+        .map(|i| {
+            let (keys, stop, base) = (Arc::clone(keys), Arc::clone(stop), base.to_string());
+            tokio::spawn(async move {
+                let keep = client();
+                let (mut ok, mut failed) = (0, 0);
+                for n in (i * 97)..(i * 97 + max_each) {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let c = if fresh && n % 2 == 1 { client() } else { keep.clone() };
+                    let key = &keys[n % keys.len()];
+                    match fetch_ok(&c, &format!("{base}/{key}")).await {
+                        Ok(()) => ok += 1,
+                        Err(e) => {
+                            eprintln!("{key}: {e}");
+                            failed += 1;
+                        }
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect()
+}
+
+async fn totals(clients: Vec<tokio::task::JoinHandle<(u64, u64)>>) -> (u64, u64) {
+    let (mut ok, mut failed) = (0, 0);
+    for c in clients {
+        let (o, f) = c.await.expect("client");
+        ok += o;
+        failed += f;
+    }
+    (ok, failed)
+}
+
 fn corpus_file(corpus: &Corpus, key: &str) -> Vec<u8> {
     std::fs::read(corpus.root.join(key)).expect("corpus file")
 }
@@ -69,23 +117,8 @@ async fn go_command_through_the_edge_and_a_restarted_edge_serves_from_disk() {
     std::fs::create_dir_all(&work).expect("work");
     let consumer = tmp.path().join("consumer");
     corpus::write_graph_consumer(&consumer).expect("consumer");
-    let download_all = move |go: &GoEnv, work: &std::path::Path| {
-        let args: Vec<String> = versions.iter().map(|v| format!("{}@{}", v.path, v.version)).collect();
-        let mut cmd = vec!["mod", "download", "-json"];
-        cmd.extend(args.iter().map(String::as_str));
-        let out = go.ok(work, &cmd);
-        let mut seen = 0;
-        for item in serde_json::Deserializer::from_str(&out).into_iter::<serde_json::Value>() {
-            let item = item.expect("json");
-            let (path, version) = (item["Path"].as_str().unwrap_or(""), item["Version"].as_str().unwrap_or(""));
-            assert!(item.get("Error").is_none(), "{path}@{version}: {}", item["Error"]);
-            let want = versions.iter().find(|v| v.path == path && v.version == version).expect("known");
-            assert_eq!(item["Sum"].as_str(), Some(want.sum.as_str()), "{path}@{version}");
-            assert_eq!(item["GoModSum"].as_str(), Some(want.go_mod_sum.as_str()), "{path}@{version}");
-            seen += 1;
-        }
-        assert_eq!(seen, versions.len());
-    };
+    let download_all =
+        move |go: &GoEnv, work: &std::path::Path| modcdn_tests::go::download_and_check(go, work, &versions);
     let download = download_all.clone();
     let (go, work) = tokio::task::spawn_blocking(move || {
         download(&go, &work);
@@ -249,35 +282,13 @@ async fn an_origin_failing_or_dying_under_load_costs_clients_nothing() {
             .flat_map(|v| ["info", "mod", "zip"].map(|ext| Corpus::key(&v.path, &v.version, ext)))
             .collect(),
     );
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let run_for = Duration::from_secs(30);
-    let started = Instant::now();
-    let mut clients = Vec::new();
-    for i in 0..32usize {
-        let (keys, ok, failed, url) = (Arc::clone(&keys), Arc::clone(&ok), Arc::clone(&failed), edge.url.clone());
-        clients.push(tokio::spawn(async move {
-            let c = client();
-            let mut n = i * 97;
-            // Bounded in time and count.
-            while started.elapsed() < run_for && n < i * 97 + 1_000_000 {
-                let key = &keys[n % keys.len()];
-                n += 1;
-                match fetch_ok(&c, &format!("{url}/{key}")).await {
-                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        eprintln!("{key}: {e}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-        }));
-    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = load(&edge.url, &keys, 32, 1_000_000, false, &stop);
     tokio::time::sleep(Duration::from_secs(5)).await;
     b.kill9();
-    for t in clients {
-        t.await.expect("client");
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = totals(clients).await;
     assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
     assert!(ok > 1000, "the load ran ({ok} requests)");
     assert!(broken.counters().total() > 0, "the failing origin was tried");
@@ -381,31 +392,8 @@ async fn a_graceful_upgrade_under_load_fails_no_request() {
             .flat_map(|v| ["info", "mod", "zip"].map(|e| Corpus::key(&v.path, &v.version, e)))
             .collect(),
     );
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for i in 0..8usize {
-        let (keys, ok, failed, stop, url) =
-            (Arc::clone(&keys), Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&stop), edge.url.clone());
-        clients.push(tokio::spawn(async move {
-            // A new connection per request as well as kept-alive ones.
-            let keep = client();
-            for n in i..i + 200_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let c = if n % 2 == 0 { keep.clone() } else { client() };
-                let key = &keys[n % keys.len()];
-                match fetch_ok(&c, &format!("{url}/{key}")).await {
-                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        eprintln!("{key}: {e}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-        }));
-    }
+    let clients = load(&edge.url, &keys, 8, 200_000, true, &stop);
     tokio::time::sleep(Duration::from_secs(2)).await;
     // The new process waits for the sockets; SIGQUIT makes the old one hand
     // them over and drain.
@@ -416,15 +404,12 @@ async fn a_graceful_upgrade_under_load_fails_no_request() {
     let _ = std::process::Command::new("sh").args(["-c", &format!("kill -QUIT {}", old.id())]).status();
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
-    for t in clients {
-        t.await.expect("client");
-    }
+    let (ok, failed) = totals(clients).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while old.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(old.try_wait().ok().flatten().is_some(), "the old edge exits after handing over");
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
     assert!(ok > 200, "the load ran ({ok})");
     assert_eq!(get(&client(), &format!("{}/{}", edge.url, keys[0])).await.0, 200, "the successor serves");

@@ -18,24 +18,7 @@ async fn go_command_downloads_lists_gets_and_builds_through_the_origin() {
 
     let versions = corpus.versions.clone();
     let (go, work) = tokio::task::spawn_blocking(move || {
-        // go mod download -json of every module@version: the go command's own
-        // hashes must equal the fixture's (and so shared::dirhash).
-        let args: Vec<String> = versions.iter().map(|v| format!("{}@{}", v.path, v.version)).collect();
-        let mut cmd = vec!["mod", "download", "-json"];
-        cmd.extend(args.iter().map(String::as_str));
-        let out = go.ok(&work, &cmd);
-        let stream = serde_json::Deserializer::from_str(&out).into_iter::<serde_json::Value>();
-        let mut seen = 0;
-        for item in stream {
-            let item = item.expect("json");
-            let (path, version) = (item["Path"].as_str().unwrap_or(""), item["Version"].as_str().unwrap_or(""));
-            assert!(item.get("Error").is_none(), "{path}@{version}: {}", item["Error"]);
-            let want = versions.iter().find(|v| v.path == path && v.version == version).expect("known version");
-            assert_eq!(item["Sum"].as_str(), Some(want.sum.as_str()), "{path}@{version} zip hash");
-            assert_eq!(item["GoModSum"].as_str(), Some(want.go_mod_sum.as_str()), "{path}@{version} go.mod hash");
-            seen += 1;
-        }
-        assert_eq!(seen, versions.len());
+        modcdn_tests::go::download_and_check(&go, &work, &versions);
         (go, work)
     })
     .await

@@ -1,0 +1,29 @@
+# Helpers the benchmark scripts share (sourced, not run).
+
+# A free TCP port on 127.0.0.1.
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits (bounded, 20 s) until $1 answers 2xx.
+wait_http() { for _ in $(seq 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+
+# Writes $WORK/random.lua: each request a random line of $PATHS_FILE.
+write_random_lua() {
+  cat > "$WORK/random.lua" <<'LUA'
+local paths = {}
+for line in io.lines(os.getenv("PATHS_FILE")) do paths[#paths + 1] = line end
+request = function() return wrk.format("GET", paths[math.random(#paths)]) end
+LUA
+}
+
+# run_wrk URL CONNS [PATHS-FILE] → "req/s MB/s p99ms", wrk pinned to CPU 1
+# for $DUR seconds; a non-2xx answer stops the benchmark.
+run_wrk() {
+  local out
+  out=$(PATHS_FILE="${3:-/dev/null}" taskset -c 1 wrk -t1 -c"$2" -d"${DUR}s" --latency ${3:+-s "$WORK/random.lua"} "$1")
+  echo "$out" | grep -q "Non-2xx" && { echo "non-2xx answers from $1" >&2; echo "$out" >&2; exit 1; }
+  local rps mbs p99
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  mbs=$(echo "$out" | awk '/Transfer\/sec/ {v=$2; if (v ~ /GB/) {sub("GB","",v); v*=1024} else if (v ~ /KB/) {sub("KB","",v); v/=1024} else {sub("MB","",v)}; printf "%.1f", v}')
+  p99=$(echo "$out" | awk '$1=="99%" {v=$2; if (v ~ /us/) {sub("us","",v); v/=1000} else if (v ~ /ms/) {sub("ms","",v)} else if (v ~ /s/) {sub("s","",v); v*=1000}; printf "%.2f", v}')
+  echo "$rps $mbs $p99"
+}
