@@ -72,7 +72,13 @@ fn main() -> ExitCode {
                 }
             };
             cfg.listen = listen.unwrap_or(cfg.listen);
-            modcdn_shared::telemetry::init(cfg.log.format, &cfg.log.level);
+            let _telemetry = match modcdn_shared::telemetry::init(&cfg.log, "modcdn-edge") {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("modcdn-edge: config error: {e}");
+                    return ExitCode::from(64);
+                }
+            };
             match modcdn_edge::run(cfg, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -30,6 +30,7 @@ use modcdn_router::route::Member;
 use modcdn_router::watch::Membership;
 use modcdn_shared::policy::{self, Freshness, Outcome, Ttls, CC_NO_STORE};
 use modcdn_shared::request::Request;
+use modcdn_shared::telemetry;
 use pingora::cache::eviction::EvictionManager;
 use pingora::cache::lock::CacheKeyLockImpl;
 use pingora::cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable};
@@ -72,6 +73,8 @@ pub struct Ctx {
     client: Option<IpAddr>,
     region: String,
     _permit: Option<Permit>,
+    /// This request's span, when traces are exported.
+    span: Option<tracing::Span>,
     /// Origin ids tried so far, in order.
     tried: Vec<String>,
     /// The origin being asked now: its load slot and when it was asked.
@@ -100,6 +103,12 @@ impl ProxyHttp for Edge {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if telemetry::traces_on() {
+            let req = session.req_header();
+            let span = tracing::info_span!("edge request", method = %req.method, path = %req.uri.path(), status = tracing::field::Empty, cache = tracing::field::Empty, origin = tracing::field::Empty);
+            telemetry::continue_trace(&span, req.headers.get("traceparent").and_then(|v| v.to_str().ok()));
+            ctx.span = Some(span);
+        }
         if self.limits.enabled() && self.refuse_over_limit(session, ctx).await? {
             return Ok(true);
         }
@@ -171,6 +180,11 @@ impl ProxyHttp for Edge {
     ) -> Result<()> {
         if let Some(ip) = ctx.client {
             req.insert_header("x-forwarded-for", ip.to_string())?;
+        }
+        // With traces on, the origin's span is a child of this one; with
+        // them off, the client's own traceparent goes on unchanged.
+        if let Some(tp) = ctx.span.as_ref().and_then(telemetry::traceparent) {
+            req.insert_header("traceparent", tp)?;
         }
         Ok(())
     }
@@ -319,6 +333,13 @@ impl ProxyHttp for Edge {
         let bytes = session.body_bytes_sent() as u64;
         ctx.finish_origin(status != 0 && status < 500);
         self.metrics.request(kind, status, cache, bytes);
+        if let Some(span) = ctx.span.take() {
+            span.record("status", status);
+            span.record("cache", cache);
+            if let Some(origin) = ctx.tried.last() {
+                span.record("origin", origin.as_str());
+            }
+        }
     }
 }
 

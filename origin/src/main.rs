@@ -116,7 +116,7 @@ fn prewarm(target: &str, concurrency: usize, inputs: &[String]) -> ExitCode {
 }
 
 fn run(cfg: OriginConfig) -> anyhow::Result<()> {
-    modcdn_shared::telemetry::init(cfg.log.format, &cfg.log.level);
+    let _telemetry = modcdn_shared::telemetry::init(&cfg.log, "modcdn-origin").map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let origin = modcdn_origin::Origin::new(&cfg).map_err(anyhow::Error::msg)?;

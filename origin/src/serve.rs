@@ -28,8 +28,10 @@ use bytes::Bytes;
 use modcdn_shared::policy::{self, Freshness, Outcome};
 use modcdn_shared::purge::Target;
 use modcdn_shared::request::SumDbKind;
+use modcdn_shared::telemetry;
 use modcdn_shared::{Kind, Request};
 use tokio::io::AsyncReadExt;
+use tracing::Instrument;
 
 use crate::error::OriginError;
 use crate::memory::Cached;
@@ -193,7 +195,13 @@ async fn handle(State(o): State<Arc<Origin>>, req: axum::extract::Request) -> Re
     let started = std::time::Instant::now();
     let in_flight = InFlight::enter(&o.metrics.in_flight);
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let (kind, cache, resp) = answer(&o, &method, &path, req.headers()).await;
+    let (kind, cache, resp) = if telemetry::traces_on() {
+        let span = tracing::info_span!("origin request", %method, %path);
+        telemetry::continue_trace(&span, req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+        answer(&o, &method, &path, req.headers()).instrument(span).await
+    } else {
+        answer(&o, &method, &path, req.headers()).await
+    };
     finish(&o, &method, &path, started, in_flight, kind, cache, resp)
 }
 

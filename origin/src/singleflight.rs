@@ -40,13 +40,14 @@ impl<T: Clone + Send + Sync + 'static> Group<T> {
             } else {
                 let flights = Arc::clone(&self.flights);
                 let owned_key = key.to_string();
-                let task = tokio::spawn(async move {
+                // The fetch belongs to the trace of the request that started it.
+                let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
                     let out = work.await;
                     // Leave before the result is handed out, so a caller that
                     // arrives after completion starts afresh.
                     flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&owned_key);
                     out
-                });
+                }));
                 let f: Flight<T> = async move {
                     match task.await {
                         Ok(v) => Some(v),

@@ -141,7 +141,13 @@ impl Upstream {
     }
 
     async fn try_once(&self, base: &str, url: &str) -> Result<Fetched, UpstreamError> {
-        let send = self.client.get(url).send();
+        let mut get = self.client.get(url);
+        if modcdn_shared::telemetry::traces_on() {
+            if let Some(tp) = modcdn_shared::telemetry::traceparent(&tracing::Span::current()) {
+                get = get.header("traceparent", tp);
+            }
+        }
+        let send = get.send();
         // Credentials in an upstream URL never reach a message, a log or the store.
         let url = &redact(url);
         let resp = match tokio::time::timeout(Duration::from_millis(self.cfg.header_timeout_ms), send).await {

@@ -61,11 +61,14 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// Default `info`.
     pub level: String,
+    /// OTLP/HTTP traces endpoint (`http://collector:4318/v1/traces`); empty
+    /// turns trace export off. Default "".
+    pub otlp_endpoint: String,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Human, level: "info".into() }
+        LogConfig { format: LogFormat::Human, level: "info".into(), otlp_endpoint: String::new() }
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Faults {
 pub struct Counters {
     pub total: AtomicU64,
     per_path: Mutex<HashMap<String, u64>>,
+    /// `traceparent` headers of the requests seen, in order.
+    traceparents: Mutex<Vec<String>>,
 }
 
 impl Counters {
@@ -51,6 +53,11 @@ impl Counters {
     /// Requests seen for paths containing `needle`.
     pub fn matching(&self, needle: &str) -> u64 {
         self.per_path.lock().map(|m| m.iter().filter(|(p, _)| p.contains(needle)).map(|(_, n)| n).sum()).unwrap_or(0)
+    }
+
+    /// The `traceparent` headers requests carried.
+    pub fn traceparents(&self) -> Vec<String> {
+        self.traceparents.lock().map(|t| t.clone()).unwrap_or_default()
     }
 
     pub fn total(&self) -> u64 {
@@ -129,6 +136,11 @@ async fn serve(State(inner): State<Arc<Inner>>, req: axum::extract::Request) -> 
     inner.counters.total.fetch_add(1, Ordering::SeqCst);
     if let Ok(mut m) = inner.counters.per_path.lock() {
         *m.entry(path.clone()).or_default() += 1;
+    }
+    if let (Some(tp), Ok(mut seen)) =
+        (req.headers().get("traceparent").and_then(|v| v.to_str().ok()), inner.counters.traceparents.lock())
+    {
+        seen.push(tp.to_string());
     }
     let faults = inner.faults.lock().map(|f| f.clone()).unwrap_or_default();
     if let Some(want) = &faults.require_auth {

@@ -558,3 +558,65 @@ async fn tls_with_http2_serves_the_go_command() {
     .await
     .expect("go over https");
 }
+
+/// A stand-in OTLP/HTTP collector: counts the trace batches POSTed to it.
+async fn collector() -> (String, Arc<std::sync::atomic::AtomicU64>) {
+    let batches = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = Arc::clone(&batches);
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: bytes::Bytes| {
+            let seen = Arc::clone(&seen);
+            async move {
+                if !body.is_empty() {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/v1/traces"), batches)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_trace_reaches_upstream_and_spans_are_exported() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let (endpoint, batches) = collector().await;
+    let log = format!("[log]\notlp_endpoint = \"{endpoint}\"\n");
+    let mut origin = OriginProcess::start(
+        &tmp.path().join("origin"),
+        &upstream.url(),
+        &format!("[prefetch]\nenabled = false\n{log}"),
+    )
+    .expect("origin");
+    let mut edge = EdgeProcess::start(
+        &tmp.path().join("edge"),
+        &[Member { id: "o", url: &origin.url, region: "us" }],
+        &format!("grace_secs = 1\n{log}"),
+    )
+    .expect("edge");
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let key = Corpus::key(corpus::ALPHA, "v1.0.0", "mod");
+    let r = client()
+        .get(format!("{}/{key}", edge.url))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    let seen = upstream.counters().traceparents();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].starts_with(&format!("00-{trace}-")), "upstream sees the client's trace: {seen:?}");
+    assert!(!seen[0].contains("00f067aa0ba902b7"), "through the edge's and the origin's spans");
+    // Spans are exported in batches, at the latest when a node stops.
+    assert!(edge.terminate(Duration::from_secs(20)));
+    assert!(origin.terminate(Duration::from_secs(20)));
+    assert!(batches.load(Ordering::SeqCst) >= 2, "both nodes exported spans ({})", batches.load(Ordering::SeqCst));
+}
