@@ -37,6 +37,7 @@ pub struct EdgeConfig {
     pub ttl: TtlConfig,
     pub origin: OriginClientConfig,
     pub purge: PurgeConfig,
+    pub hot: HotConfig,
     pub rate_limit: RateLimitConfig,
     pub log: LogConfig,
 }
@@ -94,6 +95,23 @@ pub struct PurgeConfig {
     pub poll_ms: u64,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HotConfig {
+    /// Milliseconds between rounds; 0 turns reports and prefetch off. Default 30000.
+    pub interval_ms: u64,
+    /// Hot modules whose new versions are prefetched per round. Default 20.
+    pub modules: usize,
+    /// Newest new versions of one module prefetched per round. Default 2.
+    pub versions: usize,
+}
+
+impl Default for HotConfig {
+    fn default() -> Self {
+        HotConfig { interval_ms: 30_000, modules: 20, versions: 2 }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
@@ -121,6 +139,7 @@ impl Default for EdgeConfig {
             ttl: TtlConfig::default(),
             origin: OriginClientConfig::default(),
             purge: PurgeConfig::default(),
+            hot: HotConfig::default(),
             rate_limit: RateLimitConfig::default(),
             log: LogConfig::default(),
         }
@@ -183,6 +202,9 @@ impl Validate for EdgeConfig {
             if v == 0 {
                 errs.push((key.into(), "must be above 0".into()));
             }
+        }
+        if self.hot.modules > 1000 || self.hot.versions > 100 {
+            errs.push(("hot.modules".into(), "at most 1000 modules and 100 versions a round".into()));
         }
         if self.origin.retries > 10 {
             errs.push(("origin.retries".into(), format!("{} is above the limit of 10", self.origin.retries)));

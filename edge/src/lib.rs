@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod config;
+pub mod hot;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
@@ -38,6 +39,8 @@ use crate::storage::{cache_key, CacheStore};
 /// Shards of the LRU eviction manager.
 const LRU_SHARDS: usize = 16;
 type Lru = Manager<LRU_SHARDS>;
+/// Modules counted between two hot reports at most.
+const HOT_TRACKED: usize = 2000;
 /// How often the LRU state is saved besides at shutdown.
 const LRU_SAVE_EVERY: Duration = Duration::from_secs(60);
 
@@ -52,7 +55,8 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
 
     let (storage, eviction) = open_cache(&cfg)?;
     let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(Duration::from_millis(cfg.cache.lock_timeout_ms)));
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+    let hot = Arc::new(modcdn_shared::hot::HotSet::new(HOT_TRACKED, Duration::from_secs(3600)));
 
     let edge = proxy::Edge {
         membership: Arc::clone(&membership),
@@ -60,6 +64,7 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
         eviction,
         lock,
         limits: limits::Limits::new(&cfg.rate_limit),
+        hot: Arc::clone(&hot),
         metrics: Arc::clone(&metrics),
         ttls: cfg.ttl.ttls(),
         region: cfg.region.clone(),
@@ -109,9 +114,27 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
         metrics: Arc::clone(&metrics),
         cursors_file: cfg.cache.dir.join("purge-cursors.json"),
         interval: Duration::from_millis(cfg.purge.poll_ms),
-        http,
+        http: http.clone(),
     });
-    let housekeeping = background_service("housekeeping", Housekeeping { follower, eviction, lru_dir: lru_dir(&cfg) });
+    let own_region = if cfg.region.is_empty() {
+        membership.snapshot().geo.region_of(std::net::IpAddr::from([0, 0, 0, 0])).to_string()
+    } else {
+        cfg.region.clone()
+    };
+    let hot_sync = (cfg.hot.interval_ms > 0).then(|| hot::HotSync {
+        membership: Arc::clone(&membership),
+        storage,
+        hot,
+        metrics: Arc::clone(&metrics),
+        http,
+        region: own_region,
+        listen: cfg.listen,
+        interval: Duration::from_millis(cfg.hot.interval_ms),
+        modules: cfg.hot.modules,
+        versions: cfg.hot.versions,
+    });
+    let housekeeping =
+        background_service("housekeeping", Housekeeping { follower, hot_sync, eviction, lru_dir: lru_dir(&cfg) });
 
     server.add_service(proxy);
     server.add_service(admin);
@@ -167,10 +190,12 @@ fn open_cache(cfg: &EdgeConfig) -> anyhow::Result<(&'static CacheStore, &'static
     Ok((storage, eviction))
 }
 
-/// Follows the purge logs and saves the LRU state now and then and at
-/// shutdown, so a restarted edge evicts in the same order.
+/// Follows the purge logs, reports hot modules and prefetches their new
+/// versions, and saves the LRU state now and then and at shutdown, so a
+/// restarted edge evicts in the same order.
 struct Housekeeping {
     follower: Option<purge::Follower>,
+    hot_sync: Option<hot::HotSync>,
     eviction: &'static Lru,
     lru_dir: String,
 }
@@ -186,10 +211,15 @@ impl Housekeeping {
 #[async_trait]
 impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let follower_shutdown = shutdown.clone();
+        let (follower_shutdown, hot_shutdown) = (shutdown.clone(), shutdown.clone());
         let follow = async move {
             if let Some(f) = &self.follower {
                 f.run(follower_shutdown).await;
+            }
+        };
+        let hot = async move {
+            if let Some(h) = &self.hot_sync {
+                h.run(hot_shutdown).await;
             }
         };
         let save = async {
@@ -201,6 +231,6 @@ impl BackgroundService for Housekeeping {
             }
             self.save().await;
         };
-        tokio::join!(follow, save);
+        tokio::join!(follow, hot, save);
     }
 }

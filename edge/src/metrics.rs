@@ -15,6 +15,8 @@ pub struct Metrics {
     /// Origin time to response headers, by origin.
     pub origin_seconds: HistogramVec,
     pub rate_limited: IntCounter,
+    /// Artifacts of new versions of hot modules fetched before any client asked.
+    pub prefetched: IntCounter,
     /// Purge-log entries applied and keys they removed.
     pub purges: IntCounter,
     pub purged_keys: IntCounter,
@@ -42,6 +44,8 @@ impl Metrics {
             &["origin"],
         )?;
         let rate_limited = IntCounter::new("rate_limited_total", "Requests refused with 429")?;
+        let prefetched =
+            IntCounter::new("prefetched_total", "New versions' artifacts fetched before any client asked")?;
         let purges = IntCounter::new("purges_total", "Purges applied (admin and purge log)")?;
         let purged_keys = IntCounter::new("purged_keys_total", "Cache entries removed by purges")?;
         let cache_objects = IntGauge::new("cache_objects", "Entries in the disk tier")?;
@@ -55,6 +59,7 @@ impl Metrics {
             Box::new(origin_requests.clone()),
             Box::new(origin_seconds.clone()),
             Box::new(rate_limited.clone()),
+            Box::new(prefetched.clone()),
             Box::new(purges.clone()),
             Box::new(purged_keys.clone()),
             Box::new(cache_objects.clone()),
@@ -72,6 +77,7 @@ impl Metrics {
             origin_requests,
             origin_seconds,
             rate_limited,
+            prefetched,
             purges,
             purged_keys,
             cache_objects,

@@ -55,6 +55,8 @@ pub struct Edge {
     pub eviction: &'static (dyn EvictionManager + Sync),
     pub lock: &'static CacheKeyLockImpl,
     pub limits: Arc<Limits>,
+    /// Requests per module since the last hot report.
+    pub hot: Arc<modcdn_shared::hot::HotSet>,
     pub metrics: Arc<Metrics>,
     pub ttls: Ttls,
     /// Region of clients GeoIP cannot place; empty: the region map's default.
@@ -121,6 +123,7 @@ impl ProxyHttp for Edge {
         // request that parsed could have put there: a raw path equal to a
         // key is that request, and needs no parsing again.
         if let Some(obj) = self.fresh_in_memory(session) {
+            self.count_hot(session, session.req_header().uri.path().strip_prefix('/').and_then(crate::hot::module_of));
             ctx.fast_kind = obj.kind;
             serve_from_memory(session, &obj).await?;
             return Ok(true);
@@ -133,6 +136,7 @@ impl ProxyHttp for Edge {
                 return Ok(true);
             }
         }
+        self.count_hot(session, ctx.request.as_ref().and_then(Request::module).map(|m| m.escaped()));
         let snapshot = self.membership.snapshot();
         ctx.client = ctx.client.or_else(|| client_ip(session, &snapshot));
         ctx.region = self.region_of(&snapshot, ctx.client);
@@ -371,6 +375,17 @@ impl Edge {
                 respond(session, 429, &body, &[("retry-after", &retry)]).await?;
                 Ok(true)
             }
+        }
+    }
+
+    /// Counts a client's request for `module` (not the edge's own
+    /// prefetches, not credentialed requests for private modules).
+    fn count_hot(&self, session: &Session, module: Option<&str>) {
+        let headers = &session.req_header().headers;
+        if let Some(m) = module.filter(|_| {
+            !headers.contains_key(http::header::AUTHORIZATION) && !headers.contains_key(crate::hot::PREFETCH_HEADER)
+        }) {
+            self.hot.record(m);
         }
     }
 

@@ -10,7 +10,6 @@
 pub mod config;
 pub mod direct;
 pub mod error;
-pub mod hot;
 pub mod memory;
 pub mod metrics;
 pub mod negative;
@@ -49,7 +48,7 @@ pub struct Origin {
     pub negative: negative::NegativeCache,
     pub prefetch: prefetch::Prefetcher,
     /// The modules clients ask for most, lately.
-    pub hot: hot::HotSet,
+    pub hot: modcdn_shared::hot::HotSet,
     sync: sync::SyncConfig,
     pub metrics: metrics::Metrics,
     pub ttls: Ttls,
@@ -81,7 +80,7 @@ impl Origin {
             flights: singleflight::Group::default(),
             negative: negative::NegativeCache::new(config.negative_cache_entries),
             prefetch: prefetch::Prefetcher::new(&config.prefetch),
-            hot: hot::HotSet::new(config.sync.tracked, Duration::from_secs(config.sync.half_life_secs)),
+            hot: modcdn_shared::hot::HotSet::new(config.sync.tracked, Duration::from_secs(config.sync.half_life_secs)),
             sync: config.sync.clone(),
             metrics: metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?,
             ttls: config.ttls(),

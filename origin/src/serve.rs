@@ -50,7 +50,7 @@ pub fn router(origin: Arc<Origin>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/loadz", get(loadz))
-        .route("/hotz", get(hotz))
+        .route("/hotz", get(hotz).post(hot_report))
         .route("/purge", axum::routing::post(purge))
         .route("/purgez", get(purgez))
         .fallback(handle)
@@ -147,6 +147,32 @@ async fn purgez(
     let mut r = text(StatusCode::OK, policy::CC_NO_STORE, &body);
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
+}
+
+/// `POST /hotz` from edges: `[{"module": <escaped>, "weight": <requests>}]`,
+/// the requests an edge served (mostly from its cache) since its last
+/// report, merged into this origin's hot set so sync keeps those modules
+/// fresh. Unknown or private modules are ignored.
+async fn hot_report(State(o): State<Arc<Origin>>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        module: String,
+        weight: f64,
+    }
+    let entries: Vec<Entry> = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => return text(StatusCode::BAD_REQUEST, policy::CC_NO_STORE, &format!("hot report: {e}\n")),
+    };
+    let mut taken = 0;
+    for e in entries.iter().take(1000) {
+        let Ok(m) = modcdn_shared::module::ModulePath::from_escaped(&e.module) else { continue };
+        if o.private.is_noproxy(m.as_str()) {
+            continue;
+        }
+        o.hot.record_weighted(m.escaped(), e.weight);
+        taken += 1;
+    }
+    text(StatusCode::OK, policy::CC_NO_STORE, &format!("{taken} modules\n"))
 }
 
 async fn metrics(State(o): State<Arc<Origin>>) -> ([(header::HeaderName, &'static str); 1], String) {

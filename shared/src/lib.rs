@@ -11,6 +11,7 @@
 pub mod config;
 pub mod dirhash;
 pub mod gomod;
+pub mod hot;
 pub mod module;
 pub mod modzip;
 pub mod note;

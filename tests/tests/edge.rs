@@ -620,3 +620,59 @@ async fn a_clients_trace_reaches_upstream_and_spans_are_exported() {
     assert!(origin.terminate(Duration::from_secs(20)));
     assert!(batches.load(Ordering::SeqCst) >= 2, "both nodes exported spans ({})", batches.load(Ordering::SeqCst));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_of_a_hot_module_is_at_the_edge_before_anyone_asks() {
+    let tmp = modcdn_tests::tempdir();
+    let mut corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "[sync]\ninterval_ms = 300\n")
+        .expect("origin");
+    let edge = EdgeProcess::start(
+        &tmp.path().join("edge"),
+        &[Member { id: "o", url: &origin.url, region: "us" }],
+        "[hot]\ninterval_ms = 300\n",
+    )
+    .expect("edge");
+    // Clients make alpha hot at the edge (the origin sees only the misses).
+    let c = client();
+    for _ in 0..20 {
+        for ext in ["info", "mod", "zip"] {
+            assert_eq!(get(&c, &format!("{}/{}", edge.url, Corpus::key(corpus::ALPHA, "v1.1.0", ext))).await.0, 200);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hotz: serde_json::Value =
+        c.get(format!("{}/hotz", origin.url)).send().await.expect("hotz").json().await.expect("json");
+    assert_eq!(hotz[0]["module"], "example.com/alpha", "the edge reported what it served: {hotz}");
+
+    let prefetched = metric(&edge, "modcdn_edge_prefetched_total").await;
+    let published = Instant::now();
+    let v = corpus.publish(corpus::ALPHA, "v1.3.0").expect("publish");
+    let deadline = published + Duration::from_secs(15);
+    while metric(&edge, "modcdn_edge_prefetched_total").await < prefetched + 3.0 {
+        assert!(Instant::now() < deadline, "v1.3.0 did not reach the edge");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "v1.3.0 at the edge {} ms after it was published (prefetched {prefetched} → {})",
+        published.elapsed().as_millis(),
+        metric(&edge, "modcdn_edge_prefetched_total").await
+    );
+    let upstream_before = upstream.counters().matching("v1.3.0");
+    let origin_before = metric(&edge, "modcdn_edge_origin_requests_total").await;
+
+    // The first go client asking gets it from the edge's cache.
+    let go = GoEnv::new(&tmp.path().join("go"), &edge.url);
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).expect("work");
+    tokio::task::spawn_blocking(move || modcdn_tests::go::download_and_check(&go, &work, &[v]))
+        .await
+        .expect("go mod download");
+    let r = c.get(format!("{}/{}", edge.url, Corpus::key(corpus::ALPHA, "v1.3.0", "zip"))).send().await.expect("zip");
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(upstream.counters().matching("v1.3.0"), upstream_before, "upstream saw nothing from the client");
+    assert_eq!(metric(&edge, "modcdn_edge_origin_requests_total").await, origin_before, "nor did the origin");
+    let (_, x_cache, list) = get(&c, &format!("{}/example.com/alpha/@v/list", edge.url)).await;
+    assert!(String::from_utf8_lossy(&list).contains("v1.3.0"), "the edge's list was refreshed ({x_cache})");
+}

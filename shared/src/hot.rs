@@ -34,16 +34,26 @@ impl HotSet {
 
     /// Counts one request for `module` (escaped path).
     pub fn record(&self, module: &str) {
+        self.record_weighted(module, 1.0);
+    }
+
+    /// Counts `requests` requests for `module` now (how an origin takes in
+    /// the hot sets edges report: what they served from cache).
+    pub fn record_weighted(&self, module: &str, requests: f64) {
+        if !(requests.is_finite() && requests > 0.0) {
+            return;
+        }
         let now = Instant::now();
         let Ok(mut inner) = self.inner.lock() else { return };
         let mut w = self.weight(&inner, now);
-        if w > RESCALE_AT {
+        if w * requests > RESCALE_AT {
             for c in inner.counts.values_mut() {
                 *c /= w;
             }
             inner.epoch = now;
             w = 1.0;
         }
+        let w = w * requests;
         if let Some(c) = inner.counts.get_mut(module) {
             *c += w;
             return;
@@ -62,6 +72,17 @@ impl HotSet {
         inner.counts.insert(module.to_string(), min + w);
     }
 
+    /// The `n` hottest modules, as [`HotSet::top`], and forgets every
+    /// count: what an edge reports as the requests of one interval.
+    pub fn take(&self, n: usize) -> Vec<(String, f64)> {
+        let top = self.top(n);
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.counts.clear();
+            inner.epoch = Instant::now();
+        }
+        top
+    }
+
     /// The `n` hottest modules, hottest first, with their decayed counts
     /// (in requests as of now).
     pub fn top(&self, n: usize) -> Vec<(String, f64)> {
@@ -77,6 +98,19 @@ impl HotSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weighted_records_add_up_and_take_resets() {
+        let h = HotSet::new(4, Duration::from_secs(3600));
+        h.record("a");
+        h.record_weighted("b", 5.0);
+        h.record_weighted("c", f64::NAN);
+        h.record_weighted("d", -1.0);
+        let top = h.take(10);
+        assert_eq!(top.iter().map(|t| t.0.as_str()).collect::<Vec<_>>(), ["b", "a"]);
+        assert!((top[0].1 - 5.0).abs() < 0.01, "{top:?}");
+        assert!(h.top(10).is_empty());
+    }
 
     #[test]
     fn keeps_the_heavy_hitters_in_bounded_memory() {

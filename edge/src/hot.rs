@@ -1,0 +1,196 @@
+//! Hot modules at the edge. Origins only see an edge's misses, so each
+//! round the edge tells the origin that owns each module how many requests
+//! it served for it (`POST /hotz`); origins merge the reports into their hot
+//! sets and keep those modules in sync with upstream. The edge then reads the
+//! origins' hot lists (`GET /hotz`) and, for the hottest modules it already
+//! serves, fetches versions newer than any it has — `.info`, `.mod`, `.zip`
+//! through its own listener, so they fill its cache like any miss — and
+//! refreshes the module's list. The first client asking for a new version of
+//! a hot module gets a hit.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use modcdn_router::membership::Snapshot;
+use modcdn_router::watch::Membership;
+use modcdn_shared::hot::HotSet;
+use modcdn_shared::module::{self, ModulePath};
+use modcdn_shared::semver;
+
+use crate::metrics::Metrics;
+use crate::storage::CacheStore;
+
+/// Header on the edge's own prefetch requests, so they are not counted as
+/// client demand.
+pub const PREFETCH_HEADER: &str = "x-modcdn-prefetch";
+/// Modules reported per round at most.
+const REPORT: usize = 200;
+
+/// The escaped module of a cache key (`<module>/@v/...`, `<module>/@latest`).
+pub fn module_of(key: &str) -> Option<&str> {
+    key.split_once("/@").map(|(m, _)| m).filter(|m| !m.starts_with("sumdb/"))
+}
+
+pub struct HotSync {
+    pub membership: Arc<Membership>,
+    pub storage: &'static CacheStore,
+    pub hot: Arc<HotSet>,
+    pub metrics: Arc<Metrics>,
+    pub http: reqwest::Client,
+    /// The edge's own region (where its origins are).
+    pub region: String,
+    /// The edge's own listener, for prefetches.
+    pub listen: SocketAddr,
+    pub interval: Duration,
+    pub modules: usize,
+    pub versions: usize,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HotEntry {
+    module: String,
+    weight: f64,
+}
+
+impl HotSync {
+    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = shutdown.changed() => return,
+            }
+            self.report().await;
+            self.prefetch().await;
+        }
+    }
+
+    fn owner(&self, snapshot: &Snapshot, escaped: &str) -> Option<String> {
+        let path = module::unescape_path(escaped).ok()?;
+        snapshot.topology.route(&path, &self.region).next().map(|m| m.address.clone())
+    }
+
+    /// Sends each owning origin the requests served since the last report.
+    async fn report(&self) {
+        let snapshot = self.membership.snapshot();
+        let mut by_origin: HashMap<String, Vec<HotEntry>> = HashMap::new();
+        for (module, weight) in self.hot.take(REPORT) {
+            if let Some(owner) = self.owner(&snapshot, &module) {
+                by_origin.entry(owner).or_default().push(HotEntry { module, weight });
+            }
+        }
+        for (address, entries) in by_origin {
+            let sent = self.http.post(format!("http://{address}/hotz")).json(&entries).send().await;
+            if let Err(e) = sent.and_then(|r| r.error_for_status()) {
+                tracing::debug!(origin = %address, error = %e, "hot report not delivered");
+            }
+        }
+    }
+
+    /// The hottest modules of this region's origins, hottest first.
+    async fn manifest(&self, snapshot: &Snapshot) -> Vec<String> {
+        let mut weights: HashMap<String, f64> = HashMap::new();
+        for member in snapshot.topology.members().filter(|m| m.region == self.region) {
+            let got = self.http.get(format!("http://{}/hotz", member.address)).send().await;
+            let Ok(entries) = (match got.and_then(|r| r.error_for_status()) {
+                Ok(r) => r.json::<Vec<HotEntry>>().await,
+                Err(e) => Err(e),
+            }) else {
+                continue;
+            };
+            for e in entries {
+                *weights.entry(e.module).or_default() += e.weight;
+            }
+        }
+        let mut hot: Vec<(String, f64)> = weights.into_iter().collect();
+        hot.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        hot.into_iter().take(self.modules).map(|(m, _)| m).collect()
+    }
+
+    /// Fetches, through this edge, versions of hot modules newer than any
+    /// it holds.
+    async fn prefetch(&self) {
+        let snapshot = self.membership.snapshot();
+        for escaped in self.manifest(&snapshot).await {
+            let Ok(m) = ModulePath::from_escaped(&escaped) else { continue };
+            let Some(owner) = self.owner(&snapshot, &escaped) else { continue };
+            // The edge's own list may be fresh for a while yet; the origin's
+            // is what sync keeps current.
+            let list = match self.http.get(format!("http://{owner}/{escaped}/@v/list")).send().await {
+                Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
+                _ => continue,
+            };
+            let new = self.new_versions(&m, &list);
+            for version in &new {
+                let Ok(v) = module::escape_version(version) else { continue };
+                for ext in ["info", "mod", "zip"] {
+                    if self.warm(&format!("{escaped}/@v/{v}.{ext}")).await {
+                        self.metrics.prefetched.inc();
+                    }
+                }
+            }
+            if !new.is_empty() {
+                let list_key = format!("{escaped}/@v/list");
+                let _ = self.storage.purge_key(&list_key).await;
+                self.warm(&list_key).await;
+                tracing::info!(module = %m.as_str(), versions = ?new, "prefetched new versions of a hot module");
+            }
+        }
+    }
+
+    /// Listed versions newer than the newest this edge holds, newest first,
+    /// at most `versions`; none for a module it holds no version of.
+    fn new_versions(&self, m: &ModulePath, list: &str) -> Vec<String> {
+        let prefix = format!("{}/@v/", m.escaped());
+        let held: Vec<String> = self
+            .storage
+            .keys_with_prefix(&prefix)
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix(".info").map(str::to_string))
+            .filter_map(|v| module::unescape_version(&v).ok())
+            .collect();
+        // The highest held, prereleases included (not go's @latest rule).
+        let Some(newest) = held.iter().max_by(|a, b| semver::compare(a, b)).cloned() else {
+            return Vec::new();
+        };
+        let mut new: Vec<String> = list
+            .lines()
+            .map(str::trim)
+            .filter(|v| semver::is_valid(v) && semver::compare(v, &newest).is_gt())
+            .map(str::to_string)
+            .collect();
+        semver::sort(&mut new);
+        new.reverse();
+        new.truncate(self.versions);
+        new
+    }
+
+    /// GETs `key` through this edge; whether that filled its cache (a 200
+    /// that was not already a hit).
+    async fn warm(&self, key: &str) -> bool {
+        let host = match self.listen.ip() {
+            ip if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+            ip => ip,
+        };
+        let url = format!("http://{}/{key}", SocketAddr::new(host, self.listen.port()));
+        match self.http.get(&url).header(PREFETCH_HEADER, "1").send().await {
+            Ok(r) => {
+                let hit = r.headers().get("x-cache").is_some_and(|v| v == "HIT");
+                r.status().is_success() && r.bytes().await.is_ok() && !hit
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn module_of_keys() {
+        assert_eq!(super::module_of("example.com/!upper/@v/v1.0.0.zip"), Some("example.com/!upper"));
+        assert_eq!(super::module_of("example.com/a/@latest"), Some("example.com/a"));
+        assert_eq!(super::module_of("sumdb/sum.golang.org/lookup/x@v1"), None);
+        assert_eq!(super::module_of("nothing"), None);
+    }
+}
