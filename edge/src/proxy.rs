@@ -267,15 +267,18 @@ impl ProxyHttp for Edge {
         Ok(RespCacheable::Cacheable(CacheMeta::new(now + fresh, now, swr, sie, resp.clone())))
     }
 
-    fn should_serve_stale(&self, _session: &mut Session, _ctx: &mut Ctx, error: Option<&Error>) -> bool {
+    fn should_serve_stale(&self, session: &mut Session, _ctx: &mut Ctx, error: Option<&Error>) -> bool {
         // Stale-while-revalidate windows come from the policy table; on
         // errors, anything that went wrong on the way to origins counts.
-        match error {
-            None => true,
-            Some(e) => {
-                e.esource() == &ErrorSource::Upstream || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500)
-            }
+        let Some(e) = error else { return true };
+        let serve = e.esource() == &ErrorSource::Upstream || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500);
+        if serve {
+            // Pingora does not keep a client connection after serving stale
+            // on an error; say so in the answer, so that clients do not send
+            // another request on it.
+            session.set_keepalive(None);
         }
+        serve
     }
 
     async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {

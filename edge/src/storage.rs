@@ -104,6 +104,9 @@ struct Fill {
     tag: U64WriteId,
     meta: (Vec<u8>, Vec<u8>),
     part: PathBuf,
+    /// The body file, open for readers: it stays valid when the fill is
+    /// renamed into place, so a reader never loses it mid-publish.
+    reader: Arc<File>,
     state: watch::Sender<FillState>,
     aborted: AtomicBool,
 }
@@ -400,14 +403,9 @@ impl CacheStore {
         (obj.meta(), Box::new(Hit::Memory { body: obj.body.clone(), start: 0, end: len, done: false }))
     }
 
-    fn partial_hit(&self, fill: &Arc<Fill>) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let file = match File::open(&fill.part) {
-            Ok(f) => Arc::new(f),
-            // The fill just finished or was purged: look again later.
-            Err(_) => return Ok(None),
-        };
+    fn partial_hit(&self, fill: &Arc<Fill>) -> Result<(CacheMeta, HitHandler)> {
         let meta = CacheMeta::deserialize(&fill.meta.0, &fill.meta.1)?;
-        Ok(Some((meta, Box::new(Hit::Partial { file, state: fill.state.subscribe(), pos: 0 }))))
+        Ok((meta, Box::new(Hit::Partial { file: fill.reader.clone(), state: fill.state.subscribe(), pos: 0 })))
     }
 }
 
@@ -453,9 +451,7 @@ impl Storage for CacheStore {
         let hash = key.combined();
         let fill = self.fills.lock().get(&hash).cloned();
         if let Some(fill) = fill {
-            if let Some(hit) = self.partial_hit(&fill)? {
-                return Ok(Some(hit));
-            }
+            return self.partial_hit(&fill).map(Some);
         }
         let (meta_path, shard, h) = (self.meta_path(&hash), self.shard(&hash), hash.clone());
         let found = tokio::task::spawn_blocking(move || read_disk(self, &meta_path, &shard, &h))
@@ -489,7 +485,7 @@ impl Storage for CacheStore {
         let id: u64 = tag.into();
         let fill = self.fills.lock().get(&key.combined()).filter(|f| f.id == id).cloned();
         match fill {
-            Some(fill) => self.partial_hit(&fill),
+            Some(fill) => self.partial_hit(&fill).map(Some),
             None => self.lookup(key, trace).await,
         }
     }
@@ -504,9 +500,9 @@ impl Storage for CacheStore {
         let primary = key.primary_key_str().unwrap_or_default().to_string();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let part = self.dir.join("tmp").join(format!("{hash}.{id}.part"));
-        let file = {
+        let (file, reader) = {
             let part = part.clone();
-            tokio::task::spawn_blocking(move || File::create(part))
+            tokio::task::spawn_blocking(move || File::create(&part).and_then(|w| Ok((w, File::open(&part)?))))
                 .await
                 .map_err(|e| storage_error("create", e))?
                 .map_err(|e| storage_error("create", e))?
@@ -517,6 +513,7 @@ impl Storage for CacheStore {
             tag: id.into(),
             meta: meta.serialize()?,
             part,
+            reader: Arc::new(reader),
             state,
             aborted: AtomicBool::new(false),
         });

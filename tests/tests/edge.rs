@@ -353,7 +353,7 @@ async fn purges_reach_this_edge_at_once_and_others_through_the_origin_log() {
     let wait_for_miss = |edge_url: String, key: String| {
         let c = c.clone();
         async move {
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 // HEAD does not refill the cache.
                 let r = c.head(format!("{edge_url}/{key}")).send().await.expect("head");
