@@ -1,4 +1,4 @@
-//! The checksum database through the origin, with the real go command and
+//! The checksum database through the origin and the edge, with the real go command and
 //! golang.org/x/mod/sumdb's reference server.
 
 use modcdn_tests::corpus::{Corpus, ALPHA};
@@ -242,4 +242,53 @@ async fn malformed_and_oversized_database_answers_are_refused() {
         modcdn_tests::files(&tmp.path().join("origin/store")).iter().all(|f| !f.ends_with(".mod")),
         "nothing stored"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_edge_go_verifies_everything_and_a_tampered_zip_is_refused() {
+    use modcdn_tests::node::{EdgeProcess, Member};
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let db = SumDbProcess::start(&corpus.root, NAME).expect("sumdb");
+    let tampered = Corpus::key(ALPHA, "v1.0.0", "zip");
+    upstream.set_faults(Faults { replace: vec![(tampered.clone(), evil_alpha_zip())], ..Faults::default() });
+    let extra = format!(
+        "[[checksum_db]]\nname = \"{NAME}\"\nurl = \"{}\"\nkey = \"{}\"\n[prefetch]\nenabled = false\n",
+        db.url, db.key
+    );
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), &extra).expect("origin");
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &[Member { id: "o", url: &origin.url, region: "us" }], "")
+        .expect("edge");
+
+    let mut go = GoEnv::new(&tmp.path().join("go"), &edge.url);
+    go.sumdb = db.key.clone();
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).expect("work");
+    let versions: Vec<_> =
+        corpus.versions.iter().filter(|v| !(v.path == ALPHA && v.version == "v1.0.0")).cloned().collect();
+    let out = tokio::task::spawn_blocking(move || {
+        modcdn_tests::go::download_and_check(&go, &work, &versions);
+        go.run(&work, &["mod", "download", "-json", &format!("{ALPHA}@v1.0.0")])
+    })
+    .await
+    .expect("go");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "the go client must not get the tampered module: {text}");
+    assert!(text.contains("checksum mismatch"), "{text}");
+
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let r = client.get(format!("{}/{tampered}", edge.url)).send().await.expect("get");
+        assert_eq!(r.status(), 502, "refused, and the refusal is not cached");
+        assert_eq!(r.headers()["cache-control"], "no-store");
+    }
+    assert!(!tmp.path().join("origin/store").join(&tampered).exists(), "nothing stored");
+    let metrics = client.get(format!("{}/metrics", edge.admin)).send().await.expect("metrics").text().await.expect("text");
+    let lookups: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("modcdn_edge_requests_total{") && l.contains("kind=\"sumdb_lookup\"") && l.contains("status=\"200\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(lookups >= 10, "the go command's lookups went through the edge: {lookups}");
 }
