@@ -75,6 +75,9 @@ pub struct CacheConfig {
     pub memory_object_max_kib: u64,
     /// Cache lock timeout in ms. Default 30000.
     pub lock_timeout_ms: u64,
+    /// Cache answers to credentialed requests (private modules), each under
+    /// its credential. Default false.
+    pub private: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -160,6 +163,7 @@ impl Default for CacheConfig {
             memory_mib: 256,
             memory_object_max_kib: 4096,
             lock_timeout_ms: 30_000,
+            private: false,
         }
     }
 }

@@ -67,6 +67,7 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
         hot: Arc::clone(&hot),
         metrics: Arc::clone(&metrics),
         ttls: cfg.ttl.ttls(),
+        cache_private: cfg.cache.private,
         region: cfg.region.clone(),
         retries: cfg.origin.retries,
         connect_timeout: cfg.connect_timeout(),

@@ -59,6 +59,8 @@ pub struct Edge {
     pub hot: Arc<modcdn_shared::hot::HotSet>,
     pub metrics: Arc<Metrics>,
     pub ttls: Ttls,
+    /// Whether answers to credentialed requests are cached (per credential).
+    pub cache_private: bool,
     /// Region of clients GeoIP cannot place; empty: the region map's default.
     pub region: String,
     pub retries: usize,
@@ -75,6 +77,8 @@ pub struct Ctx {
     client: Option<IpAddr>,
     region: String,
     _permit: Option<Permit>,
+    /// A tag of the request's credential, when it has one.
+    credential: Option<String>,
     /// This request's span, when traces are exported.
     span: Option<tracing::Span>,
     /// Origin ids tried so far, in order.
@@ -143,9 +147,12 @@ impl ProxyHttp for Edge {
         Ok(false)
     }
 
-    fn request_cache_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
-        // Credentialed requests are for private modules: never shared.
-        if session.req_header().headers.contains_key(http::header::AUTHORIZATION) {
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        // Credentialed requests are for private modules: never shared, and
+        // cached at all only when configured, under their credential.
+        ctx.credential =
+            session.req_header().headers.get(http::header::AUTHORIZATION).map(|v| credential_tag(v.as_bytes()));
+        if ctx.credential.is_some() && !self.cache_private {
             return Ok(());
         }
         session.cache.enable(self.storage, Some(self.eviction), None, Some(self.lock), None);
@@ -153,9 +160,12 @@ impl ProxyHttp for Edge {
     }
 
     fn cache_key_callback(&self, _session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
-        match &ctx.request {
-            Some(r) => Ok(cache_key(&r.key())),
-            None => Error::e_explain(ErrorType::InternalError, "cache key without a parsed request"),
+        match (&ctx.request, &ctx.credential) {
+            (Some(r), None) => Ok(cache_key(&r.key())),
+            // Never a key a public request (or the memory fast path) could
+            // find: the path plus the credential's tag.
+            (Some(r), Some(tag)) => Ok(cache_key(&format!("{}#credential={tag}", r.key()))),
+            (None, _) => Error::e_explain(ErrorType::InternalError, "cache key without a parsed request"),
         }
     }
 
@@ -253,7 +263,9 @@ impl ProxyHttp for Edge {
             _ => return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)),
         };
         let cache_control = resp.headers.get(http::header::CACHE_CONTROL).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if cache_control.contains("private") || cache_control.contains("no-store") {
+        // `private` answers are kept only under the credential they were for.
+        let private_ok = ctx.credential.is_some() && self.cache_private;
+        if (cache_control.contains("private") && !private_ok) || cache_control.contains("no-store") {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache));
         }
         let rule = policy::rule(request.kind(), outcome, &self.ttls);
@@ -445,6 +457,13 @@ fn routing_key(r: &Request) -> String {
         Request::SumDb { name, .. } => format!("sumdb/{name}"),
         other => other.module().map(|m| m.as_str().to_string()).unwrap_or_default(),
     }
+}
+
+/// A tag for a credential: SHA-256 of the Authorization header, so keys and
+/// files never hold the credential itself.
+fn credential_tag(authorization: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(authorization).iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The client's address: the peer, or whom a trusted proxy forwarded for.

@@ -216,10 +216,16 @@ impl EdgeProcess {
             Some(i) => extra.split_at(i),
             None => (extra, ""),
         };
+        // A `[cache]` table of `extra` gets the cache directory added.
+        let (cache, tables) = if tables.contains("[cache]\n") {
+            (String::new(), tables.replacen("[cache]\n", "[cache]\ndir = \"cache\"\n", 1))
+        } else {
+            ("[cache]\ndir = \"cache\"\n".to_string(), tables.to_string())
+        };
         format!(
             "listen = \"127.0.0.1:{port}\"\nmembership = \"membership.toml\"\nupgrade_sock = \"upgrade.sock\"\n\
              pid_file = \"edge.pid\"\n{top}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"test-token\"\n\
-             [cache]\ndir = \"cache\"\n[purge]\npoll_ms = 200\n{tables}\n"
+             {cache}[purge]\npoll_ms = 200\n{tables}\n"
         )
     }
 

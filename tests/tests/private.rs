@@ -189,3 +189,53 @@ async fn private_modules_come_direct_from_version_control() {
     assert!(out.contains("\"Sum\": \"h1:"), "{out}");
     assert_eq!(public.counters().matching("git.modcdn.test"), 0, "never asked the public upstream");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_cache_private_modules_only_when_told_and_only_per_credential() {
+    use modcdn_tests::node::{EdgeProcess, Member};
+    let tmp = modcdn_tests::tempdir();
+    let public_corpus = Corpus::generate(&tmp.path().join("public"), 1024).expect("corpus");
+    let public = FixtureUpstream::start(public_corpus.root.clone()).await.expect("public upstream");
+    let mut private_corpus = Corpus { root: tmp.path().join("private"), versions: Vec::new() };
+    private_corpus.publish(PRIVATE, "v1.0.0").expect("publish");
+    let private = FixtureUpstream::start(private_corpus.root.clone()).await.expect("private upstream");
+    let extra = format!(
+        "[[private]]\npatterns = \"corp.example.com\"\nupstream = \"{}\"\nbearer_tokens = [\"tok\", \"other\"]\n",
+        private.url()
+    );
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &public.url(), &extra).expect("origin");
+    let members = [Member { id: "o", url: &origin.url, region: "us" }];
+    let plain = EdgeProcess::start(&tmp.path().join("plain"), &members, "").expect("edge");
+    let caching = EdgeProcess::start(&tmp.path().join("caching"), &members, "[cache]\nprivate = true\n").expect("edge");
+    let client = reqwest::Client::new();
+    let key = Corpus::key(PRIVATE, "v1.0.0", "zip");
+    let fetch = |base: String, token: Option<&'static str>| {
+        let client = client.clone();
+        let key = key.clone();
+        async move {
+            let mut req = client.get(format!("{base}/{key}"));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let r = req.send().await.expect("request");
+            let x = r.headers().get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            (r.status(), x)
+        }
+    };
+
+    // By default the edge passes credentialed requests through, uncached.
+    for _ in 0..2 {
+        assert_eq!(fetch(plain.url.clone(), Some("tok")).await, (StatusCode::OK, "BYPASS".to_string()));
+    }
+    assert_eq!(fetch(plain.url.clone(), None).await.0, StatusCode::NOT_FOUND);
+
+    // Told to, it keeps the answer for that credential only.
+    assert_eq!(fetch(caching.url.clone(), Some("tok")).await, (StatusCode::OK, "MISS".to_string()));
+    assert_eq!(fetch(caching.url.clone(), Some("tok")).await, (StatusCode::OK, "HIT".to_string()));
+    let anonymous = fetch(caching.url.clone(), None).await;
+    assert_eq!(anonymous.0, StatusCode::NOT_FOUND, "no credential, no module: {anonymous:?}");
+    let wrong = fetch(caching.url.clone(), Some("wrong")).await;
+    assert_eq!(wrong.0, StatusCode::NOT_FOUND, "another credential is not served the cached copy: {wrong:?}");
+    assert_eq!(fetch(caching.url.clone(), Some("other")).await, (StatusCode::OK, "MISS".to_string()));
+    assert_eq!(private.counters().get(&key), 1, "the origin stored it once; edges asked the origin");
+}

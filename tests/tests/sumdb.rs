@@ -284,10 +284,15 @@ async fn through_the_edge_go_verifies_everything_and_a_tampered_zip_is_refused()
         assert_eq!(r.headers()["cache-control"], "no-store");
     }
     assert!(!tmp.path().join("origin/store").join(&tampered).exists(), "nothing stored");
-    let metrics = client.get(format!("{}/metrics", edge.admin)).send().await.expect("metrics").text().await.expect("text");
+    let metrics =
+        client.get(format!("{}/metrics", edge.admin)).send().await.expect("metrics").text().await.expect("text");
     let lookups: u64 = metrics
         .lines()
-        .filter(|l| l.starts_with("modcdn_edge_requests_total{") && l.contains("kind=\"sumdb_lookup\"") && l.contains("status=\"200\""))
+        .filter(|l| {
+            l.starts_with("modcdn_edge_requests_total{")
+                && l.contains("kind=\"sumdb_lookup\"")
+                && l.contains("status=\"200\"")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert!(lookups >= 10, "the go command's lookups went through the edge: {lookups}");
