@@ -65,6 +65,7 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
         lock,
         limits: limits::Limits::new(&cfg.rate_limit),
         hot: Arc::clone(&hot),
+        hot_tick: std::sync::atomic::AtomicU64::new(0),
         metrics: Arc::clone(&metrics),
         ttls: cfg.ttl.ttls(),
         cache_private: cfg.cache.private,
