@@ -81,6 +81,7 @@ impl Admin {
         m.cache_bytes.set(bytes as i64);
         m.memory_bytes.set(self.store.memory_usage() as i64);
         m.evictions.set(self.eviction.evicted_items() as i64);
+        m.budget_bytes.set(self.eviction.total_size() as i64);
         m.evicted_bytes.set(self.eviction.evicted_size() as i64);
         answer(StatusCode::OK, "text/plain; version=0.0.4", m.render())
     }

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub cache_bytes: IntGauge,
     pub memory_bytes: IntGauge,
     pub evictions: IntGauge,
+    /// Bytes the eviction manager accounts for (what the disk budget counts).
+    pub budget_bytes: IntGauge,
     pub evicted_bytes: IntGauge,
 }
 
@@ -52,6 +54,7 @@ impl Metrics {
         let cache_bytes = IntGauge::new("cache_bytes", "Body bytes in the disk tier")?;
         let memory_bytes = IntGauge::new("memory_cache_bytes", "Bytes in the memory tier")?;
         let evictions = IntGauge::new("evictions", "Entries evicted by the byte budget since start")?;
+        let budget_bytes = IntGauge::new("budget_bytes", "Bytes counted against the disk budget")?;
         let evicted_bytes = IntGauge::new("evicted_bytes", "Bytes evicted by the byte budget since start")?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -66,6 +69,7 @@ impl Metrics {
             Box::new(cache_bytes.clone()),
             Box::new(memory_bytes.clone()),
             Box::new(evictions.clone()),
+            Box::new(budget_bytes.clone()),
             Box::new(evicted_bytes.clone()),
         ] {
             registry.register(c)?;
@@ -84,6 +88,7 @@ impl Metrics {
             cache_bytes,
             memory_bytes,
             evictions,
+            budget_bytes,
             evicted_bytes,
         })
     }

@@ -676,3 +676,57 @@ async fn a_new_version_of_a_hot_module_is_at_the_edge_before_anyone_asks() {
     let (_, x_cache, list) = get(&c, &format!("{}/example.com/alpha/@v/list", edge.url)).await;
     assert!(String::from_utf8_lossy(&list).contains("v1.3.0"), "the edge's list was refreshed ({x_cache})");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_budget_evicts_and_its_lru_state_survives_a_restart() {
+    let tmp = modcdn_tests::tempdir();
+    let mut corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
+    // Eight zips of about 300 KiB against a 1 MiB disk budget (no memory tier).
+    let zips: Vec<String> = (1..=8)
+        .map(|i| {
+            let v = corpus.add_sized(300 + i).expect("sized module");
+            Corpus::key(&v.path, &v.version, "zip")
+        })
+        .collect();
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let members = [Member { id: "o", url: &origin.url, region: "us" }];
+    let mut edge =
+        EdgeProcess::start(&tmp.path().join("edge"), &members, "[cache]\nmax_mib = 1\nmemory_mib = 0\n").expect("edge");
+    let c = client();
+    let budget = (1 << 20) as f64;
+    for z in &zips[..5] {
+        let (status, x_cache, body) = get(&c, &format!("{}/{z}", edge.url)).await;
+        assert_eq!((status, x_cache.as_str()), (200, "MISS"));
+        assert!(body == corpus_file(&corpus, z), "{z}: whole zip even while evicting");
+    }
+    // Pingora's LRU is sharded and approximate: which entries go is its
+    // choice; that the budget holds is the contract.
+    let settle = Instant::now() + Duration::from_secs(5);
+    while metric(&edge, "modcdn_edge_cache_bytes").await > budget && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&edge, "modcdn_edge_evictions").await >= 2.0);
+    assert!(metric(&edge, "modcdn_edge_cache_bytes").await <= budget, "the disk holds no more than the budget");
+    let tracked = metric(&edge, "modcdn_edge_budget_bytes").await;
+    assert!(tracked > 0.0 && tracked <= budget, "{tracked}");
+
+    // Saved at shutdown, loaded at start: the restarted edge counts what
+    // it holds against the budget from the first request.
+    assert!(edge.terminate(Duration::from_secs(20)));
+    assert!(std::fs::read_dir(edge.dir.join("cache/lru")).expect("lru dir").count() > 0, "LRU state saved");
+    edge.spawn(false).expect("restart");
+    assert_eq!(
+        metric(&edge, "modcdn_edge_budget_bytes").await,
+        tracked,
+        "the same entries are tracked after a restart"
+    );
+    for z in &zips[5..] {
+        assert_eq!(get(&c, &format!("{}/{z}", edge.url)).await.0, 200);
+    }
+    let settle = Instant::now() + Duration::from_secs(5);
+    while metric(&edge, "modcdn_edge_cache_bytes").await > budget && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&edge, "modcdn_edge_cache_bytes").await <= budget, "within the budget after a restart");
+}
