@@ -402,7 +402,7 @@ impl Edge {
     /// request in `HOT_SAMPLE` is counted, for that many: hot modules are
     /// the ones asked for thousands of times, and a hit stays cheap.
     fn count_hot(&self, session: &Session, module: Option<&str>) {
-        if self.hot_tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % HOT_SAMPLE != 0 {
+        if !self.hot_tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(HOT_SAMPLE) {
             return;
         }
         let headers = &session.req_header().headers;
