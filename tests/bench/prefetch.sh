@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Dependency prefetch benchmark: cold `go mod download all` of the fixture
-# graph (main graph + a 4-module chain) through an origin, with the fixture
+# graph (main graph + a 4-module chain) through an edge and its origin, with the fixture
 # upstream at 20 ms latency, prefetch off vs on, in one run. Each run starts
-# with an empty origin store and an empty module cache. Prints median wall
+# with an empty edge cache, origin store and module cache. Prints median wall
 # time, the ratio, and the upstream fetches the go command had to wait for
 # (client-started) next to those prefetch started.
 # Usage: tests/bench/prefetch.sh [runs]   (default 5)
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.."
 source tests/bench/lib.sh
 RUNS="${1:-5}"
 for t in go curl python3 bc; do command -v "$t" >/dev/null || { apt-get update -qq && apt-get install -y -qq golang-go curl python3 bc >/dev/null; break; }; done
-cargo build --release -q -p modcdn-origin -p modcdn-tests --bins
+cargo build --release -q -p modcdn-edge -p modcdn-origin -p modcdn-tests --bins
 BIN="$PWD/target/release"
 WORK="$(mktemp -d)"
 PIDS=()
@@ -24,6 +24,19 @@ UP_PORT=$(port)
 "$BIN/modcdn-fixture" upstream --corpus "$WORK/corpus" --listen "127.0.0.1:$UP_PORT" --delay-ms 20 >/dev/null & PIDS+=($!)
 wait_http "http://127.0.0.1:$UP_PORT/example.com/alpha/@v/list"
 
+# start_edge DIR ORIGIN_PORT: an edge in front of that origin (hot-module
+# prefetch off, so that only dependency prefetch is measured); sets
+# EDGE_PORT and EDGE_PID.
+start_edge() {
+  local admin
+  EDGE_PORT=$(port); admin=$(port)
+  printf 'single_region = true\n[[origin]]\nid = "o"\naddress = "127.0.0.1:%s"\nregion = "us"\n' "$2" > "$1/membership.toml"
+  printf 'listen = "127.0.0.1:%s"\nmembership = "membership.toml"\nupgrade_sock = "edge.sock"\npid_file = "edge.pid"\n[admin]\nlisten = "127.0.0.1:%s"\n[cache]\ndir = "edge-cache"\n[hot]\ninterval_ms = 0\n[purge]\npoll_ms = 0\n[log]\nlevel = "warn"\n' \
+    "$EDGE_PORT" "$admin" > "$1/edge.toml"
+  "$BIN/modcdn-edge" serve --config "$1/edge.toml" 2>/dev/null & EDGE_PID=$!
+  wait_http "http://127.0.0.1:$admin/healthz"
+}
+
 run_once() { # prefetch(true|false) → "seconds client_fetches prefetch_fetches"
   local port dir pid start end m
   port=$(port); dir="$WORK/run-$1-$RANDOM"
@@ -32,13 +45,14 @@ run_once() { # prefetch(true|false) → "seconds client_fetches prefetch_fetches
     "$port" "$UP_PORT" "$dir" "$1" > "$dir/origin.toml"
   "$BIN/modcdn-origin" serve --config "$dir/origin.toml" >/dev/null & pid=$!
   wait_http "http://127.0.0.1:$port/healthz"
+  start_edge "$dir" "$port"
   cp -r "$WORK/consumer" "$dir/consumer"
   start=$(date +%s.%N)
   (cd "$dir/consumer" && env -i PATH="$PATH" HOME="$dir" GOPATH="$dir/gopath" GOMODCACHE="$dir/modcache" GOCACHE="$dir/gocache" \
-     GOPROXY="http://127.0.0.1:$port" GOSUMDB=off GOFLAGS="-mod=mod -modcacherw" GOENV=off go mod download all)
+     GOPROXY="http://127.0.0.1:$EDGE_PORT" GOSUMDB=off GOFLAGS="-mod=mod -modcacherw" GOENV=off go mod download all)
   end=$(date +%s.%N)
   m=$(curl -sf "http://127.0.0.1:$port/metrics")
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  kill "$EDGE_PID" "$pid"; wait "$EDGE_PID" "$pid" 2>/dev/null || true
   echo "$(echo "$end - $start" | bc -l) $(echo "$m" | awk '/upstream_fetches_total\{trigger="client"\}/ {print $2}') $(echo "$m" | awk '/upstream_fetches_total\{trigger="prefetch"\}/ {print $2+0}')"
 }
 
@@ -50,18 +64,19 @@ for mode in false true; do
     echo "$t" >> "$WORK/times-$mode"; echo "$c $p" > "$WORK/fetches-$mode"
   done
 done
-# Floor: the same download when the origin already has everything (the go
+# Floor: the same download when the edge already has everything (the go
 # command's own work plus hits), to show how much of the time is upstream.
 port=$(port); dir="$WORK/warm"; mkdir -p "$dir"
 printf 'listen = "127.0.0.1:%s"\nupstream = "http://127.0.0.1:%s"\nstore_dir = "%s/store"\nverify = "off"\n[log]\nlevel = "warn"\n' "$port" "$UP_PORT" "$dir" > "$dir/origin.toml"
 "$BIN/modcdn-origin" serve --config "$dir/origin.toml" >/dev/null & PIDS+=($!)
 wait_http "http://127.0.0.1:$port/healthz"
+start_edge "$dir" "$port"; PIDS+=("$EDGE_PID")
 warm_run() {
   local d="$dir/go-$RANDOM" start end
   cp -r "$WORK/consumer" "$d"
   start=$(date +%s.%N)
   (cd "$d" && env -i PATH="$PATH" HOME="$d" GOPATH="$d/gopath" GOMODCACHE="$d/modcache" GOCACHE="$d/gocache" \
-     GOPROXY="http://127.0.0.1:$port" GOSUMDB=off GOFLAGS="-mod=mod -modcacherw" GOENV=off go mod download all)
+     GOPROXY="http://127.0.0.1:$EDGE_PORT" GOSUMDB=off GOFLAGS="-mod=mod -modcacherw" GOENV=off go mod download all)
   end=$(date +%s.%N)
   echo "$end - $start" | bc -l
 }
