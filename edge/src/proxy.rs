@@ -1,12 +1,15 @@
 //! The edge's request flow, top-down, as pingora calls it:
 //!
-//! 1. `request_filter`: client IP (trusted `X-Forwarded-For` only) → limits
-//!    (429) → method (405) → `Request::parse` (400, never forwarded) → region.
-//!    A fresh object of the memory tier is answered right there (no cache
-//!    state machine for the commonest hit: a plain GET of a small artifact).
+//! 1. `request_filter`: span (when traces are on) → limits (429, by client
+//!    IP, when configured) → method (405) → a fresh object of the memory tier
+//!    is answered right there (the commonest hit skips the cache state
+//!    machine) → `Request::parse` (400, never forwarded) → client IP (trusted
+//!    `X-Forwarded-For` only) → region.
 //! 2. `request_cache_filter` / `cache_key_callback`: everything public is
-//!    looked up in the cache (memory tier, then disk), keyed by the escaped
-//!    GOPROXY path; concurrent misses on a key wait on one cache lock.
+//!    looked up in the cache (memory tier, fill in progress, disk), keyed by
+//!    the escaped GOPROXY path; credentialed requests bypass it unless
+//!    `cache.private`, then are keyed by credential too; concurrent misses on
+//!    a key wait on one cache lock.
 //! 3. `upstream_peer`: region → ring → bounded load → origin, skipping the
 //!    ones this request already tried.
 //! 4. `fail_to_connect` / `error_while_proxy` / `upstream_response_filter`:
