@@ -72,6 +72,12 @@ fn main() -> ExitCode {
                 }
             };
             cfg.listen = listen.unwrap_or(cfg.listen);
+            // The membership file is configuration too: its errors (file,
+            // line, key) are config errors.
+            if let Err(e) = modcdn_router::membership::MembershipFile::load(&cfg.membership) {
+                eprintln!("modcdn-edge: config error: membership: {e}");
+                return ExitCode::from(64);
+            }
             let _telemetry = match modcdn_shared::telemetry::init(&cfg.log, "modcdn-edge") {
                 Ok(t) => t,
                 Err(e) => {

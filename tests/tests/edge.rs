@@ -730,3 +730,34 @@ async fn the_disk_budget_evicts_and_its_lru_state_survives_a_restart() {
     }
     assert!(metric(&edge, "modcdn_edge_cache_bytes").await <= budget, "within the budget after a restart");
 }
+
+#[test]
+fn config_errors_name_file_and_key_and_exit_64() {
+    let tmp = modcdn_tests::tempdir();
+    let membership = tmp.path().join("membership.toml");
+    std::fs::write(
+        &membership,
+        "single_region = true\n[[origin]]\nid = \"a\"\naddress = \"127.0.0.1:9\"\nregion = \"us\"\nweight = -1\n",
+    )
+    .expect("membership");
+    for (text, want) in [
+        ("threads = 0\n", "key `threads`"),
+        ("[cache]\nmax_mib = 0\n", "key `cache.max_mib`"),
+        ("bogus = 1\n", "unknown field `bogus`"),
+        ("[tls]\nlisten = \"127.0.0.1:8443\"\n", "key `tls.cert`"),
+        ("membership = \"nowhere.toml\"\n", "nowhere.toml"),
+        ("membership = \"membership.toml\"\n", "membership.toml:2: key `origin[0].weight`"),
+    ] {
+        let config = tmp.path().join("edge.toml");
+        std::fs::write(&config, text).expect("config");
+        let out = std::process::Command::new(modcdn_tests::node::binary("modcdn-edge"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run modcdn-edge");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{text}: {err}");
+        assert!(err.contains("edge.toml") || err.contains("membership"), "names the file: {err}");
+        assert!(err.contains(want), "{text}: {err}");
+    }
+}
