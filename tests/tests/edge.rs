@@ -39,6 +39,29 @@ async fn get(c: &reqwest::Client, url: &str) -> (u16, String, bytes::Bytes) {
     (status, x_cache, r.bytes().await.expect("body"))
 }
 
+/// A fixture upstream serving a generated corpus (its large module of
+/// `large` bytes), one origin, and one edge in front of it; fields in the
+/// order to bind them, so that they drop edge first and the directory last.
+/// Bind every process a test needs running (`upstream: _upstream`): fields
+/// left to `..` are dropped, and so stopped, at once.
+struct Stack {
+    tmp: tempfile::TempDir,
+    corpus: Corpus,
+    upstream: FixtureUpstream,
+    origin: OriginProcess,
+    edge: EdgeProcess,
+}
+
+async fn stack(large: usize, origin_extra: &str, edge_extra: &str) -> Stack {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), large).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), origin_extra).expect("origin");
+    let members = [Member { id: "o", url: &origin.url, region: "us" }];
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, edge_extra).expect("edge");
+    Stack { tmp, corpus, upstream, origin, edge }
+}
+
 /// One complete 200, or what went wrong.
 async fn fetch_ok(c: &reqwest::Client, url: &str) -> Result<(), String> {
     let r = c.get(url).send().await.map_err(|e| e.to_string())?;
@@ -178,12 +201,7 @@ async fn go_command_through_the_edge_and_a_restarted_edge_serves_from_disk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_refused_at_the_edge() {
-    let tmp = modcdn_tests::tempdir();
-    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
-    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
-    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
-    let edge = EdgeProcess::start(&tmp.path().join("edge"), &[Member { id: "o", url: &origin.url, region: "us" }], "")
-        .expect("edge");
+    let Stack { tmp: _tmp, upstream, origin: _origin, edge, .. } = stack(1 << 10, "", "").await;
     let c = client();
     for path in [
         "/example.com/../etc/passwd/@v/list",
@@ -205,13 +223,8 @@ async fn malformed_requests_are_refused_at_the_edge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_on_one_zip_make_one_origin_and_one_upstream_request() {
-    let tmp = modcdn_tests::tempdir();
-    let corpus = Corpus::generate(&tmp.path().join("corpus"), 4 << 20).expect("corpus");
-    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let Stack { tmp: _tmp, corpus, upstream, origin: _origin, edge } = stack(4 << 20, "", "").await;
     upstream.set_faults(Faults { delay: Duration::from_millis(300), ..Faults::default() });
-    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
-    let edge = EdgeProcess::start(&tmp.path().join("edge"), &[Member { id: "o", url: &origin.url, region: "us" }], "")
-        .expect("edge");
     let zip = Corpus::key(corpus::LARGE, "v1.0.0", "zip");
     let want = corpus_file(&corpus, &zip);
     let url = format!("{}/{zip}", edge.url);
@@ -296,12 +309,8 @@ async fn an_origin_failing_or_dying_under_load_costs_clients_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_is_served_stale_when_its_origin_is_gone() {
-    let tmp = modcdn_tests::tempdir();
-    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
-    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
-    let mut origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
-    let members = [Member { id: "o", url: &origin.url, region: "us" }];
-    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "[ttl]\nmutable_secs = 1\n").expect("edge");
+    let Stack { tmp: _tmp, upstream: _upstream, mut origin, edge, .. } =
+        stack(1 << 10, "", "[ttl]\nmutable_secs = 1\n").await;
     let c = client();
     let url = format!("{}/example.com/alpha/@v/list", edge.url);
     let (status, x_cache, fresh) = get(&c, &url).await;
@@ -379,12 +388,7 @@ async fn purges_reach_this_edge_at_once_and_others_through_the_origin_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_upgrade_under_load_fails_no_request() {
-    let tmp = modcdn_tests::tempdir();
-    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
-    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
-    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
-    let members = [Member { id: "o", url: &origin.url, region: "us" }];
-    let mut edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "").expect("edge");
+    let Stack { tmp: _tmp, corpus, upstream: _upstream, origin: _origin, mut edge } = stack(1 << 10, "", "").await;
     let keys: Arc<Vec<String>> = Arc::new(
         corpus
             .versions
@@ -417,13 +421,8 @@ async fn a_graceful_upgrade_under_load_fails_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_over_the_rate_limit_get_429_with_retry_after() {
-    let tmp = modcdn_tests::tempdir();
-    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
-    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
-    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
-    let members = [Member { id: "o", url: &origin.url, region: "us" }];
-    let extra = "[rate_limit]\nrequests_per_sec = 2\nburst = 5\n";
-    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, extra).expect("edge");
+    let Stack { tmp: _tmp, upstream: _upstream, origin: _origin, edge, .. } =
+        stack(1 << 10, "", "[rate_limit]\nrequests_per_sec = 2\nburst = 5\n").await;
     let (c, other) = (client_from("127.0.2.10"), client_from("127.0.2.11"));
     let url = format!("{}/example.com/alpha/@v/list", edge.url);
     let mut statuses = Vec::new();
@@ -468,14 +467,9 @@ async fn peak_rss_kib<F: std::future::Future>(pid: u32, during: F) -> (u64, F::O
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_clients_streaming_one_large_zip_keep_the_edge_small() {
-    let tmp = modcdn_tests::tempdir();
-    let corpus = Corpus::generate(&tmp.path().join("corpus"), 48 << 20).expect("corpus");
-    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let Stack { tmp: _tmp, corpus, upstream, origin: _origin, edge } = stack(48 << 20, "", "").await;
     // Slow enough upstream that clients join while the zip is still filling.
     upstream.set_faults(Faults { bytes_per_sec: Some(64 << 20), ..Faults::default() });
-    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
-    let edge = EdgeProcess::start(&tmp.path().join("edge"), &[Member { id: "o", url: &origin.url, region: "us" }], "")
-        .expect("edge");
     let c = client();
     for _ in 0..3 {
         get(&c, &format!("{}/example.com/alpha/@v/list", edge.url)).await;
