@@ -488,7 +488,6 @@ fn client_ip(session: &Session, snapshot: &Snapshot) -> Option<IpAddr> {
 /// Answers a hit from the memory tier.
 async fn serve_from_memory(session: &mut Session, obj: &MemObject) -> Result<()> {
     let mut resp = obj.header.clone();
-    resp.insert_header("x-cache", "HIT")?;
     let age = SystemTime::now().duration_since(obj.created).unwrap_or_default().as_secs();
     resp.insert_header("age", age.to_string())?;
     let head = session.req_header().method == http::Method::HEAD;

@@ -65,9 +65,12 @@ pub struct MemObject {
 
 impl MemObject {
     fn new(primary: &str, meta: &CacheMeta, body: Bytes) -> MemObject {
+        let mut header = meta.response_header_copy();
+        // Everything served from here is a hit: say so once, not per answer.
+        let _ = header.insert_header("x-cache", "HIT");
         MemObject {
             kind: modcdn_shared::Request::parse(&format!("/{primary}")).ok().map(|r| r.kind()),
-            header: meta.response_header_copy(),
+            header,
             fresh_until: meta.fresh_until(),
             created: meta.created(),
             stale_while_revalidate: meta.stale_while_revalidate_sec(),
