@@ -18,24 +18,22 @@ pub use modcdn_shared::purge::{LogEntry, LogPage, Target};
 use crate::metrics::Metrics;
 use crate::storage::CacheStore;
 
-/// The cache keys `target` covers now.
-fn keys(target: &Target, store: &CacheStore) -> Vec<String> {
-    match target.keys() {
-        (prefix, true) => store.keys_with_prefix(&prefix),
-        (key, false) => vec![key],
-    }
-}
-
 /// Applies `target` to the cache; returns how many entries it removed.
+/// A path covers also its per-credential copies (`<path>#credential=…`),
+/// a module everything under `<escaped module>/@`.
 pub async fn apply(store: &'static CacheStore, metrics: &Metrics, target: &Target) -> usize {
-    let mut removed = 0;
-    for key in keys(target, store) {
-        match store.purge_key(&key).await {
-            Ok(true) => removed += 1,
-            Ok(false) => {}
-            Err(e) => tracing::error!(key, error = %e, "purge failed"),
+    let removed = match target.keys() {
+        (prefix, true) => store.purge_prefix(&prefix).await,
+        (key, false) => {
+            let exact = store.purge_key(&key).await.map(usize::from);
+            let copies = store.purge_prefix(&format!("{key}#")).await;
+            exact.and_then(|n| copies.map(|m| n + m))
         }
-    }
+    };
+    let removed = removed.unwrap_or_else(|e| {
+        tracing::error!(?target, error = %e, "purge failed");
+        0
+    });
     metrics.purges.inc();
     metrics.purged_keys.inc_by(removed as u64);
     tracing::info!(?target, removed, "purged");

@@ -396,6 +396,24 @@ impl CacheStore {
         Ok(self.remove(&cache_key(primary).combined(), true).await? || in_memory)
     }
 
+    /// Purges every request key starting with `prefix`, in both tiers (the
+    /// memory tier may hold objects the disk tier has already evicted).
+    /// Returns how many were cached.
+    pub async fn purge_prefix(&'static self, prefix: &str) -> Result<usize> {
+        let in_memory = std::sync::atomic::AtomicUsize::new(0);
+        self.memory.retain(|k, _| {
+            let keep = !k.starts_with(prefix);
+            in_memory.fetch_add(usize::from(!keep), Ordering::Relaxed);
+            keep
+        });
+        let in_memory = in_memory.into_inner();
+        let mut on_disk = 0;
+        for key in self.keys_with_prefix(prefix) {
+            on_disk += usize::from(self.purge_key(&key).await?);
+        }
+        Ok(on_disk.max(in_memory))
+    }
+
     /// A fresh-or-not object of the memory tier, for the proxy's fast path.
     pub fn memory_get(&self, primary: &str) -> Option<Arc<MemObject>> {
         self.memory.get(primary)
@@ -932,6 +950,24 @@ mod tests {
             again.keys_with_prefix("example.com/a/@"),
             ["example.com/a/@v/v1.0.0.mod", "example.com/a/@v/v1.0.0.zip"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_purge_reaches_what_only_the_memory_tier_still_holds() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let span = Span::inactive().handle();
+        let (store, _) = open(tmp.path(), 1 << 20);
+        let key = "example.com/d/@v/v1.0.0.mod";
+        fill(store, key, b"module example.com/d\n").await;
+        // Evicted from disk by the budget: the memory tier keeps serving it.
+        let target = cache_key(key).to_compact();
+        store.purge(PurgeTarget::Active(&target), PurgeType::Eviction, &span).await.expect("evict");
+        assert!(store.memory_get(key).is_some());
+        assert!(store.keys_with_prefix("example.com/d/@").is_empty());
+        // A module purge must still take it out.
+        assert_eq!(store.purge_prefix("example.com/d/@").await.expect("purge"), 1);
+        assert!(store.memory_get(key).is_none());
+        assert!(store.lookup(&cache_key(key), &span).await.expect("lookup").is_none());
     }
 
     #[tokio::test]
