@@ -1,0 +1,135 @@
+//! Writing one fill: the body to a temp file readers can follow, then
+//! published in place (synced, renamed, meta replaced), or dropped.
+
+use super::*;
+
+/// Writes one fill.
+pub(super) struct Filler {
+    store: &'static CacheStore,
+    hash: String,
+    primary: String,
+    fill: Arc<Fill>,
+    file: Option<File>,
+    written: u64,
+    /// The body, while it is small enough for the memory tier.
+    small: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl Filler {
+    pub(super) fn new(
+        store: &'static CacheStore,
+        hash: String,
+        primary: String,
+        fill: Arc<Fill>,
+        file: File,
+        small: Option<Vec<u8>>,
+    ) -> Filler {
+        Filler { store, hash, primary, fill, file: Some(file), written: 0, small, done: false }
+    }
+
+    fn aborted(&self) -> Result<()> {
+        if self.fill.aborted.load(Ordering::SeqCst) {
+            return Err(storage_error("fill", "purged while filling"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl HandleMiss for Filler {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.aborted()?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let Some(mut file) = self.file.take() else { return Err(storage_error("fill", "write after failure")) };
+        let len = data.len() as u64;
+        if let Some(small) = &mut self.small {
+            if self.written + len <= self.store.memory_object_max {
+                small.extend_from_slice(&data);
+            } else {
+                self.small = None;
+            }
+        }
+        let file = tokio::task::spawn_blocking(move || file.write_all(&data).map(|()| file))
+            .await
+            .map_err(|e| storage_error("write", e))?
+            .map_err(|e| storage_error("write", e))?;
+        self.file = Some(file);
+        self.written += len;
+        self.fill.state.send_replace(FillState::Partial(self.written));
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        self.aborted()?;
+        let Some(file) = self.file.take() else { return Err(storage_error("fill", "finish after failure")) };
+        let store = self.store;
+        let generation = self.fill.id;
+        let meta = MetaFile {
+            generation,
+            body_len: self.written,
+            primary: self.primary.clone(),
+            meta: self.fill.meta.clone(),
+        };
+        let (part, body, meta_path) =
+            (self.fill.part.clone(), store.body_path(&self.hash, generation), store.meta_path(&self.hash));
+        let (shard, hash) = (store.shard(&self.hash), self.hash.clone());
+        let meta_tmp = store.dir.join("tmp").join(format!("{hash}.{generation}.meta"));
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            file.sync_data()?;
+            drop(file);
+            std::fs::create_dir_all(&shard)?;
+            let previous = std::fs::read(&meta_path).ok().and_then(|b| MetaFile::decode(&b)).map(|m| m.generation);
+            std::fs::rename(&part, &body)?;
+            sync_write(&meta_tmp, &meta.encode())?;
+            std::fs::rename(&meta_tmp, &meta_path)?;
+            if let Some(g) = previous.filter(|g| *g != generation) {
+                let _ = std::fs::remove_file(shard.join(format!("{hash}.{g}.body")));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| storage_error("publish", e))?
+        .map_err(|e| storage_error("publish", e))?;
+        // A purge that came while publishing wins.
+        if self.fill.aborted.load(Ordering::SeqCst) {
+            let _ = store.remove(&self.hash, true).await;
+            return Err(storage_error("fill", "purged while filling"));
+        }
+        store.index.lock().insert(&self.hash, &self.primary, self.written);
+        if let Some(small) = self.small.take() {
+            store.memory.insert(
+                self.primary.clone(),
+                Arc::new(MemObject::parse(&self.primary, &self.fill.meta, small.into())?),
+            );
+        }
+        self.fill.state.send_replace(FillState::Complete(self.written));
+        self.done = true;
+        let mut fills = store.fills.lock();
+        if fills.get(&self.hash).is_some_and(|f| f.id == self.fill.id) {
+            fills.remove(&self.hash);
+        }
+        Ok(MissFinishType::Created(self.written as usize + self.fill.meta.0.len() + self.fill.meta.1.len()))
+    }
+
+    fn streaming_write_tag(&self) -> Option<&[u8]> {
+        // The fill's id: the request that writes finds its own fill by it.
+        Some(self.fill.tag.as_bytes())
+    }
+}
+
+impl Drop for Filler {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.fill.state.send_replace(FillState::Failed);
+        let mut fills = self.store.fills.lock();
+        if fills.get(&self.hash).is_some_and(|f| f.id == self.fill.id) {
+            fills.remove(&self.hash);
+        }
+        let _ = std::fs::remove_file(&self.fill.part);
+    }
+}

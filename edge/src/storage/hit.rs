@@ -1,0 +1,159 @@
+//! Reading a cached body: from the memory tier, from a complete file (as
+//! slices of its mapping), or from a file still being filled.
+
+use super::*;
+
+/// Reads a cached body: from memory, from a complete file, or from a file
+/// still being filled.
+pub(super) enum Hit {
+    Memory {
+        body: Bytes,
+        start: usize,
+        end: usize,
+        done: bool,
+    },
+    /// A complete body on disk, mapped: chunks are slices of the mapping,
+    /// so serving one costs a single copy, into the socket.
+    Disk {
+        body: Bytes,
+        pos: usize,
+        end: usize,
+    },
+    Partial {
+        file: Arc<File>,
+        state: watch::Receiver<FillState>,
+        pos: u64,
+    },
+}
+
+/// Reads up to `n` bytes at `pos`. Data in the page cache (a hot zip) is
+/// read right here, without blocking (`RWF_NOWAIT`): a hop to the blocking
+/// pool costs more than the copy. Anything else is read on the blocking pool.
+/// May return fewer bytes than asked; callers advance by what they got.
+async fn read_at(file: &Arc<File>, pos: u64, n: usize) -> Result<Bytes> {
+    let mut buf = vec![0u8; n];
+    let nowait = rustix::io::preadv2(
+        &**file,
+        &mut [std::io::IoSliceMut::new(&mut buf)],
+        pos,
+        rustix::io::ReadWriteFlags::NOWAIT,
+    );
+    if let Some(got) = nowait.ok().filter(|got| *got > 0) {
+        buf.truncate(got);
+        return Ok(Bytes::from(buf));
+    }
+    let file = file.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut got = 0;
+        while got < n {
+            match file.read_at(&mut buf[got..], pos + got as u64)? {
+                0 => break,
+                k => got += k,
+            }
+        }
+        buf.truncate(got);
+        Ok::<_, std::io::Error>(Bytes::from(buf))
+    })
+    .await
+    .map_err(|e| storage_error("read", e))?
+    .map_err(|e| storage_error("read", e))
+}
+
+#[async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        match self {
+            Hit::Memory { body, start, end, done } => {
+                if *done {
+                    return Ok(None);
+                }
+                *done = true;
+                Ok(Some(body.slice(*start..*end)))
+            }
+            Hit::Disk { body, pos, end } => {
+                if *pos >= *end {
+                    return Ok(None);
+                }
+                let next = (*pos + MAPPED_CHUNK).min(*end);
+                let chunk = body.slice(*pos..next);
+                *pos = next;
+                Ok(Some(chunk))
+            }
+            Hit::Partial { file, state, pos } => loop {
+                let now = *state.borrow_and_update();
+                let available = match now {
+                    FillState::Failed => return Err(storage_error("read", "the fill this read follows failed")),
+                    FillState::Complete(n) if n == *pos => return Ok(None),
+                    FillState::Complete(n) | FillState::Partial(n) => n,
+                };
+                if available > *pos {
+                    let n = CHUNK.min((available - *pos) as usize);
+                    let chunk = read_at(file, *pos, n).await?;
+                    *pos += chunk.len() as u64;
+                    return Ok(Some(chunk));
+                }
+                if state.changed().await.is_err() {
+                    // The writer is gone; its last word stands.
+                    if !matches!(*state.borrow(), FillState::Complete(_)) {
+                        return Err(storage_error("read", "the fill this read follows stopped"));
+                    }
+                }
+            },
+        }
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        !matches!(self, Hit::Partial { .. })
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        match self {
+            Hit::Memory { body, start: s, end: e, done } => {
+                if start >= body.len() {
+                    return Error::e_explain(ErrorType::InternalError, "seek past the end");
+                }
+                *s = start;
+                *e = end.map_or(body.len(), |end| end.min(body.len()));
+                *done = false;
+            }
+            Hit::Disk { body, pos, end: e } => {
+                if start >= body.len() {
+                    return Error::e_explain(ErrorType::InternalError, "seek past the end");
+                }
+                *pos = start;
+                *e = end.map_or(body.len(), |end| end.min(body.len()));
+            }
+            Hit::Partial { .. } => return Error::e_explain(ErrorType::InternalError, "seek while filling"),
+        }
+        Ok(())
+    }
+
+    fn should_count_access(&self) -> bool {
+        !matches!(self, Hit::Partial { .. })
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        match self {
+            Hit::Memory { body, .. } => body.len(),
+            Hit::Disk { body, .. } => body.len(),
+            Hit::Partial { .. } => 0,
+        }
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
