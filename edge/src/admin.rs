@@ -83,6 +83,12 @@ impl Admin {
         m.evictions.set(self.eviction.evicted_items() as i64);
         m.budget_bytes.set(self.eviction.total_size() as i64);
         m.evicted_bytes.set(self.eviction.evicted_size() as i64);
+        let snapshot = self.membership.snapshot();
+        for member in snapshot.topology.members() {
+            m.origin_healthy
+                .with_label_values(&[member.id.as_str()])
+                .set(i64::from(snapshot.view.is_healthy(&member.id)));
+        }
         answer(StatusCode::OK, "text/plain; version=0.0.4", m.render())
     }
 

@@ -85,9 +85,11 @@ pub struct CacheConfig {
 pub struct OriginClientConfig {
     /// Default 1000.
     pub connect_timeout_ms: u64,
-    /// Default 30000.
+    /// How long an origin may stay silent; above the origins'
+    /// `http.pull_deadline_ms`, since an origin answers a miss when its pull
+    /// is done. Default 75000.
     pub read_timeout_ms: u64,
-    /// Default 2.
+    /// Origins tried after the first fails for its own reasons. Default 2.
     pub retries: usize,
 }
 
@@ -170,7 +172,7 @@ impl Default for CacheConfig {
 
 impl Default for OriginClientConfig {
     fn default() -> Self {
-        OriginClientConfig { connect_timeout_ms: 1000, read_timeout_ms: 30_000, retries: 2 }
+        OriginClientConfig { connect_timeout_ms: 1000, read_timeout_ms: 75_000, retries: 2 }
     }
 }
 

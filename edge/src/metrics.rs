@@ -27,6 +27,8 @@ pub struct Metrics {
     /// Bytes the eviction manager accounts for (what the disk budget counts).
     pub budget_bytes: IntGauge,
     pub evicted_bytes: IntGauge,
+    /// 1 for each origin in routing, 0 for one taken out, by origin.
+    pub origin_healthy: prometheus::IntGaugeVec,
 }
 
 impl Metrics {
@@ -56,6 +58,10 @@ impl Metrics {
         let evictions = IntGauge::new("evictions", "Entries evicted by the byte budget since start")?;
         let budget_bytes = IntGauge::new("budget_bytes", "Bytes counted against the disk budget")?;
         let evicted_bytes = IntGauge::new("evicted_bytes", "Bytes evicted by the byte budget since start")?;
+        let origin_healthy = prometheus::IntGaugeVec::new(
+            Opts::new("origin_healthy", "1 while an origin is in routing, 0 while it is taken out"),
+            &["origin"],
+        )?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(bytes.clone()),
@@ -71,6 +77,7 @@ impl Metrics {
             Box::new(evictions.clone()),
             Box::new(budget_bytes.clone()),
             Box::new(evicted_bytes.clone()),
+            Box::new(origin_healthy.clone()),
         ] {
             registry.register(c)?;
         }
@@ -90,6 +97,7 @@ impl Metrics {
             evictions,
             budget_bytes,
             evicted_bytes,
+            origin_healthy,
         })
     }
 

@@ -13,8 +13,11 @@
 //! 3. `upstream_peer`: region → ring → bounded load → origin, skipping the
 //!    ones this request already tried.
 //! 4. `fail_to_connect` / `error_while_proxy` / `upstream_response_filter`:
-//!    a refused connection, a timeout or a 5xx moves on to the next
-//!    candidate while retries remain and nothing was sent to the client.
+//!    a refused connection, a timeout, or a 5xx that the origin says is its
+//!    own fault (`X-Modcdn-Fault`) moves on to the next candidate while
+//!    retries remain and nothing was sent to the client. An upstream's
+//!    failure relayed by an origin goes to the client as it is (or stale):
+//!    every origin would ask the same upstream again.
 //! 5. `response_cache_filter`: what to keep and how long, from the one
 //!    policy table in `shared` (artifacts forever, lists with a TTL, 404/410
 //!    briefly, errors and private answers never).
@@ -31,7 +34,7 @@ use modcdn_router::load::InFlight;
 use modcdn_router::membership::Snapshot;
 use modcdn_router::route::Member;
 use modcdn_router::watch::Membership;
-use modcdn_shared::policy::{self, Freshness, Outcome, Ttls, CC_NO_STORE};
+use modcdn_shared::policy::{self, Fault, Freshness, Outcome, Ttls, CC_NO_STORE, FAULT_HEADER};
 use modcdn_shared::request::Request;
 use modcdn_shared::telemetry;
 use pingora::cache::eviction::EvictionManager;
@@ -92,6 +95,8 @@ pub struct Ctx {
     tried: Vec<String>,
     /// The origin being asked now: its load slot and when it was asked.
     current: Option<(InFlight, Instant)>,
+    /// Whose fault the origin's last 5xx answer was, as it said.
+    fault: Option<Fault>,
 }
 
 impl Ctx {
@@ -246,17 +251,17 @@ impl ProxyHttp for Edge {
         if let (Some((_, started)), Some(id)) = (&ctx.current, ctx.tried.last()) {
             self.metrics.origin_seconds.with_label_values(&[id]).observe(started.elapsed().as_secs_f64());
         }
-        if status >= 500 && self.may_retry(session, ctx) {
-            self.origin_failed(ctx, "5xx");
+        let fault = (status >= 500).then(|| Fault::of_answer(resp.headers.get(FAULT_HEADER).map(|v| v.as_bytes())));
+        ctx.fault = fault;
+        // Only the origin's own trouble is worth asking another origin.
+        if matches!(fault, Some(Fault::Origin | Fault::Busy)) && self.may_retry(session, ctx) {
+            self.origin_failed(ctx, fault.map_or("5xx", Fault::as_str));
             let mut e = Error::explain(ErrorType::HTTPStatus(status), "origin answered 5xx; trying the next one");
             e.set_retry(true);
             return Err(e);
         }
         if let Some(id) = ctx.tried.last() {
-            self.metrics
-                .origin_requests
-                .with_label_values(&[id.as_str(), if status >= 500 { "5xx" } else { "ok" }])
-                .inc();
+            self.metrics.origin_requests.with_label_values(&[id.as_str(), fault.map_or("ok", Fault::as_str)]).inc();
         }
         Ok(())
     }
@@ -357,7 +362,14 @@ impl ProxyHttp for Edge {
         });
         let kind = ctx.kind();
         let bytes = session.body_bytes_sent() as u64;
-        ctx.finish_origin(status != 0 && status < 500);
+        // An origin's health counts only its own faults: a relayed upstream
+        // failure is a working origin, a busy one is neither.
+        match ctx.fault {
+            Some(Fault::Busy) => drop(ctx.current.take()),
+            Some(Fault::Origin) => ctx.finish_origin(false),
+            Some(Fault::Upstream | Fault::Request) => ctx.finish_origin(true),
+            None => ctx.finish_origin(status != 0 && status < 500),
+        }
         self.metrics.request(kind, status, cache, bytes);
         if let Some(span) = ctx.span.take() {
             span.record("status", status);
@@ -448,11 +460,18 @@ impl Edge {
         }
     }
 
+    /// Counts a failed attempt and releases its load slot: a failure of the
+    /// origin's health, unless it only said it was busy.
     fn origin_failed(&self, ctx: &mut Ctx, result: &str) {
         if let Some(id) = ctx.tried.last() {
             self.metrics.origin_requests.with_label_values(&[id.as_str(), result]).inc();
         }
-        ctx.finish_origin(false);
+        if ctx.fault == Some(Fault::Busy) {
+            drop(ctx.current.take());
+        } else {
+            ctx.finish_origin(false);
+        }
+        ctx.fault = None;
     }
 }
 

@@ -59,7 +59,7 @@ pub struct OriginConfig {
 pub struct HttpConfig {
     /// Default 5000.
     pub connect_timeout_ms: u64,
-    /// Default 30000.
+    /// Default 15000.
     pub header_timeout_ms: u64,
     /// Default 30000.
     pub read_timeout_ms: u64,
@@ -69,6 +69,11 @@ pub struct HttpConfig {
     pub retry_backoff_ms: u64,
     /// Default 32.
     pub pool_idle_per_host: usize,
+    /// Longest a whole pull may take, every attempt included; then 504.
+    /// Default 60000.
+    pub pull_deadline_ms: u64,
+    /// Pulls running at once; past it a miss is answered 503. Default 256.
+    pub max_pulls: usize,
 }
 
 /// A checksum database the origin proxies for the go command.
@@ -129,11 +134,13 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             connect_timeout_ms: 5000,
-            header_timeout_ms: 30_000,
+            header_timeout_ms: 15_000,
             read_timeout_ms: 30_000,
             retries: 2,
             retry_backoff_ms: 100,
             pool_idle_per_host: 32,
+            pull_deadline_ms: 60_000,
+            max_pulls: 256,
         }
     }
 }
@@ -152,6 +159,8 @@ impl Validate for OriginConfig {
             ("http.connect_timeout_ms", self.http.connect_timeout_ms),
             ("http.header_timeout_ms", self.http.header_timeout_ms),
             ("http.read_timeout_ms", self.http.read_timeout_ms),
+            ("http.pull_deadline_ms", self.http.pull_deadline_ms),
+            ("http.max_pulls", self.http.max_pulls as u64),
         ] {
             if v == 0 {
                 errs.push((key.into(), "must be above 0".into()));

@@ -66,6 +66,12 @@ impl Direct {
             .map_err(|e| UpstreamError::NotFound { status: 404, message: format!("direct: {e}") })?;
         let module = req.module().map(|m| m.as_str().to_string()).unwrap_or_default();
         let body: Vec<u8> = match &req {
+            // A zip streams from the go command's module cache, never whole in memory.
+            Request::Zip(_, v) => {
+                let j = self.go(&["mod", "download", "-json", &format!("{module}@{v}")]).await?;
+                let file = j.zip.ok_or_else(|| UpstreamError::Body(format!("direct: go printed no zip for {key}")))?;
+                return open_stream(&file).await;
+            }
             Request::List(_) => {
                 let j = self.go(&["list", "-m", "-versions", "-json", &module]).await?;
                 let mut text = j.versions.unwrap_or_default().join("\n");
@@ -79,11 +85,13 @@ impl Direct {
                 let j = self.go(&["list", "-m", "-json", &format!("{module}@{query}")]).await?;
                 serde_json::to_vec(&serde_json::json!({"Version": j.version, "Time": j.time})).unwrap_or_default()
             }
-            Request::Mod(_, v) | Request::Zip(_, v) => {
+            Request::Mod(_, v) => {
                 let j = self.go(&["mod", "download", "-json", &format!("{module}@{v}")]).await?;
-                let file = if matches!(req, Request::Mod(..)) { j.go_mod } else { j.zip };
-                let file = file.ok_or_else(|| UpstreamError::Body(format!("direct: go printed no file for {key}")))?;
-                tokio::fs::read(&file).await.map_err(|e| UpstreamError::Body(format!("direct: {file}: {e}")))?
+                let file =
+                    j.go_mod.ok_or_else(|| UpstreamError::Body(format!("direct: go printed no go.mod for {key}")))?;
+                let limit = crate::validate::size_limit(modcdn_shared::Kind::Mod);
+                let f = tokio::fs::File::open(&file).await.map_err(|e| UpstreamError::Body(format!("direct: {e}")))?;
+                read_capped(f, limit as usize).await.0
             }
             Request::SumDb { .. } => {
                 return Err(UpstreamError::NotFound { status: 404, message: "direct: not a module path".into() })
@@ -141,9 +149,30 @@ impl Direct {
                 cmd.env(&k, v);
             }
         }
-        let child = cmd.spawn().map_err(|e| UpstreamError::Connect(format!("direct: cannot run go: {e}")))?;
+        let mut child = cmd.spawn().map_err(|e| UpstreamError::Connect(format!("direct: cannot run go: {e}")))?;
         let timeout = Duration::from_secs(self.cfg.timeout_secs);
-        let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        // What it prints is read with a cap (the rest drained, so that it
+        // never blocks on a full pipe); nothing it prints grows the origin.
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let run = async move {
+            let (out, err, status) = tokio::join!(
+                async move {
+                    match stdout {
+                        Some(s) => read_capped(s, OUTPUT_CAP).await.0,
+                        None => Vec::new(),
+                    }
+                },
+                async move {
+                    match stderr {
+                        Some(s) => read_capped(s, OUTPUT_CAP).await.0,
+                        None => Vec::new(),
+                    }
+                },
+                child.wait()
+            );
+            status.map(|status| Output { status, stdout: out, stderr: err })
+        };
+        let out = match tokio::time::timeout(timeout, run).await {
             Err(_) => {
                 return Err(UpstreamError::Timeout(format!(
                     "direct: go {} took over {}s",
@@ -170,6 +199,35 @@ impl Direct {
     }
 }
 
+/// The most of the go command's output that is read; JSON answers are far
+/// smaller, and error messages are cut much shorter still.
+const OUTPUT_CAP: usize = 1 << 20;
+
+struct Output {
+    status: std::process::ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// Reads at most `cap` bytes of `r` and discards the rest; whether it was cut.
+async fn read_capped(r: impl tokio::io::AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut r = r;
+    let _ = (&mut r).take(cap as u64).read_to_end(&mut buf).await;
+    let rest = tokio::io::copy(&mut r, &mut tokio::io::sink()).await.unwrap_or(0);
+    (buf, rest > 0)
+}
+
+/// A file of the module cache as a streamed upstream answer.
+async fn open_stream(file: &str) -> Result<Fetched, UpstreamError> {
+    let f = tokio::fs::File::open(file).await.map_err(|e| UpstreamError::Body(format!("direct: {e}")))?;
+    let len = f.metadata().await.map_err(|e| UpstreamError::Body(format!("direct: {e}")))?.len();
+    let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024);
+    let body = futures::StreamExt::map(stream, |r| r.map_err(|e| UpstreamError::Body(format!("direct: {e}"))));
+    Ok(Fetched { upstream: "direct".into(), content_length: Some(len), body: Box::new(body) })
+}
+
 /// The go command's "does not exist" errors are 404s (as proxy.golang.org
 /// answers them); anything else is an upstream failure.
 fn classify(message: &str) -> UpstreamError {
@@ -183,8 +241,25 @@ fn classify(message: &str) -> UpstreamError {
         "404 Not Found",
         "410 Gone",
     ];
-    // A missing git (or go) is this node's failure, not a missing module.
-    let broken = ["executable file not found", "missing Git command", "cannot run go"];
+    // A missing git (or go) is this node's failure, and a VCS that cannot be
+    // reached or refuses our credentials is upstream's: neither is a
+    // missing module (git says "repository not found" for both).
+    let broken = [
+        "executable file not found",
+        "missing Git command",
+        "cannot run go",
+        "could not read Username",
+        "could not read Password",
+        "terminal prompts disabled",
+        "Authentication failed",
+        "unable to access",
+        "Permission denied",
+        "Could not resolve host",
+        "Connection refused",
+        "connection refused",
+        "timed out",
+        "i/o timeout",
+    ];
     let short: String = message.lines().take(3).collect::<Vec<_>>().join(" ").chars().take(400).collect();
     if !broken.iter().any(|b| message.contains(b)) && not_found.iter().any(|n| message.contains(n)) {
         UpstreamError::NotFound { status: 404, message: format!("direct: {short}") }
@@ -209,6 +284,10 @@ mod tests {
             "go: missing Git command. See https://golang.org/s/gogetcmd",
             "exec: \"git\": executable file not found in $PATH: invalid version",
             "context deadline exceeded",
+            "fatal: could not read Username for 'https://git.corp.example': terminal prompts disabled",
+            "fatal: unable to access 'https://git.corp.example/x/': Could not resolve host: git.corp.example",
+            "remote: Repository not found. fatal: Authentication failed for 'https://git.corp.example/x/'",
+            "git@git.corp.example: Permission denied (publickey). fatal: Could not read from remote repository.",
         ] {
             assert!(!classify(m).is_not_found(), "{m}");
         }

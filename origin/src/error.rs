@@ -1,7 +1,7 @@
 //! The origin's errors. Each has one HTTP status; `serve::respond_error` is
 //! the one place they become responses.
 
-use modcdn_shared::policy::Outcome;
+use modcdn_shared::policy::{Fault, Outcome};
 use modcdn_shared::RequestError;
 
 /// What went wrong talking to an upstream.
@@ -61,6 +61,10 @@ pub enum OriginError {
     /// nothing was stored. Retrying is fine.
     #[error("fetch interrupted: {0}")]
     Interrupted(String),
+    /// Too many pulls are running on this origin; retry shortly (another
+    /// origin may take it now).
+    #[error("origin busy: {0}")]
+    Busy(String),
 }
 
 impl OriginError {
@@ -73,7 +77,21 @@ impl OriginError {
             OriginError::Upstream(_) | OriginError::Invalid(_) => 502,
             OriginError::ChecksumMismatch(_) | OriginError::Verification(_) => 502,
             OriginError::Store(_) => 500,
-            OriginError::Interrupted(_) => 503,
+            OriginError::Interrupted(_) | OriginError::Busy(_) => 503,
+        }
+    }
+
+    /// Whose fault it is, for edges deciding whether another origin should
+    /// be asked and whether it counts against this one's health.
+    pub fn fault(&self) -> Fault {
+        match self {
+            OriginError::Request(_) => Fault::Request,
+            OriginError::Upstream(_)
+            | OriginError::Invalid(_)
+            | OriginError::ChecksumMismatch(_)
+            | OriginError::Verification(_) => Fault::Upstream,
+            OriginError::Store(_) | OriginError::Interrupted(_) => Fault::Origin,
+            OriginError::Busy(_) => Fault::Busy,
         }
     }
 

@@ -63,6 +63,11 @@ pub struct Origin {
     pub purge_token: String,
     /// EWMA of request latency in microseconds (f64 bits), for `/loadz`.
     latency_ewma_us: AtomicU64,
+    /// Slots for pulls running at once (`http.max_pulls`).
+    pub pulls: tokio::sync::Semaphore,
+    pub pulls_max: usize,
+    /// The longest a pull may take (`http.pull_deadline_ms`).
+    pub pull_deadline: Duration,
 }
 
 impl Origin {
@@ -72,7 +77,10 @@ impl Origin {
         let store =
             DiskStore::open(&config.store_dir).map_err(|e| format!("store_dir {}: {e}", config.store_dir.display()))?;
         let chain = Chain::parse(&config.upstream).map_err(|e| format!("upstream: {e}"))?;
+        // Public and private `direct` runs have budgets of their own, so a
+        // flood of unknown public paths cannot starve private modules.
         let direct = Arc::new(direct::Direct::new(&config.direct));
+        let private_direct = Arc::new(direct::Direct::new(&config.direct));
         let origin = Origin {
             store: Arc::new(store),
             memory: memory::MemoryTier::new(config.memory_cache_mib << 20, config.memory_object_max_kib << 10),
@@ -88,7 +96,7 @@ impl Origin {
                 routes: config
                     .private
                     .iter()
-                    .map(|p| private::PrivateRoute::new(p, &config.http, Arc::clone(&direct)))
+                    .map(|p| private::PrivateRoute::new(p, &config.http, Arc::clone(&private_direct)))
                     .collect::<Result<_, _>>()?,
                 noproxy: config.noproxy.clone(),
                 nosumdb: config.nosumdb.clone(),
@@ -111,6 +119,9 @@ impl Origin {
                 .map_err(|e| format!("store_dir {}: purge log: {e}", config.store_dir.display()))?,
             purge_token: config.purge_token.clone(),
             latency_ewma_us: AtomicU64::new(0f64.to_bits()),
+            pulls: tokio::sync::Semaphore::new(config.http.max_pulls),
+            pulls_max: config.http.max_pulls,
+            pull_deadline: Duration::from_millis(config.http.pull_deadline_ms),
         };
         if let Some(v) = &origin.verifier {
             v.load(origin.store.as_ref());

@@ -30,6 +30,14 @@ pub struct Metrics {
     pub checksum_mismatch: IntCounter,
     /// New versions of hot modules fetched by sync.
     pub sync_new_versions: IntCounter,
+    /// Misses refused with 503 because `http.max_pulls` pulls were running.
+    pub pulls_refused: IntCounter,
+    /// Store writes that failed (disk full, no inodes, I/O error).
+    pub store_write_errors: IntCounter,
+    /// Artifacts evicted to keep the store within `store_max_mib`.
+    pub store_evictions: IntCounter,
+    /// The store's byte budget (0: unbounded).
+    pub store_budget_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -85,6 +93,17 @@ impl Metrics {
         registry.register(Box::new(invalid.clone()))?;
         registry.register(Box::new(store_objects.clone()))?;
         registry.register(Box::new(store_bytes.clone()))?;
+        let pulls_refused =
+            IntCounter::new("pulls_refused_total", "Misses answered 503 because http.max_pulls pulls were running")?;
+        let store_write_errors =
+            IntCounter::new("store_write_errors_total", "Store writes that failed (disk full, no inodes, I/O)")?;
+        let store_evictions =
+            IntCounter::new("store_evictions_total", "Artifacts evicted to stay within store_max_mib")?;
+        let store_budget_bytes = IntGauge::new("store_budget_bytes", "The store's byte budget (0: unbounded)")?;
+        for m in [&pulls_refused, &store_write_errors, &store_evictions] {
+            registry.register(Box::new(m.clone()))?;
+        }
+        registry.register(Box::new(store_budget_bytes.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -102,6 +121,10 @@ impl Metrics {
             sync_rounds,
             sync_new_versions,
             checksum_mismatch,
+            pulls_refused,
+            store_write_errors,
+            store_evictions,
+            store_budget_bytes,
         })
     }
 

@@ -54,8 +54,22 @@ async fn coalesced_inner(origin: &Arc<Origin>, req: &Request, trigger: Trigger) 
     let key = req.key();
     let (o, r) = (Arc::clone(origin), req.clone());
     let work = async move {
+        // Bounded: past `max_pulls` a miss is refused at once (503, another
+        // origin may take it), and no pull outlives its deadline.
+        let Ok(_slot) = o.pulls.try_acquire() else {
+            o.metrics.pulls_refused.inc();
+            return Err(OriginError::Busy(format!("{}: {} pulls running; retry shortly", r.key(), o.pulls_max)));
+        };
         o.metrics.upstream_fetches.with_label_values(&[trigger.as_str()]).inc();
-        let res = pull(&o, &r).await;
+        let res = match tokio::time::timeout(o.pull_deadline, pull(&o, &r)).await {
+            Ok(res) => res,
+            Err(_) => Err(UpstreamError::Timeout(format!(
+                "{}: not pulled within the {} ms deadline",
+                r.key(),
+                o.pull_deadline.as_millis()
+            ))
+            .into()),
+        };
         if let Err(e @ OriginError::Upstream(UpstreamError::NotFound { status, .. })) = &res {
             let outcome = if *status == 410 { Outcome::Gone } else { Outcome::NotFound };
             if let policy::Freshness::Ttl(ttl) = policy::rule(r.kind(), outcome, &o.ttls).freshness {

@@ -163,6 +163,18 @@ async fn hot_report(State(o): State<Arc<Origin>>, body: Bytes) -> Response {
         Ok(e) => e,
         Err(e) => return text(StatusCode::BAD_REQUEST, policy::CC_NO_STORE, &format!("hot report: {e}\n")),
     };
+    if let Some(bad) = entries
+        .iter()
+        .find(|e| !(e.weight.is_finite() && e.weight > 0.0 && e.weight <= modcdn_shared::hot::MAX_REQUESTS))
+    {
+        let msg = format!(
+            "hot report: weight {} of {:?} is not in (0, {:e}]\n",
+            bad.weight,
+            bad.module,
+            modcdn_shared::hot::MAX_REQUESTS
+        );
+        return text(StatusCode::BAD_REQUEST, policy::CC_NO_STORE, &msg);
+    }
     let mut taken = 0;
     for e in entries.iter().take(1000) {
         let Ok(m) = modcdn_shared::module::ModulePath::from_escaped(&e.module) else { continue };
@@ -586,7 +598,12 @@ fn respond_error(o: &Origin, kind: Option<Kind>, e: &OriginError) -> Response {
     if status.is_server_error() {
         tracing::warn!(status = status.as_u16(), error = %e, "request failed");
     }
-    text(status, &cc, &format!("{e}\n"))
+    let mut r = text(status, &cc, &format!("{e}\n"));
+    r.headers_mut().insert(policy::FAULT_HEADER, HeaderValue::from_static(e.fault().as_str()));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
 }
 
 fn text(status: StatusCode, cache_control: &str, body: &str) -> Response {

@@ -201,10 +201,21 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// The first line of an error body, bounded, for messages.
-async fn short_body(resp: reqwest::Response) -> String {
+/// The most of an error body that is read.
+const ERROR_BODY_CAP: usize = 4096;
+
+/// The first line of an error body, for messages: at most
+/// [`ERROR_BODY_CAP`] bytes are read, however much upstream sends.
+async fn short_body(mut resp: reqwest::Response) -> String {
     let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
+    let mut head = Vec::new();
+    while head.len() < ERROR_BODY_CAP {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => head.extend_from_slice(&chunk[..chunk.len().min(ERROR_BODY_CAP - head.len())]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
     let line = text.lines().next().unwrap_or("").trim();
     let line: String = line.chars().take(300).collect();
     if line.is_empty() {

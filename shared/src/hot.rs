@@ -3,12 +3,32 @@
 //! exponential decay (each hit weighs 2^(age / half-life) more than one at
 //! the start) makes old popularity fade without touching every counter.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// A count, ordered (`total_cmp`) so that the least counted module is the
+/// first of a `BTreeSet`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Count(f64);
+
+impl Eq for Count {}
+impl PartialOrd for Count {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Count {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
 struct Inner {
     counts: HashMap<String, f64>,
+    /// The same counts ordered, so the least counted is found in O(log K)
+    /// rather than by a scan under the lock.
+    order: BTreeSet<(Count, String)>,
     epoch: Instant,
 }
 
@@ -22,9 +42,14 @@ pub struct HotSet {
 /// far from f64's limits.
 const RESCALE_AT: f64 = 1e100;
 
+/// The most requests one record may count: a report claiming more is no
+/// edge's honest count, and bounded weights keep every sum finite.
+pub const MAX_REQUESTS: f64 = 1e9;
+
 impl HotSet {
     pub fn new(k: usize, half_life: Duration) -> HotSet {
-        HotSet { k: k.max(1), half_life, inner: Mutex::new(Inner { counts: HashMap::new(), epoch: Instant::now() }) }
+        let inner = Inner { counts: HashMap::new(), order: BTreeSet::new(), epoch: Instant::now() };
+        HotSet { k: k.max(1), half_life, inner: Mutex::new(inner) }
     }
 
     fn weight(&self, inner: &Inner, now: Instant) -> f64 {
@@ -38,38 +63,43 @@ impl HotSet {
     }
 
     /// Counts `requests` requests for `module` now (how an origin takes in
-    /// the hot sets edges report: what they served from cache).
+    /// the hot sets edges report: what they served from cache). Weights
+    /// that are not finite, not positive or above [`MAX_REQUESTS`] are
+    /// ignored. O(log K).
     pub fn record_weighted(&self, module: &str, requests: f64) {
-        if !(requests.is_finite() && requests > 0.0) {
+        if !(requests.is_finite() && requests > 0.0 && requests <= MAX_REQUESTS) {
             return;
         }
         let now = Instant::now();
         let Ok(mut inner) = self.inner.lock() else { return };
-        let mut w = self.weight(&inner, now);
+        let inner = &mut *inner;
+        let mut w = self.weight(inner, now);
         if w * requests > RESCALE_AT {
             for c in inner.counts.values_mut() {
                 *c /= w;
             }
+            inner.order = inner.counts.iter().map(|(k, c)| (Count(*c), k.clone())).collect();
             inner.epoch = now;
             w = 1.0;
         }
         let w = w * requests;
         if let Some(c) = inner.counts.get_mut(module) {
+            inner.order.remove(&(Count(*c), module.to_string()));
             *c += w;
+            inner.order.insert((Count(*c), module.to_string()));
             return;
         }
-        if inner.counts.len() < self.k {
-            inner.counts.insert(module.to_string(), w);
-            return;
+        let mut count = w;
+        if inner.counts.len() >= self.k {
+            // Space-Saving: the newcomer takes the place of the least
+            // counted, inheriting its count (an overestimate bounded by that
+            // minimum).
+            let Some((min, min_key)) = inner.order.pop_first() else { return };
+            inner.counts.remove(&min_key);
+            count += min.0;
         }
-        // Space-Saving: the newcomer takes the place of the least counted,
-        // inheriting its count (an overestimate bounded by that minimum).
-        let Some((min_key, min)) = inner.counts.iter().min_by(|a, b| a.1.total_cmp(b.1)).map(|(k, v)| (k.clone(), *v))
-        else {
-            return;
-        };
-        inner.counts.remove(&min_key);
-        inner.counts.insert(module.to_string(), min + w);
+        inner.counts.insert(module.to_string(), count);
+        inner.order.insert((Count(count), module.to_string()));
     }
 
     /// The `n` hottest modules, as [`HotSet::top`], and forgets every
@@ -78,6 +108,7 @@ impl HotSet {
         let top = self.top(n);
         if let Ok(mut inner) = self.inner.lock() {
             inner.counts.clear();
+            inner.order.clear();
             inner.epoch = Instant::now();
         }
         top
@@ -106,6 +137,8 @@ mod tests {
         h.record_weighted("b", 5.0);
         h.record_weighted("c", f64::NAN);
         h.record_weighted("d", -1.0);
+        h.record_weighted("e", 1e308);
+        h.record_weighted("f", f64::INFINITY);
         let top = h.take(10);
         assert_eq!(top.iter().map(|t| t.0.as_str()).collect::<Vec<_>>(), ["b", "a"]);
         assert!((top[0].1 - 5.0).abs() < 0.01, "{top:?}");

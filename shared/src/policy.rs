@@ -31,6 +31,50 @@ pub enum Outcome {
     UpstreamTimeout,
 }
 
+/// The header an origin names the fault of an error answer in, so that an
+/// edge moves to the next origin (and counts it against the origin's health)
+/// only when the origin itself failed, never for what upstream or the
+/// request did.
+pub const FAULT_HEADER: &str = "x-modcdn-fault";
+
+/// Whose fault an error answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The node itself: its store, its process, its own load. Another
+    /// origin may do better.
+    Origin,
+    /// Upstream (a GOPROXY, a VCS, a checksum database) failed, timed out or
+    /// sent something invalid. Every origin would ask the same upstream.
+    Upstream,
+    /// The node is at a limit of its own (concurrent pulls): another origin
+    /// may answer, but this one is not broken.
+    Busy,
+    /// The request cannot be answered (malformed, not allowed).
+    Request,
+}
+
+impl Fault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Origin => "origin",
+            Fault::Upstream => "upstream",
+            Fault::Busy => "busy",
+            Fault::Request => "request",
+        }
+    }
+
+    /// The fault a 5xx answer names; an answer that names none (an older
+    /// origin, a crash, something in between) is the origin's.
+    pub fn of_answer(header: Option<&[u8]>) -> Fault {
+        match header {
+            Some(b"upstream") => Fault::Upstream,
+            Some(b"request") => Fault::Request,
+            Some(b"busy") => Fault::Busy,
+            _ => Fault::Origin,
+        }
+    }
+}
+
 /// How long a kept answer is fresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
@@ -135,6 +179,11 @@ mod tests {
             assert_eq!(rule(kind, Outcome::UpstreamTimeout, &t).status, 504);
         }
         assert_eq!(rule(Kind::SumDbLookup, Outcome::Found, &t).cache_control, CC_SUMDB_LOOKUP);
+        assert_eq!(Fault::of_answer(Some(b"upstream")), Fault::Upstream);
+        assert_eq!(Fault::of_answer(Some(b"request")), Fault::Request);
+        assert_eq!(Fault::of_answer(Some(b"origin")), Fault::Origin);
+        assert_eq!(Fault::of_answer(Some(b"busy")), Fault::Busy);
+        assert_eq!(Fault::of_answer(None), Fault::Origin);
         let custom = Ttls { mutable: Duration::from_secs(5), ..t };
         assert_eq!(rule(Kind::List, Outcome::Found, &custom).cache_control, "public, max-age=5");
     }

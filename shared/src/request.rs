@@ -266,11 +266,8 @@ fn parse_sumdb(path: &str) -> Result<Request, RequestError> {
         Version::from_escaped(v)?;
         SumDbKind::Lookup
     } else if let Some(tile) = rest.strip_prefix("tile/") {
-        // tile/H/L/NNN[/xNNN...][.p/W] or tile/H/data/...: digits, 'x', 'p', '.', 'data'.
-        if !tile
-            .split('/')
-            .all(|e| e == "data" || e.bytes().all(|c| c.is_ascii_digit() || c == b'x' || c == b'.' || c == b'p'))
-        {
+        // tile/H/L/[xNNN/]*NNN[.p/W] or tile/H/data/..., canonical only.
+        if crate::tlog::TilePath::parse(rest).is_err() {
             return Err(malformed(format!("invalid tile path {tile:?}")));
         }
         SumDbKind::Tile
@@ -355,6 +352,23 @@ mod tests {
             "/sumdb/../supported",
             "/sumdb/sum.golang.org/tile/8/0/../../x",
             "/sumdb/sum.golang.org/lookup/nodot",
+            // Tile heights, levels, widths and numbers past what the
+            // protocol allows, and non-canonical spellings of good ones.
+            "/sumdb/sum.golang.org/tile/99/0/000",
+            "/sumdb/sum.golang.org/tile/0/0/000",
+            "/sumdb/sum.golang.org/tile/8/64/000",
+            "/sumdb/sum.golang.org/tile/8/0/000.p/256",
+            "/sumdb/sum.golang.org/tile/8/0/000.p/0",
+            "/sumdb/sum.golang.org/tile/8/0/1000",
+            "/sumdb/sum.golang.org/tile/8/0/1",
+            "/sumdb/sum.golang.org/tile/8/0/x000/001",
+            "/sumdb/sum.golang.org/tile/8/0/001/002",
+            "/sumdb/sum.golang.org/tile/8/0",
+            "/sumdb/sum.golang.org/tile/08/0/000",
+            "/sumdb/sum.golang.org/tile/8/0/x999/x999/x999/x999/x999/x999/x999/999",
+            "/sumdb/sum.golang.org/tile/8/data/000.p/x",
+            "/sumdb/sum.golang.org/lookup/example.com/m@",
+            "/sumdb/sum.golang.org/lookup/example.com/m@v1.0.0@v1.0.0",
             "/example.com/ünïcode/@v/list",
         ] {
             match Request::parse(path) {

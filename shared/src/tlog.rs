@@ -331,6 +331,74 @@ impl Tile {
     }
 }
 
+/// A tile path as the checksum-database protocol names it:
+/// `tile/H/L/[xNNN/]*NNN[.p/W]`, or `tile/H/data/...` for the records a
+/// level-0 tile hashes (golang.org/x/mod/sumdb/tlog's ParseTilePath). Only
+/// the canonical spelling is accepted: `H` in 1..=30, `L` in 0..=63, a
+/// partial width below 2^H, each number element three digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TilePath {
+    pub tile: Tile,
+    /// The record data of the tile rather than its hashes.
+    pub data: bool,
+}
+
+impl TilePath {
+    pub fn parse(path: &str) -> Result<TilePath, TlogError> {
+        let bad = || TlogError::Invalid(format!("invalid tile path {path:?}"));
+        let mut f: Vec<&str> = path.split('/').collect();
+        if f.len() < 4 || f[0] != "tile" {
+            return Err(bad());
+        }
+        let h: u32 = number(f[1]).ok_or_else(bad)?;
+        let data = f[2] == "data";
+        let l: u32 = if data { 0 } else { number(f[2]).ok_or_else(bad)? };
+        if !(1..=30).contains(&h) || l > 63 {
+            return Err(bad());
+        }
+        let mut w = 1u32 << h;
+        let last = f.len() - 2;
+        if let Some(stem) = f[last].strip_suffix(".p") {
+            let ww: u32 = number(f[last + 1]).ok_or_else(bad)?;
+            if ww == 0 || ww >= w {
+                return Err(bad());
+            }
+            w = ww;
+            f[last] = stem;
+            f.pop();
+        }
+        let mut n: i64 = 0;
+        for e in &f[3..] {
+            let nn: i64 = number(e.strip_prefix('x').unwrap_or(e)).ok_or_else(bad)?;
+            if nn >= 1000 {
+                return Err(bad());
+            }
+            n = n.checked_mul(1000).and_then(|n| n.checked_add(nn)).ok_or_else(bad)?;
+        }
+        let t = TilePath { tile: Tile { h, l, n, w }, data };
+        if t.path() != path {
+            return Err(bad());
+        }
+        Ok(t)
+    }
+
+    pub fn path(&self) -> String {
+        let p = self.tile.path();
+        if !self.data {
+            return p;
+        }
+        // tile/H/L/... with "data" for L.
+        let mut parts: Vec<&str> = p.splitn(4, '/').collect();
+        parts[2] = "data";
+        parts.join("/")
+    }
+}
+
+/// A decimal number of ASCII digits only (no sign, no spaces).
+fn number<T: std::str::FromStr>(s: &str) -> Option<T> {
+    (!s.is_empty() && s.len() <= 19 && s.bytes().all(|c| c.is_ascii_digit())).then(|| s.parse().ok()).flatten()
+}
+
 fn tile_for_index(h: u32, index: i64) -> (Tile, usize, usize) {
     let (mut level, mut n) = split_stored_hash_index(index);
     let l = level / h;
@@ -601,5 +669,27 @@ mod tests {
         assert!(text.ends_with("h1:y=\n"));
         assert!(parse_record("x\nbad").is_err());
         assert!(parse_record("7\nno blank line").is_err());
+    }
+
+    #[test]
+    fn tile_paths_round_trip_as_x_mod_spells_them() {
+        for p in [
+            "tile/8/0/000",
+            "tile/8/0/x001/234.p/5",
+            "tile/8/1/x123/x456/078",
+            "tile/8/data/000",
+            "tile/8/data/x001/002.p/255",
+            "tile/30/63/999",
+            "tile/1/0/000.p/1",
+        ] {
+            let t = TilePath::parse(p).unwrap_or_else(|e| panic!("{p}: {e:?}"));
+            assert_eq!(t.path(), p);
+        }
+        let t = TilePath::parse("tile/8/0/x001/234.p/5").expect("tile");
+        assert_eq!(t.tile, Tile { h: 8, l: 0, n: 1234, w: 5 });
+        for p in ["tile/99/0/000", "tile/8/0/000.p/256", "tile/8/0/1", "tile/8/-1/000", "tile/8/0/+01", "tile/x/0/000"]
+        {
+            assert!(TilePath::parse(p).is_err(), "{p}");
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod corpus;
 pub mod go;
+pub mod http;
 pub mod node;
 pub mod sumdb;
 pub mod upstream;

@@ -29,6 +29,9 @@ pub struct Faults {
     pub stall: Option<Duration>,
     /// Throttle bodies to this many bytes per second.
     pub bytes_per_sec: Option<u64>,
+    /// Send bodies 16 bytes at a time, one piece this often: every read is
+    /// in time, the whole takes as long as the body is big.
+    pub drip: Option<Duration>,
     /// Replace the body of matching paths (suffix match) with these bytes.
     pub replace: Vec<(String, Vec<u8>)>,
     /// Answer the next this many requests with `error_status`, then recover.
@@ -208,7 +211,10 @@ fn async_stream(body: Bytes, faults: Faults) -> impl futures::Stream<Item = Resu
             }
             return None;
         }
-        let end = (pos + CHUNK).min(end_at);
+        let end = (pos + if faults.drip.is_some() { 16 } else { CHUNK }).min(end_at);
+        if let Some(every) = faults.drip {
+            tokio::time::sleep(every).await;
+        }
         if let Some(bps) = faults.bytes_per_sec {
             tokio::time::sleep(Duration::from_secs_f64((end - pos) as f64 / bps.max(1) as f64)).await;
         }

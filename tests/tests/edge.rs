@@ -1,42 +1,19 @@
 //! The edge end to end: real edge (Pingora) and origin processes, the
 //! fixture upstream, and the real go command, all on 127.0.0.1.
 
-use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use modcdn_tests::corpus::{self, Corpus};
 use modcdn_tests::go::GoEnv;
+use modcdn_tests::http::{client, client_from, get, load, totals};
 use modcdn_tests::node::{EdgeProcess, Member, OriginProcess};
 use modcdn_tests::upstream::{Faults, FixtureUpstream};
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client")
-}
-
-/// A client whose connections come from `ip` (127.0.1.x is CN in the test
-/// GeoIP database, 127.0.2.x is US).
-fn client_from(ip: &str) -> reqwest::Client {
-    let ip: IpAddr = ip.parse().expect("ip");
-    reqwest::Client::builder().local_address(ip).timeout(Duration::from_secs(60)).build().expect("client")
-}
-
 /// Sum of a metric's samples (all label sets) on the edge's admin listener.
 async fn metric(edge: &EdgeProcess, name: &str) -> f64 {
-    let text =
-        client().get(format!("{}/metrics", edge.admin)).send().await.expect("metrics").text().await.expect("body");
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-async fn get(c: &reqwest::Client, url: &str) -> (u16, String, bytes::Bytes) {
-    let r = c.get(url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = r.status().as_u16();
-    let x_cache = r.headers().get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    (status, x_cache, r.bytes().await.expect("body"))
+    modcdn_tests::http::scrape(&edge.admin, name).await
 }
 
 /// A fixture upstream serving a generated corpus (its large module of
@@ -60,65 +37,6 @@ async fn stack(large: usize, origin_extra: &str, edge_extra: &str) -> Stack {
     let members = [Member { id: "o", url: &origin.url, region: "us" }];
     let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, edge_extra).expect("edge");
     Stack { tmp, corpus, upstream, origin, edge }
-}
-
-/// One complete 200, or what went wrong.
-async fn fetch_ok(c: &reqwest::Client, url: &str) -> Result<(), String> {
-    let r = c.get(url).send().await.map_err(|e| e.to_string())?;
-    let status = r.status();
-    r.bytes().await.map_err(|e| format!("body: {e}"))?;
-    if status != 200 {
-        return Err(status.to_string());
-    }
-    Ok(())
-}
-
-/// `clients` concurrent clients GET `keys` from `base` in turn (each from
-/// its own offset) until `stop` is set, at most `max_each` requests each,
-/// over kept-alive connections or (`fresh`) half of them on new ones; each
-/// task returns (complete 200s, failures), printing each failure.
-fn load(
-    base: &str,
-    keys: &Arc<Vec<String>>,
-    clients: usize,
-    max_each: usize,
-    fresh: bool,
-    stop: &Arc<std::sync::atomic::AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<(u64, u64)>> {
-    (0..clients)
-        .map(|i| {
-            let (keys, stop, base) = (Arc::clone(keys), Arc::clone(stop), base.to_string());
-            tokio::spawn(async move {
-                let keep = client();
-                let (mut ok, mut failed) = (0, 0);
-                for n in (i * 97)..(i * 97 + max_each) {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let c = if fresh && n % 2 == 1 { client() } else { keep.clone() };
-                    let key = &keys[n % keys.len()];
-                    match fetch_ok(&c, &format!("{base}/{key}")).await {
-                        Ok(()) => ok += 1,
-                        Err(e) => {
-                            eprintln!("{key}: {e}");
-                            failed += 1;
-                        }
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect()
-}
-
-async fn totals(clients: Vec<tokio::task::JoinHandle<(u64, u64)>>) -> (u64, u64) {
-    let (mut ok, mut failed) = (0, 0);
-    for c in clients {
-        let (o, f) = c.await.expect("client");
-        ok += o;
-        failed += f;
-    }
-    (ok, failed)
 }
 
 fn corpus_file(corpus: &Corpus, key: &str) -> Vec<u8> {
@@ -267,44 +185,6 @@ async fn clients_are_served_by_the_origins_of_their_region() {
     let (status, _, _) = get(&client_from("127.0.2.7"), &format!("{}/{beta}", edge.url)).await;
     assert_eq!(status, 200);
     assert!(stored("us", &beta) && !stored("cn", &beta), "a US client's miss went to the US origin");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_origin_failing_or_dying_under_load_costs_clients_nothing() {
-    let tmp = modcdn_tests::tempdir();
-    let corpus = Corpus::generate_with(&tmp.path().join("corpus"), 1 << 10, 3000).expect("corpus");
-    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
-    let broken = FixtureUpstream::start(corpus.root.clone()).await.expect("broken upstream");
-    broken.set_faults(Faults { error_ratio: 1.0, error_status: 503, ..Faults::default() });
-    let a = OriginProcess::start(&tmp.path().join("a"), &upstream.url(), "").expect("a");
-    let mut b = OriginProcess::start(&tmp.path().join("b"), &upstream.url(), "").expect("b");
-    // c answers 502 for everything: the edge must move on to the next origin.
-    let c = OriginProcess::start(&tmp.path().join("c"), &broken.url(), "").expect("c");
-    let members = [
-        Member { id: "a", url: &a.url, region: "us" },
-        Member { id: "b", url: &b.url, region: "us" },
-        Member { id: "c", url: &c.url, region: "us" },
-    ];
-    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "").expect("edge");
-
-    let keys: Arc<Vec<String>> = Arc::new(
-        corpus
-            .versions
-            .iter()
-            .filter(|v| v.path.starts_with("example.com/many/"))
-            .flat_map(|v| ["info", "mod", "zip"].map(|ext| Corpus::key(&v.path, &v.version, ext)))
-            .collect(),
-    );
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients = load(&edge.url, &keys, 32, 1_000_000, false, &stop);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    b.kill9();
-    tokio::time::sleep(Duration::from_secs(25)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = totals(clients).await;
-    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
-    assert!(ok > 1000, "the load ran ({ok} requests)");
-    assert!(broken.counters().total() > 0, "the failing origin was tried");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

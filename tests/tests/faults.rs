@@ -1,0 +1,197 @@
+//! Whose fault is it: edges in front of several origins, with upstream
+//! failing, slow or dripping, and origins failing for their own reasons.
+//! An edge moves to the next origin (and counts it against the origin's
+//! health) only for the origin's own faults; what upstream does goes back
+//! to the client at the cost of one origin's retry budget.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use modcdn_tests::corpus::Corpus;
+use modcdn_tests::http::{client, eventually, get, load, scrape, totals};
+use modcdn_tests::node::{EdgeProcess, Member, OriginProcess};
+use modcdn_tests::upstream::{Faults, FixtureUpstream};
+
+/// The `.info`, `.mod` and `.zip` keys of the corpus's many-version module.
+fn many_keys(corpus: &Corpus) -> Vec<String> {
+    corpus
+        .versions
+        .iter()
+        .filter(|v| v.path.starts_with("example.com/many/"))
+        .flat_map(|v| ["info", "mod", "zip"].map(|ext| Corpus::key(&v.path, &v.version, ext)))
+        .collect()
+}
+
+/// Three origins in one region behind one edge.
+struct Three {
+    tmp: tempfile::TempDir,
+    corpus: Corpus,
+    upstream: FixtureUpstream,
+    origins: Vec<OriginProcess>,
+    edge: EdgeProcess,
+}
+
+async fn three(versions: usize, origin_extra: &str, edge_extra: &str) -> Three {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate_with(&tmp.path().join("corpus"), 1 << 10, versions).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origins: Vec<OriginProcess> = ["a", "b", "c"]
+        .iter()
+        .map(|id| OriginProcess::start(&tmp.path().join(id), &upstream.url(), origin_extra).expect("origin"))
+        .collect();
+    let members: Vec<Member> =
+        ["a", "b", "c"].iter().zip(&origins).map(|(id, o)| Member { id, url: &o.url, region: "us" }).collect();
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, edge_extra).expect("edge");
+    Three { tmp, corpus, upstream, origins, edge }
+}
+
+async fn healthy_origins(edge: &EdgeProcess) -> f64 {
+    scrape(&edge.admin, "modcdn_edge_origin_healthy").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_outage_costs_one_retry_budget_per_request_and_no_origin_health() {
+    // Each origin tries upstream 3 times (retries = 2). Before origins named
+    // whose fault a 502 is, the edge took every relayed 502 for a failing
+    // origin and asked the next: 3 origins × 3 attempts = 9 pulls per request.
+    let s = three(300, "[http]\nretries = 2\nretry_backoff_ms = 5\n", "").await;
+    let keys = many_keys(&s.corpus);
+    s.upstream.set_faults(Faults { error_ratio: 1.0, error_status: 502, ..Faults::default() });
+    let c = client();
+    let started = Instant::now();
+    let (mut asked, mut statuses) = (0u64, std::collections::BTreeMap::<u16, u64>::new());
+    // Sequential distinct keys for a few seconds, bounded in count.
+    for key in keys.iter().take(300) {
+        if started.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+        let (status, _, _) = get(&c, &format!("{}/{key}", s.edge.url)).await;
+        *statuses.entry(status).or_default() += 1;
+        asked += 1;
+    }
+    let pulls = s.upstream.counters().total();
+    eprintln!("{asked} requests during the outage: statuses {statuses:?}, {pulls} upstream requests");
+    assert!(asked >= 20, "the outage ran ({asked} requests)");
+    assert_eq!(statuses.keys().copied().collect::<Vec<_>>(), vec![502], "an outage is a 502, never a 404 or 200");
+    assert!(
+        pulls <= 3 * asked,
+        "{pulls} upstream requests for {asked} client requests: more than one retry budget each"
+    );
+    assert_eq!(healthy_origins(&s.edge).await, 3.0, "upstream's outage took an origin out of routing");
+    assert_eq!(scrape(&s.edge.admin, "modcdn_edge_origin_requests_total{result=\"origin\"}").await, 0.0);
+    assert!(scrape(&s.edge.admin, "modcdn_edge_origin_requests_total{result=\"upstream\"}").await >= asked as f64);
+
+    // Modules upstream does not have are 404s, and cost no origin its health.
+    s.upstream.set_faults(Faults::default());
+    for i in 0..30 {
+        let (status, _, _) = get(&c, &format!("{}/example.com/missing{i}/@v/v1.0.0.info", s.edge.url)).await;
+        assert_eq!(status, 404);
+    }
+    assert_eq!(healthy_origins(&s.edge).await, 3.0);
+
+    // The moment upstream heals, what failed succeeds: no error was kept.
+    for key in keys.iter().take(5) {
+        let (status, x_cache, _) = get(&c, &format!("{}/{key}", s.edge.url)).await;
+        assert_eq!((status, x_cache.as_str()), (200, "MISS"), "{key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_dripping_upstream_gives_one_clear_504() {
+    // Headers that never come: two attempts of 400 ms, one 504 from the one
+    // origin that owns the module, not a timeout at the edge and a retry on
+    // the next origin.
+    let s = three(
+        10,
+        "[http]\nheader_timeout_ms = 400\nread_timeout_ms = 400\nretries = 1\nretry_backoff_ms = 5\npull_deadline_ms = 1500\n",
+        "[origin]\nread_timeout_ms = 3000\nretries = 2\n",
+    )
+    .await;
+    let keys = many_keys(&s.corpus);
+    let c = client();
+    s.upstream.set_faults(Faults { delay: Duration::from_secs(5), ..Faults::default() });
+    let started = Instant::now();
+    let (status, _, body) = get(&c, &format!("{}/{}", s.edge.url, keys[0])).await;
+    assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
+    assert!(started.elapsed() < Duration::from_secs(3), "answered after {:?}", started.elapsed());
+    assert!(s.upstream.counters().total() <= 2, "{} upstream requests", s.upstream.counters().total());
+
+    // A body that drips forever (each read in time, the whole never): the
+    // pull's deadline ends it with a 504, and nothing is stored.
+    s.upstream.set_faults(Faults { drip: Some(Duration::from_millis(200)), ..Faults::default() });
+    let zip = keys.iter().find(|k| k.ends_with(".zip")).expect("zip");
+    let started = Instant::now();
+    let (status, _, body) = get(&c, &format!("{}/{zip}", s.edge.url)).await;
+    assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("deadline"), "{}", String::from_utf8_lossy(&body));
+    assert!(started.elapsed() < Duration::from_secs(4), "answered after {:?}", started.elapsed());
+    assert_eq!(healthy_origins(&s.edge).await, 3.0);
+    s.upstream.set_faults(Faults::default());
+    let (status, _, got) = get(&c, &format!("{}/{zip}", s.edge.url)).await;
+    assert_eq!(status, 200);
+    assert_eq!(got, std::fs::read(s.corpus.root.join(zip)).expect("corpus zip"));
+}
+
+/// Makes an origin's store fail every read and write, as a broken disk
+/// would: its directory becomes a plain file.
+fn break_store(dir: &std::path::Path) {
+    let store = dir.join("store");
+    std::fs::remove_dir_all(&store).expect("remove store");
+    std::fs::write(&store, b"not a directory\n").expect("break store");
+}
+
+fn mend_store(dir: &std::path::Path) {
+    let store = dir.join("store");
+    std::fs::remove_file(&store).expect("remove");
+    std::fs::create_dir(&store).expect("mkdir");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_failing_for_its_own_reasons_or_dying_costs_clients_nothing_and_comes_back() {
+    let mut s = three(3000, "", "").await;
+    break_store(&s.tmp.path().join("c"));
+    // Two halves: the second is new to the edge's cache when the broken
+    // origin is mended.
+    let mut keys = many_keys(&s.corpus);
+    let later = Arc::new(keys.split_off(keys.len() / 2));
+    let keys = Arc::new(keys);
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(&s.edge.url, &keys, 32, 1_000_000, false, &stop);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    s.origins[1].kill9();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = totals(clients).await;
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    assert!(ok > 500, "the load ran ({ok} requests)");
+    let own_faults = scrape(&s.edge.admin, "modcdn_edge_origin_requests_total{origin=\"c\",result=\"origin\"}").await;
+    assert!(own_faults > 0.0, "the broken origin was asked and said it was its own fault");
+
+    // Mended, it comes back through health checks and serves again.
+    mend_store(&s.tmp.path().join("c"));
+    let c_url = s.origins[2].url.clone();
+    let served_before = scrape(&c_url, "modcdn_origin_requests_total{status=\"200\"}").await;
+    let clients = load(&s.edge.url, &later, 8, 200, false, &stop_after(Duration::from_secs(3)));
+    let (_, failed) = totals(clients).await;
+    assert_eq!(failed, 0);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            scrape(&c_url, "modcdn_origin_requests_total{status=\"200\"}").await > served_before
+        })
+        .await,
+        "the mended origin serves again"
+    );
+    assert_eq!(scrape(&s.edge.admin, "modcdn_edge_origin_healthy{origin=\"c\"}").await, 1.0);
+}
+
+/// A stop flag that sets itself after `after`.
+fn stop_after(after: Duration) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        s.store(true, Ordering::Relaxed);
+    });
+    stop
+}
