@@ -24,6 +24,9 @@ pub struct OriginConfig {
     pub upstream: String,
     /// Store directory. Default `modcdn-data/origin`.
     pub store_dir: PathBuf,
+    /// Most MiB the store may take; least recently used artifacts are
+    /// removed past it (0: unbounded). Default 10240.
+    pub store_max_mib: u64,
     /// Grace period for in-flight requests at shutdown. Default 30.
     pub shutdown_grace_secs: u64,
     /// Capacity of the negative cache. Default 100000.
@@ -106,6 +109,7 @@ impl Default for OriginConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             upstream: "https://proxy.golang.org".into(),
             store_dir: PathBuf::from("modcdn-data/origin"),
+            store_max_mib: 10_240,
             shutdown_grace_secs: 30,
             negative_cache_entries: 100_000,
             memory_cache_mib: 256,

@@ -74,8 +74,8 @@ impl Origin {
     /// Builds the node from a validated config: opens the store (cleaning
     /// leftovers of a crash) and the upstream client.
     pub fn new(config: &OriginConfig) -> Result<Arc<Origin>, String> {
-        let store =
-            DiskStore::open(&config.store_dir).map_err(|e| format!("store_dir {}: {e}", config.store_dir.display()))?;
+        let store = DiskStore::open(&config.store_dir, config.store_max_mib << 20)
+            .map_err(|e| format!("store_dir {}: {e}", config.store_dir.display()))?;
         let chain = Chain::parse(&config.upstream).map_err(|e| format!("upstream: {e}"))?;
         // Public and private `direct` runs have budgets of their own, so a
         // flood of unknown public paths cannot starve private modules.
@@ -126,6 +126,7 @@ impl Origin {
         if let Some(v) = &origin.verifier {
             v.load(origin.store.as_ref());
         }
+        origin.metrics.store_budget_bytes.set((config.store_max_mib << 20) as i64);
         origin.refresh_store_gauges();
         Ok(Arc::new(origin))
     }
@@ -156,9 +157,11 @@ impl Origin {
     }
 
     pub fn refresh_store_gauges(&self) {
-        let (objects, bytes) = self.store.usage();
-        self.metrics.store_objects.set(objects);
-        self.metrics.store_bytes.set(bytes);
+        let usage = self.store.usage();
+        self.metrics.store_objects.set(usage.objects);
+        self.metrics.store_bytes.set(usage.bytes);
+        let counted = self.metrics.store_evictions.get() as i64;
+        self.metrics.store_evictions.inc_by(usage.evicted.saturating_sub(counted).max(0) as u64);
     }
 }
 

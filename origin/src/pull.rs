@@ -179,7 +179,8 @@ async fn pull_zip(origin: &Arc<Origin>, req: &Request, fetched: Fetched, upstrea
         let k = key.clone();
         move |store| store.stage(&k)
     })
-    .await?;
+    .await
+    .map_err(|e| write_failed(origin, &key, e))?;
     let file = staged.take_file().ok_or_else(|| OriginError::Store("staged file missing".into()))?;
     // Chunks from the network are small; write to disk in larger pieces.
     let mut file = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
@@ -193,9 +194,9 @@ async fn pull_zip(origin: &Arc<Origin>, req: &Request, fetched: Fetched, upstrea
             return Err(invalid(origin, kind, format!("{key}: upstream body exceeds the {limit}-byte limit")));
         }
         hasher.update(&chunk);
-        file.write_all(&chunk).await.map_err(|e| OriginError::Store(format!("{key}: {e}")))?;
+        file.write_all(&chunk).await.map_err(|e| write_failed(origin, &key, OriginError::Store(e.to_string())))?;
     }
-    file.flush().await.map_err(|e| OriginError::Store(format!("{key}: {e}")))?;
+    file.flush().await.map_err(|e| write_failed(origin, &key, OriginError::Store(e.to_string())))?;
     drop(file);
     check_length(origin, kind, &key, size, fetched.content_length)?;
     let (path, m, v) = (staged.path().to_path_buf(), module_path.as_str().to_string(), version.as_str().to_string());
@@ -208,9 +209,20 @@ async fn pull_zip(origin: &Arc<Origin>, req: &Request, fetched: Fetched, upstrea
     .map_err(|reason| invalid(origin, kind, format!("{key}: {reason}")))?;
     crate::verify::check(origin, module_path, version, &checked.h1, false).await?;
     let meta = Meta { size, sha256: hex(&hasher.finalize()), h1: Some(checked.h1), fetched_at_ms: now_ms(), upstream };
-    blocking(origin, move |store| store.publish(staged, &meta)).await?;
+    blocking(origin, move |store| store.publish(staged, &meta)).await.map_err(|e| write_failed(origin, &key, e))?;
     origin.refresh_store_gauges();
     Ok(())
+}
+
+/// A store write that failed (disk full, no inodes, I/O error): only this
+/// artifact is lost, said once in the log and counted.
+fn write_failed(origin: &Origin, key: &str, e: OriginError) -> OriginError {
+    tracing::error!(%key, error = %e, "store write failed; the artifact is not stored, the node serves on");
+    origin.metrics.store_write_errors.inc();
+    match e {
+        OriginError::Store(msg) => OriginError::Store(format!("{key}: {msg}")),
+        other => other,
+    }
 }
 
 fn check_length(origin: &Origin, kind: Kind, key: &str, got: u64, declared: Option<u64>) -> Result<(), OriginError> {
@@ -234,7 +246,7 @@ async fn put(
         Meta { size: body.len() as u64, sha256: hex(&Sha256::digest(&body)), h1, fetched_at_ms: now_ms(), upstream };
     let body = bytes::Bytes::from(body);
     let (k, b, m) = (key.to_string(), body.clone(), meta.clone());
-    blocking(origin, move |store| store.put(&k, &b, &m)).await?;
+    blocking(origin, move |store| store.put(&k, &b, &m)).await.map_err(|e| write_failed(origin, key, e))?;
     origin.memory.insert(key, meta, body);
     origin.refresh_store_gauges();
     Ok(())

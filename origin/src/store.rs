@@ -9,14 +9,22 @@
 //! fsyncs the directory. A file whose trailer is missing or does not match
 //! its length is never served, and leftover temp files are removed when the
 //! store opens.
+//!
+//! With a byte budget, the least recently used artifacts are removed past
+//! it (an LRU index of every stored key, ordered by file time at open); the
+//! records the origin keeps for itself (verified tree heads) never are.
+//! Path elements too long for a file name are stored under a name derived
+//! from their hash, which no escaped module path can spell.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// What is known of a stored artifact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,8 +99,8 @@ pub trait Store: Send + Sync + 'static {
     /// Makes a fully written staged body visible under its key with `meta`,
     /// durably, replacing what was there.
     fn publish(&self, staged: Staged, meta: &Meta) -> io::Result<()>;
-    /// Objects stored, and bytes they take.
-    fn usage(&self) -> (i64, i64);
+    /// Objects stored, bytes they take, and how many were evicted.
+    fn usage(&self) -> Usage;
     /// Removes the artifact at `key`, or with `prefix` every artifact whose
     /// key starts with it (a purge). Returns how many were removed.
     fn remove(&self, key: &str, prefix: bool) -> io::Result<u64>;
@@ -107,12 +115,38 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// What a store holds, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub objects: i64,
+    pub bytes: i64,
+    /// Artifacts removed to stay within the byte budget since it opened.
+    pub evicted: i64,
+}
+
 /// The disk store.
 pub struct DiskStore {
     root: PathBuf,
     objects: AtomicI64,
     bytes: AtomicI64,
+    /// Bytes the store may take; 0: unbounded.
+    budget: u64,
+    /// Every stored key with the bytes its file takes, least recently used
+    /// first.
+    lru: Mutex<lru::LruCache<String, u64>>,
+    /// Artifacts removed to stay within the budget.
+    evicted: AtomicI64,
 }
+
+/// Keys the origin keeps for itself, never evicted: the verified tree head
+/// of each checksum database (`sumdb/<name>/verified-tree`).
+pub fn is_record(key: &str) -> bool {
+    key.starts_with("sumdb/") && key.ends_with("/verified-tree")
+}
+
+/// The longest path element stored under its own name; longer ones (a file
+/// name has at most 255 bytes) are stored under a hashed name.
+const MAX_ELEMENT: usize = 200;
 
 const TEMP_PREFIX: &str = ".tmp-";
 const MAGIC: &[u8; 8] = b"MODCDN\x01\n";
@@ -122,10 +156,11 @@ const MAX_RECORD: u64 = 64 * 1024;
 
 impl DiskStore {
     /// Opens (creating) the store at `root`, removing leftover temp files and
-    /// counting what is stored.
-    pub fn open(root: &Path) -> io::Result<DiskStore> {
+    /// indexing what is stored (oldest file first), then evicting down to
+    /// `budget` bytes (0: unbounded).
+    pub fn open(root: &Path, budget: u64) -> io::Result<DiskStore> {
         fs::create_dir_all(root)?;
-        let (mut objects, mut bytes, mut removed) = (0, 0, 0);
+        let (mut found, mut removed) = (Vec::new(), 0);
         let mut dirs = vec![root.to_path_buf()];
         while let Some(dir) = dirs.pop() {
             for entry in fs::read_dir(&dir)? {
@@ -136,18 +171,40 @@ impl DiskStore {
                 } else if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
                     fs::remove_file(entry.path())?;
                     removed += 1;
-                } else {
-                    objects += 1;
-                    bytes += entry.metadata()?.len() as i64;
+                } else if dir != root {
+                    // Files at the top (the purge log) are not artifacts.
+                    let meta = entry.metadata()?;
+                    let rel = entry.path().strip_prefix(root).map(|p| p.to_string_lossy().into_owned());
+                    let touched = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                    found.push((touched, rel.unwrap_or_default(), meta.len()));
                 }
             }
         }
         if removed > 0 {
             tracing::info!(removed, root = %root.display(), "removed leftover temp files");
         }
-        Ok(DiskStore { root: root.to_path_buf(), objects: AtomicI64::new(objects), bytes: AtomicI64::new(bytes) })
+        found.sort();
+        let mut lru = lru::LruCache::unbounded();
+        let mut bytes = 0;
+        for (_, key, len) in found {
+            bytes += len as i64;
+            lru.put(key, len);
+        }
+        let store = DiskStore {
+            root: root.to_path_buf(),
+            objects: AtomicI64::new(lru.len() as i64),
+            bytes: AtomicI64::new(bytes),
+            budget,
+            lru: Mutex::new(lru),
+            evicted: AtomicI64::new(0),
+        };
+        store.evict_over_budget(None)?;
+        Ok(store)
     }
 
+    /// Where `key` is stored: its own path under the root, with elements too
+    /// long for a file name replaced by `<start>!!<sha256>` (`!!` appears in
+    /// no escaped path, so no other key can land there).
     fn path_of(&self, key: &str) -> io::Result<PathBuf> {
         // Keys come from `Request::key`, which only builds checked paths;
         // refuse anything else rather than trust the caller.
@@ -158,7 +215,68 @@ impl DiskStore {
         if bad {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("refusing store key {key:?}")));
         }
-        Ok(self.root.join(key))
+        let mut path = self.root.clone();
+        for element in key.split('/') {
+            if element.len() <= MAX_ELEMENT {
+                path.push(element);
+            } else {
+                let digest: String = Sha256::digest(element.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+                path.push(format!("{}!!{digest}", &element[..64]));
+            }
+        }
+        Ok(path)
+    }
+
+    /// The key a file under the root stands for, as the LRU index names it.
+    fn index_key(&self, path: &Path) -> String {
+        path.strip_prefix(&self.root).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
+    /// Marks `key` as just used.
+    fn touch(&self, path: &Path) {
+        if self.budget > 0 {
+            self.lru.lock().unwrap_or_else(|p| p.into_inner()).promote(&self.index_key(path));
+        }
+    }
+
+    /// Removes least recently used artifacts until the store is within its
+    /// budget, sparing `keep` (the artifact just stored) and the origin's
+    /// own records.
+    fn evict_over_budget(&self, keep: Option<&str>) -> io::Result<()> {
+        if self.budget == 0 {
+            return Ok(());
+        }
+        let mut spared = Vec::new();
+        while self.bytes.load(Ordering::Relaxed) > self.budget as i64 {
+            let Some((key, len)) = self.lru.lock().unwrap_or_else(|p| p.into_inner()).pop_lru() else { break };
+            if keep == Some(key.as_str()) || is_record(&key) {
+                spared.push((key, len));
+                continue;
+            }
+            match fs::remove_file(self.root.join(&key)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    spared.push((key, len));
+                    self.restore(spared);
+                    return Err(e);
+                }
+            }
+            self.objects.fetch_sub(1, Ordering::Relaxed);
+            self.bytes.fetch_sub(len as i64, Ordering::Relaxed);
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%key, bytes = len, "evicted to stay within the store budget");
+        }
+        self.restore(spared);
+        Ok(())
+    }
+
+    /// Puts spared keys back as the most recently used.
+    fn restore(&self, spared: Vec<(String, u64)>) {
+        let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, len) in spared {
+            lru.put(key, len);
+        }
     }
 }
 
@@ -200,7 +318,11 @@ impl Store for DiskStore {
         if !file.metadata()?.is_file() {
             return Ok(None);
         }
-        Ok(read_trailer(&file)?.map(|meta| Hit { meta, file }))
+        let hit = read_trailer(&file)?.map(|meta| Hit { meta, file });
+        if hit.is_some() {
+            self.touch(&path);
+        }
+        Ok(hit)
     }
 
     fn stage(&self, key: &str) -> io::Result<Staged> {
@@ -233,18 +355,24 @@ impl Store for DiskStore {
         fs::rename(&staged.temp, &dest)?;
         staged.temp = PathBuf::new();
         File::open(&dir)?.sync_all()?;
-        match old {
+        let index_key = self.index_key(&dest);
+        let previous = self.lru.lock().unwrap_or_else(|p| p.into_inner()).put(index_key.clone(), total as u64);
+        match previous.map(|p| p as i64).or(old) {
             Some(old) => self.bytes.fetch_add(total - old, Ordering::Relaxed),
             None => {
                 self.objects.fetch_add(1, Ordering::Relaxed);
                 self.bytes.fetch_add(total, Ordering::Relaxed)
             }
         };
-        Ok(())
+        self.evict_over_budget(Some(&index_key))
     }
 
-    fn usage(&self) -> (i64, i64) {
-        (self.objects.load(Ordering::Relaxed), self.bytes.load(Ordering::Relaxed))
+    fn usage(&self) -> Usage {
+        Usage {
+            objects: self.objects.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
+        }
     }
 
     fn remove(&self, key: &str, prefix: bool) -> io::Result<u64> {
@@ -287,8 +415,9 @@ impl Store for DiskStore {
             fs::remove_file(&path)?;
             if !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(TEMP_PREFIX)) {
                 removed += 1;
+                let len = self.lru.lock().unwrap_or_else(|p| p.into_inner()).pop(&self.index_key(&path));
                 self.objects.fetch_sub(1, Ordering::Relaxed);
-                self.bytes.fetch_sub(meta.len() as i64, Ordering::Relaxed);
+                self.bytes.fetch_sub(len.unwrap_or(meta.len()) as i64, Ordering::Relaxed);
             }
         }
         if removed > 0 {
@@ -324,7 +453,7 @@ pub fn conformance(store: &dyn Store) {
     };
     let key = "example.com/!conformance/@v/v1.0.0.zip";
     assert!(read(key).is_none(), "empty store has nothing");
-    let (objects0, _) = store.usage();
+    let objects0 = store.usage().objects;
 
     // A staged body is invisible, and dropping it leaves nothing.
     let staged = write(key, b"partial");
@@ -336,13 +465,13 @@ pub fn conformance(store: &dyn Store) {
     let staged = write(key, b"hello");
     store.publish(staged, &meta(b"hello")).expect("publish");
     assert_eq!(read(key), Some((meta(b"hello"), b"hello".to_vec())));
-    assert_eq!(store.usage().0, objects0 + 1);
+    assert_eq!(store.usage().objects, objects0 + 1);
 
     // Replacement is whole.
     let staged = write(key, b"hello, world");
     store.publish(staged, &meta(b"hello, world")).expect("replace");
     assert_eq!(read(key).map(|(_, b)| b), Some(b"hello, world".to_vec()));
-    assert_eq!(store.usage().0, objects0 + 1);
+    assert_eq!(store.usage().objects, objects0 + 1);
 
     // put: the same, from memory.
     store.put("example.com/!conformance/@v/list", b"v1.0.0\n", &meta(b"v1.0.0\n")).expect("put");
@@ -370,7 +499,7 @@ pub fn conformance(store: &dyn Store) {
     assert_eq!(store.remove("example.com/!conformance/@", true).expect("remove module"), 2);
     assert!(read(key).is_none() && read("example.com/!conformance/@latest").is_none());
     assert!(read(nested).is_some(), "a nested module is another module");
-    assert_eq!(store.usage().0, objects0 + 1);
+    assert_eq!(store.usage().objects, objects0 + 1);
     assert_eq!(store.remove(nested, false).expect("remove nested"), 1);
     // Leave the artifact callers may look at afterwards.
     store.put(key, b"hello, world", &meta(b"hello, world")).expect("put again");
@@ -383,7 +512,7 @@ mod tests {
     #[test]
     fn disk_store_conformance_and_crash_leftovers() {
         let dir = tempdir();
-        let store = DiskStore::open(&dir).expect("open");
+        let store = DiskStore::open(&dir, 0).expect("open");
         conformance(&store);
 
         // Leftovers of a crash: a temp file, and a file without its trailer.
@@ -394,7 +523,7 @@ mod tests {
         std::mem::forget(s);
         fs::write(dir.join(key), b"no record").expect("body");
         drop(store);
-        let store = DiskStore::open(&dir).expect("reopen");
+        let store = DiskStore::open(&dir, 0).expect("reopen");
         assert!(!temp.exists(), "temp file removed at open");
         assert!(store.get(key).expect("get").is_none(), "a body without record is not served");
         // A torn trailer (cut short) is not served either.
@@ -402,6 +531,57 @@ mod tests {
         let bytes = fs::read(&good).expect("read");
         fs::write(&good, &bytes[..bytes.len() - 3]).expect("cut");
         assert!(store.get("example.com/!conformance/@v/v1.0.0.zip").expect("get").is_none());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    fn meta(body: &[u8]) -> Meta {
+        Meta { size: body.len() as u64, sha256: String::new(), h1: None, fetched_at_ms: 1, upstream: "t".into() }
+    }
+
+    #[test]
+    fn the_budget_evicts_least_recently_used_and_spares_records() {
+        let dir = tempdir();
+        let budget = 20_000;
+        let store = DiskStore::open(&dir, budget).expect("open");
+        let record = "sumdb/sum.golang.org/verified-tree";
+        store
+            .put(record, b"go.sum database tree\n1\nAAAA\n", &meta(b"go.sum database tree\n1\nAAAA\n"))
+            .expect("record");
+        let body = vec![7u8; 1000];
+        let key = |i: usize| format!("example.com/m{i}/@v/v1.0.0.zip");
+        for i in 0..100 {
+            store.put(&key(i), &body, &meta(&body)).expect("put");
+            // m0 is used all the time: it stays.
+            assert!(store.get(&key(0)).expect("get").is_some(), "m0 evicted at {i}");
+            let u = store.usage();
+            assert!(u.bytes <= budget as i64 + 1200, "{u:?} after {i}");
+        }
+        let u = store.usage();
+        assert!(u.evicted > 70, "{u:?}");
+        assert!(store.get(&key(1)).expect("get").is_none(), "the least recently used went first");
+        assert!(store.get(&key(99)).expect("get").is_some(), "the newest stays");
+        assert!(store.get(record).expect("get").is_some(), "records are never evicted");
+        let kept: Vec<usize> = (0..100).filter(|i| store.get(&key(*i)).ok().flatten().is_some()).collect();
+        drop(store);
+        // Reopened with a smaller budget: it shrinks at once, oldest files first.
+        let store = DiskStore::open(&dir, 5_000).expect("reopen");
+        let u = store.usage();
+        assert!(u.bytes <= 5_000 && u.objects < kept.len() as i64, "{u:?}");
+        assert!(store.get(&key(99)).expect("get").is_some() && store.get(record).expect("get").is_some());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn path_elements_past_file_name_limits_are_stored_safely() {
+        let dir = tempdir();
+        let store = DiskStore::open(&dir, 0).expect("open");
+        let long = "a".repeat(300);
+        let key = format!("example.com/{long}/{long}x/@v/v1.0.0.mod");
+        store.put(&key, b"module x\n", &meta(b"module x\n")).expect("put");
+        assert_eq!(store.get(&key).expect("get").expect("hit").read_body().expect("body"), b"module x\n");
+        let other = format!("example.com/{long}/{long}y/@v/v1.0.0.mod");
+        assert!(store.get(&other).expect("get").is_none(), "another long name is another file");
+        assert_eq!(store.remove(&key, false).expect("remove"), 1);
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -104,12 +104,21 @@ pub enum RequestError {
     /// (`v2.0.0` of a path without `/v2`): the version is simply not there.
     #[error("not found: {module}@{version}: invalid version: {reason}")]
     ImpossibleVersion { module: String, version: String, reason: String },
+    /// Longer than any module path needs, and than a store may name.
+    #[error("request path too long: {0} bytes, at most {MAX_PATH} are served")]
+    TooLong(usize),
 }
+
+/// The longest request path served: far above real module paths, and short
+/// enough that every store key stays within the file system's path limit
+/// under any store directory.
+pub const MAX_PATH: usize = 2048;
 
 impl RequestError {
     pub fn status(&self) -> u16 {
         match self {
             RequestError::ImpossibleVersion { .. } => 404,
+            RequestError::TooLong(_) => 414,
             _ => 400,
         }
     }
@@ -150,8 +159,8 @@ impl Request {
     /// Parses a URL path such as `/github.com/!azure/sdk/@v/v1.2.3.zip`.
     /// A query string must already be stripped.
     pub fn parse(raw: &str) -> Result<Request, RequestError> {
-        if raw.len() > 4096 {
-            return Err(malformed("path too long"));
+        if raw.len() > MAX_PATH {
+            return Err(RequestError::TooLong(raw.len()));
         }
         if raw.bytes().any(|b| b == 0 || b == b'\\' || !(0x20..0x7f).contains(&b)) {
             return Err(malformed("path has a NUL, backslash, control or non-ASCII byte"));
@@ -376,6 +385,14 @@ mod tests {
                 Ok(r) => panic!("{path:?} parsed as {r:?}"),
             }
         }
+    }
+
+    #[test]
+    fn paths_past_the_limit_are_414() {
+        let long = format!("/example.com/{}/@v/list", "a".repeat(MAX_PATH));
+        assert_eq!(Request::parse(&long).map_err(|e| e.status()), Err(414));
+        let fits = format!("/example.com/{}/@v/list", "a".repeat(MAX_PATH - 30));
+        assert!(Request::parse(&fits).is_ok());
     }
 
     /// Random paths from an alphabet of the characters that matter: parsing

@@ -68,6 +68,34 @@ impl OriginProcess {
         Self::spawn(cmd, &config)
     }
 
+    /// As [`OriginProcess::start`], with the store on a tmpfs of its own of
+    /// `bytes` bytes and `inodes` inodes, mounted in a mount namespace of
+    /// the process (`unshare`), so that it fills up as a real disk does.
+    pub fn start_on_tmpfs(
+        dir: &Path,
+        upstream: &str,
+        extra: &str,
+        bytes: u64,
+        inodes: u64,
+    ) -> io::Result<OriginProcess> {
+        let config = write_config(dir, upstream, extra)?;
+        let store = dir.join("store");
+        std::fs::create_dir_all(&store)?;
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "-rm",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=\"$0\",nr_inodes=\"$1\" modcdn-test \"$2\" && exec \"$3\" serve --config \"$4\"",
+        ])
+        .arg(bytes.to_string())
+        .arg(inodes.to_string())
+        .arg(&store)
+        .arg(binary("modcdn-origin"))
+        .arg(&config);
+        Self::spawn(cmd, &config)
+    }
+
     pub fn start_with_config(config: &Path) -> io::Result<OriginProcess> {
         let mut cmd = Command::new(binary("modcdn-origin"));
         cmd.args(["serve", "--config"]).arg(config);
