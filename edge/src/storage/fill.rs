@@ -76,7 +76,8 @@ impl HandleMiss for Filler {
         let (part, body, meta_path) =
             (self.fill.part.clone(), store.body_path(&self.hash, generation), store.meta_path(&self.hash));
         let (shard, hash) = (store.shard(&self.hash), self.hash.clone());
-        let meta_tmp = store.dir.join("tmp").join(format!("{hash}.{generation}.meta"));
+        let meta_tmp = store.tmp.join(format!("{hash}.{generation}.meta"));
+        let epoch = store.purge_epoch();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             file.sync_data()?;
             drop(file);
@@ -99,11 +100,22 @@ impl HandleMiss for Filler {
             return Err(storage_error("fill", "purged while filling"));
         }
         store.index.lock().insert(&self.hash, &self.primary, self.written);
-        if let Some(small) = self.small.take() {
-            store.memory.insert(
-                self.primary.clone(),
+        match self.small.take() {
+            Some(small) => store.promote(
+                &self.primary,
                 Arc::new(MemObject::parse(&self.primary, &self.fill.meta, small.into())?),
-            );
+                epoch,
+            ),
+            // Too large for memory: what memory held for the key (a 404, an
+            // older answer) must not go on standing in front of it.
+            None => {
+                store.memory.remove(&self.primary);
+            }
+        }
+        // A purge that came in the last steps wins too.
+        if self.fill.aborted.load(Ordering::SeqCst) {
+            let _ = store.remove(&self.hash, true).await;
+            return Err(storage_error("fill", "purged while filling"));
         }
         self.fill.state.send_replace(FillState::Complete(self.written));
         self.done = true;

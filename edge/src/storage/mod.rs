@@ -13,6 +13,16 @@
 //! Fills stream: readers that arrive while a zip is still being written read
 //! the temp file up to what has been written so far (pingora's streaming
 //! partial writes), so waiters of a coalesced miss get bytes at once.
+//!
+//! Several processes may share the cache during a graceful upgrade. Each
+//! writes its temp files in a directory of its own under `tmp/`, locked
+//! (`flock`) for as long as it lives; a process that opens the cache removes
+//! only unlocked ones, and while another process is alive it leaves recent
+//! files alone (they may be a publish in progress, not a crash's leftovers).
+//!
+//! The memory tier never undoes a purge: every purge moves an epoch, and an
+//! object read from disk (or a fill) is promoted to memory only if no purge
+//! came since it was read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -160,6 +170,14 @@ impl quick_cache::Weighter<String, Arc<MemObject>> for Weigh {
 
 pub struct CacheStore {
     dir: PathBuf,
+    /// This process's temp directory, under `tmp/`.
+    tmp: PathBuf,
+    /// Held locked while the process lives (see the module docs); read
+    /// only by tests, which hand the cache over without exiting.
+    #[cfg_attr(not(test), allow(dead_code))]
+    lock: File,
+    /// Moved by every purge; promotions that saw another epoch are dropped.
+    purges: parking_lot::RwLock<u64>,
     /// Memory tier, by request key (no hashing on the hit path).
     memory: quick_cache::sync::Cache<String, Arc<MemObject>, Weigh>,
     memory_object_max: u64,
@@ -230,6 +248,39 @@ impl MetaFile {
     }
 }
 
+/// The lock file of a process's temp directory.
+const LOCK: &str = ".lock";
+/// How recent a file must be to be spared while another process is alive.
+const LIVE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes the temp directories of processes that are gone (their lock is
+/// free) and loose temp files older than [`LIVE_GRACE`]; whether another
+/// process holds the cache now.
+fn clean_tmp(tmp: &Path) -> std::io::Result<bool> {
+    std::fs::create_dir_all(tmp)?;
+    let mut others_alive = false;
+    for entry in std::fs::read_dir(tmp)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            let held = File::open(path.join(LOCK))
+                .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
+            if held {
+                others_alive = true;
+            } else {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        } else {
+            let old = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m.elapsed().unwrap_or_default() > LIVE_GRACE);
+            if old {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    Ok(others_alive)
+}
+
 fn sync_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = File::create(path)?;
     f.write_all(bytes)?;
@@ -241,11 +292,15 @@ impl CacheStore {
     /// and returns the entries found so the eviction manager can track them.
     pub fn open(dir: &Path, memory_bytes: u64, memory_object_max: u64) -> std::io::Result<(CacheStore, Vec<Stored>)> {
         let objects = dir.join("objects");
-        let tmp = dir.join("tmp");
         std::fs::create_dir_all(&objects)?;
-        // Whatever is in tmp/ is an unfinished fill.
-        let _ = std::fs::remove_dir_all(&tmp);
+        let others_alive = clean_tmp(&dir.join("tmp"))?;
+        let tmp = dir.join("tmp").join(format!("{}-{:x}", std::process::id(), unix_nanos(SystemTime::now())));
         std::fs::create_dir_all(&tmp)?;
+        let lock = File::create(tmp.join(LOCK))?;
+        lock.try_lock().map_err(|e| std::io::Error::other(format!("locking {}: {e}", tmp.display())))?;
+        // While another process lives, a recent file may be its publish in
+        // progress rather than a crash's leftover.
+        let spare_after = others_alive.then(|| SystemTime::now() - LIVE_GRACE);
         let mut found = Vec::new();
         let mut index = Index::default();
         for shard in std::fs::read_dir(&objects)? {
@@ -253,12 +308,15 @@ impl CacheStore {
             if !shard.is_dir() {
                 continue;
             }
-            found.extend(Self::scan_shard(&shard, &mut index)?);
+            found.extend(Self::scan_shard(&shard, &mut index, spare_after)?);
         }
         let memory =
             quick_cache::sync::Cache::with_weighter((memory_bytes / 4096).max(16) as usize, memory_bytes.max(1), Weigh);
         let store = CacheStore {
             dir: dir.to_path_buf(),
+            tmp,
+            lock,
+            purges: parking_lot::RwLock::new(0),
             memory,
             memory_object_max: if memory_bytes == 0 { 0 } else { memory_object_max },
             fills: Mutex::new(HashMap::new()),
@@ -269,8 +327,12 @@ impl CacheStore {
         Ok((store, found))
     }
 
-    /// Keeps the complete entries of one shard directory, removes the rest.
-    fn scan_shard(shard: &Path, index: &mut Index) -> std::io::Result<Vec<Stored>> {
+    /// Keeps the complete entries of one shard directory, removes the rest
+    /// (but files modified after `spare_after`, when set).
+    fn scan_shard(shard: &Path, index: &mut Index, spare_after: Option<SystemTime>) -> std::io::Result<Vec<Stored>> {
+        let spared = |path: &Path| {
+            spare_after.is_some_and(|t| std::fs::metadata(path).and_then(|m| m.modified()).is_ok_and(|m| m > t))
+        };
         let mut metas = Vec::new();
         let mut bodies = Vec::new();
         for entry in std::fs::read_dir(shard)? {
@@ -298,6 +360,7 @@ impl CacheStore {
                     index.insert(&hash, &m.primary, m.body_len);
                     found.push(Stored { hash, primary: m.primary, size: m.body_len, fresh_until: meta.fresh_until() });
                 }
+                _ if spared(&path) => {}
                 _ => {
                     tracing::warn!(file = %path.display(), "removing an incomplete cache entry");
                     let _ = std::fs::remove_file(&path);
@@ -305,7 +368,7 @@ impl CacheStore {
             }
         }
         for (_, path) in bodies {
-            if !keep.contains(&path) {
+            if !keep.contains(&path) && !spared(&path) {
                 let _ = std::fs::remove_file(&path);
             }
         }
@@ -372,6 +435,9 @@ impl CacheStore {
     /// it stays correct), and stops a fill in progress from publishing.
     /// Returns whether anything was there.
     async fn remove(&'static self, hash: &str, from_memory: bool) -> Result<bool> {
+        if from_memory {
+            self.bump_purges();
+        }
         let primary = self.index.lock().by_hash.get(hash).map(|(p, _)| p.clone());
         let in_memory = from_memory && primary.is_some_and(|p| self.memory.remove(&p).is_some());
         let filling = self.fills.lock().remove(hash).inspect(|f| f.aborted.store(true, Ordering::SeqCst)).is_some();
@@ -398,6 +464,7 @@ impl CacheStore {
 
     /// Purges one request key. Returns whether it was cached.
     pub async fn purge_key(&'static self, primary: &str) -> Result<bool> {
+        self.bump_purges();
         let in_memory = self.memory.remove(primary).is_some();
         Ok(self.remove(&cache_key(primary).combined(), true).await? || in_memory)
     }
@@ -407,6 +474,7 @@ impl CacheStore {
     /// Returns how many were cached.
     pub async fn purge_prefix(&'static self, prefix: &str) -> Result<usize> {
         let in_memory = std::sync::atomic::AtomicUsize::new(0);
+        self.bump_purges();
         self.memory.retain(|k, _| {
             let keep = !k.starts_with(prefix);
             in_memory.fetch_add(usize::from(!keep), Ordering::Relaxed);
@@ -418,6 +486,31 @@ impl CacheStore {
             on_disk += usize::from(self.purge_key(&key).await?);
         }
         Ok(on_disk.max(in_memory))
+    }
+
+    /// The purge epoch now, to promote what is read from here on.
+    fn purge_epoch(&self) -> u64 {
+        *self.purges.read()
+    }
+
+    /// A purge begins: promotions of what was read before it are dropped.
+    fn bump_purges(&self) {
+        *self.purges.write() += 1;
+    }
+
+    /// Puts `obj` in the memory tier unless a purge came since `epoch`
+    /// (the read lock keeps a purge from starting between check and insert).
+    fn promote(&self, primary: &str, obj: Arc<MemObject>, epoch: u64) {
+        let now = self.purges.read();
+        if *now == epoch {
+            self.memory.insert(primary.to_string(), obj);
+        }
+    }
+
+    /// Lets another process take the cache over, as this one's exit does.
+    #[cfg(test)]
+    fn release(&self) {
+        let _ = self.lock.unlock();
     }
 
     /// A fresh-or-not object of the memory tier, for the proxy's fast path.
@@ -480,6 +573,7 @@ impl Storage for CacheStore {
         if let Some(fill) = fill {
             return self.partial_hit(&fill).map(Some);
         }
+        let epoch = self.purge_epoch();
         let (meta_path, shard, h) = (self.meta_path(&hash), self.shard(&hash), hash.clone());
         let found = tokio::task::spawn_blocking(move || read_disk(self, &meta_path, &shard, &h))
             .await
@@ -489,7 +583,7 @@ impl Storage for CacheStore {
             None => Ok(None),
             Some(DiskLookup::Small { meta, body }) => {
                 let obj = Arc::new(MemObject::parse(primary, &meta, body)?);
-                self.memory.insert(primary.to_string(), obj.clone());
+                self.promote(primary, obj.clone(), epoch);
                 Ok(Some(self.memory_hit(&obj)))
             }
             Some(DiskLookup::Large { meta, body }) => {
@@ -526,7 +620,7 @@ impl Storage for CacheStore {
         let hash = key.combined();
         let primary = key.primary_key_str().unwrap_or_default().to_string();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let part = self.dir.join("tmp").join(format!("{hash}.{id}.part"));
+        let part = self.tmp.join(format!("{hash}.{id}.part"));
         let (file, reader) = {
             let part = part.clone();
             tokio::task::spawn_blocking(move || File::create(&part).and_then(|w| Ok((w, File::open(&part)?))))
@@ -602,11 +696,12 @@ impl CacheStore {
 
     /// Replaces the meta file atomically; the memory copy follows.
     async fn write_meta(&'static self, hash: &str, m: MetaFile) -> Result<()> {
+        let epoch = self.purge_epoch();
         if let Some(obj) = self.memory.get(&m.primary) {
-            self.memory.insert(m.primary.clone(), Arc::new(MemObject::parse(&m.primary, &m.meta, obj.body.clone())?));
+            self.promote(&m.primary, Arc::new(MemObject::parse(&m.primary, &m.meta, obj.body.clone())?), epoch);
         }
         let path = self.meta_path(hash);
-        let tmp = self.dir.join("tmp").join(format!("{hash}.{}.meta", self.next_id.fetch_add(1, Ordering::Relaxed)));
+        let tmp = self.tmp.join(format!("{hash}.{}.meta", self.next_id.fetch_add(1, Ordering::Relaxed)));
         tokio::task::spawn_blocking(move || {
             sync_write(&tmp, &m.encode())?;
             std::fs::rename(&tmp, &path)
@@ -618,171 +713,4 @@ impl CacheStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use pingora::cache::trace::Span;
-    use pingora::http::ResponseHeader;
-
-    fn meta(body_len: usize) -> CacheMeta {
-        let mut h = ResponseHeader::build(200, None).expect("header");
-        h.insert_header("content-length", body_len.to_string()).expect("content-length");
-        let now = SystemTime::now();
-        CacheMeta::new(now + std::time::Duration::from_secs(3600), now, 0, 0, h)
-    }
-
-    fn open(dir: &Path, memory: u64) -> (&'static CacheStore, Vec<Stored>) {
-        let (store, found) = CacheStore::open(dir, memory, 1 << 10).expect("open");
-        (Box::leak(Box::new(store)), found)
-    }
-
-    async fn read_all(mut hit: HitHandler) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        while let Some(b) = hit.read_body().await? {
-            out.extend_from_slice(&b);
-        }
-        Ok(out)
-    }
-
-    async fn fill(store: &'static CacheStore, key: &str, body: &[u8]) {
-        let span = Span::inactive().handle();
-        let mut miss = store.get_miss_handler(&cache_key(key), &meta(body.len()), &span).await.expect("miss handler");
-        for chunk in body.chunks(4096) {
-            miss.write_body(Bytes::copy_from_slice(chunk), false).await.expect("write");
-        }
-        miss.finish().await.expect("finish");
-    }
-
-    #[tokio::test]
-    async fn fills_survive_a_restart_from_both_tiers() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().to_path_buf();
-        let span = Span::inactive().handle();
-        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let (store, _) = open(&dir, 1 << 20);
-        fill(store, "example.com/a/@v/v1.0.0.zip", &big).await;
-        fill(store, "example.com/a/@v/v1.0.0.mod", b"module example.com/a\n").await;
-        for (key, body) in
-            [("example.com/a/@v/v1.0.0.zip", &big[..]), ("example.com/a/@v/v1.0.0.mod", b"module example.com/a\n")]
-        {
-            let (_, hit) = store.lookup(&cache_key(key), &span).await.expect("lookup").expect("hit");
-            assert_eq!(read_all(hit).await.expect("read"), body, "{key}");
-        }
-        assert!(store.memory_get("example.com/a/@v/v1.0.0.mod").is_some(), "small bodies go to the memory tier");
-        assert!(store.memory_get("example.com/a/@v/v1.0.0.zip").is_none(), "large ones do not");
-
-        let (again, found) = open(&dir, 1 << 20);
-        assert_eq!(found.len(), 2);
-        let (_, mut hit) =
-            again.lookup(&cache_key("example.com/a/@v/v1.0.0.zip"), &span).await.expect("lookup").expect("hit");
-        assert!(hit.can_seek());
-        hit.seek(1000, Some(2000)).expect("seek");
-        assert_eq!(read_all(hit).await.expect("read"), &big[1000..2000]);
-        assert_eq!(
-            again.keys_with_prefix("example.com/a/@"),
-            ["example.com/a/@v/v1.0.0.mod", "example.com/a/@v/v1.0.0.zip"]
-        );
-    }
-
-    #[tokio::test]
-    async fn a_purge_reaches_what_only_the_memory_tier_still_holds() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let span = Span::inactive().handle();
-        let (store, _) = open(tmp.path(), 1 << 20);
-        let key = "example.com/d/@v/v1.0.0.mod";
-        fill(store, key, b"module example.com/d\n").await;
-        // Evicted from disk by the budget: the memory tier keeps serving it.
-        let target = cache_key(key).to_compact();
-        store.purge(PurgeTarget::Active(&target), PurgeType::Eviction, &span).await.expect("evict");
-        assert!(store.memory_get(key).is_some());
-        assert!(store.keys_with_prefix("example.com/d/@").is_empty());
-        // A module purge must still take it out.
-        assert_eq!(store.purge_prefix("example.com/d/@").await.expect("purge"), 1);
-        assert!(store.memory_get(key).is_none());
-        assert!(store.lookup(&cache_key(key), &span).await.expect("lookup").is_none());
-    }
-
-    #[tokio::test]
-    async fn readers_follow_a_fill_and_a_failed_fill_is_never_served() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().to_path_buf();
-        let span = Span::inactive().handle();
-        let (store, _) = open(&dir, 0);
-        let key = cache_key("example.com/b/@v/v1.0.0.zip");
-        let mut miss = store.get_miss_handler(&key, &meta(8), &span).await.expect("miss");
-        miss.write_body(Bytes::from_static(b"abcd"), false).await.expect("write");
-        let (_, mut reader) = store.lookup(&key, &span).await.expect("lookup").expect("partial hit");
-        assert!(!reader.can_seek());
-        assert_eq!(reader.read_body().await.expect("read").as_deref(), Some(&b"abcd"[..]));
-        let late = tokio::spawn(async move { read_all(reader).await });
-        miss.write_body(Bytes::from_static(b"efgh"), true).await.expect("write");
-        miss.finish().await.expect("finish");
-        assert_eq!(late.await.expect("join").expect("read"), b"efgh");
-
-        // A fill dropped half way: its reader gets an error, nothing stays.
-        let key2 = cache_key("example.com/b/@v/v2.0.0.zip");
-        let mut miss = store.get_miss_handler(&key2, &meta(8), &span).await.expect("miss");
-        miss.write_body(Bytes::from_static(b"half"), false).await.expect("write");
-        let (_, reader) = store.lookup(&key2, &span).await.expect("lookup").expect("partial hit");
-        drop(miss);
-        assert!(read_all(reader).await.is_err(), "a reader of a failed fill must not see a short body as complete");
-        assert!(store.lookup(&key2, &span).await.expect("lookup").is_none());
-        let (_, found) = open(&dir, 0);
-        assert_eq!(found.len(), 1, "only the finished fill is on disk");
-    }
-
-    #[tokio::test]
-    async fn a_purge_during_a_fill_wins_and_crash_leftovers_are_removed() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().to_path_buf();
-        let span = Span::inactive().handle();
-        let (store, _) = open(&dir, 1 << 20);
-        let key = cache_key("example.com/c/@v/list");
-        let mut miss = store.get_miss_handler(&key, &meta(7), &span).await.expect("miss");
-        miss.write_body(Bytes::from_static(b"v1.0.0\n"), true).await.expect("write");
-        assert!(store.purge_key("example.com/c/@v/list").await.expect("purge"));
-        assert!(miss.finish().await.is_err(), "the purged fill is not published");
-        assert!(store.lookup(&key, &span).await.expect("lookup").is_none());
-
-        fill(store, "example.com/c/@v/v1.0.0.info", b"{}").await;
-        let hash = cache_key("example.com/c/@v/v1.0.0.info").combined();
-        let shard = dir.join("objects").join(&hash[..2]);
-        // Leftovers: a torn meta, a body without meta, a stray temp file.
-        std::fs::write(shard.join("ffff.meta"), b"MODCDN-EDGE-M01\ntorn").expect("torn meta");
-        std::fs::write(shard.join("eeee.1.body"), b"orphan").expect("orphan body");
-        std::fs::write(dir.join("tmp").join("dddd.2.part"), b"partial").expect("temp");
-        // And a body cut short behind a good meta.
-        let body = std::fs::read_dir(&shard)
-            .expect("shard")
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.to_string_lossy().contains(&hash) && p.extension().is_some_and(|e| e == "body"))
-            .expect("body file");
-        std::fs::write(&body, b"{").expect("cut body");
-        let (again, found) = open(&dir, 1 << 20);
-        assert!(found.is_empty(), "{found:?}");
-        assert!(again.lookup(&cache_key("example.com/c/@v/v1.0.0.info"), &span).await.expect("lookup").is_none());
-        let left: Vec<_> = std::fs::read_dir(&shard).expect("shard").flatten().map(|e| e.file_name()).collect();
-        assert!(left.is_empty(), "{left:?}");
-        assert_eq!(std::fs::read_dir(dir.join("tmp")).expect("tmp").count(), 0);
-    }
-
-    #[test]
-    fn meta_file_round_trips_and_rejects_damage() {
-        let m = MetaFile {
-            generation: 7,
-            body_len: 42,
-            primary: "example.com/a/@v/v1.0.0.zip".into(),
-            meta: (vec![1, 2], vec![3]),
-        };
-        let enc = m.encode();
-        let back = MetaFile::decode(&enc).expect("decodes");
-        assert_eq!((back.generation, back.body_len, back.primary.as_str()), (7, 42, "example.com/a/@v/v1.0.0.zip"));
-        assert_eq!(back.meta, (vec![1, 2], vec![3]));
-        for cut in 0..enc.len() {
-            assert!(MetaFile::decode(&enc[..cut]).is_none(), "truncated at {cut}");
-        }
-        let mut extra = enc.clone();
-        extra.push(0);
-        assert!(MetaFile::decode(&extra).is_none());
-    }
-}
+mod tests;

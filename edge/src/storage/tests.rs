@@ -1,0 +1,241 @@
+//! Unit tests of the cache storage: restarts, streaming readers, failed
+//! fills, purges racing fills and promotions, crash leftovers, upgrades.
+
+use super::*;
+use pingora::cache::trace::Span;
+use pingora::http::ResponseHeader;
+
+fn meta(body_len: usize) -> CacheMeta {
+    let mut h = ResponseHeader::build(200, None).expect("header");
+    h.insert_header("content-length", body_len.to_string()).expect("content-length");
+    let now = SystemTime::now();
+    CacheMeta::new(now + std::time::Duration::from_secs(3600), now, 0, 0, h)
+}
+
+fn open(dir: &Path, memory: u64) -> (&'static CacheStore, Vec<Stored>) {
+    let (store, found) = CacheStore::open(dir, memory, 1 << 10).expect("open");
+    (Box::leak(Box::new(store)), found)
+}
+
+async fn read_all(mut hit: HitHandler) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(b) = hit.read_body().await? {
+        out.extend_from_slice(&b);
+    }
+    Ok(out)
+}
+
+async fn fill(store: &'static CacheStore, key: &str, body: &[u8]) {
+    let span = Span::inactive().handle();
+    let mut miss = store.get_miss_handler(&cache_key(key), &meta(body.len()), &span).await.expect("miss handler");
+    for chunk in body.chunks(4096) {
+        miss.write_body(Bytes::copy_from_slice(chunk), false).await.expect("write");
+    }
+    miss.finish().await.expect("finish");
+}
+
+#[tokio::test]
+async fn fills_survive_a_restart_from_both_tiers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_path_buf();
+    let span = Span::inactive().handle();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let (store, _) = open(&dir, 1 << 20);
+    fill(store, "example.com/a/@v/v1.0.0.zip", &big).await;
+    fill(store, "example.com/a/@v/v1.0.0.mod", b"module example.com/a\n").await;
+    for (key, body) in
+        [("example.com/a/@v/v1.0.0.zip", &big[..]), ("example.com/a/@v/v1.0.0.mod", b"module example.com/a\n")]
+    {
+        let (_, hit) = store.lookup(&cache_key(key), &span).await.expect("lookup").expect("hit");
+        assert_eq!(read_all(hit).await.expect("read"), body, "{key}");
+    }
+    assert!(store.memory_get("example.com/a/@v/v1.0.0.mod").is_some(), "small bodies go to the memory tier");
+    assert!(store.memory_get("example.com/a/@v/v1.0.0.zip").is_none(), "large ones do not");
+
+    let (again, found) = open(&dir, 1 << 20);
+    assert_eq!(found.len(), 2);
+    let (_, mut hit) =
+        again.lookup(&cache_key("example.com/a/@v/v1.0.0.zip"), &span).await.expect("lookup").expect("hit");
+    assert!(hit.can_seek());
+    hit.seek(1000, Some(2000)).expect("seek");
+    assert_eq!(read_all(hit).await.expect("read"), &big[1000..2000]);
+    assert_eq!(
+        again.keys_with_prefix("example.com/a/@"),
+        ["example.com/a/@v/v1.0.0.mod", "example.com/a/@v/v1.0.0.zip"]
+    );
+}
+
+#[tokio::test]
+async fn a_purge_reaches_what_only_the_memory_tier_still_holds() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let (store, _) = open(tmp.path(), 1 << 20);
+    let key = "example.com/d/@v/v1.0.0.mod";
+    fill(store, key, b"module example.com/d\n").await;
+    // Evicted from disk by the budget: the memory tier keeps serving it.
+    let target = cache_key(key).to_compact();
+    store.purge(PurgeTarget::Active(&target), PurgeType::Eviction, &span).await.expect("evict");
+    assert!(store.memory_get(key).is_some());
+    assert!(store.keys_with_prefix("example.com/d/@").is_empty());
+    // A module purge must still take it out.
+    assert_eq!(store.purge_prefix("example.com/d/@").await.expect("purge"), 1);
+    assert!(store.memory_get(key).is_none());
+    assert!(store.lookup(&cache_key(key), &span).await.expect("lookup").is_none());
+}
+
+#[tokio::test]
+async fn readers_follow_a_fill_and_a_failed_fill_is_never_served() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_path_buf();
+    let span = Span::inactive().handle();
+    let (store, _) = open(&dir, 0);
+    let key = cache_key("example.com/b/@v/v1.0.0.zip");
+    let mut miss = store.get_miss_handler(&key, &meta(8), &span).await.expect("miss");
+    miss.write_body(Bytes::from_static(b"abcd"), false).await.expect("write");
+    let (_, mut reader) = store.lookup(&key, &span).await.expect("lookup").expect("partial hit");
+    assert!(!reader.can_seek());
+    assert_eq!(reader.read_body().await.expect("read").as_deref(), Some(&b"abcd"[..]));
+    let late = tokio::spawn(async move { read_all(reader).await });
+    miss.write_body(Bytes::from_static(b"efgh"), true).await.expect("write");
+    miss.finish().await.expect("finish");
+    assert_eq!(late.await.expect("join").expect("read"), b"efgh");
+
+    // A fill dropped half way: its reader gets an error, nothing stays.
+    let key2 = cache_key("example.com/b/@v/v2.0.0.zip");
+    let mut miss = store.get_miss_handler(&key2, &meta(8), &span).await.expect("miss");
+    miss.write_body(Bytes::from_static(b"half"), false).await.expect("write");
+    let (_, reader) = store.lookup(&key2, &span).await.expect("lookup").expect("partial hit");
+    drop(miss);
+    assert!(read_all(reader).await.is_err(), "a reader of a failed fill must not see a short body as complete");
+    assert!(store.lookup(&key2, &span).await.expect("lookup").is_none());
+    let (_, found) = open(&dir, 0);
+    assert_eq!(found.len(), 1, "only the finished fill is on disk");
+}
+
+#[tokio::test]
+async fn a_purge_during_a_fill_wins_and_crash_leftovers_are_removed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_path_buf();
+    let span = Span::inactive().handle();
+    let (store, _) = open(&dir, 1 << 20);
+    let key = cache_key("example.com/c/@v/list");
+    let mut miss = store.get_miss_handler(&key, &meta(7), &span).await.expect("miss");
+    miss.write_body(Bytes::from_static(b"v1.0.0\n"), true).await.expect("write");
+    assert!(store.purge_key("example.com/c/@v/list").await.expect("purge"));
+    assert!(miss.finish().await.is_err(), "the purged fill is not published");
+    assert!(store.lookup(&key, &span).await.expect("lookup").is_none());
+
+    fill(store, "example.com/c/@v/v1.0.0.info", b"{}").await;
+    let hash = cache_key("example.com/c/@v/v1.0.0.info").combined();
+    let shard = dir.join("objects").join(&hash[..2]);
+    // Leftovers: a torn meta, a body without meta, a stray temp file.
+    std::fs::write(shard.join("ffff.meta"), b"MODCDN-EDGE-M01\ntorn").expect("torn meta");
+    std::fs::write(shard.join("eeee.1.body"), b"orphan").expect("orphan body");
+    std::fs::write(store.tmp.join("dddd.2.part"), b"partial").expect("temp");
+    // And a body cut short behind a good meta.
+    let body = std::fs::read_dir(&shard)
+        .expect("shard")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains(&hash) && p.extension().is_some_and(|e| e == "body"))
+        .expect("body file");
+    std::fs::write(&body, b"{").expect("cut body");
+    // As after a crash: no process holds the cache any more.
+    store.release();
+    let (again, found) = open(&dir, 1 << 20);
+    assert!(found.is_empty(), "{found:?}");
+    assert!(again.lookup(&cache_key("example.com/c/@v/v1.0.0.info"), &span).await.expect("lookup").is_none());
+    let left: Vec<_> = std::fs::read_dir(&shard).expect("shard").flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "{left:?}");
+    // Only the new process's own temp directory is left.
+    assert_eq!(std::fs::read_dir(dir.join("tmp")).expect("tmp").count(), 1);
+}
+
+#[test]
+fn meta_file_round_trips_and_rejects_damage() {
+    let m = MetaFile {
+        generation: 7,
+        body_len: 42,
+        primary: "example.com/a/@v/v1.0.0.zip".into(),
+        meta: (vec![1, 2], vec![3]),
+    };
+    let enc = m.encode();
+    let back = MetaFile::decode(&enc).expect("decodes");
+    assert_eq!((back.generation, back.body_len, back.primary.as_str()), (7, 42, "example.com/a/@v/v1.0.0.zip"));
+    assert_eq!(back.meta, (vec![1, 2], vec![3]));
+    for cut in 0..enc.len() {
+        assert!(MetaFile::decode(&enc[..cut]).is_none(), "truncated at {cut}");
+    }
+    let mut extra = enc.clone();
+    extra.push(0);
+    assert!(MetaFile::decode(&extra).is_none());
+}
+
+#[tokio::test]
+async fn a_large_answer_replaces_a_small_one_in_the_memory_tier() {
+    // A 404 kept in memory, then the zip published: the memory tier must not
+    // keep answering the old 404 (expired, so every request pulls again).
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let (store, _) = open(tmp.path(), 1 << 20);
+    let key = "example.com/e/@v/v1.0.0.zip";
+    fill(store, key, b"not found\n").await;
+    assert!(store.memory_get(key).is_some());
+    let big: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+    fill(store, key, &big).await;
+    assert!(store.memory_get(key).is_none(), "the old small answer left the memory tier");
+    let (_, hit) = store.lookup(&cache_key(key), &span).await.expect("lookup").expect("hit");
+    assert_eq!(read_all(hit).await.expect("read"), big);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purge_racing_a_promotion_to_memory_is_not_undone() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let (store, _) = open(tmp.path(), 1 << 20);
+    let key = "example.com/f/@v/v1.0.0.mod";
+    for round in 0..300 {
+        fill(store, key, b"module example.com/f\n").await;
+        // On disk only, so the next lookup reads it and promotes it.
+        store.memory.remove(key);
+        let lookup =
+            tokio::spawn(async move { store.lookup(&cache_key(key), &Span::inactive().handle()).await.map(|_| ()) });
+        let purge = tokio::spawn(async move { store.purge_key(key).await });
+        lookup.await.expect("join").expect("lookup");
+        purge.await.expect("join").expect("purge");
+        assert!(store.memory_get(key).is_none(), "round {round}: the purged object came back into memory");
+        assert!(store.lookup(&cache_key(key), &span).await.expect("lookup").is_none(), "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn a_second_process_on_the_cache_leaves_the_first_ones_fills_alone() {
+    // A graceful upgrade: the new edge opens the cache while the old one is
+    // still writing fills; neither its temp files nor its fresh entries go.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_path_buf();
+    let span = Span::inactive().handle();
+    let (old, _) = open(&dir, 1 << 20);
+    let key = cache_key("example.com/g/@v/v1.0.0.zip");
+    let mut miss = old.get_miss_handler(&key, &meta(8), &span).await.expect("miss");
+    miss.write_body(Bytes::from_static(b"abcd"), false).await.expect("write");
+    // A body the old process just renamed into place, its meta not yet written.
+    let hash = cache_key("example.com/g/@v/v2.0.0.zip").combined();
+    let shard = dir.join("objects").join(&hash[..2]);
+    std::fs::create_dir_all(&shard).expect("shard");
+    let in_flight = shard.join(format!("{hash}.5.body"));
+    std::fs::write(&in_flight, b"publishing").expect("body");
+
+    let (new, _) = open(&dir, 1 << 20);
+    miss.write_body(Bytes::from_static(b"efgh"), true).await.expect("write after the new process opened");
+    miss.finish().await.expect("the old process's fill publishes");
+    let (_, hit) = new.lookup(&key, &span).await.expect("lookup").expect("the new process sees it");
+    assert_eq!(read_all(hit).await.expect("read"), b"abcdefgh");
+    assert!(in_flight.exists(), "a fresh body of a live process is not taken for a crash leftover");
+
+    // Once no other process holds the cache, leftovers are removed.
+    old.release();
+    new.release();
+    let _ = open(&dir, 1 << 20);
+    assert!(!in_flight.exists(), "with no live process it is a leftover");
+}
