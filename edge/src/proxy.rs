@@ -397,7 +397,7 @@ impl Edge {
     async fn refuse_over_limit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let Some(ip) = client_ip(session, &self.membership.snapshot()) else { return Ok(false) };
         ctx.client = Some(ip);
-        match self.limits.admit(ip, Instant::now()) {
+        match self.limits.admit(ip) {
             Ok(permit) => {
                 ctx._permit = permit;
                 Ok(false)
