@@ -43,8 +43,11 @@ impl ClientKey {
     }
 }
 
+/// One GCRA state per client.
+type Keyed<C> = RateLimiter<ClientKey, DashMapStateStore<ClientKey>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
 pub struct Limits<C: Clock = DefaultClock> {
-    rate: Option<RateLimiter<ClientKey, DashMapStateStore<ClientKey>, C, NoOpMiddleware<C::Instant>>>,
+    rate: Option<Keyed<C>>,
     clock: C,
     max_in_flight: u32,
     in_flight: DashMap<ClientKey, u32>,
@@ -103,7 +106,9 @@ impl<C: Clock + Clone> Limits<C> {
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Option<Permit<C>>, Refused> {
         let key = ClientKey::of(ip);
         if let Some(rate) = &self.rate {
-            if self.admitted.fetch_add(1, Ordering::Relaxed) % HOUSEKEEPING_EVERY == 0 && rate.len() > MAX_TRACKED {
+            if self.admitted.fetch_add(1, Ordering::Relaxed).is_multiple_of(HOUSEKEEPING_EVERY)
+                && rate.len() > MAX_TRACKED
+            {
                 // A client whose bucket is full again carries no state worth keeping.
                 rate.retain_recent();
                 rate.shrink_to_fit();
