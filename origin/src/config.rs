@@ -29,6 +29,9 @@ pub struct OriginConfig {
     pub store_max_mib: u64,
     /// Grace period for in-flight requests at shutdown. Default 30.
     pub shutdown_grace_secs: u64,
+    /// How long a client connection may take to send a request's headers,
+    /// and may stay idle between requests, in ms. Default 30000.
+    pub header_timeout_ms: u64,
     /// Capacity of the negative cache. Default 100000.
     pub negative_cache_entries: usize,
     /// Memory tier budget in MiB (0 turns it off). Default 256.
@@ -111,6 +114,7 @@ impl Default for OriginConfig {
             store_dir: PathBuf::from("modcdn-data/origin"),
             store_max_mib: 10_240,
             shutdown_grace_secs: 30,
+            header_timeout_ms: 30_000,
             negative_cache_entries: 100_000,
             memory_cache_mib: 256,
             memory_object_max_kib: 4096,
@@ -164,6 +168,7 @@ impl Validate for OriginConfig {
             ("http.header_timeout_ms", self.http.header_timeout_ms),
             ("http.read_timeout_ms", self.http.read_timeout_ms),
             ("http.pull_deadline_ms", self.http.pull_deadline_ms),
+            ("header_timeout_ms", self.header_timeout_ms),
             ("http.max_pulls", self.http.max_pulls as u64),
         ] {
             if v == 0 {

@@ -26,7 +26,7 @@ pub mod upstream;
 pub mod validate;
 pub mod verify;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -167,35 +167,59 @@ impl Origin {
 
 /// Serves on `listener` until `shutdown` completes, then stops accepting,
 /// reports not-ready, and lets in-flight requests finish within `grace`.
+///
+/// Every connection has `header_timeout` to send a request's headers, and
+/// as long to start its next one (slow or idle clients are closed: they
+/// cannot hold connections open one byte at a time).
 pub async fn serve_until(
     origin: Arc<Origin>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
+    header_timeout: Duration,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     prefetch::Prefetcher::start(&origin);
     sync::start(&origin, &origin.sync);
     let app = serve::router(Arc::clone(&origin));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let o = Arc::clone(&origin);
-    tokio::spawn(async move {
-        shutdown.await;
-        o.ready.store(false, Ordering::Relaxed);
-        tracing::info!("shutting down: finishing in-flight requests");
-        let _ = stop_tx.send(true);
-    });
-    let mut rx = stop_rx.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = rx.wait_for(|s| *s).await;
-    });
-    let mut rx = stop_rx;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(header_timeout).keep_alive_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+    }
+    drop(listener);
+    origin.ready.store(false, Ordering::Relaxed);
+    tracing::info!("shutting down: finishing in-flight requests");
     tokio::select! {
-        r = server.into_future() => r,
-        _ = async { let _ = rx.wait_for(|s| *s).await; tokio::time::sleep(grace).await } => {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => {
             tracing::warn!(?grace, "grace period over; exiting with requests still in flight");
-            Ok(())
         }
     }
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT.

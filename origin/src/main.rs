@@ -131,6 +131,7 @@ fn run(cfg: OriginConfig) -> anyhow::Result<()> {
             listener,
             modcdn_origin::shutdown_signal(),
             Duration::from_secs(cfg.shutdown_grace_secs),
+            Duration::from_millis(cfg.header_timeout_ms),
         )
         .await?;
         Ok(())

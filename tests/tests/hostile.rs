@@ -1,0 +1,119 @@
+//! Hostile clients: connections held open a byte at a time, paths the
+//! protocol does not allow, reports with absurd weights. Each gets a
+//! deliberate answer, and nothing reaches upstream on their behalf.
+
+use std::time::{Duration, Instant};
+
+use modcdn_tests::corpus::{self, Corpus};
+use modcdn_tests::http::{client, get};
+use modcdn_tests::node::{EdgeProcess, Member, OriginProcess};
+use modcdn_tests::upstream::FixtureUpstream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sends `head` a byte every `every` on a new connection to `addr` until
+/// the server closes it; how long the server held it (bounded by `cap`).
+async fn trickle(addr: &str, head: &[u8], every: Duration, cap: Duration) -> Duration {
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    for b in head.iter().cycle() {
+        if started.elapsed() > cap {
+            break;
+        }
+        if s.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        // A closed connection shows as EOF (or an error) on read.
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(every, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => break,
+            Err(_) => {}
+        }
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_closes_connections_that_send_headers_a_byte_at_a_time_or_idle() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin =
+        OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "header_timeout_ms = 700\n").expect("origin");
+    let addr = origin.url.trim_start_matches("http://").to_string();
+    let head =
+        b"GET /example.com/alpha/@v/list HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+    let held = trickle(&addr, head, Duration::from_millis(100), Duration::from_secs(10)).await;
+    assert!(held < Duration::from_secs(3), "a slowloris client held the connection for {held:?}");
+
+    // An idle kept-alive connection is closed too, after one answer.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let started = Instant::now();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&all));
+    assert!(started.elapsed() < Duration::from_secs(3), "idle connection kept for {:?}", started.elapsed());
+    // And the origin serves on.
+    assert_eq!(get(&client(), &format!("{}/example.com/alpha/@v/list", origin.url)).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_the_protocol_does_not_allow_are_refused_before_any_upstream() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let sumdb = "[[checksum_db]]\nname = \"sum.golang.org\"\nurl = \"{}\"\n".replace("{}", &upstream.url());
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), &sumdb).expect("origin");
+    let members = [Member { id: "o", url: &origin.url, region: "us" }];
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "").expect("edge");
+    let c = client();
+    let long = format!("/example.com/{}/@v/list", "a".repeat(3000));
+    let cases: Vec<(String, u16)> = vec![
+        ("/sumdb/sum.golang.org/tile/99/0/000".into(), 400),
+        ("/sumdb/sum.golang.org/tile/8/0/000.p/256".into(), 400),
+        ("/sumdb/sum.golang.org/tile/8/0/1".into(), 400),
+        ("/sumdb/sum.golang.org/tile/8/99/000".into(), 400),
+        ("/sumdb/sum.golang.org/lookup/example.com/m@".into(), 400),
+        ("/sumdb/sum.golang.org/lookup/nodot@v1.0.0".into(), 400),
+        ("/example.com/m/@v/v1.0.0%2e%2e.zip".into(), 400),
+        (long, 414),
+    ];
+    for base in [&edge.url, &origin.url] {
+        for (path, want) in &cases {
+            let (status, _, body) = get(&c, &format!("{base}{path}")).await;
+            assert_eq!(status, *want, "{base}{}: {}", &path[..path.len().min(80)], String::from_utf8_lossy(&body));
+        }
+    }
+    assert_eq!(upstream.counters().total(), 0, "nothing was forwarded");
+    // A well-formed tile is forwarded (and missing upstream: 404, not 5xx).
+    let (status, _, _) = get(&c, &format!("{}/sumdb/sum.golang.org/tile/8/0/000", edge.url)).await;
+    assert_eq!(status, 404);
+    let _ = corpus::ALPHA;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reports_with_absurd_weights_are_refused() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let c = client();
+    for weight in ["1e308", "-1", "0", "1e10"] {
+        let body = format!("[{{\"module\":\"example.com/alpha\",\"weight\":{weight}}}]");
+        let r = c.post(format!("{}/hotz", origin.url)).body(body).send().await.expect("post");
+        assert_eq!(r.status().as_u16(), 400, "weight {weight}");
+    }
+    let r = c.post(format!("{}/hotz", origin.url)).body("[{\"module\":\"example.com/alpha\",\"weight\":8}]").send();
+    assert_eq!(r.await.expect("post").status().as_u16(), 200);
+    let hot: serde_json::Value =
+        c.get(format!("{}/hotz", origin.url)).send().await.expect("get").json().await.expect("json");
+    let w = hot[0]["weight"].as_f64().expect("weight");
+    assert!((7.9..8.1).contains(&w), "{hot}");
+}
