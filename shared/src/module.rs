@@ -219,7 +219,7 @@ pub fn check(path: &str, version: &str) -> Result<(), PathError> {
 /// case letter as `!` and its lower case.
 pub fn escape_path(path: &str) -> Result<String, PathError> {
     check_path(path)?;
-    Ok(escape_string(path))
+    escape_string(path).ok_or_else(|| err("module path", path, "internal error: inconsistency in EscapePath"))
 }
 
 /// Escapes a version (`EscapeVersion`).
@@ -228,12 +228,19 @@ pub fn escape_version(v: &str) -> Result<String, PathError> {
     if v.contains('!') {
         return Err(err("version", v, "disallowed version string"));
     }
-    Ok(escape_string(v))
+    // A file-path element may hold non-ASCII letters; an escaped one never
+    // does (x/mod's escapeString refuses them, found here by fuzzing).
+    escape_string(v).ok_or_else(|| err("version", v, "disallowed version string"))
 }
 
-fn escape_string(s: &str) -> String {
+/// `!`-escapes upper case; `None` for non-ASCII (or `!`), which no escaped
+/// form may carry.
+fn escape_string(s: &str) -> Option<String> {
     let mut out = String::with_capacity(s.len() + 4);
     for c in s.chars() {
+        if c == '!' || !c.is_ascii() {
+            return None;
+        }
         if c.is_ascii_uppercase() {
             out.push('!');
             out.push(c.to_ascii_lowercase());
@@ -241,7 +248,7 @@ fn escape_string(s: &str) -> String {
             out.push(c);
         }
     }
-    out
+    Some(out)
 }
 
 /// Reverses [`escape_path`]; refuses upper case, a dangling or misplaced `!`,

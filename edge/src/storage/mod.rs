@@ -20,9 +20,9 @@
 //! only unlocked ones, and while another process is alive it leaves recent
 //! files alone (they may be a publish in progress, not a crash's leftovers).
 //!
-//! The memory tier never undoes a purge: every purge moves an epoch, and an
-//! object read from disk (or a fill) is promoted to memory only if no purge
-//! came since it was read.
+//! The memory tier never undoes a purge: an object read from disk (or a
+//! fill) is promoted to memory only if no purge is running and none ended
+//! since it was read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -176,8 +176,9 @@ pub struct CacheStore {
     /// only by tests, which hand the cache over without exiting.
     #[cfg_attr(not(test), allow(dead_code))]
     lock: File,
-    /// Moved by every purge; promotions that saw another epoch are dropped.
-    purges: parking_lot::RwLock<u64>,
+    /// Purges running now and done so far: a promotion to memory happens
+    /// only if none runs and none finished since the object was read.
+    purges: Mutex<PurgeGate>,
     /// Memory tier, by request key (no hashing on the hit path).
     memory: quick_cache::sync::Cache<String, Arc<MemObject>, Weigh>,
     memory_object_max: u64,
@@ -245,6 +246,24 @@ impl MetaFile {
         let meta0 = parts.pop()?;
         let primary = String::from_utf8(parts.pop()?).ok()?;
         Some(MetaFile { generation, body_len, primary, meta: (meta0, meta1) })
+    }
+}
+
+/// Purges running and ended, for promotions to memory.
+#[derive(Default)]
+struct PurgeGate {
+    running: u32,
+    ended: u64,
+}
+
+/// A running purge; when dropped (done or cancelled) it has ended.
+struct PurgeGuard<'a>(&'a Mutex<PurgeGate>);
+
+impl Drop for PurgeGuard<'_> {
+    fn drop(&mut self) {
+        let mut gate = self.0.lock();
+        gate.running -= 1;
+        gate.ended += 1;
     }
 }
 
@@ -316,7 +335,7 @@ impl CacheStore {
             dir: dir.to_path_buf(),
             tmp,
             lock,
-            purges: parking_lot::RwLock::new(0),
+            purges: Mutex::new(PurgeGate::default()),
             memory,
             memory_object_max: if memory_bytes == 0 { 0 } else { memory_object_max },
             fills: Mutex::new(HashMap::new()),
@@ -435,9 +454,7 @@ impl CacheStore {
     /// it stays correct), and stops a fill in progress from publishing.
     /// Returns whether anything was there.
     async fn remove(&'static self, hash: &str, from_memory: bool) -> Result<bool> {
-        if from_memory {
-            self.bump_purges();
-        }
+        let _purge = from_memory.then(|| self.begin_purge());
         let primary = self.index.lock().by_hash.get(hash).map(|(p, _)| p.clone());
         let in_memory = from_memory && primary.is_some_and(|p| self.memory.remove(&p).is_some());
         let filling = self.fills.lock().remove(hash).inspect(|f| f.aborted.store(true, Ordering::SeqCst)).is_some();
@@ -464,7 +481,7 @@ impl CacheStore {
 
     /// Purges one request key. Returns whether it was cached.
     pub async fn purge_key(&'static self, primary: &str) -> Result<bool> {
-        self.bump_purges();
+        let _purge = self.begin_purge();
         let in_memory = self.memory.remove(primary).is_some();
         Ok(self.remove(&cache_key(primary).combined(), true).await? || in_memory)
     }
@@ -474,7 +491,7 @@ impl CacheStore {
     /// Returns how many were cached.
     pub async fn purge_prefix(&'static self, prefix: &str) -> Result<usize> {
         let in_memory = std::sync::atomic::AtomicUsize::new(0);
-        self.bump_purges();
+        let _purge = self.begin_purge();
         self.memory.retain(|k, _| {
             let keep = !k.starts_with(prefix);
             in_memory.fetch_add(usize::from(!keep), Ordering::Relaxed);
@@ -488,21 +505,22 @@ impl CacheStore {
         Ok(on_disk.max(in_memory))
     }
 
-    /// The purge epoch now, to promote what is read from here on.
+    /// How many purges have ended, to promote what is read from here on.
     fn purge_epoch(&self) -> u64 {
-        *self.purges.read()
+        self.purges.lock().ended
     }
 
-    /// A purge begins: promotions of what was read before it are dropped.
-    fn bump_purges(&self) {
-        *self.purges.write() += 1;
+    /// Marks a purge as running until the guard drops.
+    fn begin_purge(&self) -> PurgeGuard<'_> {
+        self.purges.lock().running += 1;
+        PurgeGuard(&self.purges)
     }
 
-    /// Puts `obj` in the memory tier unless a purge came since `epoch`
-    /// (the read lock keeps a purge from starting between check and insert).
+    /// Puts `obj` in the memory tier unless a purge runs now or ended since
+    /// `epoch` (the lock keeps a purge from starting between check and insert).
     fn promote(&self, primary: &str, obj: Arc<MemObject>, epoch: u64) {
-        let now = self.purges.read();
-        if *now == epoch {
+        let gate = self.purges.lock();
+        if gate.running == 0 && gate.ended == epoch {
             self.memory.insert(primary.to_string(), obj);
         }
     }
