@@ -195,3 +195,39 @@ fn stop_after(after: Duration) -> Arc<AtomicBool> {
     });
     stop
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_404_gives_way_to_the_large_zip_published_after_it() {
+    // The 404 is small (kept in the edge's memory tier), the zip is not:
+    // once the zip is there, the edge must serve it from its cache, not
+    // keep finding the expired 404 and pull the zip again every time.
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "[ttl]\nnegative_secs = 1\n")
+        .expect("origin");
+    let members = [Member { id: "o", url: &origin.url, region: "us" }];
+    let edge = EdgeProcess::start(
+        &tmp.path().join("edge"),
+        &members,
+        "[ttl]\nnegative_secs = 1\n[cache]\nmemory_object_max_kib = 64\n",
+    )
+    .expect("edge");
+    let c = client();
+    let key = Corpus::key(modcdn_tests::corpus::LARGE, "v1.0.0", "zip");
+    let url = format!("{}/{key}", edge.url);
+    upstream.set_faults(Faults { error_ratio: 1.0, error_status: 404, ..Faults::default() });
+    assert_eq!(get(&c, &url).await.0, 404);
+    assert_eq!(get(&c, &url).await.1, "HIT", "the 404 is cached");
+    upstream.set_faults(Faults::default());
+    assert!(
+        eventually(Duration::from_secs(10), || async { get(&client(), &url).await.0 == 200 }).await,
+        "the zip arrives once the 404 expires"
+    );
+    let want = std::fs::read(corpus.root.join(&key)).expect("zip");
+    for _ in 0..3 {
+        let (status, x_cache, body) = get(&c, &url).await;
+        assert_eq!((status, x_cache.as_str()), (200, "HIT"));
+        assert_eq!(body, want);
+    }
+}
