@@ -69,8 +69,11 @@ pub struct HttpConfig {
     pub header_timeout_ms: u64,
     /// Default 30000.
     pub read_timeout_ms: u64,
-    /// Default 2.
+    /// Most retries of one upstream request. Default 6.
     pub retries: u32,
+    /// Retries allowed as a share of upstream requests, over time (the
+    /// retry budget; a few are saved up for bursts). Default 0.5.
+    pub retry_ratio: f64,
     /// Default 100.
     pub retry_backoff_ms: u64,
     /// Default 32.
@@ -144,7 +147,8 @@ impl Default for HttpConfig {
             connect_timeout_ms: 5000,
             header_timeout_ms: 15_000,
             read_timeout_ms: 30_000,
-            retries: 2,
+            retries: 6,
+            retry_ratio: 0.5,
             retry_backoff_ms: 100,
             pool_idle_per_host: 32,
             pull_deadline_ms: 60_000,
@@ -177,6 +181,9 @@ impl Validate for OriginConfig {
         }
         if self.http.retries > 10 {
             errs.push(("http.retries".into(), format!("{} is above the limit of 10", self.http.retries)));
+        }
+        if !(0.0..=1.0).contains(&self.http.retry_ratio) {
+            errs.push(("http.retry_ratio".into(), format!("{} is not in 0..=1", self.http.retry_ratio)));
         }
         if self.memory_cache_mib > 1 << 20 {
             errs.push(("memory_cache_mib".into(), format!("{} MiB is more than 1 TiB", self.memory_cache_mib)));

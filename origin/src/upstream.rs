@@ -77,7 +77,44 @@ pub struct Upstream {
     client: reqwest::Client,
     cfg: HttpConfig,
     direct: std::sync::Arc<crate::direct::Direct>,
+    budget: RetryBudget,
 }
+
+/// Retries as a share of pulls (Finagle's retry budget): every pull adds
+/// `ratio` of a retry, every retry takes one, and no more than `reserve`
+/// are saved up. A flaky upstream (some requests failing) gets the retries
+/// it needs to answer; one that is down gets about `ratio` retries per pull
+/// instead of `http.retries`, so an outage does not multiply its load.
+struct RetryBudget {
+    tokens: std::sync::Mutex<f64>,
+    ratio: f64,
+    reserve: f64,
+}
+
+impl RetryBudget {
+    fn new(ratio: f64, reserve: f64) -> RetryBudget {
+        RetryBudget { tokens: std::sync::Mutex::new(reserve), ratio, reserve }
+    }
+
+    fn deposit(&self) {
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        *t = (*t + self.ratio).min(self.reserve);
+    }
+
+    fn withdraw(&self) -> bool {
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let ok = *t >= 1.0;
+        if ok {
+            *t -= 1.0;
+        }
+        ok
+    }
+}
+
+/// Retries saved up for a burst of failures.
+const RETRY_RESERVE: f64 = 10.0;
+/// The longest wait between two attempts.
+const MAX_BACKOFF_MS: u64 = 1000;
 
 impl Upstream {
     pub fn new(
@@ -93,7 +130,8 @@ impl Upstream {
             .user_agent(concat!("modcdn-origin/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build HTTP client: {e}"))?;
-        Ok(Upstream { chain, client, cfg: cfg.clone(), direct })
+        let budget = RetryBudget::new(cfg.retry_ratio, RETRY_RESERVE);
+        Ok(Upstream { chain, client, cfg: cfg.clone(), direct, budget })
     }
 
     /// Whether any upstream is configured (`off` has none).
@@ -121,15 +159,17 @@ impl Upstream {
         Err(last)
     }
 
-    /// One upstream (`base` URL, then `/key`), with bounded retries of
-    /// transient failures. Also how checksum databases are asked.
+    /// One upstream (`base` URL, then `/key`), with retries of transient
+    /// failures: at most `http.retries`, and only while the retry budget
+    /// has some. Also how checksum databases are asked.
     pub async fn get_one(&self, base: &str, key: &str) -> Result<Fetched, UpstreamError> {
         let url = format!("{base}/{key}");
         let mut attempt = 0;
+        self.budget.deposit();
         loop {
             match self.try_once(base, &url).await {
-                Err(e) if e.is_transient() && attempt < self.cfg.retries => {
-                    let backoff = self.cfg.retry_backoff_ms.saturating_mul(1 << attempt);
+                Err(e) if e.is_transient() && attempt < self.cfg.retries && self.budget.withdraw() => {
+                    let backoff = self.cfg.retry_backoff_ms.saturating_mul(1 << attempt.min(16)).min(MAX_BACKOFF_MS);
                     let jitter = fastrand::u64(0..=backoff / 2);
                     tracing::debug!(%url, error = %e, attempt, "retrying upstream");
                     tokio::time::sleep(Duration::from_millis(backoff + jitter)).await;
@@ -239,6 +279,38 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_retry_budget_holds_an_outage_to_its_ratio_and_lets_flakiness_through() {
+        // Down: every attempt fails; each pull would retry 6 times.
+        let b = RetryBudget::new(0.5, RETRY_RESERVE);
+        let mut attempts = 0;
+        for _ in 0..1000 {
+            b.deposit();
+            attempts += 1;
+            for _ in 0..6 {
+                if !b.withdraw() {
+                    break;
+                }
+                attempts += 1;
+            }
+        }
+        assert!(attempts <= 1000 + 500 + RETRY_RESERVE as u32, "{attempts} attempts for 1000 pulls");
+        // Flaky: 3 in 10 attempts fail (deterministically spread); no pull
+        // is refused the retry it needs.
+        let b = RetryBudget::new(0.5, RETRY_RESERVE);
+        let mut n = 0u32;
+        for _ in 0..1000 {
+            b.deposit();
+            loop {
+                n += 1;
+                if n % 10 >= 3 {
+                    break;
+                }
+                assert!(b.withdraw(), "a flaky upstream ran out of retries");
+            }
+        }
+    }
 
     #[test]
     fn parses_goproxy_syntax() {

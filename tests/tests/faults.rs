@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use modcdn_tests::corpus::Corpus;
+use modcdn_tests::go::GoEnv;
 use modcdn_tests::http::{client, eventually, get, load, scrape, totals};
 use modcdn_tests::node::{EdgeProcess, Member, OriginProcess};
 use modcdn_tests::upstream::{Faults, FixtureUpstream};
@@ -52,10 +53,11 @@ async fn healthy_origins(edge: &EdgeProcess) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_outage_costs_one_retry_budget_per_request_and_no_origin_health() {
-    // Each origin tries upstream 3 times (retries = 2). Before origins named
-    // whose fault a 502 is, the edge took every relayed 502 for a failing
-    // origin and asked the next: 3 origins × 3 attempts = 9 pulls per request.
-    let s = three(300, "[http]\nretries = 2\nretry_backoff_ms = 5\n", "").await;
+    // Before origins named whose fault a 502 is, the edge took every relayed
+    // 502 for a failing origin and asked the next: 3 origins × 3 attempts =
+    // 9 pulls per request. Now one origin's retry budget is spent: about 1.5
+    // upstream requests each once the saved-up retries are gone.
+    let s = three(300, "[http]\nretry_backoff_ms = 5\n", "").await;
     let keys = many_keys(&s.corpus);
     s.upstream.set_faults(Faults { error_ratio: 1.0, error_status: 502, ..Faults::default() });
     let c = client();
@@ -229,5 +231,28 @@ async fn a_cached_404_gives_way_to_the_large_zip_published_after_it() {
         let (status, x_cache, body) = get(&c, &url).await;
         assert_eq!((status, x_cache.as_str()), (200, "HIT"));
         assert_eq!(body, want);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_go_command_downloads_a_whole_graph_while_upstream_fails_10_and_30_percent() {
+    for ratio in [0.1, 0.3] {
+        let s = three(10, "[http]\nretry_backoff_ms = 5\n", "").await;
+        s.upstream.set_faults(Faults { error_ratio: ratio, error_status: 502, ..Faults::default() });
+        let go = GoEnv::new(&s.tmp.path().join("go"), &s.edge.url);
+        let work = s.tmp.path().join("work");
+        std::fs::create_dir_all(&work).expect("work");
+        let versions = s.corpus.versions.clone();
+        let artifacts = versions.len() * 3;
+        tokio::task::spawn_blocking(move || modcdn_tests::go::download_and_check(&go, &work, &versions))
+            .await
+            .expect("go mod download");
+        let pulls = s.upstream.counters().total();
+        eprintln!(
+            "{:.0} % of upstream requests failing: {artifacts} artifacts, {pulls} upstream requests",
+            ratio * 100.0
+        );
+        assert_eq!(healthy_origins(&s.edge).await, 3.0);
+        assert_eq!(scrape(&s.edge.admin, "modcdn_edge_origin_requests_total{result=\"origin\"}").await, 0.0);
     }
 }
