@@ -39,6 +39,8 @@ pub struct EdgeConfig {
     pub purge: PurgeConfig,
     pub hot: HotConfig,
     pub rate_limit: RateLimitConfig,
+    /// Client tiers: bandwidth per client and shares of the uplink.
+    pub bandwidth: crate::bandwidth::BandwidthConfig,
     pub log: LogConfig,
 }
 
@@ -146,6 +148,7 @@ impl Default for EdgeConfig {
             purge: PurgeConfig::default(),
             hot: HotConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            bandwidth: crate::bandwidth::BandwidthConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -232,6 +235,7 @@ impl Validate for EdgeConfig {
         if rl.requests_per_sec > 0.0 && rl.burst == 0 {
             errs.push(("rate_limit.burst".into(), "must be above 0 when requests_per_sec is set".into()));
         }
+        errs.extend(self.bandwidth.validate());
         errs
     }
 }

@@ -8,6 +8,7 @@
 //! The request flow is `proxy.rs`, top-down.
 
 pub mod admin;
+pub mod bandwidth;
 pub mod cluster;
 pub mod config;
 pub mod hot;
@@ -64,6 +65,7 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
         eviction,
         lock,
         limits: limits::Limits::new(&cfg.rate_limit),
+        bandwidth: Arc::new(bandwidth::Bandwidth::new(&cfg.bandwidth)),
         hot: Arc::clone(&hot),
         hot_tick: std::sync::atomic::AtomicU64::new(0),
         metrics: Arc::clone(&metrics),

@@ -21,7 +21,8 @@
 //! 5. `response_cache_filter`: what to keep and how long, from the one
 //!    policy table in `shared` (artifacts forever, lists with a TTL, 404/410
 //!    briefly, errors and private answers never).
-//! 6. `response_filter`: `X-Cache` and `Cache-Control` on every answer.
+//! 6. `response_filter`: `X-Cache` and `Cache-Control` on every answer;
+//!    `response_body_filter`: chunks of clients in a bandwidth tier are paced.
 //! 7. `logging`: metrics, and the origin's load slot is released.
 
 use std::net::IpAddr;
@@ -63,6 +64,8 @@ pub struct Edge {
     pub eviction: &'static (dyn EvictionManager + Sync),
     pub lock: &'static CacheKeyLockImpl,
     pub limits: Arc<Limits>,
+    /// Client tiers (bandwidth caps and uplink shares), when configured.
+    pub bandwidth: Arc<crate::bandwidth::Bandwidth>,
     /// Requests per module since the last hot report.
     pub hot: Arc<modcdn_shared::hot::HotSet>,
     /// Requests seen, for sampling what `hot` counts.
@@ -97,6 +100,8 @@ pub struct Ctx {
     current: Option<(InFlight, Instant)>,
     /// Whose fault the origin's last 5xx answer was, as it said.
     fault: Option<Fault>,
+    /// The client's bandwidth tier, when tiers are configured and one applies.
+    tier: Option<usize>,
 }
 
 impl Ctx {
@@ -135,10 +140,16 @@ impl ProxyHttp for Edge {
             respond(session, 405, "only GET and HEAD are served\n", &[("allow", "GET, HEAD")]).await?;
             return Ok(true);
         }
+        if self.bandwidth.enabled() {
+            ctx.client = ctx.client.or_else(|| client_ip(session, &self.membership.snapshot()));
+            let auth = session.req_header().headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
+            ctx.tier = self.bandwidth.tier_of(ctx.client, auth);
+        }
         // The memory tier is keyed by escaped GOPROXY path, which only a
         // request that parsed could have put there: a raw path equal to a
-        // key is that request, and needs no parsing again.
-        if let Some(obj) = self.fresh_in_memory(session) {
+        // key is that request, and needs no parsing again. (Paced clients
+        // take the cache path, where each chunk is paced.)
+        if let Some(obj) = ctx.tier.is_none().then(|| self.fresh_in_memory(session)).flatten() {
             self.count_hot(session, session.req_header().uri.path().strip_prefix('/').and_then(crate::hot::module_of));
             ctx.fast_kind = obj.kind;
             serve_from_memory(session, &obj).await?;
@@ -323,6 +334,19 @@ impl ProxyHttp for Edge {
             resp.insert_header(http::header::CACHE_CONTROL, cc)?;
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        // A paced client's chunk waits until its tier lets it go.
+        let (Some(tier), Some(chunk)) = (ctx.tier, body.as_ref()) else { return Ok(None) };
+        let wait = self.bandwidth.delay(tier, ctx.client, chunk.len(), Instant::now());
+        Ok((!wait.is_zero()).then_some(wait))
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

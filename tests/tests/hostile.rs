@@ -117,3 +117,80 @@ async fn hot_reports_with_absurd_weights_are_refused() {
     let w = hot[0]["weight"].as_f64().expect("weight");
     assert!((7.9..8.1).contains(&w), "{hot}");
 }
+
+/// The rate in Mbit/s at which each client (from its own address, with its
+/// own headers) reads `url` during `window`, all starting together: bytes
+/// received by the last chunk in the window over the time since the request.
+async fn read_for(url: &str, clients: &[(&str, Option<&str>)], window: Duration) -> Vec<f64> {
+    use futures::StreamExt;
+    let start = tokio::time::Instant::now() + Duration::from_millis(200);
+    let tasks: Vec<_> = clients
+        .iter()
+        .map(|(ip, token)| {
+            let (c, url) = (modcdn_tests::http::client_from(ip), url.to_string());
+            let token = token.map(str::to_string);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(start).await;
+                let mut req = c.get(&url);
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
+                let mut body = req.send().await.expect("get").bytes_stream();
+                let (mut n, mut last) = (0u64, Duration::ZERO);
+                let end = start + window;
+                while let Ok(Some(chunk)) = tokio::time::timeout_at(end, body.next()).await {
+                    n += chunk.expect("chunk").len() as u64;
+                    last = start.elapsed();
+                }
+                n as f64 * 8.0 / 1e6 / last.as_secs_f64().max(1e-3)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("client"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tiers_get_their_caps_and_their_share_of_a_saturated_uplink() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 40 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let members = [Member { id: "o", url: &origin.url, region: "us" }];
+    let tiers = |uplink: u32, vip: u32, normal: u32| {
+        format!(
+            "[bandwidth]\nuplink_mbit = {uplink}.0\n\
+             [[bandwidth.tier]]\nname = \"vip\"\nmbit_per_client = {vip}.0\nweight = 3.0\nnetworks = [\"127.0.5.0/24\"]\ntokens = [\"vip-token\"]\n\
+             [[bandwidth.tier]]\nname = \"normal\"\nmbit_per_client = {normal}.0\nweight = 1.0\nnetworks = [\"127.0.6.0/24\"]\n"
+        )
+    };
+    let key = Corpus::key(corpus::LARGE, "v1.0.0", "zip");
+    let window = Duration::from_secs(4);
+
+    // Caps: 48 Mbit/s per VIP client, 16 per normal one, uplink unshared.
+    let edge = EdgeProcess::start(&tmp.path().join("caps"), &members, &tiers(0, 48, 16)).expect("edge");
+    let url = format!("{}/{key}", edge.url);
+    assert_eq!(get(&client(), &url).await.0, 200, "unpaced fill from 127.0.0.1");
+    let clients = [("127.0.5.1", None), ("127.0.0.9", Some("vip-token")), ("127.0.6.1", None), ("127.0.6.2", None)];
+    let rates = read_for(&url, &clients, window).await;
+    eprintln!("caps 48/48/16/16 Mbit/s → {rates:.1?}");
+    for (rate, cap) in rates.iter().zip([48.0, 48.0, 16.0, 16.0]) {
+        assert!((rate / cap - 1.0).abs() <= 0.10, "{rate:.1} Mbit/s for a cap of {cap}: {rates:.1?}");
+    }
+    drop(edge);
+
+    // Shares: a 64 Mbit/s uplink, no caps, VIP weighs 3 and normal 1:
+    // 48 and 16 Mbit/s while both send, each tier split by its clients.
+    let edge = EdgeProcess::start(&tmp.path().join("shares"), &members, &tiers(64, 0, 0)).expect("edge");
+    let url = format!("{}/{key}", edge.url);
+    assert_eq!(get(&client(), &url).await.0, 200);
+    let clients = [("127.0.5.1", None), ("127.0.5.2", None), ("127.0.6.1", None), ("127.0.6.2", None)];
+    let got = read_for(&url, &clients, window).await;
+    let (vip, normal) = (got[0] + got[1], got[2] + got[3]);
+    eprintln!("uplink 64 Mbit/s, weights 3:1 → vip {vip:.1}, normal {normal:.1} Mbit/s");
+    assert!((vip / 48.0 - 1.0).abs() <= 0.10, "vip {vip:.1} Mbit/s of a 48 share");
+    assert!((normal / 16.0 - 1.0).abs() <= 0.10, "normal {normal:.1} Mbit/s of a 16 share");
+}

@@ -56,8 +56,9 @@ use hit::Hit;
 /// per read is cheap, small enough that many clients streaming large zips
 /// hold little memory (each holds about one chunk).
 const CHUNK: usize = 256 << 10;
-/// Bytes per chunk of a mapped body (slices: no copy, no memory held).
-const MAPPED_CHUNK: usize = 1 << 20;
+/// Bytes per chunk of a mapped body (slices: no copy, no memory held);
+/// small enough that a paced client (bandwidth tiers) gets an even stream.
+const MAPPED_CHUNK: usize = 256 << 10;
 const MAGIC: &[u8; 16] = b"MODCDN-EDGE-M01\n";
 
 /// Builds the cache key of a request key (`Request::key()`); the one place
