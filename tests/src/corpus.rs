@@ -272,6 +272,16 @@ impl Corpus {
     pub fn key(path: &str, version: &str, ext: &str) -> String {
         format!("{}/@v/{}.{ext}", escape(path), module::escape_version(version).unwrap_or_default())
     }
+
+    /// The `.info`, `.mod` and `.zip` keys of the many small modules of
+    /// [`Corpus::generate_with`], in the order they were generated.
+    pub fn many_keys(&self) -> Vec<String> {
+        self.versions
+            .iter()
+            .filter(|v| v.path.starts_with("example.com/many/"))
+            .flat_map(|v| ["info", "mod", "zip"].map(|ext| Corpus::key(&v.path, &v.version, ext)))
+            .collect()
+    }
 }
 
 pub fn escape(path: &str) -> String {

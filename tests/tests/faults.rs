@@ -14,16 +14,6 @@ use modcdn_tests::http::{client, eventually, get, load, scrape, totals};
 use modcdn_tests::node::{EdgeProcess, Member, OriginProcess};
 use modcdn_tests::upstream::{Faults, FixtureUpstream};
 
-/// The `.info`, `.mod` and `.zip` keys of the corpus's many-version module.
-fn many_keys(corpus: &Corpus) -> Vec<String> {
-    corpus
-        .versions
-        .iter()
-        .filter(|v| v.path.starts_with("example.com/many/"))
-        .flat_map(|v| ["info", "mod", "zip"].map(|ext| Corpus::key(&v.path, &v.version, ext)))
-        .collect()
-}
-
 /// Three origins in one region behind one edge.
 struct Three {
     tmp: tempfile::TempDir,
@@ -58,7 +48,7 @@ async fn an_upstream_outage_costs_one_retry_budget_per_request_and_no_origin_hea
     // 9 pulls per request. Now one origin's retry budget is spent: about 1.5
     // upstream requests each once the saved-up retries are gone.
     let s = three(300, "[http]\nretry_backoff_ms = 5\n", "").await;
-    let keys = many_keys(&s.corpus);
+    let keys = s.corpus.many_keys();
     s.upstream.set_faults(Faults { error_ratio: 1.0, error_status: 502, ..Faults::default() });
     let c = client();
     let started = Instant::now();
@@ -110,7 +100,7 @@ async fn a_slow_or_dripping_upstream_gives_one_clear_504() {
         "[origin]\nread_timeout_ms = 3000\nretries = 2\n",
     )
     .await;
-    let keys = many_keys(&s.corpus);
+    let keys = s.corpus.many_keys();
     let c = client();
     s.upstream.set_faults(Faults { delay: Duration::from_secs(5), ..Faults::default() });
     let started = Instant::now();
@@ -155,7 +145,7 @@ async fn an_origin_failing_for_its_own_reasons_or_dying_costs_clients_nothing_an
     break_store(&s.tmp.path().join("c"));
     // Two halves: the second is new to the edge's cache when the broken
     // origin is mended.
-    let mut keys = many_keys(&s.corpus);
+    let mut keys = s.corpus.many_keys();
     let later = Arc::new(keys.split_off(keys.len() / 2));
     let keys = Arc::new(keys);
     let stop = Arc::new(AtomicBool::new(false));

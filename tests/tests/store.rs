@@ -10,16 +10,6 @@ use modcdn_tests::http::{client, metric_sum, scrape};
 use modcdn_tests::node::OriginProcess;
 use modcdn_tests::upstream::FixtureUpstream;
 
-/// Every `.info`, `.mod` and `.zip` of the many-version module, oldest first.
-fn keys(corpus: &Corpus) -> Vec<String> {
-    corpus
-        .versions
-        .iter()
-        .filter(|v| v.path.starts_with("example.com/many/"))
-        .flat_map(|v| ["info", "mod", "zip"].map(|ext| Corpus::key(&v.path, &v.version, ext)))
-        .collect()
-}
-
 /// GETs `keys` from `base`, 8 at a time: each key with its status.
 async fn fetch_all(base: &str, keys: &[String]) -> Vec<(String, u16, String, String)> {
     let c = client();
@@ -48,7 +38,7 @@ async fn the_store_budget_holds_while_filling_and_across_a_restart() {
     // No memory tier: every hit below is read from the store.
     let extra = "store_max_mib = 1\nmemory_cache_mib = 0\n[prefetch]\nenabled = false\n";
     let mut origin = OriginProcess::start(&dir, &upstream.url(), extra).expect("origin");
-    let keys = keys(&corpus);
+    let keys = corpus.many_keys();
     let budget = 1u64 << 20;
     let largest = keys.iter().map(|k| std::fs::metadata(corpus.root.join(k)).expect("corpus").len()).max().unwrap_or(0);
     for chunk in keys.chunks(900) {
@@ -88,7 +78,7 @@ async fn a_full_file_system_fails_only_new_writes_and_hits_go_on() {
     let tmp = modcdn_tests::tempdir();
     let corpus = Corpus::generate_with(&tmp.path().join("corpus"), 1 << 10, 1000).expect("corpus");
     let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
-    let keys = keys(&corpus);
+    let keys = corpus.many_keys();
     let extra = "store_max_mib = 0\nmemory_cache_mib = 0\n[prefetch]\nenabled = false\n";
     // 256 KiB of space, then (another run) 300 inodes of plenty of space.
     for (name, bytes, inodes) in [("space", 256u64 << 10, 100_000u64), ("inodes", 64 << 20, 300)] {
