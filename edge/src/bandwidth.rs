@@ -169,6 +169,15 @@ impl Bandwidth {
             .or(self.default)
     }
 
+    /// A client of `tier` starts a request: the tier shares the uplink from
+    /// now, before its first chunk (else the tiers already sending would
+    /// take a newcomer's share for its first chunks).
+    pub fn begin(&self, tier: usize, now: Instant) {
+        if let (Some(t), Some(_)) = (self.tiers.get(tier), self.uplink) {
+            *t.last_sent.lock() = Some(now);
+        }
+    }
+
     pub fn tier_name(&self, tier: usize) -> &str {
         self.tiers.get(tier).map_or("", |t| t.name.as_str())
     }

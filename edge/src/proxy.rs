@@ -1,7 +1,7 @@
 //! The edge's request flow, top-down, as pingora calls it:
 //!
 //! 1. `request_filter`: span (when traces are on) → limits (429, by client
-//!    IP, when configured) → method (405) → a fresh object of the memory tier
+//!    IP, when configured) → header size (431) → method (405) → a fresh object of the memory tier
 //!    is answered right there (the commonest hit skips the cache state
 //!    machine) → `Request::parse` (400, never forwarded) → client IP (trusted
 //!    `X-Forwarded-For` only) → region.
@@ -52,6 +52,9 @@ use crate::storage::{cache_key, CacheStore, MemObject};
 
 /// How long an artifact with `Freshness::Forever` is considered fresh.
 const FOREVER: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// The most header bytes a request may carry (the go command sends a few
+/// hundred); more is refused with 431 before anything else is done.
+const MAX_HEADER_BYTES: usize = 16 << 10;
 /// One request in this many is counted for the hot set.
 const HOT_SAMPLE: u64 = 8;
 /// How long a list may stand in for an origin that fails.
@@ -135,6 +138,12 @@ impl ProxyHttp for Edge {
         if self.limits.enabled() && self.refuse_over_limit(session, ctx).await? {
             return Ok(true);
         }
+        let header_bytes: usize =
+            session.req_header().headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        if header_bytes > MAX_HEADER_BYTES {
+            respond(session, 431, "request headers too large\n", &[]).await?;
+            return Ok(true);
+        }
         let method = &session.req_header().method;
         if method != http::Method::GET && method != http::Method::HEAD {
             respond(session, 405, "only GET and HEAD are served\n", &[("allow", "GET, HEAD")]).await?;
@@ -144,6 +153,9 @@ impl ProxyHttp for Edge {
             ctx.client = ctx.client.or_else(|| client_ip(session, &self.membership.snapshot()));
             let auth = session.req_header().headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
             ctx.tier = self.bandwidth.tier_of(ctx.client, auth);
+            if let Some(tier) = ctx.tier {
+                self.bandwidth.begin(tier, Instant::now());
+            }
         }
         // The memory tier is keyed by escaped GOPROXY path, which only a
         // request that parsed could have put there: a raw path equal to a

@@ -275,12 +275,15 @@ impl EdgeProcess {
                 io::Error::new(e.kind(), format!("{}: {e} (build the workspace binaries first)", bin.display()))
             })?;
         let addr = self.url.trim_start_matches("http://").to_string();
+        let admin = self.admin.trim_start_matches("http://").to_string();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(io::Error::other(format!("modcdn-edge exited at start: {status}")));
             }
-            if std::net::TcpStream::connect(&addr).is_ok() && !upgrade {
+            // Started: both listeners accept (the admin one comes up apart).
+            let up = |a: &str| std::net::TcpStream::connect(a).is_ok();
+            if !upgrade && up(&addr) && up(&admin) {
                 self.child = Some(child);
                 return Ok(());
             }

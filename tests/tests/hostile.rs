@@ -91,6 +91,9 @@ async fn paths_the_protocol_does_not_allow_are_refused_before_any_upstream() {
             assert_eq!(status, *want, "{base}{}: {}", &path[..path.len().min(80)], String::from_utf8_lossy(&body));
         }
     }
+    // Headers past 16 KiB: 431 at the edge, and nothing forwarded.
+    let r = c.get(format!("{}/example.com/alpha/@v/list", edge.url)).header("x-pad", "a".repeat(20_000)).send();
+    assert_eq!(r.await.expect("get").status().as_u16(), 431);
     assert_eq!(upstream.counters().total(), 0, "nothing was forwarded");
     // A well-formed tile is forwarded (and missing upstream: 404, not 5xx).
     let (status, _, _) = get(&c, &format!("{}/sumdb/sum.golang.org/tile/8/0/000", edge.url)).await;
