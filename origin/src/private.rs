@@ -4,6 +4,12 @@
 //! served only to clients that present one of the route's credentials. An
 //! unauthenticated client gets a plain 404 (no hint the module exists), or
 //! 401 if the route says so.
+//!
+//! Patterns match case-insensitively: GitHub and most VCS hosts treat
+//! `github.com/Corp/secret` and `github.com/corp/secret` as one repository,
+//! so a case variant of a private path is private too (and never reaches a
+//! public upstream or a checksum database). The module path itself stays
+//! case-sensitive everywhere else.
 
 use axum::http::{header, HeaderMap};
 use base64::Engine;
@@ -59,7 +65,7 @@ impl PrivateRoute {
     }
 
     pub fn matches(&self, module: &str) -> bool {
-        match_prefix_patterns(&self.patterns, module)
+        matches_folded(&self.patterns, module)
     }
 
     /// Whether the request carries one of this route's credentials. A
@@ -102,13 +108,18 @@ impl PrivatePolicy {
 
     /// Whether `module` must never reach the public upstream chain.
     pub fn is_noproxy(&self, module: &str) -> bool {
-        self.route(module).is_some() || match_prefix_patterns(&self.noproxy, module)
+        self.route(module).is_some() || matches_folded(&self.noproxy, module)
     }
 
     /// Whether `module` must never be looked up in a checksum database.
     pub fn is_nosumdb(&self, module: &str) -> bool {
-        self.route(module).is_some() || match_prefix_patterns(&self.nosumdb, module)
+        self.route(module).is_some() || matches_folded(&self.nosumdb, module)
     }
+}
+
+/// GOPRIVATE-style matching with ASCII case folded on both sides.
+fn matches_folded(patterns: &str, module: &str) -> bool {
+    match_prefix_patterns(&patterns.to_ascii_lowercase(), &module.to_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -157,5 +168,17 @@ mod tests {
                 && p.is_nosumdb("nosum.example.org/x")
                 && !p.is_nosumdb("vendor.example.org/x")
         );
+    }
+
+    #[test]
+    fn case_variants_of_private_paths_are_private() {
+        let mut cfg_route = route(&["t"], &[]);
+        cfg_route.patterns = "github.com/Corp,example.com/corp/*".into();
+        let p = PrivatePolicy { routes: vec![cfg_route], noproxy: "Vendor.example.org".into(), nosumdb: String::new() };
+        for m in ["github.com/corp/secret", "github.com/CORP/secret", "example.com/Corp/Lib", "example.com/corp/lib"] {
+            assert!(p.route(m).is_some() && p.is_noproxy(m) && p.is_nosumdb(m), "{m}");
+        }
+        assert!(p.is_noproxy("vendor.example.org/x"));
+        assert!(p.route("github.com/corporate/x").is_none(), "whole elements only");
     }
 }

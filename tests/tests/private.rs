@@ -239,3 +239,39 @@ async fn edges_cache_private_modules_only_when_told_and_only_per_credential() {
     assert_eq!(fetch(caching.url.clone(), Some("other")).await, (StatusCode::OK, "MISS".to_string()));
     assert_eq!(private.counters().get(&key), 1, "the origin stored it once; edges asked the origin");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_case_variant_of_a_private_path_reaches_no_public_upstream_and_no_checksum_database() {
+    // GitHub and most VCS hosts are case-insensitive: example.com/Corp/x is
+    // example.com/corp/x, and must stay as private as it.
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("public"), 1024).expect("corpus");
+    let public = FixtureUpstream::start(corpus.root.clone()).await.expect("public upstream");
+    let private = FixtureUpstream::start(tmp.path().join("private-empty")).await.expect("private upstream");
+    let extra = format!(
+        "[[private]]\npatterns = \"example.com/corp\"\nupstream = \"{}\"\nbearer_tokens = [\"tok\"]\n\n\
+         [[checksum_db]]\nname = \"sum.golang.org\"\nurl = \"{}/sumdb\"\n",
+        private.url(),
+        public.url()
+    );
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &public.url(), &extra).expect("origin");
+    let client = reqwest::Client::new();
+    let paths = [
+        "example.com/!corp/secret/@v/list",
+        "example.com/!corp/secret/@v/v1.0.0.info",
+        "example.com/!c!o!r!p/secret/@latest",
+        "example.com/co!r!p/secret/@v/v1.0.0.zip",
+        "sumdb/sum.golang.org/lookup/example.com/!corp/secret@v1.0.0",
+    ];
+    for path in paths {
+        for token in [None, Some("tok")] {
+            let mut req = client.get(format!("{}/{path}", origin.url));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let status = req.send().await.expect("request").status();
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path} ({token:?})");
+        }
+    }
+    assert_eq!(public.counters().total(), 0, "a case variant reached the public upstream or checksum database");
+}
