@@ -81,6 +81,24 @@ impl OriginError {
         }
     }
 
+    /// What a client is told: the module, version and a short reason, never
+    /// an internal host, a file path, a credential or raw go/git output
+    /// (those are in [`std::fmt::Display`], for the log).
+    pub fn client_message(&self) -> String {
+        match self {
+            OriginError::Upstream(UpstreamError::NotFound { message, .. }) => match message.strip_prefix("direct: ") {
+                // The go command's error, reduced to the phrase that says why.
+                Some(stderr) => format!("not found: {}", go_reason(stderr)),
+                None => format!("not found: {}", without_urls(message)),
+            },
+            OriginError::Upstream(UpstreamError::Status { status, .. }) => format!("upstream answered {status}"),
+            OriginError::Upstream(UpstreamError::Timeout(_)) => "upstream timed out".into(),
+            OriginError::Upstream(UpstreamError::Connect(_)) => "upstream connection failed".into(),
+            OriginError::Upstream(UpstreamError::Body(_)) => "upstream body failed".into(),
+            other => without_urls(&other.to_string()),
+        }
+    }
+
     /// Whose fault it is, for edges deciding whether another origin should
     /// be asked and whether it counts against this one's health.
     pub fn fault(&self) -> Fault {
@@ -104,5 +122,56 @@ impl OriginError {
             500 | 502 => Some(Outcome::UpstreamError),
             _ => None,
         }
+    }
+}
+
+/// `text` with every URL replaced by `<upstream>`: upstream hosts, ports and
+/// paths stay in the log.
+fn without_urls(text: &str) -> String {
+    text.split(' ').map(|w| if w.contains("://") { "<upstream>" } else { w }).collect::<Vec<_>>().join(" ")
+}
+
+/// The reason a go command gave for a missing version, as a known phrase.
+fn go_reason(stderr: &str) -> &'static str {
+    const KNOWN: [&str; 6] = [
+        "unknown revision",
+        "invalid version",
+        "no matching versions",
+        "malformed module path",
+        "repository not found",
+        "does not exist",
+    ];
+    KNOWN.iter().find(|k| stderr.contains(*k)).copied().unwrap_or("not in version control")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_are_told_no_internal_hosts_paths_or_stderr() {
+        let cases = [
+            UpstreamError::Status { status: 502, message: "http://10.1.2.3:8080/x/@v/list: 502 Bad Gateway".into() },
+            UpstreamError::Timeout("https://proxy.corp.internal/x: no response within 15000 ms".into()),
+            UpstreamError::Connect("http://10.1.2.3:8080/x: tcp connect error".into()),
+            UpstreamError::NotFound {
+                status: 404,
+                message: "direct: go: git.corp.internal/x@v9: invalid version: git fetch /home/modcdn/direct/x".into(),
+            },
+            UpstreamError::NotFound {
+                status: 404,
+                message: "404 Not Found: see https://proxy.corp.internal/help".into(),
+            },
+        ];
+        for e in cases {
+            let m = OriginError::Upstream(e.clone()).client_message();
+            assert!(!m.contains("10.1.2.3") && !m.contains("corp.internal") && !m.contains("/home/"), "{e}: {m}");
+        }
+        let m = OriginError::Upstream(UpstreamError::NotFound {
+            status: 404,
+            message: "direct: go: x@v9: invalid version: unknown revision v9".into(),
+        })
+        .client_message();
+        assert_eq!(m, "not found: unknown revision");
     }
 }

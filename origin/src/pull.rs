@@ -73,7 +73,7 @@ async fn coalesced_inner(origin: &Arc<Origin>, req: &Request, trigger: Trigger) 
         if let Err(e @ OriginError::Upstream(UpstreamError::NotFound { status, .. })) = &res {
             let outcome = if *status == 410 { Outcome::Gone } else { Outcome::NotFound };
             if let policy::Freshness::Ttl(ttl) = policy::rule(r.kind(), outcome, &o.ttls).freshness {
-                o.negative.insert(&r.key(), *status, e.to_string(), ttl);
+                o.negative.insert(&r.key(), *status, e.client_message(), ttl);
             }
         }
         res

@@ -261,7 +261,7 @@ async fn answer(
     }
     let r = match Request::parse(path) {
         Ok(r) => r,
-        Err(e) => return (None, CacheResult::None, respond_error(o, None, &e.into())),
+        Err(e) => return (None, CacheResult::None, respond_error(o, None, None, &e.into())),
     };
     let kind = Some(r.kind());
     if let Some(resp) = private_gate(o, &r, headers) {
@@ -369,7 +369,7 @@ async fn find_artifact(o: &Arc<Origin>, req: &Request) -> (CacheResult, Result<O
 
     // 1. The store (memory tier, then disk): fresh → served.
     let stale = match open(o, &req.key()).await {
-        Err(e) => return (CacheResult::None, Err(respond_error(o, Some(kind), &e))),
+        Err(e) => return (CacheResult::None, Err(respond_error(o, Some(kind), Some(&req.key()), &e))),
         Ok(None) => None,
         Ok(Some(hit)) => {
             let age = Duration::from_millis(now_ms().saturating_sub(hit.meta().fetched_at_ms));
@@ -400,7 +400,7 @@ async fn find_artifact(o: &Arc<Origin>, req: &Request) -> (CacheResult, Result<O
                 tracing::warn!(key = %req.key(), error = %e, "upstream failed; serving stale copy");
                 (CacheResult::Stale, Ok(hit))
             }
-            _ => (CacheResult::Miss, Err(respond_error(o, Some(kind), &e))),
+            _ => (CacheResult::Miss, Err(respond_error(o, Some(kind), Some(&req.key()), &e))),
         },
     }
 }
@@ -541,7 +541,7 @@ async fn respond_hit(o: &Origin, kind: Kind, hit: Opened, cache: CacheResult, re
             let mut file = hit.file;
             if start > 0 {
                 if let Err(e) = file.seek(SeekFrom::Start(start)) {
-                    return respond_error(o, Some(kind), &OriginError::Store(e.to_string()));
+                    return respond_error(o, Some(kind), None, &OriginError::Store(e.to_string()));
                 }
             }
             let reader = tokio::fs::File::from_std(file).take(len);
@@ -587,7 +587,9 @@ fn parse_range(spec: &str, size: u64) -> RangeSpec {
 
 /// The one place errors become responses: status from the error,
 /// Cache-Control from the policy table, and a body that says what failed.
-fn respond_error(o: &Origin, kind: Option<Kind>, e: &OriginError) -> Response {
+/// The body names what was asked (`key`) and a short reason; the log has
+/// the whole error.
+fn respond_error(o: &Origin, kind: Option<Kind>, key: Option<&str>, e: &OriginError) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
     let cc = match (kind, e.outcome()) {
         (Some(kind), Some(outcome)) if !matches!(e, OriginError::Request(_)) => {
@@ -598,7 +600,12 @@ fn respond_error(o: &Origin, kind: Option<Kind>, e: &OriginError) -> Response {
     if status.is_server_error() {
         tracing::warn!(status = status.as_u16(), error = %e, "request failed");
     }
-    let mut r = text(status, &cc, &format!("{e}\n"));
+    let message = e.client_message();
+    let body = match key {
+        Some(key) if !message.contains(key) => format!("{key}: {message}\n"),
+        _ => format!("{message}\n"),
+    };
+    let mut r = text(status, &cc, &body);
     r.headers_mut().insert(policy::FAULT_HEADER, HeaderValue::from_static(e.fault().as_str()));
     if status == StatusCode::SERVICE_UNAVAILABLE {
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
