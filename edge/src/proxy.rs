@@ -1,9 +1,10 @@
 //! The edge's request flow, top-down, as pingora calls it:
 //!
 //! 1. `request_filter`: span (when traces are on) → limits (429, by client
-//!    IP, when configured) → header size (431) → method (405) → a fresh object of the memory tier
-//!    is answered right there (the commonest hit skips the cache state
-//!    machine) → `Request::parse` (400, never forwarded) → client IP (trusted
+//!    IP, when configured) → header size (431) → method (405) → bandwidth
+//!    tier (when configured) → a fresh object of the memory tier is answered
+//!    right there (the commonest hit skips the cache state machine) →
+//!    `Request::parse` (400, never forwarded) → client IP (trusted
 //!    `X-Forwarded-For` only) → region.
 //! 2. `request_cache_filter` / `cache_key_callback`: everything public is
 //!    looked up in the cache (memory tier, fill in progress, disk), keyed by
