@@ -96,7 +96,7 @@ impl Admin {
         if self.token.is_empty() {
             return text(StatusCode::FORBIDDEN, "purges are off: set admin.token\n");
         }
-        if auth.and_then(|a| a.strip_prefix("Bearer ")) != Some(self.token.as_str()) {
+        if !modcdn_shared::secret::bearer_is(auth.map(str::as_bytes), &self.token) {
             return text(StatusCode::UNAUTHORIZED, "a purge needs Authorization: Bearer <admin.token>\n");
         }
         let target = match Target::parse(query.get("path").map(String::as_str), query.get("module").map(String::as_str))

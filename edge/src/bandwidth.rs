@@ -162,8 +162,9 @@ impl Bandwidth {
     /// the default.
     pub fn tier_of(&self, ip: Option<IpAddr>, authorization: Option<&[u8]>) -> Option<usize> {
         let token = authorization.and_then(|a| a.strip_prefix(b"Bearer ")).map(|t| t.trim_ascii());
-        let by_token =
-            token.and_then(|tok| self.tiers.iter().position(|t| t.tokens.iter().any(|x| subtle_eq(x.as_bytes(), tok))));
+        let by_token = token.and_then(|tok| {
+            self.tiers.iter().position(|t| t.tokens.iter().any(|x| modcdn_shared::secret::secret_eq(x.as_bytes(), tok)))
+        });
         by_token
             .or_else(|| ip.and_then(|ip| self.tiers.iter().position(|t| t.networks.iter().any(|n| n.contains(&ip)))))
             .or(self.default)
@@ -214,12 +215,6 @@ impl Bandwidth {
             self.clients.retain(|_, p| *p.0.lock() > now);
         }
     }
-}
-
-/// Compares a configured token with one a client sent in constant time.
-fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    a.ct_eq(b).into()
 }
 
 #[cfg(test)]

@@ -76,19 +76,14 @@ impl PrivateRoute {
         }
         let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
         if let Some(token) = auth.strip_prefix("Bearer ") {
-            return self.bearer.iter().any(|t| constant_time_eq(t.as_bytes(), token.trim().as_bytes()));
+            return self.bearer.iter().any(|t| modcdn_shared::secret::secret_eq(t.as_bytes(), token.trim().as_bytes()));
         }
         if let Some(b64) = auth.strip_prefix("Basic ") {
             let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else { return false };
-            return self.basic.iter().any(|u| constant_time_eq(u.as_bytes(), &raw));
+            return self.basic.iter().any(|u| modcdn_shared::secret::secret_eq(u.as_bytes(), &raw));
         }
         false
     }
-}
-
-/// Compares secrets without stopping at the first difference.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The private policy of an origin.

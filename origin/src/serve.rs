@@ -103,9 +103,8 @@ async fn purge(
     if o.purge_token.is_empty() {
         return no(StatusCode::FORBIDDEN, "purges are off: set purge_token");
     }
-    let bearer =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if bearer != Some(o.purge_token.as_str()) {
+    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    if !modcdn_shared::secret::bearer_is(authorization, &o.purge_token) {
         return no(StatusCode::UNAUTHORIZED, "a purge needs Authorization: Bearer <purge_token>");
     }
     let target = match Target::parse(q.get("path").map(String::as_str), q.get("module").map(String::as_str)) {

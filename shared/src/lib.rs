@@ -19,6 +19,7 @@ pub mod pattern;
 pub mod policy;
 pub mod purge;
 pub mod request;
+pub mod secret;
 pub mod semver;
 pub mod telemetry;
 pub mod tlog;
