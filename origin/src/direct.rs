@@ -91,7 +91,11 @@ impl Direct {
                     j.go_mod.ok_or_else(|| UpstreamError::Body(format!("direct: go printed no go.mod for {key}")))?;
                 let limit = crate::validate::size_limit(modcdn_shared::Kind::Mod);
                 let f = tokio::fs::File::open(&file).await.map_err(|e| UpstreamError::Body(format!("direct: {e}")))?;
-                read_capped(f, limit as usize).await.0
+                let (body, cut) = read_capped(f, limit as usize).await;
+                if cut {
+                    return Err(UpstreamError::Body(format!("direct: {key}: go.mod above the {limit}-byte limit")));
+                }
+                body
             }
             Request::SumDb { .. } => {
                 return Err(UpstreamError::NotFound { status: 404, message: "direct: not a module path".into() })
