@@ -27,6 +27,10 @@ pub struct EdgeConfig {
     pub threads: usize,
     /// Grace period at shutdown and upgrade. Default 5.
     pub grace_secs: u64,
+    /// How long a client has to send a request's headers, from the moment a
+    /// connection opens or its previous request was answered; then the
+    /// connection is closed (slowloris). Default 10000.
+    pub header_timeout_ms: u64,
     /// Default `modcdn-data/edge/upgrade.sock`.
     pub upgrade_sock: PathBuf,
     /// Default `modcdn-data/edge/edge.pid`.
@@ -119,7 +123,7 @@ impl Default for HotConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     /// Default 0 (unlimited).
@@ -128,6 +132,14 @@ pub struct RateLimitConfig {
     pub burst: u32,
     /// Default 0 (unlimited).
     pub max_in_flight_per_ip: u32,
+    /// Connections open at once per client IP, 0 = unlimited. Default 256.
+    pub max_connections_per_ip: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig { requests_per_sec: 0.0, burst: 0, max_in_flight_per_ip: 0, max_connections_per_ip: 256 }
+    }
 }
 
 impl Default for EdgeConfig {
@@ -138,6 +150,7 @@ impl Default for EdgeConfig {
             region: String::new(),
             threads: 2,
             grace_secs: 5,
+            header_timeout_ms: 10_000,
             upgrade_sock: PathBuf::from("modcdn-data/edge/upgrade.sock"),
             pid_file: PathBuf::from("modcdn-data/edge/edge.pid"),
             tls: TlsConfig::default(),
@@ -207,6 +220,7 @@ impl Validate for EdgeConfig {
             ("cache.lock_timeout_ms", self.cache.lock_timeout_ms),
             ("origin.connect_timeout_ms", self.origin.connect_timeout_ms),
             ("origin.read_timeout_ms", self.origin.read_timeout_ms),
+            ("header_timeout_ms", self.header_timeout_ms),
         ] {
             if v == 0 {
                 errs.push((key.into(), "must be above 0".into()));

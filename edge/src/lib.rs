@@ -11,6 +11,7 @@ pub mod admin;
 pub mod bandwidth;
 pub mod cluster;
 pub mod config;
+pub mod conn;
 pub mod hot;
 pub mod limits;
 pub mod metrics;
@@ -91,7 +92,19 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, edge);
+    let mut app = pingora::proxy::http_proxy(&server.configuration, edge);
+    let mut options = pingora::apps::HttpServerOptions::default();
+    // As long as HTTP/1.1 keep-alive (Pingora's 60 s); the default is none.
+    options.h2_idle_timeout = Some(Duration::from_secs(60));
+    app.server_options = Some(options);
+    let guarded = conn::Guarded {
+        inner: Arc::new(app),
+        connections: limits::PerClient::new(cfg.rate_limit.max_connections_per_ip),
+        header_timeout: Duration::from_millis(cfg.header_timeout_ms),
+        refused: metrics.connections_refused.clone(),
+        timeouts: metrics.header_timeouts.clone(),
+    };
+    let mut proxy = Service::new("edge".to_string(), guarded);
     proxy.add_listener(listener(pingora::listeners::ListenerConfig::tcp(cfg.listen.to_string())));
     if !cfg.tls.listen.is_empty() {
         let (cert, key) = (cfg.tls.cert.display().to_string(), cfg.tls.key.display().to_string());

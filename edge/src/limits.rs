@@ -1,9 +1,10 @@
 //! Per-client limits: a token bucket of requests per second (governor's
-//! GCRA, one state per client) and a cap on requests in flight, both keyed
+//! GCRA, one state per client) and caps on what a client holds at once
+//! (requests in flight here, open connections in `conn`), all keyed
 //! by client: an IPv4 address, or the /64 of an IPv6 address (one host
 //! commonly holds a whole /64). O(1) per request, sharded maps, no scan under
-//! a lock on the request path. Off (unlimited) unless configured, since
-//! edges on a trusted network need neither.
+//! a lock on the request path. Request limits are off unless configured;
+//! the connection cap is on by default.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -49,8 +50,7 @@ type Keyed<C> = RateLimiter<ClientKey, DashMapStateStore<ClientKey>, C, NoOpMidd
 pub struct Limits<C: Clock = DefaultClock> {
     rate: Option<Keyed<C>>,
     clock: C,
-    max_in_flight: u32,
-    in_flight: DashMap<ClientKey, u32>,
+    in_flight: Arc<PerClient>,
     admitted: AtomicU64,
 }
 
@@ -61,18 +61,47 @@ pub struct Refused {
     pub reason: &'static str,
 }
 
-/// Holds a client's in-flight slot until dropped.
-pub struct Permit<C: Clock = DefaultClock> {
-    limits: Arc<Limits<C>>,
+/// Counts what each client holds at once (requests in flight, open
+/// connections) against a cap; 0 means no cap.
+pub struct PerClient {
+    max: u32,
+    held: DashMap<ClientKey, u32>,
+}
+
+/// One unit a client holds, given back when dropped.
+pub struct Slot {
+    of: Arc<PerClient>,
     key: ClientKey,
 }
 
-impl<C: Clock> Drop for Permit<C> {
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.limits.in_flight.remove_if_mut(&self.key, |_, n| {
+        self.of.held.remove_if_mut(&self.key, |_, n| {
             *n -= 1;
             *n == 0
         });
+    }
+}
+
+impl PerClient {
+    pub fn new(max: u32) -> Arc<PerClient> {
+        Arc::new(PerClient { max, held: DashMap::new() })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.max > 0
+    }
+
+    /// A slot for `ip`'s client, or `None` at its cap. O(1), one shard locked.
+    pub fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let key = ClientKey::of(ip);
+        let mut n = self.held.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        drop(n);
+        Some(Slot { of: Arc::clone(self), key })
     }
 }
 
@@ -91,20 +120,18 @@ impl<C: Clock + Clone> Limits<C> {
         Arc::new(Limits {
             rate: quota.map(|q| RateLimiter::dashmap_with_clock(q, clock.clone())),
             clock,
-            max_in_flight: cfg.max_in_flight_per_ip,
-            in_flight: DashMap::new(),
+            in_flight: PerClient::new(cfg.max_in_flight_per_ip),
             admitted: AtomicU64::new(0),
         })
     }
 
     /// Whether any limit is configured.
     pub fn enabled(&self) -> bool {
-        self.rate.is_some() || self.max_in_flight > 0
+        self.rate.is_some() || self.in_flight.enabled()
     }
 
     /// Admits one request from `ip` or says why not.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Option<Permit<C>>, Refused> {
-        let key = ClientKey::of(ip);
+    pub fn admit(&self, ip: IpAddr) -> Result<Option<Slot>, Refused> {
         if let Some(rate) = &self.rate {
             if self.admitted.fetch_add(1, Ordering::Relaxed).is_multiple_of(HOUSEKEEPING_EVERY)
                 && rate.len() > MAX_TRACKED
@@ -113,22 +140,19 @@ impl<C: Clock + Clone> Limits<C> {
                 rate.retain_recent();
                 rate.shrink_to_fit();
             }
-            if let Err(not_until) = rate.check_key(&key) {
+            if let Err(not_until) = rate.check_key(&ClientKey::of(ip)) {
                 let wait = not_until.wait_time_from(self.clock.now());
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 return Err(Refused { retry_after_secs: secs.max(1), reason: "request rate" });
             }
         }
-        if self.max_in_flight == 0 {
+        if !self.in_flight.enabled() {
             return Ok(None);
         }
-        let mut n = self.in_flight.entry(key).or_insert(0);
-        if *n >= self.max_in_flight {
-            return Err(Refused { retry_after_secs: 1, reason: "requests in flight" });
+        match self.in_flight.take(ip) {
+            Some(slot) => Ok(Some(slot)),
+            None => Err(Refused { retry_after_secs: 1, reason: "requests in flight" }),
         }
-        *n += 1;
-        drop(n);
-        Ok(Some(Permit { limits: Arc::clone(self), key }))
     }
 }
 
@@ -140,7 +164,7 @@ mod tests {
     #[test]
     fn bucket_refills_at_the_rate() {
         let clock = FakeRelativeClock::default();
-        let cfg = RateLimitConfig { requests_per_sec: 10.0, burst: 3, max_in_flight_per_ip: 0 };
+        let cfg = RateLimitConfig { requests_per_sec: 10.0, burst: 3, max_in_flight_per_ip: 0, ..Default::default() };
         let l = Limits::with_clock(&cfg, clock.clone());
         let ip: IpAddr = "127.0.0.1".parse().expect("ip");
         let other: IpAddr = "127.0.0.2".parse().expect("ip");
@@ -158,7 +182,7 @@ mod tests {
     #[test]
     fn an_ipv6_client_is_its_64() {
         let clock = FakeRelativeClock::default();
-        let cfg = RateLimitConfig { requests_per_sec: 1.0, burst: 2, max_in_flight_per_ip: 0 };
+        let cfg = RateLimitConfig { requests_per_sec: 1.0, burst: 2, max_in_flight_per_ip: 0, ..Default::default() };
         let l = Limits::with_clock(&cfg, clock);
         for ip in ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9"] {
             assert!(l.admit(ip.parse().expect("ip")).is_ok(), "{ip}");
@@ -173,7 +197,12 @@ mod tests {
 
     #[test]
     fn in_flight_cap_frees_on_drop() {
-        let l = Limits::new(&RateLimitConfig { requests_per_sec: 0.0, burst: 0, max_in_flight_per_ip: 2 });
+        let l = Limits::new(&RateLimitConfig {
+            requests_per_sec: 0.0,
+            burst: 0,
+            max_in_flight_per_ip: 2,
+            ..Default::default()
+        });
         let ip: IpAddr = "::1".parse().expect("ip");
         let a = l.admit(ip).expect("first");
         let _b = l.admit(ip).expect("second");

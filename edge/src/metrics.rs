@@ -15,6 +15,9 @@ pub struct Metrics {
     /// Origin time to response headers, by origin.
     pub origin_seconds: HistogramVec,
     pub rate_limited: IntCounter,
+    /// Connections refused at the per-client cap, and closed at the header deadline.
+    pub connections_refused: IntCounter,
+    pub header_timeouts: IntCounter,
     /// Artifacts of new versions of hot modules fetched before any client asked.
     pub prefetched: IntCounter,
     /// Purge-log entries applied and keys they removed.
@@ -48,6 +51,10 @@ impl Metrics {
             &["origin"],
         )?;
         let rate_limited = IntCounter::new("rate_limited_total", "Requests refused with 429")?;
+        let connections_refused =
+            IntCounter::new("connections_refused_total", "Connections refused at the per-client cap")?;
+        let header_timeouts =
+            IntCounter::new("header_timeouts_total", "Connections closed for not sending headers in time")?;
         let prefetched =
             IntCounter::new("prefetched_total", "New versions' artifacts fetched before any client asked")?;
         let purges = IntCounter::new("purges_total", "Purges applied (admin and purge log)")?;
@@ -68,6 +75,8 @@ impl Metrics {
             Box::new(origin_requests.clone()),
             Box::new(origin_seconds.clone()),
             Box::new(rate_limited.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(header_timeouts.clone()),
             Box::new(prefetched.clone()),
             Box::new(purges.clone()),
             Box::new(purged_keys.clone()),
@@ -88,6 +97,8 @@ impl Metrics {
             origin_requests,
             origin_seconds,
             rate_limited,
+            connections_refused,
+            header_timeouts,
             prefetched,
             purges,
             purged_keys,

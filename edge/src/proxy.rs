@@ -47,7 +47,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::limits::{Limits, Permit};
+use crate::limits::{Limits, Slot};
 use crate::metrics::Metrics;
 use crate::storage::{cache_key, CacheStore, MemObject};
 
@@ -93,7 +93,7 @@ pub struct Ctx {
     fast_kind: Option<modcdn_shared::Kind>,
     client: Option<IpAddr>,
     region: String,
-    _permit: Option<Permit>,
+    _permit: Option<Slot>,
     /// A tag of the request's credential, when it has one.
     credential: Option<String>,
     /// This request's span, when traces are exported.

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use modcdn_tests::corpus::{self, Corpus};
-use modcdn_tests::http::{client, get};
+use modcdn_tests::http::{client, get, scrape};
 use modcdn_tests::node::{EdgeProcess, Member, OriginProcess};
 use modcdn_tests::upstream::FixtureUpstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -62,6 +62,83 @@ async fn an_origin_closes_connections_that_send_headers_a_byte_at_a_time_or_idle
     assert!(started.elapsed() < Duration::from_secs(3), "idle connection kept for {:?}", started.elapsed());
     // And the origin serves on.
     assert_eq!(get(&client(), &format!("{}/example.com/alpha/@v/list", origin.url)).await.0, 200);
+}
+
+/// Opens a connection from `from` to `addr`, sends `request` and reads
+/// until the server closes or `within` passes: what came back.
+async fn exchange(from: &str, addr: &str, request: &[u8], within: Duration) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(format!("{from}:0").parse().expect("from")).expect("bind");
+    let mut s = socket.connect(addr.parse().expect("addr")).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut all = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_closes_slow_headers_and_caps_connections_per_client() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let members = [Member { id: "o", url: &origin.url, region: "us" }];
+    let extra = "header_timeout_ms = 700\n[rate_limit]\nmax_connections_per_ip = 4\n";
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, extra).expect("edge");
+    let addr = edge.url.trim_start_matches("http://").to_string();
+    let list = b"GET /example.com/alpha/@v/list HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+    // Headers a byte every 100 ms: closed at the deadline, not after 60 s a read.
+    let head = b"GET /example.com/alpha/@v/list HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+    let held = trickle(&addr, head, Duration::from_millis(100), Duration::from_secs(10)).await;
+    assert!(held < Duration::from_secs(3), "a slowloris client held an edge connection for {held:?}");
+    // A connection that sends nothing is closed at the same deadline.
+    let started = Instant::now();
+    assert_eq!(exchange("127.0.0.1", &addr, b"", Duration::from_secs(10)).await, "");
+    assert!(started.elapsed() < Duration::from_secs(3), "a silent connection was held {:?}", started.elapsed());
+    // The deadline is per request: a kept-alive connection serves one after another.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    for _ in 0..3 {
+        s.write_all(b"GET /example.com/alpha/@v/list HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("answer").expect("read");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    drop(s);
+
+    // Four connections held open (each with a request in flight, headers
+    // done) take the client's whole allowance; a fifth is refused with 429.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        s.write_all(b"GET /example.com/alpha/@v/list HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("answer").expect("read");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+        held.push(s);
+    }
+    let refused = exchange("127.0.0.1", &addr, list, Duration::from_secs(5)).await;
+    assert!(refused.starts_with("HTTP/1.1 429"), "fifth connection: {refused:?}");
+    assert!(refused.to_ascii_lowercase().contains("retry-after:"), "{refused}");
+    // Another client address has its own allowance.
+    let other = exchange("127.0.0.2", &addr, list, Duration::from_secs(5)).await;
+    assert!(other.starts_with("HTTP/1.1 200"), "{other}");
+    // A closed connection gives its slot back.
+    held.pop();
+    let freed = modcdn_tests::http::eventually(Duration::from_secs(5), || async {
+        exchange("127.0.0.1", &addr, list, Duration::from_secs(5)).await.starts_with("HTTP/1.1 200")
+    });
+    assert!(freed.await, "a slot was not returned");
+    let refused = scrape(&edge.admin, "modcdn_edge_connections_refused_total").await;
+    assert!(refused >= 1.0, "refusals counted: {refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,339 @@
+//! The public listeners' connections, before Pingora's HTTP app reads them:
+//! a cap on connections open at once per client (an IPv4 address or an IPv6
+//! /64) and a deadline for each request's headers. Pingora bounds each read
+//! (60 s) and the idle time between requests (60 s), but not a whole request
+//! head, so without the deadline a client sending a byte a minute holds a
+//! connection for ever; and it counts no connections.
+//!
+//! The deadline runs from when a connection opens, or from the first byte of
+//! the next request after an answer, to the blank line that ends the headers.
+//! HTTP/2 connections (TLS with ALPN h2) are left to Pingora's own handshake
+//! and idle timeouts: their frames have no header lines to watch.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, TlsRef};
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream, TimingDigest,
+    UniqueID, UniqueIDType, ALPN, IO,
+};
+use pingora::server::ShutdownWatch;
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::limits::PerClient;
+
+/// Sent to a client past its connection cap, before closing.
+const REFUSED: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\ncontent-type: text/plain\r\n\
+content-length: 40\r\nconnection: close\r\n\r\ntoo many connections from your address\r\n";
+
+/// An HTTP app (Pingora's proxy) behind the connection cap and the header
+/// deadline.
+pub struct Guarded<A> {
+    pub inner: Arc<A>,
+    pub connections: Arc<PerClient>,
+    pub header_timeout: Duration,
+    pub refused: IntCounter,
+    pub timeouts: IntCounter,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let peer = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let _slot = match peer {
+            Some(ip) if self.connections.enabled() => match self.connections.take(ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    self.refused.inc();
+                    if stream.selected_alpn_proto() != Some(ALPN::H2) {
+                        let _ = stream.write_all(REFUSED).await;
+                        let _ = stream.flush().await;
+                    }
+                    <dyn IO as Shutdown>::shutdown(&mut *stream).await;
+                    return None;
+                }
+            },
+            _ => None,
+        };
+        if stream.selected_alpn_proto() == Some(ALPN::H2) {
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        let guarded = HeaderDeadline::new(stream, self.header_timeout, self.timeouts.clone());
+        // An HTTP app serves a connection to its end; nothing comes back to
+        // be counted again.
+        self.inner.process_new(Box::new(guarded), shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// A client stream whose request heads must arrive within a deadline; a
+/// read past it fails with `TimedOut`, which ends the connection.
+struct HeaderDeadline {
+    inner: Stream,
+    limit: Duration,
+    timer: Pin<Box<Sleep>>,
+    /// Waiting for the end of a request head.
+    armed: bool,
+    /// Something was written since the last head ended: the next byte read
+    /// starts a new request.
+    answered: bool,
+    /// Line feeds in a row (carriage returns aside) at the end of what was read.
+    newlines: u8,
+    timeouts: IntCounter,
+}
+
+impl HeaderDeadline {
+    fn new(inner: Stream, limit: Duration, timeouts: IntCounter) -> HeaderDeadline {
+        let timer = Box::pin(tokio::time::sleep(limit));
+        HeaderDeadline { inner, limit, timer, armed: true, answered: false, newlines: 0, timeouts }
+    }
+
+    /// Follows the bytes a read returned: a new request arms the deadline,
+    /// the blank line ending its head disarms it.
+    fn saw(&mut self, bytes: &[u8]) {
+        if self.answered {
+            self.answered = false;
+            self.armed = true;
+            self.newlines = 0;
+            self.timer.as_mut().reset(Instant::now() + self.limit);
+        }
+        if !self.armed {
+            return;
+        }
+        for &b in bytes {
+            match b {
+                b'\n' => {
+                    self.newlines += 1;
+                    if self.newlines == 2 {
+                        self.armed = false;
+                        return;
+                    }
+                }
+                b'\r' => {}
+                _ => self.newlines = 0,
+            }
+        }
+    }
+
+    fn expired(&mut self) -> io::Error {
+        self.armed = false;
+        self.timeouts.inc();
+        io::Error::new(io::ErrorKind::TimedOut, "request headers not received in time")
+    }
+}
+
+impl AsyncRead for HeaderDeadline {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        // A client dripping bytes keeps the read ready: check the clock too.
+        if this.armed && this.timer.deadline() <= Instant::now() {
+            return Poll::Ready(Err(this.expired()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.saw(&buf.filled()[before..]);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if this.armed && this.timer.as_mut().poll(cx).is_ready() => Poll::Ready(Err(this.expired())),
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for HeaderDeadline {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_write(&r);
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_write(&r);
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl HeaderDeadline {
+    fn note_write(&mut self, r: &Poll<io::Result<usize>>) {
+        if !self.armed && matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
+            self.answered = true;
+        }
+    }
+}
+
+impl fmt::Debug for HeaderDeadline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeaderDeadline").field("inner", &self.inner).field("armed", &self.armed).finish()
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeaderDeadline {
+    async fn shutdown(&mut self) {
+        <dyn IO as Shutdown>::shutdown(&mut *self.inner).await
+    }
+}
+
+impl UniqueID for HeaderDeadline {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeaderDeadline {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeaderDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeaderDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for HeaderDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for HeaderDeadline {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn counter() -> IntCounter {
+        IntCounter::new("t", "t").expect("counter")
+    }
+
+    /// A client end and a server end wrapped with `limit`.
+    fn pair(limit: Duration) -> (tokio::io::DuplexStream, HeaderDeadline) {
+        let (client, server) = tokio::io::duplex(4096);
+        (client, HeaderDeadline::new(Box::new(server), limit, counter()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_never_ends_times_out_even_while_bytes_trickle() {
+        let (mut client, mut server) = pair(Duration::from_secs(10));
+        let mut buf = [0u8; 64];
+        let reader = tokio::spawn(async move {
+            loop {
+                match server.read(&mut buf).await {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.kind()),
+                }
+            }
+        });
+        let started = Instant::now();
+        for _ in 0..30 {
+            if client.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(reader.await.expect("reader"), Err(io::ErrorKind::TimedOut));
+        assert!(started.elapsed() <= Duration::from_secs(12), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_is_per_request_and_idle_time_between_is_not_counted() {
+        let (mut client, mut server) = pair(Duration::from_secs(10));
+        let mut buf = [0u8; 256];
+        for _ in 0..3 {
+            client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+            let n = server.read(&mut buf).await.expect("head");
+            assert!(n > 0);
+            server.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.expect("answer");
+            // Longer than the deadline, between requests: that is idle time.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        // Bare line feeds end a head too.
+        client.write_all(b"GET / HTTP/1.1\nHost: x\n\n").await.expect("write");
+        assert!(server.read(&mut buf).await.expect("head") > 0);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        client.write_all(b"body bytes after the head").await.expect("write");
+        assert!(server.read(&mut buf).await.expect("a body is not a head") > 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_times_out() {
+        let (_client, mut server) = pair(Duration::from_secs(10));
+        let mut buf = [0u8; 16];
+        let err = server.read(&mut buf).await.expect_err("silent");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(server.timeouts.get(), 1);
+    }
+}
