@@ -1,8 +1,9 @@
 //! The operator listener, on its own port: `/healthz`, `/readyz`,
 //! `/metrics`, and `POST /purge?path=…` or `POST /purge?module=…` with
 //! `Authorization: Bearer <admin.token>`. A purge is applied here at once
-//! and sent to every origin's purge log, from which the other edges (and
-//! this one, harmlessly) pick it up.
+//! and sent (with the cluster token, `origin.token`) to every origin's
+//! operator listener and purge log, from which the other edges (and this
+//! one, harmlessly) pick it up.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ pub struct Admin {
     pub eviction: &'static (dyn EvictionManager + Sync),
     pub metrics: Arc<Metrics>,
     pub token: String,
+    /// The cluster token, for forwarding purges to the origins.
+    pub cluster_token: String,
     pub http: reqwest::Client,
 }
 
@@ -111,11 +114,15 @@ impl Admin {
             Target::Module(m) => ("module", m.as_str()),
         };
         for member in self.membership.snapshot().topology.members() {
+            if self.cluster_token.is_empty() {
+                origins.insert(member.id.clone(), "not sent: origin.token is empty".to_string());
+                continue;
+            }
             let sent = self
                 .http
-                .post(format!("http://{}/purge", member.address))
+                .post(format!("http://{}/purge", member.operator))
                 .query(&[(name, value)])
-                .bearer_auth(&self.token)
+                .bearer_auth(&self.cluster_token)
                 .send()
                 .await
                 .and_then(|r| r.error_for_status());

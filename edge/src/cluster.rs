@@ -18,7 +18,6 @@ pub const CLUSTER_TOML: &str = include_str!("../../deploy/cluster/cluster.toml")
 pub struct Cluster {
     pub dir: PathBuf,
     pub upstream: String,
-    pub purge_token: String,
     #[serde(rename = "origin")]
     pub origins: Vec<NodeSpec>,
     #[serde(rename = "edge")]
@@ -31,6 +30,7 @@ pub struct NodeSpec {
     pub id: String,
     pub listen: String,
     pub region: String,
+    /// The edge's admin listener, or the origin's operator listener.
     #[serde(default)]
     pub admin: Option<String>,
 }
@@ -51,24 +51,26 @@ impl Cluster {
     fn write_configs(&self, verify: bool) -> anyhow::Result<Vec<(String, &'static str, PathBuf)>> {
         let dir = &self.dir;
         std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+        let token = cluster_token(&dir.join("cluster.token"))?;
         let mut nodes = Vec::new();
         let mut membership = "# Written by `modcdn-edge cluster`.\ngeoip_db = \"test-country.mmdb\"\n\n".to_string();
         std::fs::write(dir.join("test-country.mmdb"), modcdn_router::geo::TEST_COUNTRY_DB)?;
         for o in &self.origins {
+            let operator = o.admin.as_deref().with_context(|| format!("origin {}: admin (operator listener)", o.id))?;
             membership.push_str(&format!(
-                "[[origin]]\nid = \"{}\"\naddress = \"{}\"\nregion = \"{}\"\n\n",
+                "[[origin]]\nid = \"{}\"\naddress = \"{}\"\noperator = \"{operator}\"\nregion = \"{}\"\n\n",
                 o.id, o.listen, o.region
             ));
             let config = dir.join(format!("{}.toml", o.id));
             std::fs::write(
                 &config,
                 format!(
-                    "listen = \"{}\"\nupstream = \"{}\"\nstore_dir = \"{}\"\nverify = \"{}\"\npurge_token = \"{}\"\n",
+                    "listen = \"{}\"\nupstream = \"{}\"\nstore_dir = \"{}\"\nverify = \"{}\"\n\
+                     [operator]\nlisten = \"{operator}\"\ntoken = \"{token}\"\n",
                     o.listen,
                     self.upstream,
                     dir.join(&o.id).join("store").display(),
                     if verify { "verify" } else { "off" },
-                    self.purge_token,
                 ),
             )?;
             nodes.push((o.id.clone(), "modcdn-origin", config));
@@ -83,11 +85,11 @@ impl Cluster {
                 format!(
                     "listen = \"{}\"\nregion = \"{}\"\nmembership = \"membership.toml\"\n\
                      upgrade_sock = \"{id}/upgrade.sock\"\npid_file = \"{id}/edge.pid\"\n\
-                     [admin]\nlisten = \"{}\"\ntoken = \"{}\"\n[cache]\ndir = \"{id}/cache\"\n",
+                     [admin]\nlisten = \"{}\"\ntoken = \"{token}\"\n[origin]\ntoken = \"{token}\"\n\
+                     [cache]\ndir = \"{id}/cache\"\n",
                     e.listen,
                     e.region,
                     e.admin.as_deref().unwrap_or("127.0.0.1:0"),
-                    self.purge_token,
                     id = e.id,
                 ),
             )?;
@@ -95,6 +97,32 @@ impl Cluster {
         }
         Ok(nodes)
     }
+}
+
+/// The cluster's token (edges' admin and origin tokens, origins' operator
+/// token): read from `file`, or made up from the system's random source
+/// and kept there (mode 0600) on first start.
+fn cluster_token(file: &Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(t) = std::fs::read_to_string(file) {
+        if modcdn_shared::secret::token_problem(t.trim()).is_none() && !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+    }
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("/dev/urandom")?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("{}", file.display()))?;
+    std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())
+        .with_context(|| format!("{}", file.display()))?;
+    Ok(token)
 }
 
 struct Running {
@@ -149,10 +177,11 @@ pub fn run(overrides: Overrides) -> anyhow::Result<()> {
         eprintln!("modcdn-edge cluster: edge {} (region {}) on http://{}", e.id, e.region, e.listen);
     }
     eprintln!(
-        "modcdn-edge cluster: {} origins, upstream {}, logs in {}; Ctrl-C stops it",
+        "modcdn-edge cluster: {} origins, upstream {}, logs in {}, admin token in {}; Ctrl-C stops it",
         cluster.origins.len(),
         cluster.upstream,
-        cluster.dir.display()
+        cluster.dir.display(),
+        cluster.dir.join("cluster.token").display()
     );
     if let Some(first) = cluster.edges.first() {
         println!("GOPROXY=http://{}", first.listen);

@@ -75,7 +75,7 @@ pub struct CacheConfig {
     pub dir: PathBuf,
     /// Disk budget in MiB. Default 10240.
     pub max_mib: u64,
-    /// Memory tier in MiB. Default 256.
+    /// Memory tier in MiB. Default 1024.
     pub memory_mib: u64,
     /// Largest memory-tier object in KiB. Default 4096.
     pub memory_object_max_kib: u64,
@@ -97,6 +97,11 @@ pub struct OriginClientConfig {
     pub read_timeout_ms: u64,
     /// Origins tried after the first fails for its own reasons. Default 2.
     pub retries: usize,
+    /// The cluster token (the origins' `operator.token`), sent only to their
+    /// operator listeners; while empty, the purge log is not followed, hot
+    /// modules are neither reported nor prefetched, and purges stay at this
+    /// edge. Default "".
+    pub token: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,13 +137,13 @@ pub struct RateLimitConfig {
     pub burst: u32,
     /// Default 0 (unlimited).
     pub max_in_flight_per_ip: u32,
-    /// Connections open at once per client IP, 0 = unlimited. Default 256.
+    /// Connections open at once per client IP, 0 = unlimited. Default 1024.
     pub max_connections_per_ip: u32,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        RateLimitConfig { requests_per_sec: 0.0, burst: 0, max_in_flight_per_ip: 0, max_connections_per_ip: 256 }
+        RateLimitConfig { requests_per_sec: 0.0, burst: 0, max_in_flight_per_ip: 0, max_connections_per_ip: 1024 }
     }
 }
 
@@ -188,7 +193,7 @@ impl Default for CacheConfig {
 
 impl Default for OriginClientConfig {
     fn default() -> Self {
-        OriginClientConfig { connect_timeout_ms: 1000, read_timeout_ms: 75_000, retries: 2 }
+        OriginClientConfig { connect_timeout_ms: 1000, read_timeout_ms: 75_000, retries: 2, token: String::new() }
     }
 }
 
@@ -240,6 +245,11 @@ impl Validate for EdgeConfig {
                 if path.as_os_str().is_empty() {
                     errs.push((key.into(), "required when tls.listen is set".into()));
                 }
+            }
+        }
+        for (key, token) in [("admin.token", &self.admin.token), ("origin.token", &self.origin.token)] {
+            if let Some(problem) = modcdn_shared::secret::token_problem(token) {
+                errs.push((key.into(), problem));
             }
         }
         let rl = &self.rate_limit;

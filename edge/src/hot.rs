@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use modcdn_router::membership::Snapshot;
+use modcdn_router::route::Member;
 use modcdn_router::watch::Membership;
 use modcdn_shared::hot::HotSet;
 use modcdn_shared::module::{self, ModulePath};
@@ -39,6 +40,8 @@ pub struct HotSync {
     pub hot: Arc<HotSet>,
     pub metrics: Arc<Metrics>,
     pub http: reqwest::Client,
+    /// The cluster token, for the origins' operator listeners.
+    pub token: String,
     /// The edge's own region (where its origins are).
     pub region: String,
     /// The edge's own listener, for prefetches.
@@ -66,9 +69,10 @@ impl HotSync {
         }
     }
 
-    fn owner(&self, snapshot: &Snapshot, escaped: &str) -> Option<String> {
+    /// The origin that owns `escaped` in this edge's region.
+    fn owner(&self, snapshot: &Snapshot, escaped: &str) -> Option<Member> {
         let path = module::unescape_path(escaped).ok()?;
-        snapshot.topology.route(&path, &self.region).next().map(|m| m.address.clone())
+        snapshot.topology.route(&path, &self.region).next().cloned()
     }
 
     /// Sends each owning origin the requests served since the last report.
@@ -77,11 +81,12 @@ impl HotSync {
         let mut by_origin: HashMap<String, Vec<HotEntry>> = HashMap::new();
         for (module, weight) in self.hot.take(REPORT) {
             if let Some(owner) = self.owner(&snapshot, &module) {
-                by_origin.entry(owner).or_default().push(HotEntry { module, weight });
+                by_origin.entry(owner.operator).or_default().push(HotEntry { module, weight });
             }
         }
         for (address, entries) in by_origin {
-            let sent = self.http.post(format!("http://{address}/hotz")).json(&entries).send().await;
+            let sent =
+                self.http.post(format!("http://{address}/hotz")).bearer_auth(&self.token).json(&entries).send().await;
             if let Err(e) = sent.and_then(|r| r.error_for_status()) {
                 tracing::debug!(origin = %address, error = %e, "hot report not delivered");
             }
@@ -92,7 +97,7 @@ impl HotSync {
     async fn manifest(&self, snapshot: &Snapshot) -> Vec<String> {
         let mut weights: HashMap<String, f64> = HashMap::new();
         for member in snapshot.topology.members().filter(|m| m.region == self.region) {
-            let got = self.http.get(format!("http://{}/hotz", member.address)).send().await;
+            let got = self.http.get(format!("http://{}/hotz", member.operator)).bearer_auth(&self.token).send().await;
             let Ok(entries) = (match got.and_then(|r| r.error_for_status()) {
                 Ok(r) => r.json::<Vec<HotEntry>>().await,
                 Err(e) => Err(e),
@@ -117,7 +122,7 @@ impl HotSync {
             let Some(owner) = self.owner(&snapshot, &escaped) else { continue };
             // The edge's own list may be fresh for a while yet; the origin's
             // is what sync keeps current.
-            let list = match self.http.get(format!("http://{owner}/{escaped}/@v/list")).send().await {
+            let list = match self.http.get(format!("http://{}/{escaped}/@v/list", owner.address)).send().await {
                 Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
                 _ => continue,
             };

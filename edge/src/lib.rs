@@ -120,30 +120,37 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
         eviction,
         metrics: Arc::clone(&metrics),
         token: cfg.admin.token.clone(),
+        cluster_token: cfg.origin.token.clone(),
         http: http.clone(),
     };
     let mut admin = Service::new("admin".to_string(), admin_app);
     admin.add_tcp(&cfg.admin.listen.to_string());
 
-    let follower = (cfg.purge.poll_ms > 0).then(|| purge::Follower {
+    if cfg.origin.token.is_empty() {
+        tracing::warn!("origin.token is empty: the purge log is not followed and hot modules are not synced");
+    }
+    let with_token = !cfg.origin.token.is_empty();
+    let follower = (with_token && cfg.purge.poll_ms > 0).then(|| purge::Follower {
         membership: Arc::clone(&membership),
         store: storage,
         metrics: Arc::clone(&metrics),
         cursors_file: cfg.cache.dir.join("purge-cursors.json"),
         interval: Duration::from_millis(cfg.purge.poll_ms),
         http: http.clone(),
+        token: cfg.origin.token.clone(),
     });
     let own_region = if cfg.region.is_empty() {
         membership.snapshot().geo.region_of(std::net::IpAddr::from([0, 0, 0, 0])).to_string()
     } else {
         cfg.region.clone()
     };
-    let hot_sync = (cfg.hot.interval_ms > 0).then(|| hot::HotSync {
+    let hot_sync = (with_token && cfg.hot.interval_ms > 0).then(|| hot::HotSync {
         membership: Arc::clone(&membership),
         storage,
         hot,
         metrics: Arc::clone(&metrics),
         http,
+        token: cfg.origin.token.clone(),
         region: own_region,
         listen: cfg.listen,
         interval: Duration::from_millis(cfg.hot.interval_ms),

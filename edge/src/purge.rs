@@ -3,7 +3,7 @@
 //! including those made while it was down.
 //!
 //! An origin's log is a sequence of entries numbered from 1 (`GET
-//! /purgez?after=N` on the origin). The edge remembers, per origin, the last
+//! /purgez?after=N` on the origin's operator listener, with the cluster token). The edge remembers, per origin, the last
 //! number it applied, in `purge-cursors.json` in its cache directory; applying
 //! an entry twice is harmless, so a lost cursor only costs refetches.
 
@@ -48,6 +48,8 @@ pub struct Follower {
     pub cursors_file: PathBuf,
     pub interval: Duration,
     pub http: reqwest::Client,
+    /// The cluster token, for the origins' operator listeners.
+    pub token: String,
 }
 
 impl Follower {
@@ -72,8 +74,9 @@ impl Follower {
         let mut applied = 0;
         for member in snapshot.topology.members() {
             let after = cursors.get(&member.id).copied().unwrap_or(0);
-            let url = format!("http://{}/purgez?after={after}", member.address);
-            let page = match self.http.get(&url).send().await.and_then(|r| r.error_for_status()) {
+            let url = format!("http://{}/purgez?after={after}", member.operator);
+            let got = self.http.get(&url).bearer_auth(&self.token).send().await;
+            let page = match got.and_then(|r| r.error_for_status()) {
                 Ok(r) => r.json::<LogPage>().await,
                 Err(e) => Err(e),
             };

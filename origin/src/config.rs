@@ -55,9 +55,27 @@ pub struct OriginConfig {
     pub noproxy: String,
     /// Patterns never looked up in a checksum database (GONOSUMDB syntax). Default "".
     pub nosumdb: String,
-    /// Bearer token for `POST /purge`; purges are refused while empty. Default "".
-    pub purge_token: String,
+    /// The operator listener and the cluster token.
+    pub operator: OperatorConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OperatorConfig {
+    /// Listener for `/metrics`, `/loadz`, `/hotz`, `/purge` and `/purgez`:
+    /// edges, Prometheus and operators, never the internet. Default
+    /// `127.0.0.1:7071`.
+    pub listen: SocketAddr,
+    /// The cluster token (`Authorization: Bearer`) for `/hotz`, `/purge` and
+    /// `/purgez`; those are off while it is empty. Default "".
+    pub token: String,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        OperatorConfig { listen: SocketAddr::from(([127, 0, 0, 1], 7071)), token: String::new() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -135,7 +153,7 @@ impl Default for OriginConfig {
             private: Vec::new(),
             noproxy: String::new(),
             nosumdb: String::new(),
-            purge_token: String::new(),
+            operator: OperatorConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -178,6 +196,12 @@ impl Validate for OriginConfig {
             if v == 0 {
                 errs.push((key.into(), "must be above 0".into()));
             }
+        }
+        if let Some(problem) = modcdn_shared::secret::token_problem(&self.operator.token) {
+            errs.push(("operator.token".into(), problem));
+        }
+        if self.operator.listen == self.listen && self.listen.port() != 0 {
+            errs.push(("operator.listen".into(), "must differ from listen".into()));
         }
         if self.http.retries > 10 {
             errs.push(("http.retries".into(), format!("{} is above the limit of 10", self.http.retries)));

@@ -60,7 +60,8 @@ pub struct Origin {
     ready: AtomicBool,
     /// Purges, in order, for edges to follow.
     pub purge_log: purge::PurgeLog,
-    pub purge_token: String,
+    /// The cluster token operator endpoints ask for; empty turns them off.
+    pub operator_token: String,
     /// EWMA of request latency in microseconds (f64 bits), for `/loadz`.
     latency_ewma_us: AtomicU64,
     /// Slots for pulls running at once (`http.max_pulls`).
@@ -117,7 +118,7 @@ impl Origin {
             ready: AtomicBool::new(true),
             purge_log: purge::PurgeLog::open(&config.store_dir)
                 .map_err(|e| format!("store_dir {}: purge log: {e}", config.store_dir.display()))?,
-            purge_token: config.purge_token.clone(),
+            operator_token: config.operator.token.clone(),
             latency_ewma_us: AtomicU64::new(0f64.to_bits()),
             pulls: tokio::sync::Semaphore::new(config.http.max_pulls),
             pulls_max: config.http.max_pulls,
@@ -165,15 +166,17 @@ impl Origin {
     }
 }
 
-/// Serves on `listener` until `shutdown` completes, then stops accepting,
-/// reports not-ready, and lets in-flight requests finish within `grace`.
+/// Serves the GOPROXY protocol on `public` and the operator endpoints on
+/// `operator` until `shutdown` completes, then stops accepting, reports
+/// not-ready, and lets in-flight requests finish within `grace`.
 ///
 /// Every connection has `header_timeout` to send a request's headers, and
 /// as long to start its next one (slow or idle clients are closed: they
 /// cannot hold connections open one byte at a time).
 pub async fn serve_until(
     origin: Arc<Origin>,
-    listener: TcpListener,
+    public: TcpListener,
+    operator: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
     header_timeout: Duration,
@@ -181,24 +184,26 @@ pub async fn serve_until(
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     prefetch::Prefetcher::start(&origin);
     sync::start(&origin, &origin.sync);
-    let app = serve::router(Arc::clone(&origin));
+    let (public_app, operator_app) = (serve::router(Arc::clone(&origin)), serve::operator_router(Arc::clone(&origin)));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(header_timeout).keep_alive_timeout(header_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, go on.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (accepted, app) = tokio::select! {
+            accepted = public.accept() => (accepted, &public_app),
+            accepted = operator.accept() => (accepted, &operator_app),
             _ = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, go on.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
@@ -210,7 +215,7 @@ pub async fn serve_until(
             }
         });
     }
-    drop(listener);
+    drop((public, operator));
     origin.ready.store(false, Ordering::Relaxed);
     tracing::info!("shutting down: finishing in-flight requests");
     tokio::select! {

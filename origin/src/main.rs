@@ -123,12 +123,20 @@ fn run(cfg: OriginConfig) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.listen))?;
-        let addr = listener.local_addr()?;
-        tracing::info!(%addr, upstream = %cfg.upstream, store = %cfg.store_dir.display(), "modcdn-origin serving");
+        let operator = tokio::net::TcpListener::bind(cfg.operator.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("operator.listen {}: {e}", cfg.operator.listen))?;
+        let (addr, operator_addr) = (listener.local_addr()?, operator.local_addr()?);
+        tracing::info!(%addr, operator = %operator_addr, upstream = %cfg.upstream, store = %cfg.store_dir.display(), "modcdn-origin serving");
+        if cfg.operator.token.is_empty() {
+            tracing::warn!("operator.token is empty: purges, hot reports and the purge log are off");
+        }
         println!("GOPROXY=http://{addr}");
+        println!("OPERATOR=http://{operator_addr}");
         modcdn_origin::serve_until(
             origin,
             listener,
+            operator,
             modcdn_origin::shutdown_signal(),
             Duration::from_secs(cfg.shutdown_grace_secs),
             Duration::from_millis(cfg.header_timeout_ms),

@@ -22,7 +22,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 use bytes::Bytes;
 use modcdn_shared::policy::{self, Freshness, Outcome};
@@ -42,19 +42,58 @@ use crate::Origin;
 /// Chunk size when streaming large bodies.
 const STREAM_CHUNK: usize = 256 * 1024;
 
-/// The origin's routes: probes and metrics, and the GOPROXY protocol for
-/// every other path.
+/// Paths of the operator listener, answered 404 on the public one.
+const OPERATOR_PATHS: [&str; 5] = ["/metrics", "/loadz", "/hotz", "/purge", "/purgez"];
+
+/// The public listener's routes: probes, and the GOPROXY protocol for every
+/// other path.
 pub fn router(origin: Arc<Origin>) -> Router {
+    let mut r = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(readyz));
+    for path in OPERATOR_PATHS {
+        r = r.route(path, any(not_here));
+    }
+    r.fallback(handle).with_state(origin)
+}
+
+/// The operator listener's routes: probes, metrics and load for anyone who
+/// can reach it (a private network); hot reports, purges and the purge log
+/// only with the cluster token.
+pub fn operator_router(origin: Arc<Origin>) -> Router {
+    let guarded = Router::new()
+        .route("/hotz", get(hotz).post(hot_report))
+        .route("/purge", axum::routing::post(purge))
+        .route("/purgez", get(purgez))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&origin), cluster_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/loadz", get(loadz))
-        .route("/hotz", get(hotz).post(hot_report))
-        .route("/purge", axum::routing::post(purge))
-        .route("/purgez", get(purgez))
-        .fallback(handle)
+        .merge(guarded)
         .with_state(origin)
+}
+
+async fn not_here() -> Response {
+    text(StatusCode::NOT_FOUND, policy::CC_NO_STORE, "not found: operator endpoints are on the operator listener\n")
+}
+
+/// Lets a request through with `Authorization: Bearer <operator.token>`.
+async fn cluster_token(
+    State(o): State<Arc<Origin>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if o.operator_token.is_empty() {
+        return text(StatusCode::FORBIDDEN, policy::CC_NO_STORE, "off: set operator.token\n");
+    }
+    let authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    if !modcdn_shared::secret::bearer_is(authorization, &o.operator_token) {
+        let mut r =
+            text(StatusCode::UNAUTHORIZED, policy::CC_NO_STORE, "needs Authorization: Bearer <operator.token>\n");
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"modcdn-operator\""));
+        return r;
+    }
+    next.run(req).await
 }
 
 async fn readyz(State(o): State<Arc<Origin>>) -> (StatusCode, &'static str) {
@@ -92,21 +131,13 @@ async fn hotz(State(o): State<Arc<Origin>>) -> ([(header::HeaderName, &'static s
     )
 }
 
-/// `POST /purge?path=…|module=…` with the purge token: removes from the
-/// store and the memory tier, then logs it for edges.
+/// `POST /purge?path=…|module=…` (cluster token): removes from the store
+/// and the memory tier, then logs it for edges.
 async fn purge(
     State(o): State<Arc<Origin>>,
-    headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<std::collections::BTreeMap<String, String>>,
 ) -> Response {
     let no = |status, msg: &str| text(status, policy::CC_NO_STORE, &format!("{msg}\n"));
-    if o.purge_token.is_empty() {
-        return no(StatusCode::FORBIDDEN, "purges are off: set purge_token");
-    }
-    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    if !modcdn_shared::secret::bearer_is(authorization, &o.purge_token) {
-        return no(StatusCode::UNAUTHORIZED, "a purge needs Authorization: Bearer <purge_token>");
-    }
     let target = match Target::parse(q.get("path").map(String::as_str), q.get("module").map(String::as_str)) {
         Ok(t) => t,
         Err(e) => return no(StatusCode::BAD_REQUEST, &e),

@@ -98,7 +98,13 @@ fn main() {
         // routed with the live load, the oldest finishing as a new one starts;
         // with the default c = 1.25 and with c = 1.10.
         let members: Vec<Member> = (0..n)
-            .map(|i| Member { id: format!("origin-{i}"), address: "h:1".into(), region: "r".into(), weight: 1.0 })
+            .map(|i| Member {
+                id: format!("origin-{i}"),
+                address: "h:1".into(),
+                operator: "h:2".into(),
+                region: "r".into(),
+                weight: 1.0,
+            })
             .collect();
         let bounded_run = |c: f64| -> (f64, f64) {
             let view = LoadView::default();

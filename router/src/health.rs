@@ -1,5 +1,5 @@
-//! Active health checks: every interval, each origin's load endpoint
-//! (`GET /loadz` → `{"in_flight": n, "ewma_latency_ms": x}`) is asked with a
+//! Active health checks: every interval, each origin's load endpoint on
+//! its operator listener (`GET /loadz` → `{"in_flight": n, "ewma_latency_ms": x}`) is asked with a
 //! timeout. An answer feeds the load view (health, reported load, latency);
 //! a refused connection takes the origin out at once (nothing listens, so a
 //! dead origin leaves routing within one interval); other failures count
@@ -58,7 +58,7 @@ pub fn spawn(membership: Arc<Membership>) -> std::io::Result<HealthHandle> {
                 ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(true).build().into();
             for m in snap.topology.members() {
                 let view = membership.view();
-                match probe(&agent, &m.address) {
+                match probe(&agent, &m.operator) {
                     Ok(r) => {
                         view.report(
                             &m.id,
@@ -68,11 +68,11 @@ pub fn spawn(membership: Arc<Membership>) -> std::io::Result<HealthHandle> {
                         view.check_result(&m.id, true);
                     }
                     Err(ProbeError::Refused(e)) => {
-                        tracing::debug!(origin = %m.id, address = %m.address, error = %e, "origin refuses connections: down");
+                        tracing::debug!(origin = %m.id, operator = %m.operator, error = %e, "origin refuses connections: down");
                         view.mark_down(&m.id);
                     }
                     Err(ProbeError::Failed(e)) => {
-                        tracing::debug!(origin = %m.id, address = %m.address, error = %e, "health check failed");
+                        tracing::debug!(origin = %m.id, operator = %m.operator, error = %e, "health check failed");
                         view.check_result(&m.id, false);
                     }
                 }

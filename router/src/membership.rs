@@ -48,8 +48,11 @@ pub struct MembershipFile {
 #[serde(deny_unknown_fields)]
 pub struct OriginEntry {
     pub id: String,
-    /// `host:port` of the origin's HTTP listener.
+    /// `host:port` of the origin's HTTP listener (the GOPROXY protocol).
     pub address: String,
+    /// `host:port` of the origin's operator listener (`/loadz` for health
+    /// checks, `/hotz` and `/purgez` with the cluster token).
+    pub operator: String,
     pub region: String,
     /// Share of keys relative to others (default 1).
     #[serde(default = "default_weight")]
@@ -193,9 +196,14 @@ impl MembershipFile {
             if !(e.weight > 0.0 && e.weight.is_finite() && e.weight <= 1000.0) {
                 return Err(invalid(line, &key("weight"), format!("{} must be in (0, 1000]", e.weight)));
             }
-            let ok_addr = e.address.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-            if !ok_addr {
-                return Err(invalid(line, &key("address"), format!("{:?} is not host:port", e.address)));
+            for (k, addr) in [("address", &e.address), ("operator", &e.operator)] {
+                let ok = addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                if !ok {
+                    return Err(invalid(line, &key(k), format!("{addr:?} is not host:port")));
+                }
+            }
+            if e.address == e.operator {
+                return Err(invalid(line, &key("operator"), "must differ from address".into()));
             }
         }
         Ok((m, map))
@@ -232,7 +240,13 @@ impl MembershipFile {
             .iter()
             .map(|o| {
                 let e = o.get_ref();
-                Member { id: e.id.clone(), address: e.address.clone(), region: e.region.clone(), weight: e.weight }
+                Member {
+                    id: e.id.clone(),
+                    address: e.address.clone(),
+                    operator: e.operator.clone(),
+                    region: e.region.clone(),
+                    weight: e.weight,
+                }
             })
             .collect();
         let fallbacks: HashMap<String, Vec<String>> =

@@ -112,7 +112,13 @@ mod tests {
     fn topo(ids: &[&str]) -> Topology {
         let ms: Vec<Member> = ids
             .iter()
-            .map(|id| Member { id: id.to_string(), address: "h:1".into(), region: "r".into(), weight: 1.0 })
+            .map(|id| Member {
+                id: id.to_string(),
+                address: "h:1".into(),
+                operator: "h:2".into(),
+                region: "r".into(),
+                weight: 1.0,
+            })
             .collect();
         Topology::new(&ms, &HashMap::new(), RoutePolicy::default(), &crate::load::LoadView::default())
     }

@@ -15,7 +15,10 @@ use crate::ring::{Ring, RingMember, Walk};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Member {
     pub id: String,
+    /// The origin's GOPROXY listener, `host:port`.
     pub address: String,
+    /// Its operator listener, `host:port`.
+    pub operator: String,
     pub region: String,
     pub weight: f64,
 }
@@ -194,7 +197,13 @@ mod tests {
     use crate::load::HealthPolicy;
 
     fn member(id: &str, region: &str) -> Member {
-        Member { id: id.into(), address: format!("{id}:1"), region: region.into(), weight: 1.0 }
+        Member {
+            id: id.into(),
+            address: format!("{id}:1"),
+            operator: format!("{id}:2"),
+            region: region.into(),
+            weight: 1.0,
+        }
     }
 
     fn topology(view: &LoadView) -> Topology {

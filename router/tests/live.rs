@@ -14,7 +14,10 @@ use modcdn_router::watch::Membership;
 fn membership(ids: &[(&str, String)], health: &str) -> String {
     let mut s = format!("single_region = true\n{health}\n");
     for (id, addr) in ids {
-        s.push_str(&format!("[[origin]]\nid = \"{id}\"\naddress = \"{addr}\"\nregion = \"us\"\n\n"));
+        // Health checks ask the operator listener; the fake answers there.
+        s.push_str(&format!(
+            "[[origin]]\nid = \"{id}\"\naddress = \"{id}.public:80\"\noperator = \"{addr}\"\nregion = \"us\"\n\n"
+        ));
     }
     s
 }
@@ -100,7 +103,10 @@ fn file_changes_are_picked_up_and_bad_files_keep_the_old_membership() {
     // The old snapshot is still whole for whoever holds it.
     assert_eq!(before.topology.members().count(), 2);
 
-    write(&path, "single_region = true\n[[origin]]\nid = \"a\"\naddress = \"h:1\"\nregion = \"nowhere\"\n");
+    write(
+        &path,
+        "single_region = true\n[[origin]]\nid = \"a\"\naddress = \"h:1\"\noperator = \"h:2\"\nregion = \"nowhere\"\n",
+    );
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(m.snapshot().topology.members().count(), 3, "a bad file keeps the previous membership");
     let e = m.reload(true).err().map(|e| e.to_string()).unwrap_or_default();

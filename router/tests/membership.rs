@@ -16,8 +16,9 @@ fn origins(n: usize, region: &str) -> String {
     (0..n)
         .map(|i| {
             format!(
-                "[[origin]]\nid = \"{region}-{i}\"\naddress = \"127.0.0.1:{}\"\nregion = \"{region}\"\n\n",
-                7000 + i
+                "[[origin]]\nid = \"{region}-{i}\"\naddress = \"127.0.0.1:{}\"\noperator = \"127.0.0.1:{}\"\nregion = \"{region}\"\n\n",
+                7000 + i,
+                7500 + i
             )
         })
         .collect()
@@ -41,16 +42,35 @@ fn errors_name_file_line_and_key() {
     let head = "single_region = true\n\n";
     for (body, line, key) in [
         (
-            format!("{head}{}{}", origins(2, "us"), "[[origin]]\nid = \"us-0\"\naddress = \"h:1\"\nregion = \"us\"\n"),
-            13,
+            format!(
+                "{head}{}{}",
+                origins(2, "us"),
+                "[[origin]]\nid = \"us-0\"\naddress = \"h:1\"\noperator = \"h:2\"\nregion = \"us\"\n"
+            ),
+            15,
             "origin[2].id",
         ),
-        (format!("{head}[[origin]]\nid = \"x\"\naddress = \"h:1\"\nregion = \"mars\"\n"), 3, "origin[0].region"),
-        (format!("{head}[[origin]]\nid = \"x\"\naddress = \"nohost\"\nregion = \"us\"\n"), 3, "origin[0].address"),
         (
-            format!("{head}[[origin]]\nid = \"x\"\naddress = \"h:1\"\nregion = \"us\"\nweight = -1\n"),
+            format!("{head}[[origin]]\nid = \"x\"\naddress = \"h:1\"\noperator = \"h:2\"\nregion = \"mars\"\n"),
+            3,
+            "origin[0].region",
+        ),
+        (
+            format!("{head}[[origin]]\nid = \"x\"\naddress = \"nohost\"\noperator = \"h:2\"\nregion = \"us\"\n"),
+            3,
+            "origin[0].address",
+        ),
+        (
+            format!(
+                "{head}[[origin]]\nid = \"x\"\naddress = \"h:1\"\noperator = \"h:2\"\nregion = \"us\"\nweight = -1\n"
+            ),
             3,
             "origin[0].weight",
+        ),
+        (
+            format!("{head}[[origin]]\nid = \"x\"\naddress = \"h:1\"\noperator = \"h:1\"\nregion = \"us\"\n"),
+            3,
+            "origin[0].operator",
         ),
         (format!("{head}bounded_load = 0.5\n"), 3, "bounded_load"),
         ("trusted_proxies = [\"bogus\"]\nsingle_region = true\n".to_string(), 1, "trusted_proxies[0]"),
@@ -70,6 +90,13 @@ fn errors_name_file_line_and_key() {
     );
     let e = MembershipFile::load(&p).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("m.toml") && e.contains("adress") && e.contains("line 4"), "{e}");
+    let p = write(
+        tmp.path(),
+        "m.toml",
+        "single_region = true\n[[origin]]\nid = \"x\"\naddress = \"h:1\"\nregion = \"us\"\n",
+    );
+    let e = MembershipFile::load(&p).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("m.toml") && e.contains("operator"), "an origin without its operator listener: {e}");
     let p = write(tmp.path(), "m.toml", "geoip_db = \"missing.mmdb\"\n");
     let e = MembershipFile::snapshot(&p).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("missing.mmdb"), "a missing database is a start-up error: {e}");

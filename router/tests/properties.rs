@@ -63,7 +63,7 @@ proptest! {
     fn candidates_are_distinct_and_bounded_loads_hold(members in members_strategy(), c in 1.0f64..2.0) {
         let ms: Vec<Member> = members
             .iter()
-            .map(|m| Member { id: m.id.clone(), address: "h:1".into(), region: "r".into(), weight: m.weight })
+            .map(|m| Member { id: m.id.clone(), address: "h:1".into(), operator: "h:2".into(), region: "r".into(), weight: m.weight })
             .collect();
         let view = LoadView::default();
         let topo = Topology::new(&ms, &HashMap::new(), RoutePolicy { bounded_load: c, max_candidates: 20, ..RoutePolicy::default() }, &view);

@@ -9,7 +9,11 @@ use modcdn_router::watch::Membership;
 fn sighup_reloads_without_waiting_for_the_poll() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("router.toml");
-    let origin = |id: &str| format!("[[origin]]\nid = \"{id}\"\naddress = \"127.0.0.1:9\"\nregion = \"us\"\n\n");
+    let origin = |id: &str| {
+        format!(
+            "[[origin]]\nid = \"{id}\"\naddress = \"127.0.0.1:9\"\noperator = \"127.0.0.1:10\"\nregion = \"us\"\n\n"
+        )
+    };
     std::fs::write(&path, format!("single_region = true\n{}", origin("a"))).expect("write");
     let m = Membership::load(&path).expect("load");
     // A poll interval far beyond the test: only the signal can reload.

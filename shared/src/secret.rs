@@ -14,6 +14,22 @@ pub fn bearer_is(authorization: Option<&[u8]>, token: &str) -> bool {
     !token.is_empty() && given.is_some_and(|g| secret_eq(token.as_bytes(), g))
 }
 
+/// Shortest token a config may set: a guessable one is worse than none.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Why a configured token cannot be used (empty is fine: it turns its
+/// endpoint off).
+pub fn token_problem(token: &str) -> Option<String> {
+    if token.is_empty()
+        || (token.len() >= MIN_TOKEN_LEN && token != "change-me" && !token.contains(char::is_whitespace))
+    {
+        return None;
+    }
+    Some(format!(
+        "a token must be at least {MIN_TOKEN_LEN} characters without spaces (e.g. `openssl rand -hex 32`), or empty to turn it off"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -27,5 +43,8 @@ mod tests {
         assert!(!bearer_is(None, "s3cret"));
         assert!(!bearer_is(Some(b"Bearer "), ""), "an empty token matches nothing");
         assert!(secret_eq(b"ci:pw", b"ci:pw") && !secret_eq(b"ci:pw", b"ci:px"));
+        assert!(token_problem("").is_none() && token_problem("0123456789abcdef").is_none());
+        assert!(token_problem("change-me").is_some() && token_problem("short").is_some());
+        assert!(token_problem("0123456789 abcdef").is_some());
     }
 }

@@ -33,7 +33,7 @@ Z16=/example.com/sized/k16/@v/v1.0.0.zip
 Z1M=/example.com/sized/k1024/@v/v1.0.0.zip
 Z64M=/example.com/sized/k65536/@v/v1.0.0.zip
 
-UP_PORT=$(port); ORIGIN_PORT=$(port); EDGE_PORT=$(port); ADMIN_PORT=$(port); NGINX_PORT=$(port); VARNISH_PORT=$(port)
+UP_PORT=$(port); ORIGIN_PORT=$(port); OPERATOR_PORT=$(port); EDGE_PORT=$(port); ADMIN_PORT=$(port); NGINX_PORT=$(port); VARNISH_PORT=$(port)
 taskset -c 1 "$BIN/modcdn-fixture" upstream --corpus "$WORK/corpus" --listen "127.0.0.1:$UP_PORT" & PIDS+=($!)
 wait_http "http://127.0.0.1:$UP_PORT/example.com/large/@v/list"
 cat > "$WORK/origin.toml" <<TOML
@@ -41,6 +41,8 @@ listen = "127.0.0.1:$ORIGIN_PORT"
 upstream = "http://127.0.0.1:$UP_PORT"
 store_dir = "$WORK/origin-store"
 verify = "off"
+[operator]
+listen = "127.0.0.1:$OPERATOR_PORT"
 [log]
 level = "warn"
 TOML
@@ -53,6 +55,7 @@ single_region = true
 [[origin]]
 id = "origin"
 address = "127.0.0.1:$ORIGIN_PORT"
+operator = "127.0.0.1:$OPERATOR_PORT"
 region = "us"
 TOML
 cat > "$WORK/edge.toml" <<TOML

@@ -34,6 +34,8 @@ upstream = "http://127.0.0.1:$UP_PORT"
 store_dir = "$WORK/store"
 # The fixture corpus is in no public checksum database.
 verify = "off"
+[operator]
+listen = "127.0.0.1:0"
 [log]
 level = "warn"
 TOML
@@ -71,7 +73,7 @@ write_random_lua
 taskset -c 1 "$BIN/modcdn-fixture" latency --base "http://127.0.0.1:$UP_PORT" --paths "$WORK/mod.txt" > "$WORK/lat-direct"
 taskset -c 1 "$BIN/modcdn-fixture" latency --base "http://127.0.0.1:$ORIGIN_PORT" --paths "$WORK/mod.txt" > "$WORK/lat-origin"
 SHM="$(mktemp -d -p /dev/shm)"; SHM_PORT=$(port)
-sed -e "s|^listen = .*|listen = \"127.0.0.1:$SHM_PORT\"|" -e "s|^store_dir = .*|store_dir = \"$SHM/store\"|" "$WORK/origin.toml" > "$WORK/origin-shm.toml"
+sed -e "0,/^listen = /s|^listen = .*|listen = \"127.0.0.1:$SHM_PORT\"|" -e "s|^store_dir = .*|store_dir = \"$SHM/store\"|" "$WORK/origin.toml" > "$WORK/origin-shm.toml"
 taskset -c 0 "$BIN/modcdn-origin" serve --config "$WORK/origin-shm.toml" >/dev/null & SHM_PID=$!
 wait_http "http://127.0.0.1:$SHM_PORT/healthz"
 taskset -c 1 "$BIN/modcdn-fixture" latency --base "http://127.0.0.1:$SHM_PORT" --paths "$WORK/mod.txt" > "$WORK/lat-shm"

@@ -30,7 +30,7 @@ wait_http "http://127.0.0.1:$UP_PORT/example.com/alpha/@v/list"
 start_edge() {
   local admin
   EDGE_PORT=$(port); admin=$(port)
-  printf 'single_region = true\n[[origin]]\nid = "o"\naddress = "127.0.0.1:%s"\nregion = "us"\n' "$2" > "$1/membership.toml"
+  printf 'single_region = true\n[[origin]]\nid = "o"\naddress = "127.0.0.1:%s"\noperator = "127.0.0.1:%s"\nregion = "us"\n' "$2" "$3" > "$1/membership.toml"
   printf 'listen = "127.0.0.1:%s"\nmembership = "membership.toml"\nupgrade_sock = "edge.sock"\npid_file = "edge.pid"\n[admin]\nlisten = "127.0.0.1:%s"\n[cache]\ndir = "edge-cache"\n[hot]\ninterval_ms = 0\n[purge]\npoll_ms = 0\n[log]\nlevel = "warn"\n' \
     "$EDGE_PORT" "$admin" > "$1/edge.toml"
   "$BIN/modcdn-edge" serve --config "$1/edge.toml" 2>/dev/null & EDGE_PID=$!
@@ -38,20 +38,20 @@ start_edge() {
 }
 
 run_once() { # prefetch(true|false) → "seconds client_fetches prefetch_fetches"
-  local port dir pid start end m
-  port=$(port); dir="$WORK/run-$1-$RANDOM"
+  local port op dir pid start end m
+  port=$(port); op=$(port); dir="$WORK/run-$1-$RANDOM"
   mkdir -p "$dir"
-  printf 'listen = "127.0.0.1:%s"\nupstream = "http://127.0.0.1:%s"\nstore_dir = "%s/store"\nverify = "off"\n[prefetch]\nenabled = %s\n[log]\nlevel = "warn"\n' \
-    "$port" "$UP_PORT" "$dir" "$1" > "$dir/origin.toml"
+  printf 'listen = "127.0.0.1:%s"\nupstream = "http://127.0.0.1:%s"\nstore_dir = "%s/store"\nverify = "off"\n[operator]\nlisten = "127.0.0.1:%s"\n[prefetch]\nenabled = %s\n[log]\nlevel = "warn"\n' \
+    "$port" "$UP_PORT" "$dir" "$op" "$1" > "$dir/origin.toml"
   "$BIN/modcdn-origin" serve --config "$dir/origin.toml" >/dev/null & pid=$!
   wait_http "http://127.0.0.1:$port/healthz"
-  start_edge "$dir" "$port"
+  start_edge "$dir" "$port" "$op"
   cp -r "$WORK/consumer" "$dir/consumer"
   start=$(date +%s.%N)
   (cd "$dir/consumer" && env -i PATH="$PATH" HOME="$dir" GOPATH="$dir/gopath" GOMODCACHE="$dir/modcache" GOCACHE="$dir/gocache" \
      GOPROXY="http://127.0.0.1:$EDGE_PORT" GOSUMDB=off GOFLAGS="-mod=mod -modcacherw" GOENV=off go mod download all)
   end=$(date +%s.%N)
-  m=$(curl -sf "http://127.0.0.1:$port/metrics")
+  m=$(curl -sf "http://127.0.0.1:$op/metrics")
   kill "$EDGE_PID" "$pid"; wait "$EDGE_PID" "$pid" 2>/dev/null || true
   echo "$(echo "$end - $start" | bc -l) $(echo "$m" | awk '/upstream_fetches_total\{trigger="client"\}/ {print $2}') $(echo "$m" | awk '/upstream_fetches_total\{trigger="prefetch"\}/ {print $2+0}')"
 }
@@ -66,11 +66,11 @@ for mode in false true; do
 done
 # Floor: the same download when the edge already has everything (the go
 # command's own work plus hits), to show how much of the time is upstream.
-port=$(port); dir="$WORK/warm"; mkdir -p "$dir"
-printf 'listen = "127.0.0.1:%s"\nupstream = "http://127.0.0.1:%s"\nstore_dir = "%s/store"\nverify = "off"\n[log]\nlevel = "warn"\n' "$port" "$UP_PORT" "$dir" > "$dir/origin.toml"
+port=$(port); op=$(port); dir="$WORK/warm"; mkdir -p "$dir"
+printf 'listen = "127.0.0.1:%s"\nupstream = "http://127.0.0.1:%s"\nstore_dir = "%s/store"\nverify = "off"\n[operator]\nlisten = "127.0.0.1:%s"\n[log]\nlevel = "warn"\n' "$port" "$UP_PORT" "$dir" "$op" > "$dir/origin.toml"
 "$BIN/modcdn-origin" serve --config "$dir/origin.toml" >/dev/null & PIDS+=($!)
 wait_http "http://127.0.0.1:$port/healthz"
-start_edge "$dir" "$port"; PIDS+=("$EDGE_PID")
+start_edge "$dir" "$port" "$op"; PIDS+=("$EDGE_PID")
 warm_run() {
   local d="$dir/go-$RANDOM" start end
   cp -r "$WORK/consumer" "$d"

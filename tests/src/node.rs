@@ -19,7 +19,14 @@ pub fn binary(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// Writes an origin config for tests: random port, store under `dir`.
+/// The cluster token test origins and edges share (origins'
+/// `operator.token`, edges' `origin.token`).
+pub const CLUSTER_TOKEN: &str = "test-cluster-token-0123456789";
+/// The edges' `admin.token` in tests.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// Writes an origin config for tests: random ports (public and operator
+/// listeners), the cluster token, store under `dir`.
 pub fn write_config(dir: &Path, upstream: &str, extra: &str) -> io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let config = dir.join("origin.toml");
@@ -34,7 +41,8 @@ pub fn write_config(dir: &Path, upstream: &str, extra: &str) -> io::Result<PathB
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nstore_dir = \"{}\"\n{extra}\n{sumdb}",
+            "listen = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nstore_dir = \"{}\"\n{extra}\n{sumdb}\n\
+             [operator]\nlisten = \"127.0.0.1:0\"\ntoken = \"{CLUSTER_TOKEN}\"\n",
             store.display()
         ),
     )?;
@@ -44,7 +52,10 @@ pub fn write_config(dir: &Path, upstream: &str, extra: &str) -> io::Result<PathB
 /// A running `modcdn-origin serve`; killed when dropped.
 pub struct OriginProcess {
     child: Child,
+    /// `http://host:port` of the public (GOPROXY) listener.
     pub url: String,
+    /// `http://host:port` of the operator listener.
+    pub operator: String,
     pub config: PathBuf,
 }
 
@@ -116,24 +127,30 @@ impl OriginProcess {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
+            for _ in 0..2 {
+                if let Some(Ok(line)) = lines.next() {
+                    let _ = tx.send(line);
+                }
             }
             for _ in lines {}
         });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait().ok();
-                return Err(io::Error::other(format!("modcdn-origin did not start (exit: {status:?})")));
-            }
-        };
-        let url = line
-            .strip_prefix("GOPROXY=")
-            .ok_or_else(|| io::Error::other(format!("unexpected first line {line:?}")))?
-            .to_string();
-        Ok(OriginProcess { child, url, config: config.to_path_buf() })
+        let mut addresses = Vec::new();
+        for prefix in ["GOPROXY=", "OPERATOR="] {
+            let line = match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    return Err(io::Error::other(format!("modcdn-origin did not start (exit: {status:?})")));
+                }
+            };
+            let address = line
+                .strip_prefix(prefix)
+                .ok_or_else(|| io::Error::other(format!("unexpected line {line:?}, want {prefix}")))?;
+            addresses.push(address.to_string());
+        }
+        let (url, operator) = (addresses.remove(0), addresses.remove(0));
+        Ok(OriginProcess { child, url, operator, config: config.to_path_buf() })
     }
 
     /// SIGKILL, as a crash.
@@ -185,7 +202,16 @@ pub struct Member<'a> {
     pub id: &'a str,
     /// `http://host:port`, as [`OriginProcess::url`].
     pub url: &'a str,
+    /// `http://host:port`, as [`OriginProcess::operator`].
+    pub operator: &'a str,
     pub region: &'a str,
+}
+
+impl<'a> Member<'a> {
+    /// `origin` as member `id` of `region`.
+    pub fn of(id: &'a str, origin: &'a OriginProcess, region: &'a str) -> Member<'a> {
+        Member { id, url: &origin.url, operator: &origin.operator, region }
+    }
 }
 
 /// Writes a membership file for `members`, routing by the test GeoIP
@@ -196,8 +222,11 @@ pub fn write_membership(path: &Path, members: &[Member<'_>]) -> io::Result<()> {
         test_mmdb().display()
     );
     for m in members {
-        let address = m.url.trim_start_matches("http://");
-        s.push_str(&format!("[[origin]]\nid = \"{}\"\naddress = \"{address}\"\nregion = \"{}\"\n\n", m.id, m.region));
+        let (address, operator) = (m.url.trim_start_matches("http://"), m.operator.trim_start_matches("http://"));
+        s.push_str(&format!(
+            "[[origin]]\nid = \"{}\"\naddress = \"{address}\"\noperator = \"{operator}\"\nregion = \"{}\"\n\n",
+            m.id, m.region
+        ));
     }
     std::fs::write(path, s)
 }
@@ -214,7 +243,8 @@ pub struct EdgeProcess {
 impl EdgeProcess {
     /// Writes `<dir>/edge.toml` (random ports, cache in `<dir>/cache`,
     /// membership in `<dir>/membership.toml` from `members`, admin token
-    /// `test-token`, plus `extra` TOML) and starts it.
+    /// [`ADMIN_TOKEN`], origin token [`CLUSTER_TOKEN`], plus `extra` TOML)
+    /// and starts it.
     pub fn start(dir: &Path, members: &[Member<'_>], extra: &str) -> io::Result<EdgeProcess> {
         std::fs::create_dir_all(dir)?;
         write_membership(&dir.join("membership.toml"), members)?;
@@ -250,10 +280,16 @@ impl EdgeProcess {
         } else {
             ("[cache]\ndir = \"cache\"\n".to_string(), tables.to_string())
         };
+        // So does an `[origin]` table, the cluster token.
+        let (origin, tables) = if tables.contains("[origin]\n") {
+            (String::new(), tables.replacen("[origin]\n", &format!("[origin]\ntoken = \"{CLUSTER_TOKEN}\"\n"), 1))
+        } else {
+            (format!("[origin]\ntoken = \"{CLUSTER_TOKEN}\"\n"), tables)
+        };
         format!(
             "listen = \"127.0.0.1:{port}\"\nmembership = \"membership.toml\"\nupgrade_sock = \"upgrade.sock\"\n\
-             pid_file = \"edge.pid\"\n{top}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"test-token\"\n\
-             {cache}[purge]\npoll_ms = 200\n{tables}\n"
+             pid_file = \"edge.pid\"\n{top}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{ADMIN_TOKEN}\"\n\
+             {cache}{origin}[purge]\npoll_ms = 200\n{tables}\n"
         )
     }
 

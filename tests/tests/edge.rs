@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use modcdn_tests::corpus::{self, Corpus};
 use modcdn_tests::go::GoEnv;
 use modcdn_tests::http::{client, client_from, get, load, totals};
-use modcdn_tests::node::{EdgeProcess, Member, OriginProcess};
+use modcdn_tests::node::{EdgeProcess, Member, OriginProcess, ADMIN_TOKEN, CLUSTER_TOKEN};
 use modcdn_tests::upstream::{Faults, FixtureUpstream};
 
 /// Sum of a metric's samples (all label sets) on the edge's admin listener.
@@ -34,7 +34,7 @@ async fn stack(large: usize, origin_extra: &str, edge_extra: &str) -> Stack {
     let corpus = Corpus::generate(&tmp.path().join("corpus"), large).expect("corpus");
     let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
     let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), origin_extra).expect("origin");
-    let members = [Member { id: "o", url: &origin.url, region: "us" }];
+    let members = [Member::of("o", &origin, "us")];
     let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, edge_extra).expect("edge");
     Stack { tmp, corpus, upstream, origin, edge }
 }
@@ -49,7 +49,7 @@ async fn go_command_through_the_edge_and_a_restarted_edge_serves_from_disk() {
     let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 20).expect("corpus");
     let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
     let mut origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
-    let members = [Member { id: "us-1", url: &origin.url, region: "us" }];
+    let members = [Member::of("us-1", &origin, "us")];
     let mut edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "").expect("edge");
 
     let versions = corpus.versions.clone();
@@ -171,8 +171,7 @@ async fn clients_are_served_by_the_origins_of_their_region() {
     let no_prefetch = "[prefetch]\nenabled = false\n";
     let cn = OriginProcess::start(&tmp.path().join("cn"), &upstream.url(), no_prefetch).expect("cn origin");
     let us = OriginProcess::start(&tmp.path().join("us"), &upstream.url(), no_prefetch).expect("us origin");
-    let members =
-        [Member { id: "cn-1", url: &cn.url, region: "cn" }, Member { id: "us-1", url: &us.url, region: "us" }];
+    let members = [Member::of("cn-1", &cn, "cn"), Member::of("us-1", &us, "us")];
     let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "").expect("edge");
     let stored = |origin: &str, key: &str| tmp.path().join(origin).join("store").join(key).exists();
 
@@ -211,9 +210,8 @@ async fn purges_reach_this_edge_at_once_and_others_through_the_origin_log() {
     let tmp = modcdn_tests::tempdir();
     let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
     let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
-    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "purge_token = \"test-token\"\n")
-        .expect("origin");
-    let members = [Member { id: "o", url: &origin.url, region: "us" }];
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let members = [Member::of("o", &origin, "us")];
     let a = EdgeProcess::start(&tmp.path().join("a"), &members, "").expect("edge a");
     let mut b = EdgeProcess::start(&tmp.path().join("b"), &members, "").expect("edge b");
     let c = client();
@@ -229,10 +227,10 @@ async fn purges_reach_this_edge_at_once_and_others_through_the_origin_log() {
     let purge = |query: &str| format!("{}/purge?{query}", a.admin);
     let r = c.post(purge("module=example.com/alpha")).send().await.expect("purge");
     assert_eq!(r.status(), 401);
-    let r = c.post(purge("module=..")).bearer_auth("test-token").send().await.expect("purge");
+    let r = c.post(purge("module=..")).bearer_auth(ADMIN_TOKEN).send().await.expect("purge");
     assert_eq!(r.status(), 400);
 
-    let r = c.post(purge("module=example.com/alpha")).bearer_auth("test-token").send().await.expect("purge");
+    let r = c.post(purge("module=example.com/alpha")).bearer_auth(ADMIN_TOKEN).send().await.expect("purge");
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.expect("json");
     assert!(body["removed"].as_u64().unwrap_or(0) >= 1, "{body}");
@@ -260,7 +258,7 @@ async fn purges_reach_this_edge_at_once_and_others_through_the_origin_log() {
     // An edge that is down during a purge applies it when it comes back.
     assert_eq!(get(&c, &format!("{}/{info}", b.url)).await.1, "HIT");
     assert!(b.terminate(Duration::from_secs(20)));
-    let r = c.post(purge(&format!("path={info}"))).bearer_auth("test-token").send().await.expect("purge");
+    let r = c.post(purge(&format!("path={info}"))).bearer_auth(ADMIN_TOKEN).send().await.expect("purge");
     assert_eq!(r.status(), 200);
     b.spawn(false).expect("b restarts");
     wait_for_miss(b.url.clone(), info.clone()).await;
@@ -399,7 +397,7 @@ async fn tls_with_http2_serves_the_go_command() {
     std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).expect("key.pem");
     let tls_port = modcdn_tests::node::free_port().expect("port");
     let extra = format!("[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n");
-    let _edge = EdgeProcess::start(&dir, &[Member { id: "o", url: &origin.url, region: "us" }], &extra).expect("edge");
+    let _edge = EdgeProcess::start(&dir, &[Member::of("o", &origin, "us")], &extra).expect("edge");
     let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).expect("root");
     let base = format!("https://localhost:{tls_port}");
     let key = Corpus::key(corpus::ALPHA, "v1.0.0", "mod");
@@ -472,7 +470,7 @@ async fn a_clients_trace_reaches_upstream_and_spans_are_exported() {
     .expect("origin");
     let mut edge = EdgeProcess::start(
         &tmp.path().join("edge"),
-        &[Member { id: "o", url: &origin.url, region: "us" }],
+        &[Member::of("o", &origin, "us")],
         &format!("grace_secs = 1\n{log}"),
     )
     .expect("edge");
@@ -502,12 +500,9 @@ async fn a_new_version_of_a_hot_module_is_at_the_edge_before_anyone_asks() {
     let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
     let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "[sync]\ninterval_ms = 300\n")
         .expect("origin");
-    let edge = EdgeProcess::start(
-        &tmp.path().join("edge"),
-        &[Member { id: "o", url: &origin.url, region: "us" }],
-        "[hot]\ninterval_ms = 300\n",
-    )
-    .expect("edge");
+    let edge =
+        EdgeProcess::start(&tmp.path().join("edge"), &[Member::of("o", &origin, "us")], "[hot]\ninterval_ms = 300\n")
+            .expect("edge");
     // Clients make alpha hot at the edge (the origin sees only the misses).
     let c = client();
     for _ in 0..20 {
@@ -516,8 +511,15 @@ async fn a_new_version_of_a_hot_module_is_at_the_edge_before_anyone_asks() {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let hotz: serde_json::Value =
-        c.get(format!("{}/hotz", origin.url)).send().await.expect("hotz").json().await.expect("json");
+    let hotz: serde_json::Value = c
+        .get(format!("{}/hotz", origin.operator))
+        .bearer_auth(CLUSTER_TOKEN)
+        .send()
+        .await
+        .expect("hotz")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(hotz[0]["module"], "example.com/alpha", "the edge reported what it served: {hotz}");
 
     let prefetched = metric(&edge, "modcdn_edge_prefetched_total").await;
@@ -539,8 +541,9 @@ async fn a_new_version_of_a_hot_module_is_at_the_edge_before_anyone_asks() {
     let artifacts = || async {
         let mut n = 0.0;
         for kind in ["info", "mod", "zip"] {
-            n += modcdn_tests::http::scrape(&origin.url, &format!("modcdn_origin_requests_total{{kind=\"{kind}\""))
-                .await;
+            n +=
+                modcdn_tests::http::scrape(&origin.operator, &format!("modcdn_origin_requests_total{{kind=\"{kind}\""))
+                    .await;
         }
         n
     };
@@ -574,7 +577,7 @@ async fn the_disk_budget_evicts_and_its_lru_state_survives_a_restart() {
         .collect();
     let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
     let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
-    let members = [Member { id: "o", url: &origin.url, region: "us" }];
+    let members = [Member::of("o", &origin, "us")];
     let mut edge =
         EdgeProcess::start(&tmp.path().join("edge"), &members, "[cache]\nmax_mib = 1\nmemory_mib = 0\n").expect("edge");
     let c = client();
@@ -621,7 +624,7 @@ fn config_errors_name_file_and_key_and_exit_64() {
     let membership = tmp.path().join("membership.toml");
     std::fs::write(
         &membership,
-        "single_region = true\n[[origin]]\nid = \"a\"\naddress = \"127.0.0.1:9\"\nregion = \"us\"\nweight = -1\n",
+        "single_region = true\n[[origin]]\nid = \"a\"\naddress = \"127.0.0.1:9\"\noperator = \"127.0.0.1:10\"\nregion = \"us\"\nweight = -1\n",
     )
     .expect("membership");
     for (text, want) in [
@@ -629,6 +632,7 @@ fn config_errors_name_file_and_key_and_exit_64() {
         ("[cache]\nmax_mib = 0\n", "key `cache.max_mib`"),
         ("bogus = 1\n", "unknown field `bogus`"),
         ("[tls]\nlisten = \"127.0.0.1:8443\"\n", "key `tls.cert`"),
+        ("[admin]\ntoken = \"change-me\"\n", "key `admin.token`"),
         ("membership = \"nowhere.toml\"\n", "nowhere.toml"),
         ("membership = \"membership.toml\"\n", "membership.toml:2: key `origin[0].weight`"),
     ] {

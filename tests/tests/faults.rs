@@ -31,8 +31,7 @@ async fn three(versions: usize, origin_extra: &str, edge_extra: &str) -> Three {
         .iter()
         .map(|id| OriginProcess::start(&tmp.path().join(id), &upstream.url(), origin_extra).expect("origin"))
         .collect();
-    let members: Vec<Member> =
-        ["a", "b", "c"].iter().zip(&origins).map(|(id, o)| Member { id, url: &o.url, region: "us" }).collect();
+    let members: Vec<Member> = ["a", "b", "c"].iter().zip(&origins).map(|(id, o)| Member::of(id, o, "us")).collect();
     let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, edge_extra).expect("edge");
     Three { tmp, corpus, upstream, origins, edge }
 }
@@ -162,7 +161,7 @@ async fn an_origin_failing_for_its_own_reasons_or_dying_costs_clients_nothing_an
 
     // Mended, it comes back through health checks and serves again.
     mend_store(&s.tmp.path().join("c"));
-    let c_url = s.origins[2].url.clone();
+    let c_url = s.origins[2].operator.clone();
     let served_before = scrape(&c_url, "modcdn_origin_requests_total{status=\"200\"}").await;
     let clients = load(&s.edge.url, &later, 8, 200, false, &stop_after(Duration::from_secs(3)));
     let (_, failed) = totals(clients).await;
@@ -198,7 +197,7 @@ async fn a_cached_404_gives_way_to_the_large_zip_published_after_it() {
     let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
     let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "[ttl]\nnegative_secs = 1\n")
         .expect("origin");
-    let members = [Member { id: "o", url: &origin.url, region: "us" }];
+    let members = [Member::of("o", &origin, "us")];
     let edge = EdgeProcess::start(
         &tmp.path().join("edge"),
         &members,

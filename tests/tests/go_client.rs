@@ -83,8 +83,8 @@ async fn latest_falls_back_to_the_list_when_upstream_has_none() {
 }
 
 /// Client-started upstream fetches, from the origin's metrics.
-async fn client_fetches(origin_url: &str) -> u64 {
-    let text = reqwest::get(format!("{origin_url}/metrics")).await.expect("metrics").text().await.expect("text");
+async fn client_fetches(operator: &str) -> u64 {
+    let text = reqwest::get(format!("{operator}/metrics")).await.expect("metrics").text().await.expect("text");
     text.lines()
         .find_map(|l| l.strip_prefix("modcdn_origin_upstream_fetches_total{trigger=\"client\"} "))
         .and_then(|v| v.trim().parse().ok())
@@ -117,7 +117,7 @@ async fn dependency_prefetch_saves_synchronous_upstream_fetches() {
         .await
         .expect("go build");
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "c0 c1 c2 c3");
-        results.push((name, client_fetches(&origin.url).await, started.elapsed()));
+        results.push((name, client_fetches(&origin.operator).await, started.elapsed()));
     }
     let (off, on) = (results[0].1, results[1].1);
     eprintln!(

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use modcdn_tests::corpus::{self, Corpus};
 use modcdn_tests::http::{client, get, scrape};
-use modcdn_tests::node::{EdgeProcess, Member, OriginProcess};
+use modcdn_tests::node::{EdgeProcess, Member, OriginProcess, CLUSTER_TOKEN};
 use modcdn_tests::upstream::FixtureUpstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -89,7 +89,7 @@ async fn an_edge_closes_slow_headers_and_caps_connections_per_client() {
     let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
     let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
     let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
-    let members = [Member { id: "o", url: &origin.url, region: "us" }];
+    let members = [Member::of("o", &origin, "us")];
     let extra = "header_timeout_ms = 700\n[rate_limit]\nmax_connections_per_ip = 4\n";
     let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, extra).expect("edge");
     let addr = edge.url.trim_start_matches("http://").to_string();
@@ -148,7 +148,7 @@ async fn paths_the_protocol_does_not_allow_are_refused_before_any_upstream() {
     let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
     let sumdb = "[[checksum_db]]\nname = \"sum.golang.org\"\nurl = \"{}\"\n".replace("{}", &upstream.url());
     let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), &sumdb).expect("origin");
-    let members = [Member { id: "o", url: &origin.url, region: "us" }];
+    let members = [Member::of("o", &origin, "us")];
     let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "").expect("edge");
     let c = client();
     let long = format!("/example.com/{}/@v/list", "a".repeat(3000));
@@ -179,21 +179,59 @@ async fn paths_the_protocol_does_not_allow_are_refused_before_any_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hot_reports_with_absurd_weights_are_refused() {
+async fn operator_endpoints_are_only_on_the_operator_listener_with_the_cluster_token() {
     let tmp = modcdn_tests::tempdir();
     let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
     let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
     let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
     let c = client();
+    let report = "[{\"module\":\"example.com/alpha\",\"weight\":8}]";
+    let purge = "/purge?module=example.com/alpha";
+    // The public listener: the GOPROXY protocol and probes only.
+    for (method, path) in [
+        ("POST", "/hotz"),
+        ("GET", "/hotz"),
+        ("POST", purge),
+        ("GET", "/purgez"),
+        ("GET", "/metrics"),
+        ("GET", "/loadz"),
+    ] {
+        let r = c.request(method.parse().expect("method"), format!("{}{path}", origin.url)).bearer_auth(CLUSTER_TOKEN);
+        let status = r.body(report).send().await.expect("send").status().as_u16();
+        assert!(status == 404 || status == 405, "{method} {path} on the public listener: {status}");
+    }
+    assert_eq!(get(&c, &format!("{}/healthz", origin.url)).await.0, 200);
+    // The operator listener: without the token, or with another, 401.
+    for (method, path) in [("POST", "/hotz"), ("GET", "/hotz"), ("POST", purge), ("GET", "/purgez")] {
+        for token in [None, Some("test-cluster-token-012345678"), Some("")] {
+            let mut r = c.request(method.parse().expect("method"), format!("{}{path}", origin.operator));
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            let r = r.body(report).send().await.expect("send");
+            assert_eq!(r.status().as_u16(), 401, "{method} {path} with {token:?}");
+            assert!(r.headers().contains_key("www-authenticate"));
+        }
+    }
+    // Probes and metrics need no token there (a private network's Prometheus).
+    assert_eq!(get(&c, &format!("{}/metrics", origin.operator)).await.0, 200);
+    assert_eq!(get(&c, &format!("{}/loadz", origin.operator)).await.0, 200);
+    let with = |method: &str, path: &str| {
+        c.request(method.parse().expect("method"), format!("{}{path}", origin.operator)).bearer_auth(CLUSTER_TOKEN)
+    };
+    assert_eq!(with("POST", purge).send().await.expect("purge").status().as_u16(), 200);
+    let log: serde_json::Value = with("GET", "/purgez").send().await.expect("log").json().await.expect("json");
+    assert_eq!(log["entries"].as_array().map(Vec::len), Some(1), "{log}");
+
+    // Hot reports take only finite, bounded weights.
     for weight in ["1e308", "-1", "0", "1e10"] {
         let body = format!("[{{\"module\":\"example.com/alpha\",\"weight\":{weight}}}]");
-        let r = c.post(format!("{}/hotz", origin.url)).body(body).send().await.expect("post");
+        let r = with("POST", "/hotz").body(body).send().await.expect("post");
         assert_eq!(r.status().as_u16(), 400, "weight {weight}");
     }
-    let r = c.post(format!("{}/hotz", origin.url)).body("[{\"module\":\"example.com/alpha\",\"weight\":8}]").send();
+    let r = with("POST", "/hotz").body(report).send();
     assert_eq!(r.await.expect("post").status().as_u16(), 200);
-    let hot: serde_json::Value =
-        c.get(format!("{}/hotz", origin.url)).send().await.expect("get").json().await.expect("json");
+    let hot: serde_json::Value = with("GET", "/hotz").send().await.expect("get").json().await.expect("json");
     let w = hot[0]["weight"].as_f64().expect("weight");
     assert!((7.9..8.1).contains(&w), "{hot}");
 }
@@ -239,7 +277,7 @@ async fn client_tiers_get_their_caps_and_their_share_of_a_saturated_uplink() {
     let corpus = Corpus::generate(&tmp.path().join("corpus"), 40 << 20).expect("corpus");
     let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
     let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
-    let members = [Member { id: "o", url: &origin.url, region: "us" }];
+    let members = [Member::of("o", &origin, "us")];
     let tiers = |uplink: u32, vip: u32, normal: u32| {
         format!(
             "[bandwidth]\nuplink_mbit = {uplink}.0\n\

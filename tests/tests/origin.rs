@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use modcdn_tests::corpus::{Corpus, ALPHA, LARGE};
-use modcdn_tests::node::OriginProcess;
+use modcdn_tests::node::{OriginProcess, CLUSTER_TOKEN};
 use modcdn_tests::upstream::{Faults, FixtureUpstream};
 use reqwest::StatusCode;
 
@@ -32,6 +32,11 @@ impl Setup {
     async fn get(&self, key: &str) -> reqwest::Response {
         self.client.get(format!("{}/{key}", self.origin.url)).send().await.expect("request")
     }
+    /// An operator endpoint (`metrics`, `loadz`, `hotz`), with the cluster token.
+    async fn operator(&self, path: &str) -> reqwest::Response {
+        let r = self.client.get(format!("{}/{path}", self.origin.operator)).bearer_auth(CLUSTER_TOKEN);
+        r.send().await.expect("request")
+    }
 }
 
 fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
@@ -56,7 +61,7 @@ async fn concurrent_misses_on_one_zip_make_one_upstream_request() {
         assert_eq!(t.await.expect("task"), (StatusCode::OK, want));
     }
     assert_eq!(s.upstream.counters().get(&key), 1, "200 concurrent misses → 1 upstream request");
-    let metrics = s.get("metrics").await.text().await.expect("metrics");
+    let metrics = s.operator("metrics").await.text().await.expect("metrics");
     let waiters = metrics
         .lines()
         .find_map(|l| l.strip_prefix("modcdn_origin_singleflight_waiters_total "))
@@ -418,7 +423,7 @@ fn config_errors_name_the_file_and_key_and_exit_64() {
 async fn loadz_reports_what_edges_health_checks_read() {
     let s = setup(1024, "").await;
     let _ = s.get(&Corpus::key(ALPHA, "v1.0.0", "info")).await;
-    let addr = s.origin.url.trim_start_matches("http://").to_string();
+    let addr = s.origin.operator.trim_start_matches("http://").to_string();
     let report = tokio::task::spawn_blocking(move || {
         let agent: ureq::Agent =
             ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(2))).build().into();
@@ -438,7 +443,7 @@ async fn loadz_reports_what_edges_health_checks_read() {
         assert!(r.is_err(), "the client gave up");
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let loadz: serde_json::Value = s.get("loadz").await.json().await.expect("loadz");
+    let loadz: serde_json::Value = s.operator("loadz").await.json().await.expect("loadz");
     assert_eq!(loadz["in_flight"], 0, "{loadz}");
 }
 
@@ -512,17 +517,19 @@ async fn a_new_version_of_a_hot_module_is_fetched_before_anyone_asks() {
             assert_eq!(s.get(&key).await.status(), StatusCode::OK);
         }
     }
-    let hot: serde_json::Value = s.get("hotz").await.json().await.expect("hotz");
+    let hot: serde_json::Value = s.operator("hotz").await.json().await.expect("hotz");
     assert_eq!(hot[0]["module"], ALPHA, "{hot}");
     // A round sees the list as it is; then the author publishes v1.3.0.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&s.get("metrics").await.text().await.expect("metrics"), "modcdn_origin_sync_rounds_total ") < 1.0 {
+    while metric(&s.operator("metrics").await.text().await.expect("metrics"), "modcdn_origin_sync_rounds_total ") < 1.0
+    {
         assert!(Instant::now() < deadline, "no sync round");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     s.corpus.publish(ALPHA, "v1.3.0").expect("publish");
     let published = Instant::now();
-    while metric(&s.get("metrics").await.text().await.expect("metrics"), "modcdn_origin_sync_new_versions_total ") < 1.0
+    while metric(&s.operator("metrics").await.text().await.expect("metrics"), "modcdn_origin_sync_new_versions_total ")
+        < 1.0
     {
         assert!(Instant::now() < deadline, "the new version was not synced");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -537,6 +544,6 @@ async fn a_new_version_of_a_hot_module_is_fetched_before_anyone_asks() {
         assert_eq!(s.upstream.counters().get(&key), 1, "fetched once, by sync");
     }
     assert_eq!(s.upstream.counters().total(), seen, "the first client requests asked upstream nothing");
-    let m = s.get("metrics").await.text().await.expect("metrics");
+    let m = s.operator("metrics").await.text().await.expect("metrics");
     assert!(metric(&m, "modcdn_origin_prefetch_useful_total ") >= 3.0, "{m}");
 }

@@ -4,7 +4,7 @@
 
 use modcdn_tests::corpus::Corpus;
 use modcdn_tests::go::GoEnv;
-use modcdn_tests::node::OriginProcess;
+use modcdn_tests::node::{OriginProcess, CLUSTER_TOKEN};
 use modcdn_tests::upstream::FixtureUpstream;
 use reqwest::StatusCode;
 
@@ -100,8 +100,15 @@ async fn private_modules_stay_private() {
     assert_eq!(private.counters().get(&Corpus::key(PRIVATE, "v1.0.0", "info")), 1, "from the private route");
 
     // Nothing about the private module ever reached the public side.
-    let hot: serde_json::Value =
-        client.get(format!("{}/hotz", origin.url)).send().await.expect("hotz").json().await.expect("json");
+    let hot: serde_json::Value = client
+        .get(format!("{}/hotz", origin.operator))
+        .bearer_auth(CLUSTER_TOKEN)
+        .send()
+        .await
+        .expect("hotz")
+        .json()
+        .await
+        .expect("json");
     assert!(!hot.to_string().contains("corp.example.com"), "{hot}");
     let leaked: u64 = ["corp.example.com", "sumdb"].iter().map(|needle| public.counters().matching(needle)).sum();
     assert_eq!(leaked, 0, "requests for private paths or checksum lookups reached the public side");
@@ -204,7 +211,7 @@ async fn edges_cache_private_modules_only_when_told_and_only_per_credential() {
         private.url()
     );
     let origin = OriginProcess::start(&tmp.path().join("origin"), &public.url(), &extra).expect("origin");
-    let members = [Member { id: "o", url: &origin.url, region: "us" }];
+    let members = [Member::of("o", &origin, "us")];
     let plain = EdgeProcess::start(&tmp.path().join("plain"), &members, "").expect("edge");
     let caching = EdgeProcess::start(&tmp.path().join("caching"), &members, "[cache]\nprivate = true\n").expect("edge");
     let client = reqwest::Client::new();

@@ -45,12 +45,12 @@ async fn the_store_budget_holds_while_filling_and_across_a_restart() {
         for (key, status, _, _) in fetch_all(&origin.url, chunk).await {
             assert_eq!(status, 200, "{key}");
         }
-        let stored = scrape(&origin.url, "modcdn_origin_store_bytes").await as u64;
+        let stored = scrape(&origin.operator, "modcdn_origin_store_bytes").await as u64;
         // One artifact may be over while it is published; its trailer too.
         assert!(stored <= budget + largest + 1024, "store {stored} bytes over a budget of {budget}");
     }
     // 4500 artifacts with their records take about 1.5 MiB: a third had to go.
-    let text = client().get(format!("{}/metrics", origin.url)).send().await.expect("m").text().await.expect("m");
+    let text = client().get(format!("{}/metrics", origin.operator)).send().await.expect("m").text().await.expect("m");
     assert!(metric_sum(&text, "modcdn_origin_store_evictions_total") > 1000.0, "{text}");
     assert_eq!(metric_sum(&text, "modcdn_origin_store_budget_bytes"), budget as f64);
 
@@ -69,7 +69,7 @@ async fn the_store_budget_holds_while_filling_and_across_a_restart() {
 
     assert!(origin.terminate(Duration::from_secs(10)));
     let origin = OriginProcess::start_with_config(&origin.config).expect("restart");
-    let stored = scrape(&origin.url, "modcdn_origin_store_bytes").await as u64;
+    let stored = scrape(&origin.operator, "modcdn_origin_store_bytes").await as u64;
     assert!(stored > 0 && stored <= budget, "after a restart the store holds {stored} bytes");
 }
 
@@ -94,7 +94,7 @@ async fn a_full_file_system_fails_only_new_writes_and_hits_go_on() {
             assert!(body.contains("store write failed"), "{name}: {body}");
             assert!(!body.contains(&dir.display().to_string()), "error bodies name no file paths: {body}");
         }
-        assert!(scrape(&origin.url, "modcdn_origin_store_write_errors_total").await >= failed.len() as f64);
+        assert!(scrape(&origin.operator, "modcdn_origin_store_write_errors_total").await >= failed.len() as f64);
         // What was stored is served, whole, from the full store.
         for key in stored.iter().take(50) {
             let r = client().get(format!("{}/{key}", origin.url)).send().await.expect("hit");

@@ -29,7 +29,6 @@ async fn go_verifies_every_download_through_the_proxy() {
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).expect("work");
     let versions = corpus.versions.clone();
-    let origin_url = origin.url.clone();
     tokio::task::spawn_blocking(move || {
         let args: Vec<String> = versions.iter().map(|v| format!("{}@{}", v.path, v.version)).collect();
         let mut cmd = vec!["mod", "download", "-json"];
@@ -44,7 +43,7 @@ async fn go_verifies_every_download_through_the_proxy() {
 
     // The go command really went through the proxy for the database.
     let metrics =
-        client.get(format!("{origin_url}/metrics")).send().await.expect("metrics").text().await.expect("text");
+        client.get(format!("{}/metrics", origin.operator)).send().await.expect("metrics").text().await.expect("text");
     let lookups: u64 = metrics
         .lines()
         .filter(|l| {
@@ -121,7 +120,8 @@ async fn the_origin_verifies_before_storing() {
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("checksum mismatch"), "{body}");
     assert!(modcdn_tests::files(&tmp.path().join("origin/store")).iter().all(|f| !f.contains("alpha/@v/v1.0.0.zip")));
-    let metrics = get("metrics".into()).await.1;
+    let metrics = client.get(format!("{}/metrics", origin.operator)).send().await.expect("metrics");
+    let metrics = metrics.text().await.expect("metrics");
     assert!(metrics.contains("modcdn_origin_checksum_mismatch_total 1"), "{metrics}");
 
     // Every genuine artifact verifies (and later trees stay consistent with earlier ones).
@@ -258,8 +258,7 @@ async fn through_the_edge_go_verifies_everything_and_a_tampered_zip_is_refused()
         db.url, db.key
     );
     let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), &extra).expect("origin");
-    let edge = EdgeProcess::start(&tmp.path().join("edge"), &[Member { id: "o", url: &origin.url, region: "us" }], "")
-        .expect("edge");
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &[Member::of("o", &origin, "us")], "").expect("edge");
 
     let mut go = GoEnv::new(&tmp.path().join("go"), &edge.url);
     go.sumdb = db.key.clone();
