@@ -55,6 +55,9 @@ pub struct OriginConfig {
     pub noproxy: String,
     /// Patterns never looked up in a checksum database (GONOSUMDB syntax). Default "".
     pub nosumdb: String,
+    /// Peers (the edges) whose `X-Forwarded-For` names the client, for
+    /// private routes' `networks` (CIDRs). Default none.
+    pub trusted_proxies: Vec<String>,
     /// The operator listener and the cluster token.
     pub operator: OperatorConfig,
     pub log: LogConfig,
@@ -153,6 +156,7 @@ impl Default for OriginConfig {
             private: Vec::new(),
             noproxy: String::new(),
             nosumdb: String::new(),
+            trusted_proxies: Vec::new(),
             operator: OperatorConfig::default(),
             log: LogConfig::default(),
         }
@@ -196,6 +200,9 @@ impl Validate for OriginConfig {
             if v == 0 {
                 errs.push((key.into(), "must be above 0".into()));
             }
+        }
+        if let Err(e) = modcdn_shared::net::parse_networks(&self.trusted_proxies) {
+            errs.push(("trusted_proxies".into(), e));
         }
         if let Some(problem) = modcdn_shared::secret::token_problem(&self.operator.token) {
             errs.push(("operator.token".into(), problem));
@@ -264,6 +271,13 @@ impl Validate for OriginConfig {
             }
             if p.basic_users.iter().any(|u| !u.contains(':')) {
                 errs.push((format!("private[{i}].basic_users"), "entries are user:password".into()));
+            }
+            if let Err(e) = modcdn_shared::net::parse_networks(&p.networks) {
+                errs.push((format!("private[{i}].networks"), e));
+            }
+            if p.bearer_tokens.is_empty() && p.basic_users.is_empty() && p.networks.is_empty() {
+                let why = "a private route needs bearer_tokens, basic_users or networks (who may read it)";
+                errs.push((format!("private[{i}].networks"), why.into()));
             }
         }
         if self.direct.timeout_secs == 0 || self.direct.concurrency == 0 {

@@ -62,6 +62,8 @@ pub struct Origin {
     pub purge_log: purge::PurgeLog,
     /// The cluster token operator endpoints ask for; empty turns them off.
     pub operator_token: String,
+    /// Peers whose `X-Forwarded-For` is believed (the edges).
+    pub trusted_proxies: Vec<modcdn_shared::net::IpNet>,
     /// EWMA of request latency in microseconds (f64 bits), for `/loadz`.
     latency_ewma_us: AtomicU64,
     /// Slots for pulls running at once (`http.max_pulls`).
@@ -119,6 +121,7 @@ impl Origin {
             purge_log: purge::PurgeLog::open(&config.store_dir)
                 .map_err(|e| format!("store_dir {}: purge log: {e}", config.store_dir.display()))?,
             operator_token: config.operator.token.clone(),
+            trusted_proxies: modcdn_shared::net::parse_networks(&config.trusted_proxies)?,
             latency_ewma_us: AtomicU64::new(0f64.to_bits()),
             pulls: tokio::sync::Semaphore::new(config.http.max_pulls),
             pulls_max: config.http.max_pulls,
@@ -196,8 +199,8 @@ pub async fn serve_until(
             accepted = operator.accept() => (accepted, &operator_app),
             _ = &mut shutdown => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off, go on.
                 tracing::warn!(error = %e, "accept failed");
@@ -206,7 +209,13 @@ pub async fn serve_until(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        // Handlers learn the peer (for private routes' networks) from the
+        // request's extensions.
+        let app = tower::ServiceExt::map_request(app.clone(), move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            req
+        });
+        let service = hyper_util::service::TowerToHyperService::new(app);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

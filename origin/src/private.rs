@@ -11,6 +11,8 @@
 //! public upstream or a checksum database). The module path itself stays
 //! case-sensitive everywhere else.
 
+use std::net::IpAddr;
+
 use axum::http::{header, HeaderMap};
 use base64::Engine;
 use modcdn_shared::pattern::match_prefix_patterns;
@@ -31,6 +33,10 @@ pub struct PrivateRouteConfig {
     /// Accepted basic-auth `user:password` pairs.
     #[serde(default)]
     pub basic_users: Vec<String>,
+    /// Client networks (CIDRs) that may read without credentials; the
+    /// client address is taken through `trusted_proxies` (the edges).
+    #[serde(default)]
+    pub networks: Vec<String>,
     /// Status for a client without valid credentials: 404 (default) or 401.
     #[serde(default = "default_unauthorized")]
     pub unauthorized_status: u16,
@@ -45,6 +51,7 @@ pub struct PrivateRoute {
     pub upstream: Upstream,
     bearer: Vec<String>,
     basic: Vec<String>,
+    networks: Vec<modcdn_shared::net::IpNet>,
     pub unauthorized_status: u16,
 }
 
@@ -60,6 +67,7 @@ impl PrivateRoute {
             upstream: Upstream::new(chain, http, direct)?,
             bearer: cfg.bearer_tokens.clone(),
             basic: cfg.basic_users.clone(),
+            networks: modcdn_shared::net::parse_networks(&cfg.networks)?,
             unauthorized_status: cfg.unauthorized_status,
         })
     }
@@ -68,10 +76,12 @@ impl PrivateRoute {
         matches_folded(&self.patterns, module)
     }
 
-    /// Whether the request carries one of this route's credentials. A
-    /// route without any accepts everyone (a trusted network).
-    pub fn authorized(&self, headers: &HeaderMap) -> bool {
-        if self.bearer.is_empty() && self.basic.is_empty() {
+    /// Whether the request carries one of this route's credentials, or
+    /// comes from one of its networks (`client`: the address through
+    /// trusted proxies). A route with neither, which the config refuses,
+    /// would admit no one.
+    pub fn authorized(&self, headers: &HeaderMap, client: Option<IpAddr>) -> bool {
+        if client.is_some_and(|ip| self.networks.iter().any(|n| n.contains(&ip))) {
             return true;
         }
         let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
@@ -128,6 +138,7 @@ mod tests {
             upstream: "http://127.0.0.1:9".into(),
             bearer_tokens: bearer.iter().map(|s| s.to_string()).collect(),
             basic_users: basic.iter().map(|s| s.to_string()).collect(),
+            networks: Vec::new(),
             unauthorized_status: 404,
         };
         let direct = std::sync::Arc::new(crate::direct::Direct::new(&crate::direct::DirectConfig::default()));
@@ -141,15 +152,20 @@ mod tests {
             r.matches("corp.example.com/team/lib") && r.matches("git.internal/x/y") && !r.matches("github.com/x/y")
         );
         let mut h = HeaderMap::new();
-        assert!(!r.authorized(&h));
+        assert!(!r.authorized(&h, None));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer s3cret"));
-        assert!(r.authorized(&h));
+        assert!(r.authorized(&h, None));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer wrong"));
-        assert!(!r.authorized(&h));
+        assert!(!r.authorized(&h, None));
         let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("ci:pw"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_str(&basic).expect("header"));
-        assert!(r.authorized(&h));
-        assert!(route(&[], &[]).authorized(&HeaderMap::new()), "no credentials configured: open");
+        assert!(r.authorized(&h, None));
+        let ip = |s: &str| Some(s.parse::<IpAddr>().expect("ip"));
+        assert!(!route(&[], &[]).authorized(&HeaderMap::new(), ip("10.1.2.3")), "neither: no one");
+        let mut open = route(&[], &[]);
+        open.networks = modcdn_shared::net::parse_networks(&["10.0.0.0/8".into()]).expect("cidr");
+        assert!(open.authorized(&HeaderMap::new(), ip("10.1.2.3")));
+        assert!(!open.authorized(&HeaderMap::new(), ip("192.0.2.1")) && !open.authorized(&HeaderMap::new(), None));
         let p = PrivatePolicy {
             routes: vec![r],
             noproxy: "vendor.example.org".into(),

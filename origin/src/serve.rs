@@ -263,14 +263,22 @@ async fn handle(State(o): State<Arc<Origin>>, req: axum::extract::Request) -> Re
     let started = std::time::Instant::now();
     let in_flight = InFlight::enter(&o.metrics.in_flight);
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let client = client_ip(&o, &req);
     let (kind, cache, resp) = if telemetry::traces_on() {
         let span = tracing::info_span!("origin request", %method, %path);
         telemetry::continue_trace(&span, req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
-        answer(&o, &method, &path, req.headers()).instrument(span).await
+        answer(&o, &method, &path, req.headers(), client).instrument(span).await
     } else {
-        answer(&o, &method, &path, req.headers()).await
+        answer(&o, &method, &path, req.headers(), client).await
     };
     finish(&o, &method, &path, started, in_flight, kind, cache, resp)
+}
+
+/// The client's address: the peer, or whom a trusted edge forwarded for.
+fn client_ip(o: &Origin, req: &axum::extract::Request) -> Option<std::net::IpAddr> {
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?.0.ip();
+    let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    Some(modcdn_shared::net::client_ip(peer, forwarded, &o.trusted_proxies))
 }
 
 /// The flow: method → parse → private gate → sumdb `supported` or artifact.
@@ -279,6 +287,7 @@ async fn answer(
     method: &Method,
     path: &str,
     headers: &HeaderMap,
+    client: Option<std::net::IpAddr>,
 ) -> (Option<Kind>, CacheResult, Response) {
     if method != Method::GET && method != Method::HEAD {
         let mut r = text(
@@ -294,7 +303,7 @@ async fn answer(
         Err(e) => return (None, CacheResult::None, respond_error(o, None, None, &e.into())),
     };
     let kind = Some(r.kind());
-    if let Some(resp) = private_gate(o, &r, headers) {
+    if let Some(resp) = private_gate(o, &r, headers, client) {
         return (kind, CacheResult::None, resp);
     }
     let (cache, mut resp) = match &r {
@@ -337,10 +346,10 @@ fn finish(
     resp
 }
 
-/// Private modules: a client without the route's credentials gets what a
-/// missing module gets (or 401), and checksum-database lookups for private
+/// Private modules: a client without the route's credentials, and not in
+/// its networks, gets what a missing module gets (or 401), and checksum-database lookups for private
 /// or `nosumdb` paths are never forwarded.
-fn private_gate(o: &Origin, req: &Request, headers: &HeaderMap) -> Option<Response> {
+fn private_gate(o: &Origin, req: &Request, headers: &HeaderMap, client: Option<std::net::IpAddr>) -> Option<Response> {
     if let Request::SumDb { kind: SumDbKind::Lookup, rest, .. } = req {
         let escaped = rest.strip_prefix("lookup/").and_then(|l| l.rsplit_once('@')).map(|(m, _)| m).unwrap_or("");
         let module = modcdn_shared::module::unescape_path(escaped).unwrap_or_default();
@@ -350,7 +359,7 @@ fn private_gate(o: &Origin, req: &Request, headers: &HeaderMap) -> Option<Respon
         return None;
     }
     let route = o.private.route(req.module()?.as_str())?;
-    if route.authorized(headers) {
+    if route.authorized(headers, client) {
         return None;
     }
     if route.unauthorized_status == 401 {

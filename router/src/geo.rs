@@ -133,22 +133,10 @@ impl Geo {
         Geo { reader, by_country, by_continent, default_region: map.default_region.clone(), trusted }
     }
 
-    fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.trusted.iter().any(|n| n.contains(&ip))
-    }
-
     /// The client's address: the peer, unless the peer is a trusted proxy
     /// and `X-Forwarded-For` names someone; garbage falls back to the peer.
     pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
-        let Some(xff) = forwarded_for.filter(|_| self.is_trusted(peer)) else { return peer };
-        let mut chain = Vec::new();
-        for part in xff.split(',') {
-            match part.trim().parse::<IpAddr>() {
-                Ok(ip) => chain.push(ip),
-                Err(_) => return peer,
-            }
-        }
-        chain.into_iter().rev().find(|ip| !self.is_trusted(*ip)).unwrap_or(peer)
+        modcdn_shared::net::client_ip(peer, forwarded_for, &self.trusted)
     }
 
     /// Country and continent codes of `ip`, when the database knows it.

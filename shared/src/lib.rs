@@ -14,6 +14,7 @@ pub mod gomod;
 pub mod hot;
 pub mod module;
 pub mod modzip;
+pub mod net;
 pub mod note;
 pub mod pattern;
 pub mod policy;

@@ -76,10 +76,11 @@ async fn private_modules_stay_private() {
         .expect("lookup");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
-    // The real go command through a route without credentials (a trusted
-    // network: Go 1.19 sends .netrc credentials over HTTPS only, and this
-    // origin speaks plain HTTP; TLS is the edge's).
-    let open_extra = extra.replace("basic_users = [\"ci:pw\"]\nbearer_tokens = [\"tok\"]\n", "");
+    // The real go command through a route open to its network (Go 1.19
+    // sends .netrc credentials over HTTPS only, and this origin speaks plain
+    // HTTP; TLS is the edge's).
+    let open_extra =
+        extra.replace("basic_users = [\"ci:pw\"]\nbearer_tokens = [\"tok\"]\n", "networks = [\"127.0.0.0/8\"]\n");
     let open = OriginProcess::start(&tmp.path().join("open-origin"), &public.url(), &open_extra).expect("origin");
     let mut go = GoEnv::new(&tmp.path().join("go"), &open.url);
     go.sumdb = "sum.golang.org".into();
@@ -160,7 +161,7 @@ async fn private_modules_come_direct_from_version_control() {
     let public = FixtureUpstream::start(public_corpus.root.clone()).await.expect("public upstream");
     let home = git_repo(&tmp.path().join("vcs"));
     let extra = format!(
-        "[direct]\ndir = \"{}\"\nhome = \"{}\"\ntimeout_secs = 60\n\n[[private]]\npatterns = \"git.modcdn.test\"\nupstream = \"direct\"\n",
+        "[direct]\ndir = \"{}\"\nhome = \"{}\"\ntimeout_secs = 60\n\n[[private]]\npatterns = \"git.modcdn.test\"\nupstream = \"direct\"\nnetworks = [\"127.0.0.1\"]\n",
         tmp.path().join("direct").display(),
         home.display()
     );
@@ -281,4 +282,59 @@ async fn a_case_variant_of_a_private_path_reaches_no_public_upstream_and_no_chec
         }
     }
     assert_eq!(public.counters().total(), 0, "a case variant reached the public upstream or checksum database");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_open_to_networks_serves_only_clients_forwarded_from_inside() {
+    use modcdn_tests::http::{client_from, get};
+    use modcdn_tests::node::{EdgeProcess, Member};
+    let tmp = modcdn_tests::tempdir();
+    let public_corpus = Corpus::generate(&tmp.path().join("public"), 1024).expect("corpus");
+    let public = FixtureUpstream::start(public_corpus.root.clone()).await.expect("public upstream");
+    let mut private_corpus = Corpus { root: tmp.path().join("private"), versions: Vec::new() };
+    private_corpus.publish(PRIVATE, "v1.0.0").expect("publish");
+    let private = FixtureUpstream::start(private_corpus.root.clone()).await.expect("private upstream");
+    // Edges connect from 127.0.0.1; clients in 127.0.2.0/24 may read.
+    let extra = format!(
+        "trusted_proxies = [\"127.0.0.1\"]\n[[private]]\npatterns = \"corp.example.com\"\nupstream = \"{}\"\n\
+         networks = [\"127.0.2.0/24\"]\n",
+        private.url()
+    );
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &public.url(), &extra).expect("origin");
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &[Member::of("o", &origin, "us")], "").expect("edge");
+    let key = Corpus::key(PRIVATE, "v1.0.0", "zip");
+    let inside = client_from("127.0.2.10");
+    for _ in 0..2 {
+        let (status, x_cache, _) = get(&inside, &format!("{}/{key}", edge.url)).await;
+        assert_eq!(status, 200, "inside, through the edge");
+        assert_ne!(x_cache, "HIT", "a private answer is not kept at the edge for anyone");
+    }
+    for outside in ["127.0.3.10", "127.0.0.5"] {
+        let (status, _, _) = get(&client_from(outside), &format!("{}/{key}", edge.url)).await;
+        assert_eq!(status, 404, "{outside} through the edge");
+    }
+    // Straight at the origin, a forged X-Forwarded-For from an untrusted peer is not believed.
+    let forged = client_from("127.0.0.5").get(format!("{}/{key}", origin.url)).header("x-forwarded-for", "127.0.2.10");
+    assert_eq!(forged.send().await.expect("get").status(), StatusCode::NOT_FOUND);
+    assert_eq!(get(&inside, &format!("{}/{key}", origin.url)).await.0, 200, "a client inside, straight");
+    assert_eq!(public.counters().matching("corp.example.com"), 0);
+}
+
+#[test]
+fn a_private_route_with_neither_credentials_nor_networks_is_refused_at_start() {
+    let tmp = modcdn_tests::tempdir();
+    let config = modcdn_tests::node::write_config(
+        tmp.path(),
+        "http://127.0.0.1:9",
+        "[[private]]\npatterns = \"corp.example.com\"\nupstream = \"http://127.0.0.1:9\"\n",
+    )
+    .expect("config");
+    let out = std::process::Command::new(modcdn_tests::node::binary("modcdn-origin"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("origin.toml") && err.contains("private[0].networks"), "{err}");
 }
