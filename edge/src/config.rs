@@ -84,6 +84,9 @@ pub struct CacheConfig {
     /// Cache answers to credentialed requests (private modules), each under
     /// its credential. Default false.
     pub private: bool,
+    /// How long a private copy is kept (whatever the artifact), so a
+    /// revoked credential stops working within it. Default 300.
+    pub private_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -187,6 +190,7 @@ impl Default for CacheConfig {
             memory_object_max_kib: 4096,
             lock_timeout_ms: 30_000,
             private: false,
+            private_ttl_secs: 300,
         }
     }
 }

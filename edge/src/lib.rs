@@ -72,6 +72,7 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
         metrics: Arc::clone(&metrics),
         ttls: cfg.ttl.ttls(),
         cache_private: cfg.cache.private,
+        private_ttl: Duration::from_secs(cfg.cache.private_ttl_secs),
         region: cfg.region.clone(),
         retries: cfg.origin.retries,
         connect_timeout: cfg.connect_timeout(),

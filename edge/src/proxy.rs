@@ -78,6 +78,8 @@ pub struct Edge {
     pub ttls: Ttls,
     /// Whether answers to credentialed requests are cached (per credential).
     pub cache_private: bool,
+    /// Longest a private copy is kept.
+    pub private_ttl: Duration,
     /// Region of clients GeoIP cannot place; empty: the region map's default.
     pub region: String,
     pub retries: usize,
@@ -306,12 +308,17 @@ impl ProxyHttp for Edge {
         }
         let rule = policy::rule(request.kind(), outcome, &self.ttls);
         let now = SystemTime::now();
-        let (fresh, swr, sie) = match rule.freshness {
+        let (mut fresh, mut swr, mut sie) = match rule.freshness {
             Freshness::Never => return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)),
             Freshness::Forever => (FOREVER, 0, 0),
             Freshness::Ttl(ttl) if rule.stale_if_error => (ttl, ttl.as_secs() as u32, STALE_IF_ERROR.as_secs() as u32),
             Freshness::Ttl(ttl) => (ttl, 0, 0),
         };
+        // A private copy lasts at most the private TTL and is never served
+        // stale: the origin decides again who may have it.
+        if cache_control.contains("private") {
+            (fresh, swr, sie) = (fresh.min(self.private_ttl), 0, 0);
+        }
         Ok(RespCacheable::Cacheable(CacheMeta::new(now + fresh, now, swr, sie, resp.clone())))
     }
 

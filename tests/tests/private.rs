@@ -246,6 +246,22 @@ async fn edges_cache_private_modules_only_when_told_and_only_per_credential() {
     assert_eq!(wrong.0, StatusCode::NOT_FOUND, "another credential is not served the cached copy: {wrong:?}");
     assert_eq!(fetch(caching.url.clone(), Some("other")).await, (StatusCode::OK, "MISS".to_string()));
     assert_eq!(private.counters().get(&key), 1, "the origin stored it once; edges asked the origin");
+
+    // A private copy lasts `cache.private_ttl_secs` (even of an immutable
+    // zip), so a revoked credential stops working within it.
+    let short = "[cache]\nprivate = true\nprivate_ttl_secs = 1\n";
+    let short = EdgeProcess::start(&tmp.path().join("short"), &members, short).expect("edge");
+    assert_eq!(fetch(short.url.clone(), Some("tok")).await, (StatusCode::OK, "MISS".to_string()));
+    assert_eq!(fetch(short.url.clone(), Some("tok")).await, (StatusCode::OK, "HIT".to_string()));
+    // Past it the edge asks the origin again (which decides anew; a 304
+    // shows as HIT), rather than answering from its copy.
+    let served = || modcdn_tests::http::scrape(&origin.operator, "modcdn_origin_requests_total");
+    let before = served().await;
+    let asked_again = modcdn_tests::http::eventually(std::time::Duration::from_secs(10), || async {
+        assert_eq!(fetch(short.url.clone(), Some("tok")).await.0, StatusCode::OK);
+        served().await > before
+    });
+    assert!(asked_again.await, "the private copy outlived its TTL");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
