@@ -152,6 +152,29 @@ impl Origin {
     }
 
     /// The URL of checksum database `name`, if it is proxied.
+    /// The route an artifact at `key` belongs to now: a private route's
+    /// tag, or none for the public chain (and checksum-database answers).
+    pub fn route_of(&self, key: &str) -> Option<String> {
+        if self.private.routes.is_empty() || key.starts_with("sumdb/") {
+            return None;
+        }
+        let escaped = key.split_once("/@").map_or(key, |(m, _)| m);
+        let module = modcdn_shared::module::unescape_path(escaped).ok()?;
+        self.private.route(&module).map(|r| r.tag.clone())
+    }
+
+    /// The stored artifact at `key` (blocking), if it was fetched under
+    /// the route the module belongs to now; after a pattern change a copy
+    /// from another route is never served, but fetched afresh.
+    pub fn stored(&self, key: &str) -> std::io::Result<Option<store::Hit>> {
+        let Some(hit) = self.store.get(key)? else { return Ok(None) };
+        if hit.meta.route != self.route_of(key) {
+            tracing::info!(%key, stored = ?hit.meta.route, "stored under another route; fetching it afresh");
+            return Ok(None);
+        }
+        Ok(Some(hit))
+    }
+
     pub fn checksum_db(&self, name: &str) -> Option<&str> {
         self.checksum_dbs.get(name).map(String::as_str)
     }

@@ -83,7 +83,14 @@ mod tests {
     use super::*;
 
     fn meta(size: usize) -> Meta {
-        Meta { size: size as u64, sha256: String::new(), h1: None, fetched_at_ms: 0, upstream: String::new() }
+        Meta {
+            size: size as u64,
+            sha256: String::new(),
+            h1: None,
+            fetched_at_ms: 0,
+            upstream: String::new(),
+            route: None,
+        }
     }
 
     #[test]

@@ -48,6 +48,9 @@ fn default_unauthorized() -> u16 {
 
 pub struct PrivateRoute {
     pub patterns: String,
+    /// What artifacts fetched under this route are tagged with
+    /// ([`crate::store::Meta::route`]).
+    pub tag: String,
     pub upstream: Upstream,
     bearer: Vec<String>,
     basic: Vec<String>,
@@ -64,6 +67,7 @@ impl PrivateRoute {
         let chain = Chain::parse(&cfg.upstream)?;
         Ok(PrivateRoute {
             patterns: cfg.patterns.clone(),
+            tag: format!("private {}", cfg.patterns),
             upstream: Upstream::new(chain, http, direct)?,
             bearer: cfg.bearer_tokens.clone(),
             basic: cfg.basic_users.clone(),

@@ -208,7 +208,14 @@ async fn pull_zip(origin: &Arc<Origin>, req: &Request, fetched: Fetched, upstrea
     .map_err(|e| OriginError::Store(e.to_string()))?
     .map_err(|reason| invalid(origin, kind, format!("{key}: {reason}")))?;
     crate::verify::check(origin, module_path, version, &checked.h1, false).await?;
-    let meta = Meta { size, sha256: hex(&hasher.finalize()), h1: Some(checked.h1), fetched_at_ms: now_ms(), upstream };
+    let meta = Meta {
+        size,
+        sha256: hex(&hasher.finalize()),
+        h1: Some(checked.h1),
+        fetched_at_ms: now_ms(),
+        upstream,
+        route: origin.route_of(&key),
+    };
     blocking(origin, move |store| store.publish(staged, &meta)).await.map_err(|e| write_failed(origin, &key, e))?;
     origin.refresh_store_gauges();
     Ok(())
@@ -242,8 +249,14 @@ async fn put(
     h1: Option<String>,
     upstream: String,
 ) -> Result<(), OriginError> {
-    let meta =
-        Meta { size: body.len() as u64, sha256: hex(&Sha256::digest(&body)), h1, fetched_at_ms: now_ms(), upstream };
+    let meta = Meta {
+        size: body.len() as u64,
+        sha256: hex(&Sha256::digest(&body)),
+        h1,
+        fetched_at_ms: now_ms(),
+        upstream,
+        route: origin.route_of(key),
+    };
     let body = bytes::Bytes::from(body);
     let (k, b, m) = (key.to_string(), body.clone(), meta.clone());
     blocking(origin, move |store| store.put(&k, &b, &m)).await.map_err(|e| write_failed(origin, key, e))?;
@@ -331,16 +344,16 @@ pub async fn exists(origin: &Arc<Origin>, key: &str) -> bool {
     if origin.memory.get(key).is_some() {
         return true;
     }
-    let k = key.to_string();
-    blocking(origin, move |store| store.get(&k).map(|h| h.is_some())).await.unwrap_or(false)
+    let (o, k) = (Arc::clone(origin), key.to_string());
+    blocking(origin, move |_| o.stored(&k).map(|h| h.is_some())).await.unwrap_or(false)
 }
 
 pub async fn read(origin: &Arc<Origin>, key: &str) -> Result<Option<(Meta, Vec<u8>)>, OriginError> {
     if let Some(c) = origin.memory.get(key) {
         return Ok(Some((c.meta.clone(), c.body.to_vec())));
     }
-    let k = key.to_string();
-    blocking(origin, move |store| store.get(&k)?.map(|hit| Ok((hit.read_body()?, hit.meta))).transpose())
+    let (o, k) = (Arc::clone(origin), key.to_string());
+    blocking(origin, move |_| o.stored(&k)?.map(|hit| Ok((hit.read_body()?, hit.meta))).transpose())
         .await
         .map(|o| o.map(|(body, meta)| (meta, body)))
 }

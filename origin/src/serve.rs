@@ -517,7 +517,7 @@ async fn open(o: &Arc<Origin>, key: &str) -> Result<Option<Opened>, OriginError>
     }
     let (o2, k) = (Arc::clone(o), key.to_string());
     tokio::task::spawn_blocking(move || -> std::io::Result<Option<Opened>> {
-        let Some(hit) = o2.store.get(&k)? else { return Ok(None) };
+        let Some(hit) = o2.stored(&k)? else { return Ok(None) };
         if o2.memory.fits(hit.meta.size) {
             let body = Bytes::from(hit.read_body()?);
             if let Some(c) = o2.memory.insert(&k, hit.meta.clone(), body) {

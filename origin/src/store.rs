@@ -40,6 +40,10 @@ pub struct Meta {
     pub fetched_at_ms: u64,
     /// Which upstream it came from.
     pub upstream: String,
+    /// The private route it was fetched under (its patterns); none for
+    /// the public chain. Served only while the module is still that route's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
 }
 
 /// A stored artifact, opened for reading: its body is the first
@@ -437,6 +441,7 @@ pub fn conformance(store: &dyn Store) {
         h1: None,
         fetched_at_ms: 1,
         upstream: "test".into(),
+        route: None,
     };
     let write = |key: &str, body: &[u8]| -> Staged {
         let mut s = store.stage(key).expect("stage");
@@ -535,7 +540,14 @@ mod tests {
     }
 
     fn meta(body: &[u8]) -> Meta {
-        Meta { size: body.len() as u64, sha256: String::new(), h1: None, fetched_at_ms: 1, upstream: "t".into() }
+        Meta {
+            size: body.len() as u64,
+            sha256: String::new(),
+            h1: None,
+            fetched_at_ms: 1,
+            upstream: "t".into(),
+            route: None,
+        }
     }
 
     #[test]

@@ -83,6 +83,7 @@ async fn remember(o: &Arc<Origin>, v: &SumDbVerifier, tree: Tree) {
         h1: None,
         fetched_at_ms: crate::pull::now_ms(),
         upstream: v.name.clone(),
+        route: None,
     };
     let (store, key) = (Arc::clone(&o.store), v.tree_key());
     let res = tokio::task::spawn_blocking(move || store.put(&key, text.as_bytes(), &meta)).await;

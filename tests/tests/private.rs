@@ -354,3 +354,56 @@ fn a_private_route_with_neither_credentials_nor_networks_is_refused_at_start() {
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(err.contains("origin.toml") && err.contains("private[0].networks"), "{err}");
 }
+
+/// An artifact is served only under the route it was fetched from: after
+/// a pattern change, the copy fetched publicly (a public module squatting a
+/// private name) is not served as the private module, nor the private copy
+/// to the public, without a fresh fetch from the right route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_artifacts_are_served_only_under_the_route_they_came_from() {
+    let tmp = modcdn_tests::tempdir();
+    let mut public_corpus = Corpus { root: tmp.path().join("public"), versions: Vec::new() };
+    public_corpus.publish(PRIVATE, "v1.0.0").expect("publish");
+    let public = FixtureUpstream::start(public_corpus.root.clone()).await.expect("public upstream");
+    let mut private_corpus = Corpus { root: tmp.path().join("private"), versions: Vec::new() };
+    private_corpus.publish(PRIVATE, "v1.0.0").expect("publish");
+    let private = FixtureUpstream::start(private_corpus.root.clone()).await.expect("private upstream");
+    let route = format!(
+        "[[private]]\npatterns = \"corp.example.com\"\nupstream = \"{}\"\nbearer_tokens = [\"tok\"]\n",
+        private.url()
+    );
+    let dir = tmp.path().join("origin");
+    let client = reqwest::Client::new();
+    let keys: Vec<String> = ["info", "mod", "zip"].iter().map(|ext| Corpus::key(PRIVATE, "v1.0.0", ext)).collect();
+    let get_all = |base: String, token: Option<&'static str>| {
+        let (client, keys) = (client.clone(), keys.clone());
+        async move {
+            for key in &keys {
+                let mut req = client.get(format!("{base}/{key}"));
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
+                let r = req.send().await.expect("request");
+                assert_eq!(r.status(), StatusCode::OK, "{key}");
+            }
+        }
+    };
+
+    // 1. No private route yet: the public copy is fetched and stored.
+    let origin = OriginProcess::start(&dir, &public.url(), "").expect("origin");
+    get_all(origin.url.clone(), None).await;
+    drop(origin);
+    // 2. The path becomes private: the route's own copy is fetched, the
+    //    public one never served under it.
+    let origin = OriginProcess::start(&dir, &public.url(), &route).expect("origin");
+    get_all(origin.url.clone(), Some("tok")).await;
+    get_all(origin.url.clone(), Some("tok")).await;
+    drop(origin);
+    // 3. The route is removed: the private copy is not served to the public.
+    let origin = OriginProcess::start(&dir, &public.url(), "").expect("origin");
+    get_all(origin.url.clone(), None).await;
+    for key in &keys {
+        assert_eq!(private.counters().get(key), 1, "{key}: fetched once from the private route, then stored");
+        assert_eq!(public.counters().get(key), 2, "{key}: fetched publicly before and after the route");
+    }
+}
