@@ -2,8 +2,16 @@
 //! Athens does — `go mod download -json` and `go list -m -json` in a sandbox
 //! (its own GOPATH, module and build caches; GOPROXY=direct; the origin
 //! verifies against the checksum database itself), with a timeout and a
-//! concurrency limit. Credentials come from the go command's usual places
-//! (`.netrc`, git's config and credential helpers) in `direct.home`.
+//! concurrency limit.
+//!
+//! Public and private fetches run apart: each has its own sandbox (so a
+//! module cached by one is never answered by the other) and budget. Only
+//! private fetches see credentials — the go command's usual places
+//! (`.netrc`, git's config and credential helpers, ssh keys) in
+//! `direct.home`, and the origin's `SSH_AUTH_SOCK`, `NETRC` and `GIT_*`
+//! environment. Public fetches run with HOME `<dir>/public/home` (where an
+//! operator may put a `.gitconfig` without credentials) and no system git
+//! config.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -23,8 +31,9 @@ pub struct DirectConfig {
     /// Sandbox for the go command (GOPATH, module cache, build cache).
     /// Default `modcdn-data/direct`.
     pub dir: PathBuf,
-    /// HOME of the go command (its `.netrc`, `.gitconfig`, ssh keys).
-    /// Default: the origin's own HOME.
+    /// HOME of the go command for private routes (its `.netrc`,
+    /// `.gitconfig`, ssh keys). Default: the origin's own HOME. Public
+    /// fetches never see it.
     pub home: Option<PathBuf>,
     /// Longest a go command may run, in seconds. Default 300.
     pub timeout_secs: u64,
@@ -39,7 +48,13 @@ impl Default for DirectConfig {
 }
 
 pub struct Direct {
-    cfg: DirectConfig,
+    /// GOPATH, module and build caches, working directory.
+    sandbox: PathBuf,
+    /// HOME; `None`: the origin's own.
+    home: Option<PathBuf>,
+    /// Whether the origin's credential environment is passed on.
+    credentials: bool,
+    timeout: Duration,
     slots: Semaphore,
 }
 
@@ -56,8 +71,21 @@ struct GoJson {
 }
 
 impl Direct {
-    pub fn new(cfg: &DirectConfig) -> Direct {
-        Direct { cfg: cfg.clone(), slots: Semaphore::new(cfg.concurrency.max(1)) }
+    /// Fetches for the public chain: no credentials of any kind.
+    pub fn public(cfg: &DirectConfig) -> Direct {
+        let sandbox = cfg.dir.join("public");
+        Direct { home: Some(sandbox.join("home")), sandbox, credentials: false, ..Direct::private(cfg) }
+    }
+
+    /// Fetches for private routes, with the credentials in `direct.home`.
+    pub fn private(cfg: &DirectConfig) -> Direct {
+        Direct {
+            sandbox: cfg.dir.join("private"),
+            home: cfg.home.clone(),
+            credentials: true,
+            timeout: Duration::from_secs(cfg.timeout_secs),
+            slots: Semaphore::new(cfg.concurrency.max(1)),
+        }
     }
 
     /// Answers `key` (an escaped GOPROXY path) from version control.
@@ -112,17 +140,13 @@ impl Direct {
     /// Runs the go command in the sandbox and reads its JSON answer.
     async fn go(&self, args: &[&str]) -> Result<GoJson, UpstreamError> {
         let _slot = self.slots.acquire().await.map_err(|_| UpstreamError::Connect("direct: shutting down".into()))?;
-        let dir = &self.cfg.dir;
-        tokio::fs::create_dir_all(dir.join("work"))
-            .await
-            .map_err(|e| UpstreamError::Connect(format!("direct: {}: {e}", dir.display())))?;
-        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
-        let home = self
-            .cfg
-            .home
-            .clone()
-            .or_else(|| std::env::var_os("HOME").map(PathBuf::from))
-            .unwrap_or_else(|| dir.clone());
+        let dir = std::path::absolute(&self.sandbox).unwrap_or_else(|_| self.sandbox.clone());
+        let home = self.home.clone().or_else(|| std::env::var_os("HOME").map(PathBuf::from)).unwrap_or(dir.clone());
+        for d in [dir.join("work"), home.clone()] {
+            tokio::fs::create_dir_all(&d)
+                .await
+                .map_err(|e| UpstreamError::Connect(format!("direct: {}: {e}", d.display())))?;
+        }
         let mut cmd = tokio::process::Command::new("go");
         cmd.args(args)
             .current_dir(dir.join("work"))
@@ -145,16 +169,20 @@ impl Direct {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         for (k, v) in std::env::vars_os() {
-            // Credentials and transport settings the go command and git read.
+            // Transport settings for every fetch; credentials (and git
+            // settings, which can name them) for private ones only.
             let k_str = k.to_string_lossy();
-            if k_str.starts_with("GIT_") && k_str != "GIT_TERMINAL_PROMPT"
-                || matches!(&*k_str, "SSH_AUTH_SOCK" | "NETRC" | "GOVCS" | "GOINSECURE")
-            {
+            let credential = k_str.starts_with("GIT_") && k_str != "GIT_TERMINAL_PROMPT"
+                || matches!(&*k_str, "SSH_AUTH_SOCK" | "NETRC");
+            if matches!(&*k_str, "GOVCS" | "GOINSECURE") || credential && self.credentials {
                 cmd.env(&k, v);
             }
         }
+        if !self.credentials {
+            cmd.env("GIT_CONFIG_NOSYSTEM", "1");
+        }
         let mut child = cmd.spawn().map_err(|e| UpstreamError::Connect(format!("direct: cannot run go: {e}")))?;
-        let timeout = Duration::from_secs(self.cfg.timeout_secs);
+        let timeout = self.timeout;
         // What it prints is read with a cap (the rest drained, so that it
         // never blocks on a full pipe); nothing it prints grows the origin.
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
@@ -259,6 +287,7 @@ fn classify(message: &str) -> UpstreamError {
         "unable to access",
         "Permission denied",
         "Could not resolve host",
+        "unable to look up",
         "Connection refused",
         "connection refused",
         "timed out",
@@ -292,6 +321,7 @@ mod tests {
             "fatal: unable to access 'https://git.corp.example/x/': Could not resolve host: git.corp.example",
             "remote: Repository not found. fatal: Authentication failed for 'https://git.corp.example/x/'",
             "git@git.corp.example: Permission denied (publickey). fatal: Could not read from remote repository.",
+            "invalid version: git ls-remote -q origin: exit status 128: fatal: unable to look up git.corp.example (port 9418) (Name or service not known)",
         ] {
             assert!(!classify(m).is_not_found(), "{m}");
         }

@@ -82,8 +82,9 @@ impl Origin {
         let chain = Chain::parse(&config.upstream).map_err(|e| format!("upstream: {e}"))?;
         // Public and private `direct` runs have budgets of their own, so a
         // flood of unknown public paths cannot starve private modules.
-        let direct = Arc::new(direct::Direct::new(&config.direct));
-        let private_direct = Arc::new(direct::Direct::new(&config.direct));
+        // Only private runs see credentials; each has its own sandbox.
+        let direct = Arc::new(direct::Direct::public(&config.direct));
+        let private_direct = Arc::new(direct::Direct::private(&config.direct));
         let origin = Origin {
             store: Arc::new(store),
             memory: memory::MemoryTier::new(config.memory_cache_mib << 20, config.memory_object_max_kib << 10),

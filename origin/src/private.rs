@@ -145,7 +145,7 @@ mod tests {
             networks: Vec::new(),
             unauthorized_status: 404,
         };
-        let direct = std::sync::Arc::new(crate::direct::Direct::new(&crate::direct::DirectConfig::default()));
+        let direct = std::sync::Arc::new(crate::direct::Direct::private(&crate::direct::DirectConfig::default()));
         PrivateRoute::new(&cfg, &crate::config::HttpConfig::default(), direct).expect("route")
     }
 

@@ -3,6 +3,7 @@
 //! injection, real node processes, and the real go command.
 
 pub mod corpus;
+pub mod git;
 pub mod go;
 pub mod http;
 pub mod node;

@@ -3,6 +3,7 @@
 //! checksum database.
 
 use modcdn_tests::corpus::Corpus;
+use modcdn_tests::git;
 use modcdn_tests::go::GoEnv;
 use modcdn_tests::node::{OriginProcess, CLUSTER_TOKEN};
 use modcdn_tests::upstream::FixtureUpstream;
@@ -116,42 +117,11 @@ async fn private_modules_stay_private() {
 }
 
 /// A git repository on this machine, reachable as `https://git.modcdn.test/corp/lib`
-/// for git run with `home` as HOME (url.insteadOf → file://).
+/// for git run with the returned HOME (url.insteadOf → file://).
 fn git_repo(root: &std::path::Path) -> std::path::PathBuf {
-    let git = |dir: &std::path::Path, args: &[&str]| {
-        let out = std::process::Command::new("git").args(args).current_dir(dir).output().expect("git");
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let src = root.join("src");
-    std::fs::create_dir_all(&src).expect("src");
-    git(&src, &["init", "-q"]);
-    git(&src, &["config", "user.email", "dev@corp.example"]);
-    git(&src, &["config", "user.name", "dev"]);
-    std::fs::write(src.join("go.mod"), "module git.modcdn.test/corp/lib.git\n\ngo 1.19\n").expect("go.mod");
-    for (i, tag) in ["v1.0.0", "v1.1.0"].iter().enumerate() {
-        std::fs::write(
-            src.join("lib.go"),
-            format!("package lib\n\nfunc Hello() string {{ return \"private {i}\" }}\n"),
-        )
-        .expect("lib.go");
-        git(&src, &["add", "."]);
-        git(&src, &["commit", "-q", "-m", tag]);
-        git(&src, &["tag", tag]);
-    }
-    let repos = root.join("repos/corp");
-    std::fs::create_dir_all(&repos).expect("repos");
-    git(root, &["clone", "-q", "--bare", src.to_str().unwrap_or(""), repos.join("lib").to_str().unwrap_or("")]);
-    let home = root.join("home");
-    std::fs::create_dir_all(&home).expect("home");
-    std::fs::write(
-        home.join(".gitconfig"),
-        format!(
-            "[url \"file://{}/\"]\n\tinsteadOf = https://git.modcdn.test/\n[protocol \"file\"]\n\tallow = always\n",
-            root.join("repos").display()
-        ),
-    )
-    .expect("gitconfig");
-    home
+    let repos = root.join("repos");
+    git::bare_repo(&repos, "corp/lib", "git.modcdn.test/corp/lib.git", &["v1.0.0", "v1.1.0"]);
+    git::home_rewriting(&root.join("home"), "git.modcdn.test", &format!("file://{}/", repos.display()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,4 +376,47 @@ async fn stored_artifacts_are_served_only_under_the_route_they_came_from() {
         assert_eq!(private.counters().get(key), 1, "{key}: fetched once from the private route, then stored");
         assert_eq!(public.counters().get(key), 2, "{key}: fetched publicly before and after the route");
     }
+}
+
+/// Public `direct` fetches never see the credentials of private routes: a
+/// git host that asks for them serves the private route's module and
+/// refuses the public fetch, although both reach it the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_direct_never_sees_the_credentials_of_private_routes() {
+    let tmp = modcdn_tests::tempdir();
+    let repos = tmp.path().join("repos");
+    git::bare_repo(&repos, "corp/lib", "git.modcdn.test/corp/lib.git", &["v1.0.0"]);
+    git::bare_repo(&repos, "open/lib", "git.modcdn.test/open/lib.git", &["v1.0.0"]);
+    let server = git::GitServer::start(repos, "modcdn:s3cret").await.expect("git server");
+    // The private route's HOME: where the git host is, and its password.
+    let home = git::home_rewriting(&tmp.path().join("private-home"), "git.modcdn.test", &server.url());
+    std::fs::write(home.join(".netrc"), "machine 127.0.0.1 login modcdn password s3cret\n").expect("netrc");
+    // Public fetches know where the git host is too (the operator's
+    // credential-free git config for them), but not the password.
+    let dir = tmp.path().join("direct");
+    git::home_rewriting(&dir.join("public/home"), "git.modcdn.test", &server.url());
+    let extra = format!(
+        "[direct]\ndir = \"{}\"\nhome = \"{}\"\ntimeout_secs = 60\n\n[[private]]\npatterns = \"git.modcdn.test/corp\"\nupstream = \"direct\"\nnetworks = [\"127.0.0.1\"]\n",
+        dir.display(),
+        home.display()
+    );
+    let origin = OriginProcess::start(&tmp.path().join("origin"), "direct", &extra).expect("origin");
+    let get = |path: &str| {
+        let url = format!("{}/{path}", origin.url);
+        async move {
+            let r = reqwest::get(url).await.expect("request");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+
+    let (status, body) = get("git.modcdn.test/corp/lib.git/@v/v1.0.0.info").await;
+    assert_eq!(status, 200, "the private route fetches with its credentials: {body}");
+    assert!(server.served() > 0);
+    let served = server.served();
+    let refused = server.refused();
+    let (status, body) = get("git.modcdn.test/open/lib.git/@v/v1.0.0.info").await;
+    assert_eq!(status, 502, "a public fetch refused by the git host is upstream's failure: {body}");
+    assert!(!body.contains("127.0.0.1") && !body.contains("s3cret"), "{body}");
+    assert_eq!(server.served(), served, "the public fetch never presented the private route's credentials");
+    assert!(server.refused() > refused, "the public fetch reached the git host");
 }
