@@ -26,8 +26,7 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub token: String,
     /// The cluster token, for forwarding purges to the origins.
-    pub cluster_token: String,
-    pub http: reqwest::Client,
+    pub origins: crate::origins::OriginClient,
 }
 
 fn answer(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -114,15 +113,14 @@ impl Admin {
             Target::Module(m) => ("module", m.as_str()),
         };
         for member in self.membership.snapshot().topology.members() {
-            if self.cluster_token.is_empty() {
+            if !self.origins.has_token() {
                 origins.insert(member.id.clone(), "not sent: origin.token is empty".to_string());
                 continue;
             }
             let sent = self
-                .http
-                .post(format!("http://{}/purge", member.operator))
+                .origins
+                .operator(reqwest::Method::POST, &member.operator, "/purge")
                 .query(&[(name, value)])
-                .bearer_auth(&self.cluster_token)
                 .send()
                 .await
                 .and_then(|r| r.error_for_status());

@@ -39,9 +39,8 @@ pub struct HotSync {
     pub storage: &'static CacheStore,
     pub hot: Arc<HotSet>,
     pub metrics: Arc<Metrics>,
-    pub http: reqwest::Client,
-    /// The cluster token, for the origins' operator listeners.
-    pub token: String,
+    /// Origins' listeners, with the cluster token for the operator ones.
+    pub origins: crate::origins::OriginClient,
     /// The edge's own region (where its origins are).
     pub region: String,
     /// The edge's own listener, for prefetches.
@@ -85,8 +84,7 @@ impl HotSync {
             }
         }
         for (address, entries) in by_origin {
-            let sent =
-                self.http.post(format!("http://{address}/hotz")).bearer_auth(&self.token).json(&entries).send().await;
+            let sent = self.origins.operator(reqwest::Method::POST, &address, "/hotz").json(&entries).send().await;
             if let Err(e) = sent.and_then(|r| r.error_for_status()) {
                 tracing::debug!(origin = %address, error = %e, "hot report not delivered");
             }
@@ -97,7 +95,7 @@ impl HotSync {
     async fn manifest(&self, snapshot: &Snapshot) -> Vec<String> {
         let mut weights: HashMap<String, f64> = HashMap::new();
         for member in snapshot.topology.members().filter(|m| m.region == self.region) {
-            let got = self.http.get(format!("http://{}/hotz", member.operator)).bearer_auth(&self.token).send().await;
+            let got = self.origins.operator(reqwest::Method::GET, &member.operator, "/hotz").send().await;
             let Ok(entries) = (match got.and_then(|r| r.error_for_status()) {
                 Ok(r) => r.json::<Vec<HotEntry>>().await,
                 Err(e) => Err(e),
@@ -122,7 +120,7 @@ impl HotSync {
             let Some(owner) = self.owner(&snapshot, &escaped) else { continue };
             // The edge's own list may be fresh for a while yet; the origin's
             // is what sync keeps current.
-            let list = match self.http.get(format!("http://{}/{escaped}/@v/list", owner.address)).send().await {
+            let list = match self.origins.public(&owner.address, &format!("/{escaped}/@v/list")).send().await {
                 Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
                 _ => continue,
             };
@@ -179,7 +177,7 @@ impl HotSync {
             ip => ip,
         };
         let url = format!("http://{}/{key}", SocketAddr::new(host, self.listen.port()));
-        match self.http.get(&url).header(PREFETCH_HEADER, "1").send().await {
+        match self.origins.http.get(&url).header(PREFETCH_HEADER, "1").send().await {
             Ok(r) => {
                 let hit = r.headers().get("x-cache").is_some_and(|v| v == "HIT");
                 r.status().is_success() && r.bytes().await.is_ok() && !hit

@@ -15,6 +15,7 @@ pub mod conn;
 pub mod hot;
 pub mod limits;
 pub mod metrics;
+pub mod origins;
 pub mod proxy;
 pub mod purge;
 pub mod storage;
@@ -52,12 +53,13 @@ const LRU_SAVE_EVERY: Duration = Duration::from_secs(60);
 pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
     let membership = Membership::load(&cfg.membership).context("membership")?;
     let _watch = membership.watch(Duration::from_secs(2)).context("watching membership")?;
-    let _health = modcdn_router::health::spawn(Arc::clone(&membership)).context("health checks")?;
+    let tls_roots = cfg.origin.tls_ca.as_deref().map(origins::read_ca).transpose().context("origin.tls_ca")?;
+    let _health = modcdn_router::health::spawn(Arc::clone(&membership), tls_roots).context("health checks")?;
     let metrics = Arc::new(metrics::Metrics::new()?);
 
     let (storage, eviction) = open_cache(&cfg)?;
     let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(Duration::from_millis(cfg.cache.lock_timeout_ms)));
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+    let origins = origins::OriginClient::new(&cfg.origin)?;
     let hot = Arc::new(modcdn_shared::hot::HotSet::new(HOT_TRACKED, Duration::from_secs(3600)));
 
     let edge = proxy::Edge {
@@ -77,6 +79,7 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
         retries: cfg.origin.retries,
         connect_timeout: cfg.connect_timeout(),
         read_timeout: cfg.read_timeout(),
+        origin_tls: cfg.origin.tls_ca.is_some(),
     };
 
     let conf = ServerConf {
@@ -87,6 +90,8 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
         graceful_shutdown_timeout_seconds: Some(cfg.grace_secs),
         // Failover is decided per request (`origin.retries`); this only caps it.
         max_retries: cfg.origin.retries + 1,
+        // The only CA origins' certificates are checked against.
+        ca_file: cfg.origin.tls_ca.as_ref().map(|p| p.display().to_string()),
         ..ServerConf::default()
     };
     let opt = Opt { upgrade, ..Opt::default() };
@@ -121,8 +126,7 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
         eviction,
         metrics: Arc::clone(&metrics),
         token: cfg.admin.token.clone(),
-        cluster_token: cfg.origin.token.clone(),
-        http: http.clone(),
+        origins: origins.clone(),
     };
     let mut admin = Service::new("admin".to_string(), admin_app);
     admin.add_tcp(&cfg.admin.listen.to_string());
@@ -137,8 +141,7 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
         metrics: Arc::clone(&metrics),
         cursors_file: cfg.cache.dir.join("purge-cursors.json"),
         interval: Duration::from_millis(cfg.purge.poll_ms),
-        http: http.clone(),
-        token: cfg.origin.token.clone(),
+        origins: origins.clone(),
     });
     let own_region = if cfg.region.is_empty() {
         membership.snapshot().geo.region_of(std::net::IpAddr::from([0, 0, 0, 0])).to_string()
@@ -150,8 +153,7 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
         storage,
         hot,
         metrics: Arc::clone(&metrics),
-        http,
-        token: cfg.origin.token.clone(),
+        origins,
         region: own_region,
         listen: cfg.listen,
         interval: Duration::from_millis(cfg.hot.interval_ms),

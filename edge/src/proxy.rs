@@ -85,6 +85,8 @@ pub struct Edge {
     pub retries: usize,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Origins are reached over TLS (`origin.tls_ca`).
+    pub origin_tls: bool,
 }
 
 /// One request's state.
@@ -218,7 +220,12 @@ impl ProxyHttp for Edge {
         };
         ctx.tried.push(member.id.clone());
         ctx.current = Some((snapshot.view.begin(&member.id), Instant::now()));
-        let mut peer = HttpPeer::new(member.address.as_str(), false, String::new());
+        // Over TLS, the certificate must name the host of the member's address.
+        let sni = match self.origin_tls {
+            true => member.address.rsplit_once(':').map_or("", |(host, _)| host.trim_matches(['[', ']'])).to_string(),
+            false => String::new(),
+        };
+        let mut peer = HttpPeer::new(member.address.as_str(), self.origin_tls, sni);
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
         Ok(Box::new(peer))

@@ -47,9 +47,8 @@ pub struct Follower {
     pub metrics: Arc<Metrics>,
     pub cursors_file: PathBuf,
     pub interval: Duration,
-    pub http: reqwest::Client,
-    /// The cluster token, for the origins' operator listeners.
-    pub token: String,
+    /// Origins' listeners, with the cluster token for the operator ones.
+    pub origins: crate::origins::OriginClient,
 }
 
 impl Follower {
@@ -74,8 +73,8 @@ impl Follower {
         let mut applied = 0;
         for member in snapshot.topology.members() {
             let after = cursors.get(&member.id).copied().unwrap_or(0);
-            let url = format!("http://{}/purgez?after={after}", member.operator);
-            let got = self.http.get(&url).bearer_auth(&self.token).send().await;
+            let path = format!("/purgez?after={after}");
+            let got = self.origins.operator(reqwest::Method::GET, &member.operator, &path).send().await;
             let page = match got.and_then(|r| r.error_for_status()) {
                 Ok(r) => r.json::<LogPage>().await,
                 Err(e) => Err(e),

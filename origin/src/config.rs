@@ -60,6 +60,8 @@ pub struct OriginConfig {
     pub trusted_proxies: Vec<String>,
     /// The operator listener and the cluster token.
     pub operator: OperatorConfig,
+    /// TLS for both listeners; plain HTTP when absent.
+    pub tls: Option<crate::tls::TlsConfig>,
     pub log: LogConfig,
 }
 
@@ -158,6 +160,7 @@ impl Default for OriginConfig {
             nosumdb: String::new(),
             trusted_proxies: Vec::new(),
             operator: OperatorConfig::default(),
+            tls: None,
             log: LogConfig::default(),
         }
     }
@@ -286,6 +289,9 @@ impl Validate for OriginConfig {
         if self.log.level.trim().is_empty() {
             errs.push(("log.level".into(), "must not be empty".into()));
         }
+        if let Some(Err(e)) = self.tls.as_ref().map(crate::tls::server_config) {
+            errs.push(e);
+        }
         errs
     }
 }
@@ -333,6 +339,9 @@ mod tests {
         std::fs::write(&f, "[ttl]\nmutable_secs = 0\n").expect("write");
         let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, []).expect_err("range").to_string();
         assert!(e.contains("ttl.mutable_secs"), "{e}");
+        std::fs::write(&f, "[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n").expect("write");
+        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, []).expect_err("tls").to_string();
+        assert!(e.contains("bad.toml") && e.contains("tls.cert") && e.contains("/nonexistent/cert.pem"), "{e}");
         let env = [("MODCDN_ORIGIN__HTTP__RETRIES".to_string(), "3".to_string())];
         std::fs::write(&f, "").expect("write");
         let c = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, env).expect("env");

@@ -22,6 +22,7 @@ pub mod serve;
 pub mod singleflight;
 pub mod store;
 pub mod sync;
+pub mod tls;
 pub mod upstream;
 pub mod validate;
 pub mod verify;
@@ -204,6 +205,7 @@ pub async fn serve_until(
     origin: Arc<Origin>,
     public: TcpListener,
     operator: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
     header_timeout: Duration,
@@ -216,6 +218,7 @@ pub async fn serve_until(
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(header_timeout).keep_alive_timeout(header_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (accepted, app) = tokio::select! {
@@ -240,11 +243,21 @@ pub async fn serve_until(
             req
         });
         let service = hyper_util::service::TowerToHyperService::new(app);
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended");
+            let ended = match tls {
+                None => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service)).await,
+                // The handshake has the header deadline too.
+                Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service)).await
+                    }
+                    Ok(Err(e)) => Err(format!("TLS handshake: {e}").into()),
+                    Err(_) => Err("TLS handshake timed out".into()),
+                },
+            };
+            if let Err(e) = ended {
+                tracing::debug!(%peer, error = %e, "connection ended");
             }
         });
     }

@@ -131,12 +131,16 @@ fn run(cfg: OriginConfig) -> anyhow::Result<()> {
         if cfg.operator.token.is_empty() {
             tracing::warn!("operator.token is empty: purges, hot reports and the purge log are off");
         }
-        println!("GOPROXY=http://{addr}");
-        println!("OPERATOR=http://{operator_addr}");
+        // Validated with the config; loaded again here to serve.
+        let tls = cfg.tls.as_ref().map(modcdn_origin::tls::server_config).transpose().map_err(|(key, e)| anyhow::anyhow!("{key}: {e}"))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!("GOPROXY={scheme}://{addr}");
+        println!("OPERATOR={scheme}://{operator_addr}");
         modcdn_origin::serve_until(
             origin,
             listener,
             operator,
+            tls,
             modcdn_origin::shutdown_signal(),
             Duration::from_secs(cfg.shutdown_grace_secs),
             Duration::from_millis(cfg.header_timeout_ms),

@@ -32,9 +32,9 @@ pub enum ProbeError {
     Failed(String),
 }
 
-/// Asks one origin for its load.
-pub fn probe(agent: &ureq::Agent, address: &str) -> Result<LoadReport, ProbeError> {
-    let mut resp = agent.get(&format!("http://{address}/loadz")).call().map_err(|e| match e {
+/// Asks one origin for its load (`scheme`: `http` or `https`).
+pub fn probe(agent: &ureq::Agent, scheme: &str, address: &str) -> Result<LoadReport, ProbeError> {
+    let mut resp = agent.get(&format!("{scheme}://{address}/loadz")).call().map_err(|e| match e {
         ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
             ProbeError::Refused(io.to_string())
         }
@@ -45,8 +45,14 @@ pub fn probe(agent: &ureq::Agent, address: &str) -> Result<LoadReport, ProbeErro
 }
 
 /// Checks every member of the current membership each interval, in a
-/// background thread, until the handle is dropped.
-pub fn spawn(membership: Arc<Membership>) -> std::io::Result<HealthHandle> {
+/// background thread, until the handle is dropped. With `tls_roots` (DER
+/// certificates), over TLS trusting those alone.
+pub fn spawn(membership: Arc<Membership>, tls_roots: Option<Vec<Vec<u8>>>) -> std::io::Result<HealthHandle> {
+    let scheme = if tls_roots.is_some() { "https" } else { "http" };
+    let roots = tls_roots.map(|certs| {
+        let certs = certs.iter().map(|der| ureq::tls::Certificate::from_der(der).to_owned()).collect::<Vec<_>>();
+        ureq::tls::RootCerts::Specific(Arc::new(certs))
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = Arc::clone(&stop);
     let thread = std::thread::Builder::new().name("health-checks".into()).spawn(move || {
@@ -54,11 +60,14 @@ pub fn spawn(membership: Arc<Membership>) -> std::io::Result<HealthHandle> {
             let snap = membership.snapshot();
             let (interval, timeout) =
                 (Duration::from_millis(snap.health.interval_ms), Duration::from_millis(snap.health.timeout_ms));
-            let agent: ureq::Agent =
-                ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(true).build().into();
+            let mut config = ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(true);
+            if let Some(roots) = &roots {
+                config = config.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots.clone()).build());
+            }
+            let agent: ureq::Agent = config.build().into();
             for m in snap.topology.members() {
                 let view = membership.view();
-                match probe(&agent, &m.operator) {
+                match probe(&agent, scheme, &m.operator) {
                     Ok(r) => {
                         view.report(
                             &m.id,

@@ -121,7 +121,7 @@ fn dead_origins_leave_routing_within_an_interval_and_come_back() {
     let health = "[health]\ninterval_ms = 100\ntimeout_ms = 200\nfall = 2\nrise = 2\n";
     write(&path, &membership(&[("a", a.addr.clone()), ("b", b.addr.clone())], health));
     let m = Membership::load(&path).expect("load");
-    let _checks = modcdn_router::health::spawn(Arc::clone(&m)).expect("health");
+    let _checks = modcdn_router::health::spawn(Arc::clone(&m), None).expect("health");
     let keys: Vec<String> = (0..200).map(|i| format!("example.com/m{i}")).collect();
     let owners = |m: &Membership| -> Vec<String> {
         let s = m.snapshot();
@@ -156,7 +156,7 @@ fn an_origin_that_refuses_connections_leaves_within_one_interval() {
     write(&path, &membership(&[("a", a.addr.clone()), ("dead", dead)], health));
     let m = Membership::load(&path).expect("load");
     let started = Instant::now();
-    let _checks = modcdn_router::health::spawn(Arc::clone(&m)).expect("health");
+    let _checks = modcdn_router::health::spawn(Arc::clone(&m), None).expect("health");
     wait_for("dead to leave routing", Duration::from_secs(3), || !m.view().is_healthy("dead"));
     // Three failed checks would take two more intervals (2 s).
     assert!(started.elapsed() < Duration::from_millis(900), "first check, not after fall = 3: {:?}", started.elapsed());

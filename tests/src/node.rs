@@ -222,7 +222,8 @@ pub fn write_membership(path: &Path, members: &[Member<'_>]) -> io::Result<()> {
         test_mmdb().display()
     );
     for m in members {
-        let (address, operator) = (m.url.trim_start_matches("http://"), m.operator.trim_start_matches("http://"));
+        let bare = |url: &str| url.trim_start_matches("http://").trim_start_matches("https://").to_string();
+        let (address, operator) = (bare(m.url), bare(m.operator));
         s.push_str(&format!(
             "[[origin]]\nid = \"{}\"\naddress = \"{address}\"\noperator = \"{operator}\"\nregion = \"{}\"\n\n",
             m.id, m.region

@@ -649,3 +649,87 @@ fn config_errors_name_file_and_key_and_exit_64() {
         assert!(err.contains(want), "{text}: {err}");
     }
 }
+
+/// A CA and a certificate it signed for `names` (PEM: CA, leaf, leaf key).
+fn pki(names: &[&str]) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).expect("ca");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let leaf = rcgen::CertificateParams::new(names).expect("params").signed_by(&key, &ca, &ca_key).expect("leaf");
+    (ca.pem(), leaf.pem(), key.serialize_pem())
+}
+
+/// With `[tls]` on an origin and `origin.tls_ca` at the edge, all an edge
+/// sends the origin (requests, health checks, purges and the purge log with
+/// the cluster token) goes over TLS, checked against that CA alone; the
+/// origin answers nothing in the clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_reach_origins_over_tls_checked_against_the_configured_ca() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 4096).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let pki_dir = tmp.path().join("pki");
+    std::fs::create_dir_all(&pki_dir).expect("pki");
+    let (ca, cert, key) = pki(&["127.0.0.1"]);
+    let (other_ca, _, _) = pki(&["127.0.0.1"]);
+    for (name, pem) in [("ca.pem", &ca), ("origin.pem", &cert), ("origin.key", &key), ("other-ca.pem", &other_ca)] {
+        std::fs::write(pki_dir.join(name), pem).expect("write pem");
+    }
+    let extra = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        pki_dir.join("origin.pem").display(),
+        pki_dir.join("origin.key").display()
+    );
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), &extra).expect("origin");
+    assert!(origin.url.starts_with("https://") && origin.operator.starts_with("https://"), "{}", origin.url);
+    // Nothing in the clear, on either listener.
+    for url in [&origin.url, &origin.operator] {
+        let plain = format!("{}/healthz", url.replacen("https://", "http://", 1));
+        assert!(client().get(&plain).send().await.is_err(), "{plain} answered over plain HTTP");
+    }
+    let root = reqwest::Certificate::from_pem(ca.as_bytes()).expect("root");
+    let trusting = reqwest::Client::builder().add_root_certificate(root).build().expect("client");
+    assert_eq!(trusting.get(format!("{}/healthz", origin.operator)).send().await.expect("healthz").status(), 200);
+
+    let members = [Member::of("o", &origin, "us")];
+    let with_ca = format!("[origin]\ntls_ca = \"{}\"\n", pki_dir.join("ca.pem").display());
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, &with_ca).expect("edge");
+    let c = client();
+    let key = Corpus::key(corpus::ALPHA, "v1.0.0", "zip");
+    let url = format!("{}/{key}", edge.url);
+    assert_eq!(get(&c, &url).await.0, 200);
+    assert_eq!(get(&c, &url).await.1, "HIT");
+    assert_eq!(upstream.counters().get(&key), 1);
+    // The purge goes to the origin's operator listener with the token, over TLS.
+    let r = c.post(format!("{}/purge?path={key}", edge.admin)).bearer_auth(ADMIN_TOKEN).send().await.expect("purge");
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["origins"]["o"], "logged", "{body}");
+    let log: serde_json::Value = trusting
+        .get(format!("{}/purgez", origin.operator))
+        .bearer_auth(CLUSTER_TOKEN)
+        .send()
+        .await
+        .expect("purgez")
+        .json()
+        .await
+        .expect("json");
+    assert!(log.to_string().contains(&key), "{log}");
+    // Health checks pass over TLS: the origin stays healthy at the edge.
+    assert_eq!(modcdn_tests::http::scrape(&edge.admin, "modcdn_edge_origin_healthy").await, 1.0);
+
+    // An edge trusting another CA never talks to this origin: health checks
+    // fail, requests get a 502, and nothing reaches upstream.
+    let with_other = format!("[origin]\ntls_ca = \"{}\"\n", pki_dir.join("other-ca.pem").display());
+    let stranger = EdgeProcess::start(&tmp.path().join("stranger"), &members, &with_other).expect("edge");
+    let down = modcdn_tests::http::eventually(Duration::from_secs(10), || async {
+        modcdn_tests::http::scrape(&stranger.admin, "modcdn_edge_origin_healthy").await == 0.0
+    })
+    .await;
+    assert!(down, "an origin whose certificate the edge cannot check is taken out");
+    let other = Corpus::key(corpus::ALPHA, "v1.1.0", "zip");
+    assert_eq!(get(&c, &format!("{}/{other}", stranger.url)).await.0, 502);
+    assert_eq!(upstream.counters().get(&other), 0);
+}

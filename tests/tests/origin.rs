@@ -427,7 +427,7 @@ async fn loadz_reports_what_edges_health_checks_read() {
     let report = tokio::task::spawn_blocking(move || {
         let agent: ureq::Agent =
             ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(2))).build().into();
-        modcdn_router::health::probe(&agent, &addr)
+        modcdn_router::health::probe(&agent, "http", &addr)
     })
     .await
     .expect("join")
