@@ -269,7 +269,7 @@ impl Validate for OriginConfig {
             if let Err(e) = Chain::parse(&p.upstream) {
                 errs.push((format!("private[{i}].upstream"), e));
             }
-            if p.unauthorized_status != 404 && p.unauthorized_status != 401 {
+            if p.unauthorized_status.is_some_and(|s| s != 404 && s != 401) {
                 errs.push((format!("private[{i}].unauthorized_status"), "must be 404 or 401".into()));
             }
             if p.basic_users.iter().any(|u| !u.contains(':')) {

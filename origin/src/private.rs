@@ -37,13 +37,12 @@ pub struct PrivateRouteConfig {
     /// client address is taken through `trusted_proxies` (the edges).
     #[serde(default)]
     pub networks: Vec<String>,
-    /// Status for a client without valid credentials: 404 (default) or 401.
-    #[serde(default = "default_unauthorized")]
-    pub unauthorized_status: u16,
-}
-
-fn default_unauthorized() -> u16 {
-    404
+    /// Status for a client without valid credentials: 401 with
+    /// `WWW-Authenticate: Basic` (default for a route with credentials, as
+    /// the go command's GOAUTH and `.netrc` expect), or 404 (default for a
+    /// route open to `networks` only; says nothing of the module).
+    #[serde(default)]
+    pub unauthorized_status: Option<u16>,
 }
 
 pub struct PrivateRoute {
@@ -55,7 +54,9 @@ pub struct PrivateRoute {
     bearer: Vec<String>,
     basic: Vec<String>,
     networks: Vec<modcdn_shared::net::IpNet>,
-    pub unauthorized_status: u16,
+    /// Whether a client without credentials is asked for them (401) rather
+    /// than told the module does not exist (404).
+    pub challenge: bool,
 }
 
 impl PrivateRoute {
@@ -72,7 +73,10 @@ impl PrivateRoute {
             bearer: cfg.bearer_tokens.clone(),
             basic: cfg.basic_users.clone(),
             networks: modcdn_shared::net::parse_networks(&cfg.networks)?,
-            unauthorized_status: cfg.unauthorized_status,
+            challenge: match cfg.unauthorized_status {
+                Some(status) => status == 401,
+                None => !(cfg.bearer_tokens.is_empty() && cfg.basic_users.is_empty()),
+            },
         })
     }
 
@@ -143,7 +147,7 @@ mod tests {
             bearer_tokens: bearer.iter().map(|s| s.to_string()).collect(),
             basic_users: basic.iter().map(|s| s.to_string()).collect(),
             networks: Vec::new(),
-            unauthorized_status: 404,
+            unauthorized_status: None,
         };
         let direct = std::sync::Arc::new(crate::direct::Direct::private(&crate::direct::DirectConfig::default()));
         PrivateRoute::new(&cfg, &crate::config::HttpConfig::default(), direct).expect("route")

@@ -362,7 +362,7 @@ fn private_gate(o: &Origin, req: &Request, headers: &HeaderMap, client: Option<s
     if route.authorized(headers, client) {
         return None;
     }
-    if route.unauthorized_status == 401 {
+    if route.challenge {
         let mut r = text(StatusCode::UNAUTHORIZED, policy::CC_NO_STORE, "unauthorized\n");
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"modcdn\""));
         return Some(r);

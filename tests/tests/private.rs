@@ -34,16 +34,19 @@ async fn private_modules_stay_private() {
     let client = reqwest::Client::new();
     let key = Corpus::key(PRIVATE, "v1.0.0", "zip");
 
-    // No credentials: a plain 404, and nobody upstream was asked.
+    // No credentials: asked for them (401 + Basic realm, as the go
+    // command's .netrc / GOAUTH expect), and nobody upstream was asked.
     for path in [format!("{PRIVATE}/@v/list"), key.clone(), format!("{PRIVATE}/@latest")] {
         let r = client.get(format!("{}/{path}", origin.url)).send().await.expect("request");
-        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
-        assert_eq!(r.text().await.expect("body"), "not found\n");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"modcdn\"");
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        assert_eq!(r.text().await.expect("body"), "unauthorized\n");
     }
     assert_eq!(private.counters().total(), 0);
     // Wrong credentials: the same.
     let r = client.get(format!("{}/{key}", origin.url)).bearer_auth("nope").send().await.expect("request");
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
     // With credentials: served from the private route, privately.
     let r = client.get(format!("{}/{key}", origin.url)).bearer_auth("tok").send().await.expect("request");
@@ -205,15 +208,15 @@ async fn edges_cache_private_modules_only_when_told_and_only_per_credential() {
     for _ in 0..2 {
         assert_eq!(fetch(plain.url.clone(), Some("tok")).await, (StatusCode::OK, "BYPASS".to_string()));
     }
-    assert_eq!(fetch(plain.url.clone(), None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(fetch(plain.url.clone(), None).await.0, StatusCode::UNAUTHORIZED);
 
     // Told to, it keeps the answer for that credential only.
     assert_eq!(fetch(caching.url.clone(), Some("tok")).await, (StatusCode::OK, "MISS".to_string()));
     assert_eq!(fetch(caching.url.clone(), Some("tok")).await, (StatusCode::OK, "HIT".to_string()));
     let anonymous = fetch(caching.url.clone(), None).await;
-    assert_eq!(anonymous.0, StatusCode::NOT_FOUND, "no credential, no module: {anonymous:?}");
+    assert_eq!(anonymous.0, StatusCode::UNAUTHORIZED, "no credential, no module: {anonymous:?}");
     let wrong = fetch(caching.url.clone(), Some("wrong")).await;
-    assert_eq!(wrong.0, StatusCode::NOT_FOUND, "another credential is not served the cached copy: {wrong:?}");
+    assert_eq!(wrong.0, StatusCode::UNAUTHORIZED, "another credential is not served the cached copy: {wrong:?}");
     assert_eq!(fetch(caching.url.clone(), Some("other")).await, (StatusCode::OK, "MISS".to_string()));
     assert_eq!(private.counters().get(&key), 1, "the origin stored it once; edges asked the origin");
 
@@ -243,8 +246,8 @@ async fn a_case_variant_of_a_private_path_reaches_no_public_upstream_and_no_chec
     let public = FixtureUpstream::start(corpus.root.clone()).await.expect("public upstream");
     let private = FixtureUpstream::start(tmp.path().join("private-empty")).await.expect("private upstream");
     let extra = format!(
-        "[[private]]\npatterns = \"example.com/corp\"\nupstream = \"{}\"\nbearer_tokens = [\"tok\"]\n\n\
-         [[checksum_db]]\nname = \"sum.golang.org\"\nurl = \"{}/sumdb\"\n",
+        "[[private]]\npatterns = \"example.com/corp\"\nupstream = \"{}\"\nbearer_tokens = [\"tok\"]\n\
+         unauthorized_status = 404\n\n[[checksum_db]]\nname = \"sum.golang.org\"\nurl = \"{}/sumdb\"\n",
         private.url(),
         public.url()
     );
