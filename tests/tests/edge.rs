@@ -733,3 +733,62 @@ async fn edges_reach_origins_over_tls_checked_against_the_configured_ca() {
     assert_eq!(get(&c, &format!("{}/{other}", stranger.url)).await.0, 502);
     assert_eq!(upstream.counters().get(&other), 0);
 }
+
+/// A cached body that fails under a reader (here: its file truncated while
+/// a client streams it; an I/O error on a bad disk does the same to a
+/// mapping) fails that response, not the edge: no SIGBUS takes the process
+/// down, and everything else is served on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_file_failing_under_a_reader_fails_that_response_not_the_edge() {
+    let tmp = modcdn_tests::tempdir();
+    let mut corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
+    let big = corpus.add_sized(32 << 10).expect("sized");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let dir = tmp.path().join("edge");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).expect("cert.pem");
+    std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).expect("key.pem");
+    let tls_port = modcdn_tests::node::free_port().expect("port");
+    // TLS: the body is encrypted in the edge's own memory, so a mapped page
+    // that cannot be read faults in the process (plain writes fail in the
+    // kernel instead). Zips above 64 KiB are served from disk.
+    let extra = format!(
+        "[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+         [cache]\nmemory_object_max_kib = 64\n"
+    );
+    let mut edge = EdgeProcess::start(&dir, &[Member::of("o", &origin, "us")], &extra).expect("edge");
+    let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).expect("root");
+    let tls = reqwest::Client::builder().add_root_certificate(root).http1_only().build().expect("client");
+    let base = format!("https://localhost:{tls_port}");
+    let key = Corpus::key(&big.path, "v1.0.0", "zip");
+    let whole = tls.get(format!("{base}/{key}")).send().await.expect("fill").bytes().await.expect("body");
+    assert_eq!(whole.len() as u64, std::fs::metadata(corpus.root.join(&key)).expect("zip").len());
+
+    // A disk hit, read slowly; its body file is cut short under it.
+    let mut r = tls.get(format!("{base}/{key}")).send().await.expect("hit");
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    let mut got = r.chunk().await.expect("first chunk").map_or(0, |c| c.len());
+    let body = modcdn_tests::files(&dir.join("cache"))
+        .into_iter()
+        .map(|f| dir.join("cache").join(f))
+        .find(|f| f.extension().is_some_and(|e| e == "body") && std::fs::metadata(f).is_ok_and(|m| m.len() > 1 << 20))
+        .expect("the zip's body file");
+    std::fs::OpenOptions::new().write(true).open(&body).expect("open").set_len(0).expect("truncate");
+    let ended = loop {
+        match r.chunk().await {
+            Ok(Some(c)) => got += c.len(),
+            Ok(None) => break "end",
+            Err(_) => break "error",
+        }
+    };
+    assert!(got < whole.len(), "the cut-short body was not served whole ({got} bytes, {ended})");
+    assert_eq!(ended, "error", "the response fails rather than ends as if complete");
+
+    // The edge lives on and serves.
+    let info = Corpus::key(corpus::ALPHA, "v1.0.0", "info");
+    let r = tls.get(format!("{base}/{info}")).send().await.expect("edge still serving");
+    assert_eq!(r.status(), 200);
+    assert!(!edge.wait_exit(Duration::from_millis(200)), "the edge exited");
+}

@@ -12,10 +12,9 @@ pub(super) enum Hit {
         end: usize,
         done: bool,
     },
-    /// A complete body on disk, mapped: chunks are slices of the mapping,
-    /// so serving one costs a single copy, into the socket.
+    /// A complete body on disk.
     Disk {
-        body: Bytes,
+        body: DiskBody,
         pos: usize,
         end: usize,
     },
@@ -24,6 +23,33 @@ pub(super) enum Hit {
         state: watch::Receiver<FillState>,
         pos: u64,
     },
+}
+
+/// A complete body on disk: mapped (chunks are slices of the mapping, so
+/// serving one costs a single copy, into the socket), or read where it
+/// cannot be mapped safely.
+pub(super) enum DiskBody {
+    Mapped(Arc<super::mapped::Mapped>),
+    File { file: Arc<File>, len: usize },
+}
+
+impl DiskBody {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            DiskBody::Mapped(m) => m.len(),
+            DiskBody::File { len, .. } => *len,
+        }
+    }
+
+    async fn chunk(&self, from: usize, to: usize) -> Result<Bytes> {
+        match self {
+            DiskBody::Mapped(m) => m.chunk(from, to).map_err(|e| storage_error("read", e)),
+            DiskBody::File { file, .. } => match read_at(file, from as u64, to - from).await? {
+                c if c.is_empty() => Err(storage_error("read", "the cached body file is shorter than its record")),
+                c => Ok(c),
+            },
+        }
+    }
 }
 
 /// Reads up to `n` bytes at `pos`. Data in the page cache (a hot zip) is
@@ -75,8 +101,8 @@ impl HandleHit for Hit {
                     return Ok(None);
                 }
                 let next = (*pos + MAPPED_CHUNK).min(*end);
-                let chunk = body.slice(*pos..next);
-                *pos = next;
+                let chunk = body.chunk(*pos, next).await?;
+                *pos += chunk.len();
                 Ok(Some(chunk))
             }
             Hit::Partial { file, state, pos } => loop {

@@ -48,6 +48,7 @@ use tokio::sync::watch;
 
 mod fill;
 mod hit;
+mod mapped;
 
 use fill::Filler;
 use hit::Hit;
@@ -187,16 +188,7 @@ pub struct CacheStore {
     index: Mutex<Index>,
     next_id: AtomicU64,
     /// Bodies mapped now, so that readers of one file share one mapping.
-    maps: Mutex<HashMap<PathBuf, std::sync::Weak<memmap2::Mmap>>>,
-}
-
-/// A shared mapping as the owner of `Bytes`.
-struct SharedMap(Arc<memmap2::Mmap>);
-
-impl AsRef<[u8]> for SharedMap {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
+    maps: Mutex<HashMap<PathBuf, std::sync::Weak<mapped::Mapped>>>,
 }
 
 fn storage_error(context: &str, e: impl std::fmt::Display) -> Box<Error> {
@@ -395,24 +387,20 @@ impl CacheStore {
         Ok(found)
     }
 
-    /// The body at `path` (open as `file`) as `Bytes` over a memory
-    /// mapping shared by everyone reading it now.
-    fn map_body(&self, path: &Path, file: &File) -> std::io::Result<Bytes> {
+    /// The body at `path` (open as `file`), mapped and shared by everyone
+    /// reading it now; `None` when it cannot be mapped safely (see
+    /// [`mapped`]).
+    fn map_body(&self, path: &Path, file: &File) -> std::io::Result<Option<Arc<mapped::Mapped>>> {
         let mut maps = self.maps.lock();
         if let Some(map) = maps.get(path).and_then(std::sync::Weak::upgrade) {
-            return Ok(Bytes::from_owner(SharedMap(map)));
+            return Ok(Some(map));
         }
-        // SAFETY: a body file is never written after it is renamed into
-        // place: fills write a temp file, a new generation gets a new name,
-        // purges and evictions unlink (the mapping keeps the inode). Only a
-        // file truncated by hand under a running edge could fault a read.
-        #[allow(unsafe_code)]
-        let map = Arc::new(unsafe { memmap2::Mmap::map(file)? });
+        let Some(map) = mapped::Mapped::new(file)? else { return Ok(None) };
         if maps.len() >= 1024 {
             maps.retain(|_, w| w.strong_count() > 0);
         }
         maps.insert(path.to_path_buf(), Arc::downgrade(&map));
-        Ok(Bytes::from_owner(SharedMap(map)))
+        Ok(Some(map))
     }
 
     fn shard(&self, hash: &str) -> PathBuf {
@@ -551,7 +539,7 @@ impl CacheStore {
 /// What a disk lookup found.
 enum DiskLookup {
     Small { meta: (Vec<u8>, Vec<u8>), body: Bytes },
-    Large { meta: (Vec<u8>, Vec<u8>), body: Bytes },
+    Large { meta: (Vec<u8>, Vec<u8>), body: hit::DiskBody },
 }
 
 fn read_disk(store: &CacheStore, meta_path: &Path, shard: &Path, hash: &str) -> std::io::Result<Option<DiskLookup>> {
@@ -577,7 +565,11 @@ fn read_disk(store: &CacheStore, meta_path: &Path, shard: &Path, hash: &str) -> 
         file.read_to_end(&mut body)?;
         return Ok(Some(DiskLookup::Small { meta: m.meta, body: body.into() }));
     }
-    Ok(Some(DiskLookup::Large { meta: m.meta, body: store.map_body(&body_path, &file)? }))
+    let body = match store.map_body(&body_path, &file)? {
+        Some(map) => hit::DiskBody::Mapped(map),
+        None => hit::DiskBody::File { file: Arc::new(file), len: m.body_len as usize },
+    };
+    Ok(Some(DiskLookup::Large { meta: m.meta, body }))
 }
 
 #[async_trait]
