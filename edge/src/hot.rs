@@ -70,8 +70,8 @@ impl HotSync {
 
     /// The origin that owns `escaped` in this edge's region.
     fn owner(&self, snapshot: &Snapshot, escaped: &str) -> Option<Member> {
-        let path = module::unescape_path(escaped).ok()?;
-        snapshot.topology.route(&path, &self.region).next().cloned()
+        let key = modcdn_shared::module::RoutingKey::of(&ModulePath::from_escaped(escaped).ok()?);
+        snapshot.topology.route(&key, &self.region).next().cloned()
     }
 
     /// Sends each owning origin the requests served since the last report.

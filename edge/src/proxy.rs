@@ -212,7 +212,7 @@ impl ProxyHttp for Edge {
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let snapshot = self.membership.snapshot();
         let Some(member) = next_candidate(&snapshot, ctx) else {
-            let route_key = ctx.request.as_ref().map(routing_key).unwrap_or_default();
+            let route_key = ctx.request.as_ref().map(|r| r.routing_key().as_str().to_string()).unwrap_or_default();
             return Err(Error::explain(
                 ErrorType::HTTPStatus(502),
                 format!("no healthy origin for {route_key} in region {}", ctx.region),
@@ -528,17 +528,8 @@ impl Edge {
 
 /// The best origin for this request that it has not tried yet.
 fn next_candidate(snapshot: &Snapshot, ctx: &Ctx) -> Option<Member> {
-    let key = ctx.request.as_ref().map(routing_key).unwrap_or_default();
+    let key = ctx.request.as_ref()?.routing_key();
     snapshot.topology.route(&key, &ctx.region).find(|m| !ctx.tried.contains(&m.id)).cloned()
-}
-
-/// What the ring is keyed on: the module path, so all of a module's
-/// artifacts meet on one origin; a checksum database's name for its paths.
-fn routing_key(r: &Request) -> String {
-    match r {
-        Request::SumDb { name, .. } => format!("sumdb/{name}"),
-        other => other.module().map(|m| m.as_str().to_string()).unwrap_or_default(),
-    }
 }
 
 /// A tag for a credential: SHA-256 of the Authorization header, so keys and

@@ -12,6 +12,7 @@ use modcdn_router::load::LoadView;
 use modcdn_router::plan::synthetic_keys;
 use modcdn_router::ring::{Ring, RingMember};
 use modcdn_router::route::{Member, RoutePolicy, Topology};
+use modcdn_shared::module::RoutingKey;
 
 /// Zipf(s) over ranks 0..n by inverse CDF, with a fixed xorshift seed.
 struct Zipf {
@@ -45,8 +46,8 @@ fn ring_members(n: usize) -> Vec<RingMember> {
     (0..n).map(|i| RingMember { id: format!("origin-{i}"), weight: 1.0 }).collect()
 }
 
-fn moved(a: &Ring, b: &Ring, keys: &[String]) -> f64 {
-    keys.iter().filter(|k| a.owner(k) != b.owner(k)).count() as f64 / keys.len() as f64
+fn moved(a: &Ring, b: &Ring, keys: &[RoutingKey]) -> f64 {
+    keys.iter().filter(|k| a.owner(k.as_str()) != b.owner(k.as_str())).count() as f64 / keys.len() as f64
 }
 
 fn max_over_mean(counts: &HashMap<String, u64>, n: usize) -> f64 {
@@ -91,7 +92,7 @@ fn main() {
         // Plain consistent hashing: every request to the key's owner.
         let mut plain: HashMap<String, u64> = HashMap::new();
         for &k in &traffic {
-            *plain.entry(base.owner(&keys[k]).unwrap_or("").to_string()).or_default() += 1;
+            *plain.entry(base.owner(keys[k].as_str()).unwrap_or("").to_string()).or_default() += 1;
         }
 
         // Bounded loads: a window of requests in flight (32 per member), each
@@ -136,7 +137,7 @@ fn main() {
 
         // Lookup time: routing (ring walk + bounded-load check on live
         // atomics) against bare hashring `get` with its default hasher.
-        let lookups: Vec<&str> = traffic.iter().take(requests_n / 5).map(|&k| keys[k].as_str()).collect();
+        let lookups: Vec<&RoutingKey> = traffic.iter().take(requests_n / 5).map(|&k| &keys[k]).collect();
         let mut bare: hashring::HashRing<(String, u32)> = hashring::HashRing::new();
         for i in 0..n {
             for r in 0..160u32 {
@@ -153,7 +154,7 @@ fn main() {
             best_route = best_route.min(t.elapsed().as_nanos() as f64 / lookups.len() as f64);
             let t = Instant::now();
             for k in &lookups {
-                black_box(bare.get(k));
+                black_box(bare.get(&k.as_str()));
             }
             best_bare = best_bare.min(t.elapsed().as_nanos() as f64 / lookups.len() as f64);
         }

@@ -61,9 +61,11 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Cli::Lookup { config, ip, module } => {
             let s = MembershipFile::snapshot(&config).map_err(|e| e.to_string())?;
-            let key = modcdn_shared::module::escape_path(&module)
-                .or_else(|_| modcdn_shared::module::unescape_path(&module).map(|_| module.clone()))
+            // As the edge places it: the module's escaped path.
+            let path = modcdn_shared::module::ModulePath::new(&module)
+                .or_else(|_| modcdn_shared::module::ModulePath::from_escaped(&module))
                 .map_err(|e| e.to_string())?;
+            let key = modcdn_shared::module::RoutingKey::of(&path);
             let region = s.geo.region_of(ip);
             let (country, continent) = s.geo.locate(ip);
             println!(
@@ -71,7 +73,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 country.as_deref().unwrap_or("-"),
                 continent.as_deref().unwrap_or("-")
             );
-            println!("key {key}");
+            println!("key {}", key.as_str());
             let mut any = false;
             for (i, m) in s.topology.route(&key, region).enumerate() {
                 println!("{}. {} {} (region {}, weight {})", i + 1, m.id, m.address, m.region, m.weight);

@@ -6,11 +6,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
+use modcdn_shared::module::{ModulePath, RoutingKey};
+
 use crate::route::Topology;
 
 /// `n` synthetic escaped module paths, the same every run.
-pub fn synthetic_keys(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("github.com/owner{}/module-{i}", i % 7919)).collect()
+pub fn synthetic_keys(n: usize) -> Vec<RoutingKey> {
+    (0..n)
+        .filter_map(|i| ModulePath::new(&format!("github.com/owner{}/module-{i}", i % 7919)).ok())
+        .map(|m| RoutingKey::of(&m))
+        .collect()
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -35,7 +40,7 @@ fn weight_shares(t: &Topology, region: &str) -> BTreeMap<String, f64> {
 }
 
 /// Compares the owners of `keys` in every region of either topology.
-pub fn plan(from: &Topology, to: &Topology, keys: &[String]) -> BTreeMap<String, RegionPlan> {
+pub fn plan(from: &Topology, to: &Topology, keys: &[RoutingKey]) -> BTreeMap<String, RegionPlan> {
     let regions: BTreeSet<&str> = from.regions().chain(to.regions()).collect();
     let mut out = BTreeMap::new();
     for region in regions {

@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use modcdn_shared::module::RoutingKey;
+
 use crate::load::{LoadView, MemberStats, RegionStats};
 use crate::ring::{Ring, RingMember, Walk};
 
@@ -108,8 +110,8 @@ impl Topology {
 
     /// The owner of `key` in `region`'s ring, ignoring load and health
     /// (what `plan` compares).
-    pub fn owner_in(&self, key: &str, region: &str) -> Option<&str> {
-        self.regions.get(region)?.ring.owner(key)
+    pub fn owner_in(&self, key: &RoutingKey, region: &str) -> Option<&str> {
+        self.regions.get(region)?.ring.owner(key.as_str())
     }
 
     /// Where to send `key` for a client of `region`, best first, at most
@@ -120,7 +122,7 @@ impl Topology {
     ///
     /// Lazy: the first candidate costs one ring lookup and a few atomic
     /// reads; failover candidates are found only when asked for.
-    pub fn route<'a>(&'a self, key: &str, region: &str) -> Candidates<'a> {
+    pub fn route<'a>(&'a self, key: &RoutingKey, region: &str) -> Candidates<'a> {
         let chosen = self.regions.get(region).filter(|r| r.totals.healthy.load(Ordering::Relaxed) > 0).or_else(|| {
             let own = self.regions.get(region);
             let fallbacks = own.into_iter().flat_map(|r| r.fallback.iter().map(String::as_str));
@@ -139,7 +141,7 @@ impl Topology {
         let cap = (self.policy.bounded_load * (total + 1) as f64 / healthy as f64).ceil() as i64;
         Candidates {
             region: Some(r),
-            walk: Some(r.ring.walk(key)),
+            walk: Some(r.ring.walk(key.as_str())),
             cap,
             left: self.policy.max_candidates,
             over: Vec::new(),
@@ -194,6 +196,10 @@ impl<'a> Iterator for Candidates<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rk(module: &str) -> RoutingKey {
+        RoutingKey::of(&modcdn_shared::module::ModulePath::new(module).expect("module path"))
+    }
     use crate::load::HealthPolicy;
 
     fn member(id: &str, region: &str) -> Member {
@@ -223,21 +229,21 @@ mod tests {
     fn routes_within_the_region_and_falls_back_when_it_is_down() {
         let view = LoadView::new(HealthPolicy { fall: 1, rise: 1, ..HealthPolicy::default() });
         let t = topology(&view);
-        let c = t.route("golang.org/x/mod", "cn").collect::<Vec<_>>();
+        let c = t.route(&rk("golang.org/x/mod"), "cn").collect::<Vec<_>>();
         assert!(c.iter().all(|m| m.region == "cn") && c.len() == 2, "{c:?}");
-        assert_eq!(c[0].id, t.owner_in("golang.org/x/mod", "cn").unwrap_or(""));
+        assert_eq!(c[0].id, t.owner_in(&rk("golang.org/x/mod"), "cn").unwrap_or(""));
         // eu has no members: its fallback us serves.
-        assert!(t.route("golang.org/x/mod", "eu").all(|m| m.region == "us"));
+        assert!(t.route(&rk("golang.org/x/mod"), "eu").all(|m| m.region == "us"));
         // The whole cn region down: us serves cn clients.
         view.check_result("cn1", false);
         view.check_result("cn2", false);
-        let c = t.route("golang.org/x/mod", "cn").collect::<Vec<_>>();
+        let c = t.route(&rk("golang.org/x/mod"), "cn").collect::<Vec<_>>();
         assert!(!c.is_empty() && c.iter().all(|m| m.region == "us"), "{c:?}");
         // One member down: its keys go to the next in ring order, others stay.
         view.check_result("cn1", true);
-        let c = t.route("golang.org/x/mod", "cn").collect::<Vec<_>>();
+        let c = t.route(&rk("golang.org/x/mod"), "cn").collect::<Vec<_>>();
         assert_eq!(c.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), vec!["cn1"]);
-        assert!(t.route("x.y/z", "nowhere").next().is_some(), "an unknown region still gets an origin");
+        assert!(t.route(&rk("x.y/z"), "nowhere").next().is_some(), "an unknown region still gets an origin");
     }
 
     #[test]
@@ -256,7 +262,7 @@ mod tests {
         let mut held = Vec::new();
         for i in 0..1000 {
             let key = if i % 10 < 7 { "hot.example/module".to_string() } else { format!("k{i}.example/m") };
-            let chosen: Vec<&Member> = t.route(&key, "r").collect();
+            let chosen: Vec<&Member> = t.route(&rk(&key), "r").collect();
             held.push(view.begin(&chosen[0].id));
             let loads: Vec<i64> = members.iter().map(|m| view.load(&m.id)).collect();
             let avg = (i + 1) as f64 / members.len() as f64;

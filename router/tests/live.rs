@@ -122,7 +122,10 @@ fn dead_origins_leave_routing_within_an_interval_and_come_back() {
     write(&path, &membership(&[("a", a.addr.clone()), ("b", b.addr.clone())], health));
     let m = Membership::load(&path).expect("load");
     let _checks = modcdn_router::health::spawn(Arc::clone(&m), None).expect("health");
-    let keys: Vec<String> = (0..200).map(|i| format!("example.com/m{i}")).collect();
+    let keys: Vec<_> = (0..200)
+        .map(|i| modcdn_shared::module::ModulePath::new(&format!("example.com/m{i}")).expect("module path"))
+        .map(|m| modcdn_shared::module::RoutingKey::of(&m))
+        .collect();
     let owners = |m: &Membership| -> Vec<String> {
         let s = m.snapshot();
         keys.iter().map(|k| s.topology.route(k, "us").next().map(|x| x.id.clone()).unwrap_or_default()).collect()

@@ -30,9 +30,12 @@ fn deploy_example_loads_and_routes_by_region() {
     let s = MembershipFile::snapshot(&path).expect("deploy/router.toml");
     let cn_client = s.geo.region("127.0.1.9".parse().expect("ip"), None);
     assert_eq!(cn_client, "cn");
-    assert_eq!(s.topology.route("golang.org/x/mod", cn_client).next().map(|m| m.id.as_str()).unwrap_or(""), "cn-1");
+    assert_eq!(
+        s.topology.route(&rk("golang.org/x/mod"), cn_client).next().map(|m| m.id.as_str()).unwrap_or(""),
+        "cn-1"
+    );
     let us: Vec<_> =
-        s.topology.route("golang.org/x/mod", s.geo.region("127.0.2.9".parse().expect("ip"), None)).collect();
+        s.topology.route(&rk("golang.org/x/mod"), s.geo.region("127.0.2.9".parse().expect("ip"), None)).collect();
     assert!(us.iter().all(|m| m.region == "us") && us.len() == 2);
 }
 
@@ -143,4 +146,8 @@ fn cli_plan_and_lookup() {
         .output()
         .expect("lookup");
     assert_eq!(out.status.code(), Some(64));
+}
+
+fn rk(module: &str) -> modcdn_shared::module::RoutingKey {
+    modcdn_shared::module::RoutingKey::of(&modcdn_shared::module::ModulePath::new(module).expect("module path"))
 }

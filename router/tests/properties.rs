@@ -69,7 +69,8 @@ proptest! {
         let topo = Topology::new(&ms, &HashMap::new(), RoutePolicy { bounded_load: c, max_candidates: 20, ..RoutePolicy::default() }, &view);
         let mut held = Vec::new();
         for (i, k) in keys().iter().take(600).enumerate() {
-            let cands: Vec<&Member> = topo.route(k, "r").collect();
+            let key = modcdn_shared::module::RoutingKey::of(&modcdn_shared::module::ModulePath::new(k).expect("module path"));
+            let cands: Vec<&Member> = topo.route(&key, "r").collect();
             let mut ids: Vec<&str> = cands.iter().map(|m| m.id.as_str()).collect();
             ids.sort();
             ids.dedup();

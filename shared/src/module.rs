@@ -317,6 +317,27 @@ impl ModulePath {
     }
 }
 
+/// Where the ring places a request: a module's escaped path (so every
+/// artifact of a module goes to one origin, and `github.com/Azure/x` is
+/// placed the same by the edge, the hot-set owner lookup and
+/// `modcdn-router lookup`), or `sumdb/<name>` for a checksum database. Built
+/// only from a checked module path (or a [`crate::Request`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RoutingKey(String);
+
+impl RoutingKey {
+    pub fn of(module: &ModulePath) -> RoutingKey {
+        RoutingKey(module.escaped.clone())
+    }
+    /// A checksum database's key (its name is checked by the request parser).
+    pub(crate) fn sumdb(name: &str) -> RoutingKey {
+        RoutingKey(format!("sumdb/{name}"))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for ModulePath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.path)

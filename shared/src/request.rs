@@ -244,6 +244,16 @@ impl Request {
         }
     }
 
+    /// Where the ring places this request.
+    pub fn routing_key(&self) -> crate::module::RoutingKey {
+        use crate::module::RoutingKey;
+        match self {
+            Request::SumDb { name, .. } => RoutingKey::sumdb(name),
+            Request::List(m) | Request::Latest(m) => RoutingKey::of(m),
+            Request::Info(m, _) | Request::Query(m, _) | Request::Mod(m, _) | Request::Zip(m, _) => RoutingKey::of(m),
+        }
+    }
+
     /// The escaped path relative to a GOPROXY root, without a leading `/`.
     /// It is the key of the artifact in every store and cache, and the path
     /// asked of upstream proxies.

@@ -792,3 +792,47 @@ async fn a_cached_file_failing_under_a_reader_fails_that_response_not_the_edge()
     assert_eq!(r.status(), 200);
     assert!(!edge.wait_exit(Duration::from_millis(200)), "the edge exited");
 }
+
+/// `modcdn-router lookup` names the origin the edge really sends a module
+/// to, also for module paths with upper case (both place the escaped path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_cli_names_the_origin_the_edge_uses() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let a = OriginProcess::start(&tmp.path().join("a"), &upstream.url(), "").expect("origin a");
+    let b = OriginProcess::start(&tmp.path().join("b"), &upstream.url(), "").expect("origin b");
+    let dir = tmp.path().join("edge");
+    let edge = EdgeProcess::start(&dir, &[Member::of("a", &a, "us"), Member::of("b", &b, "us")], "").expect("edge");
+    let c = client();
+    let sent_to = |id: &'static str| {
+        let admin = edge.admin.clone();
+        async move {
+            modcdn_tests::http::scrape(&admin, &format!("modcdn_edge_origin_requests_total{{origin=\"{id}\"")).await
+        }
+    };
+    let mut owners = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let module = format!("github.com/Azure/SDK-{i}");
+        let (before_a, before_b) = (sent_to("a").await, sent_to("b").await);
+        let escaped = module.replace('A', "!a").replace("SDK", "!s!d!k");
+        let status = get(&c, &format!("{}/{escaped}/@v/list", edge.url)).await.0;
+        assert_eq!(status, 404, "{module} is not upstream");
+        let edge_chose = match (sent_to("a").await - before_a, sent_to("b").await - before_b) {
+            (n, 0.0) if n >= 1.0 => "a",
+            (0.0, n) if n >= 1.0 => "b",
+            other => panic!("{module}: origin requests {other:?}"),
+        };
+        let out = std::process::Command::new(modcdn_tests::node::binary("modcdn-router"))
+            .args(["lookup", "--config"])
+            .arg(dir.join("membership.toml"))
+            .args(["--ip", "127.0.0.1", &module])
+            .output()
+            .expect("modcdn-router lookup");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let cli_chose = text.lines().find_map(|l| l.strip_prefix("1. ")).and_then(|l| l.split(' ').next());
+        assert_eq!(cli_chose, Some(edge_chose), "{module}: the CLI says\n{text}");
+        owners.insert(edge_chose);
+    }
+    assert_eq!(owners.len(), 2, "the modules spread over both origins");
+}
