@@ -5,6 +5,14 @@
 //! head, so without the deadline a client sending a byte a minute holds a
 //! connection for ever; and it counts no connections.
 //!
+//! A connection is counted from its accept, before any TLS handshake
+//! ([`Admission`], Pingora's connection filter): one past the client's cap
+//! is closed at once, so handshakes left hanging (Pingora allows 60 s) count
+//! against the client too. The slot taken at accept passes to the
+//! connection when Pingora hands it over ([`Guarded`]), and goes back when
+//! it closes; one whose handshake never completes goes back after the
+//! handshake limit.
+//!
 //! The deadline runs from when a connection opens, or from the first byte of
 //! the next request after an answer, to the blank line that ends the headers.
 //! HTTP/2 connections (TLS with ALPN h2) are left to Pingora's own handshake
@@ -13,6 +21,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,6 +29,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::listeners::ConnectionFilter;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
@@ -28,44 +38,92 @@ use pingora::protocols::{
 };
 use pingora::server::ShutdownWatch;
 use prometheus::IntCounter;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::limits::PerClient;
+use crate::limits::{PerClient, Slot};
 
-/// Sent to a client past its connection cap, before closing.
-const REFUSED: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\ncontent-type: text/plain\r\n\
-content-length: 40\r\nconnection: close\r\n\r\ntoo many connections from your address\r\n";
+/// Longer than Pingora's TLS handshake timeout (60 s): a slot taken at
+/// accept and not claimed by then belongs to a handshake that failed.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(65);
+
+/// Counts connections per client from their accept (see the module docs).
+pub struct Admission {
+    connections: Arc<PerClient>,
+    /// Slots of accepted connections not handed to the app yet, by peer.
+    pending: dashmap::DashMap<SocketAddr, (Slot, Instant)>,
+    last_sweep: parking_lot::Mutex<Instant>,
+    refused: IntCounter,
+}
+
+impl fmt::Debug for Admission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admission").field("pending", &self.pending.len()).finish()
+    }
+}
+
+impl Admission {
+    pub fn new(connections: Arc<PerClient>, refused: IntCounter) -> Arc<Admission> {
+        Arc::new(Admission {
+            connections,
+            pending: dashmap::DashMap::new(),
+            last_sweep: parking_lot::Mutex::new(Instant::now()),
+            refused,
+        })
+    }
+
+    /// The slot taken when `peer`'s connection was accepted.
+    fn claim(&self, peer: &SocketAddr) -> Option<Slot> {
+        self.pending.remove(peer).map(|(_, (slot, _))| slot)
+    }
+
+    /// Gives back the slots of handshakes that never completed.
+    fn sweep(&self) {
+        let now = Instant::now();
+        let mut last = self.last_sweep.lock();
+        if now.duration_since(*last) < Duration::from_secs(5) {
+            return;
+        }
+        *last = now;
+        drop(last);
+        self.pending.retain(|_, (_, at)| now.duration_since(*at) < HANDSHAKE_LIMIT);
+    }
+}
+
+#[async_trait]
+impl ConnectionFilter for Admission {
+    async fn should_accept(&self, addr: Option<&SocketAddr>) -> bool {
+        let Some(addr) = addr.filter(|_| self.connections.enabled()) else { return true };
+        self.sweep();
+        match self.connections.take(addr.ip()) {
+            Some(slot) => {
+                // A peer address is one connection's until it closes.
+                self.pending.insert(*addr, (slot, Instant::now()));
+                true
+            }
+            None => {
+                self.refused.inc();
+                false
+            }
+        }
+    }
+}
 
 /// An HTTP app (Pingora's proxy) behind the connection cap and the header
 /// deadline.
 pub struct Guarded<A> {
     pub inner: Arc<A>,
-    pub connections: Arc<PerClient>,
+    pub admission: Arc<Admission>,
     pub header_timeout: Duration,
-    pub refused: IntCounter,
     pub timeouts: IntCounter,
 }
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
-    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let peer = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let _slot = match peer {
-            Some(ip) if self.connections.enabled() => match self.connections.take(ip) {
-                Some(slot) => Some(slot),
-                None => {
-                    self.refused.inc();
-                    if stream.selected_alpn_proto() != Some(ALPN::H2) {
-                        let _ = stream.write_all(REFUSED).await;
-                        let _ = stream.flush().await;
-                    }
-                    <dyn IO as Shutdown>::shutdown(&mut *stream).await;
-                    return None;
-                }
-            },
-            _ => None,
-        };
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        // Held while the connection lives.
+        let peer = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let _slot = peer.and_then(|addr| self.admission.claim(&addr));
         if stream.selected_alpn_proto() == Some(ALPN::H2) {
             return self.inner.process_new(stream, shutdown).await;
         }
@@ -272,7 +330,7 @@ impl Peek for HeaderDeadline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn counter() -> IntCounter {
         IntCounter::new("t", "t").expect("counter")

@@ -103,14 +103,18 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
     // As long as HTTP/1.1 keep-alive (Pingora's 60 s); the default is none.
     options.h2_idle_timeout = Some(Duration::from_secs(60));
     app.server_options = Some(options);
+    let admission = conn::Admission::new(
+        limits::PerClient::new(cfg.rate_limit.max_connections_per_ip),
+        metrics.connections_refused.clone(),
+    );
     let guarded = conn::Guarded {
         inner: Arc::new(app),
-        connections: limits::PerClient::new(cfg.rate_limit.max_connections_per_ip),
+        admission: Arc::clone(&admission),
         header_timeout: Duration::from_millis(cfg.header_timeout_ms),
-        refused: metrics.connections_refused.clone(),
         timeouts: metrics.header_timeouts.clone(),
     };
     let mut proxy = Service::new("edge".to_string(), guarded);
+    proxy.set_connection_filter(admission);
     proxy.add_listener(listener(pingora::listeners::ListenerConfig::tcp(cfg.listen.to_string())));
     if !cfg.tls.listen.is_empty() {
         let (cert, key) = (cfg.tls.cert.display().to_string(), cfg.tls.key.display().to_string());
