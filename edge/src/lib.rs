@@ -132,6 +132,13 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
         token: cfg.admin.token.clone(),
         origins: origins.clone(),
     };
+    // The operators' listener has the header deadline too (no per-client cap).
+    let admin_app = conn::Guarded {
+        inner: Arc::new(admin_app),
+        admission: conn::Admission::new(limits::PerClient::new(0), metrics.connections_refused.clone()),
+        header_timeout: Duration::from_millis(cfg.header_timeout_ms),
+        timeouts: metrics.header_timeouts.clone(),
+    };
     let mut admin = Service::new("admin".to_string(), admin_app);
     admin.add_tcp(&cfg.admin.listen.to_string());
 

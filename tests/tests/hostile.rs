@@ -109,6 +109,16 @@ async fn an_edge_closes_slow_headers_and_caps_connections_per_client() {
     let head = b"GET /example.com/alpha/@v/list HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
     let held = trickle(&addr, head, Duration::from_millis(100), Duration::from_secs(10)).await;
     assert!(held < Duration::from_secs(3), "a slowloris client held an edge connection for {held:?}");
+    // The admin listener too.
+    let admin = edge.admin.trim_start_matches("http://").to_string();
+    let held = trickle(
+        &admin,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaaaa\r\n",
+        Duration::from_millis(100),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(held < Duration::from_secs(3), "a slowloris client held the admin listener for {held:?}");
     // A connection that sends nothing is closed at the same deadline.
     let started = Instant::now();
     assert_eq!(exchange("127.0.0.1", &addr, b"", Duration::from_secs(10)).await, "");
