@@ -168,7 +168,7 @@ pub fn run(overrides: Overrides) -> anyhow::Result<()> {
             }
         }
     }
-    let wait = wait_listening(&cluster, &mut running);
+    let wait = wait_ready(&cluster, &mut running);
     if let Err(e) = wait {
         stop_all(&mut running);
         return Err(e);
@@ -202,8 +202,9 @@ pub fn run(overrides: Overrides) -> anyhow::Result<()> {
     }
 }
 
-/// Waits until every node accepts connections (bounded).
-fn wait_listening(cluster: &Cluster, running: &mut [Running]) -> anyhow::Result<()> {
+/// Waits until every node accepts connections and every edge is ready
+/// (bounded).
+fn wait_ready(cluster: &Cluster, running: &mut [Running]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     for spec in cluster.origins.iter().chain(&cluster.edges) {
         loop {
@@ -225,7 +226,29 @@ fn wait_listening(cluster: &Cluster, running: &mut [Running]) -> anyhow::Result<
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    // Edges route once their first health checks found a healthy origin.
+    for edge in &cluster.edges {
+        let Some(admin) = edge.admin.as_deref() else { continue };
+        while !ready(admin) {
+            if Instant::now() > deadline {
+                bail!("edge {} is not ready (GET http://{admin}/readyz) after 30 s", edge.id);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     Ok(())
+}
+
+/// Whether `GET /readyz` on `admin` answers 200.
+fn ready(admin: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(admin) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut head = [0u8; 12];
+    s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").is_ok()
+        && s.read_exact(&mut head).is_ok()
+        && head.starts_with(b"HTTP/1.")
+        && &head[9..12] == b"200"
 }
 
 /// SIGTERM to every node, then SIGKILL to those still there after 10 s.
