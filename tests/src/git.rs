@@ -82,17 +82,8 @@ impl GitServer {
             served: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         });
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-        let addr = listener.local_addr()?;
         let app = axum::Router::new().fallback(serve).with_state(Arc::clone(&inner));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
+        let (addr, tx) = crate::http::serve_on(SocketAddr::from(([127, 0, 0, 1], 0)), app).await?;
         Ok(GitServer { addr, inner, stop: Some(tx) })
     }
 

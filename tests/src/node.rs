@@ -389,3 +389,17 @@ impl Drop for EdgeProcess {
         self.kill9();
     }
 }
+
+/// An HTTPS listener for an edge in `dir`: a self-signed certificate for
+/// `localhost` written there, and the edge config lines naming it. Returns
+/// the config lines, the port, and the certificate (PEM) to trust.
+pub fn edge_tls(dir: &Path) -> io::Result<(String, u16, String)> {
+    std::fs::create_dir_all(dir)?;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .map_err(io::Error::other)?;
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem())?;
+    std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem())?;
+    let port = free_port()?;
+    let extra = format!("[tls]\nlisten = \"127.0.0.1:{port}\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n");
+    Ok((extra, port, cert.cert.pem()))
+}

@@ -93,17 +93,8 @@ impl FixtureUpstream {
             faults: Mutex::new(Faults { error_status: 503, ..Faults::default() }),
             counters: Counters::default(),
         });
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let app = axum::Router::new().fallback(serve).with_state(Arc::clone(&inner));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
+        let (addr, tx) = crate::http::serve_on(addr, app).await?;
         Ok(FixtureUpstream { addr, inner, stop: Some(tx) })
     }
 

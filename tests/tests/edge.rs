@@ -390,15 +390,9 @@ async fn tls_with_http2_serves_the_go_command() {
     let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
     let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
     let dir = tmp.path().join("edge");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("cert");
-    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).expect("cert.pem");
-    std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).expect("key.pem");
-    let tls_port = modcdn_tests::node::free_port().expect("port");
-    let extra = format!("[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n");
+    let (extra, tls_port, cert) = modcdn_tests::node::edge_tls(&dir).expect("tls");
     let _edge = EdgeProcess::start(&dir, &[Member::of("o", &origin, "us")], &extra).expect("edge");
-    let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).expect("root");
+    let root = reqwest::Certificate::from_pem(cert.as_bytes()).expect("root");
     let base = format!("https://localhost:{tls_port}");
     let key = Corpus::key(corpus::ALPHA, "v1.0.0", "mod");
 
@@ -746,20 +740,13 @@ async fn a_cached_file_failing_under_a_reader_fails_that_response_not_the_edge()
     let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
     let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
     let dir = tmp.path().join("edge");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
-    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).expect("cert.pem");
-    std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).expect("key.pem");
-    let tls_port = modcdn_tests::node::free_port().expect("port");
     // TLS: the body is encrypted in the edge's own memory, so a mapped page
     // that cannot be read faults in the process (plain writes fail in the
     // kernel instead). Zips above 64 KiB are served from disk.
-    let extra = format!(
-        "[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
-         [cache]\nmemory_object_max_kib = 64\n"
-    );
+    let (tls, tls_port, cert) = modcdn_tests::node::edge_tls(&dir).expect("tls");
+    let extra = format!("{tls}[cache]\nmemory_object_max_kib = 64\n");
     let mut edge = EdgeProcess::start(&dir, &[Member::of("o", &origin, "us")], &extra).expect("edge");
-    let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).expect("root");
+    let root = reqwest::Certificate::from_pem(cert.as_bytes()).expect("root");
     let tls = reqwest::Client::builder().add_root_certificate(root).http1_only().build().expect("client");
     let base = format!("https://localhost:{tls_port}");
     let key = Corpus::key(&big.path, "v1.0.0", "zip");

@@ -91,15 +91,8 @@ async fn an_edge_closes_slow_headers_and_caps_connections_per_client() {
     let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
     let members = [Member::of("o", &origin, "us")];
     let dir = tmp.path().join("edge");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
-    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).expect("cert.pem");
-    std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).expect("key.pem");
-    let tls_port = modcdn_tests::node::free_port().expect("port");
-    let extra = format!(
-        "header_timeout_ms = 700\n[rate_limit]\nmax_connections_per_ip = 4\n\
-         [tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
-    );
+    let (tls, tls_port, _) = modcdn_tests::node::edge_tls(&dir).expect("tls");
+    let extra = format!("header_timeout_ms = 700\n[rate_limit]\nmax_connections_per_ip = 4\n{tls}");
     let edge = EdgeProcess::start(&dir, &members, &extra).expect("edge");
     let tls_addr = format!("127.0.0.1:{tls_port}");
     let addr = edge.url.trim_start_matches("http://").to_string();
