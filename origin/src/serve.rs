@@ -173,7 +173,10 @@ async fn purgez(
     let Ok(after) = q.get("after").map_or(Ok(0), |a| a.parse::<u64>()) else {
         return text(StatusCode::BAD_REQUEST, policy::CC_NO_STORE, "after: not a number\n");
     };
-    let body = serde_json::to_string(&o.purge_log.page(after)).unwrap_or_default();
+    let body = match serde_json::to_string(&o.purge_log.page(after)) {
+        Ok(body) => body,
+        Err(e) => return internal_error(&e),
+    };
     let mut r = text(StatusCode::OK, policy::CC_NO_STORE, &body);
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
@@ -548,7 +551,7 @@ async fn respond_hit(o: &Origin, kind: Kind, hit: Opened, cache: CacheResult, re
     }
     if let Some(inm) = req_headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
         if inm.split(',').any(|t| t.trim() == etag || t.trim() == "*" || t.trim().trim_start_matches("W/") == etag) {
-            return builder.status(StatusCode::NOT_MODIFIED).body(Body::empty()).unwrap_or_default();
+            return built(builder.status(StatusCode::NOT_MODIFIED).body(Body::empty()));
         }
     }
     builder = builder.header(header::CONTENT_TYPE, kind.content_type());
@@ -557,11 +560,12 @@ async fn respond_hit(o: &Origin, kind: Kind, hit: Opened, cache: CacheResult, re
         Some(spec) => match parse_range(spec, size) {
             RangeSpec::Ignore => None,
             RangeSpec::Unsatisfiable => {
-                return builder
-                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                    .header(header::CONTENT_RANGE, format!("bytes */{size}"))
-                    .body(Body::empty())
-                    .unwrap_or_default();
+                return built(
+                    builder
+                        .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                        .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                        .body(Body::empty()),
+                );
             }
             RangeSpec::Bytes(start, end) => Some((start, end)),
         },
@@ -587,7 +591,7 @@ async fn respond_hit(o: &Origin, kind: Kind, hit: Opened, cache: CacheResult, re
             Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, STREAM_CHUNK))
         }
     };
-    builder.body(body).unwrap_or_default()
+    built(builder.body(body))
 }
 
 enum RangeSpec {
@@ -653,16 +657,41 @@ fn respond_error(o: &Origin, kind: Option<Kind>, key: Option<&str>, e: &OriginEr
 }
 
 fn text(status: StatusCode, cache_control: &str, body: &str) -> Response {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .header(header::CACHE_CONTROL, cache_control)
-        .body(Body::from(body.to_string()))
-        .unwrap_or_default()
+    built(
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .header(header::CACHE_CONTROL, cache_control)
+            .body(Body::from(body.to_string())),
+    )
+}
+
+/// A built response, or a 500 that no cache keeps if building failed —
+/// never an empty 200 (which an edge would keep as the artifact).
+fn built(r: Result<Response, axum::http::Error>) -> Response {
+    r.unwrap_or_else(|e| internal_error(&e))
+}
+
+fn internal_error(e: &dyn std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "could not build a response");
+    let mut r = Response::new(Body::from("internal error\n"));
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(policy::CC_NO_STORE));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_response_that_cannot_be_built_is_a_500_no_cache_keeps() {
+        let r = super::built(Response::builder().header("x-bad", "a\nb").body(Body::empty()));
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+        let r = super::text(StatusCode::OK, "bad\nvalue", "x");
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
     use super::*;
 
     #[test]
