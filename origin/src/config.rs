@@ -92,7 +92,8 @@ pub struct HttpConfig {
     pub header_timeout_ms: u64,
     /// Default 30000.
     pub read_timeout_ms: u64,
-    /// Most retries of one upstream request. Default 6.
+    /// Most retries of one upstream request (the retry budget bounds them
+    /// during an outage; `pull_deadline_ms` bounds their time). Default 10.
     pub retries: u32,
     /// Retries allowed as a share of upstream requests, over time (the
     /// retry budget; a few are saved up for bursts). Default 0.5.
@@ -172,7 +173,7 @@ impl Default for HttpConfig {
             connect_timeout_ms: 5000,
             header_timeout_ms: 15_000,
             read_timeout_ms: 30_000,
-            retries: 6,
+            retries: 10,
             retry_ratio: 0.5,
             retry_backoff_ms: 100,
             pool_idle_per_host: 32,
