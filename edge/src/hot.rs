@@ -18,6 +18,7 @@ use modcdn_router::route::Member;
 use modcdn_router::watch::Membership;
 use modcdn_shared::hot::HotSet;
 use modcdn_shared::module::{self, ModulePath};
+use modcdn_shared::policy::{CacheStatus, CACHE_STATUS_HEADER};
 use modcdn_shared::semver;
 
 use crate::metrics::Metrics;
@@ -179,7 +180,8 @@ impl HotSync {
         let url = format!("http://{}/{key}", SocketAddr::new(host, self.listen.port()));
         match self.origins.http.get(&url).header(PREFETCH_HEADER, "1").send().await {
             Ok(r) => {
-                let hit = r.headers().get("x-cache").is_some_and(|v| v == "HIT");
+                let hit = CacheStatus::of_header(r.headers().get(CACHE_STATUS_HEADER).map(|v| v.as_bytes()))
+                    == CacheStatus::Hit;
                 r.status().is_success() && r.bytes().await.is_ok() && !hit
             }
             Err(_) => false,

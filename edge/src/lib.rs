@@ -72,9 +72,11 @@ pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
         hot: Arc::clone(&hot),
         hot_tick: std::sync::atomic::AtomicU64::new(0),
         metrics: Arc::clone(&metrics),
-        ttls: cfg.ttl.ttls(),
+        ttls: modcdn_shared::policy::Ttls {
+            private: Duration::from_secs(cfg.cache.private_ttl_secs),
+            ..cfg.ttl.ttls()
+        },
         cache_private: cfg.cache.private,
-        private_ttl: Duration::from_secs(cfg.cache.private_ttl_secs),
         region: cfg.region.clone(),
         retries: cfg.origin.retries,
         connect_timeout: cfg.connect_timeout(),

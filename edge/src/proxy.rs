@@ -36,7 +36,7 @@ use modcdn_router::load::InFlight;
 use modcdn_router::membership::Snapshot;
 use modcdn_router::route::Member;
 use modcdn_router::watch::Membership;
-use modcdn_shared::policy::{self, Fault, Freshness, Outcome, Ttls, CC_NO_STORE, FAULT_HEADER};
+use modcdn_shared::policy::{self, CacheStatus, Fault, Ttls, CACHE_STATUS_HEADER, CC_NO_STORE, FAULT_HEADER};
 use modcdn_shared::request::Request;
 use modcdn_shared::telemetry;
 use pingora::cache::eviction::EvictionManager;
@@ -51,15 +51,11 @@ use crate::limits::{Limits, Slot};
 use crate::metrics::Metrics;
 use crate::storage::{cache_key, CacheStore, MemObject};
 
-/// How long an artifact with `Freshness::Forever` is considered fresh.
-const FOREVER: Duration = Duration::from_secs(10 * 365 * 86_400);
 /// The most header bytes a request may carry (the go command sends a few
 /// hundred); more is refused with 431 before anything else is done.
 const MAX_HEADER_BYTES: usize = 16 << 10;
 /// One request in this many is counted for the hot set.
 const HOT_SAMPLE: u64 = 8;
-/// How long a list may stand in for an origin that fails.
-const STALE_IF_ERROR: Duration = Duration::from_secs(86_400);
 
 /// What the edge shares between requests.
 pub struct Edge {
@@ -75,11 +71,10 @@ pub struct Edge {
     /// Requests seen, for sampling what `hot` counts.
     pub hot_tick: std::sync::atomic::AtomicU64,
     pub metrics: Arc<Metrics>,
+    /// The policy's TTLs; `private` is `cache.private_ttl_secs`.
     pub ttls: Ttls,
     /// Whether answers to credentialed requests are cached (per credential).
     pub cache_private: bool,
-    /// Longest a private copy is kept.
-    pub private_ttl: Duration,
     /// Region of clients GeoIP cannot place; empty: the region map's default.
     pub region: String,
     pub retries: usize,
@@ -301,31 +296,24 @@ impl ProxyHttp for Edge {
 
     fn response_cache_filter(&self, _session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Result<RespCacheable> {
         let Some(request) = &ctx.request else { return Ok(RespCacheable::Uncacheable(NoCacheReason::InternalError)) };
-        let outcome = match resp.status.as_u16() {
-            200 => Outcome::Found,
-            404 => Outcome::NotFound,
-            410 => Outcome::Gone,
-            _ => return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)),
-        };
-        let cache_control = resp.headers.get(http::header::CACHE_CONTROL).and_then(|v| v.to_str().ok()).unwrap_or("");
-        // `private` answers are kept only under the credential they were for.
-        let private_ok = ctx.credential.is_some() && self.cache_private;
-        if (cache_control.contains("private") && !private_ok) || cache_control.contains("no-store") {
+        // `private` answers are kept only under the credential they were
+        // for, for the private TTL, never stale: the origin decides again
+        // who may have them.
+        let cache_control = resp.headers.get(http::header::CACHE_CONTROL).and_then(|v| v.to_str().ok());
+        let d = policy::decide_downstream(
+            request.kind(),
+            resp.status.as_u16(),
+            cache_control,
+            ctx.credential.is_some(),
+            self.cache_private,
+            &self.ttls,
+        );
+        let Some(fresh) = d.freshness.duration() else {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache));
-        }
-        let rule = policy::rule(request.kind(), outcome, &self.ttls);
-        let now = SystemTime::now();
-        let (mut fresh, mut swr, mut sie) = match rule.freshness {
-            Freshness::Never => return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)),
-            Freshness::Forever => (FOREVER, 0, 0),
-            Freshness::Ttl(ttl) if rule.stale_if_error => (ttl, ttl.as_secs() as u32, STALE_IF_ERROR.as_secs() as u32),
-            Freshness::Ttl(ttl) => (ttl, 0, 0),
         };
-        // A private copy lasts at most the private TTL and is never served
-        // stale: the origin decides again who may have it.
-        if cache_control.contains("private") {
-            (fresh, swr, sie) = (fresh.min(self.private_ttl), 0, 0);
-        }
+        let secs = |d: Duration| d.as_secs().min(u32::MAX as u64) as u32;
+        let now = SystemTime::now();
+        let (swr, sie) = (secs(d.stale_while_revalidate), secs(d.stale_if_error));
         Ok(RespCacheable::Cacheable(CacheMeta::new(now + fresh, now, swr, sie, resp.clone())))
     }
 
@@ -345,18 +333,20 @@ impl ProxyHttp for Edge {
 
     async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         let x_cache = match session.cache.phase() {
-            CachePhase::Hit | CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "HIT",
-            CachePhase::Stale | CachePhase::StaleUpdating => "STALE",
-            CachePhase::Expired => "EXPIRED",
-            CachePhase::Miss => "MISS",
-            _ => "BYPASS",
+            CachePhase::Hit | CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => CacheStatus::Hit,
+            CachePhase::Stale | CachePhase::StaleUpdating => CacheStatus::Stale,
+            CachePhase::Expired => CacheStatus::Expired,
+            CachePhase::Miss => CacheStatus::Miss,
+            _ => CacheStatus::Bypass,
         };
-        resp.insert_header("x-cache", x_cache)?;
+        resp.insert_header(CACHE_STATUS_HEADER, x_cache.as_str())?;
         if !resp.headers.contains_key(http::header::CACHE_CONTROL) {
-            let cc = match (&ctx.request, resp.status.as_u16()) {
-                (Some(r), 200) => policy::rule(r.kind(), Outcome::Found, &self.ttls).cache_control,
-                (Some(r), 404) => policy::rule(r.kind(), Outcome::NotFound, &self.ttls).cache_control,
-                _ => CC_NO_STORE.to_string(),
+            let cc = match &ctx.request {
+                Some(r) => {
+                    let status = resp.status.as_u16();
+                    policy::decide_downstream(r.kind(), status, None, false, false, &self.ttls).cache_control
+                }
+                None => CC_NO_STORE.to_string(),
             };
             resp.insert_header(http::header::CACHE_CONTROL, cc)?;
         }
@@ -403,14 +393,9 @@ impl ProxyHttp for Edge {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let written = session.response_written();
         let status = written.map_or(0, |r| r.status.as_u16());
-        let cache = written.and_then(|r| r.headers.get("x-cache")).map_or("NONE", |v| match v.as_bytes() {
-            b"HIT" => "HIT",
-            b"MISS" => "MISS",
-            b"STALE" => "STALE",
-            b"EXPIRED" => "EXPIRED",
-            b"BYPASS" => "BYPASS",
-            _ => "NONE",
-        });
+        let cache =
+            CacheStatus::of_header(written.and_then(|r| r.headers.get(CACHE_STATUS_HEADER)).map(|v| v.as_bytes()))
+                .as_str();
         let kind = ctx.kind();
         let bytes = session.body_bytes_sent() as u64;
         // An origin's health counts only its own faults: a relayed upstream
@@ -565,7 +550,7 @@ async fn respond(session: &mut Session, status: u16, body: &str, headers: &[(&'s
     resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(http::header::CACHE_CONTROL, CC_NO_STORE)?;
-    resp.insert_header("x-cache", "NONE")?;
+    resp.insert_header(CACHE_STATUS_HEADER, CacheStatus::None.as_str())?;
     for (name, value) in headers {
         resp.insert_header(*name, *value)?;
     }

@@ -243,13 +243,8 @@ impl Validate for OriginConfig {
             ));
         }
         for (i, db) in self.checksum_db.iter().enumerate() {
-            let name_ok =
-                db.name.contains('.') && db.name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-');
-            if !name_ok {
-                errs.push((
-                    format!("checksum_db[{i}].name"),
-                    format!("{:?} is not a checksum database name (a host name)", db.name),
-                ));
+            if let Err(e) = modcdn_shared::request::SumDbName::parse(&db.name) {
+                errs.push((format!("checksum_db[{i}].name"), e));
             }
             if let Some(key) = &db.key {
                 if let Err(e) = crate::verify::SumDbVerifier::new(&db.name, &db.url, key) {

@@ -125,7 +125,7 @@ impl Direct {
                 }
                 body
             }
-            Request::SumDb { .. } => {
+            Request::SumDb(_) => {
                 return Err(UpstreamError::NotFound { status: 404, message: "direct: not a module path".into() })
             }
         };

@@ -113,15 +113,9 @@ impl OriginError {
         }
     }
 
-    /// The policy-table outcome, for upstream-caused errors.
+    /// The policy-table outcome of the error's status.
     pub fn outcome(&self) -> Option<Outcome> {
-        match self.status() {
-            404 => Some(Outcome::NotFound),
-            410 => Some(Outcome::Gone),
-            504 => Some(Outcome::UpstreamTimeout),
-            500 | 502 => Some(Outcome::UpstreamError),
-            _ => None,
-        }
+        Outcome::from_status(self.status())
     }
 }
 

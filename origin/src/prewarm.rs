@@ -16,6 +16,7 @@ use std::path::Path;
 
 use futures::StreamExt;
 use modcdn_shared::module::{ModulePath, Version};
+use modcdn_shared::policy::{CacheStatus, CACHE_STATUS_HEADER};
 use modcdn_shared::{gomod, Request};
 
 /// One GOPROXY request to make, and the module it is for.
@@ -150,7 +151,7 @@ pub async fn run(base: &str, targets: Vec<Target>, concurrency: usize, progress:
 async fn fetch(client: &reqwest::Client, url: &str) -> Result<bool, String> {
     let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
     let status = resp.status();
-    let hit = resp.headers().get("x-cache").and_then(|v| v.to_str().ok()) == Some("HIT");
+    let hit = CacheStatus::of_header(resp.headers().get(CACHE_STATUS_HEADER).map(|v| v.as_bytes())) == CacheStatus::Hit;
     let body = resp.bytes().await.map_err(|e| e.to_string())?;
     if !status.is_success() {
         let first = String::from_utf8_lossy(&body).lines().next().unwrap_or("").chars().take(200).collect::<String>();

@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use modcdn_shared::module::Version;
-use modcdn_shared::policy::{self, Outcome};
+use modcdn_shared::policy::{self, Audience, Outcome};
 use modcdn_shared::{dirhash, module, modzip, semver, Kind, Request};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -71,8 +71,9 @@ async fn coalesced_inner(origin: &Arc<Origin>, req: &Request, trigger: Trigger) 
             .into()),
         };
         if let Err(e @ OriginError::Upstream(UpstreamError::NotFound { status, .. })) = &res {
-            let outcome = if *status == 410 { Outcome::Gone } else { Outcome::NotFound };
-            if let policy::Freshness::Ttl(ttl) = policy::rule(r.kind(), outcome, &o.ttls).freshness {
+            let outcome = Outcome::from_status(*status).unwrap_or(Outcome::NotFound);
+            if let policy::Freshness::Ttl(ttl) = policy::decide(r.kind(), outcome, Audience::Public, &o.ttls).freshness
+            {
                 o.negative.insert(&r.key(), *status, e.client_message(), ttl);
             }
         }
@@ -92,11 +93,11 @@ async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
     let started = Instant::now();
     let fetched = match req {
         // Checksum databases are asked directly, never through the GOPROXY chain.
-        Request::SumDb { name, rest, .. } => match origin.checksum_db(name) {
-            Some(url) => origin.upstream.get_one(url, rest).await,
+        Request::SumDb(db) => match origin.checksum_db(db.name.as_str()) {
+            Some(url) => origin.upstream.get_one(url, &db.endpoint.path()).await,
             None => Err(UpstreamError::NotFound {
                 status: 404,
-                message: format!("checksum database {name} is not proxied here"),
+                message: format!("checksum database {} is not proxied here", db.name.as_str()),
             }),
         },
         // Private modules only from their route; noproxy ones never from the public chain.
@@ -159,7 +160,7 @@ async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
         Request::Query(..) | Request::Latest(_) => validate::check_info(&body, None).map(|_| None),
         Request::Mod(m, _) => validate::check_mod(&body, m.as_str()).map(|_| Some(dirhash::hash_go_mod(&body))),
         Request::List(_) => validate::check_list(&body).map(|_| None),
-        Request::SumDb { kind, .. } => validate::check_sumdb(*kind, &body).map(|_| None),
+        Request::SumDb(db) => validate::check_sumdb(&db.endpoint, &body).map(|_| None),
         _ => Ok(None),
     }
     .map_err(|reason| invalid(origin, kind, format!("{key}: {reason}")))?;
@@ -323,10 +324,9 @@ async fn latest_from_list(origin: &Arc<Origin>, req: &Request) -> Result<(), Ori
 
 /// The body at `req`'s key: from the store when fresh, else pulled.
 async fn read_fresh_or_pull(origin: &Arc<Origin>, req: &Request) -> Result<Vec<u8>, OriginError> {
-    let fresh = |meta: &Meta| match policy::rule(req.kind(), Outcome::Found, &origin.ttls).freshness {
-        policy::Freshness::Ttl(ttl) => now_ms().saturating_sub(meta.fetched_at_ms) < ttl.as_millis() as u64,
-        _ => true,
-    };
+    let store = policy::decide(req.kind(), Outcome::Found, Audience::Public, &origin.ttls);
+    let fresh =
+        |meta: &Meta| store.is_fresh(std::time::Duration::from_millis(now_ms().saturating_sub(meta.fetched_at_ms)));
     if let Some((meta, body)) = read(origin, &req.key()).await? {
         if fresh(&meta) {
             return Ok(body);

@@ -25,9 +25,9 @@ use axum::response::Response;
 use axum::routing::{any, get};
 use axum::Router;
 use bytes::Bytes;
-use modcdn_shared::policy::{self, Freshness, Outcome};
+use modcdn_shared::policy::{self, Audience, CacheStatus, Outcome, CACHE_STATUS_HEADER};
 use modcdn_shared::purge::Target;
-use modcdn_shared::request::SumDbKind;
+use modcdn_shared::request::{SumDb, SumDbEndpoint};
 use modcdn_shared::telemetry;
 use modcdn_shared::{Kind, Request};
 use tokio::io::AsyncReadExt;
@@ -225,26 +225,6 @@ async fn metrics(State(o): State<Arc<Origin>>) -> ([(header::HeaderName, &'stati
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], o.metrics.render())
 }
 
-/// Whether a response came from the store, upstream, or a stale copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CacheResult {
-    Hit,
-    Miss,
-    Stale,
-    None,
-}
-
-impl CacheResult {
-    fn as_str(self) -> &'static str {
-        match self {
-            CacheResult::Hit => "HIT",
-            CacheResult::Miss => "MISS",
-            CacheResult::Stale => "STALE",
-            CacheResult::None => "NONE",
-        }
-    }
-}
-
 /// Counts a request in flight until it is answered or its client goes away
 /// (axum drops the handler then, so the decrement lives in `Drop`).
 struct InFlight(prometheus::IntGauge);
@@ -291,7 +271,7 @@ async fn answer(
     path: &str,
     headers: &HeaderMap,
     client: Option<std::net::IpAddr>,
-) -> (Option<Kind>, CacheResult, Response) {
+) -> (Option<Kind>, CacheStatus, Response) {
     if method != Method::GET && method != Method::HEAD {
         let mut r = text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -299,24 +279,25 @@ async fn answer(
             "method not allowed: the GOPROXY protocol is GET and HEAD only\n",
         );
         r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return (None, CacheResult::None, r);
+        return (None, CacheStatus::None, r);
     }
     let r = match Request::parse(path) {
         Ok(r) => r,
-        Err(e) => return (None, CacheResult::None, respond_error(o, None, None, &e.into())),
+        Err(e) => return (None, CacheStatus::None, respond_error(o, None, &e.into())),
     };
     let kind = Some(r.kind());
     if let Some(resp) = private_gate(o, &r, headers, client) {
-        return (kind, CacheResult::None, resp);
+        return (kind, CacheStatus::None, resp);
     }
-    let (cache, mut resp) = match &r {
-        Request::SumDb { name, kind: SumDbKind::Supported, .. } => serve_sumdb_supported(o, name),
-        _ => serve_artifact(o, &r, headers).await,
+    // Credentials decide who may see a private module: no shared cache may keep it.
+    let audience = match r.module().is_some_and(|m| o.private.route(m.as_str()).is_some()) {
+        true => Audience::Private,
+        false => Audience::Public,
     };
-    if r.module().is_some_and(|m| o.private.route(m.as_str()).is_some()) {
-        // Credentials decide who may see it: no shared cache may keep it.
-        keep_private(&mut resp);
-    }
+    let (cache, resp) = match &r {
+        Request::SumDb(SumDb { name, endpoint: SumDbEndpoint::Supported }) => serve_sumdb_supported(o, name.as_str()),
+        _ => serve_artifact(o, &r, audience, headers).await,
+    };
     (kind, cache, resp)
 }
 
@@ -329,7 +310,7 @@ fn finish(
     started: std::time::Instant,
     in_flight: InFlight,
     kind: Option<Kind>,
-    cache: CacheResult,
+    cache: CacheStatus,
     mut resp: Response,
 ) -> Response {
     o.metrics
@@ -353,13 +334,13 @@ fn finish(
 /// its networks, gets what a missing module gets (or 401), and checksum-database lookups for private
 /// or `nosumdb` paths are never forwarded.
 fn private_gate(o: &Origin, req: &Request, headers: &HeaderMap, client: Option<std::net::IpAddr>) -> Option<Response> {
-    if let Request::SumDb { kind: SumDbKind::Lookup, rest, .. } = req {
-        let escaped = rest.strip_prefix("lookup/").and_then(|l| l.rsplit_once('@')).map(|(m, _)| m).unwrap_or("");
-        let module = modcdn_shared::module::unescape_path(escaped).unwrap_or_default();
-        if o.private.is_nosumdb(&module) {
-            return Some(text(StatusCode::NOT_FOUND, policy::CC_NO_STORE, "not found\n"));
-        }
-        return None;
+    if let Request::SumDb(db) = req {
+        return match &db.endpoint {
+            SumDbEndpoint::Lookup { module, .. } if o.private.is_nosumdb(module.as_str()) => {
+                Some(text(StatusCode::NOT_FOUND, policy::CC_NO_STORE, "not found\n"))
+            }
+            _ => None,
+        };
     }
     let route = o.private.route(req.module()?.as_str())?;
     if route.authorized(headers, client) {
@@ -373,76 +354,74 @@ fn private_gate(o: &Origin, req: &Request, headers: &HeaderMap, client: Option<s
     Some(text(StatusCode::NOT_FOUND, policy::CC_NO_STORE, "not found\n"))
 }
 
-/// Rewrites `public` Cache-Control to `private`.
-fn keep_private(resp: &mut Response) {
-    let cc = resp.headers().get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let private = if cc.starts_with("public") { cc.replacen("public", "private", 1) } else { cc };
-    if let Ok(v) = HeaderValue::from_str(&private) {
-        resp.headers_mut().insert(header::CACHE_CONTROL, v);
-    }
-}
-
 /// A GOPROXY artifact. Canonical `.info`, `.mod`, `.zip` are fresh forever
 /// once stored; `list`, `@latest` and query `.info` for their TTL, refreshed
 /// in the background as they near expiry and served stale when upstream
 /// fails (all per the policy table).
-async fn serve_artifact(o: &Arc<Origin>, req: &Request, headers: &HeaderMap) -> (CacheResult, Response) {
+async fn serve_artifact(
+    o: &Arc<Origin>,
+    req: &Request,
+    audience: Audience,
+    headers: &HeaderMap,
+) -> (CacheStatus, Response) {
     o.prefetch.client_asked(o, &req.key());
     if let Some(m) = req.module() {
         o.hot.record(m.escaped());
     }
-    let (cache, opened_or_resp) = find_artifact(o, req).await;
+    let (cache, opened_or_resp) = find_artifact(o, req, audience).await;
     match opened_or_resp {
         Ok(hit) => {
             // The go command asks for a module's requirements next: fetch them now.
             if let (Request::Mod(..), Opened::Memory(c)) = (req, &hit) {
                 o.prefetch.after_mod(o, &c.body, 0);
             }
-            (cache, respond_hit(o, req.kind(), hit, cache, headers).await)
+            (cache, respond_hit(o, (req, audience), hit, cache, headers).await)
         }
         Err(resp) => (cache, resp),
     }
 }
 
 /// The artifact for `req`, or the error response.
-async fn find_artifact(o: &Arc<Origin>, req: &Request) -> (CacheResult, Result<Opened, Response>) {
-    let kind = req.kind();
-    let rule = policy::rule(kind, Outcome::Found, &o.ttls);
+async fn find_artifact(o: &Arc<Origin>, req: &Request, audience: Audience) -> (CacheStatus, Result<Opened, Response>) {
+    // The store keeps every answer as a public one; who may see it is the
+    // private gate's to say.
+    let store = policy::decide(req.kind(), Outcome::Found, Audience::Public, &o.ttls);
 
     // 1. The store (memory tier, then disk): fresh → served.
     let stale = match open(o, &req.key()).await {
-        Err(e) => return (CacheResult::None, Err(respond_error(o, Some(kind), Some(&req.key()), &e))),
+        Err(e) => return (CacheStatus::None, Err(respond_error(o, Some((req, audience)), &e))),
         Ok(None) => None,
         Ok(Some(hit)) => {
             let age = Duration::from_millis(now_ms().saturating_sub(hit.meta().fetched_at_ms));
-            match rule.freshness {
-                Freshness::Ttl(ttl) if age >= ttl => Some(hit),
-                Freshness::Ttl(ttl) => {
-                    if age > ttl.mul_f64(0.75) {
-                        refresh_in_background(o, req);
-                    }
-                    return (CacheResult::Hit, Ok(hit));
+            if !store.is_fresh(age) {
+                Some((hit, age))
+            } else {
+                if store.refresh_at.is_some_and(|at| age > at) {
+                    refresh_in_background(o, req);
                 }
-                _ => return (CacheResult::Hit, Ok(hit)),
+                return (CacheStatus::Hit, Ok(hit));
             }
         }
     };
 
     // 2. A remembered not-found.
-    if let Some(resp) = negative_hit(o, req) {
-        return (CacheResult::Hit, Err(resp));
+    if let Some(resp) = negative_hit(o, req, audience) {
+        return (CacheStatus::Hit, Err(resp));
     }
 
     // 3. Pull from upstream, once for all concurrent askers; if that fails,
     //    an expired copy stands in where the policy allows.
     match pull_and_open(o, req).await {
-        Ok(fresh) => (CacheResult::Miss, Ok(fresh)),
+        Ok(fresh) => (CacheStatus::Miss, Ok(fresh)),
         Err(e) => match stale {
-            Some(hit) if rule.stale_if_error && !matches!(e.outcome(), Some(Outcome::NotFound | Outcome::Gone)) => {
+            Some((hit, age))
+                if store.may_serve_stale_on_error(age)
+                    && !matches!(e.outcome(), Some(Outcome::NotFound | Outcome::Gone)) =>
+            {
                 tracing::warn!(key = %req.key(), error = %e, "upstream failed; serving stale copy");
-                (CacheResult::Stale, Ok(hit))
+                (CacheStatus::Stale, Ok(hit))
             }
-            _ => (CacheResult::Miss, Err(respond_error(o, Some(kind), Some(&req.key()), &e))),
+            _ => (CacheStatus::Miss, Err(respond_error(o, Some((req, audience)), &e))),
         },
     }
 }
@@ -450,14 +429,14 @@ async fn find_artifact(o: &Arc<Origin>, req: &Request) -> (CacheResult, Result<O
 /// `sumdb/<name>/supported`, answered here: 200 for a proxied database, so
 /// the go command sends its lookups and tiles through us; 404 otherwise, so
 /// it asks the database itself.
-fn serve_sumdb_supported(o: &Origin, name: &str) -> (CacheResult, Response) {
+fn serve_sumdb_supported(o: &Origin, name: &str) -> (CacheStatus, Response) {
     match o.checksum_db(name) {
         Some(_) => {
-            let rule = policy::rule(Kind::SumDbSupported, Outcome::Found, &o.ttls);
-            (CacheResult::None, text(StatusCode::OK, &rule.cache_control, ""))
+            let d = policy::decide(Kind::SumDbSupported, Outcome::Found, Audience::Public, &o.ttls);
+            (CacheStatus::None, text(StatusCode::OK, &d.cache_control, ""))
         }
         None => (
-            CacheResult::None,
+            CacheStatus::None,
             text(
                 StatusCode::NOT_FOUND,
                 policy::CC_NO_STORE,
@@ -478,16 +457,16 @@ fn refresh_in_background(o: &Arc<Origin>, req: &Request) {
     });
 }
 
-fn negative_hit(o: &Origin, req: &Request) -> Option<Response> {
+fn negative_hit(o: &Origin, req: &Request, audience: Audience) -> Option<Response> {
     let (status, message) = o.negative.get(&req.key())?;
-    let outcome = if status == 410 { Outcome::Gone } else { Outcome::NotFound };
-    let rule = policy::rule(req.kind(), outcome, &o.ttls);
+    let outcome = Outcome::from_status(status).unwrap_or(Outcome::NotFound);
+    let d = policy::decide(req.kind(), outcome, audience, &o.ttls);
     let mut r = text(
-        StatusCode::from_u16(rule.status).unwrap_or(StatusCode::NOT_FOUND),
-        &rule.cache_control,
+        StatusCode::from_u16(d.status).unwrap_or(StatusCode::NOT_FOUND),
+        &d.cache_control,
         &format!("{message}\n"),
     );
-    r.headers_mut().insert("x-cache", HeaderValue::from_static("HIT"));
+    r.headers_mut().insert(CACHE_STATUS_HEADER, HeaderValue::from_static(CacheStatus::Hit.as_str()));
     Some(r)
 }
 
@@ -536,8 +515,15 @@ async fn open(o: &Arc<Origin>, key: &str) -> Result<Option<Opened>, OriginError>
 
 /// 200, 206, 304 or 416 for a stored artifact, honouring If-None-Match and
 /// a single byte Range.
-async fn respond_hit(o: &Origin, kind: Kind, hit: Opened, cache: CacheResult, req_headers: &HeaderMap) -> Response {
-    let rule = policy::rule(kind, Outcome::Found, &o.ttls);
+async fn respond_hit(
+    o: &Origin,
+    (req, audience): (&Request, Audience),
+    hit: Opened,
+    cache: CacheStatus,
+    req_headers: &HeaderMap,
+) -> Response {
+    let kind = req.kind();
+    let rule = policy::decide(kind, Outcome::Found, audience, &o.ttls);
     let meta = hit.meta();
     let size = meta.size;
     let etag = format!("\"{}\"", &meta.sha256[..meta.sha256.len().min(32)]);
@@ -545,7 +531,7 @@ async fn respond_hit(o: &Origin, kind: Kind, hit: Opened, cache: CacheResult, re
         .header(header::CACHE_CONTROL, &rule.cache_control)
         .header(header::ETAG, &etag)
         .header(header::ACCEPT_RANGES, "bytes")
-        .header("x-cache", cache.as_str());
+        .header(CACHE_STATUS_HEADER, cache.as_str());
     if let Ok(t) = std::time::UNIX_EPOCH.checked_add(Duration::from_millis(meta.fetched_at_ms)).ok_or(()) {
         builder = builder.header(header::LAST_MODIFIED, httpdate::fmt_http_date(t));
     }
@@ -584,7 +570,7 @@ async fn respond_hit(o: &Origin, kind: Kind, hit: Opened, cache: CacheResult, re
             let mut file = hit.file;
             if start > 0 {
                 if let Err(e) = file.seek(SeekFrom::Start(start)) {
-                    return respond_error(o, Some(kind), None, &OriginError::Store(e.to_string()));
+                    return respond_error(o, Some((req, audience)), &OriginError::Store(e.to_string()));
                 }
             }
             let reader = tokio::fs::File::from_std(file).take(len);
@@ -630,22 +616,23 @@ fn parse_range(spec: &str, size: u64) -> RangeSpec {
 
 /// The one place errors become responses: status from the error,
 /// Cache-Control from the policy table, and a body that says what failed.
-/// The body names what was asked (`key`) and a short reason; the log has
-/// the whole error.
-fn respond_error(o: &Origin, kind: Option<Kind>, key: Option<&str>, e: &OriginError) -> Response {
+/// The body names what was asked and a short reason; the log has the whole
+/// error.
+fn respond_error(o: &Origin, asked: Option<(&Request, Audience)>, e: &OriginError) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let cc = match (kind, e.outcome()) {
-        (Some(kind), Some(outcome)) if !matches!(e, OriginError::Request(_)) => {
-            policy::rule(kind, outcome, &o.ttls).cache_control
+    let cc = match (asked, e.outcome()) {
+        (Some((req, audience)), Some(outcome)) if !matches!(e, OriginError::Request(_)) => {
+            policy::decide(req.kind(), outcome, audience, &o.ttls).cache_control
         }
         _ => policy::CC_NO_STORE.to_string(),
     };
+    let key = asked.map(|(req, _)| req.key());
     if status.is_server_error() {
         tracing::warn!(status = status.as_u16(), error = %e, "request failed");
     }
     let message = e.client_message();
     let body = match key {
-        Some(key) if !message.contains(key) => format!("{key}: {message}\n"),
+        Some(key) if !message.contains(&key) => format!("{key}: {message}\n"),
         _ => format!("{message}\n"),
     };
     let mut r = text(status, &cc, &body);

@@ -79,10 +79,10 @@ fn module_directive(text: &str) -> Option<String> {
 /// record followed by one (text); tiles are binary hashes or record text.
 /// The go command verifies signatures and proofs itself; this refuses what
 /// cannot be one (an error page instead of a note).
-pub fn check_sumdb(kind: modcdn_shared::request::SumDbKind, body: &[u8]) -> Result<(), String> {
-    use modcdn_shared::request::SumDbKind;
-    match kind {
-        SumDbKind::Latest | SumDbKind::Lookup => {
+pub fn check_sumdb(endpoint: &modcdn_shared::request::SumDbEndpoint, body: &[u8]) -> Result<(), String> {
+    use modcdn_shared::request::SumDbEndpoint;
+    match endpoint {
+        SumDbEndpoint::Latest | SumDbEndpoint::Lookup { .. } => {
             let text =
                 std::str::from_utf8(body).map_err(|_| "checksum database answer is not UTF-8 text".to_string())?;
             // A signed note ends with signature lines "— <name> <base64>".
@@ -91,7 +91,7 @@ pub fn check_sumdb(kind: modcdn_shared::request::SumDbKind, body: &[u8]) -> Resu
             }
             Ok(())
         }
-        SumDbKind::Tile | SumDbKind::Supported => {
+        SumDbEndpoint::Tile(_) | SumDbEndpoint::Supported => {
             if body.is_empty() {
                 return Err("empty tile".into());
             }

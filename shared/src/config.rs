@@ -35,7 +35,12 @@ impl Default for TtlConfig {
 impl TtlConfig {
     pub fn ttls(&self) -> Ttls {
         let secs = std::time::Duration::from_secs;
-        Ttls { mutable: secs(self.mutable_secs), query: secs(self.query_secs), negative: secs(self.negative_secs) }
+        Ttls {
+            mutable: secs(self.mutable_secs),
+            query: secs(self.query_secs),
+            negative: secs(self.negative_secs),
+            ..Ttls::default()
+        }
     }
 }
 

@@ -330,8 +330,8 @@ impl RoutingKey {
         RoutingKey(module.escaped.clone())
     }
     /// A checksum database's key (its name is checked by the request parser).
-    pub(crate) fn sumdb(name: &str) -> RoutingKey {
-        RoutingKey(format!("sumdb/{name}"))
+    pub(crate) fn sumdb(name: &crate::request::SumDbName) -> RoutingKey {
+        RoutingKey(format!("sumdb/{}", name.as_str()))
     }
     pub fn as_str(&self) -> &str {
         &self.0

@@ -24,17 +24,59 @@ pub enum Request {
     Mod(ModulePath, Version),
     /// `<module>/@v/<version>.zip`
     Zip(ModulePath, Version),
-    /// `sumdb/<name>/...`
-    SumDb { name: String, kind: SumDbKind, rest: String },
+    /// `sumdb/<name>/<endpoint>`
+    SumDb(SumDb),
+}
+
+/// A checksum-database request, as parsed: nobody splits its path again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SumDb {
+    pub name: SumDbName,
+    pub endpoint: SumDbEndpoint,
 }
 
 /// The parts of the checksum-database protocol a proxy passes through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SumDbKind {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SumDbEndpoint {
+    /// `supported`: whether the proxy passes this database through.
     Supported,
+    /// `latest`: the signed tree head.
     Latest,
-    Lookup,
-    Tile,
+    /// `lookup/<module>@<version>`: a module version's record.
+    Lookup { module: ModulePath, version: Version },
+    /// `tile/...`: a tile of the log's hashes or records, canonical only.
+    Tile(crate::tlog::TilePath),
+}
+
+impl SumDbEndpoint {
+    /// The path below `sumdb/<name>/`, as the database serves it.
+    pub fn path(&self) -> String {
+        match self {
+            SumDbEndpoint::Supported => "supported".into(),
+            SumDbEndpoint::Latest => "latest".into(),
+            SumDbEndpoint::Lookup { module, version } => format!("lookup/{}@{}", module.escaped(), version.escaped()),
+            SumDbEndpoint::Tile(tile) => tile.path(),
+        }
+    }
+}
+
+/// A checksum database's name, as in GOSUMDB (`sum.golang.org`): a host
+/// name, so it can be neither a path nor a file name of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SumDbName(String);
+
+impl SumDbName {
+    /// Letters, digits, `.` and `-`, with at least one dot.
+    pub fn parse(name: &str) -> Result<SumDbName, String> {
+        match name.contains('.') && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-') {
+            true => Ok(SumDbName(name.to_string())),
+            false => Err(format!("{name:?} is not a checksum database name (a host name)")),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Request kinds, for the policy table, metrics and content types.
@@ -220,11 +262,11 @@ impl Request {
             Request::Query(..) => Kind::Query,
             Request::Mod(..) => Kind::Mod,
             Request::Zip(..) => Kind::Zip,
-            Request::SumDb { kind, .. } => match kind {
-                SumDbKind::Supported => Kind::SumDbSupported,
-                SumDbKind::Latest => Kind::SumDbLatest,
-                SumDbKind::Lookup => Kind::SumDbLookup,
-                SumDbKind::Tile => Kind::SumDbTile,
+            Request::SumDb(db) => match db.endpoint {
+                SumDbEndpoint::Supported => Kind::SumDbSupported,
+                SumDbEndpoint::Latest => Kind::SumDbLatest,
+                SumDbEndpoint::Lookup { .. } => Kind::SumDbLookup,
+                SumDbEndpoint::Tile(_) => Kind::SumDbTile,
             },
         }
     }
@@ -233,7 +275,7 @@ impl Request {
         match self {
             Request::List(m) | Request::Latest(m) => Some(m),
             Request::Info(m, _) | Request::Query(m, _) | Request::Mod(m, _) | Request::Zip(m, _) => Some(m),
-            Request::SumDb { .. } => None,
+            Request::SumDb(_) => None,
         }
     }
 
@@ -248,7 +290,7 @@ impl Request {
     pub fn routing_key(&self) -> crate::module::RoutingKey {
         use crate::module::RoutingKey;
         match self {
-            Request::SumDb { name, .. } => RoutingKey::sumdb(name),
+            Request::SumDb(db) => RoutingKey::sumdb(&db.name),
             Request::List(m) | Request::Latest(m) => RoutingKey::of(m),
             Request::Info(m, _) | Request::Query(m, _) | Request::Mod(m, _) | Request::Zip(m, _) => RoutingKey::of(m),
         }
@@ -264,36 +306,30 @@ impl Request {
             Request::Info(m, v) | Request::Query(m, v) => format!("{}/@v/{}.info", m.escaped(), v.escaped()),
             Request::Mod(m, v) => format!("{}/@v/{}.mod", m.escaped(), v.escaped()),
             Request::Zip(m, v) => format!("{}/@v/{}.zip", m.escaped(), v.escaped()),
-            Request::SumDb { name, rest, .. } => format!("sumdb/{name}/{rest}"),
+            Request::SumDb(db) => format!("sumdb/{}/{}", db.name.as_str(), db.endpoint.path()),
         }
     }
 }
 
 fn parse_sumdb(path: &str) -> Result<Request, RequestError> {
     let (name, rest) = path.split_once('/').ok_or_else(|| malformed("sumdb path needs a name and an endpoint"))?;
-    // A checksum database name is a host name, optionally with a path.
-    if !name.contains('.') || !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-') {
-        return Err(malformed(format!("invalid checksum database name {name:?}")));
-    }
-    let kind = if rest == "supported" {
-        SumDbKind::Supported
+    let name = SumDbName::parse(name).map_err(malformed)?;
+    let endpoint = if rest == "supported" {
+        SumDbEndpoint::Supported
     } else if rest == "latest" {
-        SumDbKind::Latest
+        SumDbEndpoint::Latest
     } else if let Some(lookup) = rest.strip_prefix("lookup/") {
         let (m, v) = lookup.rsplit_once('@').ok_or_else(|| malformed("sumdb lookup needs module@version"))?;
-        ModulePath::from_escaped(m)?;
-        Version::from_escaped(v)?;
-        SumDbKind::Lookup
+        SumDbEndpoint::Lookup { module: ModulePath::from_escaped(m)?, version: Version::from_escaped(v)? }
     } else if let Some(tile) = rest.strip_prefix("tile/") {
         // tile/H/L/[xNNN/]*NNN[.p/W] or tile/H/data/..., canonical only.
-        if crate::tlog::TilePath::parse(rest).is_err() {
-            return Err(malformed(format!("invalid tile path {tile:?}")));
-        }
-        SumDbKind::Tile
+        let parsed =
+            crate::tlog::TilePath::parse(rest).map_err(|_| malformed(format!("invalid tile path {tile:?}")))?;
+        SumDbEndpoint::Tile(parsed)
     } else {
         return Err(malformed(format!("unknown sumdb endpoint {rest:?}")));
     };
-    Ok(Request::SumDb { name: name.to_string(), kind, rest: rest.to_string() })
+    Ok(Request::SumDb(SumDb { name, endpoint }))
 }
 
 #[cfg(test)]
@@ -335,6 +371,31 @@ mod tests {
         let r = Request::parse("/github.com/!azure/go/@v/v1.0.0-!r!c1.info").expect("valid");
         assert_eq!(r.module().map(|m| m.as_str()), Some("github.com/Azure/go"));
         assert_eq!(r.version().map(|v| v.as_str()), Some("v1.0.0-RC1"));
+    }
+
+    #[test]
+    fn checksum_database_requests_keep_what_was_checked() {
+        let parse = |p: &str| match Request::parse(p) {
+            Ok(Request::SumDb(db)) => db,
+            other => panic!("{p}: {other:?}"),
+        };
+        let db = parse("/sumdb/sum.golang.org/lookup/github.com/!azure/sdk@v1.0.0");
+        assert_eq!(db.name.as_str(), "sum.golang.org");
+        match &db.endpoint {
+            SumDbEndpoint::Lookup { module, version } => {
+                assert_eq!((module.as_str(), version.as_str()), ("github.com/Azure/sdk", "v1.0.0"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(db.endpoint.path(), "lookup/github.com/!azure/sdk@v1.0.0");
+        let tile = parse("/sumdb/sum.golang.org/tile/8/1/x001/234.p/5");
+        assert!(matches!(tile.endpoint, SumDbEndpoint::Tile(t) if t.tile.h == 8 && t.tile.l == 1 && t.tile.w == 5));
+        assert_eq!(Request::SumDb(tile).key(), "sumdb/sum.golang.org/tile/8/1/x001/234.p/5");
+        assert_eq!(parse("/sumdb/sum.golang.org/supported").endpoint, SumDbEndpoint::Supported);
+        assert!(SumDbName::parse("sum.golang.org").is_ok());
+        for bad in ["localhost", "sum_golang.org", "a/b.org", ""] {
+            assert!(SumDbName::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

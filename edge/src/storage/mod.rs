@@ -35,6 +35,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use modcdn_shared::policy::{CacheStatus, CACHE_STATUS_HEADER};
 use parking_lot::Mutex;
 use pingora::cache::key::CacheHashKey;
 use pingora::cache::storage::streaming_write::U64WriteId;
@@ -85,7 +86,7 @@ impl MemObject {
     fn new(primary: &str, meta: &CacheMeta, body: Bytes) -> MemObject {
         let mut header = meta.response_header_copy();
         // Everything served from here is a hit: say so once, not per answer.
-        let _ = header.insert_header("x-cache", "HIT");
+        let _ = header.insert_header(CACHE_STATUS_HEADER, CacheStatus::Hit.as_str());
         MemObject {
             kind: modcdn_shared::Request::parse(&format!("/{primary}")).ok().map(|r| r.kind()),
             header,
