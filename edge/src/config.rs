@@ -285,8 +285,10 @@ impl Validate for EdgeConfig {
 impl EdgeConfig {
     /// Loads from `file` or the embedded default, with environment
     /// overrides; relative paths then resolve against the file's directory.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut cfg: EdgeConfig = config::load(file, DEFAULT_TOML, ENV_PREFIX, std::env::vars())?;
+    /// Loads `file` (or the embedded default), then `MODCDN_EDGE__*`
+    /// environment overrides, then command-line `flags`, and validates.
+    pub fn load(file: Option<&Path>, flags: &[config::Flag]) -> Result<Self, ConfigError> {
+        let mut cfg: EdgeConfig = config::load(file, DEFAULT_TOML, ENV_PREFIX, std::env::vars(), flags)?;
         let base = file.and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
         for p in [
             &mut cfg.membership,
@@ -327,7 +329,7 @@ mod tests {
     #[test]
     fn deploy_example_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/edge.toml");
-        let c = EdgeConfig::load(Some(&path)).expect("deploy/edge.toml");
+        let c = EdgeConfig::load(Some(&path), &[]).expect("deploy/edge.toml");
         assert!(c.membership.ends_with("deploy/router.toml"), "{}", c.membership.display());
         assert_eq!(c.tls.listen, "0.0.0.0:443");
         assert!(c.rate_limit.requests_per_sec > 0.0);

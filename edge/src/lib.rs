@@ -47,11 +47,11 @@ const HOT_TRACKED: usize = 2000;
 /// How often the LRU state is saved besides at shutdown.
 const LRU_SAVE_EVERY: Duration = Duration::from_secs(60);
 
-/// Builds the edge from `cfg` and serves until SIGTERM/SIGINT, or until a
-/// new process takes the sockets over (SIGQUIT). With `upgrade`, takes the
-/// listening sockets over from the running edge instead of binding them.
-pub fn run(cfg: EdgeConfig, upgrade: bool) -> anyhow::Result<()> {
-    let membership = Membership::load(&cfg.membership).context("membership")?;
+/// Builds the edge from `cfg` and its `membership` (loaded from
+/// `cfg.membership`) and serves until SIGTERM/SIGINT, or until a new process
+/// takes the sockets over (SIGQUIT). With `upgrade`, takes the listening
+/// sockets over from the running edge instead of binding them.
+pub fn run(cfg: EdgeConfig, membership: Arc<Membership>, upgrade: bool) -> anyhow::Result<()> {
     let _watch = membership.watch(Duration::from_secs(2)).context("watching membership")?;
     let tls_roots = cfg.origin.tls_ca.as_deref().map(origins::read_ca).transpose().context("origin.tls_ca")?;
     let _health = modcdn_router::health::spawn(Arc::clone(&membership), tls_roots).context("health checks")?;

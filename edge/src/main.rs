@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use modcdn_edge::config::EdgeConfig;
+use modcdn_shared::config::Flag;
 
 #[derive(Parser)]
 #[command(version, about = "modcdn edge node: the caching GOPROXY go clients talk to")]
@@ -64,20 +65,24 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve { config, listen, upgrade } => {
-            let mut cfg = match EdgeConfig::load(config.as_deref()) {
+            let flags: Vec<Flag> =
+                listen.map(|a| Flag { key: "listen", flag: "--listen", value: a.to_string() }).into_iter().collect();
+            let cfg = match EdgeConfig::load(config.as_deref(), &flags) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("modcdn-edge: config error: {e}");
                     return ExitCode::from(64);
                 }
             };
-            cfg.listen = listen.unwrap_or(cfg.listen);
             // The membership file is configuration too: its errors (file,
-            // line, key) are config errors.
-            if let Err(e) = modcdn_router::membership::MembershipFile::load(&cfg.membership) {
-                eprintln!("modcdn-edge: config error: membership: {e}");
-                return ExitCode::from(64);
-            }
+            // line, key) are config errors. Loaded once, here.
+            let membership = match modcdn_router::watch::Membership::load(&cfg.membership) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("modcdn-edge: config error: membership: {e}");
+                    return ExitCode::from(64);
+                }
+            };
             let _telemetry = match modcdn_shared::telemetry::init(&cfg.log, "modcdn-edge") {
                 Ok(t) => t,
                 Err(e) => {
@@ -85,7 +90,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(64);
                 }
             };
-            match modcdn_edge::run(cfg, upgrade) {
+            match modcdn_edge::run(cfg, membership, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("modcdn-edge: {e:#}");

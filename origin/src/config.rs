@@ -294,8 +294,10 @@ impl Validate for OriginConfig {
 
 impl OriginConfig {
     /// Loads from `file` or the embedded default, with environment overrides.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        config::load(file, DEFAULT_TOML, ENV_PREFIX, std::env::vars())
+    /// Loads `file` (or the embedded default), then `MODCDN_ORIGIN__*`
+    /// environment overrides, then command-line `flags`, and validates.
+    pub fn load(file: Option<&Path>, flags: &[config::Flag]) -> Result<Self, ConfigError> {
+        config::load(file, DEFAULT_TOML, ENV_PREFIX, std::env::vars(), flags)
     }
 
     pub fn ttls(&self) -> Ttls {
@@ -317,7 +319,7 @@ mod tests {
     #[test]
     fn deploy_example_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/origin.toml");
-        let c = config::load::<OriginConfig>(Some(&path), "", ENV_PREFIX, []).expect("deploy/origin.toml");
+        let c = config::load::<OriginConfig>(Some(&path), "", ENV_PREFIX, [], &[]).expect("deploy/origin.toml");
         assert_eq!(c.upstream, "https://proxy.golang.org");
     }
 
@@ -327,21 +329,32 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let f = dir.join("bad.toml");
         std::fs::write(&f, "upstream = \"https://a.example,,direct\"\n").expect("write");
-        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, []).expect_err("empty entry").to_string();
+        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, [], &[]).expect_err("empty entry").to_string();
         assert!(e.contains("bad.toml") && e.contains("`upstream`") && e.contains("empty entry"), "{e}");
         std::fs::write(&f, "[ttl]\nmutable = 5\n").expect("write");
-        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, []).expect_err("unknown").to_string();
+        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, [], &[]).expect_err("unknown").to_string();
         assert!(e.contains("bad.toml") && e.contains("mutable"), "{e}");
         std::fs::write(&f, "[ttl]\nmutable_secs = 0\n").expect("write");
-        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, []).expect_err("range").to_string();
+        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, [], &[]).expect_err("range").to_string();
         assert!(e.contains("ttl.mutable_secs"), "{e}");
         std::fs::write(&f, "[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n").expect("write");
-        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, []).expect_err("tls").to_string();
+        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, [], &[]).expect_err("tls").to_string();
         assert!(e.contains("bad.toml") && e.contains("tls.cert") && e.contains("/nonexistent/cert.pem"), "{e}");
         let env = [("MODCDN_ORIGIN__HTTP__RETRIES".to_string(), "3".to_string())];
         std::fs::write(&f, "").expect("write");
-        let c = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, env).expect("env");
+        let c = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, env, &[]).expect("env");
         assert_eq!(c.http.retries, 3);
+        // Flags are validated with the rest, and named as flags.
+        let flag = |key, flag, value: &str| config::Flag { key, flag, value: value.into() };
+        let bad_dir = [flag("store_dir", "--store-dir", "")];
+        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, [], &bad_dir).expect_err("dir").to_string();
+        assert!(e.contains("command line") && e.contains("`--store-dir`") && e.contains("empty"), "{e}");
+        let bad_upstream = [flag("upstream", "--upstream", "ftp://x")];
+        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, [], &bad_upstream).expect_err("up").to_string();
+        assert!(e.contains("`--upstream`") && e.contains("http"), "{e}");
+        let good = [flag("upstream", "--upstream", "off"), flag("listen", "--listen", "127.0.0.1:9")];
+        let c = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, [], &good).expect("flags");
+        assert_eq!((c.upstream.as_str(), c.listen.port()), ("off", 9));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use modcdn_origin::config::OriginConfig;
+use modcdn_shared::config::Flag;
 
 #[derive(Parser)]
 #[command(version, about = "modcdn origin node: a GOPROXY that pulls, verifies and stores modules")]
@@ -56,20 +57,21 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve { config, listen, upstream, store_dir } => {
-            let mut cfg = match OriginConfig::load(config.as_deref()) {
+            let flags: Vec<Flag> = [
+                ("listen", "--listen", listen.map(|a| a.to_string())),
+                ("upstream", "--upstream", upstream),
+                ("store_dir", "--store-dir", store_dir.map(|d| d.display().to_string())),
+            ]
+            .into_iter()
+            .filter_map(|(key, flag, value)| Some(Flag { key, flag, value: value? }))
+            .collect();
+            let cfg = match OriginConfig::load(config.as_deref(), &flags) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("modcdn-origin: config error: {e}");
                     return ExitCode::from(64);
                 }
             };
-            cfg.listen = listen.unwrap_or(cfg.listen);
-            cfg.upstream = upstream.unwrap_or(cfg.upstream);
-            cfg.store_dir = store_dir.unwrap_or(cfg.store_dir);
-            if let Err(e) = modcdn_origin::upstream::Chain::parse(&cfg.upstream) {
-                eprintln!("modcdn-origin: --upstream: {e}");
-                return ExitCode::from(64);
-            }
             match run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -21,14 +21,31 @@ pub enum FallThrough {
     AnyError,
 }
 
-/// The `direct` entry of a chain: fetch from version control.
-pub const DIRECT: &str = "direct";
+/// One entry of a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A GOPROXY at this base URL (http or https, with a host).
+    Proxy(reqwest::Url),
+    /// `direct`: fetch from version control with the go command.
+    Direct,
+}
+
+impl Source {
+    /// How the source is named in messages and metrics: the URL without
+    /// credentials and trailing `/`, or `direct`.
+    pub fn name(&self) -> String {
+        match self {
+            Source::Proxy(url) => redact(url.as_str().trim_end_matches('/')),
+            Source::Direct => "direct".into(),
+        }
+    }
+}
 
 /// A parsed GOPROXY list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
-    /// Each base URL (no trailing `/`) with how to move past it.
-    pub entries: Vec<(String, FallThrough)>,
+    /// Each source with how to move past it.
+    pub entries: Vec<(Source, FallThrough)>,
 }
 
 impl Chain {
@@ -49,13 +66,13 @@ impl Chain {
                 "" => return Err(format!("{spec:?} has an empty entry")),
                 "off" if spec == "off" => return Ok(Chain { entries }),
                 "off" => return Err("\"off\" must stand alone".into()),
-                "direct" => entries.push((DIRECT.to_string(), fall)),
+                "direct" => entries.push((Source::Direct, fall)),
                 url => {
                     let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
                     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
                         return Err(format!("{url:?} must be an http:// or https:// URL with a host"));
                     }
-                    entries.push((url.trim_end_matches('/').to_string(), fall));
+                    entries.push((Source::Proxy(parsed), fall));
                 }
             }
         }
@@ -154,13 +171,16 @@ impl Upstream {
     /// Fetches `key` (an escaped GOPROXY path) through the chain.
     pub async fn get(&self, key: &str) -> Result<Fetched, UpstreamError> {
         let mut last = UpstreamError::Off;
-        for (base, fall) in &self.chain.entries {
-            let got = if base == DIRECT { self.direct.fetch(key).await } else { self.get_one(base, key).await };
+        for (source, fall) in &self.chain.entries {
+            let got = match source {
+                Source::Direct => self.direct.fetch(key).await,
+                Source::Proxy(base) => self.get_one(base.as_str().trim_end_matches('/'), key).await,
+            };
             match got {
                 Ok(f) => return Ok(f),
                 Err(e) => {
                     let next = e.is_not_found() || *fall == FallThrough::AnyError;
-                    tracing::debug!(upstream = %base, %key, error = %e, next, "upstream miss");
+                    tracing::debug!(upstream = %source.name(), %key, error = %e, next, "upstream miss");
                     last = e;
                     if !next {
                         break;
@@ -341,9 +361,10 @@ mod tests {
 
     #[test]
     fn parses_goproxy_syntax() {
-        let c = Chain::parse("https://a.example, http://b.example/|https://c.example/sub").expect("chain");
+        let c = Chain::parse("https://a.example, http://u:p@b.example/|https://c.example/sub").expect("chain");
+        let named: Vec<(String, FallThrough)> = c.entries.iter().map(|(s, f)| (s.name(), *f)).collect();
         assert_eq!(
-            c.entries,
+            named,
             vec![
                 ("https://a.example".to_string(), FallThrough::NotFound),
                 ("http://b.example".to_string(), FallThrough::AnyError),
@@ -357,6 +378,6 @@ mod tests {
         assert_eq!(redact("https://user:secret@proxy.corp.example/sub/x"), "https://proxy.corp.example/sub/x");
         assert_eq!(redact("https://proxy.example"), "https://proxy.example");
         let c = Chain::parse("https://a.example|direct").expect("direct");
-        assert_eq!(c.entries[1], (DIRECT.to_string(), FallThrough::NotFound));
+        assert_eq!(c.entries[1], (Source::Direct, FallThrough::NotFound));
     }
 }

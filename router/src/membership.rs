@@ -211,14 +211,15 @@ impl MembershipFile {
 
     /// Builds the routing snapshot (opens the GeoIP database).
     pub fn snapshot(path: &Path) -> Result<Snapshot, MembershipError> {
-        let (m, _) = Self::load(path)?;
-        Self::snapshot_with(path, Arc::new(LoadView::new(m.health.policy())))
+        Self::snapshot_with(path, None)
     }
 
     /// As [`MembershipFile::snapshot`], keeping the live numbers of `view`
-    /// (a reload keeps what the edge has learned).
-    pub fn snapshot_with(path: &Path, view: Arc<LoadView>) -> Result<Snapshot, MembershipError> {
+    /// (a reload keeps what the edge has learned); without one, a new view
+    /// with the file's health policy. The file is read once.
+    pub fn snapshot_with(path: &Path, view: Option<Arc<LoadView>>) -> Result<Snapshot, MembershipError> {
         let (m, map) = Self::load(path)?;
+        let view = view.unwrap_or_else(|| Arc::new(LoadView::new(m.health.policy())));
         let file = path.display().to_string();
         let base = path.parent().unwrap_or(Path::new("."));
         let trusted: Vec<IpNet> = m.trusted_proxies.iter().filter_map(|c| c.parse().ok()).collect();

@@ -34,10 +34,9 @@ pub struct Membership {
 impl Membership {
     /// Loads `path`; an error here is a start-up error.
     pub fn load(path: &Path) -> Result<Arc<Membership>, MembershipError> {
-        let (file, _) = MembershipFile::load(path)?;
-        let view = Arc::new(LoadView::new(file.health.policy()));
         let seen = fingerprint(path);
-        let snapshot = MembershipFile::snapshot_with(path, Arc::clone(&view))?;
+        let snapshot = MembershipFile::snapshot_with(path, None)?;
+        let view = Arc::clone(&snapshot.view);
         Ok(Arc::new(Membership {
             path: path.to_path_buf(),
             current: ArcSwap::from_pointee(snapshot),
@@ -69,7 +68,7 @@ impl Membership {
         // Remember this version even if it is bad, so one bad edit is
         // reported once, not on every poll.
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = now;
-        let snapshot = MembershipFile::snapshot_with(&self.path, Arc::clone(&self.view))?;
+        let snapshot = MembershipFile::snapshot_with(&self.path, Some(Arc::clone(&self.view)))?;
         self.current.store(Arc::new(snapshot));
         Ok(true)
     }

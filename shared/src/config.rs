@@ -96,13 +96,28 @@ pub trait Validate {
 /// Where the config came from, for messages.
 pub const EMBEDDED: &str = "<embedded default config>";
 
+/// A command-line flag that sets a config key: CLI > env > file, and the
+/// value is validated with the rest.
+#[derive(Debug, Clone)]
+pub struct Flag {
+    /// The top-level config key it sets (`store_dir`).
+    pub key: &'static str,
+    /// The flag as the user typed it (`--store-dir`), for messages.
+    pub flag: &'static str,
+    /// Its value, a TOML string.
+    pub value: String,
+}
+
 /// Loads `T` from `file` (or from `embedded` when there is none), applies
-/// overrides from `env` (name, value pairs) under `env_prefix`, and validates.
+/// overrides from `env` (name, value pairs) under `env_prefix`, then the
+/// command-line `flags`, and validates the result once: an invalid flag is
+/// named as the flag.
 pub fn load<T: DeserializeOwned + Validate>(
     file: Option<&Path>,
     embedded: &str,
     env_prefix: &str,
     env: impl IntoIterator<Item = (String, String)>,
+    flags: &[Flag],
 ) -> Result<T, ConfigError> {
     let (name, text) = match file {
         Some(p) => {
@@ -118,7 +133,7 @@ pub fn load<T: DeserializeOwned + Validate>(
         .into_iter()
         .filter_map(|(k, v)| k.strip_prefix(env_prefix).and_then(|k| k.strip_prefix("__")).map(|k| (k.to_string(), v)))
         .collect();
-    let config: T = if overrides.is_empty() {
+    let config: T = if overrides.is_empty() && flags.is_empty() {
         // Straight from the text, so errors carry line and column.
         toml::from_str(&text).map_err(parse_err)?
     } else {
@@ -126,12 +141,18 @@ pub fn load<T: DeserializeOwned + Validate>(
         for (key, value) in &overrides {
             apply_override(&mut table, key, value);
         }
-        let env_name = format!("{name} (with {env_prefix}__* environment overrides)");
+        for f in flags {
+            table.insert(f.key.to_string(), toml::Value::String(f.value.clone()));
+        }
+        let with = format!("{name} (with {env_prefix}__* environment overrides and command-line flags)");
         T::deserialize(table)
-            .map_err(|e| ConfigError::Parse { file: env_name, message: e.to_string().trim_end().to_string() })?
+            .map_err(|e| ConfigError::Parse { file: with, message: e.to_string().trim_end().to_string() })?
     };
     if let Some((key, message)) = config.validate().into_iter().next() {
-        return Err(ConfigError::Invalid { file: name, key, message });
+        return Err(match flags.iter().find(|f| f.key == key) {
+            Some(f) => ConfigError::Invalid { file: "command line".into(), key: f.flag.into(), message },
+            None => ConfigError::Invalid { file: name, key, message },
+        });
     }
     Ok(config)
 }
@@ -194,7 +215,7 @@ mod tests {
         let file = dir.join("demo.toml");
         std::fs::write(&file, text).expect("write");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        let r = load::<Demo>(Some(&file), "", "DEMO", env);
+        let r = load::<Demo>(Some(&file), "", "DEMO", env, &[]);
         let _ = std::fs::remove_dir_all(&dir);
         r
     }
@@ -217,8 +238,9 @@ mod tests {
         assert!(e.contains("listen"), "{e}");
         let e = load_str("listen = \"a\"\n", &[("DEMO__INNER__SECS", "\"no\"")]).expect_err("env type").to_string();
         assert!(e.contains("DEMO__") && e.contains("secs"), "{e}");
-        let e =
-            load::<Demo>(Some(Path::new("/nonexistent/modcdn.toml")), "", "DEMO", []).expect_err("missing").to_string();
+        let e = load::<Demo>(Some(Path::new("/nonexistent/modcdn.toml")), "", "DEMO", [], &[])
+            .expect_err("missing")
+            .to_string();
         assert!(e.contains("/nonexistent/modcdn.toml"), "{e}");
     }
 }
