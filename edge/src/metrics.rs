@@ -114,8 +114,8 @@ impl Metrics {
 
     /// Counts one answered request.
     pub fn request(&self, kind: &str, status: u16, cache: &str, bytes: u64) {
-        let buf = itoa_buf(status);
-        let status = std::str::from_utf8(&buf.0[..buf.1]).unwrap_or("0");
+        let code = http::StatusCode::from_u16(status).ok();
+        let status = code.as_ref().map_or("0", http::StatusCode::as_str);
         self.requests.with_label_values(&[kind, status, cache]).inc();
         self.bytes.with_label_values(&[kind]).inc_by(bytes);
     }
@@ -125,32 +125,5 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
-    }
-}
-
-/// A status code as decimal digits without allocating.
-fn itoa_buf(mut n: u16) -> ([u8; 5], usize) {
-    let mut digits = [0u8; 5];
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    digits[..len].reverse();
-    (digits, len)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn status_digits() {
-        for n in [0u16, 7, 200, 404, 65535] {
-            let (d, len) = super::itoa_buf(n);
-            assert_eq!(std::str::from_utf8(&d[..len]).expect("ascii"), n.to_string());
-        }
     }
 }

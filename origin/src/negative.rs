@@ -1,27 +1,25 @@
 //! The negative cache: upstream 404/410 answers, remembered for a short TTL
 //! in bounded memory. Only not-found answers go here, never failures.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Bounded by entries (quick_cache's S3-FIFO evicts the coldest when full);
+/// an expired entry is dropped when it is next read.
 pub struct NegativeCache {
-    capacity: usize,
-    entries: Mutex<HashMap<String, (Instant, u16, String)>>,
+    entries: quick_cache::sync::Cache<String, (Instant, u16, String)>,
 }
 
 impl NegativeCache {
     pub fn new(capacity: usize) -> NegativeCache {
-        NegativeCache { capacity, entries: Mutex::new(HashMap::new()) }
+        NegativeCache { entries: quick_cache::sync::Cache::new(capacity.max(1)) }
     }
 
     /// The remembered status and message for `key`, if still fresh.
     pub fn get(&self, key: &str) -> Option<(u16, String)> {
-        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(key) {
-            Some((until, status, msg)) if *until > Instant::now() => Some((*status, msg.clone())),
+        match self.entries.get(key) {
+            Some((until, status, msg)) if until > Instant::now() => Some((status, msg)),
             Some(_) => {
-                map.remove(key);
+                self.entries.remove(key);
                 None
             }
             None => None,
@@ -29,23 +27,11 @@ impl NegativeCache {
     }
 
     pub fn insert(&self, key: &str, status: u16, message: String, ttl: Duration) {
-        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= self.capacity {
-            let now = Instant::now();
-            map.retain(|_, (until, ..)| *until > now);
-            if map.len() >= self.capacity {
-                // Still full of fresh entries: forget the oldest half.
-                let mut ages: Vec<Instant> = map.values().map(|(u, ..)| *u).collect();
-                ages.sort();
-                let cut = ages[ages.len() / 2];
-                map.retain(|_, (until, ..)| *until > cut);
-            }
-        }
-        map.insert(key.to_string(), (Instant::now() + ttl, status, message));
+        self.entries.insert(key.to_string(), (Instant::now() + ttl, status, message));
     }
 
     pub fn remove(&self, key: &str) {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.entries.remove(key);
     }
 }
 
@@ -63,7 +49,7 @@ mod tests {
         for i in 0..100 {
             c.insert(&format!("k{i}"), 404, String::new(), Duration::from_secs(60 + i));
         }
-        assert!(c.entries.lock().map(|m| m.len()).unwrap_or(0) <= 4);
+        assert!(c.entries.len() <= 4, "{} entries", c.entries.len());
         assert!(c.get("k99").is_some());
     }
 }

@@ -6,7 +6,6 @@
 //! takes more than its share from client traffic. A client that asks for an
 //! artifact being prefetched joins that fetch.
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use modcdn_shared::module::{ModulePath, Version};
@@ -44,32 +43,23 @@ struct Job {
 }
 
 /// Keys remembered in insertion order, at most `cap`.
-struct Recent {
-    cap: usize,
-    order: VecDeque<String>,
-    set: HashSet<String>,
-}
+struct Recent(lru::LruCache<String, ()>);
 
 impl Recent {
     fn new(cap: usize) -> Recent {
-        Recent { cap, order: VecDeque::new(), set: HashSet::new() }
+        Recent(lru::LruCache::new(std::num::NonZeroUsize::new(cap).unwrap_or(std::num::NonZeroUsize::MIN)))
     }
-    /// Adds `key`; false if it was there already.
+    /// Adds `key`, forgetting the oldest past the capacity; false if it was
+    /// there already.
     fn insert(&mut self, key: String) -> bool {
-        if self.set.contains(&key) {
+        if self.0.contains(&key) {
             return false;
         }
-        if self.order.len() >= self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        self.set.insert(key.clone());
-        self.order.push_back(key);
+        self.0.put(key, ());
         true
     }
     fn remove(&mut self, key: &str) -> bool {
-        self.set.remove(key)
+        self.0.pop(key).is_some()
     }
 }
 
@@ -171,5 +161,25 @@ async fn work(o: &Arc<Origin>, job: Job) {
     };
     if matches!(job.req, Request::Mod(..)) {
         o.prefetch.after_mod(o, &body, job.depth);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Recent;
+
+    #[test]
+    fn recent_keys_stay_bounded_and_a_removed_key_leaves_no_trace() {
+        let mut r = Recent::new(2);
+        assert!(r.insert("a".into()));
+        assert!(!r.insert("a".into()));
+        assert!(r.remove("a") && !r.remove("a"));
+        assert!(r.insert("a".into()));
+        assert!(r.insert("b".into()));
+        // Both are among the last two: neither is queued again.
+        assert!(!r.insert("a".into()), "a key inserted after its removal was forgotten");
+        assert!(!r.insert("b".into()));
+        assert!(r.insert("c".into()));
+        assert!(r.insert("a".into()), "the oldest is forgotten past the capacity");
     }
 }
