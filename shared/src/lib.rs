@@ -5,8 +5,11 @@
 //! `h1:` hashes ([`dirhash`]) and module zip checks ([`modzip`]), config
 //! loading ([`config`]) and logging ([`telemetry`]).
 //!
-//! This crate must never do network I/O or know about any server framework:
-//! its tests run in milliseconds and every node agrees on what it says.
+//! This crate knows no server framework, and its only I/O is what a node
+//! asks of it at start: [`config`] reads the config file, and
+//! [`telemetry::init`] starts the OTLP trace exporter when one is
+//! configured. Everything else is pure, so its tests run in milliseconds and
+//! every node agrees on what it says.
 
 pub mod config;
 pub mod dirhash;
