@@ -12,6 +12,7 @@ pub mod bandwidth;
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod error;
 pub mod hot;
 pub mod limits;
 pub mod metrics;

@@ -368,24 +368,12 @@ impl ProxyHttp for Edge {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         ctx.finish_origin(false);
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
-            _ => match e.esource() {
-                ErrorSource::Upstream => 502,
-                ErrorSource::Downstream => 0,
-                _ => 500,
-            },
-        };
+        let code = crate::error::status(e);
         if code > 0 && session.response_written().is_none() {
             // The connection is not reused after an error: say so, so that
             // clients do not send another request on it.
             session.set_keepalive(None);
-            let body = format!(
-                "modcdn edge: {}\n",
-                e.context.as_ref().map_or_else(|| e.etype().as_str().to_string(), |c| c.as_str().to_string())
-            );
-            let _ = respond(session, code, &body, &[]).await;
+            let _ = respond(session, code, &crate::error::client_message(e), &[]).await;
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }

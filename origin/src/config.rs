@@ -265,9 +265,6 @@ impl Validate for OriginConfig {
             if let Err(e) = Chain::parse(&p.upstream) {
                 errs.push((format!("private[{i}].upstream"), e));
             }
-            if p.unauthorized_status.is_some_and(|s| s != 404 && s != 401) {
-                errs.push((format!("private[{i}].unauthorized_status"), "must be 404 or 401".into()));
-            }
             if p.basic_users.iter().any(|u| !u.contains(':')) {
                 errs.push((format!("private[{i}].basic_users"), "entries are user:password".into()));
             }
@@ -344,7 +341,11 @@ mod tests {
         std::fs::write(&f, "").expect("write");
         let c = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, env, &[]).expect("env");
         assert_eq!(c.http.retries, 3);
+        std::fs::write(&f, "[[private]]\nunauthorized_status = 403\n").expect("write");
+        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, [], &[]).expect_err("403").to_string();
+        assert!(e.contains("bad.toml") && e.contains("unauthorized_status") && e.contains("404 or 401"), "{e}");
         // Flags are validated with the rest, and named as flags.
+        std::fs::write(&f, "").expect("write");
         let flag = |key, flag, value: &str| config::Flag { key, flag, value: value.into() };
         let bad_dir = [flag("store_dir", "--store-dir", "")];
         let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, [], &bad_dir).expect_err("dir").to_string();

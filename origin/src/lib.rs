@@ -10,9 +10,11 @@
 pub mod config;
 pub mod direct;
 pub mod error;
+mod http;
 pub mod memory;
 pub mod metrics;
 pub mod negative;
+pub mod ops;
 pub mod prefetch;
 pub mod prewarm;
 pub mod private;
@@ -213,7 +215,7 @@ pub async fn serve_until(
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     prefetch::Prefetcher::start(&origin);
     sync::start(&origin, &origin.sync);
-    let (public_app, operator_app) = (serve::router(Arc::clone(&origin)), serve::operator_router(Arc::clone(&origin)));
+    let (public_app, operator_app) = (serve::router(Arc::clone(&origin)), ops::operator_router(Arc::clone(&origin)));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(header_timeout).keep_alive_timeout(header_timeout);

@@ -42,7 +42,28 @@ pub struct PrivateRouteConfig {
     /// the go command's GOAUTH and `.netrc` expect), or 404 (default for a
     /// route open to `networks` only; says nothing of the module).
     #[serde(default)]
-    pub unauthorized_status: Option<u16>,
+    pub unauthorized_status: Option<Unauthorized>,
+}
+
+/// What a client without valid credentials for a private route gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "u16")]
+pub enum Unauthorized {
+    /// 401 with `WWW-Authenticate: Basic`.
+    Challenge,
+    /// 404, as for a module that does not exist.
+    NotFound,
+}
+
+impl TryFrom<u16> for Unauthorized {
+    type Error = String;
+    fn try_from(status: u16) -> Result<Unauthorized, String> {
+        match status {
+            401 => Ok(Unauthorized::Challenge),
+            404 => Ok(Unauthorized::NotFound),
+            other => Err(format!("unauthorized_status {other} must be 404 or 401")),
+        }
+    }
 }
 
 pub struct PrivateRoute {
@@ -74,7 +95,7 @@ impl PrivateRoute {
             basic: cfg.basic_users.clone(),
             networks: modcdn_shared::net::parse_networks(&cfg.networks)?,
             challenge: match cfg.unauthorized_status {
-                Some(status) => status == 401,
+                Some(u) => u == Unauthorized::Challenge,
                 None => !(cfg.bearer_tokens.is_empty() && cfg.basic_users.is_empty()),
             },
         })

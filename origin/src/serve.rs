@@ -26,7 +26,6 @@ use axum::routing::{any, get};
 use axum::Router;
 use bytes::Bytes;
 use modcdn_shared::policy::{self, Audience, CacheStatus, Outcome, CACHE_STATUS_HEADER};
-use modcdn_shared::purge::Target;
 use modcdn_shared::request::{SumDb, SumDbEndpoint};
 use modcdn_shared::telemetry;
 use modcdn_shared::{Kind, Request};
@@ -34,7 +33,9 @@ use tokio::io::AsyncReadExt;
 use tracing::Instrument;
 
 use crate::error::OriginError;
+use crate::http::{built, etag_matches, parse_range, text, RangeSpec};
 use crate::memory::Cached;
+use crate::ops;
 use crate::pull::{self, now_ms};
 use crate::store::{Hit, Meta};
 use crate::Origin;
@@ -42,187 +43,14 @@ use crate::Origin;
 /// Chunk size when streaming large bodies.
 const STREAM_CHUNK: usize = 256 * 1024;
 
-/// Paths of the operator listener, answered 404 on the public one.
-const OPERATOR_PATHS: [&str; 5] = ["/metrics", "/loadz", "/hotz", "/purge", "/purgez"];
-
 /// The public listener's routes: probes, and the GOPROXY protocol for every
 /// other path.
 pub fn router(origin: Arc<Origin>) -> Router {
-    let mut r = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(readyz));
-    for path in OPERATOR_PATHS {
-        r = r.route(path, any(not_here));
+    let mut r = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(ops::readyz));
+    for path in ops::OPERATOR_PATHS {
+        r = r.route(path, any(ops::not_here));
     }
     r.fallback(handle).with_state(origin)
-}
-
-/// The operator listener's routes: probes, metrics and load for anyone who
-/// can reach it (a private network); hot reports, purges and the purge log
-/// only with the cluster token.
-pub fn operator_router(origin: Arc<Origin>) -> Router {
-    let guarded = Router::new()
-        .route("/hotz", get(hotz).post(hot_report))
-        .route("/purge", axum::routing::post(purge))
-        .route("/purgez", get(purgez))
-        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&origin), cluster_token));
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/loadz", get(loadz))
-        .merge(guarded)
-        .with_state(origin)
-}
-
-async fn not_here() -> Response {
-    text(StatusCode::NOT_FOUND, policy::CC_NO_STORE, "not found: operator endpoints are on the operator listener\n")
-}
-
-/// Lets a request through with `Authorization: Bearer <operator.token>`.
-async fn cluster_token(
-    State(o): State<Arc<Origin>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if o.operator_token.is_empty() {
-        return text(StatusCode::FORBIDDEN, policy::CC_NO_STORE, "off: set operator.token\n");
-    }
-    let authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    if !modcdn_shared::secret::bearer_is(authorization, &o.operator_token) {
-        let mut r =
-            text(StatusCode::UNAUTHORIZED, policy::CC_NO_STORE, "needs Authorization: Bearer <operator.token>\n");
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"modcdn-operator\""));
-        return r;
-    }
-    next.run(req).await
-}
-
-async fn readyz(State(o): State<Arc<Origin>>) -> (StatusCode, &'static str) {
-    if o.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-    }
-}
-
-/// The origin's load for edges' health checks: cheap, no store access.
-async fn loadz(State(o): State<Arc<Origin>>) -> ([(header::HeaderName, &'static str); 2], String) {
-    let (in_flight, ewma_ms) = o.load_report();
-    (
-        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, policy::CC_NO_STORE)],
-        format!("{{\"in_flight\":{in_flight},\"ewma_latency_ms\":{ewma_ms:.3}}}\n"),
-    )
-}
-
-/// The hottest modules, hottest first: `[{"module": ..., "weight": ...}]`
-/// (escaped paths; weight in decayed requests). For operators and edges.
-async fn hotz(State(o): State<Arc<Origin>>) -> ([(header::HeaderName, &'static str); 2], String) {
-    // Private module names never leave the origin.
-    let public = |escaped: &str| modcdn_shared::module::unescape_path(escaped).is_ok_and(|m| !o.private.is_noproxy(&m));
-    let top: Vec<serde_json::Value> = o
-        .hot
-        .top(100)
-        .into_iter()
-        .filter(|(m, _)| public(m))
-        .map(|(m, w)| serde_json::json!({"module": m, "weight": (w * 100.0).round() / 100.0}))
-        .collect();
-    (
-        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, policy::CC_NO_STORE)],
-        serde_json::Value::from(top).to_string(),
-    )
-}
-
-/// `POST /purge?path=…|module=…` (cluster token): removes from the store
-/// and the memory tier, then logs it for edges.
-async fn purge(
-    State(o): State<Arc<Origin>>,
-    axum::extract::Query(q): axum::extract::Query<std::collections::BTreeMap<String, String>>,
-) -> Response {
-    let no = |status, msg: &str| text(status, policy::CC_NO_STORE, &format!("{msg}\n"));
-    let target = match Target::parse(q.get("path").map(String::as_str), q.get("module").map(String::as_str)) {
-        Ok(t) => t,
-        Err(e) => return no(StatusCode::BAD_REQUEST, &e),
-    };
-    let (key, prefix) = target.keys();
-    o.memory.remove(&key, prefix);
-    let o2 = Arc::clone(&o);
-    let done = tokio::task::spawn_blocking(move || {
-        let removed = o2.store.remove(&key, prefix)?;
-        let seq = o2.purge_log.append(target)?;
-        Ok::<_, std::io::Error>((removed, seq))
-    })
-    .await;
-    match done {
-        Ok(Ok((removed, seq))) => {
-            o.refresh_store_gauges();
-            tracing::info!(removed, seq, "purged");
-            let body = serde_json::json!({ "removed": removed, "seq": seq }).to_string();
-            let mut r = text(StatusCode::OK, policy::CC_NO_STORE, &body);
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            r
-        }
-        Ok(Err(e)) => no(StatusCode::INTERNAL_SERVER_ERROR, &format!("purge failed: {e}")),
-        Err(e) => no(StatusCode::INTERNAL_SERVER_ERROR, &format!("purge failed: {e}")),
-    }
-}
-
-/// `GET /purgez?after=N`: the purge log after N, for edges.
-async fn purgez(
-    State(o): State<Arc<Origin>>,
-    axum::extract::Query(q): axum::extract::Query<std::collections::BTreeMap<String, String>>,
-) -> Response {
-    let Ok(after) = q.get("after").map_or(Ok(0), |a| a.parse::<u64>()) else {
-        return text(StatusCode::BAD_REQUEST, policy::CC_NO_STORE, "after: not a number\n");
-    };
-    let body = match serde_json::to_string(&o.purge_log.page(after)) {
-        Ok(body) => body,
-        Err(e) => return internal_error(&e),
-    };
-    let mut r = text(StatusCode::OK, policy::CC_NO_STORE, &body);
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
-}
-
-/// `POST /hotz` from edges: `[{"module": <escaped>, "weight": <requests>}]`,
-/// the requests an edge served (mostly from its cache) since its last
-/// report, merged into this origin's hot set so sync keeps those modules
-/// fresh. Unknown or private modules are ignored.
-async fn hot_report(State(o): State<Arc<Origin>>, body: Bytes) -> Response {
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        module: String,
-        weight: f64,
-    }
-    let entries: Vec<Entry> = match serde_json::from_slice(&body) {
-        Ok(e) => e,
-        Err(e) => return text(StatusCode::BAD_REQUEST, policy::CC_NO_STORE, &format!("hot report: {e}\n")),
-    };
-    if let Some(bad) = entries
-        .iter()
-        .find(|e| !(e.weight.is_finite() && e.weight > 0.0 && e.weight <= modcdn_shared::hot::MAX_REQUESTS))
-    {
-        let msg = format!(
-            "hot report: weight {} of {:?} is not in (0, {:e}]\n",
-            bad.weight,
-            bad.module,
-            modcdn_shared::hot::MAX_REQUESTS
-        );
-        return text(StatusCode::BAD_REQUEST, policy::CC_NO_STORE, &msg);
-    }
-    let mut taken = 0;
-    for e in entries.iter().take(1000) {
-        let Ok(m) = modcdn_shared::module::ModulePath::from_escaped(&e.module) else { continue };
-        if o.private.is_noproxy(m.as_str()) {
-            continue;
-        }
-        o.hot.record_weighted(m.escaped(), e.weight);
-        taken += 1;
-    }
-    text(StatusCode::OK, policy::CC_NO_STORE, &format!("{taken} modules\n"))
-}
-
-async fn metrics(State(o): State<Arc<Origin>>) -> ([(header::HeaderName, &'static str); 1], String) {
-    o.refresh_store_gauges();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], o.metrics.render())
 }
 
 /// Counts a request in flight until it is answered or its client goes away
@@ -535,10 +363,9 @@ async fn respond_hit(
     if let Ok(t) = std::time::UNIX_EPOCH.checked_add(Duration::from_millis(meta.fetched_at_ms)).ok_or(()) {
         builder = builder.header(header::LAST_MODIFIED, httpdate::fmt_http_date(t));
     }
-    if let Some(inm) = req_headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        if inm.split(',').any(|t| t.trim() == etag || t.trim() == "*" || t.trim().trim_start_matches("W/") == etag) {
-            return built(builder.status(StatusCode::NOT_MODIFIED).body(Body::empty()));
-        }
+    if req_headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|inm| etag_matches(inm, &etag))
+    {
+        return built(builder.status(StatusCode::NOT_MODIFIED).body(Body::empty()));
     }
     builder = builder.header(header::CONTENT_TYPE, kind.content_type());
     let range = match req_headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
@@ -580,40 +407,6 @@ async fn respond_hit(
     built(builder.body(body))
 }
 
-enum RangeSpec {
-    Ignore,
-    Unsatisfiable,
-    /// Inclusive first and last byte.
-    Bytes(u64, u64),
-}
-
-/// One `bytes=` range; several ranges or other units are ignored (a full
-/// answer is always allowed).
-fn parse_range(spec: &str, size: u64) -> RangeSpec {
-    let Some(set) = spec.trim().strip_prefix("bytes=") else { return RangeSpec::Ignore };
-    if set.contains(',') {
-        return RangeSpec::Ignore;
-    }
-    let Some((a, b)) = set.trim().split_once('-') else { return RangeSpec::Ignore };
-    let (a, b) = (a.trim(), b.trim());
-    let parsed = match (a.is_empty(), b.is_empty()) {
-        (true, true) => return RangeSpec::Ignore,
-        (true, false) => match b.parse::<u64>() {
-            Ok(0) => return RangeSpec::Unsatisfiable,
-            Ok(n) => Some((size.saturating_sub(n), size.saturating_sub(1))),
-            Err(_) => return RangeSpec::Ignore,
-        },
-        (false, _) => match (a.parse::<u64>(), if b.is_empty() { Ok(u64::MAX) } else { b.parse::<u64>() }) {
-            (Ok(s), Ok(e)) if s <= e => Some((s, e.min(size.saturating_sub(1)))),
-            _ => return RangeSpec::Ignore,
-        },
-    };
-    match parsed {
-        Some((s, e)) if size > 0 && s < size => RangeSpec::Bytes(s, e),
-        _ => RangeSpec::Unsatisfiable,
-    }
-}
-
 /// The one place errors become responses: status from the error,
 /// Cache-Control from the policy table, and a body that says what failed.
 /// The body names what was asked and a short reason; the log has the whole
@@ -641,62 +434,4 @@ fn respond_error(o: &Origin, asked: Option<(&Request, Audience)>, e: &OriginErro
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     r
-}
-
-fn text(status: StatusCode, cache_control: &str, body: &str) -> Response {
-    built(
-        Response::builder()
-            .status(status)
-            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-            .header(header::CACHE_CONTROL, cache_control)
-            .body(Body::from(body.to_string())),
-    )
-}
-
-/// A built response, or a 500 that no cache keeps if building failed —
-/// never an empty 200 (which an edge would keep as the artifact).
-fn built(r: Result<Response, axum::http::Error>) -> Response {
-    r.unwrap_or_else(|e| internal_error(&e))
-}
-
-fn internal_error(e: &dyn std::fmt::Display) -> Response {
-    tracing::error!(error = %e, "could not build a response");
-    let mut r = Response::new(Body::from("internal error\n"));
-    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(policy::CC_NO_STORE));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    r
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_response_that_cannot_be_built_is_a_500_no_cache_keeps() {
-        let r = super::built(Response::builder().header("x-bad", "a\nb").body(Body::empty()));
-        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
-        let r = super::text(StatusCode::OK, "bad\nvalue", "x");
-        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    }
-
-    use super::*;
-
-    #[test]
-    fn ranges() {
-        let b = |s: &str| match parse_range(s, 100) {
-            RangeSpec::Bytes(a, b) => format!("{a}-{b}"),
-            RangeSpec::Ignore => "ignore".into(),
-            RangeSpec::Unsatisfiable => "416".into(),
-        };
-        assert_eq!(b("bytes=0-9"), "0-9");
-        assert_eq!(b("bytes=90-"), "90-99");
-        assert_eq!(b("bytes=-10"), "90-99");
-        assert_eq!(b("bytes=50-500"), "50-99");
-        assert_eq!(b("bytes=100-"), "416");
-        assert_eq!(b("bytes=-0"), "416");
-        assert_eq!(b("bytes=5-1"), "ignore");
-        assert_eq!(b("bytes=0-1,5-6"), "ignore");
-        assert_eq!(b("items=0-1"), "ignore");
-        assert_eq!(b("bytes=x-y"), "ignore");
-    }
 }

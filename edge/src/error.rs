@@ -1,0 +1,47 @@
+//! The edge's one mapping from a failed request to its answer: which
+//! status a client gets for what went wrong on the way to an origin, and
+//! what its body says. (The origin's own error answers pass through as the
+//! origin wrote them; this is for what the edge itself could not do.)
+
+use pingora::{Error, ErrorSource, ErrorType};
+
+/// The status for `e`; 0 when the client itself went away (nothing to
+/// answer).
+pub fn status(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => 0,
+            _ => 500,
+        },
+    }
+}
+
+/// The body: what failed, in the words the edge gave the error (origin ids
+/// and regions, never an address).
+pub fn client_message(e: &Error) -> String {
+    format!(
+        "modcdn edge: {}\n",
+        e.context.as_ref().map_or_else(|| e.etype().as_str().to_string(), |c| c.as_str().to_string())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        let e = |t: ErrorType, s: ErrorSource| *Error::create(t, s, None, None);
+        assert_eq!(status(&e(ErrorType::HTTPStatus(503), ErrorSource::Upstream)), 503);
+        assert_eq!(status(&e(ErrorType::ConnectTimedout, ErrorSource::Upstream)), 504);
+        assert_eq!(status(&e(ErrorType::ReadTimedout, ErrorSource::Upstream)), 504);
+        assert_eq!(status(&e(ErrorType::ConnectRefused, ErrorSource::Upstream)), 502);
+        assert_eq!(status(&e(ErrorType::ConnectionClosed, ErrorSource::Downstream)), 0);
+        assert_eq!(status(&e(ErrorType::InternalError, ErrorSource::Internal)), 500);
+        let explained = Error::explain(ErrorType::HTTPStatus(502), "no healthy origin for example.com/m in region us");
+        assert_eq!(client_message(&explained), "modcdn edge: no healthy origin for example.com/m in region us\n");
+    }
+}
