@@ -25,8 +25,11 @@ pub struct OriginConfig {
     /// Store directory. Default `modcdn-data/origin`.
     pub store_dir: PathBuf,
     /// Most MiB the store may take; least recently used artifacts are
-    /// removed past it (0: unbounded). Default 10240.
+    /// removed past it (0: unbounded). Default 10240. With an object store,
+    /// the size of the local tier.
     pub store_max_mib: u64,
+    /// The store's backend: disk (default) or an S3-compatible object store.
+    pub store: crate::s3::StoreConfig,
     /// Grace period for in-flight requests at shutdown. Default 30.
     pub shutdown_grace_secs: u64,
     /// How long a client connection may take to send a request's headers,
@@ -140,6 +143,7 @@ impl Default for OriginConfig {
             upstream: "https://proxy.golang.org".into(),
             store_dir: PathBuf::from("modcdn-data/origin"),
             store_max_mib: 10_240,
+            store: crate::s3::StoreConfig::default(),
             shutdown_grace_secs: 30,
             header_timeout_ms: 30_000,
             negative_cache_entries: 100_000,
@@ -192,6 +196,7 @@ impl Validate for OriginConfig {
         if self.store_dir.as_os_str().is_empty() {
             errs.push(("store_dir".into(), "must not be empty".into()));
         }
+        errs.extend(self.store.validate());
         errs.extend(self.ttl.validate());
         for (key, v) in [
             ("http.connect_timeout_ms", self.http.connect_timeout_ms),
@@ -344,6 +349,12 @@ mod tests {
         std::fs::write(&f, "[[private]]\nunauthorized_status = 403\n").expect("write");
         let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, [], &[]).expect_err("403").to_string();
         assert!(e.contains("bad.toml") && e.contains("unauthorized_status") && e.contains("404 or 401"), "{e}");
+        std::fs::write(&f, "[store]\nkind = \"s3\"\n").expect("write");
+        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, [], &[]).expect_err("s3").to_string();
+        assert!(e.contains("bad.toml") && e.contains("store.bucket"), "{e}");
+        std::fs::write(&f, "[store]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"ftp://x\"\n").expect("write");
+        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, [], &[]).expect_err("s3").to_string();
+        assert!(e.contains("store.endpoint") && e.contains("ftp://x"), "{e}");
         // Flags are validated with the rest, and named as flags.
         std::fs::write(&f, "").expect("write");
         let flag = |key, flag, value: &str| config::Flag { key, flag, value: value.into() };

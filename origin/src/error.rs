@@ -50,6 +50,10 @@ pub enum OriginError {
     /// Writing to the store failed (disk full, permissions); nothing was stored.
     #[error("store write failed: {0}")]
     Store(String),
+    /// The shared object store did not answer (down, unreachable, refusing);
+    /// nothing was stored, and a retry may find it back.
+    #[error("store unavailable: {0}")]
+    StoreUnavailable(String),
     /// The checksum database has another hash for this module version.
     #[error("checksum mismatch: {0}")]
     ChecksumMismatch(String),
@@ -77,7 +81,7 @@ impl OriginError {
             OriginError::Upstream(_) | OriginError::Invalid(_) => 502,
             OriginError::ChecksumMismatch(_) | OriginError::Verification(_) => 502,
             OriginError::Store(_) => 500,
-            OriginError::Interrupted(_) | OriginError::Busy(_) => 503,
+            OriginError::Interrupted(_) | OriginError::Busy(_) | OriginError::StoreUnavailable(_) => 503,
         }
     }
 
@@ -108,8 +112,18 @@ impl OriginError {
             | OriginError::Invalid(_)
             | OriginError::ChecksumMismatch(_)
             | OriginError::Verification(_) => Fault::Upstream,
-            OriginError::Store(_) | OriginError::Interrupted(_) => Fault::Origin,
+            OriginError::Store(_) | OriginError::StoreUnavailable(_) | OriginError::Interrupted(_) => Fault::Origin,
             OriginError::Busy(_) => Fault::Busy,
+        }
+    }
+
+    /// A store operation on `key` failed: unavailable when the object store
+    /// did not answer, a store failure otherwise.
+    pub fn store(key: &str, e: std::io::Error) -> OriginError {
+        if e.get_ref().is_some_and(|inner| inner.is::<crate::s3::Unavailable>()) {
+            OriginError::StoreUnavailable(format!("{key}: {e}"))
+        } else {
+            OriginError::Store(format!("{key}: {e}"))
         }
     }
 

@@ -20,6 +20,7 @@ pub mod prewarm;
 pub mod private;
 pub mod pull;
 pub mod purge;
+pub mod s3;
 pub mod serve;
 pub mod singleflight;
 pub mod store;
@@ -80,8 +81,7 @@ impl Origin {
     /// Builds the node from a validated config: opens the store (cleaning
     /// leftovers of a crash) and the upstream client.
     pub fn new(config: &OriginConfig) -> Result<Arc<Origin>, String> {
-        let store = DiskStore::open(&config.store_dir, config.store_max_mib << 20)
-            .map_err(|e| format!("store_dir {}: {e}", config.store_dir.display()))?;
+        let store = open_store(config)?;
         let chain = Chain::parse(&config.upstream).map_err(|e| format!("upstream: {e}"))?;
         // Public and private `direct` runs have budgets of their own, so a
         // flood of unknown public paths cannot starve private modules.
@@ -89,7 +89,7 @@ impl Origin {
         let direct = Arc::new(direct::Direct::public(&config.direct));
         let private_direct = Arc::new(direct::Direct::private(&config.direct));
         let origin = Origin {
-            store: Arc::new(store),
+            store,
             memory: memory::MemoryTier::new(config.memory_cache_mib << 20, config.memory_object_max_kib << 10),
             upstream: Upstream::new(chain, &config.http, Arc::clone(&direct))?,
             flights: singleflight::Group::default(),
@@ -188,12 +188,24 @@ impl Origin {
     }
 
     pub fn refresh_store_gauges(&self) {
-        let usage = self.store.usage();
+        let Some(usage) = self.store.usage() else { return };
         self.metrics.store_objects.set(usage.objects);
         self.metrics.store_bytes.set(usage.bytes);
         let counted = self.metrics.store_evictions.get() as i64;
         self.metrics.store_evictions.inc_by(usage.evicted.saturating_sub(counted).max(0) as u64);
     }
+}
+
+/// The store `[store]` names: the disk store at `store_dir`, or the object
+/// store with `store_dir` as its bounded local tier.
+fn open_store(config: &OriginConfig) -> Result<Arc<dyn Store>, String> {
+    let dir = &config.store_dir;
+    let local =
+        DiskStore::open(dir, config.store_max_mib << 20).map_err(|e| format!("store_dir {}: {e}", dir.display()))?;
+    Ok(match config.store.kind {
+        s3::StoreKind::Disk => Arc::new(local),
+        s3::StoreKind::S3 => Arc::new(s3::Tiered { local, shared: s3::S3Store::open(&config.store, dir)? }),
+    })
 }
 
 /// Serves the GOPROXY protocol on `public` and the operator endpoints on

@@ -276,7 +276,7 @@ where
     tokio::task::spawn_blocking(move || op(store.as_ref()))
         .await
         .map_err(|e| OriginError::Store(e.to_string()))?
-        .map_err(|e| OriginError::Store(e.to_string()))
+        .map_err(|e| OriginError::store("store", e))
 }
 
 /// `@latest` when upstream has none: the highest version of `list` by the

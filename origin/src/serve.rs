@@ -338,7 +338,7 @@ async fn open(o: &Arc<Origin>, key: &str) -> Result<Option<Opened>, OriginError>
     })
     .await
     .map_err(|e| OriginError::Store(e.to_string()))?
-    .map_err(|e| OriginError::Store(format!("{key}: {e}")))
+    .map_err(|e| OriginError::store(key, e))
 }
 
 /// 200, 206, 304 or 416 for a stored artifact, honouring If-None-Match and

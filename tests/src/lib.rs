@@ -7,6 +7,7 @@ pub mod git;
 pub mod go;
 pub mod http;
 pub mod node;
+pub mod seaweed;
 pub mod sumdb;
 pub mod upstream;
 

