@@ -81,7 +81,7 @@ impl Origin {
     /// Builds the node from a validated config: opens the store (cleaning
     /// leftovers of a crash) and the upstream client.
     pub fn new(config: &OriginConfig) -> Result<Arc<Origin>, String> {
-        let store = open_store(config)?;
+        let (store, shared) = open_store(config)?;
         let chain = Chain::parse(&config.upstream).map_err(|e| format!("upstream: {e}"))?;
         // Public and private `direct` runs have budgets of their own, so a
         // flood of unknown public paths cannot starve private modules.
@@ -122,8 +122,11 @@ impl Origin {
                 .map(|d| (d.name.clone(), d.url.trim_end_matches('/').to_string()))
                 .collect(),
             ready: AtomicBool::new(true),
-            purge_log: purge::PurgeLog::open(&config.store_dir)
-                .map_err(|e| format!("store_dir {}: purge log: {e}", config.store_dir.display()))?,
+            purge_log: match shared {
+                Some(shared) => purge::PurgeLog::open_shared(shared).map_err(|e| format!("store: purge log: {e}"))?,
+                None => purge::PurgeLog::open(&config.store_dir)
+                    .map_err(|e| format!("store_dir {}: purge log: {e}", config.store_dir.display()))?,
+            },
             operator_token: config.operator.token.clone(),
             trusted_proxies: modcdn_shared::net::parse_networks(&config.trusted_proxies)?,
             latency_ewma_us: AtomicU64::new(0f64.to_bits()),
@@ -197,14 +200,20 @@ impl Origin {
 }
 
 /// The store `[store]` names: the disk store at `store_dir`, or the object
-/// store with `store_dir` as its bounded local tier.
-fn open_store(config: &OriginConfig) -> Result<Arc<dyn Store>, String> {
+/// store with `store_dir` as its bounded local tier; the object store also
+/// on its own, for what every origin shares beside artifacts (the purge log).
+type Stores = (Arc<dyn Store>, Option<Arc<s3::S3Store>>);
+
+fn open_store(config: &OriginConfig) -> Result<Stores, String> {
     let dir = &config.store_dir;
     let local =
         DiskStore::open(dir, config.store_max_mib << 20).map_err(|e| format!("store_dir {}: {e}", dir.display()))?;
     Ok(match config.store.kind {
-        s3::StoreKind::Disk => Arc::new(local),
-        s3::StoreKind::S3 => Arc::new(s3::Tiered { local, shared: s3::S3Store::open(&config.store, dir)? }),
+        s3::StoreKind::Disk => (Arc::new(local), None),
+        s3::StoreKind::S3 => {
+            let shared = Arc::new(s3::S3Store::open(&config.store, dir)?);
+            (Arc::new(s3::Tiered { local, shared: Arc::clone(&shared) }), Some(shared))
+        }
     })
 }
 
@@ -227,6 +236,7 @@ pub async fn serve_until(
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     prefetch::Prefetcher::start(&origin);
     sync::start(&origin, &origin.sync);
+    purge::follow(&origin);
     let (public_app, operator_app) = (serve::router(Arc::clone(&origin)), ops::operator_router(Arc::clone(&origin)));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);

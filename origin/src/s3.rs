@@ -298,6 +298,42 @@ impl S3Store {
         })
     }
 
+    /// Creates the small object `name` (a path outside every artifact key:
+    /// no module path starts with an element without a dot) unless it
+    /// exists; false when another node created it first.
+    pub(crate) fn create_small(&self, name: &str, body: Vec<u8>) -> io::Result<bool> {
+        let (objects, path) = (Arc::clone(&self.objects), self.path_of(name)?);
+        self.run(async move {
+            match objects.put_opts(&path, body.into(), PutMode::Create.into()).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                Err(e) => Err(io_error(e)),
+            }
+        })
+    }
+
+    /// The small objects under `dir` whose names sort after `after`, in
+    /// name order, with their bodies.
+    pub(crate) fn small_after(&self, dir: &str, after: &str) -> io::Result<Vec<(String, Vec<u8>)>> {
+        let (objects, dir_path) = (Arc::clone(&self.objects), self.path_of(dir)?);
+        let offset = self.path_of(&format!("{dir}/{after}"))?;
+        self.run(async move {
+            let mut listing = objects.list_with_offset(Some(&dir_path), &offset);
+            let mut names = Vec::new();
+            while let Some(object) = listing.next().await {
+                let object = object.map_err(io_error)?;
+                names.push(object.location);
+            }
+            names.sort();
+            let mut out = Vec::new();
+            for path in names {
+                let body = objects.get(&path).await.map_err(io_error)?.bytes().await.map_err(io_error)?;
+                out.push((path.filename().unwrap_or_default().to_string(), body.to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
     /// A temp file in the scratch directory, already unlinked (it lives as
     /// long as the handle).
     fn scratch_file(&self) -> io::Result<File> {
@@ -424,7 +460,7 @@ impl Drop for S3Store {
 /// keeps them.
 pub struct Tiered {
     pub local: store::DiskStore,
-    pub shared: S3Store,
+    pub shared: Arc<S3Store>,
 }
 
 impl Store for Tiered {
@@ -472,5 +508,9 @@ impl Store for Tiered {
     fn remove(&self, key: &str, prefix: bool) -> io::Result<u64> {
         let shared = self.shared.remove(key, prefix)?;
         Ok(shared.max(self.local.remove(key, prefix)?))
+    }
+
+    fn evict_local(&self, key: &str, prefix: bool) -> io::Result<u64> {
+        self.local.remove(key, prefix)
     }
 }

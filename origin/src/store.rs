@@ -115,6 +115,13 @@ pub trait Store: Send + Sync + 'static {
     /// key starts with it (a purge). Returns how many were removed.
     fn remove(&self, key: &str, prefix: bool) -> io::Result<u64>;
 
+    /// Drops this node's own copies of what another node purged from the
+    /// store they share (a local tier in front of it); the same arguments
+    /// as [`Store::remove`]. A store of its own has nothing to drop.
+    fn evict_local(&self, _key: &str, _prefix: bool) -> io::Result<u64> {
+        Ok(0)
+    }
+
     /// Stores a body held in memory: stage, write, publish.
     fn put(&self, key: &str, body: &[u8], meta: &Meta) -> io::Result<()> {
         let mut staged = self.stage(key)?;

@@ -3,12 +3,13 @@
 //! an upstream pull, racing pulls that agree on one copy, an origin killed
 //! mid-upload, and an object store that fails under a running origin.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use modcdn_origin::s3::{S3Store, StoreConfig, StoreKind, Tiered};
 use modcdn_origin::store::{conformance, DiskStore, Store};
 use modcdn_tests::corpus::{Corpus, ALPHA, LARGE};
-use modcdn_tests::node::OriginProcess;
+use modcdn_tests::node::{OriginProcess, CLUSTER_TOKEN};
 use modcdn_tests::seaweed::{SeaweedFs, ACCESS_KEY, BUCKET, SECRET_KEY};
 use modcdn_tests::upstream::{Faults, FixtureUpstream};
 
@@ -66,7 +67,8 @@ fn the_object_store_and_the_tiered_store_pass_the_store_contract() {
     assert_eq!(s3.get(list).expect("get").expect("list").read_body().expect("body"), b"v1.0.0\nv1.1.0\n");
 
     let local = DiskStore::open(&tmp.path().join("local"), 0).expect("local");
-    let shared = S3Store::open(&s3_config(&weed, "conformance/tiered"), &tmp.path().join("scratch2")).expect("open");
+    let shared =
+        Arc::new(S3Store::open(&s3_config(&weed, "conformance/tiered"), &tmp.path().join("scratch2")).expect("open"));
     let tiered = Tiered { local, shared };
     conformance(&tiered);
     // Read through: what only the object store holds fills the local tier.
@@ -184,6 +186,58 @@ async fn an_object_store_that_fails_turns_misses_into_503_and_hits_go_on() {
     let weed = SeaweedFs::start(&tmp.path().join("again")).expect("seaweedfs");
     let b = origin(tmp.path(), &weed, "b", &upstream.url());
     assert_eq!(get(&c, &format!("{}/{miss}", b.url)).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_on_one_origin_reaches_every_origin_on_the_shared_store() {
+    let tmp = modcdn_tests::tempdir();
+    let weed = SeaweedFs::start(tmp.path()).expect("seaweedfs");
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let (a, b) = (origin(tmp.path(), &weed, "a", &upstream.url()), origin(tmp.path(), &weed, "b", &upstream.url()));
+    let c = client();
+    let key = Corpus::key(ALPHA, "v1.0.0", "mod");
+    for node in [&a, &b] {
+        assert_eq!(get(&c, &format!("{}/{key}", node.url)).await.0, 200);
+    }
+    assert_eq!(upstream.counters().get(&key), 1, "B read A's copy");
+    // Both origins purge at once: two entries, two numbers, one log.
+    let purge = |node: &OriginProcess, module: &str| {
+        c.post(format!("{}/purge?module={module}", node.operator)).bearer_auth(CLUSTER_TOKEN).send()
+    };
+    let (ra, rb) = tokio::join!(purge(&a, ALPHA), purge(&b, LARGE));
+    let seq = |r: reqwest::Response| async move {
+        assert_eq!(r.status().as_u16(), 200);
+        r.json::<serde_json::Value>().await.expect("json")["seq"].as_u64().expect("seq")
+    };
+    let mut seqs = [seq(ra.expect("purge a")).await, seq(rb.expect("purge b")).await];
+    seqs.sort();
+    assert_eq!(seqs, [1, 2]);
+    // B follows the shared log: its page holds both, and its local copy of
+    // A's purge is gone, so the next read is a pull.
+    let page = |node: &OriginProcess| {
+        let url = format!("{}/purgez?after=0", node.operator);
+        let c = c.clone();
+        async move {
+            let r = c.get(url).bearer_auth(CLUSTER_TOKEN).send().await.expect("purgez");
+            r.json::<serde_json::Value>().await.expect("json")["last"].as_u64().unwrap_or(0)
+        }
+    };
+    let both = modcdn_tests::http::eventually(Duration::from_secs(10), || async {
+        page(&a).await == 2 && page(&b).await == 2
+    })
+    .await;
+    assert!(both, "both origins serve the whole shared purge log");
+    // B drops its own copy when it applies the entry (within a second):
+    // from then on, a read is a pull, once.
+    let pulled = modcdn_tests::http::eventually(Duration::from_secs(10), || async {
+        assert_eq!(get(&c, &format!("{}/{key}", b.url)).await.0, 200);
+        upstream.counters().get(&key) == 2
+    })
+    .await;
+    assert!(pulled, "B kept serving a copy purged on A");
+    assert_eq!(get(&c, &format!("{}/{key}", b.url)).await.0, 200);
+    assert_eq!(upstream.counters().get(&key), 2, "pulled once, then stored again");
 }
 
 #[test]
