@@ -26,10 +26,10 @@ use futures::StreamExt;
 use modcdn_shared::request::{Kind, Request};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
-use object_store::{GetOptions, GetRange, ObjectStore, PutMode, WriteMultipart};
+use object_store::{GetOptions, GetRange, ObjectStore, PutMode, UpdateVersion, WriteMultipart};
 use serde::Deserialize;
 
-use crate::store::{self, Hit, Meta, Staged, Store, Usage};
+use crate::store::{self, Hit, Meta, Record, Staged, Store, Usage};
 
 /// `[store]`: where artifacts are kept.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -401,6 +401,42 @@ impl Store for S3Store {
         None
     }
 
+    /// Tagged by the object's ETag, so that of two origins replacing the
+    /// same record only the first succeeds (`If-Match`).
+    fn read_record(&self, key: &str) -> io::Result<Option<Record>> {
+        let (objects, path) = (Arc::clone(&self.objects), self.path_of(key)?);
+        self.run(async move {
+            let got = match objects.get(&path).await {
+                Ok(got) => got,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(io_error(e)),
+            };
+            let tag = got.meta.e_tag.clone().unwrap_or_default();
+            let whole = got.bytes().await.map_err(io_error)?;
+            let Some(meta) = store::parse_trailer(&whole, whole.len() as u64) else {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("record {path} has no whole trailer")));
+            };
+            Ok(Some(Record { body: whole[..meta.size as usize].to_vec(), tag }))
+        })
+    }
+
+    fn replace_record(&self, key: &str, body: &[u8], seen: Option<&Record>) -> io::Result<bool> {
+        let (objects, path) = (Arc::clone(&self.objects), self.path_of(key)?);
+        let mut whole = body.to_vec();
+        whole.extend_from_slice(&store::trailer(&store::record_meta(body))?);
+        let mode = match seen {
+            None => PutMode::Create,
+            Some(r) => PutMode::Update(UpdateVersion { e_tag: Some(r.tag.clone()), version: None }),
+        };
+        self.run(async move {
+            match objects.put_opts(&path, whole.into(), mode.into()).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+                Err(e) => Err(io_error(e)),
+            }
+        })
+    }
+
     fn remove(&self, key: &str, prefix: bool) -> io::Result<u64> {
         let objects = Arc::clone(&self.objects);
         if !prefix {
@@ -503,6 +539,14 @@ impl Store for Tiered {
 
     fn usage(&self) -> Option<Usage> {
         self.local.usage()
+    }
+
+    fn read_record(&self, key: &str) -> io::Result<Option<Record>> {
+        self.shared.read_record(key)
+    }
+
+    fn replace_record(&self, key: &str, body: &[u8], seen: Option<&Record>) -> io::Result<bool> {
+        self.shared.replace_record(key, body, seen)
     }
 
     fn remove(&self, key: &str, prefix: bool) -> io::Result<u64> {

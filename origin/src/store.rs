@@ -122,6 +122,28 @@ pub trait Store: Send + Sync + 'static {
         Ok(0)
     }
 
+    /// The small record at `key` (see [`is_record`]) with the tag
+    /// [`Store::replace_record`] checks. A store written by this process
+    /// alone tags a record by its hash.
+    fn read_record(&self, key: &str) -> io::Result<Option<Record>> {
+        let Some(hit) = self.get(key)? else { return Ok(None) };
+        let body = hit.read_body()?;
+        Ok(Some(Record { tag: hex_sha256(&body), body }))
+    }
+
+    /// Writes `body` as the record at `key` only if it is still the one
+    /// `seen` read (still absent when `seen` is `None`): false when another
+    /// writer came first, to read it again and decide anew.
+    fn replace_record(&self, key: &str, body: &[u8], seen: Option<&Record>) -> io::Result<bool> {
+        static WRITING: Mutex<()> = Mutex::new(());
+        let _one = WRITING.lock().unwrap_or_else(|p| p.into_inner());
+        if self.read_record(key)?.map(|r| r.tag) != seen.map(|r| r.tag.clone()) {
+            return Ok(false);
+        }
+        self.put(key, body, &record_meta(body))?;
+        Ok(true)
+    }
+
     /// Stores a body held in memory: stage, write, publish.
     fn put(&self, key: &str, body: &[u8], meta: &Meta) -> io::Result<()> {
         let mut staged = self.stage(key)?;
@@ -130,6 +152,30 @@ pub trait Store: Send + Sync + 'static {
         drop(file);
         self.publish(staged, meta)
     }
+}
+
+/// A record as read, with what a conditional replace checks against.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub body: Vec<u8>,
+    /// A hash of the body, or the object store's ETag.
+    pub(crate) tag: String,
+}
+
+/// The trailer record of a record the origin writes for itself.
+pub(crate) fn record_meta(body: &[u8]) -> Meta {
+    Meta {
+        size: body.len() as u64,
+        sha256: hex_sha256(body),
+        h1: None,
+        fetched_at_ms: crate::pull::now_ms(),
+        upstream: "modcdn".into(),
+        route: None,
+    }
+}
+
+fn hex_sha256(body: &[u8]) -> String {
+    Sha256::digest(body).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What a store holds, for metrics.
@@ -300,7 +346,7 @@ pub(crate) fn stored_elements(key: &str) -> io::Result<Vec<String>> {
             if element.len() <= MAX_ELEMENT {
                 element.to_string()
             } else {
-                let digest: String = Sha256::digest(element.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+                let digest = hex_sha256(element.as_bytes());
                 format!("{}!!{digest}", &element[..64])
             }
         })
@@ -546,6 +592,19 @@ pub fn conformance(store: &dyn Store) {
     assert!(read(nested).is_some(), "a nested module is another module");
     assert_eq!(objects(), plus_one);
     assert_eq!(store.remove(nested, false).expect("remove nested"), 1);
+    // Records: created only while absent, replaced only from what was read.
+    let record = "sumdb/conformance.example/verified-tree";
+    let body = |r: Option<Record>| r.map(|r| r.body);
+    assert!(store.read_record(record).expect("read record").is_none());
+    assert!(store.replace_record(record, b"one", None).expect("create record"));
+    assert!(!store.replace_record(record, b"other", None).expect("create again"), "created only while absent");
+    let one = store.read_record(record).expect("read record").expect("record");
+    assert_eq!(one.body, b"one");
+    assert!(store.replace_record(record, b"two", Some(&one)).expect("replace record"));
+    assert!(!store.replace_record(record, b"stale", Some(&one)).expect("replace again"), "a stale read loses");
+    assert_eq!(body(store.read_record(record).expect("read record")), Some(b"two".to_vec()));
+    assert_eq!(store.remove(record, false).expect("remove record"), 1);
+
     // Leave the artifact callers may look at afterwards.
     store.put(key, b"hello, world", &meta(b"hello, world")).expect("put again");
 }

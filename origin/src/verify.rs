@@ -57,39 +57,72 @@ impl SumDbVerifier {
         format!("sumdb/{}/verified-tree", self.name)
     }
 
-    /// Picks up the tree head an earlier run verified, so that a log that
-    /// forked while this origin was down is still caught.
+    /// Picks up the tree head an earlier run (or another origin sharing the
+    /// store) verified, so that a log that forked while this origin was
+    /// down is still caught.
     pub fn load(&self, store: &dyn crate::store::Store) {
-        let Ok(Some(hit)) = store.get(&self.tree_key()) else { return };
-        let Ok(body) = hit.read_body() else { return };
-        if let Ok(tree) = tlog::parse_tree(&String::from_utf8_lossy(&body)) {
+        let Ok(Some(record)) = store.read_record(&self.tree_key()) else { return };
+        if let Some(tree) = parse_tree(&record.body) {
             tracing::info!(db = %self.name, records = tree.n, "resuming from the last verified tree head");
-            *self.known.lock().unwrap_or_else(|p| p.into_inner()) = Some(tree);
+            self.know(tree);
+        }
+    }
+
+    /// Remembers `tree` in memory unless a larger one is known.
+    fn know(&self, tree: Tree) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.is_none_or(|k| tree.n > k.n) {
+            *known = Some(tree);
         }
     }
 }
 
-/// Stores the verified tree head (best effort: a failure only means the next
-/// run starts from an earlier one).
-async fn remember(o: &Arc<Origin>, v: &SumDbVerifier, tree: Tree) {
+fn parse_tree(body: &[u8]) -> Option<Tree> {
+    tlog::parse_tree(&String::from_utf8_lossy(body)).ok()
+}
+
+/// How many times a record another origin replaced in between is read again.
+const PUBLISH_TRIES: usize = 8;
+
+/// Makes `tree` the largest verified tree head where every origin sharing
+/// the store reads it: a larger one found there is checked against it (a
+/// fork between what two origins saw is caught) and taken instead; a
+/// smaller one is replaced only if no other origin replaced it in between,
+/// so the stored head never shrinks. A store that cannot be read or
+/// written only means the next check starts from an earlier head.
+async fn publish(o: &Arc<Origin>, v: &SumDbVerifier, mut tree: Tree) -> Result<(), OriginError> {
     use base64::Engine;
-    let text =
-        format!("go.sum database tree\n{}\n{}\n", tree.n, base64::engine::general_purpose::STANDARD.encode(tree.hash));
-    let meta = crate::store::Meta {
-        size: text.len() as u64,
-        sha256: modcdn_shared::dirhash::sha256_reader(text.as_bytes())
-            .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
-            .unwrap_or_default(),
-        h1: None,
-        fetched_at_ms: crate::pull::now_ms(),
-        upstream: v.name.clone(),
-        route: None,
-    };
-    let (store, key) = (Arc::clone(&o.store), v.tree_key());
-    let res = tokio::task::spawn_blocking(move || store.put(&key, text.as_bytes(), &meta)).await;
-    if !matches!(res, Ok(Ok(()))) {
-        tracing::warn!(db = %v.name, "could not keep the verified tree head");
+    for _ in 0..PUBLISH_TRIES {
+        let (store, key) = (Arc::clone(&o.store), v.tree_key());
+        let seen = match tokio::task::spawn_blocking(move || store.read_record(&key)).await {
+            Ok(Ok(seen)) => seen,
+            _ => break,
+        };
+        if let Some(stored) = seen.as_ref().and_then(|r| parse_tree(&r.body)) {
+            tree = larger_consistent(o, v, tree, stored).await?;
+            if stored.n >= tree.n {
+                break;
+            }
+        }
+        let text = format!(
+            "go.sum database tree\n{}\n{}\n",
+            tree.n,
+            base64::engine::general_purpose::STANDARD.encode(tree.hash)
+        );
+        let (store, key) = (Arc::clone(&o.store), v.tree_key());
+        let replaced = tokio::task::spawn_blocking(move || store.replace_record(&key, text.as_bytes(), seen.as_ref()));
+        match replaced.await {
+            Ok(Ok(true)) => {
+                v.know(tree);
+                return Ok(());
+            }
+            Ok(Ok(false)) => continue,
+            _ => break,
+        }
     }
+    tracing::debug!(db = %v.name, records = tree.n, "verified tree head kept in memory only");
+    v.know(tree);
+    Ok(())
 }
 
 fn failed(msg: impl std::fmt::Display) -> OriginError {
@@ -164,21 +197,29 @@ async fn check_with(
     Ok(())
 }
 
-/// Checks `tree` against the largest tree seen so far, then remembers the
-/// larger of the two. Equal sizes with different hashes is a fork.
+/// Checks `tree` against the largest tree seen so far, then makes the
+/// larger of the two the one every origin sees.
 async fn check_consistent(o: &Arc<Origin>, v: &SumDbVerifier, tree: Tree) -> Result<(), OriginError> {
     let known = *v.known.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(known) = known else {
-        *v.known.lock().unwrap_or_else(|p| p.into_inner()) = Some(tree);
-        remember(o, v, tree).await;
-        return Ok(());
+    let big = match known {
+        None => tree,
+        Some(known) => larger_consistent(o, v, tree, known).await?,
     };
-    let (big, small) = if tree.n >= known.n { (tree, known) } else { (known, tree) };
+    if known.is_some_and(|k| k.n >= big.n) {
+        return Ok(());
+    }
+    publish(o, v, big).await
+}
+
+/// The larger of two verified trees, once the smaller is proved to be its
+/// prefix. Equal sizes with different hashes is a fork.
+async fn larger_consistent(o: &Arc<Origin>, v: &SumDbVerifier, a: Tree, b: Tree) -> Result<Tree, OriginError> {
+    let (big, small) = if a.n >= b.n { (a, b) } else { (b, a) };
     if big.n == small.n {
         if big.hash != small.hash {
             return Err(failed(format!("checksum database {} has forked: two trees of {} records", v.name, big.n)));
         }
-        return Ok(());
+        return Ok(big);
     }
     if small.n > 0 {
         let want = tlog::tree_proof_indexes(big.n, small.n).map_err(failed)?;
@@ -191,18 +232,7 @@ async fn check_consistent(o: &Arc<Origin>, v: &SumDbVerifier, tree: Tree) -> Res
             ))
         })?;
     }
-    let grew = {
-        let mut k = v.known.lock().unwrap_or_else(|p| p.into_inner());
-        let grew = k.is_none_or(|k| big.n > k.n);
-        if grew {
-            *k = Some(big);
-        }
-        grew
-    };
-    if grew {
-        remember(o, v, big).await;
-    }
-    Ok(())
+    Ok(big)
 }
 
 /// Stored hashes of `tree`, from tiles authenticated against its hash.

@@ -11,6 +11,7 @@ use modcdn_origin::store::{conformance, DiskStore, Store};
 use modcdn_tests::corpus::{Corpus, ALPHA, LARGE};
 use modcdn_tests::node::{OriginProcess, CLUSTER_TOKEN};
 use modcdn_tests::seaweed::{SeaweedFs, ACCESS_KEY, BUCKET, SECRET_KEY};
+use modcdn_tests::sumdb::SumDbProcess;
 use modcdn_tests::upstream::{Faults, FixtureUpstream};
 
 fn s3_config(weed: &SeaweedFs, prefix: &str) -> StoreConfig {
@@ -238,6 +239,46 @@ async fn a_purge_on_one_origin_reaches_every_origin_on_the_shared_store() {
     assert!(pulled, "B kept serving a copy purged on A");
     assert_eq!(get(&c, &format!("{}/{key}", b.url)).await.0, 200);
     assert_eq!(upstream.counters().get(&key), 2, "pulled once, then stored again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_between_what_two_origins_verified_is_caught_through_the_shared_store() {
+    const NAME: &str = "sum.modcdn.test";
+    let tmp = modcdn_tests::tempdir();
+    let weed = SeaweedFs::start(tmp.path()).expect("seaweedfs");
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1024).expect("corpus");
+    let mut other = Corpus { root: tmp.path().join("other"), versions: Vec::new() };
+    other.publish("example.com/unlogged", "v1.0.0").expect("publish");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let other_upstream = FixtureUpstream::start(other.root.clone()).await.expect("upstream 2");
+    let chain = format!("{},{}", upstream.url(), other_upstream.url());
+    // A checks against the log; B, started at the same time, against a
+    // fork of it (same name, same key, another tree of the same size).
+    let db = SumDbProcess::start(&corpus.root, NAME).expect("sumdb");
+    let forked = SumDbProcess::start_with_signer(&other.root, NAME, Some(&db.signer)).expect("forked sumdb");
+    let on = |name: &str, url: &str| {
+        let extra = format!(
+            "[prefetch]\nenabled = false\n[[checksum_db]]\nname = \"{NAME}\"\nurl = \"{url}\"\nkey = \"{}\"\n{}",
+            db.key,
+            weed.store_toml("cluster")
+        );
+        OriginProcess::start(&tmp.path().join(name), &chain, &extra).expect("origin")
+    };
+    let (a, b) = (on("a", &db.url), on("b", &forked.url));
+    let c = client();
+    assert_eq!(get(&c, &format!("{}/{}", a.url, Corpus::key(ALPHA, "v1.0.0", "mod"))).await.0, 200);
+    let reader = S3Store::open(&s3_config(&weed, "cluster"), &tmp.path().join("reader")).expect("open");
+    let head = reader.read_record(&format!("sumdb/{NAME}/verified-tree")).expect("read").expect("tree head stored");
+    assert!(String::from_utf8_lossy(&head.body).starts_with("go.sum database tree\n"));
+    // B never saw A's tree itself: it reads it from the shared store.
+    let r = c.get(format!("{}/{}", b.url, Corpus::key("example.com/unlogged", "v1.0.0", "mod"))).send().await;
+    let r = r.expect("request");
+    assert_eq!(r.status().as_u16(), 502);
+    let body = r.text().await.unwrap_or_default();
+    assert!(body.contains("forked") || body.contains("inconsistent"), "{body}");
+    // The stored head is still A's.
+    let after = reader.read_record(&format!("sumdb/{NAME}/verified-tree")).expect("read").expect("tree head");
+    assert_eq!(after.body, head.body);
 }
 
 #[test]
