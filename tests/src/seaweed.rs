@@ -19,6 +19,8 @@ pub struct SeaweedFs {
     child: Child,
     /// `http://127.0.0.1:port` of its S3 API.
     pub endpoint: String,
+    /// `http://127.0.0.1:port` of its filer (to see uploads in progress).
+    pub filer: String,
     pub data: PathBuf,
 }
 
@@ -32,7 +34,7 @@ impl SeaweedFs {
         for _ in 0..10 {
             ports.push(free_port()?);
         }
-        let s3 = ports[6];
+        let (filer, s3) = (ports[4], ports[6]);
         let flags = [
             "master.port",
             "master.port.grpc",
@@ -75,7 +77,12 @@ impl SeaweedFs {
             let status = child.wait().ok();
             return Err(io::Error::other(format!("weed mini did not become ready (exit: {status:?})")));
         }
-        Ok(SeaweedFs { child, endpoint: format!("http://127.0.0.1:{s3}"), data })
+        Ok(SeaweedFs {
+            child,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            filer: format!("http://127.0.0.1:{filer}"),
+            data,
+        })
     }
 
     /// The origin's `[store]` table for this engine, keys under `prefix`.

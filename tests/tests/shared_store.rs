@@ -1,15 +1,19 @@
 //! Origins over one shared store on a real S3 engine (SeaweedFS): the store
 //! contract on every backend, artifacts that move between origins without
-//! an upstream pull, racing pulls that agree on one copy, an origin killed
-//! mid-upload, and an object store that fails under a running origin.
+//! an upstream pull (also while a fourth origin joins under load), racing
+//! pulls that agree on one copy, an origin killed mid-upload, a checksum
+//! database fork seen through the shared tree head, and an object store
+//! that fails under a running origin.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use modcdn_origin::s3::{S3Store, StoreConfig, StoreKind, Tiered};
 use modcdn_origin::store::{conformance, DiskStore, Store};
 use modcdn_tests::corpus::{Corpus, ALPHA, LARGE};
-use modcdn_tests::node::{OriginProcess, CLUSTER_TOKEN};
+use modcdn_tests::http::{eventually, fetch_ok, load, scrape, totals};
+use modcdn_tests::node::{write_membership, EdgeProcess, Member, OriginProcess, CLUSTER_TOKEN};
 use modcdn_tests::seaweed::{SeaweedFs, ACCESS_KEY, BUCKET, SECRET_KEY};
 use modcdn_tests::sumdb::SumDbProcess;
 use modcdn_tests::upstream::{Faults, FixtureUpstream};
@@ -239,6 +243,120 @@ async fn a_purge_on_one_origin_reaches_every_origin_on_the_shared_store() {
     assert!(pulled, "B kept serving a copy purged on A");
     assert_eq!(get(&c, &format!("{}/{key}", b.url)).await.0, 200);
     assert_eq!(upstream.counters().get(&key), 2, "pulled once, then stored again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_origin_joins_under_load_with_no_failed_request_and_no_upstream_pull() {
+    let tmp = modcdn_tests::tempdir();
+    let weed = SeaweedFs::start(tmp.path()).expect("seaweedfs");
+    let corpus = Corpus::generate_with(&tmp.path().join("corpus"), 1 << 20, 1000).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origins: Vec<OriginProcess> =
+        ["a", "b", "c"].iter().map(|n| origin(tmp.path(), &weed, n, &upstream.url())).collect();
+    let keys = Arc::new(corpus.many_keys());
+    // Every artifact is in the shared store before the load.
+    let warm: Vec<_> = keys
+        .chunks(keys.len().div_ceil(16))
+        .map(|part| {
+            let (part, base, c) = (part.to_vec(), origins[0].url.clone(), client());
+            tokio::spawn(async move {
+                for key in part {
+                    fetch_ok(&c, &format!("{base}/{key}")).await.unwrap_or_else(|e| panic!("{key}: {e}"));
+                }
+            })
+        })
+        .collect();
+    for w in warm {
+        w.await.expect("warm");
+    }
+    assert_eq!(upstream.counters().total(), keys.len() as u64);
+    // An edge whose cache holds a fraction of them, so the origins see the load.
+    let members: Vec<Member> = ["a", "b", "c"].iter().zip(&origins).map(|(id, o)| Member::of(id, o, "us")).collect();
+    let edge =
+        EdgeProcess::start(&tmp.path().join("edge"), &members, "[cache]\nmax_mib = 1\nmemory_mib = 0\n").expect("edge");
+    let started = std::time::Instant::now();
+    let stop = stop_after(Duration::from_secs(30));
+    let clients = load(&edge.url, &keys, 32, 1_000_000, false, &stop);
+    // Under load, D starts on the same store and joins the ring.
+    let through_edge = || scrape(&edge.admin, "modcdn_edge_origin_requests_total");
+    assert!(eventually(Duration::from_secs(10), || async { through_edge().await >= 500.0 }).await, "the load runs");
+    let d = origin(tmp.path(), &weed, "d", &upstream.url());
+    let mut members = members;
+    members.push(Member::of("d", &d, "us"));
+    write_membership(&edge.dir.join("membership.toml"), &members).expect("membership");
+    edge.signal("HUP");
+    let to_d = "modcdn_edge_origin_requests_total{origin=\"d\"";
+    assert!(
+        eventually(Duration::from_secs(10), || async { scrape(&edge.admin, to_d).await > 0.0 }).await,
+        "the new origin is in the ring and serves"
+    );
+    let joined = started.elapsed();
+    let (ok, failed) = totals(clients).await;
+    let (at_d, all) = (scrape(&edge.admin, to_d).await, through_edge().await);
+    eprintln!("{ok} requests ({all} to origins, {at_d} to D, joined after {joined:?}), {failed} failed");
+    assert_eq!(failed, 0, "{failed} of {} failed", ok + failed);
+    assert!(at_d >= 100.0, "D served {at_d} of {all} origin requests");
+    // (The edge's hot-module round may ask for lists: those are not stored artifacts.)
+    let again: Vec<&String> = keys.iter().filter(|k| upstream.counters().get(k) != 1).collect();
+    assert!(again.is_empty(), "artifacts already stored were pulled again: {again:?}");
+}
+
+/// A stop flag that sets itself after `after`.
+fn stop_after(after: Duration) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        s.store(true, Ordering::Relaxed);
+    });
+    stop
+}
+
+/// Multipart uploads SeaweedFS holds in progress (its filer keeps each
+/// under the bucket's `.uploads` directory until it completes or aborts).
+async fn uploads_in_progress(c: &reqwest::Client, weed: &SeaweedFs) -> usize {
+    let url = format!("{}/buckets/{BUCKET}/.uploads/", weed.filer);
+    let Ok(r) = c.get(url).header("accept", "application/json").send().await else { return 0 };
+    let listing: serde_json::Value = r.json().await.unwrap_or_default();
+    listing["Entries"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_killed_during_a_multipart_upload_leaves_no_partial_object() {
+    let tmp = modcdn_tests::tempdir();
+    let weed = SeaweedFs::start(tmp.path()).expect("seaweedfs");
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 48 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let mut a = origin(tmp.path(), &weed, "a", &upstream.url());
+    let c = client();
+    let key = Corpus::key(LARGE, "v1.0.0", "zip");
+    let want = std::fs::read(corpus.root.join(&key)).expect("corpus");
+    let url = format!("{}/{key}", a.url);
+    let pull = tokio::spawn({
+        let c = c.clone();
+        async move { c.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    // Killed once the upload is in flight (its parts going up).
+    let started =
+        modcdn_tests::http::eventually(Duration::from_secs(30), || async { uploads_in_progress(&c, &weed).await > 0 })
+            .await;
+    a.kill9();
+    assert!(started, "the pull never started a multipart upload");
+    assert!(pull.await.expect("join").map_or(true, |s| s != 200), "a killed origin answered 200");
+    // Nothing partial is visible under the key, to any origin.
+    let reader = S3Store::open(&s3_config(&weed, "cluster"), &tmp.path().join("reader")).expect("open");
+    let stored = reader.get(&key).expect("get");
+    assert!(stored.is_none_or(|h| h.read_body().expect("body") == want), "a partial object is stored");
+    let b = origin(tmp.path(), &weed, "b", &upstream.url());
+    let (status, body) = get(&c, &format!("{}/{key}", b.url)).await;
+    assert_eq!(status, 200);
+    assert!(body == want, "another origin served other bytes");
+    // A, restarted on its own directory, serves it whole too.
+    let a = OriginProcess::start_with_config(&a.config).expect("restart");
+    let (status, body) = get(&c, &format!("{}/{key}", a.url)).await;
+    assert_eq!(status, 200);
+    assert!(body == want, "the restarted origin served other bytes");
+    assert!(reader.get(&key).expect("get").expect("stored").read_body().expect("body") == want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
