@@ -24,7 +24,7 @@ pub struct Admin {
     pub store: &'static CacheStore,
     pub eviction: &'static (dyn EvictionManager + Sync),
     pub metrics: Arc<Metrics>,
-    pub token: String,
+    pub token: Option<modcdn_shared::secret::Token>,
     /// The cluster token, for forwarding purges to the origins.
     pub origins: crate::origins::OriginClient,
 }
@@ -95,10 +95,10 @@ impl Admin {
     }
 
     async fn purge(&self, auth: Option<&str>, query: &BTreeMap<String, String>) -> Response<Vec<u8>> {
-        if self.token.is_empty() {
+        let Some(token) = &self.token else {
             return text(StatusCode::FORBIDDEN, "purges are off: set admin.token\n");
-        }
-        if !modcdn_shared::secret::bearer_is(auth.map(str::as_bytes), &self.token) {
+        };
+        if !token.is_bearer(auth.map(str::as_bytes)) {
             return text(StatusCode::UNAUTHORIZED, "a purge needs Authorization: Bearer <admin.token>\n");
         }
         let target = match Target::parse(query.get("path").map(String::as_str), query.get("module").map(String::as_str))

@@ -158,7 +158,7 @@ fn cluster_token(file: &Path) -> anyhow::Result<String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     if let Ok(t) = std::fs::read_to_string(file) {
-        if modcdn_shared::secret::token_problem(t.trim()).is_none() && !t.trim().is_empty() {
+        if t.trim().parse::<modcdn_shared::secret::Token>().is_ok() {
             return Ok(t.trim().to_string());
         }
     }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use modcdn_shared::config::{self, ConfigError, LogConfig, TtlConfig, Validate};
+use modcdn_shared::secret::Token;
 use serde::Deserialize;
 
 /// The embedded default config.
@@ -22,7 +23,8 @@ pub struct EdgeConfig {
     pub membership: PathBuf,
     /// Region of clients the GeoIP database cannot place (loopback, private
     /// networks); empty: the region map's default. Default "".
-    pub region: String,
+    #[serde(deserialize_with = "modcdn_shared::config::optional")]
+    pub region: Option<String>,
     /// Worker threads. Default 2.
     pub threads: usize,
     /// Grace period at shutdown and upgrade. Default 5.
@@ -52,7 +54,8 @@ pub struct EdgeConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// HTTPS listener; off when empty. Default "".
-    pub listen: String,
+    #[serde(deserialize_with = "modcdn_shared::config::optional")]
+    pub listen: Option<SocketAddr>,
     /// PEM certificate chain. Default "".
     pub cert: PathBuf,
     /// PEM private key. Default "".
@@ -65,7 +68,8 @@ pub struct AdminConfig {
     /// Default `127.0.0.1:8081`.
     pub listen: SocketAddr,
     /// Bearer token for purges; empty refuses them. Default "".
-    pub token: String,
+    #[serde(deserialize_with = "modcdn_shared::config::optional")]
+    pub token: Option<Token>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,7 +108,8 @@ pub struct OriginClientConfig {
     /// operator listeners; while empty, the purge log is not followed, hot
     /// modules are neither reported nor prefetched, and purges stay at this
     /// edge. Default "".
-    pub token: String,
+    #[serde(deserialize_with = "modcdn_shared::config::optional")]
+    pub token: Option<Token>,
     /// PEM file of the CA that signed the origins' certificates: set, the
     /// edge reaches origins (both listeners) over TLS only, trusting that
     /// CA alone. Default: plain HTTP (origins on a private network).
@@ -159,7 +164,7 @@ impl Default for EdgeConfig {
         EdgeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             membership: PathBuf::from("deploy/router.toml"),
-            region: String::new(),
+            region: None,
             threads: 2,
             grace_secs: 5,
             header_timeout_ms: 10_000,
@@ -181,7 +186,7 @@ impl Default for EdgeConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8081)), token: String::new() }
+        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8081)), token: None }
     }
 }
 
@@ -201,13 +206,7 @@ impl Default for CacheConfig {
 
 impl Default for OriginClientConfig {
     fn default() -> Self {
-        OriginClientConfig {
-            connect_timeout_ms: 1000,
-            read_timeout_ms: 75_000,
-            retries: 2,
-            token: String::new(),
-            tls_ca: None,
-        }
+        OriginClientConfig { connect_timeout_ms: 1000, read_timeout_ms: 75_000, retries: 2, token: None, tls_ca: None }
     }
 }
 
@@ -255,19 +254,11 @@ impl Validate for EdgeConfig {
             let file = self.origin.tls_ca.as_deref().unwrap_or(Path::new("")).display();
             errs.push(("origin.tls_ca".into(), format!("{file}: {e}")));
         }
-        if !self.tls.listen.is_empty() {
-            if self.tls.listen.parse::<SocketAddr>().is_err() {
-                errs.push(("tls.listen".into(), format!("{:?} is not host:port", self.tls.listen)));
-            }
+        if self.tls.listen.is_some() {
             for (key, path) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
                 if path.as_os_str().is_empty() {
                     errs.push((key.into(), "required when tls.listen is set".into()));
                 }
-            }
-        }
-        for (key, token) in [("admin.token", &self.admin.token), ("origin.token", &self.origin.token)] {
-            if let Some(problem) = modcdn_shared::secret::token_problem(token) {
-                errs.push((key.into(), problem));
             }
         }
         let rl = &self.rate_limit;
@@ -331,8 +322,29 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/edge.toml");
         let c = EdgeConfig::load(Some(&path), &[]).expect("deploy/edge.toml");
         assert!(c.membership.ends_with("deploy/router.toml"), "{}", c.membership.display());
-        assert_eq!(c.tls.listen, "0.0.0.0:443");
+        assert_eq!(c.tls.listen, Some("0.0.0.0:443".parse().expect("addr")));
         assert!(c.rate_limit.requests_per_sec > 0.0);
+    }
+
+    #[test]
+    fn settings_that_turn_things_on_are_parsed_when_read() {
+        let dir = std::env::temp_dir().join(format!("modcdn-edge-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("edge.toml");
+        for (text, key) in [
+            ("[admin]\ntoken = \"short\"\n", "admin.token"),
+            ("[origin]\ntoken = \"change-me\"\n", "origin.token"),
+            ("[tls]\nlisten = \"localhost\"\n", "tls.listen"),
+        ] {
+            std::fs::write(&file, text).expect("write");
+            let e = EdgeConfig::load(Some(&file), &[]).expect_err(text).to_string();
+            assert!(e.contains(&file.display().to_string()) && e.contains(key), "{text}: {e}");
+        }
+        // Empty is off, as documented.
+        std::fs::write(&file, "region = \"\"\n[admin]\ntoken = \"\"\n[tls]\nlisten = \"\"\n").expect("write");
+        let c = EdgeConfig::load(Some(&file), &[]).expect("empty is off");
+        assert!(c.admin.token.is_none() && c.tls.listen.is_none() && c.region.is_none());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

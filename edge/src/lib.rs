@@ -119,12 +119,12 @@ pub fn run(cfg: EdgeConfig, membership: Arc<Membership>, upgrade: bool) -> anyho
     let mut proxy = Service::new("edge".to_string(), guarded);
     proxy.set_connection_filter(admission);
     proxy.add_listener(listener(pingora::listeners::ListenerConfig::tcp(cfg.listen.to_string())));
-    if !cfg.tls.listen.is_empty() {
+    if let Some(tls_listen) = cfg.tls.listen {
         let (cert, key) = (cfg.tls.cert.display().to_string(), cfg.tls.key.display().to_string());
         let mut tls = pingora::listeners::tls::TlsSettings::intermediate(&cert, &key)
             .map_err(|e| anyhow::anyhow!("tls.cert / tls.key: {e}"))?;
         tls.enable_h2();
-        proxy.add_listener(listener(pingora::listeners::ListenerConfig::tcp(cfg.tls.listen.clone()).tls(tls)));
+        proxy.add_listener(listener(pingora::listeners::ListenerConfig::tcp(tls_listen.to_string()).tls(tls)));
     }
 
     let admin_app = admin::Admin {
@@ -145,10 +145,10 @@ pub fn run(cfg: EdgeConfig, membership: Arc<Membership>, upgrade: bool) -> anyho
     let mut admin = Service::new("admin".to_string(), admin_app);
     admin.add_tcp(&cfg.admin.listen.to_string());
 
-    if cfg.origin.token.is_empty() {
+    let with_token = cfg.origin.token.is_some();
+    if !with_token {
         tracing::warn!("origin.token is empty: the purge log is not followed and hot modules are not synced");
     }
-    let with_token = !cfg.origin.token.is_empty();
     let follower = (with_token && cfg.purge.poll_ms > 0).then(|| purge::Follower {
         membership: Arc::clone(&membership),
         store: storage,
@@ -157,11 +157,10 @@ pub fn run(cfg: EdgeConfig, membership: Arc<Membership>, upgrade: bool) -> anyho
         interval: Duration::from_millis(cfg.purge.poll_ms),
         origins: origins.clone(),
     });
-    let own_region = if cfg.region.is_empty() {
-        membership.snapshot().geo.region_of(std::net::IpAddr::from([0, 0, 0, 0])).to_string()
-    } else {
-        cfg.region.clone()
-    };
+    let own_region = cfg
+        .region
+        .clone()
+        .unwrap_or_else(|| membership.snapshot().geo.region_of(std::net::IpAddr::from([0, 0, 0, 0])).to_string());
     let hot_sync = (with_token && cfg.hot.interval_ms > 0).then(|| hot::HotSync {
         membership: Arc::clone(&membership),
         storage,
@@ -180,7 +179,7 @@ pub fn run(cfg: EdgeConfig, membership: Arc<Membership>, upgrade: bool) -> anyho
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(housekeeping);
-    tracing::info!(listen = %cfg.listen, admin = %cfg.admin.listen, tls = %cfg.tls.listen, "edge serving");
+    tracing::info!(listen = %cfg.listen, admin = %cfg.admin.listen, tls = ?cfg.tls.listen, "edge serving");
     server.run(RunArgs::default());
     Ok(())
 }

@@ -15,7 +15,7 @@ pub struct OriginClient {
     /// Also for plain requests to this edge's own listener.
     pub http: reqwest::Client,
     scheme: &'static str,
-    token: String,
+    token: Option<modcdn_shared::secret::Token>,
 }
 
 impl OriginClient {
@@ -36,12 +36,16 @@ impl OriginClient {
 
     /// Whether the cluster token is set (operator requests are off without).
     pub fn has_token(&self) -> bool {
-        !self.token.is_empty()
+        self.token.is_some()
     }
 
     /// A request to an origin's operator listener, with the cluster token.
     pub fn operator(&self, method: Method, operator: &str, path: &str) -> RequestBuilder {
-        self.http.request(method, format!("{}://{operator}{path}", self.scheme)).bearer_auth(&self.token)
+        let request = self.http.request(method, format!("{}://{operator}{path}", self.scheme));
+        match &self.token {
+            Some(token) => request.bearer_auth(token.expose()),
+            None => request,
+        }
     }
 
     /// A request to an origin's public (GOPROXY) listener: no token.

@@ -75,8 +75,8 @@ pub struct Edge {
     pub ttls: Ttls,
     /// Whether answers to credentialed requests are cached (per credential).
     pub cache_private: bool,
-    /// Region of clients GeoIP cannot place; empty: the region map's default.
-    pub region: String,
+    /// Region of clients GeoIP cannot place; none: the region map's default.
+    pub region: Option<String>,
     pub retries: usize,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -477,8 +477,8 @@ impl Edge {
         let located = client
             .map(|ip| snapshot.geo.locate(ip))
             .filter(|(country, continent)| country.is_some() || continent.is_some());
-        match (located, client, self.region.is_empty()) {
-            (None, _, false) => self.region.clone(),
+        match (located, client, &self.region) {
+            (None, _, Some(own)) => own.clone(),
             (_, Some(ip), _) => snapshot.geo.region_of(ip).to_string(),
             (_, None, _) => snapshot.geo.region_of(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)).to_string(),
         }

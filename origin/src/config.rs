@@ -77,12 +77,13 @@ pub struct OperatorConfig {
     pub listen: SocketAddr,
     /// The cluster token (`Authorization: Bearer`) for `/hotz`, `/purge` and
     /// `/purgez`; those are off while it is empty. Default "".
-    pub token: String,
+    #[serde(deserialize_with = "modcdn_shared::config::optional")]
+    pub token: Option<modcdn_shared::secret::Token>,
 }
 
 impl Default for OperatorConfig {
     fn default() -> Self {
-        OperatorConfig { listen: SocketAddr::from(([127, 0, 0, 1], 7071)), token: String::new() }
+        OperatorConfig { listen: SocketAddr::from(([127, 0, 0, 1], 7071)), token: None }
     }
 }
 
@@ -212,9 +213,6 @@ impl Validate for OriginConfig {
         }
         if let Err(e) = modcdn_shared::net::parse_networks(&self.trusted_proxies) {
             errs.push(("trusted_proxies".into(), e));
-        }
-        if let Some(problem) = modcdn_shared::secret::token_problem(&self.operator.token) {
-            errs.push(("operator.token".into(), problem));
         }
         if self.operator.listen == self.listen && self.listen.port() != 0 {
             errs.push(("operator.listen".into(), "must differ from listen".into()));
@@ -349,6 +347,9 @@ mod tests {
         std::fs::write(&f, "[[private]]\nunauthorized_status = 403\n").expect("write");
         let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, [], &[]).expect_err("403").to_string();
         assert!(e.contains("bad.toml") && e.contains("unauthorized_status") && e.contains("404 or 401"), "{e}");
+        std::fs::write(&f, "[operator]\ntoken = \"short\"\n").expect("write");
+        let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, [], &[]).expect_err("token").to_string();
+        assert!(e.contains("bad.toml") && e.contains("operator.token") && e.contains("16 characters"), "{e}");
         std::fs::write(&f, "[store]\nkind = \"s3\"\n").expect("write");
         let e = config::load::<OriginConfig>(Some(&f), "", ENV_PREFIX, [], &[]).expect_err("s3").to_string();
         assert!(e.contains("bad.toml") && e.contains("store.bucket"), "{e}");

@@ -64,8 +64,8 @@ pub struct Origin {
     ready: AtomicBool,
     /// Purges, in order, for edges to follow.
     pub purge_log: purge::PurgeLog,
-    /// The cluster token operator endpoints ask for; empty turns them off.
-    pub operator_token: String,
+    /// The cluster token operator endpoints ask for; none turns them off.
+    pub operator_token: Option<modcdn_shared::secret::Token>,
     /// Peers whose `X-Forwarded-For` is believed (the edges).
     pub trusted_proxies: Vec<modcdn_shared::net::IpNet>,
     /// EWMA of request latency in microseconds (f64 bits), for `/loadz`.

@@ -130,7 +130,7 @@ fn run(cfg: OriginConfig) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("operator.listen {}: {e}", cfg.operator.listen))?;
         let (addr, operator_addr) = (listener.local_addr()?, operator.local_addr()?);
         tracing::info!(%addr, operator = %operator_addr, upstream = %cfg.upstream, store = %cfg.store_dir.display(), "modcdn-origin serving");
-        if cfg.operator.token.is_empty() {
+        if cfg.operator.token.is_none() {
             tracing::warn!("operator.token is empty: purges, hot reports and the purge log are off");
         }
         // Validated with the config; loaded again here to serve.

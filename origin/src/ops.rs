@@ -48,11 +48,11 @@ async fn cluster_token(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if o.operator_token.is_empty() {
+    let Some(token) = &o.operator_token else {
         return text(StatusCode::FORBIDDEN, policy::CC_NO_STORE, "off: set operator.token\n");
-    }
+    };
     let authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    if !modcdn_shared::secret::bearer_is(authorization, &o.operator_token) {
+    if !token.is_bearer(authorization) {
         let mut r =
             text(StatusCode::UNAUTHORIZED, policy::CC_NO_STORE, "needs Authorization: Bearer <operator.token>\n");
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"modcdn-operator\""));

@@ -68,13 +68,29 @@ pub struct LogConfig {
     pub level: String,
     /// OTLP/HTTP traces endpoint (`http://collector:4318/v1/traces`); empty
     /// turns trace export off. Default "".
-    pub otlp_endpoint: String,
+    #[serde(deserialize_with = "optional")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Human, level: "info".into(), otlp_endpoint: String::new() }
+        LogConfig { format: LogFormat::Human, level: "info".into(), otlp_endpoint: None }
     }
+}
+
+/// `deserialize_with` for a setting that is off when empty: `""` is `None`,
+/// anything else must parse as `T` (the error names the key and line).
+pub fn optional<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let text = String::deserialize(d)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,8 +150,18 @@ pub fn load<T: DeserializeOwned + Validate>(
         .filter_map(|(k, v)| k.strip_prefix(env_prefix).and_then(|k| k.strip_prefix("__")).map(|k| (k.to_string(), v)))
         .collect();
     let config: T = if overrides.is_empty() && flags.is_empty() {
-        // Straight from the text, so errors carry line and column.
-        toml::from_str(&text).map_err(parse_err)?
+        // Straight from the text, so errors carry line and column; the
+        // key's whole path (`key \`admin.token\``) comes from reading it
+        // again as a table.
+        toml::from_str(&text).map_err(|e| {
+            let mut e = parse_err(e);
+            let path = toml::from_str::<toml::Table>(&text).ok().and_then(|t| T::deserialize(t).err());
+            let path = path.and_then(|p| p.to_string().lines().last()?.strip_prefix("in ").map(String::from));
+            if let (ConfigError::Parse { message, .. }, Some(path)) = (&mut e, path) {
+                message.push_str(&format!("\nkey {path}"));
+            }
+            e
+        })?
     } else {
         let mut table: toml::Table = toml::from_str(&text).map_err(parse_err)?;
         for (key, value) in &overrides {

@@ -59,12 +59,10 @@ pub fn init(log: &LogConfig, service: &str) -> Result<Telemetry, String> {
         LogFormat::Human => fmt.with_filter(filter).boxed(),
         LogFormat::Json => fmt.json().with_filter(filter).boxed(),
     };
-    let (otel, provider) = if log.otlp_endpoint.is_empty() {
-        (None, None)
-    } else {
+    let (otel, provider) = if let Some(endpoint) = &log.otlp_endpoint {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_endpoint(&log.otlp_endpoint)
+            .with_endpoint(endpoint)
             .build()
             .map_err(|e| format!("log.otlp_endpoint: {e}"))?;
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
@@ -76,6 +74,8 @@ pub fn init(log: &LogConfig, service: &str) -> Result<Telemetry, String> {
             .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
         TRACES.store(true, Ordering::Relaxed);
         (Some(layer), Some(provider))
+    } else {
+        (None, None)
     };
     let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
     Ok(Telemetry { provider })
