@@ -108,10 +108,7 @@ impl Admin {
         };
         let removed = purge::apply(self.store, &self.metrics, &target).await;
         let mut origins = BTreeMap::new();
-        let (name, value) = match &target {
-            Target::Path(p) => ("path", p.as_str()),
-            Target::Module(m) => ("module", m.as_str()),
-        };
+        let (name, value) = target.query();
         for member in self.membership.snapshot().topology.members() {
             if !self.origins.has_token() {
                 origins.insert(member.id.clone(), "not sent: origin.token is empty".to_string());
@@ -120,7 +117,7 @@ impl Admin {
             let sent = self
                 .origins
                 .operator(reqwest::Method::POST, &member.operator, "/purge")
-                .query(&[(name, value)])
+                .query(&[(name, &value)])
                 .send()
                 .await
                 .and_then(|r| r.error_for_status());

@@ -203,8 +203,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("modcdn-purgelog-{}", fastrand::u64(..)));
         std::fs::create_dir_all(&dir).expect("dir");
         let log = PurgeLog::open(&dir).expect("open");
-        assert_eq!(log.append(Target::Module("example.com/a".into())).expect("append"), 1);
-        assert_eq!(log.append(Target::Path("example.com/b/@v/list".into())).expect("append"), 2);
+        assert_eq!(log.append(Target::parse(None, Some("example.com/a")).expect("module")).expect("append"), 1);
+        assert_eq!(log.append(Target::parse(Some("example.com/b/@v/list"), None).expect("path")).expect("append"), 2);
         assert_eq!(log.page(1).entries.len(), 1);
         assert_eq!(log.page(5).last, 2);
         let mut f = OpenOptions::new().append(true).open(dir.join("purge.log")).expect("open log");
@@ -212,9 +212,9 @@ mod tests {
         let log = PurgeLog::open(&dir).expect("reopen");
         let page = log.page(0);
         assert_eq!((page.entries.len(), page.last), (2, 2));
-        assert_eq!(log.append(Target::Module("example.com/c".into())).expect("append after cut"), 3);
+        assert_eq!(log.append(Target::parse(None, Some("example.com/c")).expect("module")).expect("append after cut"), 3);
         assert_eq!(PurgeLog::open(&dir).expect("reopen").page(0).last, 3);
-        assert_eq!(page.entries[1].target, Target::Path("example.com/b/@v/list".into()));
+        assert_eq!(page.entries[1].target, Target::parse(Some("example.com/b/@v/list"), None).expect("path"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
