@@ -215,7 +215,7 @@ fn open_cache(cfg: &EdgeConfig) -> anyhow::Result<(&'static CacheStore, &'static
         }
         let mut evicted = Vec::new();
         for s in &found {
-            let item = CacheEntryKey::key_only(cache_key(&s.primary).to_compact());
+            let item = CacheEntryKey::key_only(cache_key(&s.primary, None).to_compact());
             if !eviction.peek(&item) {
                 evicted.extend(eviction.admit(item, s.size as usize, s.fresh_until));
             }

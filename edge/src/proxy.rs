@@ -195,12 +195,9 @@ impl ProxyHttp for Edge {
     }
 
     fn cache_key_callback(&self, _session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
-        match (&ctx.request, &ctx.credential) {
-            (Some(r), None) => Ok(cache_key(&r.key())),
-            // Never a key a public request (or the memory fast path) could
-            // find: the path plus the credential's tag.
-            (Some(r), Some(tag)) => Ok(cache_key(&format!("{}#credential={tag}", r.key()))),
-            (None, _) => Error::e_explain(ErrorType::InternalError, "cache key without a parsed request"),
+        match &ctx.request {
+            Some(r) => Ok(cache_key(&r.key(), ctx.credential.as_deref())),
+            None => Error::e_explain(ErrorType::InternalError, "cache key without a parsed request"),
         }
     }
 

@@ -19,14 +19,14 @@ use crate::metrics::Metrics;
 use crate::storage::CacheStore;
 
 /// Applies `target` to the cache; returns how many entries it removed.
-/// A path covers also its per-credential copies (`<path>#credential=…`),
-/// a module everything under `<escaped module>/@`.
+/// A path covers also its per-credential copies, a module everything
+/// under `<escaped module>/@`.
 pub async fn apply(store: &'static CacheStore, metrics: &Metrics, target: &Target) -> usize {
     let removed = match target.keys() {
         (prefix, true) => store.purge_prefix(&prefix).await,
         (key, false) => {
             let exact = store.purge_key(&key).await.map(usize::from);
-            let copies = store.purge_prefix(&format!("{key}#")).await;
+            let copies = store.purge_prefix(&crate::storage::credential_copies(&key)).await;
             exact.and_then(|n| copies.map(|m| n + m))
         }
     };

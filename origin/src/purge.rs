@@ -212,7 +212,10 @@ mod tests {
         let log = PurgeLog::open(&dir).expect("reopen");
         let page = log.page(0);
         assert_eq!((page.entries.len(), page.last), (2, 2));
-        assert_eq!(log.append(Target::parse(None, Some("example.com/c")).expect("module")).expect("append after cut"), 3);
+        assert_eq!(
+            log.append(Target::parse(None, Some("example.com/c")).expect("module")).expect("append after cut"),
+            3
+        );
         assert_eq!(PurgeLog::open(&dir).expect("reopen").page(0).last, 3);
         assert_eq!(page.entries[1].target, Target::parse(Some("example.com/b/@v/list"), None).expect("path"));
         let _ = std::fs::remove_dir_all(&dir);

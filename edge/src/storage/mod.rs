@@ -63,10 +63,23 @@ const CHUNK: usize = 256 << 10;
 const MAPPED_CHUNK: usize = 256 << 10;
 const MAGIC: &[u8; 16] = b"MODCDN-EDGE-M01\n";
 
-/// Builds the cache key of a request key (`Request::key()`); the one place
-/// that decides it, so purges find what the proxy stored.
-pub fn cache_key(primary: &str) -> CacheKey {
-    CacheKey::new(primary, "")
+/// Builds the cache key of a request key (`Request::key()`), and of its
+/// copy for one credential (`credential`: a tag of it, never the secret);
+/// the one place that decides them, so purges find what the proxy stored.
+/// A credential's copy is a key no public request can spell (`#` is in no
+/// GOPROXY path), so no public request or memory fast path finds it.
+pub fn cache_key(primary: &str, credential: Option<&str>) -> CacheKey {
+    match credential {
+        None => CacheKey::new(primary, ""),
+        Some(tag) => CacheKey::new(format!("{primary}{CREDENTIAL_SEPARATOR}{tag}"), ""),
+    }
+}
+
+const CREDENTIAL_SEPARATOR: &str = "#credential=";
+
+/// The prefix every credential's copy of `primary` starts with, to purge them.
+pub fn credential_copies(primary: &str) -> String {
+    format!("{primary}{CREDENTIAL_SEPARATOR}")
 }
 
 /// What is kept in the memory tier: the metadata already parsed (parsing
@@ -473,7 +486,7 @@ impl CacheStore {
     pub async fn purge_key(&'static self, primary: &str) -> Result<bool> {
         let _purge = self.begin_purge();
         let in_memory = self.memory.remove(primary).is_some();
-        Ok(self.remove(&cache_key(primary).combined(), true).await? || in_memory)
+        Ok(self.remove(&cache_key(primary, None).combined(), true).await? || in_memory)
     }
 
     /// Purges every request key starting with `prefix`, in both tiers (the

@@ -27,7 +27,7 @@ async fn read_all(mut hit: HitHandler) -> Result<Vec<u8>> {
 
 async fn fill(store: &'static CacheStore, key: &str, body: &[u8]) {
     let span = Span::inactive().handle();
-    let mut miss = store.get_miss_handler(&cache_key(key), &meta(body.len()), &span).await.expect("miss handler");
+    let mut miss = store.get_miss_handler(&cache_key(key, None), &meta(body.len()), &span).await.expect("miss handler");
     for chunk in body.chunks(4096) {
         miss.write_body(Bytes::copy_from_slice(chunk), false).await.expect("write");
     }
@@ -46,7 +46,7 @@ async fn fills_survive_a_restart_from_both_tiers() {
     for (key, body) in
         [("example.com/a/@v/v1.0.0.zip", &big[..]), ("example.com/a/@v/v1.0.0.mod", b"module example.com/a\n")]
     {
-        let (_, hit) = store.lookup(&cache_key(key), &span).await.expect("lookup").expect("hit");
+        let (_, hit) = store.lookup(&cache_key(key, None), &span).await.expect("lookup").expect("hit");
         assert_eq!(read_all(hit).await.expect("read"), body, "{key}");
     }
     assert!(store.memory_get("example.com/a/@v/v1.0.0.mod").is_some(), "small bodies go to the memory tier");
@@ -55,7 +55,7 @@ async fn fills_survive_a_restart_from_both_tiers() {
     let (again, found) = open(&dir, 1 << 20);
     assert_eq!(found.len(), 2);
     let (_, mut hit) =
-        again.lookup(&cache_key("example.com/a/@v/v1.0.0.zip"), &span).await.expect("lookup").expect("hit");
+        again.lookup(&cache_key("example.com/a/@v/v1.0.0.zip", None), &span).await.expect("lookup").expect("hit");
     assert!(hit.can_seek());
     hit.seek(1000, Some(2000)).expect("seek");
     assert_eq!(read_all(hit).await.expect("read"), &big[1000..2000]);
@@ -73,14 +73,14 @@ async fn a_purge_reaches_what_only_the_memory_tier_still_holds() {
     let key = "example.com/d/@v/v1.0.0.mod";
     fill(store, key, b"module example.com/d\n").await;
     // Evicted from disk by the budget: the memory tier keeps serving it.
-    let target = cache_key(key).to_compact();
+    let target = cache_key(key, None).to_compact();
     store.purge(PurgeTarget::Active(&target), PurgeType::Eviction, &span).await.expect("evict");
     assert!(store.memory_get(key).is_some());
     assert!(store.keys_with_prefix("example.com/d/@").is_empty());
     // A module purge must still take it out.
     assert_eq!(store.purge_prefix("example.com/d/@").await.expect("purge"), 1);
     assert!(store.memory_get(key).is_none());
-    assert!(store.lookup(&cache_key(key), &span).await.expect("lookup").is_none());
+    assert!(store.lookup(&cache_key(key, None), &span).await.expect("lookup").is_none());
 }
 
 #[tokio::test]
@@ -89,7 +89,7 @@ async fn readers_follow_a_fill_and_a_failed_fill_is_never_served() {
     let dir = tmp.path().to_path_buf();
     let span = Span::inactive().handle();
     let (store, _) = open(&dir, 0);
-    let key = cache_key("example.com/b/@v/v1.0.0.zip");
+    let key = cache_key("example.com/b/@v/v1.0.0.zip", None);
     let mut miss = store.get_miss_handler(&key, &meta(8), &span).await.expect("miss");
     miss.write_body(Bytes::from_static(b"abcd"), false).await.expect("write");
     let (_, mut reader) = store.lookup(&key, &span).await.expect("lookup").expect("partial hit");
@@ -101,7 +101,7 @@ async fn readers_follow_a_fill_and_a_failed_fill_is_never_served() {
     assert_eq!(late.await.expect("join").expect("read"), b"efgh");
 
     // A fill dropped half way: its reader gets an error, nothing stays.
-    let key2 = cache_key("example.com/b/@v/v2.0.0.zip");
+    let key2 = cache_key("example.com/b/@v/v2.0.0.zip", None);
     let mut miss = store.get_miss_handler(&key2, &meta(8), &span).await.expect("miss");
     miss.write_body(Bytes::from_static(b"half"), false).await.expect("write");
     let (_, reader) = store.lookup(&key2, &span).await.expect("lookup").expect("partial hit");
@@ -118,7 +118,7 @@ async fn a_purge_during_a_fill_wins_and_crash_leftovers_are_removed() {
     let dir = tmp.path().to_path_buf();
     let span = Span::inactive().handle();
     let (store, _) = open(&dir, 1 << 20);
-    let key = cache_key("example.com/c/@v/list");
+    let key = cache_key("example.com/c/@v/list", None);
     let mut miss = store.get_miss_handler(&key, &meta(7), &span).await.expect("miss");
     miss.write_body(Bytes::from_static(b"v1.0.0\n"), true).await.expect("write");
     assert!(store.purge_key("example.com/c/@v/list").await.expect("purge"));
@@ -126,7 +126,7 @@ async fn a_purge_during_a_fill_wins_and_crash_leftovers_are_removed() {
     assert!(store.lookup(&key, &span).await.expect("lookup").is_none());
 
     fill(store, "example.com/c/@v/v1.0.0.info", b"{}").await;
-    let hash = cache_key("example.com/c/@v/v1.0.0.info").combined();
+    let hash = cache_key("example.com/c/@v/v1.0.0.info", None).combined();
     let shard = dir.join("objects").join(&hash[..2]);
     // Leftovers: a torn meta, a body without meta, a stray temp file.
     std::fs::write(shard.join("ffff.meta"), b"MODCDN-EDGE-M01\ntorn").expect("torn meta");
@@ -144,7 +144,7 @@ async fn a_purge_during_a_fill_wins_and_crash_leftovers_are_removed() {
     store.release();
     let (again, found) = open(&dir, 1 << 20);
     assert!(found.is_empty(), "{found:?}");
-    assert!(again.lookup(&cache_key("example.com/c/@v/v1.0.0.info"), &span).await.expect("lookup").is_none());
+    assert!(again.lookup(&cache_key("example.com/c/@v/v1.0.0.info", None), &span).await.expect("lookup").is_none());
     let left: Vec<_> = std::fs::read_dir(&shard).expect("shard").flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "{left:?}");
     // Only the new process's own temp directory is left.
@@ -184,7 +184,7 @@ async fn a_large_answer_replaces_a_small_one_in_the_memory_tier() {
     let big: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
     fill(store, key, &big).await;
     assert!(store.memory_get(key).is_none(), "the old small answer left the memory tier");
-    let (_, hit) = store.lookup(&cache_key(key), &span).await.expect("lookup").expect("hit");
+    let (_, hit) = store.lookup(&cache_key(key, None), &span).await.expect("lookup").expect("hit");
     assert_eq!(read_all(hit).await.expect("read"), big);
 }
 
@@ -199,12 +199,14 @@ async fn a_purge_racing_a_promotion_to_memory_is_not_undone() {
         // On disk only, so the next lookup reads it and promotes it.
         store.memory.remove(key);
         let lookup =
-            tokio::spawn(async move { store.lookup(&cache_key(key), &Span::inactive().handle()).await.map(|_| ()) });
+            tokio::spawn(
+                async move { store.lookup(&cache_key(key, None), &Span::inactive().handle()).await.map(|_| ()) },
+            );
         let purge = tokio::spawn(async move { store.purge_key(key).await });
         lookup.await.expect("join").expect("lookup");
         purge.await.expect("join").expect("purge");
         assert!(store.memory_get(key).is_none(), "round {round}: the purged object came back into memory");
-        assert!(store.lookup(&cache_key(key), &span).await.expect("lookup").is_none(), "round {round}");
+        assert!(store.lookup(&cache_key(key, None), &span).await.expect("lookup").is_none(), "round {round}");
     }
 }
 
@@ -216,11 +218,11 @@ async fn a_second_process_on_the_cache_leaves_the_first_ones_fills_alone() {
     let dir = tmp.path().to_path_buf();
     let span = Span::inactive().handle();
     let (old, _) = open(&dir, 1 << 20);
-    let key = cache_key("example.com/g/@v/v1.0.0.zip");
+    let key = cache_key("example.com/g/@v/v1.0.0.zip", None);
     let mut miss = old.get_miss_handler(&key, &meta(8), &span).await.expect("miss");
     miss.write_body(Bytes::from_static(b"abcd"), false).await.expect("write");
     // A body the old process just renamed into place, its meta not yet written.
-    let hash = cache_key("example.com/g/@v/v2.0.0.zip").combined();
+    let hash = cache_key("example.com/g/@v/v2.0.0.zip", None).combined();
     let shard = dir.join("objects").join(&hash[..2]);
     std::fs::create_dir_all(&shard).expect("shard");
     let in_flight = shard.join(format!("{hash}.5.body"));
