@@ -219,6 +219,17 @@ async fn edges_cache_private_modules_only_when_told_and_only_per_credential() {
     assert_eq!(wrong.0, StatusCode::UNAUTHORIZED, "another credential is not served the cached copy: {wrong:?}");
     assert_eq!(fetch(caching.url.clone(), Some("other")).await, (StatusCode::OK, "MISS".to_string()));
     assert_eq!(private.counters().get(&key), 1, "the origin stored it once; edges asked the origin");
+    // A purge of the path drops every credential's copy with it.
+    let purged = client
+        .post(format!("{}/purge?path={key}", caching.admin))
+        .bearer_auth(modcdn_tests::node::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("purge");
+    assert_eq!(purged.status(), StatusCode::OK);
+    let body: serde_json::Value = purged.json().await.expect("json");
+    assert_eq!(body["removed"], 2, "both credentials' copies: {body}");
+    assert_eq!(fetch(caching.url.clone(), Some("tok")).await, (StatusCode::OK, "MISS".to_string()));
 
     // A private copy lasts `cache.private_ttl_secs` (even of an immutable
     // zip), so a revoked credential stops working within it.
