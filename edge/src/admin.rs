@@ -85,6 +85,8 @@ impl Admin {
         m.evictions.set(self.eviction.evicted_items() as i64);
         m.budget_bytes.set(self.eviction.total_size() as i64);
         m.evicted_bytes.set(self.eviction.evicted_size() as i64);
+        let rejected = self.membership.rejected_reloads();
+        m.membership_rejected.inc_by(rejected.saturating_sub(m.membership_rejected.get()));
         let snapshot = self.membership.snapshot();
         for member in snapshot.topology.members() {
             m.origin_healthy

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub evicted_bytes: IntGauge,
     /// 1 for each origin in routing, 0 for one taken out, by origin.
     pub origin_healthy: prometheus::IntGaugeVec,
+    pub membership_rejected: IntCounter,
 }
 
 impl Metrics {
@@ -65,6 +66,10 @@ impl Metrics {
         let evictions = IntGauge::new("evictions", "Entries evicted by the byte budget since start")?;
         let budget_bytes = IntGauge::new("budget_bytes", "Bytes counted against the disk budget")?;
         let evicted_bytes = IntGauge::new("evicted_bytes", "Bytes evicted by the byte budget since start")?;
+        let membership_rejected = IntCounter::new(
+            "membership_rejected_total",
+            "Versions of the membership file refused (the previous membership kept; see the log)",
+        )?;
         let origin_healthy = prometheus::IntGaugeVec::new(
             Opts::new("origin_healthy", "1 while an origin is in routing, 0 while it is taken out"),
             &["origin"],
@@ -87,6 +92,7 @@ impl Metrics {
             Box::new(budget_bytes.clone()),
             Box::new(evicted_bytes.clone()),
             Box::new(origin_healthy.clone()),
+            Box::new(membership_rejected.clone()),
         ] {
             registry.register(c)?;
         }
@@ -109,6 +115,7 @@ impl Metrics {
             budget_bytes,
             evicted_bytes,
             origin_healthy,
+            membership_rejected,
         })
     }
 

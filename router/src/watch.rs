@@ -4,7 +4,7 @@
 //! file with an error keeps the previous snapshot and logs file, line, key.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -29,6 +29,8 @@ pub struct Membership {
     current: ArcSwap<Snapshot>,
     view: Arc<LoadView>,
     seen: Mutex<Fingerprint>,
+    /// Versions of the file refused (the previous membership kept).
+    rejected: AtomicU64,
 }
 
 impl Membership {
@@ -42,6 +44,7 @@ impl Membership {
             current: ArcSwap::from_pointee(snapshot),
             view,
             seen: Mutex::new(seen),
+            rejected: AtomicU64::new(0),
         }))
     }
 
@@ -68,9 +71,17 @@ impl Membership {
         // Remember this version even if it is bad, so one bad edit is
         // reported once, not on every poll.
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = now;
-        let snapshot = MembershipFile::snapshot_with(&self.path, Some(Arc::clone(&self.view)))?;
+        let snapshot = MembershipFile::snapshot_with(&self.path, Some(Arc::clone(&self.view))).inspect_err(|_| {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+        })?;
         self.current.store(Arc::new(snapshot));
         Ok(true)
+    }
+
+    /// How many versions of the file were refused since start (each kept
+    /// the previous membership).
+    pub fn rejected_reloads(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
     }
 
     /// Watches the file: polls every `interval`, and reloads at once on

@@ -107,9 +107,10 @@ fn file_changes_are_picked_up_and_bad_files_keep_the_old_membership() {
         &path,
         "single_region = true\n[[origin]]\nid = \"a\"\naddress = \"h:1\"\noperator = \"h:2\"\nregion = \"nowhere\"\n",
     );
-    std::thread::sleep(Duration::from_millis(400));
+    wait_for("the bad file to be read", Duration::from_secs(5), || m.rejected_reloads() == 1);
     assert_eq!(m.snapshot().topology.members().count(), 3, "a bad file keeps the previous membership");
     let e = m.reload(true).err().map(|e| e.to_string()).unwrap_or_default();
+    assert_eq!(m.rejected_reloads(), 2);
     assert!(e.contains("router.toml:2:") && e.contains("origin[0].region"), "{e}");
 }
 
