@@ -32,10 +32,14 @@ struct Inner {
     epoch: Instant,
 }
 
+/// Where a [`HotSet`] reads the time (tests advance their own).
+pub type Clock = std::sync::Arc<dyn Fn() -> Instant + Send + Sync>;
+
 pub struct HotSet {
     k: usize,
     half_life: Duration,
     inner: Mutex<Inner>,
+    clock: Clock,
 }
 
 /// Weights above this are folded back (every count divided), so they stay
@@ -48,8 +52,12 @@ pub const MAX_REQUESTS: f64 = 1e9;
 
 impl HotSet {
     pub fn new(k: usize, half_life: Duration) -> HotSet {
-        let inner = Inner { counts: HashMap::new(), order: BTreeSet::new(), epoch: Instant::now() };
-        HotSet { k: k.max(1), half_life, inner: Mutex::new(inner) }
+        HotSet::with_clock(k, half_life, std::sync::Arc::new(Instant::now))
+    }
+
+    pub fn with_clock(k: usize, half_life: Duration, clock: Clock) -> HotSet {
+        let inner = Inner { counts: HashMap::new(), order: BTreeSet::new(), epoch: clock() };
+        HotSet { k: k.max(1), half_life, inner: Mutex::new(inner), clock }
     }
 
     fn weight(&self, inner: &Inner, now: Instant) -> f64 {
@@ -70,7 +78,7 @@ impl HotSet {
         if !(requests.is_finite() && requests > 0.0 && requests <= MAX_REQUESTS) {
             return;
         }
-        let now = Instant::now();
+        let now = (self.clock)();
         let Ok(mut inner) = self.inner.lock() else { return };
         let inner = &mut *inner;
         let mut w = self.weight(inner, now);
@@ -109,7 +117,7 @@ impl HotSet {
         if let Ok(mut inner) = self.inner.lock() {
             inner.counts.clear();
             inner.order.clear();
-            inner.epoch = Instant::now();
+            inner.epoch = (self.clock)();
         }
         top
     }
@@ -118,7 +126,7 @@ impl HotSet {
     /// (in requests as of now).
     pub fn top(&self, n: usize) -> Vec<(String, f64)> {
         let Ok(inner) = self.inner.lock() else { return Vec::new() };
-        let w = self.weight(&inner, Instant::now());
+        let w = self.weight(&inner, (self.clock)());
         let mut v: Vec<(String, f64)> = inner.counts.iter().map(|(k, c)| (k.clone(), c / w)).collect();
         v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         v.truncate(n);
@@ -171,14 +179,20 @@ mod tests {
 
     #[test]
     fn old_popularity_fades() {
-        let h = HotSet::new(10, Duration::from_millis(50));
+        let start = Instant::now();
+        let now = std::sync::Arc::new(Mutex::new(start));
+        let clock = std::sync::Arc::clone(&now);
+        let h =
+            HotSet::with_clock(10, Duration::from_secs(60), std::sync::Arc::new(move || *clock.lock().expect("clock")));
         for _ in 0..100 {
             h.record("old.example/x");
         }
-        std::thread::sleep(Duration::from_millis(300));
+        *now.lock().expect("clock") = start + Duration::from_secs(6 * 60);
         for _ in 0..10 {
             h.record("new.example/y");
         }
-        assert_eq!(h.top(1)[0].0, "new.example/y", "100 requests six half-lives ago weigh less than 10 now");
+        let top = h.top(2);
+        assert_eq!(top[0].0, "new.example/y", "100 requests six half-lives ago weigh less than 10 now");
+        assert!((top[0].1 - 10.0).abs() < 1e-9 && (top[1].1 - 100.0 / 64.0).abs() < 1e-9, "{top:?}");
     }
 }
