@@ -9,7 +9,6 @@
 
 pub mod admin;
 pub mod bandwidth;
-pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod error;

@@ -29,44 +29,12 @@ enum Command {
         #[arg(long)]
         upgrade: bool,
     },
-    /// Start a local cluster (deploy/cluster/cluster.toml: two regions, an
-    /// edge in each, three origins) and print the GOPROXY line.
-    Cluster {
-        /// Upstream of the origins (GOPROXY syntax), e.g. a local fixture
-        /// upstream for offline use. Default: https://proxy.golang.org.
-        #[arg(long)]
-        upstream: Option<String>,
-        /// Do not verify against the checksum database (for upstreams whose
-        /// modules are in none, like the fixture corpus).
-        #[arg(long)]
-        no_verify: bool,
-        /// Where configs, data and logs go. Default: modcdn-data/cluster.
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Where the origins keep artifacts: each on its own disk, or one
-        /// SeaweedFS bucket (started beside the nodes) they all share.
-        #[arg(long, value_enum, default_value = "disk")]
-        store: modcdn_edge::cluster::StoreChoice,
-        /// Another cluster description (the shape of deploy/cluster/cluster.toml).
-        #[arg(long)]
-        cluster: Option<PathBuf>,
-    },
     /// Print the embedded default config.
     DefaultConfig,
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Cluster { upstream, no_verify, dir, store, cluster } => {
-            let overrides = modcdn_edge::cluster::Overrides { cluster, upstream, verify: !no_verify, dir, store };
-            match modcdn_edge::cluster::run(overrides) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("modcdn-edge cluster: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
         Command::DefaultConfig => {
             print!("{}", modcdn_edge::config::DEFAULT_TOML);
             ExitCode::SUCCESS

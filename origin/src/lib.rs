@@ -16,7 +16,6 @@ pub mod metrics;
 pub mod negative;
 pub mod ops;
 pub mod prefetch;
-pub mod prewarm;
 pub mod private;
 pub mod pull;
 pub mod purge;

@@ -32,26 +32,12 @@ enum Command {
         #[arg(long)]
         store_dir: Option<PathBuf>,
     },
-    /// Warm a cluster through an edge or origin: module@version arguments,
-    /// go.sum / go.mod files, or top-N list files. Exits 1 if anything failed.
-    Prewarm {
-        /// Edge or origin URL to warm through.
-        #[arg(long, default_value = "http://127.0.0.1:7070")]
-        target: String,
-        /// Requests at once.
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
-        /// Inputs.
-        #[arg(required = true)]
-        inputs: Vec<String>,
-    },
     /// Print the embedded default config.
     DefaultConfig,
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Prewarm { target, concurrency, inputs } => prewarm(&target, concurrency, &inputs),
         Command::DefaultConfig => {
             print!("{}", modcdn_origin::config::DEFAULT_TOML);
             ExitCode::SUCCESS
@@ -80,40 +66,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-    }
-}
-
-fn prewarm(target: &str, concurrency: usize, inputs: &[String]) -> ExitCode {
-    let targets = match modcdn_origin::prewarm::targets(inputs) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("modcdn-origin prewarm: {e}");
-            return ExitCode::from(64);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("modcdn-origin prewarm: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let total = targets.len();
-    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let s = runtime.block_on(modcdn_origin::prewarm::run(target, targets, concurrency, progress));
-    println!(
-        "prewarm {target}: {total} artifacts: {} hits, {} misses, {} failures",
-        s.hits,
-        s.misses,
-        s.failures.len()
-    );
-    for f in &s.failures {
-        println!("FAILED {f}");
-    }
-    if s.failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
     }
 }
 

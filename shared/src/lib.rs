@@ -23,7 +23,6 @@ pub mod pattern;
 pub mod policy;
 pub mod purge;
 pub mod request;
-pub mod seaweedfs;
 pub mod secret;
 pub mod semver;
 pub mod telemetry;

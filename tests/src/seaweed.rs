@@ -9,7 +9,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use modcdn_shared::seaweedfs;
+use modcdn_tools::seaweedfs;
 
 use crate::node::free_port;
 

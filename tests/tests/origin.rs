@@ -460,7 +460,7 @@ async fn prewarm_from_a_go_sum_warms_everything_and_names_failures() {
     let dir = s.tmp.path().join("prewarm");
     std::fs::create_dir_all(&dir).expect("dir");
     std::fs::write(dir.join("go.sum"), &sum).expect("go.sum");
-    let bin = modcdn_tests::node::binary("modcdn-origin");
+    let bin = modcdn_tests::node::binary("modcdn");
     let run = |args: Vec<String>| {
         let bin = bin.clone();
         tokio::task::spawn_blocking(move || {

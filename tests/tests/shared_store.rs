@@ -428,7 +428,7 @@ async fn the_local_cluster_on_the_shared_store_pulls_a_module_once_for_every_ori
     text += &format!("[[edge]]\nid = \"edge-us\"\nlisten = \"{edge}\"\nadmin = \"{}\"\nregion = \"us\"\n", free());
     let file = tmp.path().join("cluster.toml");
     std::fs::write(&file, text).expect("cluster file");
-    let mut cluster = std::process::Command::new(modcdn_tests::node::binary("modcdn-edge"))
+    let mut cluster = std::process::Command::new(modcdn_tests::node::binary("modcdn"))
         .args(["cluster", "--store", "s3", "--no-verify", "--cluster"])
         .arg(&file)
         .arg("--upstream")

@@ -1,4 +1,4 @@
-//! `modcdn-edge cluster`: a whole modcdn on one machine, for trying it and
+//! `modcdn cluster`: a whole modcdn on one machine, for trying it and
 //! for benchmarks — the origins and edges of `deploy/cluster/cluster.toml`
 //! (embedded) as child processes, each on its own config and data directory,
 //! stopped together on SIGINT/SIGTERM. With `--store s3`, a SeaweedFS
@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::seaweedfs;
 use anyhow::{bail, Context};
-use modcdn_shared::seaweedfs;
 use serde::Deserialize;
 
 /// The embedded cluster description.
@@ -102,7 +102,7 @@ impl Cluster {
             ),
         };
         let mut nodes = Vec::new();
-        let mut membership = "# Written by `modcdn-edge cluster`.\ngeoip_db = \"test-country.mmdb\"\n\n".to_string();
+        let mut membership = "# Written by `modcdn cluster`.\ngeoip_db = \"test-country.mmdb\"\n\n".to_string();
         std::fs::write(dir.join("test-country.mmdb"), modcdn_router::geo::TEST_COUNTRY_DB)?;
         for o in &self.origins {
             let operator = o.admin.as_deref().with_context(|| format!("origin {}: admin (operator listener)", o.id))?;
@@ -233,10 +233,10 @@ pub fn run(overrides: Overrides) -> anyhow::Result<()> {
         return Err(e);
     }
     for e in &cluster.edges {
-        eprintln!("modcdn-edge cluster: edge {} (region {}) on http://{}", e.id, e.region, e.listen);
+        eprintln!("modcdn cluster: edge {} (region {}) on http://{}", e.id, e.region, e.listen);
     }
     eprintln!(
-        "modcdn-edge cluster: {} origins, upstream {}, logs in {}, admin token in {}; Ctrl-C stops it",
+        "modcdn cluster: {} origins, upstream {}, logs in {}, admin token in {}; Ctrl-C stops it",
         cluster.origins.len(),
         cluster.upstream,
         cluster.dir.display(),
@@ -283,7 +283,7 @@ fn start_seaweedfs(cluster: &Cluster, running: &mut Vec<Running>) -> anyhow::Res
     loop {
         if std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains(seaweedfs::READY_LINE)) {
             eprintln!(
-                "modcdn-edge cluster: SeaweedFS S3 on {}, bucket {}",
+                "modcdn cluster: SeaweedFS S3 on {}, bucket {}",
                 cluster.seaweedfs.s3_endpoint(),
                 SeaweedFsSpec::BUCKET
             );

@@ -1,4 +1,4 @@
-//! `modcdn-origin prewarm`: warms a cluster (through an edge or an origin)
+//! `modcdn prewarm`: warms a cluster (through an edge or an origin)
 //! with the artifacts a list of modules needs, with bounded concurrency,
 //! a progress bar and a summary; any failure makes it exit non-zero and
 //! names the module.
