@@ -250,7 +250,7 @@ impl Validate for OriginConfig {
                 errs.push((format!("checksum_db[{i}].name"), e));
             }
             if let Some(key) = &db.key {
-                if let Err(e) = crate::verify::SumDbVerifier::new(&db.name, &db.url, key) {
+                if let Err(e) = crate::verify::SumDbVerifier::new(&db.name, key) {
                     errs.push((format!("checksum_db[{i}].key"), e));
                 }
             }

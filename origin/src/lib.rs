@@ -40,13 +40,14 @@ use tokio::net::TcpListener;
 use crate::config::OriginConfig;
 use crate::error::OriginError;
 use crate::store::{DiskStore, Store};
-use crate::upstream::{Chain, Upstream};
+use crate::upstream::{Chain, Fetch, Upstream};
 
 /// Everything a request needs, shared by all of them.
 pub struct Origin {
     pub store: Arc<dyn Store>,
     pub memory: memory::MemoryTier,
-    pub upstream: Upstream,
+    /// The public chain.
+    pub upstream: Arc<dyn Fetch>,
     pub flights: singleflight::Group<Result<(), OriginError>>,
     pub negative: negative::NegativeCache,
     pub prefetch: prefetch::Prefetcher,
@@ -58,8 +59,8 @@ pub struct Origin {
     pub private: private::PrivatePolicy,
     /// The checksum database artifacts are verified against, if any.
     pub verifier: Option<verify::SumDbVerifier>,
-    /// Proxied checksum databases: name → URL.
-    checksum_dbs: std::collections::HashMap<String, String>,
+    /// Proxied checksum databases, by name.
+    checksum_dbs: std::collections::HashMap<String, Arc<dyn Fetch>>,
     ready: AtomicBool,
     /// Purges, in order, for edges to follow.
     pub purge_log: purge::PurgeLog,
@@ -78,19 +79,21 @@ pub struct Origin {
 
 impl Origin {
     /// Builds the node from a validated config: opens the store (cleaning
-    /// leftovers of a crash) and the upstream client.
+    /// leftovers of a crash) and the upstream clients.
     pub fn new(config: &OriginConfig) -> Result<Arc<Origin>, String> {
+        Origin::with_sources(config, Sources::from_config(config)?)
+    }
+
+    /// As [`Origin::new`], pulling from `sources`.
+    pub fn with_sources(config: &OriginConfig, sources: Sources) -> Result<Arc<Origin>, String> {
         let (store, shared) = open_store(config)?;
-        let chain = Chain::parse(&config.upstream).map_err(|e| format!("upstream: {e}"))?;
-        // Public and private `direct` runs have budgets of their own, so a
-        // flood of unknown public paths cannot starve private modules.
-        // Only private runs see credentials; each has its own sandbox.
-        let direct = Arc::new(direct::Direct::public(&config.direct));
-        let private_direct = Arc::new(direct::Direct::private(&config.direct));
+        if sources.private.len() != config.private.len() {
+            return Err(format!("{} private routes, {} sources for them", config.private.len(), sources.private.len()));
+        }
         let origin = Origin {
             store,
             memory: memory::MemoryTier::new(config.memory_cache_mib << 20, config.memory_object_max_kib << 10),
-            upstream: Upstream::new(chain, &config.http, Arc::clone(&direct))?,
+            upstream: sources.public,
             flights: singleflight::Group::default(),
             negative: negative::NegativeCache::new(config.negative_cache_entries),
             prefetch: prefetch::Prefetcher::new(&config.prefetch),
@@ -102,7 +105,8 @@ impl Origin {
                 routes: config
                     .private
                     .iter()
-                    .map(|p| private::PrivateRoute::new(p, &config.http, Arc::clone(&private_direct)))
+                    .zip(sources.private)
+                    .map(|(p, upstream)| private::PrivateRoute::new(p, upstream))
                     .collect::<Result<_, _>>()?,
                 noproxy: config.noproxy.clone(),
                 nosumdb: config.nosumdb.clone(),
@@ -112,14 +116,10 @@ impl Origin {
                 config::VerifyMode::Verify => config
                     .checksum_db
                     .iter()
-                    .find_map(|d| d.key.as_ref().map(|k| verify::SumDbVerifier::new(&d.name, &d.url, k)))
+                    .find_map(|d| d.key.as_ref().map(|k| verify::SumDbVerifier::new(&d.name, k)))
                     .transpose()?,
             },
-            checksum_dbs: config
-                .checksum_db
-                .iter()
-                .map(|d| (d.name.clone(), d.url.trim_end_matches('/').to_string()))
-                .collect(),
+            checksum_dbs: sources.checksum_dbs,
             ready: AtomicBool::new(true),
             purge_log: match shared {
                 Some(shared) => purge::PurgeLog::open_shared(shared).map_err(|e| format!("store: purge log: {e}"))?,
@@ -181,8 +181,8 @@ impl Origin {
         Ok(Some(hit))
     }
 
-    pub fn checksum_db(&self, name: &str) -> Option<&str> {
-        self.checksum_dbs.get(name).map(String::as_str)
+    pub fn checksum_db(&self, name: &str) -> Option<&dyn Fetch> {
+        self.checksum_dbs.get(name).map(|db| db.as_ref())
     }
 
     pub fn is_ready(&self) -> bool {
@@ -202,6 +202,37 @@ impl Origin {
 /// store with `store_dir` as its bounded local tier; the object store also
 /// on its own, for what every origin shares beside artifacts (the purge log).
 type Stores = (Arc<dyn Store>, Option<Arc<s3::S3Store>>);
+
+/// Where the origin pulls from: the public chain, each private route's
+/// chain (in the config's order) and each proxied checksum database.
+pub struct Sources {
+    pub public: Arc<dyn Fetch>,
+    pub private: Vec<Arc<dyn Fetch>>,
+    pub checksum_dbs: std::collections::HashMap<String, Arc<dyn Fetch>>,
+}
+
+impl Sources {
+    /// The HTTP (and `direct`) clients the config names.
+    pub fn from_config(config: &OriginConfig) -> Result<Sources, String> {
+        // Public and private `direct` runs have budgets of their own, so a
+        // flood of unknown public paths cannot starve private modules.
+        // Only private runs see credentials; each has its own sandbox.
+        let direct = Arc::new(direct::Direct::public(&config.direct));
+        let private_direct = Arc::new(direct::Direct::private(&config.direct));
+        let chain = |spec: &str, direct: &Arc<direct::Direct>| -> Result<Arc<dyn Fetch>, String> {
+            Ok(Arc::new(Upstream::new(Chain::parse(spec)?, &config.http, Arc::clone(direct))?))
+        };
+        Ok(Sources {
+            public: chain(&config.upstream, &direct).map_err(|e| format!("upstream: {e}"))?,
+            private: config.private.iter().map(|p| chain(&p.upstream, &private_direct)).collect::<Result<_, _>>()?,
+            checksum_dbs: config
+                .checksum_db
+                .iter()
+                .map(|d| Ok((d.name.clone(), chain(d.url.trim_end_matches('/'), &direct)?)))
+                .collect::<Result<_, String>>()?,
+        })
+    }
+}
 
 fn open_store(config: &OriginConfig) -> Result<Stores, String> {
     let dir = &config.store_dir;

@@ -18,7 +18,7 @@ use base64::Engine;
 use modcdn_shared::pattern::match_prefix_patterns;
 use serde::Deserialize;
 
-use crate::upstream::{Chain, Upstream};
+use crate::upstream::Fetch;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -71,7 +71,7 @@ pub struct PrivateRoute {
     /// What artifacts fetched under this route are tagged with
     /// ([`crate::store::Meta::route`]).
     pub tag: String,
-    pub upstream: Upstream,
+    pub upstream: std::sync::Arc<dyn Fetch>,
     bearer: Vec<String>,
     basic: Vec<String>,
     networks: Vec<modcdn_shared::net::IpNet>,
@@ -81,16 +81,12 @@ pub struct PrivateRoute {
 }
 
 impl PrivateRoute {
-    pub fn new(
-        cfg: &PrivateRouteConfig,
-        http: &crate::config::HttpConfig,
-        direct: std::sync::Arc<crate::direct::Direct>,
-    ) -> Result<PrivateRoute, String> {
-        let chain = Chain::parse(&cfg.upstream)?;
+    /// The route `cfg` describes, fetching from `upstream` (its chain).
+    pub fn new(cfg: &PrivateRouteConfig, upstream: std::sync::Arc<dyn Fetch>) -> Result<PrivateRoute, String> {
         Ok(PrivateRoute {
             patterns: cfg.patterns.clone(),
             tag: format!("private {}", cfg.patterns),
-            upstream: Upstream::new(chain, http, direct)?,
+            upstream,
             bearer: cfg.bearer_tokens.clone(),
             basic: cfg.basic_users.clone(),
             networks: modcdn_shared::net::parse_networks(&cfg.networks)?,
@@ -170,8 +166,18 @@ mod tests {
             networks: Vec::new(),
             unauthorized_status: None,
         };
-        let direct = std::sync::Arc::new(crate::direct::Direct::private(&crate::direct::DirectConfig::default()));
-        PrivateRoute::new(&cfg, &crate::config::HttpConfig::default(), direct).expect("route")
+        PrivateRoute::new(&cfg, std::sync::Arc::new(Unreachable)).expect("route")
+    }
+
+    /// These tests check who may read a route, never fetch from it.
+    struct Unreachable;
+    impl Fetch for Unreachable {
+        fn fetch<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> futures::future::BoxFuture<'a, Result<crate::upstream::Fetched, crate::error::UpstreamError>> {
+            Box::pin(async { Err(crate::error::UpstreamError::Off) })
+        }
     }
 
     #[test]

@@ -94,7 +94,7 @@ async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
     let fetched = match req {
         // Checksum databases are asked directly, never through the GOPROXY chain.
         Request::SumDb(db) => match origin.checksum_db(db.name.as_str()) {
-            Some(url) => origin.upstream.get_one(url, &db.endpoint.path()).await,
+            Some(source) => source.fetch(&db.endpoint.path()).await,
             None => Err(UpstreamError::NotFound {
                 status: 404,
                 message: format!("checksum database {} is not proxied here", db.name.as_str()),
@@ -104,12 +104,12 @@ async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
         _ => {
             let module = req.module().map(|m| m.as_str()).unwrap_or("");
             match origin.private.route(module) {
-                Some(route) => route.upstream.get(&key).await,
+                Some(route) => route.upstream.fetch(&key).await,
                 None if origin.private.is_noproxy(module) => Err(UpstreamError::NotFound {
                     status: 404,
                     message: format!("{module} is not served here (noproxy)"),
                 }),
-                None => origin.upstream.get(&key).await,
+                None => origin.upstream.fetch(&key).await,
             }
         }
     };

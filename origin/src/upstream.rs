@@ -80,6 +80,27 @@ impl Chain {
     }
 }
 
+/// Where a pull gets an artifact by its escaped GOPROXY path: the public
+/// chain, a private route's chain, or a checksum database (its paths:
+/// `lookup/...`, `tile/...`). [`Upstream`] is the one over HTTP and
+/// `direct`; the origin's flow tests put their own in its place.
+pub trait Fetch: Send + Sync {
+    fn fetch<'a>(&'a self, key: &'a str) -> futures::future::BoxFuture<'a, Result<Fetched, UpstreamError>>;
+    /// Whether it can never answer (`upstream = "off"`).
+    fn is_off(&self) -> bool {
+        false
+    }
+}
+
+impl Fetch for Upstream {
+    fn fetch<'a>(&'a self, key: &'a str) -> futures::future::BoxFuture<'a, Result<Fetched, UpstreamError>> {
+        Box::pin(self.get(key))
+    }
+    fn is_off(&self) -> bool {
+        self.chain.entries.is_empty()
+    }
+}
+
 /// A streamed upstream answer.
 pub struct Fetched {
     /// Which upstream answered.
@@ -163,11 +184,6 @@ impl Upstream {
         Ok(Upstream { chain, client, cfg: cfg.clone(), direct, budget })
     }
 
-    /// Whether any upstream is configured (`off` has none).
-    pub fn is_off(&self) -> bool {
-        self.chain.entries.is_empty()
-    }
-
     /// Fetches `key` (an escaped GOPROXY path) through the chain.
     pub async fn get(&self, key: &str) -> Result<Fetched, UpstreamError> {
         let mut last = UpstreamError::Off;
@@ -193,8 +209,8 @@ impl Upstream {
 
     /// One upstream (`base` URL, then `/key`), with retries of transient
     /// failures: at most `http.retries`, and only while the retry budget
-    /// has some. Also how checksum databases are asked.
-    pub async fn get_one(&self, base: &str, key: &str) -> Result<Fetched, UpstreamError> {
+    /// has some.
+    async fn get_one(&self, base: &str, key: &str) -> Result<Fetched, UpstreamError> {
         let url = format!("{base}/{key}");
         let mut attempt = 0;
         self.budget.deposit();

@@ -26,7 +26,6 @@ const TILE_CACHE: usize = 4096;
 
 pub struct SumDbVerifier {
     pub name: String,
-    url: String,
     note: note::Verifier,
     /// The largest tree head verified so far.
     known: Mutex<Option<Tree>>,
@@ -35,18 +34,12 @@ pub struct SumDbVerifier {
 }
 
 impl SumDbVerifier {
-    pub fn new(name: &str, url: &str, key: &str) -> Result<SumDbVerifier, String> {
+    pub fn new(name: &str, key: &str) -> Result<SumDbVerifier, String> {
         let note = note::Verifier::new(key).map_err(|e| format!("checksum database key {key:?}: {e}"))?;
         if note.name != name {
             return Err(format!("checksum database key is for {:?}, not {name:?}", note.name));
         }
-        Ok(SumDbVerifier {
-            name: name.to_string(),
-            url: url.trim_end_matches('/').to_string(),
-            note,
-            known: Mutex::new(None),
-            tiles: Mutex::new(HashMap::new()),
-        })
+        Ok(SumDbVerifier { name: name.to_string(), note, known: Mutex::new(None), tiles: Mutex::new(HashMap::new()) })
     }
 }
 
@@ -271,7 +264,10 @@ async fn tile(o: &Arc<Origin>, v: &SumDbVerifier, t: &Tile) -> Result<Vec<u8>, O
 
 /// One answer from the database, bounded in size.
 async fn fetch(o: &Arc<Origin>, v: &SumDbVerifier, path: &str) -> Result<Vec<u8>, OriginError> {
-    let fetched = o.upstream.get_one(&v.url, path).await.map_err(|e| match e {
+    let Some(source) = o.checksum_db(&v.name) else {
+        return Err(failed(format!("{}: not proxied here", v.name)));
+    };
+    let fetched = source.fetch(path).await.map_err(|e| match e {
         crate::error::UpstreamError::NotFound { message, .. } => {
             failed(format!("{}: {path}: not in the checksum database: {message}", v.name))
         }

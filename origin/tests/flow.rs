@@ -1,0 +1,203 @@
+//! The origin's GOPROXY flow through its seams, in one process: the real
+//! router, the real disk store in a temp directory, and upstreams that are
+//! [`Fetch`] implementations answering from a table (no sockets, no
+//! processes). Each test is one branch of `serve.rs`: a miss then a hit,
+//! stale on error, a negative answer, an upstream failure, a private module
+//! refused, a verification failure.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use modcdn_origin::config::OriginConfig;
+use modcdn_origin::error::UpstreamError;
+use modcdn_origin::store::Meta;
+use modcdn_origin::upstream::{Fetch, Fetched};
+use modcdn_origin::{Origin, Sources};
+use tower::ServiceExt;
+
+const INFO: &str = "example.com/flow/@v/v1.0.0.info";
+const INFO_BODY: &str = "{\"Version\":\"v1.0.0\",\"Time\":\"2024-01-01T00:00:00Z\"}";
+const MOD: &str = "example.com/flow/@v/v1.0.0.mod";
+const MOD_BODY: &str = "module example.com/flow\n";
+const LIST: &str = "example.com/flow/@v/list";
+
+/// An upstream answering from a table; a key it does not hold is a 503.
+#[derive(Default)]
+struct Table {
+    answers: Mutex<HashMap<String, Result<&'static str, u16>>>,
+    asked: Mutex<Vec<String>>,
+}
+
+impl Table {
+    fn with(answers: &[(&str, Result<&'static str, u16>)]) -> Arc<Table> {
+        let t = Table::default();
+        t.answers.lock().expect("table").extend(answers.iter().map(|(k, a)| (k.to_string(), *a)));
+        Arc::new(t)
+    }
+    fn set(&self, key: &str, answer: Result<&'static str, u16>) {
+        self.answers.lock().expect("table").insert(key.to_string(), answer);
+    }
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().expect("table").clone()
+    }
+}
+
+impl Fetch for Table {
+    fn fetch<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Fetched, UpstreamError>> {
+        self.asked.lock().expect("table").push(key.to_string());
+        let answer = self.answers.lock().expect("table").get(key).copied();
+        Box::pin(async move {
+            match answer {
+                Some(Ok(body)) => Ok(Fetched {
+                    upstream: "table".into(),
+                    content_length: Some(body.len() as u64),
+                    body: Box::new(futures::stream::iter([Ok(Bytes::from_static(body.as_bytes()))])),
+                }),
+                Some(Err(status @ (404 | 410))) => Err(UpstreamError::NotFound { status, message: "no such".into() }),
+                Some(Err(status)) => Err(UpstreamError::Status { status, message: "failing".into() }),
+                None => Err(UpstreamError::Status { status: 503, message: "failing".into() }),
+            }
+        })
+    }
+}
+
+struct Node {
+    origin: Arc<Origin>,
+    _dir: tempfile::TempDir,
+}
+
+/// An origin on `extra` config (top-level keys and tables), its store in a
+/// temp directory, pulling from `public` (and `private`, `sumdb` when the
+/// config has a private route or a checksum database).
+fn node(extra: &str, public: Arc<Table>, private: Vec<Arc<Table>>, sumdb: Option<Arc<Table>>) -> Node {
+    let dir = tempfile::tempdir().expect("tmp");
+    let text = format!(
+        "upstream = \"http://unused.invalid\"\nstore_dir = \"{}\"\nmemory_cache_mib = 0\n{extra}\n[prefetch]\nenabled = false\n",
+        dir.path().join("store").display()
+    );
+    let config: OriginConfig = toml::from_str(&text).expect("config");
+    let sources = Sources {
+        public,
+        private: private.into_iter().map(|t| t as Arc<dyn Fetch>).collect(),
+        checksum_dbs: sumdb.into_iter().map(|t| ("sum.golang.org".to_string(), t as Arc<dyn Fetch>)).collect(),
+    };
+    Node { origin: Origin::with_sources(&config, sources).expect("origin"), _dir: dir }
+}
+
+impl Node {
+    async fn get(&self, key: &str, bearer: Option<&str>) -> (StatusCode, String, String) {
+        let mut req = Request::get(format!("/{key}"));
+        if let Some(token) = bearer {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let resp = modcdn_origin::serve::router(Arc::clone(&self.origin))
+            .oneshot(req.body(Body::empty()).expect("request"))
+            .await
+            .expect("answer");
+        let status = resp.status();
+        let cache = resp.headers().get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+        (status, cache, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn stored(&self, key: &str) -> Option<String> {
+        let hit = self.origin.store.get(key).expect("store")?;
+        Some(String::from_utf8_lossy(&hit.read_body().expect("body")).into_owned())
+    }
+}
+
+const VERIFY_OFF: &str = "verify = \"off\"";
+
+#[tokio::test]
+async fn a_miss_is_pulled_once_then_served_from_the_store() {
+    let public = Table::with(&[(INFO, Ok(INFO_BODY))]);
+    let n = node(VERIFY_OFF, Arc::clone(&public), vec![], None);
+    assert_eq!(n.get(INFO, None).await, (StatusCode::OK, "MISS".into(), INFO_BODY.into()));
+    assert_eq!(n.get(INFO, None).await, (StatusCode::OK, "HIT".into(), INFO_BODY.into()));
+    assert_eq!(public.asked(), [INFO]);
+    assert_eq!(n.stored(INFO).as_deref(), Some(INFO_BODY));
+}
+
+#[tokio::test]
+async fn an_expired_list_stands_in_while_upstream_fails() {
+    let public = Table::with(&[]);
+    let n = node(VERIFY_OFF, Arc::clone(&public), vec![], None);
+    // A list fetched two minutes ago: past its 60 s, inside stale-if-error.
+    let body = b"v1.0.0\n";
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    let meta = Meta {
+        size: body.len() as u64,
+        sha256: String::new(),
+        h1: None,
+        fetched_at_ms: now - 120_000,
+        upstream: "table".into(),
+        route: None,
+    };
+    n.origin.store.put(LIST, body, &meta).expect("put");
+    assert_eq!(n.get(LIST, None).await, (StatusCode::OK, "STALE".into(), "v1.0.0\n".into()));
+    assert_eq!(public.asked(), [LIST], "it tried upstream first");
+    // Once upstream answers, the new list replaces it.
+    public.set(LIST, Ok("v1.0.0\nv1.1.0\n"));
+    assert_eq!(n.get(LIST, None).await, (StatusCode::OK, "MISS".into(), "v1.0.0\nv1.1.0\n".into()));
+}
+
+#[tokio::test]
+async fn a_missing_module_is_a_404_remembered_for_a_while() {
+    let public = Table::with(&[(INFO, Err(404))]);
+    let n = node(VERIFY_OFF, Arc::clone(&public), vec![], None);
+    let (status, cache, _) = n.get(INFO, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_ne!(cache, "HIT");
+    let (status, cache, _) = n.get(INFO, None).await;
+    assert_eq!((status, cache.as_str()), (StatusCode::NOT_FOUND, "HIT"));
+    assert_eq!(public.asked(), [INFO], "the second answer came from the negative cache");
+    assert_eq!(n.stored(INFO), None);
+}
+
+#[tokio::test]
+async fn an_upstream_failure_is_a_5xx_and_never_remembered() {
+    let public = Table::with(&[(INFO, Err(500))]);
+    let n = node(VERIFY_OFF, Arc::clone(&public), vec![], None);
+    let (status, _, _) = n.get(INFO, None).await;
+    assert!(status.is_server_error(), "{status}");
+    public.set(INFO, Ok(INFO_BODY));
+    assert_eq!(n.get(INFO, None).await, (StatusCode::OK, "MISS".into(), INFO_BODY.into()));
+}
+
+#[tokio::test]
+async fn a_private_module_is_refused_without_credentials_and_never_asked_of_the_public_chain() {
+    const PRIVATE_LIST: &str = "corp.example.com/x/@v/list";
+    const TOKEN: &str = "tok-0123456789abcdef";
+    let (public, private) = (Table::with(&[]), Table::with(&[(PRIVATE_LIST, Ok("v1.0.0\n"))]));
+    let extra = format!(
+        "{VERIFY_OFF}\n[[private]]\npatterns = \"corp.example.com\"\nupstream = \"http://corp.invalid\"\nbearer_tokens = [\"{TOKEN}\"]\n"
+    );
+    let n = node(&extra, Arc::clone(&public), vec![Arc::clone(&private)], None);
+    let (status, _, _) = n.get(PRIVATE_LIST, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = n.get(PRIVATE_LIST, Some("wrong-token-0123456789")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(private.asked().is_empty(), "nothing fetched for a refused client");
+    let (status, _, body) = n.get(PRIVATE_LIST, Some(TOKEN)).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "v1.0.0\n"));
+    assert_eq!(private.asked(), [PRIVATE_LIST]);
+    assert!(public.asked().is_empty(), "a private module never reaches the public chain");
+}
+
+#[tokio::test]
+async fn a_go_mod_the_checksum_database_does_not_vouch_for_is_not_stored() {
+    let public = Table::with(&[(MOD, Ok(MOD_BODY))]);
+    let sumdb = Table::with(&[("lookup/example.com/flow@v1.0.0", Err(404))]);
+    let extra = "verify = \"verify\"\n[[checksum_db]]\nname = \"sum.golang.org\"\nurl = \"https://sum.invalid\"\n\
+                 key = \"sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8\"\n";
+    let n = node(extra, Arc::clone(&public), vec![], Some(Arc::clone(&sumdb)));
+    let (status, _, body) = n.get(MOD, None).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("not in the checksum database"), "{body}");
+    assert_eq!(sumdb.asked(), ["lookup/example.com/flow@v1.0.0"]);
+    assert_eq!(n.stored(MOD), None, "nothing unverified is stored");
+}
