@@ -514,7 +514,9 @@ impl Store for DiskStore {
     }
 }
 
-/// The contract every [`Store`] must meet; each backend's tests call it.
+/// The contract every [`Store`] must meet; each backend's tests call it
+/// (feature `test-util` for tests outside this crate).
+#[cfg(any(test, feature = "test-util"))]
 pub fn conformance(store: &dyn Store) {
     let meta = |body: &[u8]| Meta {
         size: body.len() as u64,
