@@ -30,7 +30,6 @@ pub mod validate;
 pub mod verify;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +37,6 @@ use modcdn_shared::policy::Ttls;
 use tokio::net::TcpListener;
 
 use crate::config::OriginConfig;
-use crate::error::OriginError;
 use crate::store::{DiskStore, Store};
 use crate::upstream::{Chain, Fetch, Upstream};
 
@@ -48,7 +46,6 @@ pub struct Origin {
     pub memory: memory::MemoryTier,
     /// The public chain.
     pub upstream: Arc<dyn Fetch>,
-    pub flights: singleflight::Group<Result<(), OriginError>>,
     pub negative: negative::NegativeCache,
     pub prefetch: prefetch::Prefetcher,
     /// The modules clients ask for most, lately.
@@ -61,20 +58,16 @@ pub struct Origin {
     pub verifier: Option<verify::SumDbVerifier>,
     /// Proxied checksum databases, by name.
     checksum_dbs: std::collections::HashMap<String, Arc<dyn Fetch>>,
-    ready: AtomicBool,
     /// Purges, in order, for edges to follow.
     pub purge_log: purge::PurgeLog,
     /// The cluster token operator endpoints ask for; none turns them off.
     pub operator_token: Option<modcdn_shared::secret::Token>,
     /// Peers whose `X-Forwarded-For` is believed (the edges).
     pub trusted_proxies: Vec<modcdn_shared::net::IpNet>,
-    /// EWMA of request latency in microseconds (f64 bits), for `/loadz`.
-    latency_ewma_us: AtomicU64,
-    /// Slots for pulls running at once (`http.max_pulls`).
-    pub pulls: tokio::sync::Semaphore,
-    pub pulls_max: usize,
-    /// The longest a pull may take (`http.pull_deadline_ms`).
-    pub pull_deadline: Duration,
+    /// Readiness and latency, for `/readyz` and `/loadz`.
+    pub load: ops::Load,
+    /// Pulls: one per key at a time, bounded in number and time.
+    pub pulls: pull::Pulls,
 }
 
 impl Origin {
@@ -94,7 +87,6 @@ impl Origin {
             store,
             memory: memory::MemoryTier::new(config.memory_cache_mib << 20, config.memory_object_max_kib << 10),
             upstream: sources.public,
-            flights: singleflight::Group::default(),
             negative: negative::NegativeCache::new(config.negative_cache_entries),
             prefetch: prefetch::Prefetcher::new(&config.prefetch),
             hot: modcdn_shared::hot::HotSet::new(config.sync.tracked, Duration::from_secs(config.sync.half_life_secs)),
@@ -120,7 +112,6 @@ impl Origin {
                     .transpose()?,
             },
             checksum_dbs: sources.checksum_dbs,
-            ready: AtomicBool::new(true),
             purge_log: match shared {
                 Some(shared) => purge::PurgeLog::open_shared(shared).map_err(|e| format!("store: purge log: {e}"))?,
                 None => purge::PurgeLog::open(&config.store_dir)
@@ -128,10 +119,8 @@ impl Origin {
             },
             operator_token: config.operator.token.clone(),
             trusted_proxies: modcdn_shared::net::parse_networks(&config.trusted_proxies)?,
-            latency_ewma_us: AtomicU64::new(0f64.to_bits()),
-            pulls: tokio::sync::Semaphore::new(config.http.max_pulls),
-            pulls_max: config.http.max_pulls,
-            pull_deadline: Duration::from_millis(config.http.pull_deadline_ms),
+            load: ops::Load::default(),
+            pulls: pull::Pulls::new(config.http.max_pulls, Duration::from_millis(config.http.pull_deadline_ms)),
         };
         if let Some(v) = &origin.verifier {
             v.load(origin.store.as_ref());
@@ -141,23 +130,6 @@ impl Origin {
         Ok(Arc::new(origin))
     }
 
-    /// Folds one request's latency into the EWMA `/loadz` reports.
-    pub fn observe_latency(&self, sample: Duration) {
-        const ALPHA: f64 = 0.1;
-        let sample_us = sample.as_secs_f64() * 1e6;
-        let _ = self.latency_ewma_us.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-            let prev = f64::from_bits(bits);
-            let next = if prev == 0.0 { sample_us } else { prev + ALPHA * (sample_us - prev) };
-            Some(next.to_bits())
-        });
-    }
-
-    /// In-flight requests and latency EWMA, as edges' health checks read them.
-    pub fn load_report(&self) -> (i64, f64) {
-        (self.metrics.in_flight.get(), f64::from_bits(self.latency_ewma_us.load(Ordering::Relaxed)) / 1000.0)
-    }
-
-    /// The URL of checksum database `name`, if it is proxied.
     /// The route an artifact at `key` belongs to now: a private route's
     /// tag, or none for the public chain (and checksum-database answers).
     pub fn route_of(&self, key: &str) -> Option<String> {
@@ -181,12 +153,9 @@ impl Origin {
         Ok(Some(hit))
     }
 
+    /// Checksum database `name`, if it is proxied.
     pub fn checksum_db(&self, name: &str) -> Option<&dyn Fetch> {
         self.checksum_dbs.get(name).map(|db| db.as_ref())
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
     }
 
     pub fn refresh_store_gauges(&self) {
@@ -316,7 +285,7 @@ pub async fn serve_until(
         });
     }
     drop((public, operator));
-    origin.ready.store(false, Ordering::Relaxed);
+    origin.load.stop_ready();
     tracing::info!("shutting down: finishing in-flight requests");
     tokio::select! {
         _ = graceful.shutdown() => {}

@@ -61,8 +61,49 @@ async fn cluster_token(
     next.run(req).await
 }
 
+/// What `/readyz` and `/loadz` report: ready until shutdown starts, and
+/// the moving average (EWMA) of request latency.
+pub struct Load {
+    ready: std::sync::atomic::AtomicBool,
+    /// In microseconds, as f64 bits.
+    latency_ewma_us: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Load {
+    fn default() -> Load {
+        Load { ready: true.into(), latency_ewma_us: 0f64.to_bits().into() }
+    }
+}
+
+impl Load {
+    /// Folds one request's latency into the average.
+    pub fn observe(&self, sample: std::time::Duration) {
+        use std::sync::atomic::Ordering;
+        const ALPHA: f64 = 0.1;
+        let sample_us = sample.as_secs_f64() * 1e6;
+        let _ = self.latency_ewma_us.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+            let prev = f64::from_bits(bits);
+            let next = if prev == 0.0 { sample_us } else { prev + ALPHA * (sample_us - prev) };
+            Some(next.to_bits())
+        });
+    }
+
+    pub fn ewma_ms(&self) -> f64 {
+        f64::from_bits(self.latency_ewma_us.load(std::sync::atomic::Ordering::Relaxed)) / 1000.0
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Shutdown started: edges stop sending new requests.
+    pub fn stop_ready(&self) {
+        self.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 pub(crate) async fn readyz(State(o): State<Arc<Origin>>) -> (StatusCode, &'static str) {
-    if o.is_ready() {
+    if o.load.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
@@ -71,7 +112,7 @@ pub(crate) async fn readyz(State(o): State<Arc<Origin>>) -> (StatusCode, &'stati
 
 /// The origin's load for edges' health checks: cheap, no store access.
 async fn loadz(State(o): State<Arc<Origin>>) -> ([(header::HeaderName, &'static str); 2], String) {
-    let (in_flight, ewma_ms) = o.load_report();
+    let (in_flight, ewma_ms) = (o.metrics.in_flight.get(), o.load.ewma_ms());
     (
         [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, policy::CC_NO_STORE)],
         format!("{{\"in_flight\":{in_flight},\"ewma_latency_ms\":{ewma_ms:.3}}}\n"),

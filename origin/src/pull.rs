@@ -39,6 +39,23 @@ impl Trigger {
     }
 }
 
+/// Pulls in flight: one per key at a time (later askers join it), at most
+/// `max` at once (`http.max_pulls`; past it a miss is refused at once, so
+/// another origin may take it), each within `deadline`
+/// (`http.pull_deadline_ms`).
+pub struct Pulls {
+    flights: crate::singleflight::Group<Result<(), OriginError>>,
+    slots: tokio::sync::Semaphore,
+    max: usize,
+    deadline: std::time::Duration,
+}
+
+impl Pulls {
+    pub fn new(max: usize, deadline: std::time::Duration) -> Pulls {
+        Pulls { flights: Default::default(), slots: tokio::sync::Semaphore::new(max), max, deadline }
+    }
+}
+
 /// Pulls `req` unless a pull of it is already running; joins it then.
 /// A not-found answer is remembered in the negative cache (once, by the
 /// leader); failures are not remembered.
@@ -56,17 +73,17 @@ async fn coalesced_inner(origin: &Arc<Origin>, req: &Request, trigger: Trigger) 
     let work = async move {
         // Bounded: past `max_pulls` a miss is refused at once (503, another
         // origin may take it), and no pull outlives its deadline.
-        let Ok(_slot) = o.pulls.try_acquire() else {
+        let Ok(_slot) = o.pulls.slots.try_acquire() else {
             o.metrics.pulls_refused.inc();
-            return Err(OriginError::Busy(format!("{}: {} pulls running; retry shortly", r.key(), o.pulls_max)));
+            return Err(OriginError::Busy(format!("{}: {} pulls running; retry shortly", r.key(), o.pulls.max)));
         };
         o.metrics.upstream_fetches.with_label_values(&[trigger.as_str()]).inc();
-        let res = match tokio::time::timeout(o.pull_deadline, pull(&o, &r)).await {
+        let res = match tokio::time::timeout(o.pulls.deadline, pull(&o, &r)).await {
             Ok(res) => res,
             Err(_) => Err(UpstreamError::Timeout(format!(
                 "{}: not pulled within the {} ms deadline",
                 r.key(),
-                o.pull_deadline.as_millis()
+                o.pulls.deadline.as_millis()
             ))
             .into()),
         };
@@ -80,7 +97,7 @@ async fn coalesced_inner(origin: &Arc<Origin>, req: &Request, trigger: Trigger) 
         res
     }
     .boxed();
-    let (res, joined) = origin.flights.run(&key, work).await;
+    let (res, joined) = origin.pulls.flights.run(&key, work).await;
     if joined {
         origin.metrics.singleflight_waiters.inc();
     }

@@ -150,7 +150,7 @@ fn finish(
         ])
         .inc();
     drop(in_flight);
-    o.observe_latency(started.elapsed());
+    o.load.observe(started.elapsed());
     tracing::debug!(%method, path = req_path, status = resp.status().as_u16(), cache = cache.as_str(), elapsed_us = started.elapsed().as_micros() as u64, "request");
     if method == Method::HEAD {
         *resp.body_mut() = Body::empty();
