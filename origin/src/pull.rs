@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{OriginError, UpstreamError};
-use crate::store::Meta;
+use crate::memory::Cached;
+use crate::store::{Hit, Meta};
 use crate::upstream::Fetched;
 use crate::{validate, Origin};
 
@@ -39,12 +40,39 @@ impl Trigger {
     }
 }
 
+/// A stored artifact, opened: what a pull hands every request that waited
+/// on it (nobody opens the store again for it), and what a store hit is.
+#[derive(Clone)]
+pub enum Artifact {
+    /// Held in memory (the memory tier, or any non-zip just pulled).
+    Memory(Arc<Cached>),
+    /// A store file, read at offsets (so any number of readers share it).
+    File(Arc<Hit>),
+}
+
+impl Artifact {
+    pub fn meta(&self) -> &Meta {
+        match self {
+            Artifact::Memory(c) => &c.meta,
+            Artifact::File(h) => &h.meta,
+        }
+    }
+
+    /// The whole body (blocking for a file).
+    pub fn body(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Artifact::Memory(c) => Ok(c.body.to_vec()),
+            Artifact::File(h) => h.read_body(),
+        }
+    }
+}
+
 /// Pulls in flight: one per key at a time (later askers join it), at most
 /// `max` at once (`http.max_pulls`; past it a miss is refused at once, so
 /// another origin may take it), each within `deadline`
 /// (`http.pull_deadline_ms`).
 pub struct Pulls {
-    flights: crate::singleflight::Group<Result<(), OriginError>>,
+    flights: crate::singleflight::Group<Result<Artifact, OriginError>>,
     slots: tokio::sync::Semaphore,
     max: usize,
     deadline: std::time::Duration,
@@ -63,11 +91,11 @@ pub fn coalesced<'a>(
     origin: &'a Arc<Origin>,
     req: &'a Request,
     trigger: Trigger,
-) -> BoxFuture<'a, Result<(), OriginError>> {
+) -> BoxFuture<'a, Result<Artifact, OriginError>> {
     async move { coalesced_inner(origin, req, trigger).await }.boxed()
 }
 
-async fn coalesced_inner(origin: &Arc<Origin>, req: &Request, trigger: Trigger) -> Result<(), OriginError> {
+async fn coalesced_inner(origin: &Arc<Origin>, req: &Request, trigger: Trigger) -> Result<Artifact, OriginError> {
     let key = req.key();
     let (o, r) = (Arc::clone(origin), req.clone());
     let work = async move {
@@ -104,7 +132,7 @@ async fn coalesced_inner(origin: &Arc<Origin>, req: &Request, trigger: Trigger) 
     res.unwrap_or_else(|| Err(OriginError::Interrupted(format!("{key}: shutting down, or a bug (see the log)"))))
 }
 
-async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
+async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<Artifact, OriginError> {
     let kind = req.kind();
     let key = req.key();
     let started = Instant::now();
@@ -189,7 +217,12 @@ async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
 
 /// A zip streams to a staged file (never whole in memory), is checked
 /// against the module zip rules from there, and published.
-async fn pull_zip(origin: &Arc<Origin>, req: &Request, fetched: Fetched, upstream: String) -> Result<(), OriginError> {
+async fn pull_zip(
+    origin: &Arc<Origin>,
+    req: &Request,
+    fetched: Fetched,
+    upstream: String,
+) -> Result<Artifact, OriginError> {
     let (kind, key) = (req.kind(), req.key());
     let Request::Zip(module_path, version) = req else { return Err(OriginError::Store("pull_zip needs a zip".into())) };
     let limit = validate::size_limit(kind);
@@ -234,9 +267,16 @@ async fn pull_zip(origin: &Arc<Origin>, req: &Request, fetched: Fetched, upstrea
         upstream,
         route: origin.route_of(&key),
     };
-    blocking(origin, move |store| store.publish(staged, &meta)).await.map_err(|e| write_failed(origin, &key, e))?;
+    let k = key.clone();
+    let hit = blocking(origin, move |store| {
+        store.publish(staged, &meta)?;
+        store.get(&k)
+    })
+    .await
+    .map_err(|e| write_failed(origin, &key, e))?;
     origin.refresh_store_gauges();
-    Ok(())
+    let hit = hit.ok_or_else(|| OriginError::Store(format!("{key}: not in the store right after it was stored")))?;
+    Ok(Artifact::File(Arc::new(hit)))
 }
 
 /// A store write that failed (disk full, no inodes, I/O error): only this
@@ -266,7 +306,7 @@ async fn put(
     body: Vec<u8>,
     h1: Option<String>,
     upstream: String,
-) -> Result<(), OriginError> {
+) -> Result<Artifact, OriginError> {
     let meta = Meta {
         size: body.len() as u64,
         sha256: hex(&Sha256::digest(&body)),
@@ -278,9 +318,9 @@ async fn put(
     let body = bytes::Bytes::from(body);
     let (k, b, m) = (key.to_string(), body.clone(), meta.clone());
     blocking(origin, move |store| store.put(&k, &b, &m)).await.map_err(|e| write_failed(origin, key, e))?;
-    origin.memory.insert(key, meta, body);
     origin.refresh_store_gauges();
-    Ok(())
+    let cached = origin.memory.insert(key, meta.clone(), body.clone());
+    Ok(Artifact::Memory(cached.unwrap_or_else(|| Arc::new(Cached { meta, body }))))
 }
 
 /// Runs a store operation on the blocking pool; its errors are store errors.
@@ -298,7 +338,7 @@ where
 
 /// `@latest` when upstream has none: the highest version of `list` by the
 /// go command's rules (release over prerelease), answered with its `.info`.
-async fn latest_from_list(origin: &Arc<Origin>, req: &Request) -> Result<(), OriginError> {
+async fn latest_from_list(origin: &Arc<Origin>, req: &Request) -> Result<Artifact, OriginError> {
     let Request::Latest(module_path) = req else {
         return Err(OriginError::Store("latest_from_list needs @latest".into()));
     };
@@ -349,11 +389,11 @@ async fn read_fresh_or_pull(origin: &Arc<Origin>, req: &Request) -> Result<Vec<u
             return Ok(body);
         }
     }
-    coalesced(origin, req, Trigger::Client).await?;
-    read(origin, &req.key())
-        .await?
-        .map(|(_, b)| b)
-        .ok_or_else(|| OriginError::Store(format!("{} vanished after it was stored", req.key())))
+    let pulled = coalesced(origin, req, Trigger::Client).await?;
+    tokio::task::spawn_blocking(move || pulled.body())
+        .await
+        .map_err(|e| OriginError::Store(e.to_string()))?
+        .map_err(|e| OriginError::store(&req.key(), e))
 }
 
 /// Whether a complete artifact is stored at `key` (memory tier or store).

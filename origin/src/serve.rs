@@ -6,7 +6,8 @@
 //!   ├─ list, @latest, .info, .mod, .zip   serve_artifact:
 //!   │     1. store (memory tier, disk) fresh per policy → HIT (background refresh near expiry)
 //!   │     2. negative cache → remembered 404/410
-//!   │     3. coalesced pull (upstream → validate → durable write) → MISS;
+//!   │     3. coalesced pull (upstream → validate → durable write) → MISS,
+//!   │        every waiter served the artifact the pull hands back (no reopen);
 //!   │        on failure an expired copy → STALE, else 502/504
 //!   ├─ sumdb/<name>/latest, lookup, tile  serve_artifact, pulled from the checksum database
 //!   └─ sumdb/<name>/supported             answered here: 200 if proxied, else 404
@@ -14,7 +15,6 @@
 //! Every answer's status and Cache-Control come from `modcdn_shared::policy`;
 //! `respond_error` is the one place errors become responses.
 
-use std::io::{Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,15 +29,13 @@ use modcdn_shared::policy::{self, Audience, CacheStatus, Outcome, CACHE_STATUS_H
 use modcdn_shared::request::{SumDb, SumDbEndpoint};
 use modcdn_shared::telemetry;
 use modcdn_shared::{Kind, Request};
-use tokio::io::AsyncReadExt;
 use tracing::Instrument;
 
 use crate::error::OriginError;
 use crate::http::{built, etag_matches, parse_range, text, RangeSpec};
-use crate::memory::Cached;
 use crate::ops;
-use crate::pull::{self, now_ms};
-use crate::store::{Hit, Meta};
+use crate::pull::{self, now_ms, Artifact};
+use crate::store::Hit;
 use crate::Origin;
 
 /// Chunk size when streaming large bodies.
@@ -200,7 +198,7 @@ async fn serve_artifact(
     match opened_or_resp {
         Ok(hit) => {
             // The go command asks for a module's requirements next: fetch them now.
-            if let (Request::Mod(..), Opened::Memory(c)) = (req, &hit) {
+            if let (Request::Mod(..), Artifact::Memory(c)) = (req, &hit) {
                 o.prefetch.after_mod(o, &c.body, 0);
             }
             (cache, respond_hit(o, (req, audience), hit, cache, headers).await)
@@ -210,7 +208,11 @@ async fn serve_artifact(
 }
 
 /// The artifact for `req`, or the error response.
-async fn find_artifact(o: &Arc<Origin>, req: &Request, audience: Audience) -> (CacheStatus, Result<Opened, Response>) {
+async fn find_artifact(
+    o: &Arc<Origin>,
+    req: &Request,
+    audience: Audience,
+) -> (CacheStatus, Result<Artifact, Response>) {
     // The store keeps every answer as a public one; who may see it is the
     // private gate's to say.
     let store = policy::decide(req.kind(), Outcome::Found, Audience::Public, &o.ttls);
@@ -239,7 +241,7 @@ async fn find_artifact(o: &Arc<Origin>, req: &Request, audience: Audience) -> (C
 
     // 3. Pull from upstream, once for all concurrent askers; if that fails,
     //    an expired copy stands in where the policy allows.
-    match pull_and_open(o, req).await {
+    match pull::coalesced(o, req, pull::Trigger::Client).await {
         Ok(fresh) => (CacheStatus::Miss, Ok(fresh)),
         Err(e) => match stale {
             Some((hit, age))
@@ -298,43 +300,22 @@ fn negative_hit(o: &Origin, req: &Request, audience: Audience) -> Option<Respons
     Some(r)
 }
 
-async fn pull_and_open(o: &Arc<Origin>, req: &Request) -> Result<Opened, OriginError> {
-    pull::coalesced(o, req, pull::Trigger::Client).await?;
-    open(o, &req.key()).await?.ok_or_else(|| OriginError::Store(format!("{} vanished after it was stored", req.key())))
-}
-
-/// A stored artifact ready to send: from the memory tier, or a file to
-/// stream (larger than the tier keeps).
-enum Opened {
-    Memory(Arc<Cached>),
-    File(Hit),
-}
-
-impl Opened {
-    fn meta(&self) -> &Meta {
-        match self {
-            Opened::Memory(c) => &c.meta,
-            Opened::File(h) => &h.meta,
-        }
-    }
-}
-
 /// The artifact at `key`: memory tier first, then the store (filling the
 /// memory tier when it fits).
-async fn open(o: &Arc<Origin>, key: &str) -> Result<Option<Opened>, OriginError> {
+async fn open(o: &Arc<Origin>, key: &str) -> Result<Option<Artifact>, OriginError> {
     if let Some(c) = o.memory.get(key) {
-        return Ok(Some(Opened::Memory(c)));
+        return Ok(Some(Artifact::Memory(c)));
     }
     let (o2, k) = (Arc::clone(o), key.to_string());
-    tokio::task::spawn_blocking(move || -> std::io::Result<Option<Opened>> {
+    tokio::task::spawn_blocking(move || -> std::io::Result<Option<Artifact>> {
         let Some(hit) = o2.stored(&k)? else { return Ok(None) };
         if o2.memory.fits(hit.meta.size) {
             let body = Bytes::from(hit.read_body()?);
             if let Some(c) = o2.memory.insert(&k, hit.meta.clone(), body) {
-                return Ok(Some(Opened::Memory(c)));
+                return Ok(Some(Artifact::Memory(c)));
             }
         }
-        Ok(Some(Opened::File(hit)))
+        Ok(Some(Artifact::File(Arc::new(hit))))
     })
     .await
     .map_err(|e| OriginError::Store(e.to_string()))?
@@ -346,7 +327,7 @@ async fn open(o: &Arc<Origin>, key: &str) -> Result<Option<Opened>, OriginError>
 async fn respond_hit(
     o: &Origin,
     (req, audience): (&Request, Audience),
-    hit: Opened,
+    hit: Artifact,
     cache: CacheStatus,
     req_headers: &HeaderMap,
 ) -> Response {
@@ -392,19 +373,29 @@ async fn respond_hit(
     };
     builder = builder.status(status).header(header::CONTENT_LENGTH, len);
     let body = match hit {
-        Opened::Memory(c) => Body::from(c.body.slice(start as usize..(start + len) as usize)),
-        Opened::File(hit) => {
-            let mut file = hit.file;
-            if start > 0 {
-                if let Err(e) = file.seek(SeekFrom::Start(start)) {
-                    return respond_error(o, Some((req, audience)), &OriginError::Store(e.to_string()));
-                }
-            }
-            let reader = tokio::fs::File::from_std(file).take(len);
-            Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, STREAM_CHUNK))
-        }
+        Artifact::Memory(c) => Body::from(c.body.slice(start as usize..(start + len) as usize)),
+        Artifact::File(hit) => Body::from_stream(read_at(hit, start, len)),
     };
     built(builder.body(body))
+}
+
+/// `len` bytes of a stored file from `start`, a chunk at a time, read at
+/// offsets: every reader of a shared [`Hit`] keeps its own position.
+fn read_at(hit: Arc<Hit>, start: u64, len: u64) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
+    futures::stream::try_unfold((hit, start, start + len), |(hit, at, end)| async move {
+        if at >= end {
+            return Ok(None);
+        }
+        let n = (end - at).min(STREAM_CHUNK as u64) as usize;
+        let file = Arc::clone(&hit);
+        let chunk = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0; n];
+            std::os::unix::fs::FileExt::read_exact_at(&file.file, &mut buf, at).map(|()| buf)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(Some((Bytes::from(chunk), (hit, at + n as u64, end))))
+    })
 }
 
 /// The one place errors become responses: status from the error,

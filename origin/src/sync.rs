@@ -105,7 +105,7 @@ pub async fn round(o: &Arc<Origin>, cfg: &SyncConfig) {
                 }
                 budget -= 1;
                 match pull::coalesced(o, &req, Trigger::Sync).await {
-                    Ok(()) => o.prefetch.mark_fetched(&req.key()),
+                    Ok(_) => o.prefetch.mark_fetched(&req.key()),
                     Err(e) => tracing::debug!(key = %req.key(), error = %e, "sync: new version fetch failed"),
                 }
             }

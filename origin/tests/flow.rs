@@ -30,6 +30,8 @@ const LIST: &str = "example.com/flow/@v/list";
 struct Table {
     answers: Mutex<HashMap<String, Result<&'static str, u16>>>,
     asked: Mutex<Vec<String>>,
+    /// How long each answer takes.
+    delay: Mutex<std::time::Duration>,
 }
 
 impl Table {
@@ -50,7 +52,9 @@ impl Fetch for Table {
     fn fetch<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Fetched, UpstreamError>> {
         self.asked.lock().expect("table").push(key.to_string());
         let answer = self.answers.lock().expect("table").get(key).copied();
+        let delay = *self.delay.lock().expect("table");
         Box::pin(async move {
+            tokio::time::sleep(delay).await;
             match answer {
                 Some(Ok(body)) => Ok(Fetched {
                     upstream: "table".into(),
@@ -120,6 +124,18 @@ async fn a_miss_is_pulled_once_then_served_from_the_store() {
     assert_eq!(n.get(INFO, None).await, (StatusCode::OK, "HIT".into(), INFO_BODY.into()));
     assert_eq!(public.asked(), [INFO]);
     assert_eq!(n.stored(INFO).as_deref(), Some(INFO_BODY));
+}
+
+#[tokio::test]
+async fn concurrent_misses_share_one_pull_and_are_all_answered_from_it() {
+    let public = Table::with(&[(INFO, Ok(INFO_BODY))]);
+    *public.delay.lock().expect("table") = std::time::Duration::from_millis(200);
+    let n = node(VERIFY_OFF, Arc::clone(&public), vec![], None);
+    let answers = futures::future::join_all((0..8).map(|_| n.get(INFO, None))).await;
+    for a in &answers {
+        assert_eq!(a, &(StatusCode::OK, "MISS".to_string(), INFO_BODY.to_string()));
+    }
+    assert_eq!(public.asked(), [INFO], "one pull for eight misses");
 }
 
 #[tokio::test]
