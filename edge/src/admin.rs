@@ -82,9 +82,10 @@ impl Admin {
         m.cache_objects.set(objects as i64);
         m.cache_bytes.set(bytes as i64);
         m.memory_bytes.set(self.store.memory_usage() as i64);
-        m.evictions.set(self.eviction.evicted_items() as i64);
+        // The eviction manager counts; these counters catch up with it.
+        m.evictions.inc_by((self.eviction.evicted_items() as u64).saturating_sub(m.evictions.get()));
         m.budget_bytes.set(self.eviction.total_size() as i64);
-        m.evicted_bytes.set(self.eviction.evicted_size() as i64);
+        m.evicted_bytes.inc_by((self.eviction.evicted_size() as u64).saturating_sub(m.evicted_bytes.get()));
         let rejected = self.membership.rejected_reloads();
         m.membership_rejected.inc_by(rejected.saturating_sub(m.membership_rejected.get()));
         let snapshot = self.membership.snapshot();

@@ -26,10 +26,10 @@ pub struct Metrics {
     pub cache_objects: IntGauge,
     pub cache_bytes: IntGauge,
     pub memory_bytes: IntGauge,
-    pub evictions: IntGauge,
+    pub evictions: IntCounter,
     /// Bytes the eviction manager accounts for (what the disk budget counts).
     pub budget_bytes: IntGauge,
-    pub evicted_bytes: IntGauge,
+    pub evicted_bytes: IntCounter,
     /// 1 for each origin in routing, 0 for one taken out, by origin.
     pub origin_healthy: prometheus::IntGaugeVec,
     pub membership_rejected: IntCounter,
@@ -63,9 +63,9 @@ impl Metrics {
         let cache_objects = IntGauge::new("cache_objects", "Entries in the disk tier")?;
         let cache_bytes = IntGauge::new("cache_bytes", "Body bytes in the disk tier")?;
         let memory_bytes = IntGauge::new("memory_cache_bytes", "Bytes in the memory tier")?;
-        let evictions = IntGauge::new("evictions", "Entries evicted by the byte budget since start")?;
+        let evictions = IntCounter::new("evictions_total", "Entries evicted to stay within cache.max_mib")?;
         let budget_bytes = IntGauge::new("budget_bytes", "Bytes counted against the disk budget")?;
-        let evicted_bytes = IntGauge::new("evicted_bytes", "Bytes evicted by the byte budget since start")?;
+        let evicted_bytes = IntCounter::new("evicted_bytes_total", "Bytes evicted to stay within cache.max_mib")?;
         let membership_rejected = IntCounter::new(
             "membership_rejected_total",
             "Versions of the membership file refused (the previous membership kept; see the log)",

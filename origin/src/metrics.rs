@@ -59,8 +59,9 @@ impl Metrics {
             Opts::new("invalid_artifacts_total", "Upstream artifacts refused by validation"),
             &["kind"],
         )?;
-        let store_objects = IntGauge::new("store_objects", "Artifacts in the store")?;
-        let store_bytes = IntGauge::new("store_bytes", "Bytes the store's files take")?;
+        let store_objects =
+            IntGauge::new("store_objects", "Artifacts on this origin's disk (the local tier with a shared store)")?;
+        let store_bytes = IntGauge::new("store_bytes", "Bytes this origin's store files take on its disk")?;
         let upstream_fetches = IntCounterVec::new(
             Opts::new("upstream_fetches_total", "Upstream fetches by what started them"),
             &["trigger"],

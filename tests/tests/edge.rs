@@ -590,7 +590,7 @@ async fn the_disk_budget_evicts_and_its_lru_state_survives_a_restart() {
     while metric(&edge, "modcdn_edge_cache_bytes").await > budget && Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(metric(&edge, "modcdn_edge_evictions").await >= 2.0);
+    assert!(metric(&edge, "modcdn_edge_evictions_total").await >= 2.0);
     assert!(metric(&edge, "modcdn_edge_cache_bytes").await <= budget, "the disk holds no more than the budget");
     let tracked = metric(&edge, "modcdn_edge_budget_bytes").await;
     assert!(tracked > 0.0 && tracked <= budget, "{tracked}");
