@@ -91,7 +91,7 @@ impl Admin {
         let snapshot = self.membership.snapshot();
         for member in snapshot.topology.members() {
             m.origin_healthy
-                .with_label_values(&[member.id.as_str()])
+                .with_label_values(&[member.id.as_str(), member.region.as_str()])
                 .set(i64::from(snapshot.view.is_healthy(&member.id)));
         }
         answer(StatusCode::OK, "text/plain; version=0.0.4", m.render())

@@ -33,6 +33,7 @@ pub struct Metrics {
     /// 1 for each origin in routing, 0 for one taken out, by origin.
     pub origin_healthy: prometheus::IntGaugeVec,
     pub membership_rejected: IntCounter,
+    pub purge_log_read: prometheus::GaugeVec,
 }
 
 impl Metrics {
@@ -66,13 +67,17 @@ impl Metrics {
         let evictions = IntCounter::new("evictions_total", "Entries evicted to stay within cache.max_mib")?;
         let budget_bytes = IntGauge::new("budget_bytes", "Bytes counted against the disk budget")?;
         let evicted_bytes = IntCounter::new("evicted_bytes_total", "Bytes evicted to stay within cache.max_mib")?;
+        let purge_log_read = prometheus::GaugeVec::new(
+            Opts::new("purge_log_read_timestamp_seconds", "When each origin's purge log was last read (Unix time)"),
+            &["origin"],
+        )?;
         let membership_rejected = IntCounter::new(
             "membership_rejected_total",
             "Versions of the membership file refused (the previous membership kept; see the log)",
         )?;
         let origin_healthy = prometheus::IntGaugeVec::new(
             Opts::new("origin_healthy", "1 while an origin is in routing, 0 while it is taken out"),
-            &["origin"],
+            &["origin", "region"],
         )?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -93,6 +98,7 @@ impl Metrics {
             Box::new(evicted_bytes.clone()),
             Box::new(origin_healthy.clone()),
             Box::new(membership_rejected.clone()),
+            Box::new(purge_log_read.clone()),
         ] {
             registry.register(c)?;
         }
@@ -116,6 +122,7 @@ impl Metrics {
             evicted_bytes,
             origin_healthy,
             membership_rejected,
+            purge_log_read,
         })
     }
 

@@ -379,8 +379,7 @@ impl ProxyHttp for Edge {
         let written = session.response_written();
         let status = written.map_or(0, |r| r.status.as_u16());
         let cache =
-            CacheStatus::of_header(written.and_then(|r| r.headers.get(CACHE_STATUS_HEADER)).map(|v| v.as_bytes()))
-                .as_str();
+            CacheStatus::of_header(written.and_then(|r| r.headers.get(CACHE_STATUS_HEADER)).map(|v| v.as_bytes()));
         let kind = ctx.kind();
         let bytes = session.body_bytes_sent() as u64;
         // An origin's health counts only its own faults: a relayed upstream
@@ -391,10 +390,10 @@ impl ProxyHttp for Edge {
             Some(Fault::Upstream | Fault::Request) => ctx.finish_origin(true),
             None => ctx.finish_origin(status != 0 && status < 500),
         }
-        self.metrics.request(kind, status, cache, bytes);
+        self.metrics.request(kind, status, cache.label(), bytes);
         if let Some(span) = ctx.span.take() {
             span.record("status", status);
-            span.record("cache", cache);
+            span.record("cache", cache.as_str());
             if let Some(origin) = ctx.tried.last() {
                 span.record("origin", origin.as_str());
             }

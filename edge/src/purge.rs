@@ -86,6 +86,8 @@ impl Follower {
                     continue;
                 }
             };
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            self.metrics.purge_log_read.with_label_values(&[member.id.as_str()]).set(now.as_secs_f64());
             // A log that went backwards was started anew: read it all again.
             if page.last < after {
                 cursors.insert(member.id.clone(), 0);

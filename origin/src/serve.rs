@@ -141,11 +141,7 @@ fn finish(
 ) -> Response {
     o.metrics
         .requests
-        .with_label_values(&[
-            kind.map_or("invalid", Kind::as_str),
-            resp.status().as_str(),
-            &cache.as_str().to_ascii_lowercase(),
-        ])
+        .with_label_values(&[kind.map_or("invalid", Kind::as_str), resp.status().as_str(), cache.label()])
         .inc();
     drop(in_flight);
     o.load.observe(started.elapsed());

@@ -343,6 +343,18 @@ impl CacheStatus {
         }
     }
 
+    /// The `cache` label of both nodes' `requests_total` (lower case).
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Stale => "stale",
+            CacheStatus::Expired => "expired",
+            CacheStatus::Bypass => "bypass",
+            CacheStatus::None => "none",
+        }
+    }
+
     /// The status a header names; anything else is [`CacheStatus::None`].
     pub fn of_header(value: Option<&[u8]>) -> CacheStatus {
         match value {
