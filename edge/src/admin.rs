@@ -27,6 +27,11 @@ pub struct Admin {
     pub token: Option<modcdn_shared::secret::Token>,
     /// The cluster token, for forwarding purges to the origins.
     pub origins: crate::origins::OriginClient,
+    /// Traffic over the last minutes, for `/status`.
+    pub history: Arc<crate::status::History>,
+    pub hot: Arc<modcdn_shared::hot::HotSet>,
+    /// The region of clients GeoIP cannot place.
+    pub region: String,
 }
 
 fn answer(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -57,8 +62,19 @@ impl ServeHttp for Admin {
             ("GET", "/healthz") => text(StatusCode::OK, "ok\n"),
             ("GET", "/readyz") => self.readyz(),
             ("GET", "/metrics") => self.metrics(),
+            ("GET", "/status") => {
+                self.refresh_gauges();
+                let inputs = crate::status::Inputs {
+                    membership: &self.membership,
+                    metrics: &self.metrics,
+                    history: &self.history,
+                    hot: &self.hot,
+                    region: &self.region,
+                };
+                answer(StatusCode::OK, "text/html; charset=utf-8", crate::status::page(&inputs).into_bytes())
+            }
             ("POST", "/purge") => self.purge(auth.as_deref(), &query).await,
-            (_, "/healthz" | "/readyz" | "/metrics" | "/purge") => {
+            (_, "/healthz" | "/readyz" | "/metrics" | "/status" | "/purge") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -77,6 +93,13 @@ impl Admin {
     }
 
     fn metrics(&self) -> Response<Vec<u8>> {
+        self.refresh_gauges();
+        answer(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render())
+    }
+
+    /// Brings the figures read on demand (tiers, evictions, membership,
+    /// origin health) up to date.
+    fn refresh_gauges(&self) {
         let (objects, bytes) = self.store.disk_usage();
         let m = &self.metrics;
         m.cache_objects.set(objects as i64);
@@ -94,7 +117,6 @@ impl Admin {
                 .with_label_values(&[member.id.as_str(), member.region.as_str()])
                 .set(i64::from(snapshot.view.is_healthy(&member.id)));
         }
-        answer(StatusCode::OK, "text/plain; version=0.0.4", m.render())
     }
 
     async fn purge(&self, auth: Option<&str>, query: &BTreeMap<String, String>) -> Response<Vec<u8>> {

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod origins;
 pub mod proxy;
 pub mod purge;
+pub mod status;
 pub mod storage;
 
 use std::sync::Arc;
@@ -126,6 +127,10 @@ pub fn run(cfg: EdgeConfig, membership: Arc<Membership>, upgrade: bool) -> anyho
         proxy.add_listener(listener(pingora::listeners::ListenerConfig::tcp(tls_listen.to_string()).tls(tls)));
     }
 
+    let own_region = cfg
+        .region
+        .clone()
+        .unwrap_or_else(|| membership.snapshot().geo.region_of(std::net::IpAddr::from([0, 0, 0, 0])).to_string());
     let admin_app = admin::Admin {
         membership: Arc::clone(&membership),
         store: storage,
@@ -133,6 +138,9 @@ pub fn run(cfg: EdgeConfig, membership: Arc<Membership>, upgrade: bool) -> anyho
         metrics: Arc::clone(&metrics),
         token: cfg.admin.token.clone(),
         origins: origins.clone(),
+        history: status::History::start(Arc::clone(&metrics)),
+        hot: Arc::clone(&hot),
+        region: own_region.clone(),
     };
     // The operators' listener has the header deadline too (no per-client cap).
     let admin_app = conn::Guarded {
@@ -156,10 +164,6 @@ pub fn run(cfg: EdgeConfig, membership: Arc<Membership>, upgrade: bool) -> anyho
         interval: Duration::from_millis(cfg.purge.poll_ms),
         origins: origins.clone(),
     });
-    let own_region = cfg
-        .region
-        .clone()
-        .unwrap_or_else(|| membership.snapshot().geo.region_of(std::net::IpAddr::from([0, 0, 0, 0])).to_string());
     let hot_sync = (with_token && cfg.hot.interval_ms > 0).then(|| hot::HotSync {
         membership: Arc::clone(&membership),
         storage,

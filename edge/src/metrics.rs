@@ -34,7 +34,11 @@ pub struct Metrics {
     pub origin_healthy: prometheus::IntGaugeVec,
     pub membership_rejected: IntCounter,
     pub purge_log_read: prometheus::GaugeVec,
+    recent_purges: parking_lot::Mutex<std::collections::VecDeque<crate::status::PurgeNote>>,
 }
+
+/// Purges the status page lists.
+const RECENT_PURGES: usize = 20;
 
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
@@ -43,7 +47,13 @@ impl Metrics {
             Opts::new("requests_total", "Requests by kind, status and cache result"),
             &["kind", "status", "cache"],
         )?;
-        let bytes = IntCounterVec::new(Opts::new("response_bytes_total", "Body bytes sent to clients"), &["kind"])?;
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "response_bytes_total",
+                "Body bytes sent to clients, by kind and where they came from (memory, disk, origin)",
+            ),
+            &["kind", "source"],
+        )?;
         let origin_requests =
             IntCounterVec::new(Opts::new("origin_requests_total", "Requests sent to origins"), &["origin", "result"])?;
         let origin_seconds = HistogramVec::new(
@@ -123,15 +133,44 @@ impl Metrics {
             origin_healthy,
             membership_rejected,
             purge_log_read,
+            recent_purges: Default::default(),
         })
     }
 
     /// Counts one answered request.
-    pub fn request(&self, kind: &str, status: u16, cache: &str, bytes: u64) {
+    pub fn request(&self, kind: &str, status: u16, cache: &str, source: &str, bytes: u64) {
         let code = http::StatusCode::from_u16(status).ok();
         let status = code.as_ref().map_or("0", http::StatusCode::as_str);
         self.requests.with_label_values(&[kind, status, cache]).inc();
-        self.bytes.with_label_values(&[kind]).inc_by(bytes);
+        self.bytes.with_label_values(&[kind, source]).inc_by(bytes);
+    }
+
+    /// Every family with its current values (what `/metrics` renders).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
+    /// Notes a purge for the status page (the last [`RECENT_PURGES`]). The
+    /// same target again within a minute is the same purge arriving by
+    /// another way (the admin call, then each origin's purge log).
+    pub fn purged(&self, target: String, removed: usize) {
+        let mut recent = self.recent_purges.lock();
+        let now = std::time::SystemTime::now();
+        let same = recent.iter_mut().rev().find(|p| {
+            p.target == target && now.duration_since(p.at).is_ok_and(|d| d < std::time::Duration::from_secs(60))
+        });
+        if let Some(p) = same {
+            p.removed += removed;
+            return;
+        }
+        recent.push_back(crate::status::PurgeNote { at: now, target, removed });
+        while recent.len() > RECENT_PURGES {
+            recent.pop_front();
+        }
+    }
+
+    pub fn recent_purges(&self) -> Vec<crate::status::PurgeNote> {
+        self.recent_purges.lock().iter().cloned().collect()
     }
 
     pub fn render(&self) -> Vec<u8> {

@@ -90,6 +90,9 @@ pub struct Ctx {
     request: Option<Request>,
     /// The kind of a request answered by the memory fast path (unparsed).
     fast_kind: Option<modcdn_shared::Kind>,
+    /// Where the answer's body comes from: `memory` or `disk` (this edge's
+    /// cache tiers); none: from an origin (or made here).
+    served_from: Option<&'static str>,
     client: Option<IpAddr>,
     region: String,
     _permit: Option<Slot>,
@@ -164,6 +167,7 @@ impl ProxyHttp for Edge {
         if let Some(obj) = ctx.tier.is_none().then(|| self.fresh_in_memory(session)).flatten() {
             self.count_hot(session, session.req_header().uri.path().strip_prefix('/').and_then(crate::hot::module_of));
             ctx.fast_kind = obj.kind;
+            ctx.served_from = Some("memory");
             serve_from_memory(session, &obj).await?;
             return Ok(true);
         }
@@ -291,6 +295,18 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        hit: &mut pingora::cache::HitHandler,
+        _is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<pingora::cache::ForcedFreshness>> {
+        ctx.served_from = Some(crate::storage::tier_of(hit.as_ref()));
+        Ok(None)
+    }
+
     fn response_cache_filter(&self, _session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Result<RespCacheable> {
         let Some(request) = &ctx.request else { return Ok(RespCacheable::Uncacheable(NoCacheReason::InternalError)) };
         // `private` answers are kept only under the credential they were
@@ -390,7 +406,7 @@ impl ProxyHttp for Edge {
             Some(Fault::Upstream | Fault::Request) => ctx.finish_origin(true),
             None => ctx.finish_origin(status != 0 && status < 500),
         }
-        self.metrics.request(kind, status, cache.label(), bytes);
+        self.metrics.request(kind, status, cache.label(), ctx.served_from.unwrap_or("origin"), bytes);
         if let Some(span) = ctx.span.take() {
             span.record("status", status);
             span.record("cache", cache.as_str());

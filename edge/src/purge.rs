@@ -36,6 +36,8 @@ pub async fn apply(store: &'static CacheStore, metrics: &Metrics, target: &Targe
     });
     metrics.purges.inc();
     metrics.purged_keys.inc_by(removed as u64);
+    let (name, value) = target.query();
+    metrics.purged(format!("{name}={value}"), removed);
     tracing::info!(?target, removed, "purged");
     removed
 }

@@ -206,3 +206,80 @@ async fn a_real_prometheus_scrapes_the_cluster_and_every_dashboard_and_alert_que
     .await;
     assert!(rules_ok, "the alert rules load and evaluate");
 }
+
+/// The text of the element with `id` in `html`.
+fn by_id<'a>(html: &'a str, id: &str) -> &'a str {
+    let at = html.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no #{id} in the page"));
+    let rest = &html[at..];
+    let start = rest.find('>').expect("tag end") + 1;
+    let end = rest[start..].find('<').expect("text end");
+    &rest[start..start + end]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_in_a_real_browser_what_the_metrics_say() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("o"), &upstream.url(), "").expect("origin");
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &[Member::of("us-1", &origin, "us")], "").expect("edge");
+    let c = reqwest::Client::new();
+    for _ in 0..3 {
+        for ext in ["info", "mod", "zip"] {
+            let r = c.get(format!("{}/{}", edge.url, Corpus::key(ALPHA, "v1.0.0", ext))).send().await.expect("get");
+            assert_eq!(r.status(), 200);
+            r.bytes().await.expect("body");
+        }
+    }
+    let purge = c
+        .post(format!("{}/purge?module=example.com/beta", edge.admin))
+        .bearer_auth(modcdn_tests::node::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("purge");
+    assert_eq!(purge.status(), 200);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metric_sum(
+                &c.get(format!("{}/metrics", edge.admin)).send().await.expect("m").text().await.expect("t"),
+                "modcdn_edge_origin_healthy",
+            ) == 1.0
+        })
+        .await
+    );
+    let text = c.get(format!("{}/metrics", edge.admin)).send().await.expect("metrics").text().await.expect("text");
+    let requests = metric_sum(&text, "modcdn_edge_requests_total");
+    let hits = metric_sum(&text, "modcdn_edge_requests_total{cache=\"hit\"}")
+        + metric_sum(&text, "modcdn_edge_requests_total{cache=\"stale\"}");
+    assert_eq!(requests, 9.0);
+    assert!(hits >= 6.0, "{hits}");
+    let from_origin = metric_sum(&text, "modcdn_edge_response_bytes_total{kind=\"zip\",source=\"origin\"}");
+    let zip_len = std::fs::metadata(corpus.root.join(Corpus::key(ALPHA, "v1.0.0", "zip"))).expect("zip").len() as f64;
+    assert_eq!(from_origin, zip_len, "the zip came from the origin once");
+
+    // A real browser renders the page: what it shows is what /metrics says.
+    let url = format!("{}/status", edge.admin);
+    let chromium = |args: &[&str]| {
+        let out = Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
+            .args(args)
+            .arg(&url)
+            .output()
+            .expect("chromium (Debian's package; the README's test command installs it)");
+        assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = chromium(&["--dump-dom"]);
+    assert_eq!(by_id(&dom, "requests-total"), "9");
+    assert_eq!(by_id(&dom, "hit-ratio-total"), format!("{:.1}%", 100.0 * hits / requests));
+    assert_eq!(by_id(&dom, "healthy"), "1");
+    assert_eq!(by_id(&dom, "routing"), "routing");
+    assert_eq!(dom.matches("module=example.com/beta").count(), 1, "the purge is listed once");
+    assert!(dom.contains("example.com/alpha"), "the hot module is listed");
+    let origin_row = &dom[dom.find("id=\"origin-us-1\"").expect("origin row")..];
+    assert!(origin_row[..origin_row.find("</tr>").expect("row end")].contains("healthy"), "{origin_row}");
+    let shot = tmp.path().join("status.png");
+    chromium(&[&format!("--screenshot={}", shot.display()), "--window-size=1100,900"]);
+    let png = std::fs::read(&shot).expect("screenshot");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a screenshot of {} bytes", png.len());
+}

@@ -82,6 +82,15 @@ pub fn credential_copies(primary: &str) -> String {
     format!("{primary}{CREDENTIAL_SEPARATOR}")
 }
 
+/// Which tier a cache hit is served from: `memory`, or `disk` (also a
+/// fill still being written, which readers follow from its file).
+pub fn tier_of(hit: &(dyn HandleHit + Send + Sync)) -> &'static str {
+    match hit.as_any().downcast_ref::<Hit>() {
+        Some(Hit::Memory { .. }) => "memory",
+        _ => "disk",
+    }
+}
+
 /// What is kept in the memory tier: the metadata already parsed (parsing
 /// a serialized `CacheMeta` costs more than serving a small hit), the body.
 pub struct MemObject {
