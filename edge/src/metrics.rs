@@ -57,9 +57,8 @@ impl Metrics {
         let origin_requests =
             IntCounterVec::new(Opts::new("origin_requests_total", "Requests sent to origins"), &["origin", "result"])?;
         let origin_seconds = HistogramVec::new(
-            HistogramOpts::new("origin_seconds", "Origin time to response headers").buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
+            HistogramOpts::new("origin_seconds", "Origin time to response headers")
+                .buckets(modcdn_shared::telemetry::LATENCY_BUCKETS.to_vec()),
             &["origin"],
         )?;
         let rate_limited = IntCounter::new("rate_limited_total", "Requests refused with 429")?;

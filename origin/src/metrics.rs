@@ -49,7 +49,7 @@ impl Metrics {
         )?;
         let upstream_seconds = HistogramVec::new(
             HistogramOpts::new("upstream_seconds", "Upstream time to response headers")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                .buckets(modcdn_shared::telemetry::LATENCY_BUCKETS.to_vec()),
             &["kind", "result"],
         )?;
         let singleflight_waiters =

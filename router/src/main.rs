@@ -22,6 +22,9 @@ enum Cli {
         /// Synthetic module keys to compare.
         #[arg(long, default_value_t = 100_000)]
         keys: usize,
+        /// Also draw the shares before and after as an SVG picture here.
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
     /// Print the region of a client IP and the origins a module goes to.
     Lookup {
@@ -53,11 +56,15 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli {
-        Cli::Plan { from, to, keys } => {
+        Cli::Plan { from, to, keys, svg } => {
             let a = MembershipFile::snapshot(&from).map_err(|e| e.to_string())?;
             let b = MembershipFile::snapshot(&to).map_err(|e| e.to_string())?;
             let ks = plan::synthetic_keys(keys);
-            print!("{}", plan::render(&plan::plan(&a.topology, &b.topology, &ks), keys));
+            let plans = plan::plan(&a.topology, &b.topology, &ks);
+            print!("{}", plan::render(&plans, keys));
+            if let Some(file) = svg {
+                std::fs::write(&file, plan::svg(&plans, keys)).map_err(|e| format!("{}: {e}", file.display()))?;
+            }
         }
         Cli::Lookup { config, ip, module } => {
             let s = MembershipFile::snapshot(&config).map_err(|e| e.to_string())?;

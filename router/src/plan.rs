@@ -108,6 +108,59 @@ pub fn render(plans: &BTreeMap<String, RegionPlan>, keys: usize) -> String {
     s
 }
 
+/// The plan as a picture (SVG): per region, each member's share of keys
+/// before (grey) and after (blue), and what moves.
+pub fn svg(plans: &BTreeMap<String, RegionPlan>, keys: usize) -> String {
+    const W: f64 = 720.0;
+    const LABEL: f64 = 160.0;
+    const BAR: f64 = 14.0;
+    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let mut body = String::new();
+    let mut y = 40.0;
+    for (region, p) in plans {
+        let _ = writeln!(
+            body,
+            "<text x=\"10\" y=\"{y}\" font-weight=\"bold\">region {}: {:.2}% of keys move (ideal {:.2}%)</text>",
+            esc(region),
+            p.moved * 100.0,
+            p.ideal * 100.0
+        );
+        y += 12.0;
+        let top = p.members.values().flat_map(|c| [c.before, c.after]).fold(0.0f64, f64::max).max(1e-9);
+        for (id, c) in &p.members {
+            let width = |share: f64| (W - LABEL - 140.0) * share / top;
+            let _ = writeln!(
+                body,
+                "<text x=\"10\" y=\"{:.0}\">{}</text>\
+                 <rect x=\"{LABEL}\" y=\"{:.0}\" width=\"{:.1}\" height=\"{BAR}\" fill=\"#bbb\"><title>{} before: {:.2}%</title></rect>\
+                 <rect x=\"{LABEL}\" y=\"{:.0}\" width=\"{:.1}\" height=\"{BAR}\" fill=\"#2f6fde\"><title>{} after: {:.2}%</title></rect>\
+                 <text x=\"{:.0}\" y=\"{:.0}\">{:.1}% → {:.1}%</text>",
+                y + 2.0 * BAR - 4.0,
+                esc(id),
+                y + 4.0,
+                width(c.before),
+                esc(id),
+                c.before * 100.0,
+                y + 4.0 + BAR,
+                width(c.after),
+                esc(id),
+                c.after * 100.0,
+                LABEL + width(c.before.max(c.after)) + 8.0,
+                y + 2.0 * BAR - 4.0,
+                c.before * 100.0,
+                c.after * 100.0,
+            );
+            y += 2.0 * BAR + 10.0;
+        }
+        y += 20.0;
+    }
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{:.0}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <text x=\"10\" y=\"20\">{keys} synthetic module keys; grey: share before, blue: after</text>\n{body}</svg>\n",
+        y
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +190,16 @@ mod tests {
         assert!((p.members["e"].gained - p.moved).abs() < 1e-9);
         assert!(p.members.iter().filter(|(id, _)| *id != "e").all(|(_, c)| c.gained == 0.0));
         assert!(render(&plan(&topo(&["a"]), &topo(&["a", "b"]), &keys), keys.len()).contains("region r"));
+    }
+
+    #[test]
+    fn the_picture_has_a_pair_of_bars_per_member_sized_by_share() {
+        let keys = synthetic_keys(20_000);
+        let picture = svg(&plan(&topo(&["a", "b"]), &topo(&["a", "b", "<c>"]), &keys), keys.len());
+        assert!(picture.starts_with("<svg") && picture.trim_end().ends_with("</svg>"));
+        assert_eq!(picture.matches("<rect").count(), 6, "before and after for each of three members");
+        assert!(picture.contains("&lt;c&gt;") && !picture.contains("<c>"), "ids are escaped");
+        // The new member had no keys before: a zero-width grey bar.
+        assert!(picture.contains("width=\"0.0\" height=\"14\" fill=\"#bbb\"><title>&lt;c&gt; before: 0.00%"));
     }
 }

@@ -50,6 +50,12 @@ impl Drop for Telemetry {
 /// overrides the level), and spans exported over OTLP when
 /// `log.otlp_endpoint` is set, as service `service`. Calling it twice is
 /// harmless (the second call keeps the first subscriber).
+/// Buckets of every latency histogram both nodes export, in seconds: from
+/// a memory hit on loopback (100 µs) to the slowest pull a deadline allows
+/// (60 s).
+pub const LATENCY_BUCKETS: [f64; 18] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
 pub fn init(log: &LogConfig, service: &str) -> Result<Telemetry, String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
