@@ -17,6 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve go clients.
+    #[command(after_help = "Example:\n  modcdn-edge serve --config /etc/modcdn/edge.toml")]
     Serve {
         /// TOML config file; without it the embedded default is used.
         #[arg(long, short)]
@@ -30,6 +31,7 @@ enum Command {
         upgrade: bool,
     },
     /// Print the embedded default config.
+    #[command(after_help = "Example:\n  modcdn-edge default-config > edge.toml")]
     DefaultConfig,
 }
 

@@ -18,6 +18,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the GOPROXY protocol.
+    #[command(
+        after_help = "Example:\n  modcdn-origin serve --config /etc/modcdn/origin.toml --store-dir /var/lib/modcdn-origin"
+    )]
     Serve {
         /// TOML config file; without it the embedded default is used.
         #[arg(long, short)]
@@ -33,6 +36,7 @@ enum Command {
         store_dir: Option<PathBuf>,
     },
     /// Print the embedded default config.
+    #[command(after_help = "Example:\n  modcdn-origin default-config > origin.toml")]
     DefaultConfig,
 }
 

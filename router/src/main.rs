@@ -14,6 +14,7 @@ use modcdn_router::{geo, plan};
 enum Cli {
     /// Print, per region and member, the share of keys that would move from
     /// one membership file to another, next to the ideal.
+    #[command(after_help = "Example:\n  modcdn-router plan --from router.toml --to router.new.toml --svg plan.svg")]
     Plan {
         #[arg(long)]
         from: PathBuf,
@@ -27,6 +28,9 @@ enum Cli {
         svg: Option<PathBuf>,
     },
     /// Print the region of a client IP and the origins a module goes to.
+    #[command(
+        after_help = "Example:\n  modcdn-router lookup --config deploy/router.toml --ip 127.0.1.5 golang.org/x/mod"
+    )]
     Lookup {
         #[arg(long)]
         config: PathBuf,
@@ -36,6 +40,9 @@ enum Cli {
         module: String,
     },
     /// Build a MaxMind DB from `network,country,continent` CSV lines.
+    #[command(
+        after_help = "Example:\n  modcdn-router geo-build --csv geo-data/test-ranges.csv --out geo-data/test-country.mmdb"
+    )]
     GeoBuild {
         #[arg(long)]
         csv: PathBuf,

@@ -18,8 +18,7 @@ enum Command {
     /// Start a local cluster (deploy/cluster/cluster.toml: two regions, an
     /// edge in each, three origins) and print the GOPROXY line. The
     /// modcdn-edge and modcdn-origin binaries must be next to this one.
-    ///
-    /// Example: modcdn cluster --upstream http://127.0.0.1:7300 --no-verify
+    #[command(after_help = "Example:\n  modcdn cluster --upstream http://127.0.0.1:7300 --no-verify --store s3")]
     Cluster {
         /// Upstream of the origins (GOPROXY syntax), e.g. a local fixture
         /// upstream for offline use. Default: https://proxy.golang.org.
@@ -42,8 +41,7 @@ enum Command {
     },
     /// Warm a cluster through an edge or origin: module@version arguments,
     /// go.sum / go.mod files, or top-N list files. Exits 1 if anything failed.
-    ///
-    /// Example: modcdn prewarm --target http://127.0.0.1:8080 go.sum
+    #[command(after_help = "Example:\n  modcdn prewarm --target http://127.0.0.1:8080 go.sum top-modules.txt")]
     Prewarm {
         /// Edge or origin URL to warm through.
         #[arg(long, default_value = "http://127.0.0.1:8080")]

@@ -13,6 +13,7 @@ use modcdn_tests::upstream::{Faults, FixtureUpstream};
 #[command(about = "modcdn fixture corpus and upstream")]
 enum Cli {
     /// Generate the corpus in GOPROXY layout.
+    #[command(after_help = "Example:\n  modcdn-fixture corpus --out /tmp/modcdn-corpus")]
     Corpus {
         #[arg(long)]
         out: PathBuf,
@@ -28,6 +29,7 @@ enum Cli {
         sized_kib: Vec<usize>,
     },
     /// Serve a corpus directory as a GOPROXY.
+    #[command(after_help = "Example:\n  modcdn-fixture upstream --corpus /tmp/modcdn-corpus --listen 127.0.0.1:7300")]
     Upstream {
         #[arg(long)]
         corpus: PathBuf,
@@ -38,12 +40,14 @@ enum Cli {
         delay_ms: u64,
     },
     /// Write a consumer module of the whole fixture graph into `--out`.
+    #[command(after_help = "Example:\n  modcdn-fixture consumer --out /tmp/consumer")]
     Consumer {
         #[arg(long)]
         out: PathBuf,
     },
     /// GET each path (one per line in `--paths`) from `--base` in turn over
     /// one keep-alive connection; print p50 and p99 latency in microseconds.
+    #[command(after_help = "Example:\n  modcdn-fixture latency --base http://127.0.0.1:7070 --paths paths.txt")]
     Latency {
         #[arg(long)]
         base: String,
