@@ -130,6 +130,11 @@ impl Metrics {
     }
 
     /// The text exposition format.
+    /// Every family with its current values (what `/metrics` renders).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);

@@ -18,7 +18,7 @@ use crate::http::{internal_error, text};
 use crate::Origin;
 
 /// Paths of the operator listener, answered 404 on the public one.
-pub(crate) const OPERATOR_PATHS: [&str; 5] = ["/metrics", "/loadz", "/hotz", "/purge", "/purgez"];
+pub(crate) const OPERATOR_PATHS: [&str; 6] = ["/metrics", "/loadz", "/status", "/hotz", "/purge", "/purgez"];
 
 /// The operator listener's routes: probes, metrics and load for anyone who
 /// can reach it (a private network); hot reports, purges and the purge log
@@ -34,6 +34,7 @@ pub fn operator_router(origin: Arc<Origin>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/loadz", get(loadz))
+        .route("/status", get(status))
         .merge(guarded)
         .with_state(origin)
 }
@@ -224,6 +225,66 @@ async fn hot_report(State(o): State<Arc<Origin>>, body: Bytes) -> Response {
         taken += 1;
     }
     text(StatusCode::OK, policy::CC_NO_STORE, &format!("{taken} modules\n"))
+}
+
+/// One HTML page for operators (no script, reloads every 5 s): readiness,
+/// load, the store, upstream fetches, the purge log, hot modules; read from
+/// the same counters as `/metrics`.
+async fn status(State(o): State<Arc<Origin>>) -> Response {
+    o.refresh_store_gauges();
+    let m = &o.metrics;
+    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let sum = |name: &str| -> f64 {
+        m.gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter().map(|x| x.get_counter().value()).collect::<Vec<_>>())
+            .sum()
+    };
+    let hits = m
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "modcdn_origin_requests_total")
+        .flat_map(|f| f.get_metric().to_vec())
+        .filter(|x| x.get_label().iter().any(|l| l.name() == "cache" && l.value() == "hit"))
+        .map(|x| x.get_counter().value())
+        .sum::<f64>();
+    let requests = sum("modcdn_origin_requests_total");
+    let mut rows = vec![
+        ("ready", if o.load.is_ready() { "yes".to_string() } else { "shutting down".to_string() }),
+        ("requests in flight", m.in_flight.get().to_string()),
+        ("latency (EWMA)", format!("{:.1} ms", o.load.ewma_ms())),
+        ("requests", format!("{requests:.0}")),
+        ("answered from the store", format!("{hits:.0}")),
+        ("upstream fetches", format!("{:.0}", sum("modcdn_origin_upstream_fetches_total"))),
+        ("checksum mismatches", m.checksum_mismatch.get().to_string()),
+        ("pulls refused (max_pulls)", m.pulls_refused.get().to_string()),
+        ("prefetch queue", m.prefetch_queue.get().to_string()),
+        ("purge log entries", o.purge_log.page(u64::MAX).last.to_string()),
+    ];
+    if let Some(u) = o.store.usage() {
+        rows.push(("stored artifacts (this disk)", u.objects.to_string()));
+        rows.push(("stored bytes (this disk)", u.bytes.to_string()));
+        rows.push(("evicted by the budget", u.evicted.to_string()));
+    }
+    let mut h = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
+         <title>modcdn origin</title><style>body{font:14px system-ui,sans-serif;margin:24px}\
+         td,th{padding:4px 12px;border-bottom:1px solid #ddd;text-align:left}</style></head><body>\
+         <h1>modcdn origin</h1><table>",
+    );
+    for (i, (name, value)) in rows.iter().enumerate() {
+        h.push_str(&format!("<tr><td>{name}</td><td id=\"row-{i}\">{}</td></tr>", esc(value)));
+    }
+    h.push_str("</table><h2>Hottest modules</h2><table>");
+    for (module, weight) in o.hot.top(10) {
+        h.push_str(&format!("<tr><td>{}</td><td>{weight:.0}</td></tr>", esc(&module)));
+    }
+    h.push_str("</table><p><a href=\"/metrics\">/metrics</a></p></body></html>\n");
+    let mut r = Response::new(axum::body::Body::from(h));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(policy::CC_NO_STORE));
+    r
 }
 
 async fn metrics(State(o): State<Arc<Origin>>) -> ([(header::HeaderName, &'static str); 1], String) {

@@ -278,6 +278,19 @@ async fn the_status_page_shows_in_a_real_browser_what_the_metrics_say() {
     assert!(dom.contains("example.com/alpha"), "the hot module is listed");
     let origin_row = &dom[dom.find("id=\"origin-us-1\"").expect("origin row")..];
     assert!(origin_row[..origin_row.find("</tr>").expect("row end")].contains("healthy"), "{origin_row}");
+    // The origin's page, on its operator listener, agrees with its /metrics too.
+    let origin_metrics =
+        c.get(format!("{}/metrics", origin.operator)).send().await.expect("metrics").text().await.expect("text");
+    let out = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
+        .arg(format!("{}/status", origin.operator))
+        .output()
+        .expect("chromium");
+    let origin_dom = String::from_utf8_lossy(&out.stdout);
+    let served = metric_sum(&origin_metrics, "modcdn_origin_requests_total");
+    assert!(served >= 3.0, "{served}");
+    assert!(origin_dom.contains(&format!("<td>requests</td><td id=\"row-3\">{served:.0}</td>")), "{origin_dom}");
+    assert!(origin_dom.contains("purge log entries</td><td id=\"row-9\">1</td>"), "{origin_dom}");
     let shot = tmp.path().join("status.png");
     chromium(&[&format!("--screenshot={}", shot.display()), "--window-size=1100,900"]);
     let png = std::fs::read(&shot).expect("screenshot");
