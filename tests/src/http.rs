@@ -94,6 +94,17 @@ pub fn load(
         .collect()
 }
 
+/// A stop flag for [`load`] that sets itself after `after`.
+pub fn stop_after(after: Duration) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        s.store(true, Ordering::Relaxed);
+    });
+    stop
+}
+
 /// Waits for the clients of [`load`]: (complete 200s, failures).
 pub async fn totals(clients: Vec<tokio::task::JoinHandle<(u64, u64)>>) -> (u64, u64) {
     let (mut ok, mut failed) = (0, 0);

@@ -71,3 +71,28 @@ impl Drop for SumDbProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Upstreams for a checksum-database fork: the generated corpus (what the
+/// real log holds) and a corpus of only `example.com/unlogged@v1.0.0` (what
+/// a fork of it holds), chained `corpus,other` as an origin's upstream.
+pub struct ForkUpstreams {
+    pub corpus: crate::corpus::Corpus,
+    pub other: crate::corpus::Corpus,
+    pub upstream: crate::upstream::FixtureUpstream,
+    pub other_upstream: crate::upstream::FixtureUpstream,
+    pub chain: String,
+}
+
+impl ForkUpstreams {
+    pub async fn start(dir: &Path) -> ForkUpstreams {
+        use crate::corpus::Corpus;
+        use crate::upstream::FixtureUpstream;
+        let corpus = Corpus::generate(&dir.join("corpus"), 1024).expect("corpus");
+        let mut other = Corpus { root: dir.join("other"), versions: Vec::new() };
+        other.publish("example.com/unlogged", "v1.0.0").expect("publish");
+        let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+        let other_upstream = FixtureUpstream::start(other.root.clone()).await.expect("upstream 2");
+        let chain = format!("{},{}", upstream.url(), other_upstream.url());
+        ForkUpstreams { corpus, other, upstream, other_upstream, chain }
+    }
+}

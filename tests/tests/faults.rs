@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use modcdn_tests::corpus::Corpus;
 use modcdn_tests::go::GoEnv;
-use modcdn_tests::http::{client, eventually, get, load, scrape, totals};
+use modcdn_tests::http::{client, eventually, get, load, scrape, stop_after, totals};
 use modcdn_tests::node::{EdgeProcess, Member, OriginProcess};
 use modcdn_tests::upstream::{Faults, FixtureUpstream};
 
@@ -176,17 +176,6 @@ async fn an_origin_failing_for_its_own_reasons_or_dying_costs_clients_nothing_an
         "the mended origin serves again"
     );
     assert_eq!(scrape(&s.edge.admin, "modcdn_edge_origin_healthy{origin=\"c\"}").await, 1.0);
-}
-
-/// A stop flag that sets itself after `after`.
-fn stop_after(after: Duration) -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = Arc::clone(&stop);
-    tokio::spawn(async move {
-        tokio::time::sleep(after).await;
-        s.store(true, Ordering::Relaxed);
-    });
-    stop
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

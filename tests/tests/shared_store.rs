@@ -5,14 +5,13 @@
 //! database fork seen through the shared tree head, and an object store
 //! that fails under a running origin.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use modcdn_origin::s3::{S3Store, StoreConfig, StoreKind, Tiered};
 use modcdn_origin::store::{conformance, DiskStore, Store};
 use modcdn_tests::corpus::{Corpus, ALPHA, LARGE};
-use modcdn_tests::http::{eventually, fetch_ok, load, scrape, totals};
+use modcdn_tests::http::{eventually, fetch_ok, load, scrape, stop_after, totals};
 use modcdn_tests::node::{write_membership, EdgeProcess, Member, OriginProcess, CLUSTER_TOKEN};
 use modcdn_tests::seaweed::{SeaweedFs, ACCESS_KEY, BUCKET, SECRET_KEY};
 use modcdn_tests::sumdb::SumDbProcess;
@@ -301,17 +300,6 @@ async fn a_fourth_origin_joins_under_load_with_no_failed_request_and_no_upstream
     assert!(again.is_empty(), "artifacts already stored were pulled again: {again:?}");
 }
 
-/// A stop flag that sets itself after `after`.
-fn stop_after(after: Duration) -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = Arc::clone(&stop);
-    tokio::spawn(async move {
-        tokio::time::sleep(after).await;
-        s.store(true, Ordering::Relaxed);
-    });
-    stop
-}
-
 /// Multipart uploads SeaweedFS holds in progress (its filer keeps each
 /// under the bucket's `.uploads` directory until it completes or aborts).
 async fn uploads_in_progress(c: &reqwest::Client, weed: &SeaweedFs) -> usize {
@@ -364,12 +352,8 @@ async fn a_fork_between_what_two_origins_verified_is_caught_through_the_shared_s
     const NAME: &str = "sum.modcdn.test";
     let tmp = modcdn_tests::tempdir();
     let weed = SeaweedFs::start(tmp.path()).expect("seaweedfs");
-    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1024).expect("corpus");
-    let mut other = Corpus { root: tmp.path().join("other"), versions: Vec::new() };
-    other.publish("example.com/unlogged", "v1.0.0").expect("publish");
-    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
-    let other_upstream = FixtureUpstream::start(other.root.clone()).await.expect("upstream 2");
-    let chain = format!("{},{}", upstream.url(), other_upstream.url());
+    let fork = modcdn_tests::sumdb::ForkUpstreams::start(tmp.path()).await;
+    let (corpus, other, chain) = (&fork.corpus, &fork.other, &fork.chain);
     // A checks against the log; B, started at the same time, against a
     // fork of it (same name, same key, another tree of the same size).
     let db = SumDbProcess::start(&corpus.root, NAME).expect("sumdb");
@@ -380,7 +364,7 @@ async fn a_fork_between_what_two_origins_verified_is_caught_through_the_shared_s
             db.key,
             weed.store_toml("cluster")
         );
-        OriginProcess::start(&tmp.path().join(name), &chain, &extra).expect("origin")
+        OriginProcess::start(&tmp.path().join(name), chain, &extra).expect("origin")
     };
     let (a, b) = (on("a", &db.url), on("b", &forked.url));
     let c = client();

@@ -174,12 +174,8 @@ async fn forged_signatures_and_unlogged_versions_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_that_forked_while_the_origin_was_down_is_caught() {
     let tmp = modcdn_tests::tempdir();
-    let corpus = Corpus::generate(&tmp.path().join("corpus"), 1024).expect("corpus");
-    let mut other = Corpus { root: tmp.path().join("other"), versions: Vec::new() };
-    other.publish("example.com/unlogged", "v1.0.0").expect("publish");
-    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
-    let other_upstream = FixtureUpstream::start(other.root.clone()).await.expect("upstream 2");
-    let chain = format!("{},{}", upstream.url(), other_upstream.url());
+    let fork = modcdn_tests::sumdb::ForkUpstreams::start(tmp.path()).await;
+    let (corpus, other, chain) = (&fork.corpus, &fork.other, &fork.chain);
     let dir = tmp.path().join("origin");
 
     // First run: the log holds alpha's record; its tree head is verified and kept.
