@@ -3,7 +3,8 @@
 //! it served for it (`POST /hotz`); origins merge the reports into their hot
 //! sets and keep those modules in sync with upstream. The edge then reads the
 //! origins' hot lists (`GET /hotz`) and, for the hottest modules it already
-//! serves, fetches versions newer than any it has — `.info`, `.mod`, `.zip`
+//! serves, fetches every newly listed version it does not hold (above all
+//! it has, or not in the list it had: a patch on an older line counts) — `.info`, `.mod`, `.zip`
 //! through its own listener, so they fill its cache like any miss — and
 //! refreshes the module's list. The first client asking for a new version of
 //! a hot module gets a hit.
@@ -112,8 +113,8 @@ impl HotSync {
         hot.into_iter().take(self.modules).map(|(m, _)| m).collect()
     }
 
-    /// Fetches, through this edge, versions of hot modules newer than any
-    /// it holds.
+    /// Fetches, through this edge, the newly listed versions of hot
+    /// modules (see [`new_versions`]).
     async fn prefetch(&self) {
         let snapshot = self.membership.snapshot();
         for escaped in self.manifest(&snapshot).await {
@@ -125,7 +126,11 @@ impl HotSync {
                 Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
                 _ => continue,
             };
-            let new = self.new_versions(&m, &list);
+            // The list this edge last cached, to see what was listed since.
+            let list_key = format!("{escaped}/@v/list");
+            let cached = self.storage.read_cached(&list_key, 1 << 20).await;
+            let cached = cached.as_deref().map(String::from_utf8_lossy);
+            let new = new_versions(&self.held_versions(&m), cached.as_deref(), &list, self.versions);
             for version in &new {
                 let Ok(v) = module::escape_version(version) else { continue };
                 for ext in ["info", "mod", "zip"] {
@@ -135,7 +140,6 @@ impl HotSync {
                 }
             }
             if !new.is_empty() {
-                let list_key = format!("{escaped}/@v/list");
                 let _ = self.storage.purge_key(&list_key).await;
                 self.warm(&list_key).await;
                 tracing::info!(module = %m.as_str(), versions = ?new, "prefetched new versions of a hot module");
@@ -143,31 +147,15 @@ impl HotSync {
         }
     }
 
-    /// Listed versions newer than the newest this edge holds, newest first,
-    /// at most `versions`; none for a module it holds no version of.
-    fn new_versions(&self, m: &ModulePath, list: &str) -> Vec<String> {
+    /// The versions whose `.info` this edge holds for `m`.
+    fn held_versions(&self, m: &ModulePath) -> Vec<String> {
         let prefix = format!("{}/@v/", m.escaped());
-        let held: Vec<String> = self
-            .storage
+        self.storage
             .keys_with_prefix(&prefix)
             .iter()
             .filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix(".info").map(str::to_string))
             .filter_map(|v| module::unescape_version(&v).ok())
-            .collect();
-        // The highest held, prereleases included (not go's @latest rule).
-        let Some(newest) = held.iter().max_by(|a, b| semver::compare(a, b)).cloned() else {
-            return Vec::new();
-        };
-        let mut new: Vec<String> = list
-            .lines()
-            .map(str::trim)
-            .filter(|v| semver::is_valid(v) && semver::compare(v, &newest).is_gt())
-            .map(str::to_string)
-            .collect();
-        semver::sort(&mut new);
-        new.reverse();
-        new.truncate(self.versions);
-        new
+            .collect()
     }
 
     /// GETs `key` through this edge; whether that filled its cache (a 200
@@ -189,6 +177,30 @@ impl HotSync {
     }
 }
 
+/// The versions of `list` (the origin's, current) to prefetch for a module
+/// whose `held` versions this edge serves, newest first, at most `max`:
+/// every listed version it does not hold that is above all it holds, or
+/// that was not in `cached` (the list this edge had) — so a patch release
+/// on an older line, or a release below a prerelease it holds, is taken
+/// too. None for a module it holds no version of.
+fn new_versions(held: &[String], cached: Option<&str>, list: &str, max: usize) -> Vec<String> {
+    // The highest held, prereleases included (not go's @latest rule).
+    let Some(newest) = held.iter().max_by(|a, b| semver::compare(a, b)) else { return Vec::new() };
+    let before: Option<std::collections::HashSet<&str>> = cached.map(|c| c.lines().map(str::trim).collect());
+    let mut new: Vec<String> = list
+        .lines()
+        .map(str::trim)
+        .filter(|v| semver::is_valid(v) && !held.iter().any(|h| h == v))
+        .filter(|v| semver::compare(v, newest).is_gt() || before.as_ref().is_some_and(|b| !b.contains(v)))
+        .map(str::to_string)
+        .collect();
+    semver::sort(&mut new);
+    new.dedup();
+    new.reverse();
+    new.truncate(max);
+    new
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -197,5 +209,28 @@ mod tests {
         assert_eq!(super::module_of("example.com/a/@latest"), Some("example.com/a"));
         assert_eq!(super::module_of("sumdb/sum.golang.org/lookup/x@v1"), None);
         assert_eq!(super::module_of("nothing"), None);
+    }
+
+    fn held(vs: &[&str]) -> Vec<String> {
+        vs.iter().map(|v| v.to_string()).collect()
+    }
+
+    #[test]
+    fn every_newly_listed_version_is_taken_not_only_the_highest() {
+        let held = held(&["v1.4.0", "v2.0.0", "v2.1.0-rc.1"]);
+        let before = "v1.4.0\nv2.0.0\nv2.1.0-rc.1\n";
+        // A patch on the older major line, a release below the held
+        // prerelease, and one above everything: all three, newest first.
+        let now = "v1.4.0\nv1.4.1\nv2.0.0\nv2.0.1\nv2.1.0-rc.1\nv2.2.0\n";
+        assert_eq!(super::new_versions(&held, Some(before), now, 5), ["v2.2.0", "v2.0.1", "v1.4.1"]);
+        assert_eq!(super::new_versions(&held, Some(before), now, 2), ["v2.2.0", "v2.0.1"], "bounded");
+        // Already listed before (and not above what it holds): an old
+        // version nobody asked for is not fetched.
+        let old = "v1.0.0\nv1.4.0\nv2.0.0\nv2.1.0-rc.1\n";
+        assert!(super::new_versions(&held, Some(old), old, 5).is_empty());
+        // Without a list of its own, only what is above all it holds.
+        assert_eq!(super::new_versions(&held, None, now, 5), ["v2.2.0"]);
+        // A module it holds nothing of is not its to prefetch.
+        assert!(super::new_versions(&[], Some(""), now, 5).is_empty());
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use modcdn_tests::corpus::{self, Corpus};
 use modcdn_tests::go::GoEnv;
-use modcdn_tests::http::{client, client_from, get, load, totals};
+use modcdn_tests::http::{client, client_from, eventually, get, load, totals};
 use modcdn_tests::node::{EdgeProcess, Member, OriginProcess, ADMIN_TOKEN, CLUSTER_TOKEN};
 use modcdn_tests::upstream::{Faults, FixtureUpstream};
 
@@ -559,6 +559,18 @@ async fn a_new_version_of_a_hot_module_is_at_the_edge_before_anyone_asks() {
     assert_eq!(artifacts().await, origin_before, "nor did the origin");
     let (_, x_cache, list) = get(&c, &format!("{}/example.com/alpha/@v/list", edge.url)).await;
     assert!(String::from_utf8_lossy(&list).contains("v1.3.0"), "the edge's list was refreshed ({x_cache})");
+
+    // A patch on an older line (below what the edge holds) is a new
+    // version too: it is prefetched as well.
+    let prefetched = metric(&edge, "modcdn_edge_prefetched_total").await;
+    corpus.publish(corpus::ALPHA, "v1.1.1").expect("publish");
+    let patched = eventually(Duration::from_secs(15), || async {
+        metric(&edge, "modcdn_edge_prefetched_total").await >= prefetched + 3.0
+    })
+    .await;
+    assert!(patched, "v1.1.1 did not reach the edge");
+    let r = c.get(format!("{}/{}", edge.url, Corpus::key(corpus::ALPHA, "v1.1.1", "zip"))).send().await.expect("zip");
+    assert_eq!(r.headers()["x-cache"], "HIT");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -544,6 +544,24 @@ impl CacheStore {
     }
 
     /// A fresh-or-not object of the memory tier, for the proxy's fast path.
+    /// The cached body of `primary` (fresh or not), from either tier, if it
+    /// is at most `max` bytes.
+    pub async fn read_cached(&'static self, primary: &str, max: usize) -> Option<Bytes> {
+        if let Some(obj) = self.memory_get(primary) {
+            return (obj.body.len() <= max).then(|| obj.body.clone());
+        }
+        let span = pingora::cache::trace::Span::inactive().handle();
+        let (_, mut hit) = Storage::lookup(self, &cache_key(primary, None), &span).await.ok()??;
+        let mut body = Vec::new();
+        while let Some(chunk) = hit.read_body().await.ok()? {
+            if body.len() + chunk.len() > max {
+                return None;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Some(Bytes::from(body))
+    }
+
     pub fn memory_get(&self, primary: &str) -> Option<Arc<MemObject>> {
         self.memory.get(primary)
     }
