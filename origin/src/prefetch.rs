@@ -1,6 +1,9 @@
 //! Dependency prefetch: when the origin serves a `.mod`, the `.mod` and
 //! `.info` of that module's requirements are queued, because the go command
-//! asks for them next while it walks the module graph. Bounded in depth
+//! asks for them next while it walks the module graph; their `.zip`s go to
+//! a queue of their own (`go mod download` asks for them once the graph is
+//! walked), bounded by `zip_queue` and run by their own workers, so zips
+//! never hold up the graph walk. Bounded in depth
 //! (requirements of requirements), width (requirements per go.mod) and queue
 //! length, deduplicated, and run by its own few workers so that it never
 //! takes more than its share from client traffic. A client that asks for an
@@ -29,11 +32,16 @@ pub struct PrefetchConfig {
     pub workers: usize,
     /// Queued prefetches at most; more are dropped. Default 10000.
     pub queue: usize,
+    /// Queued `.zip` prefetches at most (their own budget; 0 turns zip
+    /// prefetch off). Default 512.
+    pub zip_queue: usize,
+    /// Concurrent `.zip` prefetches. Default 2.
+    pub zip_workers: usize,
 }
 
 impl Default for PrefetchConfig {
     fn default() -> Self {
-        PrefetchConfig { enabled: true, depth: 3, width: 64, workers: 4, queue: 10_000 }
+        PrefetchConfig { enabled: true, depth: 3, width: 64, workers: 4, queue: 10_000, zip_queue: 512, zip_workers: 2 }
     }
 }
 
@@ -67,6 +75,8 @@ pub struct Prefetcher {
     cfg: PrefetchConfig,
     tx: mpsc::Sender<Job>,
     rx: Mutex<Option<mpsc::Receiver<Job>>>,
+    zip_tx: mpsc::Sender<Job>,
+    zip_rx: Mutex<Option<mpsc::Receiver<Job>>>,
     /// Recently queued keys, so one artifact is queued once.
     queued: Mutex<Recent>,
     /// Prefetched or synced keys not yet asked for by a client (usefulness).
@@ -76,10 +86,13 @@ pub struct Prefetcher {
 impl Prefetcher {
     pub fn new(cfg: &PrefetchConfig) -> Prefetcher {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+        let (zip_tx, zip_rx) = mpsc::channel(cfg.zip_queue.max(1));
         Prefetcher {
             cfg: cfg.clone(),
             tx,
             rx: Mutex::new(Some(rx)),
+            zip_tx,
+            zip_rx: Mutex::new(Some(zip_rx)),
             queued: Mutex::new(Recent::new(cfg.queue.max(1) * 4)),
             fetched: Mutex::new(Recent::new(100_000)),
         }
@@ -94,17 +107,20 @@ impl Prefetcher {
         let text = String::from_utf8_lossy(go_mod);
         for (path, version) in gomod::requires(&text).into_iter().take(self.cfg.width) {
             let (Ok(m), Ok(v)) = (ModulePath::new(&path), Version::new(&version)) else { continue };
-            for req in [Request::Mod(m.clone(), v.clone()), Request::Info(m.clone(), v.clone())] {
+            let zip = (self.cfg.zip_queue > 0).then(|| Request::Zip(m.clone(), v.clone()));
+            for req in [Request::Mod(m.clone(), v.clone()), Request::Info(m.clone(), v.clone())].into_iter().chain(zip)
+            {
                 let fresh = self.queued.lock().map(|mut q| q.insert(req.key())).unwrap_or(false);
                 if !fresh {
                     continue;
                 }
-                if self.tx.try_send(Job { req, depth: depth + 1 }).is_err() {
+                let queue = if matches!(req, Request::Zip(..)) { &self.zip_tx } else { &self.tx };
+                if queue.try_send(Job { req, depth: depth + 1 }).is_err() {
                     origin.metrics.prefetch_dropped.inc();
                 }
             }
         }
-        origin.metrics.prefetch_queue.set((self.tx.max_capacity() - self.tx.capacity()) as i64);
+        origin.metrics.prefetch_queue.set(self.queued_now() as i64);
     }
 
     /// Records that a background fetch (prefetch or sync) brought `key`.
@@ -121,46 +137,68 @@ impl Prefetcher {
         }
     }
 
-    /// Starts the workers (once).
+    /// Starts the workers (once): `workers` for `.mod`/`.info`,
+    /// `zip_workers` for zips.
     pub fn start(origin: &Arc<Origin>) {
-        let Some(rx) = origin.prefetch.rx.lock().ok().and_then(|mut r| r.take()) else { return };
-        if !origin.prefetch.cfg.enabled {
+        let cfg = &origin.prefetch.cfg;
+        let take = |rx: &Mutex<Option<mpsc::Receiver<Job>>>| rx.lock().ok().and_then(|mut r| r.take());
+        let (Some(rx), Some(zip_rx)) = (take(&origin.prefetch.rx), take(&origin.prefetch.zip_rx)) else { return };
+        if !cfg.enabled {
             return;
         }
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        for _ in 0..origin.prefetch.cfg.workers.max(1) {
-            let (o, rx) = (Arc::clone(origin), Arc::clone(&rx));
-            tokio::spawn(async move {
-                loop {
-                    let Some(job) = rx.lock().await.recv().await else { break };
-                    o.metrics.prefetch_queue.set((o.prefetch.tx.max_capacity() - o.prefetch.tx.capacity()) as i64);
-                    work(&o, job).await;
-                }
-            });
+        for (rx, workers) in [(rx, cfg.workers.max(1)), (zip_rx, if cfg.zip_queue > 0 { cfg.zip_workers } else { 0 })] {
+            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            for _ in 0..workers {
+                let (o, rx) = (Arc::clone(origin), Arc::clone(&rx));
+                tokio::spawn(async move {
+                    loop {
+                        let Some(job) = rx.lock().await.recv().await else { break };
+                        o.metrics.prefetch_queue.set(o.prefetch.queued_now() as i64);
+                        work(&o, job).await;
+                    }
+                });
+            }
         }
+    }
+
+    /// Prefetches waiting, in both queues.
+    fn queued_now(&self) -> usize {
+        (self.tx.max_capacity() - self.tx.capacity()) + (self.zip_tx.max_capacity() - self.zip_tx.capacity())
     }
 }
 
 async fn work(o: &Arc<Origin>, job: Job) {
     let key = job.req.key();
-    let stored = pull::read(o, &key).await.ok().flatten();
-    let body = match stored {
-        Some((_, body)) => body,
-        None => {
-            if let Err(e) = pull::coalesced(o, &job.req, Trigger::Prefetch).await {
-                tracing::debug!(%key, error = %e, "prefetch failed");
-                return;
-            }
-            o.metrics.prefetched.inc();
-            o.prefetch.mark_fetched(&key);
-            match pull::read(o, &key).await {
-                Ok(Some((_, body))) => body,
-                _ => return,
-            }
+    if !matches!(job.req, Request::Mod(..)) {
+        // `.info` and `.zip`: stored is all that is wanted (nothing in them
+        // to follow, and a zip is never read into memory here).
+        if !pull::exists(o, &key).await {
+            fetch(o, &job.req, &key).await;
         }
+        return;
+    }
+    let body = match pull::read(o, &key).await.ok().flatten() {
+        Some((_, body)) => body,
+        None => match fetch(o, &job.req, &key).await.map(|a| a.body()) {
+            Some(Ok(body)) => body,
+            _ => return,
+        },
     };
-    if matches!(job.req, Request::Mod(..)) {
-        o.prefetch.after_mod(o, &body, job.depth);
+    o.prefetch.after_mod(o, &body, job.depth);
+}
+
+/// Pulls `req` as a prefetch, counted as one.
+async fn fetch(o: &Arc<Origin>, req: &Request, key: &str) -> Option<pull::Artifact> {
+    match pull::coalesced(o, req, Trigger::Prefetch).await {
+        Ok(artifact) => {
+            o.metrics.prefetched.inc();
+            o.prefetch.mark_fetched(key);
+            Some(artifact)
+        }
+        Err(e) => {
+            tracing::debug!(%key, error = %e, "prefetch failed");
+            None
+        }
     }
 }
 

@@ -79,8 +79,9 @@ struct Node {
 /// config has a private route or a checksum database).
 fn node(extra: &str, public: Arc<Table>, private: Vec<Arc<Table>>, sumdb: Option<Arc<Table>>) -> Node {
     let dir = tempfile::tempdir().expect("tmp");
+    let prefetch = if extra.contains("[prefetch]") { "" } else { "[prefetch]\nenabled = false\n" };
     let text = format!(
-        "upstream = \"http://unused.invalid\"\nstore_dir = \"{}\"\nmemory_cache_mib = 0\n{extra}\n[prefetch]\nenabled = false\n",
+        "upstream = \"http://unused.invalid\"\nstore_dir = \"{}\"\nmemory_cache_mib = 0\n{extra}\n{prefetch}",
         dir.path().join("store").display()
     );
     let config: OriginConfig = toml::from_str(&text).expect("config");
@@ -136,6 +137,20 @@ async fn concurrent_misses_share_one_pull_and_are_all_answered_from_it() {
         assert_eq!(a, &(StatusCode::OK, "MISS".to_string(), INFO_BODY.to_string()));
     }
     assert_eq!(public.asked(), [INFO], "one pull for eight misses");
+}
+
+#[tokio::test]
+async fn a_served_go_mod_queues_its_requirements_mod_info_and_zip() {
+    const WITH_DEPS: &str =
+        "module example.com/flow\n\nrequire (\n\texample.com/dep v1.2.0\n\texample.com/other v0.3.0\n)\n";
+    for (zip_queue, queued) in [(512, 6), (0, 4)] {
+        let public = Table::with(&[(MOD, Ok(WITH_DEPS))]);
+        let extra = format!("{VERIFY_OFF}\n[prefetch]\nenabled = true\nzip_queue = {zip_queue}\n");
+        let n = node(&extra, Arc::clone(&public), vec![], None);
+        assert_eq!(n.get(MOD, None).await.0, StatusCode::OK);
+        // No workers run in this test: the queues hold what was queued.
+        assert_eq!(n.origin.metrics.prefetch_queue.get(), queued, "zip_queue = {zip_queue}");
+    }
 }
 
 #[tokio::test]
