@@ -130,8 +130,9 @@ impl HotSync {
             let list_key = format!("{escaped}/@v/list");
             let cached = self.storage.read_cached(&list_key, 1 << 20).await;
             let cached = cached.as_deref().map(String::from_utf8_lossy);
-            let new = new_versions(&self.held_versions(&m), cached.as_deref(), &list, self.versions);
-            for version in &new {
+            let all = new_versions(&self.held_versions(&m), cached.as_deref(), &list, usize::MAX);
+            let new = &all[..all.len().min(self.versions)];
+            for version in new {
                 let Ok(v) = module::escape_version(version) else { continue };
                 for ext in ["info", "mod", "zip"] {
                     if self.warm(&format!("{escaped}/@v/{v}.{ext}")).await {
@@ -140,9 +141,13 @@ impl HotSync {
                 }
             }
             if !new.is_empty() {
+                tracing::info!(module = %m.as_str(), versions = ?new, left = all.len() - new.len(), "prefetched new versions of a hot module");
+            }
+            // The edge's list is refreshed once every new version is in;
+            // until then it is what tells the next round what is new.
+            if !new.is_empty() && new.len() == all.len() {
                 let _ = self.storage.purge_key(&list_key).await;
                 self.warm(&list_key).await;
-                tracing::info!(module = %m.as_str(), versions = ?new, "prefetched new versions of a hot module");
             }
         }
     }
