@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Dependency prefetch benchmark: cold `go mod download all` of the fixture
 # graph (main graph + a 4-module chain) through an edge and its origin, with the fixture
-# upstream at 20 ms latency, prefetch off vs on, in one run. Each run starts
+# upstream at 20 ms latency, prefetch off vs on (.mod/.info only, then with
+# the requirements' .zip files too), in one run. Each run starts
 # with an empty edge cache, origin store and module cache. Prints median wall
 # time, the ratio, and the upstream fetches the go command had to wait for
 # (client-started) next to those prefetch started.
@@ -37,12 +38,12 @@ start_edge() {
   wait_http "http://127.0.0.1:$admin/healthz"
 }
 
-run_once() { # prefetch(true|false) → "seconds client_fetches prefetch_fetches"
+run_once() { # prefetch(true|false) zip_queue → "seconds client_fetches prefetch_fetches"
   local port op dir pid start end m
   port=$(port); op=$(port); dir="$WORK/run-$1-$RANDOM"
   mkdir -p "$dir"
-  printf 'listen = "127.0.0.1:%s"\nupstream = "http://127.0.0.1:%s"\nstore_dir = "%s/store"\nverify = "off"\n[operator]\nlisten = "127.0.0.1:%s"\n[prefetch]\nenabled = %s\n[log]\nlevel = "warn"\n' \
-    "$port" "$UP_PORT" "$dir" "$op" "$1" > "$dir/origin.toml"
+  printf 'listen = "127.0.0.1:%s"\nupstream = "http://127.0.0.1:%s"\nstore_dir = "%s/store"\nverify = "off"\n[operator]\nlisten = "127.0.0.1:%s"\n[prefetch]\nenabled = %s\nzip_queue = %s\n[log]\nlevel = "warn"\n' \
+    "$port" "$UP_PORT" "$dir" "$op" "$1" "$2" > "$dir/origin.toml"
   "$BIN/modcdn-origin" serve --config "$dir/origin.toml" >/dev/null & pid=$!
   wait_http "http://127.0.0.1:$port/healthz"
   start_edge "$dir" "$port" "$op"
@@ -57,10 +58,10 @@ run_once() { # prefetch(true|false) → "seconds client_fetches prefetch_fetches
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-for mode in false true; do
+for mode in false:0 true:0 true:512; do
   : > "$WORK/times-$mode"
   for _ in $(seq "$RUNS"); do
-    read -r t c p <<<"$(run_once "$mode")"
+    read -r t c p <<<"$(run_once "${mode%%:*}" "${mode##*:}")"
     echo "$t" >> "$WORK/times-$mode"; echo "$c $p" > "$WORK/fetches-$mode"
   done
 done
@@ -84,11 +85,12 @@ warm_run >/dev/null
 for _ in $(seq "$RUNS"); do warm_run; done > "$WORK/times-warm"
 warm=$(median < "$WORK/times-warm")
 
-off=$(median < "$WORK/times-false"); on=$(median < "$WORK/times-true")
-read -r off_c off_p < "$WORK/fetches-false"; read -r on_c on_p < "$WORK/fetches-true"
-printf '\n%-14s %12s %16s %18s\n' "prefetch" "median s" "client fetches" "prefetch fetches"
-printf '%-14s %12.3f %16s %18s\n' "off" "$off" "$off_c" "$off_p"
-printf '%-14s %12.3f %16s %18s\n' "on" "$on" "$on_c" "$on_p"
-printf '%-14s %12.3f %16s %18s\n' "all hits" "$warm" "0" "-"
-printf 'speed-up: %.2fx (target ≥ 1.5x); upstream-bound time (minus the all-hits floor): %.2fx; %s runs each, upstream latency 20 ms\n' \
-  "$(echo "$off / $on" | bc -l)" "$(echo "($off - $warm) / ($on - $warm)" | bc -l)" "$RUNS"
+off=$(median < "$WORK/times-false:0"); mi=$(median < "$WORK/times-true:0"); on=$(median < "$WORK/times-true:512")
+read -r off_c off_p < "$WORK/fetches-false:0"; read -r mi_c mi_p < "$WORK/fetches-true:0"; read -r on_c on_p < "$WORK/fetches-true:512"
+printf '\n%-22s %10s %16s %18s %10s\n' "prefetch" "median s" "client fetches" "prefetch fetches" "speed-up"
+printf '%-22s %10.3f %16s %18s %10s\n' "off" "$off" "$off_c" "$off_p" "1.00x"
+printf '%-22s %10.3f %16s %18s %9.2fx\n' "on, .mod/.info" "$mi" "$mi_c" "$mi_p" "$(echo "$off / $mi" | bc -l)"
+printf '%-22s %10.3f %16s %18s %9.2fx\n' "on, .mod/.info + .zip" "$on" "$on_c" "$on_p" "$(echo "$off / $on" | bc -l)"
+printf '%-22s %10.3f %16s %18s\n' "all hits" "$warm" "0" "-"
+printf 'target: on ≥ 1.5x off; upstream-bound time (minus the all-hits floor): %.2fx; %s runs each, upstream latency 20 ms\n' \
+  "$(echo "($off - $warm) / ($on - $warm)" | bc -l)" "$RUNS"
