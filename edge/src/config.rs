@@ -79,7 +79,7 @@ pub struct CacheConfig {
     pub dir: PathBuf,
     /// Disk budget in MiB. Default 10240.
     pub max_mib: u64,
-    /// Memory tier in MiB. Default 1024.
+    /// Memory tier in MiB. Default 256.
     pub memory_mib: u64,
     /// Largest memory-tier object in KiB. Default 4096.
     pub memory_object_max_kib: u64,

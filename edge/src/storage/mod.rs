@@ -145,6 +145,8 @@ enum FillState {
 /// A write in progress.
 struct Fill {
     id: u64,
+    /// The request key it answers, for purges by prefix.
+    primary: String,
     tag: U64WriteId,
     meta: (Vec<u8>, Vec<u8>),
     part: PathBuf,
@@ -208,6 +210,11 @@ pub struct CacheStore {
     memory: quick_cache::sync::Cache<String, Arc<MemObject>, Weigh>,
     memory_object_max: u64,
     fills: Mutex<HashMap<String, Arc<Fill>>>,
+    /// Finished fills whose durable write is still running.
+    publishing: watch::Sender<usize>,
+    /// Until when another process (an upgrade's old one) may still publish
+    /// into this cache, so that a key missing from the index may be on disk.
+    shared_until: Option<std::time::Instant>,
     index: Mutex<Index>,
     next_id: AtomicU64,
     /// Bodies mapped now, so that readers of one file share one mapping.
@@ -355,6 +362,8 @@ impl CacheStore {
             memory,
             memory_object_max: if memory_bytes == 0 { 0 } else { memory_object_max },
             fills: Mutex::new(HashMap::new()),
+            publishing: watch::channel(0).0,
+            shared_until: others_alive.then(|| std::time::Instant::now() + LIVE_GRACE),
             index: Mutex::new(index),
             next_id: AtomicU64::new(unix_nanos(SystemTime::now())),
             maps: Mutex::new(HashMap::new()),
@@ -514,6 +523,12 @@ impl CacheStore {
         for key in self.keys_with_prefix(prefix) {
             on_disk += usize::from(self.purge_key(&key).await?);
         }
+        // Fills are not in the index until their durable write is done.
+        let filling: Vec<String> =
+            self.fills.lock().iter().filter(|(_, f)| f.primary.starts_with(prefix)).map(|(h, _)| h.clone()).collect();
+        for hash in filling {
+            on_disk += usize::from(self.remove(&hash, true).await?);
+        }
         Ok(on_disk.max(in_memory))
     }
 
@@ -537,13 +552,17 @@ impl CacheStore {
         }
     }
 
+    /// Waits until every finished fill is durable on disk (or dropped).
+    pub async fn settled(&self) {
+        let _ = self.publishing.subscribe().wait_for(|n| *n == 0).await;
+    }
+
     /// Lets another process take the cache over, as this one's exit does.
     #[cfg(test)]
     fn release(&self) {
         let _ = self.lock.unlock();
     }
 
-    /// A fresh-or-not object of the memory tier, for the proxy's fast path.
     /// The cached body of `primary` (fresh or not), from either tier, if it
     /// is at most `max` bytes.
     pub async fn read_cached(&'static self, primary: &str, max: usize) -> Option<Bytes> {
@@ -562,6 +581,7 @@ impl CacheStore {
         Some(Bytes::from(body))
     }
 
+    /// A fresh-or-not object of the memory tier, for the proxy's fast path.
     pub fn memory_get(&self, primary: &str) -> Option<Arc<MemObject>> {
         self.memory.get(primary)
     }
@@ -625,14 +645,38 @@ impl Storage for CacheStore {
         if let Some(fill) = fill {
             return self.partial_hit(&fill).map(Some);
         }
+        // What is not in the index is not on disk: a miss costs no disk
+        // read, and has no await point at which a fill could begin unseen.
+        // (This process indexes what it publishes; while another may still
+        // publish here, the disk is asked.)
+        let shared = self.shared_until.is_some_and(|until| std::time::Instant::now() < until);
+        if !shared && !self.index.lock().by_hash.contains_key(&hash) {
+            return Ok(None);
+        }
         let epoch = self.purge_epoch();
-        let (meta_path, shard, h) = (self.meta_path(&hash), self.shard(&hash), hash.clone());
-        let found = tokio::task::spawn_blocking(move || read_disk(self, &meta_path, &shard, &h))
-            .await
-            .map_err(|e| storage_error("lookup", e))?
-            .map_err(|e| storage_error("lookup", e))?;
+        let read = || {
+            let (meta_path, shard, h) = (self.meta_path(&hash), self.shard(&hash), hash.clone());
+            async move {
+                tokio::task::spawn_blocking(move || read_disk(self, &meta_path, &shard, &h))
+                    .await
+                    .map_err(|e| storage_error("lookup", e))?
+                    .map_err(|e| storage_error("lookup", e))
+            }
+        };
+        let mut found = read().await?;
+        if found.is_none() && self.index.lock().by_hash.contains_key(&hash) {
+            // Published while the disk was read.
+            found = read().await?;
+        }
         match found {
-            None => Ok(None),
+            // A miss must still be one when this returns: pingora takes the
+            // cache lock right after, and a fill that began (and released
+            // the lock) while the disk was read would otherwise get a second
+            // writer, and its origin a second request.
+            None => match self.fills.lock().get(&hash).cloned() {
+                Some(fill) => self.partial_hit(&fill).map(Some),
+                None => Ok(None),
+            },
             Some(DiskLookup::Small { meta, body }) => {
                 let obj = Arc::new(MemObject::parse(primary, &meta, body)?);
                 self.promote(primary, obj.clone(), epoch);
@@ -673,16 +717,15 @@ impl Storage for CacheStore {
         let primary = key.primary_key_str().unwrap_or_default().to_string();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let part = self.tmp.join(format!("{hash}.{id}.part"));
-        let (file, reader) = {
-            let part = part.clone();
-            tokio::task::spawn_blocking(move || File::create(&part).and_then(|w| Ok((w, File::open(&part)?))))
-                .await
-                .map_err(|e| storage_error("create", e))?
-                .map_err(|e| storage_error("create", e))?
-        };
+        // Created right here: a new file in this process's own temp
+        // directory is quick, and a hop to the blocking pool (waking a
+        // thread) would stand before the first byte of every miss.
+        let (file, reader) =
+            File::create(&part).and_then(|w| Ok((w, File::open(&part)?))).map_err(|e| storage_error("create", e))?;
         let (state, _) = watch::channel(FillState::Partial(0));
         let fill = Arc::new(Fill {
             id,
+            primary: primary.clone(),
             tag: id.into(),
             meta: meta.serialize()?,
             part,

@@ -32,6 +32,7 @@ async fn fill(store: &'static CacheStore, key: &str, body: &[u8]) {
         miss.write_body(Bytes::copy_from_slice(chunk), false).await.expect("write");
     }
     miss.finish().await.expect("finish");
+    store.settled().await;
 }
 
 #[tokio::test]
@@ -99,6 +100,7 @@ async fn readers_follow_a_fill_and_a_failed_fill_is_never_served() {
     miss.write_body(Bytes::from_static(b"efgh"), true).await.expect("write");
     miss.finish().await.expect("finish");
     assert_eq!(late.await.expect("join").expect("read"), b"efgh");
+    store.settled().await;
 
     // A fill dropped half way: its reader gets an error, nothing stays.
     let key2 = cache_key("example.com/b/@v/v2.0.0.zip", None);
@@ -149,6 +151,62 @@ async fn a_purge_during_a_fill_wins_and_crash_leftovers_are_removed() {
     assert!(left.is_empty(), "{left:?}");
     // Only the new process's own temp directory is left.
     assert_eq!(std::fs::read_dir(dir.join("tmp")).expect("tmp").count(), 1);
+}
+
+#[tokio::test]
+async fn a_module_purge_reaches_a_fill_not_yet_on_disk() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let (store, _) = open(tmp.path(), 0);
+    let key = cache_key("example.com/e/@v/v1.0.0.zip", None);
+    let mut miss = store.get_miss_handler(&key, &meta(4), &span).await.expect("miss");
+    miss.write_body(Bytes::from_static(b"abcd"), true).await.expect("write");
+    assert_eq!(store.purge_prefix("example.com/e/@").await.expect("purge"), 1);
+    assert!(miss.finish().await.is_err(), "the purged fill is not published");
+    store.settled().await;
+    assert!(store.lookup(&key, &span).await.expect("lookup").is_none());
+}
+
+#[tokio::test]
+async fn a_finished_fill_is_served_whole_before_and_after_it_is_durable() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let (store, _) = open(tmp.path(), 0);
+    let key = cache_key("example.com/f/@v/v1.0.0.zip", None);
+    let mut miss = store.get_miss_handler(&key, &meta(8), &span).await.expect("miss");
+    miss.write_body(Bytes::from_static(b"abcdefgh"), true).await.expect("write");
+    let (_, reader) = store.lookup(&key, &span).await.expect("lookup").expect("partial hit");
+    miss.finish().await.expect("finish");
+    // Whatever the durable write is doing now, a reader gets the whole body.
+    let (_, now) = store.lookup(&key, &span).await.expect("lookup").expect("hit");
+    assert_eq!(read_all(reader).await.expect("read"), b"abcdefgh");
+    assert_eq!(read_all(now).await.expect("read"), b"abcdefgh");
+    store.settled().await;
+    let (_, later) = store.lookup(&key, &span).await.expect("lookup").expect("hit");
+    assert!(later.can_seek(), "a durable entry is read from its file");
+    assert_eq!(read_all(later).await.expect("read"), b"abcdefgh");
+    assert_eq!(store.keys_with_prefix("example.com/f/@"), ["example.com/f/@v/v1.0.0.zip"]);
+}
+
+#[tokio::test]
+async fn a_miss_is_answered_without_waiting_so_no_fill_begins_unseen() {
+    // Pingora takes the cache lock right after a lookup misses. A lookup
+    // that waited on a disk read while a fill began (and released the lock)
+    // would make a second writer, and a second origin request: a key this
+    // cache never stored misses at once, and one it stored and lost finds
+    // the fill that began meanwhile.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let (store, _) = open(tmp.path(), 0);
+    let key = cache_key("example.com/h/@v/v1.0.0.zip", None);
+    let mut lookup = Box::pin(store.lookup(&key, &span));
+    assert!(matches!(futures::poll!(&mut lookup), std::task::Poll::Ready(Ok(None))), "a miss without waiting");
+    let mut miss = store.get_miss_handler(&key, &meta(4), &span).await.expect("miss");
+    let (_, reader) = store.lookup(&key, &span).await.expect("lookup").expect("the fill");
+    miss.write_body(Bytes::from_static(b"abcd"), true).await.expect("write");
+    miss.finish().await.expect("finish");
+    assert_eq!(read_all(reader).await.expect("read"), b"abcd");
+    store.settled().await;
 }
 
 #[test]
@@ -231,6 +289,7 @@ async fn a_second_process_on_the_cache_leaves_the_first_ones_fills_alone() {
     let (new, _) = open(&dir, 1 << 20);
     miss.write_body(Bytes::from_static(b"efgh"), true).await.expect("write after the new process opened");
     miss.finish().await.expect("the old process's fill publishes");
+    old.settled().await;
     let (_, hit) = new.lookup(&key, &span).await.expect("lookup").expect("the new process sees it");
     assert_eq!(read_all(hit).await.expect("read"), b"abcdefgh");
     assert!(in_flight.exists(), "a fresh body of a live process is not taken for a crash leftover");
