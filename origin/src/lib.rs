@@ -74,12 +74,16 @@ impl Origin {
     /// Builds the node from a validated config: opens the store (cleaning
     /// leftovers of a crash) and the upstream clients.
     pub fn new(config: &OriginConfig) -> Result<Arc<Origin>, String> {
-        Origin::with_sources(config, Sources::from_config(config)?)
+        Origin::with_parts(config, Sources::from_config(config)?, open_store(config)?)
     }
 
-    /// As [`Origin::new`], pulling from `sources`.
-    pub fn with_sources(config: &OriginConfig, sources: Sources) -> Result<Arc<Origin>, String> {
-        let (store, shared) = open_store(config)?;
+    /// As [`Origin::new`], pulling from `sources` into `stores` (the store,
+    /// and the object store it shares with other origins, if any).
+    pub fn with_parts(
+        config: &OriginConfig,
+        sources: Sources,
+        (store, shared): (Arc<dyn Store>, Option<Arc<s3::S3Store>>),
+    ) -> Result<Arc<Origin>, String> {
         if sources.private.len() != config.private.len() {
             return Err(format!("{} private routes, {} sources for them", config.private.len(), sources.private.len()));
         }
@@ -170,7 +174,7 @@ impl Origin {
 /// The store `[store]` names: the disk store at `store_dir`, or the object
 /// store with `store_dir` as its bounded local tier; the object store also
 /// on its own, for what every origin shares beside artifacts (the purge log).
-type Stores = (Arc<dyn Store>, Option<Arc<s3::S3Store>>);
+pub type Stores = (Arc<dyn Store>, Option<Arc<s3::S3Store>>);
 
 /// Where the origin pulls from: the public chain, each private route's
 /// chain (in the config's order) and each proxied checksum database.
@@ -203,7 +207,7 @@ impl Sources {
     }
 }
 
-fn open_store(config: &OriginConfig) -> Result<Stores, String> {
+pub fn open_store(config: &OriginConfig) -> Result<Stores, String> {
     let dir = &config.store_dir;
     let local =
         DiskStore::open(dir, config.store_max_mib << 20).map_err(|e| format!("store_dir {}: {e}", dir.display()))?;
@@ -287,11 +291,13 @@ pub async fn serve_until(
     drop((public, operator));
     origin.load.stop_ready();
     tracing::info!("shutting down: finishing in-flight requests");
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(grace) => {
-            tracing::warn!(?grace, "grace period over; exiting with requests still in flight");
-        }
+    let drained = async {
+        graceful.shutdown().await;
+        // Answers that went out before their artifact was stored.
+        origin.pulls.writes.settled().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!(?grace, "grace period over; exiting with requests or store writes still running");
     }
     Ok(())
 }

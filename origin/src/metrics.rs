@@ -38,6 +38,8 @@ pub struct Metrics {
     pub store_evictions: IntCounter,
     /// The store's byte budget (0: unbounded).
     pub store_budget_bytes: IntGauge,
+    /// Artifacts answered whose durable write is still running.
+    pub store_writes_pending: IntGauge,
 }
 
 impl Metrics {
@@ -105,6 +107,9 @@ impl Metrics {
             registry.register(Box::new(m.clone()))?;
         }
         registry.register(Box::new(store_budget_bytes.clone()))?;
+        let store_writes_pending =
+            IntGauge::new("store_writes_pending", "Artifacts already answered whose durable store write is running")?;
+        registry.register(Box::new(store_writes_pending.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -126,6 +131,7 @@ impl Metrics {
             store_write_errors,
             store_evictions,
             store_budget_bytes,
+            store_writes_pending,
         })
     }
 

@@ -150,6 +150,7 @@ async fn purge(
         Err(e) => return no(StatusCode::BAD_REQUEST, &e),
     };
     let (key, prefix) = target.keys();
+    o.pulls.writes.cancel(&key, prefix);
     o.memory.remove(&key, prefix);
     let o2 = Arc::clone(&o);
     let done = tokio::task::spawn_blocking(move || {

@@ -1,8 +1,13 @@
 //! Pulling one artifact from upstream into the store: fetch, stream to a
-//! staged file within the size limit, validate, publish. Nothing reaches the
-//! store unless every step succeeds.
+//! staged file within the size limit, validate, answer, publish. Nothing
+//! reaches the store unless every step succeeds. The answer does not wait
+//! for the durable write: a validated artifact is served at once (from
+//! memory, or from its staged file) while it is written, and found in
+//! [`Writes`] until it is stored, so nobody pulls it again meanwhile.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
@@ -76,11 +81,63 @@ pub struct Pulls {
     slots: tokio::sync::Semaphore,
     max: usize,
     deadline: std::time::Duration,
+    pub writes: Writes,
 }
 
 impl Pulls {
     pub fn new(max: usize, deadline: std::time::Duration) -> Pulls {
-        Pulls { flights: Default::default(), slots: tokio::sync::Semaphore::new(max), max, deadline }
+        Pulls {
+            flights: Default::default(),
+            slots: tokio::sync::Semaphore::new(max),
+            max,
+            deadline,
+            writes: Writes::new(max),
+        }
+    }
+}
+
+/// Durable writes of artifacts already answered: at most `max` run behind
+/// the answers (past that a pull writes before it answers, as the disk
+/// allows); until one is done its artifact is served from here.
+pub struct Writes {
+    pending: Mutex<HashMap<String, (Artifact, Arc<AtomicBool>)>>,
+    slots: Arc<tokio::sync::Semaphore>,
+    running: tokio::sync::watch::Sender<usize>,
+}
+
+impl Writes {
+    fn new(max: usize) -> Writes {
+        Writes {
+            pending: Mutex::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(max.max(1))),
+            running: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Artifact, Arc<AtomicBool>)>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The artifact at `key` if it is answered but not yet stored.
+    pub fn get(&self, key: &str) -> Option<Artifact> {
+        self.lock().get(key).map(|(a, _)| a.clone())
+    }
+
+    /// A purge: the pending writes at `key` (or under it, with `prefix`)
+    /// are no longer served, and each removes what it stored when done.
+    pub fn cancel(&self, key: &str, prefix: bool) {
+        self.lock().retain(|k, (_, cancelled)| {
+            let hit = if prefix { k.starts_with(key) } else { k == key };
+            if hit {
+                cancelled.store(true, Ordering::SeqCst);
+            }
+            !hit
+        });
+    }
+
+    /// Waits until no durable write is running.
+    pub async fn settled(&self) {
+        let _ = self.running.subscribe().wait_for(|n| *n == 0).await;
     }
 }
 
@@ -251,9 +308,10 @@ async fn pull_zip(
     drop(file);
     check_length(origin, kind, &key, size, fetched.content_length)?;
     let (path, m, v) = (staged.path().to_path_buf(), module_path.as_str().to_string(), version.as_str().to_string());
-    let checked = tokio::task::spawn_blocking(move || {
+    let (checked, reader) = tokio::task::spawn_blocking(move || {
         let f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-        modzip::check_zip(std::io::BufReader::new(f), size, &m, &v).map_err(|e| e.to_string())
+        let reader = f.try_clone().map_err(|e| e.to_string())?;
+        modzip::check_zip(std::io::BufReader::new(f), size, &m, &v).map(|c| (c, reader)).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| OriginError::Store(e.to_string()))?
@@ -267,16 +325,11 @@ async fn pull_zip(
         upstream,
         route: origin.route_of(&key),
     };
-    let k = key.clone();
-    let hit = blocking(origin, move |store| {
-        store.publish(staged, &meta)?;
-        store.get(&k)
-    })
-    .await
-    .map_err(|e| write_failed(origin, &key, e))?;
-    origin.refresh_store_gauges();
-    let hit = hit.ok_or_else(|| OriginError::Store(format!("{key}: not in the store right after it was stored")))?;
-    Ok(Artifact::File(Arc::new(hit)))
+    // Served from the staged file, which stays readable however the store
+    // publishes it.
+    let artifact = Artifact::File(Arc::new(Hit { meta: meta.clone(), file: reader }));
+    durable(origin, &key, artifact.clone(), move |store| store.publish(staged, &meta)).await?;
+    Ok(artifact)
 }
 
 /// A store write that failed (disk full, no inodes, I/O error): only this
@@ -316,11 +369,59 @@ async fn put(
         route: origin.route_of(key),
     };
     let body = bytes::Bytes::from(body);
-    let (k, b, m) = (key.to_string(), body.clone(), meta.clone());
-    blocking(origin, move |store| store.put(&k, &b, &m)).await.map_err(|e| write_failed(origin, key, e))?;
-    origin.refresh_store_gauges();
     let cached = origin.memory.insert(key, meta.clone(), body.clone());
-    Ok(Artifact::Memory(cached.unwrap_or_else(|| Arc::new(Cached { meta, body }))))
+    let artifact =
+        Artifact::Memory(cached.unwrap_or_else(|| Arc::new(Cached { meta: meta.clone(), body: body.clone() })));
+    let k = key.to_string();
+    durable(origin, key, artifact.clone(), move |store| store.put(&k, &body, &meta)).await?;
+    Ok(artifact)
+}
+
+/// Stores an artifact already answered as `artifact`: behind the answer
+/// while fewer than `max_pulls` writes run (a purge meanwhile wins: the
+/// write removes what it stored), before it otherwise.
+async fn durable<F>(origin: &Arc<Origin>, key: &str, artifact: Artifact, write: F) -> Result<(), OriginError>
+where
+    F: FnOnce(&dyn crate::store::Store) -> std::io::Result<()> + Send + 'static,
+{
+    let writes = &origin.pulls.writes;
+    let Ok(slot) = Arc::clone(&writes.slots).try_acquire_owned() else {
+        blocking(origin, write).await.map_err(|e| write_failed(origin, key, e))?;
+        origin.refresh_store_gauges();
+        return Ok(());
+    };
+    let cancelled = Arc::new(AtomicBool::new(false));
+    writes.lock().insert(key.to_string(), (artifact, Arc::clone(&cancelled)));
+    writes.running.send_modify(|n| *n += 1);
+    origin.metrics.store_writes_pending.inc();
+    let (o, k) = (Arc::clone(origin), key.to_string());
+    tokio::spawn(async move {
+        let written = blocking(&o, write).await;
+        let writes = &o.pulls.writes;
+        {
+            let mut pending = writes.lock();
+            if pending.get(&k).is_some_and(|(_, c)| Arc::ptr_eq(c, &cancelled)) {
+                pending.remove(&k);
+            }
+        }
+        match written {
+            Err(e) => {
+                write_failed(&o, &k, e);
+            }
+            Ok(()) if cancelled.load(Ordering::SeqCst) => {
+                let k2 = k.clone();
+                if let Err(e) = blocking(&o, move |store| store.remove(&k2, false)).await {
+                    tracing::warn!(key = %k, error = %e, "could not remove a write a purge overtook");
+                }
+            }
+            Ok(()) => {}
+        }
+        o.refresh_store_gauges();
+        o.metrics.store_writes_pending.dec();
+        writes.running.send_modify(|n| *n -= 1);
+        drop(slot);
+    });
+    Ok(())
 }
 
 /// Runs a store operation on the blocking pool; its errors are store errors.
@@ -398,7 +499,7 @@ async fn read_fresh_or_pull(origin: &Arc<Origin>, req: &Request) -> Result<Vec<u
 
 /// Whether a complete artifact is stored at `key` (memory tier or store).
 pub async fn exists(origin: &Arc<Origin>, key: &str) -> bool {
-    if origin.memory.get(key).is_some() {
+    if origin.memory.get(key).is_some() || origin.pulls.writes.get(key).is_some() {
         return true;
     }
     let (o, k) = (Arc::clone(origin), key.to_string());
@@ -408,6 +509,10 @@ pub async fn exists(origin: &Arc<Origin>, key: &str) -> bool {
 pub async fn read(origin: &Arc<Origin>, key: &str) -> Result<Option<(Meta, Vec<u8>)>, OriginError> {
     if let Some(c) = origin.memory.get(key) {
         return Ok(Some((c.meta.clone(), c.body.to_vec())));
+    }
+    if let Some(a) = origin.pulls.writes.get(key) {
+        let meta = a.meta().clone();
+        return blocking(origin, move |_| a.body()).await.map(|body| Some((meta, body)));
     }
     let (o, k) = (Arc::clone(origin), key.to_string());
     blocking(origin, move |_| o.stored(&k)?.map(|hit| Ok((hit.read_body()?, hit.meta))).transpose())

@@ -175,6 +175,7 @@ pub fn follow(origin: &Arc<Origin>) {
                 let new = o2.purge_log.follow()?;
                 for entry in &new {
                     let (key, prefix) = entry.target.keys();
+                    o2.pulls.writes.cancel(&key, prefix);
                     o2.memory.remove(&key, prefix);
                     o2.store.evict_local(&key, prefix)?;
                 }

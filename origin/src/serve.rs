@@ -296,11 +296,14 @@ fn negative_hit(o: &Origin, req: &Request, audience: Audience) -> Option<Respons
     Some(r)
 }
 
-/// The artifact at `key`: memory tier first, then the store (filling the
-/// memory tier when it fits).
+/// The artifact at `key`: memory tier first, then one answered but still
+/// being written, then the store (filling the memory tier when it fits).
 async fn open(o: &Arc<Origin>, key: &str) -> Result<Option<Artifact>, OriginError> {
     if let Some(c) = o.memory.get(key) {
         return Ok(Some(Artifact::Memory(c)));
+    }
+    if let Some(a) = o.pulls.writes.get(key) {
+        return Ok(Some(a));
     }
     let (o2, k) = (Arc::clone(o), key.to_string());
     tokio::task::spawn_blocking(move || -> std::io::Result<Option<Artifact>> {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use modcdn_origin::config::OriginConfig;
 use modcdn_origin::error::UpstreamError;
-use modcdn_origin::store::Meta;
+use modcdn_origin::store::{Hit, Meta, Staged, Store, Usage};
 use modcdn_origin::upstream::{Fetch, Fetched};
 use modcdn_origin::{Origin, Sources};
 use tower::ServiceExt;
@@ -78,6 +78,17 @@ struct Node {
 /// temp directory, pulling from `public` (and `private`, `sumdb` when the
 /// config has a private route or a checksum database).
 fn node(extra: &str, public: Arc<Table>, private: Vec<Arc<Table>>, sumdb: Option<Arc<Table>>) -> Node {
+    node_on(extra, public, private, sumdb, None)
+}
+
+/// As [`node`], its store writes held at `gate` (when set) until it opens.
+fn node_on(
+    extra: &str,
+    public: Arc<Table>,
+    private: Vec<Arc<Table>>,
+    sumdb: Option<Arc<Table>>,
+    gate: Option<Arc<Gate>>,
+) -> Node {
     let dir = tempfile::tempdir().expect("tmp");
     let prefetch = if extra.contains("[prefetch]") { "" } else { "[prefetch]\nenabled = false\n" };
     let text = format!(
@@ -90,7 +101,55 @@ fn node(extra: &str, public: Arc<Table>, private: Vec<Arc<Table>>, sumdb: Option
         private: private.into_iter().map(|t| t as Arc<dyn Fetch>).collect(),
         checksum_dbs: sumdb.into_iter().map(|t| ("sum.golang.org".to_string(), t as Arc<dyn Fetch>)).collect(),
     };
-    Node { origin: Origin::with_sources(&config, sources).expect("origin"), _dir: dir }
+    let (store, shared) = modcdn_origin::open_store(&config).expect("store");
+    let store: Arc<dyn Store> = match gate {
+        Some(gate) => Arc::new(Gated { inner: store, gate }),
+        None => store,
+    };
+    Node { origin: Origin::with_parts(&config, sources, (store, shared)).expect("origin"), _dir: dir }
+}
+
+/// Holds store writes until opened.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().expect("gate") = true;
+        self.opened.notify_all();
+    }
+    fn wait(&self) {
+        let open = self.open.lock().expect("gate");
+        drop(self.opened.wait_while(open, |open| !*open).expect("gate"));
+    }
+}
+
+/// A store whose writes wait at a [`Gate`].
+struct Gated {
+    inner: Arc<dyn Store>,
+    gate: Arc<Gate>,
+}
+
+impl Store for Gated {
+    fn get(&self, key: &str) -> std::io::Result<Option<Hit>> {
+        self.inner.get(key)
+    }
+    fn stage(&self, key: &str) -> std::io::Result<Staged> {
+        self.inner.stage(key)
+    }
+    fn publish(&self, staged: Staged, meta: &Meta) -> std::io::Result<()> {
+        self.gate.wait();
+        self.inner.publish(staged, meta)
+    }
+    fn usage(&self) -> Option<Usage> {
+        self.inner.usage()
+    }
+    fn remove(&self, key: &str, prefix: bool) -> std::io::Result<u64> {
+        self.inner.remove(key, prefix)
+    }
 }
 
 impl Node {
@@ -109,7 +168,18 @@ impl Node {
         (status, cache, String::from_utf8_lossy(&body).into_owned())
     }
 
-    fn stored(&self, key: &str) -> Option<String> {
+    /// `POST /purge?path=key` on the operator listener, with `token`.
+    async fn purge(&self, key: &str, token: &str) -> StatusCode {
+        let req = Request::post(format!("/purge?path={key}"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("request");
+        modcdn_origin::ops::operator_router(Arc::clone(&self.origin)).oneshot(req).await.expect("answer").status()
+    }
+
+    /// What the store holds at `key` once every write behind an answer is done.
+    async fn stored(&self, key: &str) -> Option<String> {
+        self.origin.pulls.writes.settled().await;
         let hit = self.origin.store.get(key).expect("store")?;
         Some(String::from_utf8_lossy(&hit.read_body().expect("body")).into_owned())
     }
@@ -124,7 +194,27 @@ async fn a_miss_is_pulled_once_then_served_from_the_store() {
     assert_eq!(n.get(INFO, None).await, (StatusCode::OK, "MISS".into(), INFO_BODY.into()));
     assert_eq!(n.get(INFO, None).await, (StatusCode::OK, "HIT".into(), INFO_BODY.into()));
     assert_eq!(public.asked(), [INFO]);
-    assert_eq!(n.stored(INFO).as_deref(), Some(INFO_BODY));
+    assert_eq!(n.stored(INFO).await.as_deref(), Some(INFO_BODY));
+}
+
+#[tokio::test]
+async fn a_miss_is_answered_before_its_store_write_and_a_purge_meanwhile_wins() {
+    const OPERATOR: &str = "operator-token-0123456789";
+    let public = Table::with(&[(INFO, Ok(INFO_BODY))]);
+    let gate = Arc::new(Gate::default());
+    let extra = format!("{VERIFY_OFF}\n[operator]\ntoken = \"{OPERATOR}\"\n");
+    let n = node_on(&extra, Arc::clone(&public), vec![], None, Some(Arc::clone(&gate)));
+    // The store write is held: the answer goes out anyway, and the next
+    // request is served from the write in progress (the memory tier is off).
+    assert_eq!(n.get(INFO, None).await, (StatusCode::OK, "MISS".into(), INFO_BODY.into()));
+    assert_eq!(n.get(INFO, None).await, (StatusCode::OK, "HIT".into(), INFO_BODY.into()));
+    assert_eq!(public.asked(), [INFO]);
+    // A purge while the write is held wins over the write.
+    assert_eq!(n.purge(INFO, OPERATOR).await, StatusCode::OK);
+    gate.open();
+    assert_eq!(n.stored(INFO).await, None, "a purged artifact must not come back when its write ends");
+    assert_eq!(n.get(INFO, None).await.1, "MISS");
+    assert_eq!(public.asked(), [INFO, INFO]);
 }
 
 #[tokio::test]
@@ -186,7 +276,7 @@ async fn a_missing_module_is_a_404_remembered_for_a_while() {
     let (status, cache, _) = n.get(INFO, None).await;
     assert_eq!((status, cache.as_str()), (StatusCode::NOT_FOUND, "HIT"));
     assert_eq!(public.asked(), [INFO], "the second answer came from the negative cache");
-    assert_eq!(n.stored(INFO), None);
+    assert_eq!(n.stored(INFO).await, None);
 }
 
 #[tokio::test]
@@ -230,5 +320,5 @@ async fn a_go_mod_the_checksum_database_does_not_vouch_for_is_not_stored() {
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert!(body.contains("not in the checksum database"), "{body}");
     assert_eq!(sumdb.asked(), ["lookup/example.com/flow@v1.0.0"]);
-    assert_eq!(n.stored(MOD), None, "nothing unverified is stored");
+    assert_eq!(n.stored(MOD).await, None, "nothing unverified is stored");
 }

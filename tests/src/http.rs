@@ -45,6 +45,17 @@ pub async fn scrape(base: &str, name: &str) -> f64 {
     metric_sum(&text, name)
 }
 
+/// Waits (up to 30 s) until the origin whose operator listener is at
+/// `operator` has stored every artifact it answered (an answer does not
+/// wait for its durable write); panics if it never does.
+pub async fn settled(operator: &str) {
+    let done = eventually(Duration::from_secs(30), || async {
+        scrape(operator, "modcdn_origin_store_writes_pending").await == 0.0
+    })
+    .await;
+    assert!(done, "{operator}: store writes still running after 30 s");
+}
+
 /// One complete 200, or what went wrong.
 pub async fn fetch_ok(c: &reqwest::Client, url: &str) -> Result<(), String> {
     let r = c.get(url).send().await.map_err(|e| e.to_string())?;

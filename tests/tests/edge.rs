@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use modcdn_tests::corpus::{self, Corpus};
 use modcdn_tests::go::GoEnv;
-use modcdn_tests::http::{client, client_from, eventually, get, load, totals};
+use modcdn_tests::http::{client, client_from, eventually, get, load, settled, totals};
 use modcdn_tests::node::{EdgeProcess, Member, OriginProcess, ADMIN_TOKEN, CLUSTER_TOKEN};
 use modcdn_tests::upstream::{Faults, FixtureUpstream};
 
@@ -178,11 +178,13 @@ async fn clients_are_served_by_the_origins_of_their_region() {
     let alpha = Corpus::key(corpus::ALPHA, "v1.0.0", "mod");
     let (status, _, _) = get(&client_from("127.0.1.7"), &format!("{}/{alpha}", edge.url)).await;
     assert_eq!(status, 200);
+    settled(&cn.operator).await;
     assert!(stored("cn", &alpha) && !stored("us", &alpha), "a CN client's miss went to the CN origin");
 
     let beta = Corpus::key(corpus::BETA, "v2.0.1", "mod");
     let (status, _, _) = get(&client_from("127.0.2.7"), &format!("{}/{beta}", edge.url)).await;
     assert_eq!(status, 200);
+    settled(&us.operator).await;
     assert!(stored("us", &beta) && !stored("cn", &beta), "a US client's miss went to the US origin");
 }
 
