@@ -1,18 +1,32 @@
 #!/usr/bin/env bash
-# Edge benchmark, one run, one machine, same CPU pinning for every cache:
-# modcdn-edge, nginx proxy_cache and Varnish (malloc) in front of the same
-# modcdn-origin, all warmed, then wrk against each in turn:
-#   - random small hits: .info and .mod across 1000 modules
-#   - one 16 KiB zip, one 1 MiB zip, one 64 MiB zip (MB/s)
-# Caches run on CPU 0 (one worker each), wrk on CPU 1, the origin and the
-# fixture upstream on CPU 1 too (they only serve the warm-up).
-# Each row: the three caches take turns, 3 rounds, medians reported.
-# Usage: tests/bench/edge.sh [seconds-per-wrk-run]   (default 10)
-# Prints req/s, MB/s, p99 and ratios; nothing here is a pass/fail test.
+# Edge benchmark: one run, one machine, the same CPU pinning for every cache.
+# modcdn-edge, nginx proxy_cache, Varnish malloc and Varnish file all sit in
+# front of the SAME plain origin (nginx serving the GOPROXY files
+# statically, as a real upstream would), so the comparison is the cache
+# alone. A second modcdn path (edge + modcdn-origin) in front of the same
+# files measures the whole product.
+#
+# Rows (every figure the median of $REPS rounds in which the caches take
+# turns, each round on keys no cache has seen when it counts as cold):
+#   - cold miss, 1 MiB zip: latency added over the static origin direct
+#     (p50 of 100 sequential GETs on one kept-alive connection);
+#   - 200 concurrent GETs of one never-seen 64 MiB zip: requests that
+#     reached the static origin (its access log) and wall time;
+#   - 200 concurrent GETs of the same, now cached: wall time;
+#   - hits with wrk: random small .info/.mod, a 16 KiB zip, a 1 MiB zip
+#     (req/s), a 64 MiB zip (MB/s);
+#   - the whole path, edge + origin, cold .info/.mod: latency added over
+#     the static origin direct.
+# Caches (and modcdn-origin) run on CPU 0, one worker each; clients and the
+# static origin on CPU 1.
+# Usage: tests/bench/edge.sh [seconds-per-wrk-run] [rounds]   (default 10 3)
+# Prints the table with ratios edge ÷ nginx and edge ÷ best peer; nothing
+# here is a pass/fail test.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source tests/bench/lib.sh
 DUR="${1:-10}"
+REPS="${2:-3}"
 for t in nginx varnishd wrk curl python3 taskset; do command -v "$t" >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx varnish wrk curl python3 util-linux >/dev/null; break; }; done
 cargo build --release -q -p modcdn-edge -p modcdn-origin -p modcdn-tests --bins
 BIN=target/release
@@ -20,59 +34,112 @@ WORK="$(mktemp -d)"
 chmod 755 "$WORK"  # nginx workers run unprivileged
 PIDS=()
 cleanup() {
+  local rc=$?
+  [ "$rc" != 0 ] && for f in "$WORK"/*.log; do [ "$f" = "$WORK/static-access.log" ] || { echo "== $f" >&2; tail -n 15 "$f" >&2; }; done
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null
-  [ -f "$WORK/varnish.pid" ] && kill "$(cat "$WORK/varnish.pid")" 2>/dev/null
+  for f in static.pid nginx.pid varnish-malloc.pid varnish-file.pid; do
+    [ -f "$WORK/$f" ] && kill "$(cat "$WORK/$f")" 2>/dev/null
+  done
   sleep 0.5; rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-
 "$BIN/modcdn-fixture" corpus --out "$WORK/corpus" --large-mib 1 --many 1000 --sized-kib 16,1024,65536 >/dev/null
+C="$WORK/corpus"
 Z16=/example.com/sized/k16/@v/v1.0.0.zip
 Z1M=/example.com/sized/k1024/@v/v1.0.0.zip
 Z64M=/example.com/sized/k65536/@v/v1.0.0.zip
+PEERS="edge nginx varnish-malloc varnish-file"
+# Keys no cache has seen, one set per cache and round: hard links to the
+# same 1 MiB and 64 MiB zips (the static origin serves the same bytes from
+# the page cache; every cache stores its own copy).
+for rep in $(seq "$REPS"); do
+  for who in direct $PEERS; do
+    for i in $(seq 0 99); do
+      mkdir -p "$C/example.com/cold/$who-$rep-$i/@v"
+      ln "$C$Z1M" "$C/example.com/cold/$who-$rep-$i/@v/v1.0.0.zip"
+      echo "/example.com/cold/$who-$rep-$i/@v/v1.0.0.zip"
+    done > "$WORK/cold-$who-$rep.txt"
+    mkdir -p "$C/example.com/stampede/$who-$rep/@v"
+    ln "$C$Z64M" "$C/example.com/stampede/$who-$rep/@v/v1.0.0.zip"
+  done
+done
 
-UP_PORT=$(port); ORIGIN_PORT=$(port); OPERATOR_PORT=$(port); EDGE_PORT=$(port); ADMIN_PORT=$(port); NGINX_PORT=$(port); VARNISH_PORT=$(port)
-taskset -c 1 "$BIN/modcdn-fixture" upstream --corpus "$WORK/corpus" --listen "127.0.0.1:$UP_PORT" & PIDS+=($!)
-wait_http "http://127.0.0.1:$UP_PORT/example.com/large/@v/list"
+STATIC_PORT=$(port); STATIC_OPS_PORT=$(port); EDGE_PORT=$(port); ADMIN_PORT=$(port); NGINX_PORT=$(port)
+VM_PORT=$(port); VF_PORT=$(port); ORIGIN_PORT=$(port); OPERATOR_PORT=$(port); FULL_PORT=$(port); FULL_ADMIN_PORT=$(port)
+
+# The plain origin: nginx serving the files, immutable artifacts marked so
+# (as proxy.golang.org does), answering the edge's health and load polls.
+cat > "$WORK/static.conf" <<NGINX
+worker_processes 1;
+worker_cpu_affinity 10;
+pid $WORK/static.pid;
+error_log $WORK/static-error.log warn;
+events { worker_connections 4096; }
+http {
+  log_format path '\$uri';
+  access_log $WORK/static-access.log path;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_requests 1000000; keepalive_timeout 60;
+  open_file_cache max=10000 inactive=60s;
+  types { application/json info; application/zip zip; text/plain mod; }
+  default_type text/plain;
+  server {
+    listen 127.0.0.1:$STATIC_PORT;
+    listen 127.0.0.1:$STATIC_OPS_PORT;
+    root $C;
+    location ~ /@v/[^/]+\.(info|mod|zip)\$ { add_header Cache-Control "public, max-age=31536000, immutable"; }
+    location = /healthz { return 200 "ok\n"; }
+    location = /loadz { default_type application/json; return 200 '{"in_flight": 0, "ewma_latency_ms": 0}'; }
+  }
+}
+NGINX
+nginx -c "$WORK/static.conf" -p "$WORK" -g 'daemon on;'
+wait_http "http://127.0.0.1:$STATIC_PORT/example.com/large/@v/list"
+
+# modcdn-edge in front of the static origin: one worker thread, defaults otherwise.
+edge_config() { # name port admin-port origin-address operator-address
+  cat > "$WORK/$1-membership.toml" <<TOML
+single_region = true
+[[origin]]
+id = "origin"
+address = "$4"
+operator = "$5"
+region = "us"
+TOML
+  cat > "$WORK/$1.toml" <<TOML
+listen = "127.0.0.1:$2"
+membership = "$1-membership.toml"
+threads = 1
+upgrade_sock = "$1.sock"
+pid_file = "$1.pid"
+[admin]
+listen = "127.0.0.1:$3"
+[cache]
+dir = "$1-cache"
+[log]
+level = "warn"
+TOML
+}
+edge_config edge "$EDGE_PORT" "$ADMIN_PORT" "127.0.0.1:$STATIC_PORT" "127.0.0.1:$STATIC_OPS_PORT"
+taskset -c 0 "$BIN/modcdn-edge" serve --config "$WORK/edge.toml" 2>"$WORK/edge.log" & PIDS+=($!)
+
+# The whole product: another edge, in front of modcdn-origin, in front of
+# the same static origin.
 cat > "$WORK/origin.toml" <<TOML
 listen = "127.0.0.1:$ORIGIN_PORT"
-upstream = "http://127.0.0.1:$UP_PORT"
+upstream = "http://127.0.0.1:$STATIC_PORT"
 store_dir = "$WORK/origin-store"
+# The corpus is in no public checksum database.
 verify = "off"
 [operator]
 listen = "127.0.0.1:$OPERATOR_PORT"
 [log]
 level = "warn"
 TOML
-taskset -c 1 "$BIN/modcdn-origin" serve --config "$WORK/origin.toml" >/dev/null & PIDS+=($!)
-wait_http "http://127.0.0.1:$ORIGIN_PORT/healthz"
-
-# modcdn-edge: one worker thread, defaults otherwise.
-cat > "$WORK/membership.toml" <<TOML
-single_region = true
-[[origin]]
-id = "origin"
-address = "127.0.0.1:$ORIGIN_PORT"
-operator = "127.0.0.1:$OPERATOR_PORT"
-region = "us"
-TOML
-cat > "$WORK/edge.toml" <<TOML
-listen = "127.0.0.1:$EDGE_PORT"
-membership = "membership.toml"
-threads = 1
-upgrade_sock = "edge.sock"
-pid_file = "edge.pid"
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-[cache]
-dir = "edge-cache"
-[log]
-level = "warn"
-TOML
-taskset -c 0 "$BIN/modcdn-edge" serve --config "$WORK/edge.toml" 2>"$WORK/edge.log" & PIDS+=($!)
-wait_http "http://127.0.0.1:$ADMIN_PORT/healthz"
+taskset -c 0 "$BIN/modcdn-origin" serve --config "$WORK/origin.toml" >/dev/null & PIDS+=($!)
+edge_config full "$FULL_PORT" "$FULL_ADMIN_PORT" "127.0.0.1:$ORIGIN_PORT" "127.0.0.1:$OPERATOR_PORT"
+taskset -c 0 "$BIN/modcdn-edge" serve --config "$WORK/full.toml" 2>"$WORK/full.log" & PIDS+=($!)
 
 # nginx proxy_cache as a competent operator would run it: one worker,
 # cache lock, sendfile, upstream keep-alive, responses kept per the
@@ -89,7 +156,7 @@ http {
   keepalive_requests 1000000; keepalive_timeout 60;
   open_file_cache max=10000 inactive=60s;
   proxy_cache_path $WORK/nginx-cache levels=1:2 keys_zone=mod:64m max_size=10g inactive=1y use_temp_path=off;
-  upstream origin { server 127.0.0.1:$ORIGIN_PORT; keepalive 32; }
+  upstream origin { server 127.0.0.1:$STATIC_PORT; keepalive 32; }
   server {
     listen 127.0.0.1:$NGINX_PORT;
     location / {
@@ -98,7 +165,8 @@ http {
       proxy_set_header Connection "";
       proxy_cache mod;
       proxy_cache_lock on;
-      proxy_cache_lock_timeout 30s;
+      proxy_cache_lock_timeout 60s;
+      proxy_cache_lock_age 60s;
       proxy_cache_valid 404 1m;
       proxy_buffering on;
       add_header X-Cache \$upstream_cache_status;
@@ -108,29 +176,57 @@ http {
 NGINX
 nginx -c "$WORK/nginx.conf" -p "$WORK" -g 'daemon on;'
 
-# Varnish with malloc storage, its default VCL (keeps per Cache-Control).
-mkdir -p "$WORK/varnish"
-taskset -c 0 varnishd -n "$WORK/varnish" -a "127.0.0.1:$VARNISH_PORT" -b "127.0.0.1:$ORIGIN_PORT" \
-  -s malloc,1G -P "$WORK/varnish.pid" -p thread_pools=1 >/dev/null 2>"$WORK/varnish.log"
-wait_http "http://127.0.0.1:$VARNISH_PORT/example.com/large/@v/list"
-wait_http "http://127.0.0.1:$NGINX_PORT/example.com/large/@v/list"
+# Varnish, its default VCL (keeps per Cache-Control), malloc and file storage.
+for s in malloc file; do
+  case $s in malloc) vport=$VM_PORT; storage="malloc,2G" ;; file) vport=$VF_PORT; storage="file,$WORK/varnish-file.bin,4G" ;; esac
+  mkdir -p "$WORK/varnish-$s"
+  taskset -c 0 varnishd -n "$WORK/varnish-$s" -a "127.0.0.1:$vport" -b "127.0.0.1:$STATIC_PORT" \
+    -s "$storage" -P "$WORK/varnish-$s.pid" -p thread_pools=1 >/dev/null 2>"$WORK/varnish-$s.log"
+done
+for u in "$ADMIN_PORT/healthz" "$FULL_ADMIN_PORT/healthz" "$ORIGIN_PORT/healthz" "$NGINX_PORT/example.com/large/@v/list" \
+  "$VM_PORT/example.com/large/@v/list" "$VF_PORT/example.com/large/@v/list"; do wait_http "http://127.0.0.1:$u"; done
+wait_http "http://127.0.0.1:$EDGE_PORT/example.com/large/@v/list"
+wait_http "http://127.0.0.1:$FULL_PORT/example.com/large/@v/list"
+port_of() { case $1 in direct) echo "$STATIC_PORT" ;; edge) echo "$EDGE_PORT" ;; nginx) echo "$NGINX_PORT" ;; varnish-malloc) echo "$VM_PORT" ;; varnish-file) echo "$VF_PORT" ;; esac; }
 
+# p50 in µs of sequential GETs of the paths in $2 from port $1.
+p50() { taskset -c 1 "$BIN/modcdn-fixture" latency --base "http://127.0.0.1:$1" --paths "$2" | sed 's/.*p50_us=\([0-9]*\).*/\1/'; }
+# N concurrent GETs of one path: prints the wall time in seconds.
+fan_out() { # port path n
+  for _ in $(seq "$3"); do printf 'url = "http://127.0.0.1:%s%s"\noutput = "/dev/null"\n' "$1" "$2"; done > "$WORK/fan.cfg"
+  local t0 t1; t0=$(date +%s.%N)
+  taskset -c 1 curl -sf --no-progress-meter --parallel --parallel-immediate --parallel-max "$3" -K "$WORK/fan.cfg" || { echo "fan-out of $2 from $1 failed" >&2; exit 1; }
+  t1=$(date +%s.%N); awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}'
+}
+origin_requests() { grep -c -x "$1" "$WORK/static-access.log" || true; }
+
+declare -A cold=() storm_n=() storm_wall=() warm_wall=()
+for rep in $(seq "$REPS"); do
+  for who in direct $PEERS; do
+    cold[$who]+="$(p50 "$(port_of "$who")" "$WORK/cold-$who-$rep.txt") "
+  done
+  for who in $PEERS; do
+    path="/example.com/stampede/$who-$rep/@v/v1.0.0.zip"
+    storm_wall[$who]+="$(fan_out "$(port_of "$who")" "$path" 200) "
+    storm_n[$who]+="$(origin_requests "$path") "
+    warm_wall[$who]+="$(fan_out "$(port_of "$who")" "$path" 200) "
+  done
+done
+
+# The whole product, cold .info and .mod, against the static origin direct.
+for i in $(seq 0 499); do printf '/example.com/many/m%04d/@v/v1.0.0.info\n/example.com/many/m%04d/@v/v1.0.0.mod\n' "$i" "$i"; done > "$WORK/full-direct.txt"
+for i in $(seq 500 999); do printf '/example.com/many/m%04d/@v/v1.0.0.info\n/example.com/many/m%04d/@v/v1.0.0.mod\n' "$i" "$i"; done > "$WORK/full-cold.txt"
+full_direct=$(p50 "$STATIC_PORT" "$WORK/full-direct.txt")
+full_cold=$(p50 "$FULL_PORT" "$WORK/full-cold.txt")
+
+# Hits: warm every cache with every path (twice, so each has it stored).
 for i in $(seq 0 999); do printf '/example.com/many/m%04d/@v/v1.0.0.info\n/example.com/many/m%04d/@v/v1.0.0.mod\n' "$i" "$i"; done > "$WORK/small.txt"
 write_random_lua
-
-# Warm every cache with every path (twice, so each has it stored).
-for port in $EDGE_PORT $NGINX_PORT $VARNISH_PORT; do
-  for p in $(cat "$WORK/small.txt") $Z16 $Z1M $Z64M; do printf 'url = "http://127.0.0.1:%s%s"\noutput = "/dev/null"\n' "$port" "$p"; done > "$WORK/warm.cfg"
+for who in $PEERS; do
+  for p in $(cat "$WORK/small.txt") $Z16 $Z1M $Z64M; do printf 'url = "http://127.0.0.1:%s%s"\noutput = "/dev/null"\n' "$(port_of "$who")" "$p"; done > "$WORK/warm.cfg"
   curl -sf -K "$WORK/warm.cfg"; curl -sf -K "$WORK/warm.cfg"
 done
-for port in $EDGE_PORT $NGINX_PORT $VARNISH_PORT; do
-  h=$(curl -sI "http://127.0.0.1:$port$Z64M" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache" {print $2} tolower($1)=="age" {print "age=" $2}' | tr '\n' ' ')
-  echo "port $port 64 MiB zip: $h" >&2
-done
-
-REPS=3
-
-printf '\n%-22s %11s %11s %11s %9s %9s %9s %18s %8s %8s %8s\n' row "edge r/s" "nginx r/s" "varnish r/s" "edge MB/s" "nginx MB/s" "varn MB/s" "p99 e/n/v ms" "e÷nginx" "e÷varn" "e÷best"
+declare -A hit=()
 for row in "small-random 32" "zip-16KiB 32" "zip-1MiB 8" "zip-64MiB 4"; do
   set -- $row
   case $1 in
@@ -139,21 +235,42 @@ for row in "small-random 32" "zip-16KiB 32" "zip-1MiB 8" "zip-64MiB 4"; do
     zip-1MiB) path=$Z1M; file= ;;
     zip-64MiB) path=$Z64M; file= ;;
   esac
-  # The three caches take turns, $REPS rounds; each figure is the median,
-  # so a noisy moment on this shared machine hurts no one in particular.
-  declare -A rps=() mbs=() p99=()
-  for rep in $(seq $REPS); do
-    for who in edge nginx varnish; do
-      case $who in edge) port=$EDGE_PORT ;; nginx) port=$NGINX_PORT ;; varnish) port=$VARNISH_PORT ;; esac
-      read -r r m p <<<"$(run_wrk "http://127.0.0.1:$port$path" "$2" $file)"
-      rps[$who]+="$r "; mbs[$who]+="$m "; p99[$who]+="$p "
+  for rep in $(seq "$REPS"); do
+    for who in $PEERS; do
+      read -r r m _ <<<"$(run_wrk "http://127.0.0.1:$(port_of "$who")$path" "$2" $file)"
+      if [ "$1" = zip-64MiB ]; then hit[$1-$who]+="$m "; else hit[$1-$who]+="$r "; fi
     done
   done
-  for who in edge nginx varnish; do
-    rps[$who]=$(median3 ${rps[$who]}); mbs[$who]=$(median3 ${mbs[$who]}); p99[$who]=$(median3 ${p99[$who]})
-  done
-  if [ "$1" = zip-64MiB ]; then e=${mbs[edge]}; n=${mbs[nginx]}; v=${mbs[varnish]}; else e=${rps[edge]}; n=${rps[nginx]}; v=${rps[varnish]}; fi
-  best=$(awk -v a="$n" -v b="$v" 'BEGIN {print (a > b) ? a : b}')
-  printf '%-22s %11s %11s %11s %9s %9s %9s %18s %8s %8s %8s\n' "$1 (c=$2)" "${rps[edge]}" "${rps[nginx]}" "${rps[varnish]}" "${mbs[edge]}" "${mbs[nginx]}" "${mbs[varnish]}" "${p99[edge]}/${p99[nginx]}/${p99[varnish]}" "$(ratio "$e" "$n")" "$(ratio "$e" "$v")" "$(ratio "$e" "$best")"
 done
-echo "(medians of $REPS alternating rounds of ${DUR} s; ratios on req/s, on MB/s for the 64 MiB zip; targets vs nginx: ≥ 1.2x small, ≥ 1.0x zips, ≥ 0.9x 64 MiB MB/s; the bar is the best peer)"
+
+med() { printf '%s\n' $1 | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+# row: name, unit, direction (higher|lower is better), then one figure per peer.
+row() {
+  local name=$1 unit=$2 better=$3 e=$4 n=$5 vm=$6 vf=$7 best r_n r_b
+  if [ "$better" = higher ]; then
+    best=$(printf '%s\n' "$n" "$vm" "$vf" | sort -g | tail -1); r_n=$(ratio "$e" "$n"); r_b=$(ratio "$e" "$best")
+  else
+    best=$(printf '%s\n' "$n" "$vm" "$vf" | sort -g | head -1); r_n=$(ratio "$n" "$e"); r_b=$(ratio "$best" "$e")
+  fi
+  printf '| %-52s | %10s | %10s | %10s | %10s | %-6s | %7s | %7s |\n' "$name" "$n" "$vm" "$vf" "$e" "$unit" "$r_n" "$r_b"
+}
+d=$(med "${cold[direct]}")
+added() { awk -v a="$(med "$1")" -v d="$d" 'BEGIN {printf "%.2f", (a - d) / 1000}'; }
+echo
+printf '| %-52s | %10s | %10s | %10s | %10s | %-6s | %7s | %7s |\n' row nginx "varnish-m" "varnish-f" "edge" unit "e÷nginx" "e÷best"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..54})" ------------ ------------ ------------ ------------ -------- --------- ---------
+row "cold miss 1 MiB zip, added over origin (p50)" ms lower "$(added "${cold[edge]}")" "$(added "${cold[nginx]}")" "$(added "${cold[varnish-malloc]}")" "$(added "${cold[varnish-file]}")"
+row "stampede 200 × new 64 MiB zip: origin requests" req lower "$(med "${storm_n[edge]}")" "$(med "${storm_n[nginx]}")" "$(med "${storm_n[varnish-malloc]}")" "$(med "${storm_n[varnish-file]}")"
+row "stampede 200 × new 64 MiB zip: wall" s lower "$(med "${storm_wall[edge]}")" "$(med "${storm_wall[nginx]}")" "$(med "${storm_wall[varnish-malloc]}")" "$(med "${storm_wall[varnish-file]}")"
+row "200 × cached 64 MiB zip: wall" s lower "$(med "${warm_wall[edge]}")" "$(med "${warm_wall[nginx]}")" "$(med "${warm_wall[varnish-malloc]}")" "$(med "${warm_wall[varnish-file]}")"
+for r in small-random zip-16KiB zip-1MiB zip-64MiB; do
+  unit=req/s; [ $r = zip-64MiB ] && unit=MB/s
+  row "hits $r" $unit higher "$(med "${hit[$r-edge]}")" "$(med "${hit[$r-nginx]}")" "$(med "${hit[$r-varnish-malloc]}")" "$(med "${hit[$r-varnish-file]}")"
+done
+echo
+echo "whole path (edge + modcdn-origin), cold .info/.mod, 1000 sequential GETs:"
+echo "  static origin direct p50 ${full_direct} µs; edge + origin p50 ${full_cold} µs; added $(awk -v a="$full_cold" -v d="$full_direct" 'BEGIN {printf "%.2f", (a - d) / 1000}') ms (target ≤ 1.0 ms)"
+echo "cold rows: static origin direct p50 $(awk -v d="$d" 'BEGIN {printf "%.2f", d / 1000}') ms per 1 MiB zip"
+echo "(medians of $REPS rounds; wrk runs of ${DUR} s; ratios > 1 mean the edge is ahead; for latency, wall"
+echo " and request rows the ratio is peer ÷ edge. Targets: cold miss ≥ 1.0x nginx; stampede 1 request;"
+echo " small and 16 KiB hits ≥ 1.2x nginx; 1 MiB hits and the 64 MiB fan-out ≥ 1.0x best Varnish)"
