@@ -70,18 +70,9 @@ VM_PORT=$(port); VF_PORT=$(port); ORIGIN_PORT=$(port); OPERATOR_PORT=$(port); FU
 
 # The plain origin: nginx serving the files, immutable artifacts marked so
 # (as proxy.golang.org does), answering the edge's health and load polls.
-cat > "$WORK/static.conf" <<NGINX
-worker_processes 1;
-worker_cpu_affinity 10;
-pid $WORK/static.pid;
-error_log $WORK/static-error.log warn;
-events { worker_connections 4096; }
-http {
+{ nginx_head static 10; cat <<NGINX
   log_format path '\$uri';
   access_log $WORK/static-access.log path;
-  sendfile on; tcp_nopush on; tcp_nodelay on;
-  keepalive_requests 1000000; keepalive_timeout 60;
-  open_file_cache max=10000 inactive=60s;
   types { application/json info; application/zip zip; text/plain mod; }
   default_type text/plain;
   server {
@@ -94,6 +85,7 @@ http {
   }
 }
 NGINX
+} > "$WORK/static.conf"
 nginx -c "$WORK/static.conf" -p "$WORK" -g 'daemon on;'
 wait_http "http://127.0.0.1:$STATIC_PORT/example.com/large/@v/list"
 
@@ -126,17 +118,7 @@ taskset -c 0 "$BIN/modcdn-edge" serve --config "$WORK/edge.toml" 2>"$WORK/edge.l
 
 # The whole product: another edge, in front of modcdn-origin, in front of
 # the same static origin.
-cat > "$WORK/origin.toml" <<TOML
-listen = "127.0.0.1:$ORIGIN_PORT"
-upstream = "http://127.0.0.1:$STATIC_PORT"
-store_dir = "$WORK/origin-store"
-# The corpus is in no public checksum database.
-verify = "off"
-[operator]
-listen = "127.0.0.1:$OPERATOR_PORT"
-[log]
-level = "warn"
-TOML
+origin_toml "127.0.0.1:$ORIGIN_PORT" "http://127.0.0.1:$STATIC_PORT" "$WORK/origin-store" "127.0.0.1:$OPERATOR_PORT" > "$WORK/origin.toml"
 taskset -c 0 "$BIN/modcdn-origin" serve --config "$WORK/origin.toml" >/dev/null & PIDS+=($!)
 edge_config full "$FULL_PORT" "$FULL_ADMIN_PORT" "127.0.0.1:$ORIGIN_PORT" "127.0.0.1:$OPERATOR_PORT"
 taskset -c 0 "$BIN/modcdn-edge" serve --config "$WORK/full.toml" 2>"$WORK/full.log" & PIDS+=($!)
@@ -144,17 +126,8 @@ taskset -c 0 "$BIN/modcdn-edge" serve --config "$WORK/full.toml" 2>"$WORK/full.l
 # nginx proxy_cache as a competent operator would run it: one worker,
 # cache lock, sendfile, upstream keep-alive, responses kept per the
 # origin's Cache-Control.
-cat > "$WORK/nginx.conf" <<NGINX
-worker_processes 1;
-worker_cpu_affinity 01;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
+{ nginx_head nginx 01; cat <<NGINX
   access_log off;
-  sendfile on; tcp_nopush on; tcp_nodelay on;
-  keepalive_requests 1000000; keepalive_timeout 60;
-  open_file_cache max=10000 inactive=60s;
   proxy_cache_path $WORK/nginx-cache levels=1:2 keys_zone=mod:64m max_size=10g inactive=1y use_temp_path=off;
   upstream origin { server 127.0.0.1:$STATIC_PORT; keepalive 32; }
   server {
@@ -174,6 +147,7 @@ http {
   }
 }
 NGINX
+} > "$WORK/nginx.conf"
 nginx -c "$WORK/nginx.conf" -p "$WORK" -g 'daemon on;'
 
 # Varnish, its default VCL (keeps per Cache-Control), malloc and file storage.

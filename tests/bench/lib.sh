@@ -31,3 +31,35 @@ run_wrk() {
 # The median of three numbers; ratio A B → "A/B" as "0.00x".
 median3() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", a/b}'; }
+
+# The head of every nginx config here: one worker on CPU mask $2 (01 is
+# CPU 0, 10 is CPU 1), pid and error log named $1, and `http {` opened with
+# sendfile, keep-alive and open_file_cache; the caller closes it.
+nginx_head() {
+  cat <<NGINX
+worker_processes 1;
+worker_cpu_affinity $2;
+pid $WORK/$1.pid;
+error_log $WORK/$1-error.log warn;
+events { worker_connections 4096; }
+http {
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_requests 1000000; keepalive_timeout 60;
+  open_file_cache max=10000 inactive=60s;
+NGINX
+}
+
+# An origin config: listen $1, upstream $2, store directory $3, operator
+# listener $4; the fixture corpus is in no public checksum database.
+origin_toml() {
+  cat <<TOML
+listen = "$1"
+upstream = "$2"
+store_dir = "$3"
+verify = "off"
+[operator]
+listen = "$4"
+[log]
+level = "warn"
+TOML
+}
