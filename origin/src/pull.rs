@@ -385,6 +385,14 @@ where
     F: FnOnce(&dyn crate::store::Store) -> std::io::Result<()> + Send + 'static,
 {
     let writes = &origin.pulls.writes;
+    // Writes of one key stay in order (a list refreshed while its last
+    // write runs): a newer one starts when the older one is done.
+    let mut changed = writes.running.subscribe();
+    while writes.lock().contains_key(key) {
+        if changed.changed().await.is_err() {
+            break;
+        }
+    }
     let Ok(slot) = Arc::clone(&writes.slots).try_acquire_owned() else {
         blocking(origin, write).await.map_err(|e| write_failed(origin, key, e))?;
         origin.refresh_store_gauges();

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use modcdn_origin::config::OriginConfig;
 use modcdn_origin::error::UpstreamError;
+use modcdn_origin::pull::Trigger;
 use modcdn_origin::store::{Hit, Meta, Staged, Store, Usage};
 use modcdn_origin::upstream::{Fetch, Fetched};
 use modcdn_origin::{Origin, Sources};
@@ -109,11 +110,12 @@ fn node_on(
     Node { origin: Origin::with_parts(&config, sources, (store, shared)).expect("origin"), _dir: dir }
 }
 
-/// Holds store writes until opened.
+/// Holds the first store write until opened; counts the writes begun.
 #[derive(Default)]
 struct Gate {
     open: Mutex<bool>,
     opened: std::sync::Condvar,
+    begun: std::sync::atomic::AtomicUsize,
 }
 
 impl Gate {
@@ -122,8 +124,14 @@ impl Gate {
         self.opened.notify_all();
     }
     fn wait(&self) {
+        if self.begun.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+            return;
+        }
         let open = self.open.lock().expect("gate");
         drop(self.opened.wait_while(open, |open| !*open).expect("gate"));
+    }
+    fn begun(&self) -> usize {
+        self.begun.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -204,6 +212,7 @@ async fn a_miss_is_answered_before_its_store_write_and_a_purge_meanwhile_wins() 
     let gate = Arc::new(Gate::default());
     let extra = format!("{VERIFY_OFF}\n[operator]\ntoken = \"{OPERATOR}\"\n");
     let n = node_on(&extra, Arc::clone(&public), vec![], None, Some(Arc::clone(&gate)));
+    let _open = OpenOnDrop(Arc::clone(&gate));
     // The store write is held: the answer goes out anyway, and the next
     // request is served from the write in progress (the memory tier is off).
     assert_eq!(n.get(INFO, None).await, (StatusCode::OK, "MISS".into(), INFO_BODY.into()));
@@ -215,6 +224,54 @@ async fn a_miss_is_answered_before_its_store_write_and_a_purge_meanwhile_wins() 
     assert_eq!(n.stored(INFO).await, None, "a purged artifact must not come back when its write ends");
     assert_eq!(n.get(INFO, None).await.1, "MISS");
     assert_eq!(public.asked(), [INFO, INFO]);
+}
+
+#[tokio::test]
+async fn writes_of_one_key_are_stored_in_the_order_of_their_pulls() {
+    // A list pulled again while its last write is still running (a refresh):
+    // the newer write must not start before the older one is done, or the
+    // older list could land last and stand in the store.
+    let public = Table::with(&[(LIST, Ok("v1.0.0\n"))]);
+    let gate = Arc::new(Gate::default());
+    let n = node_on(VERIFY_OFF, Arc::clone(&public), vec![], None, Some(Arc::clone(&gate)));
+    let req = modcdn_shared::Request::parse(&format!("/{LIST}")).expect("request");
+    // Opened however the test ends: a held write would keep the runtime.
+    let _open = OpenOnDrop(Arc::clone(&gate));
+    modcdn_origin::pull::coalesced(&n.origin, &req, Trigger::Refresh).await.expect("first pull");
+    assert!(holds_within(|| gate.begun() == 1, std::time::Duration::from_secs(10)).await, "the first write is held");
+    public.set(LIST, Ok("v1.0.0\nv1.1.0\n"));
+    let second = tokio::spawn({
+        let (o, r) = (Arc::clone(&n.origin), req.clone());
+        async move { modcdn_origin::pull::coalesced(&o, &r, Trigger::Refresh).await.map(|_| ()) }
+    });
+    // A negative: bounded, it cannot be an event. Without the ordering the
+    // second write begins at once.
+    let early = holds_within(|| gate.begun() > 1, std::time::Duration::from_millis(500)).await;
+    assert!(!early, "a second write of the key began while the first was running");
+    gate.open();
+    second.await.expect("join").expect("second pull");
+    assert_eq!(n.stored(LIST).await.as_deref(), Some("v1.0.0\nv1.1.0\n"));
+    assert_eq!(gate.begun(), 2);
+}
+
+struct OpenOnDrop(Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+/// Whether `cond` holds within `within` (polled every 10 ms).
+async fn holds_within(cond: impl Fn() -> bool, within: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    cond()
 }
 
 #[tokio::test]
