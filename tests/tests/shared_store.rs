@@ -433,6 +433,9 @@ async fn the_local_cluster_on_the_shared_store_pulls_a_module_once_for_every_ori
         .spawn()
         .expect("cluster");
     // It prints the GOPROXY line once every node is ready.
+    // SIGTERM however the test ends: the cluster then stops its nodes (a
+    // failed assertion must not leave them running).
+    let mut terminate = Terminate(Some(cluster.id()));
     let stdout = cluster.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -457,13 +460,30 @@ async fn the_local_cluster_on_the_shared_store_pulls_a_module_once_for_every_ori
         assert!(body == want, "{id}: other bytes");
     }
     assert_eq!(upstream.counters().get(&key), 1, "pulled once for the whole cluster");
-    let _ = std::process::Command::new("kill").arg(cluster.id().to_string()).status();
+    terminate.now();
     let stopped = modcdn_tests::http::eventually(Duration::from_secs(20), || {
         let done = matches!(cluster.try_wait(), Ok(Some(_)));
         async move { done }
     })
     .await;
     assert!(stopped, "the cluster stops on SIGTERM");
+}
+
+/// Sends SIGTERM to a process once: when told, or when dropped.
+struct Terminate(Option<u32>);
+
+impl Terminate {
+    fn now(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+        }
+    }
+}
+
+impl Drop for Terminate {
+    fn drop(&mut self) {
+        self.now();
+    }
 }
 
 #[test]
