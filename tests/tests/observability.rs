@@ -144,11 +144,22 @@ async fn a_real_prometheus_scrapes_the_cluster_and_every_dashboard_and_alert_que
         })
         .await
     );
+    // A request is counted once its answer is out (pingora's logging
+    // phase), which may be just after the client has the whole body.
+    let counted = |text: &str| {
+        (metric_sum(text, "modcdn_edge_requests_total{cache=\"hit\"}"), metric_sum(text, "modcdn_edge_requests_total"))
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let (hits, all) = counted(&scrape(edge.admin.clone()).await);
+            hits >= 3.0 && all >= 6.0
+        })
+        .await,
+        "six requests, three hits, counted"
+    );
     let edge_text = scrape(edge.admin.clone()).await;
     let exported = format!("{edge_text}{}{}", scrape(a.operator.clone()).await, scrape(b.operator.clone()).await);
-    let hits = metric_sum(&edge_text, "modcdn_edge_requests_total{cache=\"hit\"}");
-    let all = metric_sum(&edge_text, "modcdn_edge_requests_total");
-    assert!(hits >= 3.0 && all >= 6.0, "{hits} of {all}");
+    let (hits, all) = counted(&edge_text);
 
     let prom = Prometheus::start(&tmp.path().join("prometheus"), &[&edge.admin], &[&a.operator, &b.operator]);
     let ratio = "sum(modcdn_edge_requests_total{cache=\"hit\"}) / sum(modcdn_edge_requests_total)";
