@@ -42,32 +42,55 @@ use crate::upstream::{Chain, Fetch, Upstream};
 
 /// Everything a request needs, shared by all of them.
 pub struct Origin {
+    /// The durable store, the memory tier in front of it, and the answers
+    /// "not found" remembered for a while.
     pub store: Arc<dyn Store>,
     pub memory: memory::MemoryTier,
-    /// The public chain.
-    pub upstream: Arc<dyn Fetch>,
     pub negative: negative::NegativeCache,
-    pub prefetch: prefetch::Prefetcher,
-    /// The modules clients ask for most, lately.
-    pub hot: modcdn_shared::hot::HotSet,
-    sync: sync::SyncConfig,
+    /// Where artifacts come from and what vouches for them.
+    pub upstreams: Upstreams,
+    /// What is fetched before anyone asks.
+    pub warm: Warm,
     pub metrics: metrics::Metrics,
     pub ttls: Ttls,
+    /// Purges, in order, for edges to follow.
+    pub purge_log: purge::PurgeLog,
+    /// Who may use the operator endpoints and whose forwarding is believed.
+    pub access: Access,
+    /// Readiness and latency, for `/readyz` and `/loadz`.
+    pub load: ops::Load,
+    /// Pulls: one per key at a time, bounded in number and time.
+    pub pulls: pull::Pulls,
+}
+
+/// Where artifacts come from and what vouches for them.
+pub struct Upstreams {
+    /// The public chain.
+    pub public: Arc<dyn Fetch>,
+    /// Private routes (each with its own chain), `noproxy` and `nosumdb`.
     pub private: private::PrivatePolicy,
     /// The checksum database artifacts are verified against, if any.
     pub verifier: Option<verify::SumDbVerifier>,
     /// Proxied checksum databases, by name.
     checksum_dbs: std::collections::HashMap<String, Arc<dyn Fetch>>,
-    /// Purges, in order, for edges to follow.
-    pub purge_log: purge::PurgeLog,
+}
+
+/// What is fetched before anyone asks: the requirements of what was served,
+/// and the hot set other origins share.
+pub struct Warm {
+    pub prefetch: prefetch::Prefetcher,
+    /// The modules clients ask for most, lately.
+    pub hot: modcdn_shared::hot::HotSet,
+    sync: sync::SyncConfig,
+}
+
+/// Who may use the operator endpoints, and whose `X-Forwarded-For` is
+/// believed.
+pub struct Access {
     /// The cluster token operator endpoints ask for; none turns them off.
     pub operator_token: Option<modcdn_shared::secret::Token>,
     /// Peers whose `X-Forwarded-For` is believed (the edges).
     pub trusted_proxies: Vec<modcdn_shared::net::IpNet>,
-    /// Readiness and latency, for `/readyz` and `/loadz`.
-    pub load: ops::Load,
-    /// Pulls: one per key at a time, bounded in number and time.
-    pub pulls: pull::Pulls,
 }
 
 impl Origin {
@@ -90,43 +113,52 @@ impl Origin {
         let origin = Origin {
             store,
             memory: memory::MemoryTier::new(config.memory_cache_mib << 20, config.memory_object_max_kib << 10),
-            upstream: sources.public,
             negative: negative::NegativeCache::new(config.negative_cache_entries),
-            prefetch: prefetch::Prefetcher::new(&config.prefetch),
-            hot: modcdn_shared::hot::HotSet::new(config.sync.tracked, Duration::from_secs(config.sync.half_life_secs)),
-            sync: config.sync.clone(),
+            upstreams: Upstreams {
+                public: sources.public,
+                private: private::PrivatePolicy {
+                    routes: config
+                        .private
+                        .iter()
+                        .zip(sources.private)
+                        .map(|(p, upstream)| private::PrivateRoute::new(p, upstream))
+                        .collect::<Result<_, _>>()?,
+                    noproxy: config.noproxy.clone(),
+                    nosumdb: config.nosumdb.clone(),
+                },
+                verifier: match config.verify {
+                    config::VerifyMode::Off => None,
+                    config::VerifyMode::Verify => config
+                        .checksum_db
+                        .iter()
+                        .find_map(|d| d.key.as_ref().map(|k| verify::SumDbVerifier::new(&d.name, k)))
+                        .transpose()?,
+                },
+                checksum_dbs: sources.checksum_dbs,
+            },
+            warm: Warm {
+                prefetch: prefetch::Prefetcher::new(&config.prefetch),
+                hot: modcdn_shared::hot::HotSet::new(
+                    config.sync.tracked,
+                    Duration::from_secs(config.sync.half_life_secs),
+                ),
+                sync: config.sync.clone(),
+            },
             metrics: metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?,
             ttls: config.ttls(),
-            private: private::PrivatePolicy {
-                routes: config
-                    .private
-                    .iter()
-                    .zip(sources.private)
-                    .map(|(p, upstream)| private::PrivateRoute::new(p, upstream))
-                    .collect::<Result<_, _>>()?,
-                noproxy: config.noproxy.clone(),
-                nosumdb: config.nosumdb.clone(),
-            },
-            verifier: match config.verify {
-                config::VerifyMode::Off => None,
-                config::VerifyMode::Verify => config
-                    .checksum_db
-                    .iter()
-                    .find_map(|d| d.key.as_ref().map(|k| verify::SumDbVerifier::new(&d.name, k)))
-                    .transpose()?,
-            },
-            checksum_dbs: sources.checksum_dbs,
             purge_log: match shared {
                 Some(shared) => purge::PurgeLog::open_shared(shared).map_err(|e| format!("store: purge log: {e}"))?,
                 None => purge::PurgeLog::open(&config.store_dir)
                     .map_err(|e| format!("store_dir {}: purge log: {e}", config.store_dir.display()))?,
             },
-            operator_token: config.operator.token.clone(),
-            trusted_proxies: modcdn_shared::net::parse_networks(&config.trusted_proxies)?,
+            access: Access {
+                operator_token: config.operator.token.clone(),
+                trusted_proxies: modcdn_shared::net::parse_networks(&config.trusted_proxies)?,
+            },
             load: ops::Load::default(),
             pulls: pull::Pulls::new(config.http.max_pulls, Duration::from_millis(config.http.pull_deadline_ms)),
         };
-        if let Some(v) = &origin.verifier {
+        if let Some(v) = &origin.upstreams.verifier {
             v.load(origin.store.as_ref());
         }
         origin.metrics.store_budget_bytes.set((config.store_max_mib << 20) as i64);
@@ -137,12 +169,12 @@ impl Origin {
     /// The route an artifact at `key` belongs to now: a private route's
     /// tag, or none for the public chain (and checksum-database answers).
     pub fn route_of(&self, key: &str) -> Option<String> {
-        if self.private.routes.is_empty() || key.starts_with("sumdb/") {
+        if self.upstreams.private.routes.is_empty() || key.starts_with("sumdb/") {
             return None;
         }
         let escaped = key.split_once("/@").map_or(key, |(m, _)| m);
         let module = modcdn_shared::module::unescape_path(escaped).ok()?;
-        self.private.route(&module).map(|r| r.tag.clone())
+        self.upstreams.private.route(&module).map(|r| r.tag.clone())
     }
 
     /// The stored artifact at `key` (blocking), if it was fetched under
@@ -159,7 +191,7 @@ impl Origin {
 
     /// Checksum database `name`, if it is proxied.
     pub fn checksum_db(&self, name: &str) -> Option<&dyn Fetch> {
-        self.checksum_dbs.get(name).map(|db| db.as_ref())
+        self.upstreams.checksum_dbs.get(name).map(|db| db.as_ref())
     }
 
     pub fn refresh_store_gauges(&self) {
@@ -238,7 +270,7 @@ pub async fn serve_until(
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     prefetch::Prefetcher::start(&origin);
-    sync::start(&origin, &origin.sync);
+    sync::start(&origin, &origin.warm.sync);
     purge::follow(&origin);
     let (public_app, operator_app) = (serve::router(Arc::clone(&origin)), ops::operator_router(Arc::clone(&origin)));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

@@ -49,7 +49,7 @@ async fn cluster_token(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let Some(token) = &o.operator_token else {
+    let Some(token) = &o.access.operator_token else {
         return text(StatusCode::FORBIDDEN, policy::CC_NO_STORE, "off: set operator.token\n");
     };
     let authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
@@ -124,8 +124,11 @@ async fn loadz(State(o): State<Arc<Origin>>) -> ([(header::HeaderName, &'static 
 /// (escaped paths; weight in decayed requests). For operators and edges.
 async fn hotz(State(o): State<Arc<Origin>>) -> ([(header::HeaderName, &'static str); 2], String) {
     // Private module names never leave the origin.
-    let public = |escaped: &str| modcdn_shared::module::unescape_path(escaped).is_ok_and(|m| !o.private.is_noproxy(&m));
+    let public = |escaped: &str| {
+        modcdn_shared::module::unescape_path(escaped).is_ok_and(|m| !o.upstreams.private.is_noproxy(&m))
+    };
     let top: Vec<serde_json::Value> = o
+        .warm
         .hot
         .top(100)
         .into_iter()
@@ -219,10 +222,10 @@ async fn hot_report(State(o): State<Arc<Origin>>, body: Bytes) -> Response {
     let mut taken = 0;
     for e in entries.iter().take(1000) {
         let Ok(m) = modcdn_shared::module::ModulePath::from_escaped(&e.module) else { continue };
-        if o.private.is_noproxy(m.as_str()) {
+        if o.upstreams.private.is_noproxy(m.as_str()) {
             continue;
         }
-        o.hot.record_weighted(m.escaped(), e.weight);
+        o.warm.hot.record_weighted(m.escaped(), e.weight);
         taken += 1;
     }
     text(StatusCode::OK, policy::CC_NO_STORE, &format!("{taken} modules\n"))
@@ -278,7 +281,7 @@ async fn status(State(o): State<Arc<Origin>>) -> Response {
         h.push_str(&format!("<tr><td>{name}</td><td id=\"row-{i}\">{}</td></tr>", esc(value)));
     }
     h.push_str("</table><h2>Hottest modules</h2><table>");
-    for (module, weight) in o.hot.top(10) {
+    for (module, weight) in o.warm.hot.top(10) {
         h.push_str(&format!("<tr><td>{}</td><td>{weight:.0}</td></tr>", esc(&module)));
     }
     h.push_str("</table><p><a href=\"/metrics\">/metrics</a></p></body></html>\n");

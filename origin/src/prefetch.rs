@@ -140,9 +140,11 @@ impl Prefetcher {
     /// Starts the workers (once): `workers` for `.mod`/`.info`,
     /// `zip_workers` for zips.
     pub fn start(origin: &Arc<Origin>) {
-        let cfg = &origin.prefetch.cfg;
+        let cfg = &origin.warm.prefetch.cfg;
         let take = |rx: &Mutex<Option<mpsc::Receiver<Job>>>| rx.lock().ok().and_then(|mut r| r.take());
-        let (Some(rx), Some(zip_rx)) = (take(&origin.prefetch.rx), take(&origin.prefetch.zip_rx)) else { return };
+        let (Some(rx), Some(zip_rx)) = (take(&origin.warm.prefetch.rx), take(&origin.warm.prefetch.zip_rx)) else {
+            return;
+        };
         if !cfg.enabled {
             return;
         }
@@ -153,7 +155,7 @@ impl Prefetcher {
                 tokio::spawn(async move {
                     loop {
                         let Some(job) = rx.lock().await.recv().await else { break };
-                        o.metrics.prefetch_queue.set(o.prefetch.queued_now() as i64);
+                        o.metrics.prefetch_queue.set(o.warm.prefetch.queued_now() as i64);
                         work(&o, job).await;
                     }
                 });
@@ -184,7 +186,7 @@ async fn work(o: &Arc<Origin>, job: Job) {
             _ => return,
         },
     };
-    o.prefetch.after_mod(o, &body, job.depth);
+    o.warm.prefetch.after_mod(o, &body, job.depth);
 }
 
 /// Pulls `req` as a prefetch, counted as one.
@@ -192,7 +194,7 @@ async fn fetch(o: &Arc<Origin>, req: &Request, key: &str) -> Option<pull::Artifa
     match pull::coalesced(o, req, Trigger::Prefetch).await {
         Ok(artifact) => {
             o.metrics.prefetched.inc();
-            o.prefetch.mark_fetched(key);
+            o.warm.prefetch.mark_fetched(key);
             Some(artifact)
         }
         Err(e) => {

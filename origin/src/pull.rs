@@ -205,13 +205,13 @@ async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<Artifact, OriginErr
         // Private modules only from their route; noproxy ones never from the public chain.
         _ => {
             let module = req.module().map(|m| m.as_str()).unwrap_or("");
-            match origin.private.route(module) {
+            match origin.upstreams.private.route(module) {
                 Some(route) => route.upstream.fetch(&key).await,
-                None if origin.private.is_noproxy(module) => Err(UpstreamError::NotFound {
+                None if origin.upstreams.private.is_noproxy(module) => Err(UpstreamError::NotFound {
                     status: 404,
                     message: format!("{module} is not served here (noproxy)"),
                 }),
-                None => origin.upstream.fetch(&key).await,
+                None => origin.upstreams.public.fetch(&key).await,
             }
         }
     };
@@ -227,7 +227,7 @@ async fn pull(origin: &Arc<Origin>, req: &Request) -> Result<Artifact, OriginErr
         .observe(started.elapsed().as_secs_f64());
     let mut fetched = match fetched {
         Ok(f) => f,
-        Err(e) if kind == Kind::Latest && e.is_not_found() && !origin.upstream.is_off() => {
+        Err(e) if kind == Kind::Latest && e.is_not_found() && !origin.upstreams.public.is_off() => {
             return latest_from_list(origin, req).await;
         }
         Err(e) => return Err(e.into()),
@@ -307,9 +307,9 @@ async fn pull_zip(
     file.flush().await.map_err(|e| write_failed(origin, &key, OriginError::Store(e.to_string())))?;
     drop(file);
     check_length(origin, kind, &key, size, fetched.content_length)?;
-    let (path, m, v) = (staged.path().to_path_buf(), module_path.as_str().to_string(), version.as_str().to_string());
+    let f = staged.reader().map_err(|e| write_failed(origin, &key, OriginError::Store(e.to_string())))?;
+    let (m, v) = (module_path.as_str().to_string(), version.as_str().to_string());
     let (checked, reader) = tokio::task::spawn_blocking(move || {
-        let f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
         let reader = f.try_clone().map_err(|e| e.to_string())?;
         modzip::check_zip(std::io::BufReader::new(f), size, &m, &v).map(|c| (c, reader)).map_err(|e| e.to_string())
     })

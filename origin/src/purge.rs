@@ -51,6 +51,7 @@ fn entry_name(seq: u64) -> String {
 impl PurgeLog {
     /// Reads the log (a torn last line from a crash is dropped).
     pub fn open(dir: &Path) -> io::Result<PurgeLog> {
+        std::fs::create_dir_all(dir)?;
         let path = dir.join("purge.log");
         let mut entries: Vec<LogEntry> = Vec::new();
         let file = match File::open(&path) {

@@ -391,10 +391,10 @@ impl Store for S3Store {
     }
 
     fn publish(&self, staged: Staged, meta: &Meta) -> io::Result<()> {
-        if std::fs::metadata(staged.path())?.len() != meta.size {
+        if std::fs::metadata(staged.path()?)?.len() != meta.size {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "staged body size differs from its record"));
         }
-        self.upload(staged.key(), staged.path(), meta)
+        self.upload(staged.key(), staged.path()?, meta)
     }
 
     fn usage(&self) -> Option<Usage> {
@@ -526,10 +526,10 @@ impl Store for Tiered {
     }
 
     fn publish(&self, staged: Staged, meta: &Meta) -> io::Result<()> {
-        if std::fs::metadata(staged.path())?.len() != meta.size {
+        if std::fs::metadata(staged.path()?)?.len() != meta.size {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "staged body size differs from its record"));
         }
-        self.shared.upload(staged.key(), staged.path(), meta)?;
+        self.shared.upload(staged.key(), staged.path()?, meta)?;
         if let Err(e) = self.local.publish(staged, meta) {
             // Stored where it matters; the local copy comes with the next read.
             tracing::warn!(error = %e, "could not keep a copy in the local tier");

@@ -87,7 +87,7 @@ async fn handle(State(o): State<Arc<Origin>>, req: axum::extract::Request) -> Re
 fn client_ip(o: &Origin, req: &axum::extract::Request) -> Option<std::net::IpAddr> {
     let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?.0.ip();
     let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    Some(modcdn_shared::net::client_ip(peer, forwarded, &o.trusted_proxies))
+    Some(modcdn_shared::net::client_ip(peer, forwarded, &o.access.trusted_proxies))
 }
 
 /// The flow: method → parse → private gate → sumdb `supported` or artifact.
@@ -116,7 +116,7 @@ async fn answer(
         return (kind, CacheStatus::None, resp);
     }
     // Credentials decide who may see a private module: no shared cache may keep it.
-    let audience = match r.module().is_some_and(|m| o.private.route(m.as_str()).is_some()) {
+    let audience = match r.module().is_some_and(|m| o.upstreams.private.route(m.as_str()).is_some()) {
         true => Audience::Private,
         false => Audience::Public,
     };
@@ -158,13 +158,13 @@ fn finish(
 fn private_gate(o: &Origin, req: &Request, headers: &HeaderMap, client: Option<std::net::IpAddr>) -> Option<Response> {
     if let Request::SumDb(db) = req {
         return match &db.endpoint {
-            SumDbEndpoint::Lookup { module, .. } if o.private.is_nosumdb(module.as_str()) => {
+            SumDbEndpoint::Lookup { module, .. } if o.upstreams.private.is_nosumdb(module.as_str()) => {
                 Some(text(StatusCode::NOT_FOUND, policy::CC_NO_STORE, "not found\n"))
             }
             _ => None,
         };
     }
-    let route = o.private.route(req.module()?.as_str())?;
+    let route = o.upstreams.private.route(req.module()?.as_str())?;
     if route.authorized(headers, client) {
         return None;
     }
@@ -186,16 +186,16 @@ async fn serve_artifact(
     audience: Audience,
     headers: &HeaderMap,
 ) -> (CacheStatus, Response) {
-    o.prefetch.client_asked(o, &req.key());
+    o.warm.prefetch.client_asked(o, &req.key());
     if let Some(m) = req.module() {
-        o.hot.record(m.escaped());
+        o.warm.hot.record(m.escaped());
     }
     let (cache, opened_or_resp) = find_artifact(o, req, audience).await;
     match opened_or_resp {
         Ok(hit) => {
             // The go command asks for a module's requirements next: fetch them now.
             if let (Request::Mod(..), Artifact::Memory(c)) = (req, &hit) {
-                o.prefetch.after_mod(o, &c.body, 0);
+                o.warm.prefetch.after_mod(o, &c.body, 0);
             }
             (cache, respond_hit(o, (req, audience), hit, cache, headers).await)
         }

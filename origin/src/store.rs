@@ -67,22 +67,45 @@ impl Hit {
 #[derive(Debug)]
 pub struct Staged {
     key: String,
-    temp: PathBuf,
-    file: Option<File>,
+    /// Where the body is written; none for a body held in memory.
+    temp: Option<PathBuf>,
+    /// The body, for the writer (taken once) and for reading it back.
+    file: File,
+    taken: bool,
 }
 
 impl Staged {
     /// A body for `key` being written to `file` at `temp` (removed on drop).
     pub(crate) fn new(key: &str, temp: PathBuf, file: File) -> Staged {
-        Staged { key: key.to_string(), temp, file: Some(file) }
+        Staged { key: key.to_string(), temp: Some(temp), file, taken: false }
+    }
+    /// A body for `key` in an anonymous memory file, gone when dropped.
+    #[cfg(any(test, feature = "test-util"))]
+    fn in_memory(key: &str, file: File) -> Staged {
+        Staged { key: key.to_string(), temp: None, file, taken: false }
     }
     /// The file to write the body into (taken once).
     pub fn take_file(&mut self) -> Option<File> {
-        self.file.take()
+        if std::mem::replace(&mut self.taken, true) {
+            return None;
+        }
+        self.file.try_clone().ok()
     }
-    /// Where the body is, to read it back for validation.
-    pub fn path(&self) -> &Path {
-        &self.temp
+    /// The body written so far, from its start, to read it back (for
+    /// validation) once the writer is done.
+    pub fn reader(&self) -> io::Result<File> {
+        match &self.temp {
+            Some(temp) => File::open(temp),
+            None => {
+                let mut file = self.file.try_clone()?;
+                io::Seek::rewind(&mut file)?;
+                Ok(file)
+            }
+        }
+    }
+    /// The temp file holding the body, for backends that stage on disk.
+    pub(crate) fn path(&self) -> io::Result<&Path> {
+        self.temp.as_deref().ok_or_else(|| io::Error::other("staged body has no file"))
     }
     pub fn key(&self) -> &str {
         &self.key
@@ -91,8 +114,8 @@ impl Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        if !self.temp.as_os_str().is_empty() {
-            let _ = fs::remove_file(&self.temp);
+        if let Some(temp) = &self.temp {
+            let _ = fs::remove_file(temp);
         }
     }
 }
@@ -429,7 +452,8 @@ impl Store for DiskStore {
     fn publish(&self, mut staged: Staged, meta: &Meta) -> io::Result<()> {
         let dest = self.path_of(&staged.key)?;
         let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
-        let mut file = fs::OpenOptions::new().append(true).open(&staged.temp)?;
+        let temp = staged.path()?.to_path_buf();
+        let mut file = fs::OpenOptions::new().append(true).open(&temp)?;
         if file.metadata()?.len() != meta.size {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "staged body size differs from its record"));
         }
@@ -439,8 +463,8 @@ impl Store for DiskStore {
         let total = file.metadata()?.len() as i64;
         drop(file);
         let old = fs::metadata(&dest).ok().map(|m| m.len() as i64);
-        fs::rename(&staged.temp, &dest)?;
-        staged.temp = PathBuf::new();
+        fs::rename(&temp, &dest)?;
+        staged.temp = None;
         File::open(&dir)?.sync_all()?;
         let index_key = self.index_key(&dest);
         let previous = self.lru.lock().unwrap_or_else(|p| p.into_inner()).put(index_key.clone(), total as u64);
@@ -511,6 +535,64 @@ impl Store for DiskStore {
             File::open(&dir)?.sync_all()?;
         }
         Ok(removed)
+    }
+}
+
+/// A store held in memory, for tests of what stands in front of a store:
+/// each body is an anonymous memory file (`memfd`), sealed against writes
+/// once published, so a [`Hit`] is a file read at offsets as with the other
+/// backends. Keys are checked as the disk store checks them; nothing is
+/// counted against a budget.
+#[cfg(any(test, feature = "test-util"))]
+#[derive(Default)]
+pub struct MemoryStore {
+    objects: Mutex<std::collections::BTreeMap<String, (Meta, File)>>,
+}
+
+#[cfg(any(test, feature = "test-util"))]
+impl Store for MemoryStore {
+    fn get(&self, key: &str) -> io::Result<Option<Hit>> {
+        stored_elements(key)?;
+        let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((meta, file)) = objects.get(key) else { return Ok(None) };
+        Ok(Some(Hit { meta: meta.clone(), file: file.try_clone()? }))
+    }
+
+    fn stage(&self, key: &str) -> io::Result<Staged> {
+        use rustix::fs::{memfd_create, MemfdFlags};
+        stored_elements(key)?;
+        let fd = memfd_create("modcdn-staged", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        Ok(Staged::in_memory(key, File::from(fd)))
+    }
+
+    fn publish(&self, staged: Staged, meta: &Meta) -> io::Result<()> {
+        use rustix::fs::{fcntl_add_seals, SealFlags};
+        if staged.file.metadata()?.len() != meta.size {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "staged body size differs from its record"));
+        }
+        // Whoever still holds the writer can no longer change what is served.
+        fcntl_add_seals(&staged.file, SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL)?;
+        let file = staged.file.try_clone()?;
+        self.objects.lock().unwrap_or_else(|p| p.into_inner()).insert(staged.key.clone(), (meta.clone(), file));
+        Ok(())
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = objects.values().map(|(meta, _)| meta.size as i64).sum();
+        Some(Usage { objects: objects.len() as i64, bytes, evicted: 0 })
+    }
+
+    fn remove(&self, key: &str, prefix: bool) -> io::Result<u64> {
+        stored_elements(key)?;
+        let mut objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        let before = objects.len();
+        if prefix {
+            objects.retain(|k, _| !k.starts_with(key));
+        } else {
+            objects.remove(key);
+        }
+        Ok((before - objects.len()) as u64)
     }
 }
 
@@ -616,6 +698,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn memory_store_conformance_and_sealed_bodies() {
+        let store = MemoryStore::default();
+        conformance(&store);
+        // A writer kept past publish cannot change what is served.
+        let key = "example.com/m/@v/v1.0.0.zip";
+        let mut staged = store.stage(key).expect("stage");
+        let mut writer = staged.take_file().expect("file");
+        writer.write_all(b"whole").expect("write");
+        store.publish(staged, &meta(b"whole")).expect("publish");
+        assert!(writer.write_all(b" and more").is_err(), "sealed");
+        assert_eq!(store.get(key).expect("get").expect("hit").read_body().expect("body"), b"whole");
+    }
+
+    #[test]
     fn disk_store_conformance_and_crash_leftovers() {
         let dir = tempdir();
         let store = DiskStore::open(&dir, 0).expect("open");
@@ -625,7 +721,7 @@ mod tests {
         let key = "example.com/m/@v/v1.0.0.zip";
         let mut s = store.stage(key).expect("stage");
         s.take_file().expect("file").write_all(b"half").expect("write");
-        let temp = s.path().to_path_buf();
+        let temp = s.path().expect("temp").to_path_buf();
         std::mem::forget(s);
         fs::write(dir.join(key), b"no record").expect("body");
         drop(store);

@@ -49,7 +49,7 @@ fn versions(list: &[u8]) -> Vec<String> {
 
 /// Starts the sync loop.
 pub fn start(origin: &Arc<Origin>, cfg: &SyncConfig) {
-    if !cfg.enabled || origin.upstream.is_off() {
+    if !cfg.enabled || origin.upstreams.public.is_off() {
         return;
     }
     let (o, cfg) = (Arc::clone(origin), cfg.clone());
@@ -66,7 +66,7 @@ pub fn start(origin: &Arc<Origin>, cfg: &SyncConfig) {
 pub async fn round(o: &Arc<Origin>, cfg: &SyncConfig) {
     o.metrics.sync_rounds.inc();
     let mut budget = cfg.budget;
-    for (escaped, _) in o.hot.top(cfg.modules) {
+    for (escaped, _) in o.warm.hot.top(cfg.modules) {
         if budget < 2 {
             tracing::debug!("sync budget spent");
             break;
@@ -100,12 +100,12 @@ pub async fn round(o: &Arc<Origin>, cfg: &SyncConfig) {
                 if pull::exists(o, &req.key()).await {
                     // Brought in this round already (the @latest refresh
                     // reads the newest version's .info and .mod).
-                    o.prefetch.mark_fetched(&req.key());
+                    o.warm.prefetch.mark_fetched(&req.key());
                     continue;
                 }
                 budget -= 1;
                 match pull::coalesced(o, &req, Trigger::Sync).await {
-                    Ok(_) => o.prefetch.mark_fetched(&req.key()),
+                    Ok(_) => o.warm.prefetch.mark_fetched(&req.key()),
                     Err(e) => tracing::debug!(key = %req.key(), error = %e, "sync: new version fetch failed"),
                 }
             }

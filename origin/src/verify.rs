@@ -132,8 +132,8 @@ pub async fn check(
     h1: &str,
     go_mod: bool,
 ) -> Result<(), OriginError> {
-    let Some(v) = o.verifier.as_ref() else { return Ok(()) };
-    if o.private.is_nosumdb(module.as_str()) {
+    let Some(v) = o.upstreams.verifier.as_ref() else { return Ok(()) };
+    if o.upstreams.private.is_nosumdb(module.as_str()) {
         return Ok(());
     }
     let result = check_with(o, v, module, version, h1, go_mod).await;

@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use modcdn_origin::config::OriginConfig;
 use modcdn_origin::error::UpstreamError;
 use modcdn_origin::pull::Trigger;
-use modcdn_origin::store::{Hit, Meta, Staged, Store, Usage};
+use modcdn_origin::store::{Hit, MemoryStore, Meta, Staged, Store, Usage};
 use modcdn_origin::upstream::{Fetch, Fetched};
 use modcdn_origin::{Origin, Sources};
 use tower::ServiceExt;
@@ -29,7 +29,7 @@ const LIST: &str = "example.com/flow/@v/list";
 /// An upstream answering from a table; a key it does not hold is a 503.
 #[derive(Default)]
 struct Table {
-    answers: Mutex<HashMap<String, Result<&'static str, u16>>>,
+    answers: Mutex<HashMap<String, Result<Bytes, u16>>>,
     asked: Mutex<Vec<String>>,
     /// How long each answer takes.
     delay: Mutex<std::time::Duration>,
@@ -38,10 +38,12 @@ struct Table {
 impl Table {
     fn with(answers: &[(&str, Result<&'static str, u16>)]) -> Arc<Table> {
         let t = Table::default();
-        t.answers.lock().expect("table").extend(answers.iter().map(|(k, a)| (k.to_string(), *a)));
+        for (key, answer) in answers {
+            t.set(key, answer.map(|body| Bytes::from_static(body.as_bytes())));
+        }
         Arc::new(t)
     }
-    fn set(&self, key: &str, answer: Result<&'static str, u16>) {
+    fn set(&self, key: &str, answer: Result<Bytes, u16>) {
         self.answers.lock().expect("table").insert(key.to_string(), answer);
     }
     fn asked(&self) -> Vec<String> {
@@ -52,7 +54,7 @@ impl Table {
 impl Fetch for Table {
     fn fetch<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Fetched, UpstreamError>> {
         self.asked.lock().expect("table").push(key.to_string());
-        let answer = self.answers.lock().expect("table").get(key).copied();
+        let answer = self.answers.lock().expect("table").get(key).cloned();
         let delay = *self.delay.lock().expect("table");
         Box::pin(async move {
             tokio::time::sleep(delay).await;
@@ -60,7 +62,7 @@ impl Fetch for Table {
                 Some(Ok(body)) => Ok(Fetched {
                     upstream: "table".into(),
                     content_length: Some(body.len() as u64),
-                    body: Box::new(futures::stream::iter([Ok(Bytes::from_static(body.as_bytes()))])),
+                    body: Box::new(futures::stream::iter([Ok(body)])),
                 }),
                 Some(Err(status @ (404 | 410))) => Err(UpstreamError::NotFound { status, message: "no such".into() }),
                 Some(Err(status)) => Err(UpstreamError::Status { status, message: "failing".into() }),
@@ -102,12 +104,12 @@ fn node_on(
         private: private.into_iter().map(|t| t as Arc<dyn Fetch>).collect(),
         checksum_dbs: sumdb.into_iter().map(|t| ("sum.golang.org".to_string(), t as Arc<dyn Fetch>)).collect(),
     };
-    let (store, shared) = modcdn_origin::open_store(&config).expect("store");
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
     let store: Arc<dyn Store> = match gate {
         Some(gate) => Arc::new(Gated { inner: store, gate }),
         None => store,
     };
-    Node { origin: Origin::with_parts(&config, sources, (store, shared)).expect("origin"), _dir: dir }
+    Node { origin: Origin::with_parts(&config, sources, (store, None)).expect("origin"), _dir: dir }
 }
 
 /// Holds the first store write until opened; counts the writes begun.
@@ -176,6 +178,14 @@ impl Node {
         (status, cache, String::from_utf8_lossy(&body).into_owned())
     }
 
+    /// The body of a 200 answer to `key`, as bytes.
+    async fn body(&self, key: &str) -> Vec<u8> {
+        let req = Request::get(format!("/{key}")).body(Body::empty()).expect("request");
+        let resp = modcdn_origin::serve::router(Arc::clone(&self.origin)).oneshot(req).await.expect("answer");
+        assert_eq!(resp.status(), StatusCode::OK, "{key}");
+        axum::body::to_bytes(resp.into_body(), 1 << 24).await.expect("body").to_vec()
+    }
+
     /// `POST /purge?path=key` on the operator listener, with `token`.
     async fn purge(&self, key: &str, token: &str) -> StatusCode {
         let req = Request::post(format!("/purge?path={key}"))
@@ -187,9 +197,13 @@ impl Node {
 
     /// What the store holds at `key` once every write behind an answer is done.
     async fn stored(&self, key: &str) -> Option<String> {
+        self.stored_bytes(key).await.map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    async fn stored_bytes(&self, key: &str) -> Option<Vec<u8>> {
         self.origin.pulls.writes.settled().await;
         let hit = self.origin.store.get(key).expect("store")?;
-        Some(String::from_utf8_lossy(&hit.read_body().expect("body")).into_owned())
+        Some(hit.read_body().expect("body"))
     }
 }
 
@@ -239,7 +253,7 @@ async fn writes_of_one_key_are_stored_in_the_order_of_their_pulls() {
     let _open = OpenOnDrop(Arc::clone(&gate));
     modcdn_origin::pull::coalesced(&n.origin, &req, Trigger::Refresh).await.expect("first pull");
     assert!(holds_within(|| gate.begun() == 1, std::time::Duration::from_secs(10)).await, "the first write is held");
-    public.set(LIST, Ok("v1.0.0\nv1.1.0\n"));
+    public.set(LIST, Ok(Bytes::from_static(b"v1.0.0\nv1.1.0\n")));
     let second = tokio::spawn({
         let (o, r) = (Arc::clone(&n.origin), req.clone());
         async move { modcdn_origin::pull::coalesced(&o, &r, Trigger::Refresh).await.map(|_| ()) }
@@ -319,7 +333,7 @@ async fn an_expired_list_stands_in_while_upstream_fails() {
     assert_eq!(n.get(LIST, None).await, (StatusCode::OK, "STALE".into(), "v1.0.0\n".into()));
     assert_eq!(public.asked(), [LIST], "it tried upstream first");
     // Once upstream answers, the new list replaces it.
-    public.set(LIST, Ok("v1.0.0\nv1.1.0\n"));
+    public.set(LIST, Ok(Bytes::from_static(b"v1.0.0\nv1.1.0\n")));
     assert_eq!(n.get(LIST, None).await, (StatusCode::OK, "MISS".into(), "v1.0.0\nv1.1.0\n".into()));
 }
 
@@ -342,7 +356,7 @@ async fn an_upstream_failure_is_a_5xx_and_never_remembered() {
     let n = node(VERIFY_OFF, Arc::clone(&public), vec![], None);
     let (status, _, _) = n.get(INFO, None).await;
     assert!(status.is_server_error(), "{status}");
-    public.set(INFO, Ok(INFO_BODY));
+    public.set(INFO, Ok(INFO_BODY.into()));
     assert_eq!(n.get(INFO, None).await, (StatusCode::OK, "MISS".into(), INFO_BODY.into()));
 }
 
@@ -378,4 +392,38 @@ async fn a_go_mod_the_checksum_database_does_not_vouch_for_is_not_stored() {
     assert!(body.contains("not in the checksum database"), "{body}");
     assert_eq!(sumdb.asked(), ["lookup/example.com/flow@v1.0.0"]);
     assert_eq!(n.stored(MOD).await, None, "nothing unverified is stored");
+}
+
+/// A module zip of `module@version` holding a go.mod and `files` more.
+fn module_zip(module: &str, version: &str, files: usize) -> Bytes {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default();
+    w.start_file(format!("{module}@{version}/go.mod"), opts).expect("start");
+    w.write_all(format!("module {module}\n").as_bytes()).expect("write");
+    for i in 0..files {
+        w.start_file(format!("{module}@{version}/f{i}.go"), opts).expect("start");
+        w.write_all(format!("package flow // {}\n", "x".repeat(i * 97)).as_bytes()).expect("write");
+    }
+    Bytes::from(w.finish().expect("finish").into_inner())
+}
+
+#[tokio::test]
+async fn a_zip_is_staged_checked_and_served_whole_and_a_broken_one_is_never_stored() {
+    const ZIP: &str = "example.com/flow/@v/v1.0.0.zip";
+    const BROKEN: &str = "example.com/flow/@v/v1.1.0.zip";
+    let zip = module_zip("example.com/flow", "v1.0.0", 64);
+    let mut broken = module_zip("example.com/flow", "v1.1.0", 64).to_vec();
+    broken.truncate(broken.len() - 30);
+    let public = Table::with(&[]);
+    public.set(ZIP, Ok(zip.clone()));
+    public.set(BROKEN, Ok(Bytes::from(broken)));
+    let n = node(VERIFY_OFF, Arc::clone(&public), vec![], None);
+    assert!(n.body(ZIP).await == zip, "the miss is the whole zip");
+    assert!(n.body(ZIP).await == zip, "the hit is the whole zip");
+    assert_eq!(public.asked(), [ZIP]);
+    assert!(n.stored_bytes(ZIP).await.is_some_and(|b| b == zip), "the store holds the whole zip");
+    let (status, _, body) = n.get(BROKEN, None).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(n.stored(BROKEN).await, None, "nothing that failed its check is stored");
 }
