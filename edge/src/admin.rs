@@ -111,11 +111,14 @@ impl Admin {
         m.evicted_bytes.inc_by((self.eviction.evicted_size() as u64).saturating_sub(m.evicted_bytes.get()));
         let rejected = self.membership.rejected_reloads();
         m.membership_rejected.inc_by(rejected.saturating_sub(m.membership_rejected.get()));
+        let applied = self.membership.applied_reloads();
+        m.membership_applied.inc_by(applied.saturating_sub(m.membership_applied.get()));
         let snapshot = self.membership.snapshot();
         for member in snapshot.topology.members() {
-            m.origin_healthy
-                .with_label_values(&[member.id.as_str(), member.region.as_str()])
-                .set(i64::from(snapshot.view.is_healthy(&member.id)));
+            let labels = [member.id.as_str(), member.region.as_str()];
+            m.origin_healthy.with_label_values(&labels).set(i64::from(snapshot.view.is_healthy(&member.id)));
+            let changes = m.origin_health_changes.with_label_values(&labels);
+            changes.inc_by(snapshot.view.health_changes(&member.id).saturating_sub(changes.get()));
         }
     }
 

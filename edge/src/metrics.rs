@@ -33,6 +33,10 @@ pub struct Metrics {
     /// 1 for each origin in routing, 0 for one taken out, by origin.
     pub origin_healthy: prometheus::IntGaugeVec,
     pub membership_rejected: IntCounter,
+    /// Ring changes: membership versions taken into routing, and each
+    /// origin's moves out of routing and back.
+    pub membership_applied: IntCounter,
+    pub origin_health_changes: IntCounterVec,
     pub purge_log_read: prometheus::GaugeVec,
     recent_purges: parking_lot::Mutex<std::collections::VecDeque<crate::status::PurgeNote>>,
 }
@@ -84,6 +88,12 @@ impl Metrics {
             "membership_rejected_total",
             "Versions of the membership file refused (the previous membership kept; see the log)",
         )?;
+        let membership_applied =
+            IntCounter::new("membership_reloads_total", "Versions of the membership file taken into routing")?;
+        let origin_health_changes = IntCounterVec::new(
+            Opts::new("origin_health_changes_total", "Times an origin was taken out of routing or came back"),
+            &["origin", "region"],
+        )?;
         let origin_healthy = prometheus::IntGaugeVec::new(
             Opts::new("origin_healthy", "1 while an origin is in routing, 0 while it is taken out"),
             &["origin", "region"],
@@ -107,6 +117,8 @@ impl Metrics {
             Box::new(evicted_bytes.clone()),
             Box::new(origin_healthy.clone()),
             Box::new(membership_rejected.clone()),
+            Box::new(membership_applied.clone()),
+            Box::new(origin_health_changes.clone()),
             Box::new(purge_log_read.clone()),
         ] {
             registry.register(c)?;
@@ -131,6 +143,8 @@ impl Metrics {
             evicted_bytes,
             origin_healthy,
             membership_rejected,
+            membership_applied,
+            origin_health_changes,
             purge_log_read,
             recent_purges: Default::default(),
         })

@@ -21,9 +21,10 @@ pub struct Metrics {
     /// Upstream fetches by who started them (client, refresh, prefetch).
     pub upstream_fetches: IntCounterVec,
     pub prefetch_queue: IntGauge,
-    pub prefetched: IntCounter,
-    /// Prefetched artifacts a client later asked for.
-    pub prefetch_useful: IntCounter,
+    /// Artifacts fetched before any client asked, by what fetched them
+    /// (prefetch, sync), and those a client then asked for.
+    pub warmed: IntCounterVec,
+    pub warmed_useful: IntCounterVec,
     pub prefetch_dropped: IntCounter,
     pub sync_rounds: IntCounter,
     /// Artifacts whose hash the checksum database contradicts.
@@ -69,9 +70,17 @@ impl Metrics {
             &["trigger"],
         )?;
         let prefetch_queue = IntGauge::new("prefetch_queue_depth", "Prefetches waiting")?;
-        let prefetched = IntCounter::new("prefetched_total", "Artifacts fetched by prefetch")?;
-        let prefetch_useful =
-            IntCounter::new("prefetch_useful_total", "Prefetched or synced artifacts later asked for by a client")?;
+        let warmed = IntCounterVec::new(
+            Opts::new("warmed_total", "Artifacts fetched before any client asked, by what fetched them"),
+            &["by"],
+        )?;
+        let warmed_useful = IntCounterVec::new(
+            Opts::new(
+                "warmed_useful_total",
+                "Artifacts fetched before any client asked that a client then asked for, by what fetched them",
+            ),
+            &["by"],
+        )?;
         let prefetch_dropped =
             IntCounter::new("prefetch_dropped_total", "Prefetches dropped because the queue was full")?;
         let sync_rounds = IntCounter::new("sync_rounds_total", "Sync rounds run")?;
@@ -86,8 +95,13 @@ impl Metrics {
         registry.register(Box::new(sync_new_versions.clone()))?;
         registry.register(Box::new(prefetch_queue.clone()))?;
         registry.register(Box::new(upstream_fetches.clone()))?;
-        registry.register(Box::new(prefetched.clone()))?;
-        registry.register(Box::new(prefetch_useful.clone()))?;
+        // Both series from the start, so a ratio over them exists at once.
+        for by in ["prefetch", "sync"] {
+            warmed.with_label_values(&[by]);
+            warmed_useful.with_label_values(&[by]);
+        }
+        registry.register(Box::new(warmed.clone()))?;
+        registry.register(Box::new(warmed_useful.clone()))?;
         registry.register(Box::new(prefetch_dropped.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(upstream_seconds.clone()))?;
@@ -121,8 +135,8 @@ impl Metrics {
             store_bytes,
             upstream_fetches,
             prefetch_queue,
-            prefetched,
-            prefetch_useful,
+            warmed,
+            warmed_useful,
             prefetch_dropped,
             sync_rounds,
             sync_new_versions,

@@ -66,9 +66,6 @@ impl Recent {
         self.0.put(key, ());
         true
     }
-    fn remove(&mut self, key: &str) -> bool {
-        self.0.pop(key).is_some()
-    }
 }
 
 pub struct Prefetcher {
@@ -79,8 +76,9 @@ pub struct Prefetcher {
     zip_rx: Mutex<Option<mpsc::Receiver<Job>>>,
     /// Recently queued keys, so one artifact is queued once.
     queued: Mutex<Recent>,
-    /// Prefetched or synced keys not yet asked for by a client (usefulness).
-    fetched: Mutex<Recent>,
+    /// Prefetched or synced keys not yet asked for by a client, with what
+    /// fetched them (usefulness).
+    fetched: Mutex<lru::LruCache<String, Trigger>>,
 }
 
 impl Prefetcher {
@@ -94,7 +92,7 @@ impl Prefetcher {
             zip_tx,
             zip_rx: Mutex::new(Some(zip_rx)),
             queued: Mutex::new(Recent::new(cfg.queue.max(1) * 4)),
-            fetched: Mutex::new(Recent::new(100_000)),
+            fetched: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(100_000).expect("non-zero"))),
         }
     }
 
@@ -123,17 +121,20 @@ impl Prefetcher {
         origin.metrics.prefetch_queue.set(self.queued_now() as i64);
     }
 
-    /// Records that a background fetch (prefetch or sync) brought `key`.
-    pub fn mark_fetched(&self, key: &str) {
+    /// Records that a fetch before any client asked (`by` prefetch or sync)
+    /// brought `key`.
+    pub fn mark_fetched(&self, origin: &Origin, key: &str, by: Trigger) {
+        origin.metrics.warmed.with_label_values(&[by.as_str()]).inc();
         if let Ok(mut f) = self.fetched.lock() {
-            f.insert(key.to_string());
+            f.put(key.to_string(), by);
         }
     }
 
-    /// A client asked for `key`; counts it if a prefetch brought it.
+    /// A client asked for `key`; counts it for what brought it, if that was
+    /// a prefetch or sync.
     pub fn client_asked(&self, origin: &Origin, key: &str) {
-        if self.fetched.lock().map(|mut f| f.remove(key)).unwrap_or(false) {
-            origin.metrics.prefetch_useful.inc();
+        if let Some(by) = self.fetched.lock().ok().and_then(|mut f| f.pop(key)) {
+            origin.metrics.warmed_useful.with_label_values(&[by.as_str()]).inc();
         }
     }
 
@@ -193,8 +194,7 @@ async fn work(o: &Arc<Origin>, job: Job) {
 async fn fetch(o: &Arc<Origin>, req: &Request, key: &str) -> Option<pull::Artifact> {
     match pull::coalesced(o, req, Trigger::Prefetch).await {
         Ok(artifact) => {
-            o.metrics.prefetched.inc();
-            o.warm.prefetch.mark_fetched(key);
+            o.warm.prefetch.mark_fetched(o, key, Trigger::Prefetch);
             Some(artifact)
         }
         Err(e) => {
@@ -209,16 +209,13 @@ mod tests {
     use super::Recent;
 
     #[test]
-    fn recent_keys_stay_bounded_and_a_removed_key_leaves_no_trace() {
+    fn recent_keys_stay_bounded() {
         let mut r = Recent::new(2);
         assert!(r.insert("a".into()));
         assert!(!r.insert("a".into()));
-        assert!(r.remove("a") && !r.remove("a"));
-        assert!(r.insert("a".into()));
         assert!(r.insert("b".into()));
         // Both are among the last two: neither is queued again.
-        assert!(!r.insert("a".into()), "a key inserted after its removal was forgotten");
-        assert!(!r.insert("b".into()));
+        assert!(!r.insert("a".into()) && !r.insert("b".into()));
         assert!(r.insert("c".into()));
         assert!(r.insert("a".into()), "the oldest is forgotten past the capacity");
     }

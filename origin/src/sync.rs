@@ -100,12 +100,12 @@ pub async fn round(o: &Arc<Origin>, cfg: &SyncConfig) {
                 if pull::exists(o, &req.key()).await {
                     // Brought in this round already (the @latest refresh
                     // reads the newest version's .info and .mod).
-                    o.warm.prefetch.mark_fetched(&req.key());
+                    o.warm.prefetch.mark_fetched(o, &req.key(), Trigger::Sync);
                     continue;
                 }
                 budget -= 1;
                 match pull::coalesced(o, &req, Trigger::Sync).await {
-                    Ok(_) => o.warm.prefetch.mark_fetched(&req.key()),
+                    Ok(_) => o.warm.prefetch.mark_fetched(o, &req.key(), Trigger::Sync),
                     Err(e) => tracing::debug!(key = %req.key(), error = %e, "sync: new version fetch failed"),
                 }
             }

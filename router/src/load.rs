@@ -48,6 +48,8 @@ pub struct MemberStats {
     ewma_us: AtomicU64,
     ewma_at: RwLock<Instant>,
     healthy: AtomicBool,
+    /// Times it went out of routing or came back.
+    health_changes: AtomicU64,
     fails: AtomicU32,
     successes: AtomicU32,
     region: RwLock<Option<Arc<RegionStats>>>,
@@ -62,6 +64,7 @@ impl MemberStats {
             ewma_us: AtomicU64::new(0f64.to_bits()),
             ewma_at: RwLock::new(Instant::now()),
             healthy: AtomicBool::new(true),
+            health_changes: AtomicU64::new(0),
             fails: AtomicU32::new(0),
             successes: AtomicU32::new(0),
             region: RwLock::new(None),
@@ -100,6 +103,7 @@ impl MemberStats {
 
     fn set_healthy(&self, up: bool) {
         if self.healthy.swap(up, Ordering::Relaxed) != up {
+            self.health_changes.fetch_add(1, Ordering::Relaxed);
             if let Some(r) = self.region() {
                 r.healthy.fetch_add(if up { 1 } else { -1 }, Ordering::Relaxed);
             }
@@ -274,6 +278,11 @@ impl LoadView {
 
     pub fn is_healthy(&self, id: &str) -> bool {
         self.member(id).is_healthy()
+    }
+
+    /// How many times `id` went out of routing or came back since start.
+    pub fn health_changes(&self, id: &str) -> u64 {
+        self.member(id).health_changes.load(Ordering::Relaxed)
     }
 
     pub fn load(&self, id: &str) -> i64 {

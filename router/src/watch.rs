@@ -31,6 +31,8 @@ pub struct Membership {
     seen: Mutex<Fingerprint>,
     /// Versions of the file refused (the previous membership kept).
     rejected: AtomicU64,
+    /// Versions of the file taken into routing after the first.
+    applied: AtomicU64,
 }
 
 impl Membership {
@@ -45,6 +47,7 @@ impl Membership {
             view,
             seen: Mutex::new(seen),
             rejected: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
         }))
     }
 
@@ -75,6 +78,7 @@ impl Membership {
             self.rejected.fetch_add(1, Ordering::Relaxed);
         })?;
         self.current.store(Arc::new(snapshot));
+        self.applied.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -82,6 +86,12 @@ impl Membership {
     /// the previous membership).
     pub fn rejected_reloads(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// How many new versions of the file were taken into routing since
+    /// start.
+    pub fn applied_reloads(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
     }
 
     /// Watches the file: polls every `interval`, and reloads at once on

@@ -99,7 +99,9 @@ fn file_changes_are_picked_up_and_bad_files_keep_the_old_membership() {
 
     let three = [("a", "127.0.0.1:1".to_string()), ("b", "127.0.0.1:2".to_string()), ("c", "127.0.0.1:3".to_string())];
     write(&path, &membership(&three, ""));
+    assert_eq!(m.applied_reloads(), 0);
     wait_for("the third origin", Duration::from_secs(5), || m.snapshot().topology.members().count() == 3);
+    assert_eq!(m.applied_reloads(), 1);
     // The old snapshot is still whole for whoever holds it.
     assert_eq!(before.topology.members().count(), 2);
 
@@ -111,6 +113,7 @@ fn file_changes_are_picked_up_and_bad_files_keep_the_old_membership() {
     assert_eq!(m.snapshot().topology.members().count(), 3, "a bad file keeps the previous membership");
     let e = m.reload(true).err().map(|e| e.to_string()).unwrap_or_default();
     assert_eq!(m.rejected_reloads(), 2);
+    assert_eq!(m.applied_reloads(), 1, "refused versions are not counted as applied");
     assert!(e.contains("router.toml:2:") && e.contains("origin[0].region"), "{e}");
 }
 
@@ -147,6 +150,9 @@ fn dead_origins_leave_routing_within_an_interval_and_come_back() {
 
     a.up.store(true, Ordering::Relaxed);
     wait_for("a to come back", Duration::from_secs(3), || owners(&m).iter().any(|o| o == "a"));
+    // Out and back: two changes of a's health at least (a loaded machine
+    // may time a check out once more).
+    assert!(m.view().health_changes("a") >= 2, "{}", m.view().health_changes("a"));
 }
 
 #[test]

@@ -72,6 +72,7 @@ async fn an_upstream_outage_costs_one_retry_budget_per_request_and_no_origin_hea
         "{pulls} upstream requests for {asked} client requests: more than one retry budget each"
     );
     assert_eq!(healthy_origins(&s.edge).await, 3.0, "upstream's outage took an origin out of routing");
+    assert_eq!(scrape(&s.edge.admin, "modcdn_edge_origin_health_changes_total").await, 0.0, "not even for a while");
     assert_eq!(scrape(&s.edge.admin, "modcdn_edge_origin_requests_total{result=\"origin\"}").await, 0.0);
     assert!(scrape(&s.edge.admin, "modcdn_edge_origin_requests_total{result=\"upstream\"}").await >= asked as f64);
 
@@ -158,6 +159,9 @@ async fn an_origin_failing_for_its_own_reasons_or_dying_costs_clients_nothing_an
     let (ok, failed) = totals(clients).await;
     assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
     assert!(ok > 500, "the load ran ({ok} requests)");
+    // The dead origin left routing, and the ring's history says so.
+    assert_eq!(scrape(&s.edge.admin, "modcdn_edge_origin_healthy{origin=\"b\"}").await, 0.0);
+    assert!(scrape(&s.edge.admin, "modcdn_edge_origin_health_changes_total{origin=\"b\"}").await >= 1.0);
     let own_faults = scrape(&s.edge.admin, "modcdn_edge_origin_requests_total{origin=\"c\",result=\"origin\"}").await;
     assert!(own_faults > 0.0, "the broken origin was asked and said it was its own fault");
 

@@ -545,5 +545,7 @@ async fn a_new_version_of_a_hot_module_is_fetched_before_anyone_asks() {
     }
     assert_eq!(s.upstream.counters().total(), seen, "the first client requests asked upstream nothing");
     let m = s.operator("metrics").await.text().await.expect("metrics");
-    assert!(metric(&m, "modcdn_origin_prefetch_useful_total ") >= 3.0, "{m}");
+    // Each of the three was warmed by sync and then asked for.
+    assert_eq!(metric(&m, "modcdn_origin_warmed_useful_total{by=\"sync\"} "), 3.0, "{m}");
+    assert!(metric(&m, "modcdn_origin_warmed_total{by=\"sync\"} ") >= 3.0, "{m}");
 }

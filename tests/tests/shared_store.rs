@@ -296,6 +296,7 @@ async fn a_fourth_origin_joins_under_load_with_no_failed_request_and_no_upstream
         "the new origin is in the ring and serves"
     );
     let joined = started.elapsed();
+    assert_eq!(scrape(&edge.admin, "modcdn_edge_membership_reloads_total").await, 1.0, "the ring change is counted");
     let (ok, failed) = totals(clients).await;
     let (at_d, all) = (scrape(&edge.admin, to_d).await, through_edge().await);
     eprintln!("{ok} requests ({all} to origins, {at_d} to D, joined after {joined:?}), {failed} failed");
