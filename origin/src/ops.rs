@@ -238,11 +238,12 @@ async fn status(State(o): State<Arc<Origin>>) -> Response {
     o.refresh_store_gauges();
     let m = &o.metrics;
     let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
-    let sum = |name: &str| -> f64 {
+    // Counters are whole numbers: summed as such (an empty f64 sum is -0).
+    let sum = |name: &str| -> u64 {
         m.gather()
             .iter()
             .filter(|f| f.name() == name)
-            .flat_map(|f| f.get_metric().iter().map(|x| x.get_counter().value()).collect::<Vec<_>>())
+            .flat_map(|f| f.get_metric().iter().map(|x| x.get_counter().value() as u64).collect::<Vec<_>>())
             .sum()
     };
     let hits = m
@@ -251,16 +252,16 @@ async fn status(State(o): State<Arc<Origin>>) -> Response {
         .filter(|f| f.name() == "modcdn_origin_requests_total")
         .flat_map(|f| f.get_metric().to_vec())
         .filter(|x| x.get_label().iter().any(|l| l.name() == "cache" && l.value() == "hit"))
-        .map(|x| x.get_counter().value())
-        .sum::<f64>();
+        .map(|x| x.get_counter().value() as u64)
+        .sum::<u64>();
     let requests = sum("modcdn_origin_requests_total");
     let mut rows = vec![
         ("ready", if o.load.is_ready() { "yes".to_string() } else { "shutting down".to_string() }),
         ("requests in flight", m.in_flight.get().to_string()),
         ("latency (EWMA)", format!("{:.1} ms", o.load.ewma_ms())),
-        ("requests", format!("{requests:.0}")),
-        ("answered from the store", format!("{hits:.0}")),
-        ("upstream fetches", format!("{:.0}", sum("modcdn_origin_upstream_fetches_total"))),
+        ("requests", requests.to_string()),
+        ("answered from the store", hits.to_string()),
+        ("upstream fetches", sum("modcdn_origin_upstream_fetches_total").to_string()),
         ("checksum mismatches", m.checksum_mismatch.get().to_string()),
         ("pulls refused (max_pulls)", m.pulls_refused.get().to_string()),
         ("prefetch queue", m.prefetch_queue.get().to_string()),

@@ -301,9 +301,30 @@ async fn the_status_page_shows_in_a_real_browser_what_the_metrics_say() {
     let served = metric_sum(&origin_metrics, "modcdn_origin_requests_total");
     assert!(served >= 3.0, "{served}");
     assert!(origin_dom.contains(&format!("<td>requests</td><td id=\"row-3\">{served:.0}</td>")), "{origin_dom}");
+    let store_hits = metric_sum(&origin_metrics, "modcdn_origin_requests_total{cache=\"hit\"}") as u64;
+    assert!(origin_dom.contains(&format!("from the store</td><td id=\"row-4\">{store_hits}</td>")), "{origin_dom}");
     assert!(origin_dom.contains("purge log entries</td><td id=\"row-9\">1</td>"), "{origin_dom}");
     let shot = tmp.path().join("status.png");
     chromium(&[&format!("--screenshot={}", shot.display()), "--window-size=1100,900"]);
     let png = std::fs::read(&shot).expect("screenshot");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a screenshot of {} bytes", png.len());
+    // What a person sees: the pixels, read back by OCR, show the same numbers.
+    let ocr = Command::new("tesseract")
+        .arg(&shot)
+        .arg("-")
+        .output()
+        .expect("tesseract (Debian's tesseract-ocr; the README's test command installs it)");
+    assert!(ocr.status.success(), "tesseract: {}", String::from_utf8_lossy(&ocr.stderr));
+    let seen = String::from_utf8_lossy(&ocr.stdout);
+    let since_start: Vec<&str> = seen
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("since start"))
+        .unwrap_or_else(|| panic!("no \"since start\" row in the screenshot:\n{seen}"))
+        .split_whitespace()
+        .collect();
+    let ratio = format!("{:.1}%", 100.0 * hits / requests);
+    assert_eq!(since_start[..2], [format!("{requests}"), ratio], "the screenshot's traffic row:\n{seen}");
+    for shown in ["1 of 1 origins healthy", "example.com/alpha", "module=example.com/beta"] {
+        assert!(seen.contains(shown), "the screenshot does not show {shown:?}:\n{seen}");
+    }
 }
