@@ -67,7 +67,14 @@ fn run(cli: Cli) -> Result<(), String> {
             let a = MembershipFile::snapshot(&from).map_err(|e| e.to_string())?;
             let b = MembershipFile::snapshot(&to).map_err(|e| e.to_string())?;
             let ks = plan::synthetic_keys(keys);
-            let plans = plan::plan(&a.topology, &b.topology, &ks);
+            // Drawn on stderr, and only on a terminal.
+            let total = (ks.len() * plan::regions(&a.topology, &b.topology).len()) as u64;
+            let bar = indicatif::ProgressBar::new(total).with_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {percent}% of {len} key lookups, {eta} left")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let plans = plan::plan(&a.topology, &b.topology, &ks, &mut |n| bar.inc(n));
+            bar.finish_and_clear();
             print!("{}", plan::render(&plans, keys));
             if let Some(file) = svg {
                 std::fs::write(&file, plan::svg(&plans, keys)).map_err(|e| format!("{}: {e}", file.display()))?;

@@ -39,15 +39,29 @@ fn weight_shares(t: &Topology, region: &str) -> BTreeMap<String, f64> {
     ms.iter().map(|m| (m.id.clone(), if total > 0.0 { m.weight / total } else { 0.0 })).collect()
 }
 
-/// Compares the owners of `keys` in every region of either topology.
-pub fn plan(from: &Topology, to: &Topology, keys: &[RoutingKey]) -> BTreeMap<String, RegionPlan> {
-    let regions: BTreeSet<&str> = from.regions().chain(to.regions()).collect();
+/// The regions [`plan`] compares: those of either topology.
+pub fn regions<'a>(from: &'a Topology, to: &'a Topology) -> BTreeSet<&'a str> {
+    from.regions().chain(to.regions()).collect()
+}
+
+/// Compares the owners of `keys` in every region of either topology,
+/// calling `done` with the number of keys compared since its last call.
+pub fn plan(
+    from: &Topology,
+    to: &Topology,
+    keys: &[RoutingKey],
+    done: &mut dyn FnMut(u64),
+) -> BTreeMap<String, RegionPlan> {
+    const STEP: usize = 1 << 16;
     let mut out = BTreeMap::new();
-    for region in regions {
+    for region in regions(from, to) {
         let mut p = RegionPlan::default();
         let n = keys.len().max(1) as f64;
         let mut moved = 0usize;
-        for k in keys {
+        for (i, k) in keys.iter().enumerate() {
+            if i % STEP == STEP - 1 {
+                done(STEP as u64);
+            }
             let a = from.owner_in(k, region);
             let b = to.owner_in(k, region);
             if let Some(a) = a {
@@ -66,6 +80,7 @@ pub fn plan(from: &Topology, to: &Topology, keys: &[RoutingKey]) -> BTreeMap<Str
                 }
             }
         }
+        done((keys.len() % STEP) as u64);
         p.moved = moved as f64 / n;
         // Total variation distance between the weight shares before and after.
         let (wa, wb) = (weight_shares(from, region), weight_shares(to, region));
@@ -184,18 +199,21 @@ mod tests {
     #[test]
     fn adding_one_of_four_moves_about_a_fifth_all_to_it() {
         let keys = synthetic_keys(50_000);
-        let p = &plan(&topo(&["a", "b", "c", "d"]), &topo(&["a", "b", "c", "d", "e"]), &keys)["r"];
+        let mut compared = 0;
+        let p =
+            &plan(&topo(&["a", "b", "c", "d"]), &topo(&["a", "b", "c", "d", "e"]), &keys, &mut |n| compared += n)["r"];
+        assert_eq!(compared, 50_000, "progress counts every key of the one region");
         assert!((p.ideal - 0.2).abs() < 1e-9, "{}", p.ideal);
         assert!(p.moved <= 1.1 * p.ideal && p.moved >= 0.9 * p.ideal, "moved {}", p.moved);
         assert!((p.members["e"].gained - p.moved).abs() < 1e-9);
         assert!(p.members.iter().filter(|(id, _)| *id != "e").all(|(_, c)| c.gained == 0.0));
-        assert!(render(&plan(&topo(&["a"]), &topo(&["a", "b"]), &keys), keys.len()).contains("region r"));
+        assert!(render(&plan(&topo(&["a"]), &topo(&["a", "b"]), &keys, &mut |_| {}), keys.len()).contains("region r"));
     }
 
     #[test]
     fn the_picture_has_a_pair_of_bars_per_member_sized_by_share() {
         let keys = synthetic_keys(20_000);
-        let picture = svg(&plan(&topo(&["a", "b"]), &topo(&["a", "b", "<c>"]), &keys), keys.len());
+        let picture = svg(&plan(&topo(&["a", "b"]), &topo(&["a", "b", "<c>"]), &keys, &mut |_| {}), keys.len());
         assert!(picture.starts_with("<svg") && picture.trim_end().ends_with("</svg>"));
         assert_eq!(picture.matches("<rect").count(), 6, "before and after for each of three members");
         assert!(picture.contains("&lt;c&gt;") && !picture.contains("<c>"), "ids are escaped");
