@@ -770,15 +770,22 @@ async fn a_cached_file_failing_under_a_reader_fails_that_response_not_the_edge()
     let whole = tls.get(format!("{base}/{key}")).send().await.expect("fill").bytes().await.expect("body");
     assert_eq!(whole.len() as u64, std::fs::metadata(corpus.root.join(&key)).expect("zip").len());
 
-    // A disk hit, read slowly; its body file is cut short under it.
+    // A disk hit (once the fill is on disk: that write runs behind the
+    // answer), read slowly; its body file is cut short under it.
+    let body_file = || {
+        modcdn_tests::files(&dir.join("cache")).into_iter().map(|f| dir.join("cache").join(f)).find(|f| {
+            f.extension().is_some_and(|e| e == "body") && std::fs::metadata(f).is_ok_and(|m| m.len() > 1 << 20)
+        })
+    };
+    let on_disk = modcdn_tests::http::eventually(Duration::from_secs(10), || async {
+        modcdn_tests::http::scrape(&edge.admin, "modcdn_edge_cache_objects").await >= 1.0
+    })
+    .await;
+    assert!(on_disk, "the fill never reached the disk");
     let mut r = tls.get(format!("{base}/{key}")).send().await.expect("hit");
     assert_eq!(r.headers()["x-cache"], "HIT");
     let mut got = r.chunk().await.expect("first chunk").map_or(0, |c| c.len());
-    let body = modcdn_tests::files(&dir.join("cache"))
-        .into_iter()
-        .map(|f| dir.join("cache").join(f))
-        .find(|f| f.extension().is_some_and(|e| e == "body") && std::fs::metadata(f).is_ok_and(|m| m.len() > 1 << 20))
-        .expect("the zip's body file");
+    let body = body_file().expect("the zip's body file");
     std::fs::OpenOptions::new().write(true).open(&body).expect("open").set_len(0).expect("truncate");
     let ended = loop {
         match r.chunk().await {

@@ -11,8 +11,6 @@ pub(super) struct Filler {
     fill: Arc<Fill>,
     file: Option<File>,
     written: u64,
-    /// The body, while it is small enough for the memory tier.
-    small: Option<Vec<u8>>,
     done: bool,
 }
 
@@ -23,9 +21,8 @@ impl Filler {
         primary: String,
         fill: Arc<Fill>,
         file: File,
-        small: Option<Vec<u8>>,
     ) -> Filler {
-        Filler { store, hash, primary, fill, file: Some(file), written: 0, small, done: false }
+        Filler { store, hash, primary, fill, file: Some(file), written: 0, done: false }
     }
 
     fn aborted(&self) -> Result<()> {
@@ -45,46 +42,37 @@ impl HandleMiss for Filler {
         }
         let Some(file) = self.file.take() else { return Err(storage_error("fill", "write after failure")) };
         let len = data.len() as u64;
-        if let Some(small) = &mut self.small {
-            if self.written + len <= self.store.memory_object_max {
-                small.extend_from_slice(&data);
-            } else {
-                self.small = None;
-            }
-        }
         // Into the page cache, right here: a buffered write is a memory copy,
         // and a hop to the blocking pool per chunk (16 for a 1 MiB zip) stood
         // in every miss's path. As nginx does, cache files are written on the
         // event loop; the sync, which may block for long, runs on the pool.
         file.write_all_at(&data, self.written).map_err(|e| storage_error("write", e))?;
         self.file = Some(file);
+        {
+            let mut own = self.fill.own.lock();
+            if own.bytes + data.len() <= OWN_MAX {
+                own.bytes += data.len();
+                own.chunks.push_back((self.written, data));
+            }
+        }
         self.written += len;
         self.fill.state.send_replace(FillState::Partial(self.written));
         Ok(())
     }
 
     /// The body is whole: readers (the request that filled it, and every
-    /// waiter) finish now, a small body goes to the memory tier now, and
-    /// the durable write (sync, rename, meta) runs off the request's path.
-    /// Until it is done the fill stays where lookups find it; a crash
+    /// waiter) finish now, and the durable write (sync, rename, meta) and
+    /// the memory tier's copy of a small body are made off the request's
+    /// path. Until then the fill stays where lookups find it; a crash
     /// before the rename loses the copy (fetched again), never serves part.
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         self.aborted()?;
         let Some(file) = self.file.take() else { return Err(storage_error("fill", "finish after failure")) };
         let store = self.store;
         let epoch = store.purge_epoch();
-        match self.small.take() {
-            Some(small) => store.promote(
-                &self.primary,
-                Arc::new(MemObject::parse(&self.primary, &self.fill.meta, small.into())?),
-                epoch,
-            ),
-            // Too large for memory: what memory held for the key (a 404, an
-            // older answer) must not go on standing in front of it.
-            None => {
-                store.memory.remove(&self.primary);
-            }
-        }
+        // What memory held for the key (a 404, an older answer) must not go
+        // on standing in front of the new answer.
+        store.memory.remove(&self.primary);
         self.fill.state.send_replace(FillState::Complete(self.written));
         self.done = true;
         store.publishing.send_modify(|n| *n += 1);
@@ -94,6 +82,7 @@ impl HandleMiss for Filler {
             primary: std::mem::take(&mut self.primary),
             fill: self.fill.clone(),
             written: self.written,
+            epoch,
         };
         tokio::spawn(async move {
             if let Err(e) = publish.run(file).await {
@@ -117,6 +106,9 @@ struct Publish {
     primary: String,
     fill: Arc<Fill>,
     written: u64,
+    /// Purges done when the fill finished: a purge since then keeps its
+    /// body out of the memory tier.
+    epoch: u64,
 }
 
 impl Publish {
@@ -132,25 +124,43 @@ impl Publish {
             (self.fill.part.clone(), store.body_path(&self.hash, generation), store.meta_path(&self.hash));
         let (shard, hash) = (store.shard(&self.hash), self.hash.clone());
         let meta_tmp = store.tmp.join(format!("{hash}.{generation}.meta"));
-        let published = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            file.sync_data()?;
-            drop(file);
-            std::fs::create_dir_all(&shard)?;
-            let previous = std::fs::read(&meta_path).ok().and_then(|b| MetaFile::decode(&b)).map(|m| m.generation);
-            std::fs::rename(&part, &body)?;
-            sync_write(&meta_tmp, &meta.encode())?;
-            std::fs::rename(&meta_tmp, &meta_path)?;
-            if let Some(g) = previous.filter(|g| *g != generation) {
-                let _ = std::fs::remove_file(shard.join(format!("{hash}.{g}.body")));
+        // A body small enough for the memory tier is read back here, off
+        // the request's path (a copy made while serving cost every miss).
+        let (reader, small) =
+            (self.fill.reader.clone(), store.memory_object_max > 0 && self.written <= store.memory_object_max);
+        let written = self.written;
+        let published = store
+            .durable
+            .run(move || -> std::io::Result<Option<Vec<u8>>> {
+                file.sync_data()?;
+                drop(file);
+                std::fs::create_dir_all(&shard)?;
+                let previous = std::fs::read(&meta_path).ok().and_then(|b| MetaFile::decode(&b)).map(|m| m.generation);
+                std::fs::rename(&part, &body)?;
+                sync_write(&meta_tmp, &meta.encode())?;
+                std::fs::rename(&meta_tmp, &meta_path)?;
+                if let Some(g) = previous.filter(|g| *g != generation) {
+                    let _ = std::fs::remove_file(shard.join(format!("{hash}.{g}.body")));
+                }
+                if !small {
+                    return Ok(None);
+                }
+                let mut body = vec![0; written as usize];
+                reader.read_exact_at(&mut body, 0)?;
+                Ok(Some(body))
+            })
+            .await
+            .map_err(|e| storage_error("publish", e));
+        let published = match published {
+            Ok(small) if !self.fill.aborted.load(Ordering::SeqCst) => {
+                store.index.lock().insert(&self.hash, &self.primary, self.written);
+                if let Some(obj) = small.and_then(|b| MemObject::parse(&self.primary, &self.fill.meta, b.into()).ok()) {
+                    store.promote(&self.primary, Arc::new(obj), self.epoch);
+                }
+                Ok(())
             }
-            Ok(())
-        })
-        .await
-        .map_err(|e| storage_error("publish", e))
-        .and_then(|r| r.map_err(|e| storage_error("publish", e)));
-        if published.is_ok() && !self.fill.aborted.load(Ordering::SeqCst) {
-            store.index.lock().insert(&self.hash, &self.primary, self.written);
-        }
+            other => other.map(|_| ()),
+        };
         // Lookups go to disk (or memory) from here on.
         {
             let mut fills = store.fills.lock();

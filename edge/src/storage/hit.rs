@@ -22,6 +22,10 @@ pub(super) enum Hit {
         file: Arc<File>,
         state: watch::Receiver<FillState>,
         pos: u64,
+        /// The fill, when this is the filling request's own reader: it
+        /// takes the chunks the writer hands it, and reads the file only
+        /// where the writer held none (past [`OWN_MAX`]).
+        own: Option<Arc<Fill>>,
     },
 }
 
@@ -105,16 +109,41 @@ impl HandleHit for Hit {
                 *pos += chunk.len();
                 Ok(Some(chunk))
             }
-            Hit::Partial { file, state, pos } => loop {
+            Hit::Partial { file, state, pos, own } => loop {
                 let now = *state.borrow_and_update();
-                let available = match now {
+                let mut available = match now {
                     FillState::Failed => return Err(storage_error("read", "the fill this read follows failed")),
                     FillState::Complete(n) if n == *pos => return Ok(None),
                     FillState::Complete(n) | FillState::Partial(n) => n,
                 };
+                if let Some(fill) = own {
+                    let mut own = fill.own.lock();
+                    while let Some((at, chunk)) = own.chunks.pop_front() {
+                        own.bytes -= chunk.len();
+                        match at.cmp(pos) {
+                            // Taken already by a read of the file.
+                            std::cmp::Ordering::Less => continue,
+                            std::cmp::Ordering::Equal => {
+                                *pos += chunk.len() as u64;
+                                return Ok(Some(chunk));
+                            }
+                            // A gap the writer held nothing for: the file
+                            // has it, up to this chunk.
+                            std::cmp::Ordering::Greater => {
+                                own.bytes += chunk.len();
+                                own.chunks.push_front((at, chunk));
+                                available = available.min(at);
+                                break;
+                            }
+                        }
+                    }
+                }
                 if available > *pos {
                     let n = CHUNK.min((available - *pos) as usize);
                     let chunk = read_at(file, *pos, n).await?;
+                    if chunk.is_empty() {
+                        return Err(storage_error("read", "the fill's file is shorter than what was written"));
+                    }
                     *pos += chunk.len() as u64;
                     return Ok(Some(chunk));
                 }

@@ -47,6 +47,7 @@ use pingora::cache::{CacheKey, CacheMeta};
 use pingora::{Error, ErrorType, Result};
 use tokio::sync::watch;
 
+mod durable;
 mod fill;
 mod hit;
 mod mapped;
@@ -155,7 +156,23 @@ struct Fill {
     reader: Arc<File>,
     state: watch::Sender<FillState>,
     aborted: AtomicBool,
+    /// Chunks handed straight to the filling request's own reader, so the
+    /// first client's bytes are not read back from the file just written.
+    own: Mutex<OwnChunks>,
 }
+
+/// Chunks written and not yet taken by the filling request's reader, at
+/// most [`OWN_MAX`] bytes of them; past that (a slow client), its reader
+/// reads the gap from the file as any other reader does.
+#[derive(Default)]
+struct OwnChunks {
+    chunks: std::collections::VecDeque<(u64, Bytes)>,
+    bytes: usize,
+}
+
+/// Bytes held for the filling request's reader before it reads from the
+/// file instead.
+const OWN_MAX: usize = 4 << 20;
 
 /// One entry on disk, as found at start.
 #[derive(Debug, Clone)]
@@ -210,8 +227,10 @@ pub struct CacheStore {
     memory: quick_cache::sync::Cache<String, Arc<MemObject>, Weigh>,
     memory_object_max: u64,
     fills: Mutex<HashMap<String, Arc<Fill>>>,
-    /// Finished fills whose durable write is still running.
+    /// Finished fills whose durable write is still running, and the
+    /// threads that run those writes.
     publishing: watch::Sender<usize>,
+    durable: durable::Durable,
     /// Until when another process (an upgrade's old one) may still publish
     /// into this cache, so that a key missing from the index may be on disk.
     shared_until: Option<std::time::Instant>,
@@ -363,6 +382,7 @@ impl CacheStore {
             memory_object_max: if memory_bytes == 0 { 0 } else { memory_object_max },
             fills: Mutex::new(HashMap::new()),
             publishing: watch::channel(0).0,
+            durable: durable::Durable::start(2)?,
             shared_until: others_alive.then(|| std::time::Instant::now() + LIVE_GRACE),
             index: Mutex::new(index),
             next_id: AtomicU64::new(unix_nanos(SystemTime::now())),
@@ -591,9 +611,12 @@ impl CacheStore {
         (obj.meta(), Box::new(Hit::Memory { body: obj.body.clone(), start: 0, end: len, done: false }))
     }
 
-    fn partial_hit(&self, fill: &Arc<Fill>) -> Result<(CacheMeta, HitHandler)> {
+    /// A reader of a fill in progress; `own` for the request that fills it
+    /// (it takes the chunks as they are written).
+    fn partial_hit(&self, fill: &Arc<Fill>, own: bool) -> Result<(CacheMeta, HitHandler)> {
         let meta = CacheMeta::deserialize(&fill.meta.0, &fill.meta.1)?;
-        Ok((meta, Box::new(Hit::Partial { file: fill.reader.clone(), state: fill.state.subscribe(), pos: 0 })))
+        let own = own.then(|| fill.clone());
+        Ok((meta, Box::new(Hit::Partial { file: fill.reader.clone(), state: fill.state.subscribe(), pos: 0, own })))
     }
 }
 
@@ -643,7 +666,7 @@ impl Storage for CacheStore {
         let hash = key.combined();
         let fill = self.fills.lock().get(&hash).cloned();
         if let Some(fill) = fill {
-            return self.partial_hit(&fill).map(Some);
+            return self.partial_hit(&fill, false).map(Some);
         }
         // What is not in the index is not on disk: a miss costs no disk
         // read, and has no await point at which a fill could begin unseen.
@@ -674,7 +697,7 @@ impl Storage for CacheStore {
             // the lock) while the disk was read would otherwise get a second
             // writer, and its origin a second request.
             None => match self.fills.lock().get(&hash).cloned() {
-                Some(fill) => self.partial_hit(&fill).map(Some),
+                Some(fill) => self.partial_hit(&fill, false).map(Some),
                 None => Ok(None),
             },
             Some(DiskLookup::Small { meta, body }) => {
@@ -702,7 +725,7 @@ impl Storage for CacheStore {
         let id: u64 = tag.into();
         let fill = self.fills.lock().get(&key.combined()).filter(|f| f.id == id).cloned();
         match fill {
-            Some(fill) => self.partial_hit(&fill).map(Some),
+            Some(fill) => self.partial_hit(&fill, true).map(Some),
             None => self.lookup(key, trace).await,
         }
     }
@@ -732,10 +755,10 @@ impl Storage for CacheStore {
             reader: Arc::new(reader),
             state,
             aborted: AtomicBool::new(false),
+            own: Mutex::new(OwnChunks::default()),
         });
         self.fills.lock().insert(hash.clone(), fill.clone());
-        let small = (self.memory_object_max > 0).then(Vec::new);
-        Ok(Box::new(Filler::new(self, hash, primary, fill, file, small)))
+        Ok(Box::new(Filler::new(self, hash, primary, fill, file)))
     }
 
     async fn purge(

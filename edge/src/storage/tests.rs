@@ -300,3 +300,58 @@ async fn a_second_process_on_the_cache_leaves_the_first_ones_fills_alone() {
     let _ = open(&dir, 1 << 20);
     assert!(!in_flight.exists(), "with no live process it is a leftover");
 }
+
+#[tokio::test]
+async fn the_filling_request_takes_its_chunks_as_written_and_the_file_only_for_gaps() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let (store, _) = open(tmp.path(), 0);
+    let key = cache_key("example.com/own/@v/v1.0.0.zip", None);
+    let chunk = 4096;
+    let chunks = OWN_MAX / chunk + 3;
+    let body: Vec<u8> = (0..chunk * chunks).map(|i| (i % 251) as u8).collect();
+    let mut miss = store.get_miss_handler(&key, &meta(body.len()), &span).await.expect("miss");
+    let tag = miss.streaming_write_tag().map(<[u8]>::to_vec);
+    let (_, mut own) =
+        store.lookup_streaming_write(&key, tag.as_deref(), &span).await.expect("lookup").expect("own reader");
+    let write = |i: usize| Bytes::copy_from_slice(&body[i * chunk..(i + 1) * chunk]);
+    miss.write_body(write(0), false).await.expect("write");
+    // Spoil the file behind the writer: another reader sees it, the
+    // filling request's own reader does not read the file at all.
+    let part = store.fills.lock().get(&key.combined()).expect("fill").part.clone();
+    let spoil = std::fs::OpenOptions::new().write(true).open(&part).expect("part");
+    spoil.write_all_at(&vec![0u8; chunk], 0).expect("spoil");
+    let (_, mut other) = store.lookup(&key, &span).await.expect("lookup").expect("partial hit");
+    assert_eq!(other.read_body().await.expect("read").as_deref(), Some(&vec![0u8; chunk][..]));
+    assert_eq!(own.read_body().await.expect("read").as_deref(), Some(&body[..chunk]));
+    // A slow reader: past OWN_MAX the writer holds no more chunks; once the
+    // reader takes one, the next is held again. The gap between comes from
+    // the file, and the whole body arrives in order.
+    for i in 1..chunks - 1 {
+        miss.write_body(write(i), false).await.expect("write");
+    }
+    assert!(store.fills.lock().get(&key.combined()).expect("fill").own.lock().bytes <= OWN_MAX);
+    assert_eq!(own.read_body().await.expect("read").as_deref(), Some(&body[chunk..2 * chunk]));
+    miss.write_body(write(chunks - 1), true).await.expect("write");
+    miss.finish().await.expect("finish");
+    let rest = read_all(own).await.expect("read");
+    assert!(rest == body[2 * chunk..], "{} bytes, not the body's last {}", rest.len(), body.len() - 2 * chunk);
+    store.settled().await;
+}
+
+#[tokio::test]
+async fn a_purge_before_the_memory_copy_is_made_keeps_it_out() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let (store, _) = open(tmp.path(), 1 << 20);
+    let key = "example.com/late/@v/v1.0.0.mod";
+    let mut miss = store.get_miss_handler(&cache_key(key, None), &meta(21), &span).await.expect("miss");
+    miss.write_body(Bytes::from_static(b"module example.com/l\n"), true).await.expect("write");
+    miss.finish().await.expect("finish");
+    // The durable write and the memory copy run behind; a purge now wins.
+    store.purge_key(key).await.expect("purge");
+    store.settled().await;
+    assert!(store.memory_get(key).is_none(), "the purged answer went into memory after its purge");
+    assert!(store.lookup(&cache_key(key, None), &span).await.expect("lookup").is_none());
+}
