@@ -743,8 +743,13 @@ impl Storage for CacheStore {
         // Created right here: a new file in this process's own temp
         // directory is quick, and a hop to the blocking pool (waking a
         // thread) would stand before the first byte of every miss.
-        let (file, reader) =
-            File::create(&part).and_then(|w| Ok((w, File::open(&part)?))).map_err(|e| storage_error("create", e))?;
+        let (file, reader) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&part)
+            .and_then(|f| Ok((f.try_clone()?, f)))
+            .map_err(|e| storage_error("create", e))?;
         let (state, _) = watch::channel(FillState::Partial(0));
         let fill = Arc::new(Fill {
             id,
