@@ -156,7 +156,8 @@ impl Origin {
                 trusted_proxies: modcdn_shared::net::parse_networks(&config.trusted_proxies)?,
             },
             load: ops::Load::default(),
-            pulls: pull::Pulls::new(config.http.max_pulls, Duration::from_millis(config.http.pull_deadline_ms)),
+            pulls: pull::Pulls::new(config.http.max_pulls, Duration::from_millis(config.http.pull_deadline_ms))
+                .map_err(|e| format!("store write threads: {e}"))?,
         };
         if let Some(v) = &origin.upstreams.verifier {
             v.load(origin.store.as_ref());

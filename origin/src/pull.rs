@@ -85,33 +85,36 @@ pub struct Pulls {
 }
 
 impl Pulls {
-    pub fn new(max: usize, deadline: std::time::Duration) -> Pulls {
-        Pulls {
+    pub fn new(max: usize, deadline: std::time::Duration) -> std::io::Result<Pulls> {
+        Ok(Pulls {
             flights: Default::default(),
             slots: tokio::sync::Semaphore::new(max),
             max,
             deadline,
-            writes: Writes::new(max),
-        }
+            writes: Writes::new(max)?,
+        })
     }
 }
 
 /// Durable writes of artifacts already answered: at most `max` run behind
-/// the answers (past that a pull writes before it answers, as the disk
-/// allows); until one is done its artifact is served from here.
+/// the answers, on low-priority threads (past that a pull writes before it
+/// answers, as the disk allows); until one is done its artifact is served
+/// from here.
 pub struct Writes {
     pending: Mutex<HashMap<String, (Artifact, Arc<AtomicBool>)>>,
     slots: Arc<tokio::sync::Semaphore>,
     running: tokio::sync::watch::Sender<usize>,
+    behind: modcdn_shared::background::Background,
 }
 
 impl Writes {
-    fn new(max: usize) -> Writes {
-        Writes {
+    fn new(max: usize) -> std::io::Result<Writes> {
+        Ok(Writes {
             pending: Mutex::default(),
             slots: Arc::new(tokio::sync::Semaphore::new(max.max(1))),
             running: tokio::sync::watch::channel(0).0,
-        }
+            behind: modcdn_shared::background::Background::start("store-writes", 2)?,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Artifact, Arc<AtomicBool>)>> {
@@ -404,7 +407,9 @@ where
     origin.metrics.store_writes_pending.inc();
     let (o, k) = (Arc::clone(origin), key.to_string());
     tokio::spawn(async move {
-        let written = blocking(&o, write).await;
+        let store = Arc::clone(&o.store);
+        let written = o.pulls.writes.behind.run(move || write(store.as_ref())).await;
+        let written = written.map_err(|e| OriginError::store("store", e));
         let writes = &o.pulls.writes;
         {
             let mut pending = writes.lock();

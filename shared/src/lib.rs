@@ -6,11 +6,13 @@
 //! loading ([`config`]) and logging ([`telemetry`]).
 //!
 //! This crate knows no server framework, and its only I/O is what a node
-//! asks of it at start: [`config`] reads the config file, and
-//! [`telemetry::init`] starts the OTLP trace exporter when one is
-//! configured. Everything else is pure, so its tests run in milliseconds and
-//! every node agrees on what it says.
+//! asks of it: [`config`] reads the config file, [`telemetry::init`] starts
+//! the OTLP trace exporter when one is configured, and [`background`] runs
+//! the writes a node makes behind its answers on low-priority threads.
+//! Everything else is pure, so its tests run in milliseconds and every node
+//! agrees on what it says.
 
+pub mod background;
 pub mod config;
 pub mod dirhash;
 pub mod gomod;

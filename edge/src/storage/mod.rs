@@ -47,7 +47,6 @@ use pingora::cache::{CacheKey, CacheMeta};
 use pingora::{Error, ErrorType, Result};
 use tokio::sync::watch;
 
-mod durable;
 mod fill;
 mod hit;
 mod mapped;
@@ -230,7 +229,7 @@ pub struct CacheStore {
     /// Finished fills whose durable write is still running, and the
     /// threads that run those writes.
     publishing: watch::Sender<usize>,
-    durable: durable::Durable,
+    durable: modcdn_shared::background::Background,
     /// Until when another process (an upgrade's old one) may still publish
     /// into this cache, so that a key missing from the index may be on disk.
     shared_until: Option<std::time::Instant>,
@@ -382,7 +381,7 @@ impl CacheStore {
             memory_object_max: if memory_bytes == 0 { 0 } else { memory_object_max },
             fills: Mutex::new(HashMap::new()),
             publishing: watch::channel(0).0,
-            durable: durable::Durable::start(2)?,
+            durable: modcdn_shared::background::Background::start("cache-durable", 2)?,
             shared_until: others_alive.then(|| std::time::Instant::now() + LIVE_GRACE),
             index: Mutex::new(index),
             next_id: AtomicU64::new(unix_nanos(SystemTime::now())),
