@@ -373,28 +373,44 @@ async fn respond_hit(
     builder = builder.status(status).header(header::CONTENT_LENGTH, len);
     let body = match hit {
         Artifact::Memory(c) => Body::from(c.body.slice(start as usize..(start + len) as usize)),
-        Artifact::File(hit) => Body::from_stream(read_at(hit, start, len)),
+        // The first chunk is read before the status goes out: a file that
+        // cannot be read is this node's 500, which the edge takes to the
+        // next origin, not a 200 cut short that it can only pass on. (Small
+        // files then also leave with their head in one write.)
+        Artifact::File(hit) => match read_chunk(Arc::clone(&hit), start, start + len).await {
+            Ok(first) => {
+                let next = start + first.len() as u64;
+                let rest = read_at(hit, next, start + len);
+                Body::from_stream(futures::StreamExt::chain(futures::stream::once(async { Ok(first) }), rest))
+            }
+            Err(e) => return respond_error(o, Some((req, audience)), &OriginError::store(&req.key(), e)),
+        },
     };
     built(builder.body(body))
 }
 
-/// `len` bytes of a stored file from `start`, a chunk at a time, read at
-/// offsets: every reader of a shared [`Hit`] keeps its own position.
-fn read_at(hit: Arc<Hit>, start: u64, len: u64) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
-    futures::stream::try_unfold((hit, start, start + len), |(hit, at, end)| async move {
+/// The bytes of a stored file from `start` to `end`, a chunk at a time,
+/// read at offsets: every reader of a shared [`Hit`] keeps its own position.
+fn read_at(hit: Arc<Hit>, start: u64, end: u64) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
+    futures::stream::try_unfold((hit, start), move |(hit, at)| async move {
         if at >= end {
             return Ok(None);
         }
-        let n = (end - at).min(STREAM_CHUNK as u64) as usize;
-        let file = Arc::clone(&hit);
-        let chunk = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0; n];
-            std::os::unix::fs::FileExt::read_exact_at(&file.file, &mut buf, at).map(|()| buf)
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        Ok(Some((Bytes::from(chunk), (hit, at + n as u64, end))))
+        let chunk = read_chunk(Arc::clone(&hit), at, end).await?;
+        let next = at + chunk.len() as u64;
+        Ok(Some((chunk, (hit, next))))
     })
+}
+
+/// One chunk of at most [`STREAM_CHUNK`] bytes from `at`, short of `end`.
+async fn read_chunk(hit: Arc<Hit>, at: u64, end: u64) -> std::io::Result<Bytes> {
+    let n = end.saturating_sub(at).min(STREAM_CHUNK as u64) as usize;
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0; n];
+        std::os::unix::fs::FileExt::read_exact_at(&hit.file, &mut buf, at).map(|()| Bytes::from(buf))
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// The one place errors become responses: status from the error,

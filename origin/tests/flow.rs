@@ -81,16 +81,16 @@ struct Node {
 /// temp directory, pulling from `public` (and `private`, `sumdb` when the
 /// config has a private route or a checksum database).
 fn node(extra: &str, public: Arc<Table>, private: Vec<Arc<Table>>, sumdb: Option<Arc<Table>>) -> Node {
-    node_on(extra, public, private, sumdb, None)
+    node_on(extra, public, private, sumdb, |store| store)
 }
 
-/// As [`node`], its store writes held at `gate` (when set) until it opens.
+/// As [`node`], its in-memory store wrapped by `wrap`.
 fn node_on(
     extra: &str,
     public: Arc<Table>,
     private: Vec<Arc<Table>>,
     sumdb: Option<Arc<Table>>,
-    gate: Option<Arc<Gate>>,
+    wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
 ) -> Node {
     let dir = tempfile::tempdir().expect("tmp");
     let prefetch = if extra.contains("[prefetch]") { "" } else { "[prefetch]\nenabled = false\n" };
@@ -104,11 +104,7 @@ fn node_on(
         private: private.into_iter().map(|t| t as Arc<dyn Fetch>).collect(),
         checksum_dbs: sumdb.into_iter().map(|t| ("sum.golang.org".to_string(), t as Arc<dyn Fetch>)).collect(),
     };
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-    let store: Arc<dyn Store> = match gate {
-        Some(gate) => Arc::new(Gated { inner: store, gate }),
-        None => store,
-    };
+    let store = wrap(Arc::new(MemoryStore::default()));
     Node { origin: Origin::with_parts(&config, sources, (store, None)).expect("origin"), _dir: dir }
 }
 
@@ -135,6 +131,11 @@ impl Gate {
     fn begun(&self) -> usize {
         self.begun.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+fn gated(gate: &Arc<Gate>) -> impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store> {
+    let gate = Arc::clone(gate);
+    move |inner| Arc::new(Gated { inner, gate })
 }
 
 /// A store whose writes wait at a [`Gate`].
@@ -225,7 +226,7 @@ async fn a_miss_is_answered_before_its_store_write_and_a_purge_meanwhile_wins() 
     let public = Table::with(&[(INFO, Ok(INFO_BODY))]);
     let gate = Arc::new(Gate::default());
     let extra = format!("{VERIFY_OFF}\n[operator]\ntoken = \"{OPERATOR}\"\n");
-    let n = node_on(&extra, Arc::clone(&public), vec![], None, Some(Arc::clone(&gate)));
+    let n = node_on(&extra, Arc::clone(&public), vec![], None, gated(&gate));
     let _open = OpenOnDrop(Arc::clone(&gate));
     // The store write is held: the answer goes out anyway, and the next
     // request is served from the write in progress (the memory tier is off).
@@ -247,7 +248,7 @@ async fn writes_of_one_key_are_stored_in_the_order_of_their_pulls() {
     // older list could land last and stand in the store.
     let public = Table::with(&[(LIST, Ok("v1.0.0\n"))]);
     let gate = Arc::new(Gate::default());
-    let n = node_on(VERIFY_OFF, Arc::clone(&public), vec![], None, Some(Arc::clone(&gate)));
+    let n = node_on(VERIFY_OFF, Arc::clone(&public), vec![], None, gated(&gate));
     let req = modcdn_shared::Request::parse(&format!("/{LIST}")).expect("request");
     // Opened however the test ends: a held write would keep the runtime.
     let _open = OpenOnDrop(Arc::clone(&gate));
@@ -426,4 +427,52 @@ async fn a_zip_is_staged_checked_and_served_whole_and_a_broken_one_is_never_stor
     let (status, _, body) = n.get(BROKEN, None).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert_eq!(n.stored(BROKEN).await, None, "nothing that failed its check is stored");
+}
+
+/// A store whose stored files cannot be read back, as a failing disk's: a
+/// hit's file is open for writing only.
+struct Unreadable {
+    inner: Arc<dyn Store>,
+    dir: tempfile::TempDir,
+}
+
+impl Store for Unreadable {
+    fn get(&self, key: &str) -> std::io::Result<Option<Hit>> {
+        let Some(hit) = self.inner.get(key)? else { return Ok(None) };
+        let path = self.dir.path().join("write-only");
+        std::fs::write(&path, vec![0; hit.meta.size as usize])?;
+        Ok(Some(Hit { meta: hit.meta, file: std::fs::OpenOptions::new().write(true).open(path)? }))
+    }
+    fn stage(&self, key: &str) -> std::io::Result<Staged> {
+        self.inner.stage(key)
+    }
+    fn publish(&self, staged: Staged, meta: &Meta) -> std::io::Result<()> {
+        self.inner.publish(staged, meta)
+    }
+    fn usage(&self) -> Option<Usage> {
+        self.inner.usage()
+    }
+    fn remove(&self, key: &str, prefix: bool) -> std::io::Result<u64> {
+        self.inner.remove(key, prefix)
+    }
+}
+
+#[tokio::test]
+async fn a_stored_file_that_cannot_be_read_is_a_5xx_of_the_origin_never_a_200_cut_short() {
+    // Headers of a 200 sent before the first read of the body would leave
+    // the edge a truncated answer it cannot retry elsewhere; the first
+    // chunk is read before answering, so the edge sees an origin fault.
+    let public = Table::with(&[(INFO, Ok(INFO_BODY))]);
+    let inner: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let kept = Arc::clone(&inner);
+    let node = node_on(VERIFY_OFF, public, vec![], None, move |_| {
+        Arc::new(Unreadable { inner, dir: tempfile::tempdir().expect("tmp") })
+    });
+    assert_eq!(node.get(INFO, None).await.0, StatusCode::OK, "the miss is answered from what was pulled");
+    node.origin.pulls.writes.settled().await;
+    let req = Request::get(format!("/{INFO}")).body(Body::empty()).expect("request");
+    let resp = modcdn_origin::serve::router(Arc::clone(&node.origin)).oneshot(req).await.expect("answer");
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(resp.headers().get("x-modcdn-fault").and_then(|v| v.to_str().ok()), Some("origin"));
+    assert!(kept.get(INFO).expect("store").is_some(), "what is stored stays stored");
 }
