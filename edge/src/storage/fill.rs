@@ -161,7 +161,8 @@ impl Publish {
             }
             other => other.map(|_| ()),
         };
-        // Lookups go to disk (or memory) from here on.
+        // Lookups go to disk (or memory) from here on. Only now, after the
+        // index has it: a prefix purge reads the fills, then the index.
         {
             let mut fills = store.fills.lock();
             if fills.get(&self.hash).is_some_and(|f| f.id == self.fill.id) {

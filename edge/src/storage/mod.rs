@@ -24,7 +24,7 @@
 //! fill) is promoted to memory only if no purge is running and none ended
 //! since it was read.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
@@ -538,14 +538,14 @@ impl CacheStore {
             keep
         });
         let in_memory = in_memory.into_inner();
-        let mut on_disk = 0;
-        for key in self.keys_with_prefix(prefix) {
-            on_disk += usize::from(self.purge_key(&key).await?);
-        }
-        // Fills are not in the index until their durable write is done.
-        let filling: Vec<String> =
+        // A finished fill enters the index before it leaves the fills, so
+        // reading the fills first sees every entry in one of the two (read
+        // the other way round, a fill published in between was in neither).
+        let mut hashes: BTreeSet<String> =
             self.fills.lock().iter().filter(|(_, f)| f.primary.starts_with(prefix)).map(|(h, _)| h.clone()).collect();
-        for hash in filling {
+        hashes.extend(self.keys_with_prefix(prefix).iter().map(|k| cache_key(k, None).combined()));
+        let mut on_disk = 0;
+        for hash in hashes {
             on_disk += usize::from(self.remove(&hash, true).await?);
         }
         Ok(on_disk.max(in_memory))

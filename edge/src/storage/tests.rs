@@ -355,3 +355,33 @@ async fn a_purge_before_the_memory_copy_is_made_keeps_it_out() {
     assert!(store.memory_get(key).is_none(), "the purged answer went into memory after its purge");
     assert!(store.lookup(&cache_key(key, None), &span).await.expect("lookup").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prefix_purge_racing_a_publish_removes_the_entry() {
+    // A finished fill moves from the fills to the index while it publishes,
+    // and a prefix purge looks in both: in the wrong order (the index, then
+    // the fills, with the removal of what the index held in between), it
+    // missed the entry in both and left it cached.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let (store, _) = open(tmp.path(), 1 << 20);
+    for round in 0..300 {
+        let prefix = format!("example.com/g{round}/@v/");
+        let (stored, filled) = (format!("{prefix}v1.0.0.mod"), format!("{prefix}v1.0.1.mod"));
+        fill(store, &stored, b"abc").await;
+        let mut miss = store.get_miss_handler(&cache_key(&filled, None), &meta(3), &span).await.expect("miss");
+        miss.write_body(Bytes::from_static(b"abc"), true).await.expect("write");
+        miss.finish().await.expect("finish");
+        // The purge comes at a different point of the publish each round.
+        std::thread::sleep(std::time::Duration::from_micros(10 * (round % 50)));
+        let purged = store.purge_prefix(&prefix).await.expect("purge");
+        store.settled().await;
+        for key in [&stored, &filled] {
+            assert!(
+                store.lookup(&cache_key(key, None), &span).await.expect("lookup").is_none(),
+                "round {round}: {key}"
+            );
+        }
+        assert_eq!(purged, 2, "round {round}");
+    }
+}
