@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +35,34 @@ const REPORT: usize = 200;
 /// The escaped module of a cache key (`<module>/@v/...`, `<module>/@latest`).
 pub fn module_of(key: &str) -> Option<&str> {
     key.split_once("/@").map(|(m, _)| m).filter(|m| !m.starts_with("sumdb/"))
+}
+
+/// Clients' demand per module, as the hot set counts it: one request in
+/// `SAMPLE` is counted, for that many (hot modules are the ones asked for
+/// thousands of times, and a hit stays cheap).
+pub struct Demand {
+    set: Arc<HotSet>,
+    tick: AtomicU64,
+}
+
+impl Demand {
+    const SAMPLE: u64 = 8;
+
+    pub fn new(set: Arc<HotSet>) -> Demand {
+        Demand { set, tick: AtomicU64::new(0) }
+    }
+
+    /// Counts a request for `module` that a client asked for itself (not
+    /// the edge's own prefetches, not credentialed requests for private
+    /// modules).
+    pub fn count(&self, module: Option<&str>, client_asked: bool) {
+        if !self.tick.fetch_add(1, Ordering::Relaxed).is_multiple_of(Self::SAMPLE) {
+            return;
+        }
+        if let Some(m) = module.filter(|_| client_asked) {
+            self.set.record_weighted(m, Self::SAMPLE as f64);
+        }
+    }
 }
 
 pub struct HotSync {

@@ -5,7 +5,8 @@
 //!
 //! It must never forward a request it could not parse, never cache an error
 //! or a private answer, and never serve a cache entry a crash left partial.
-//! The request flow is `proxy.rs`, top-down.
+//! The request flow is `lane.rs` (fresh memory-tier hits, before Pingora),
+//! then `proxy.rs`, top-down.
 
 pub mod admin;
 pub mod bandwidth;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod hot;
+pub mod lane;
 pub mod limits;
 pub mod metrics;
 pub mod origins;
@@ -63,15 +65,17 @@ pub fn run(cfg: EdgeConfig, membership: Arc<Membership>, upgrade: bool) -> anyho
     let origins = origins::OriginClient::new(&cfg.origin)?;
     let hot = Arc::new(modcdn_shared::hot::HotSet::new(HOT_TRACKED, Duration::from_secs(3600)));
 
+    let limits = limits::Limits::new(&cfg.rate_limit);
+    let bandwidth = Arc::new(bandwidth::Bandwidth::new(&cfg.bandwidth));
+    let demand = Arc::new(hot::Demand::new(Arc::clone(&hot)));
     let edge = proxy::Edge {
         membership: Arc::clone(&membership),
         storage,
         eviction,
         lock,
-        limits: limits::Limits::new(&cfg.rate_limit),
-        bandwidth: Arc::new(bandwidth::Bandwidth::new(&cfg.bandwidth)),
-        hot: Arc::clone(&hot),
-        hot_tick: std::sync::atomic::AtomicU64::new(0),
+        limits: Arc::clone(&limits),
+        bandwidth: Arc::clone(&bandwidth),
+        demand: Arc::clone(&demand),
         metrics: Arc::clone(&metrics),
         ttls: modcdn_shared::policy::Ttls {
             private: Duration::from_secs(cfg.cache.private_ttl_secs),
@@ -110,8 +114,17 @@ pub fn run(cfg: EdgeConfig, membership: Arc<Membership>, upgrade: bool) -> anyho
         limits::PerClient::new(cfg.rate_limit.max_connections_per_ip),
         metrics.connections_refused.clone(),
     );
+    let lane = lane::Lane {
+        proxy: Arc::new(app),
+        storage,
+        limits,
+        bandwidth,
+        demand,
+        metrics: Arc::clone(&metrics),
+        membership: Arc::clone(&membership),
+    };
     let guarded = conn::Guarded {
-        inner: Arc::new(app),
+        inner: Arc::new(lane),
         admission: Arc::clone(&admission),
         header_timeout: Duration::from_millis(cfg.header_timeout_ms),
         timeouts: metrics.header_timeouts.clone(),

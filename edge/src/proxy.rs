@@ -1,11 +1,12 @@
 //! The edge's request flow, top-down, as pingora calls it:
 //!
+//! 0. `lane.rs` has read the request first: a fresh memory-tier hit that
+//!    nothing in the request or the client's limits sets apart was answered
+//!    there, before Pingora; every other request comes here.
 //! 1. `request_filter`: span (when traces are on) → limits (429, by client
 //!    IP, when configured) → header size (431) → method (405) → bandwidth
-//!    tier (when configured) → a fresh object of the memory tier is answered
-//!    right there (the commonest hit skips the cache state machine) →
-//!    `Request::parse` (400, never forwarded) → client IP (trusted
-//!    `X-Forwarded-For` only) → region.
+//!    tier (when configured) → `Request::parse` (400, never forwarded) →
+//!    client IP (trusted `X-Forwarded-For` only) → region.
 //! 2. `request_cache_filter` / `cache_key_callback`: everything public is
 //!    looked up in the cache (memory tier, fill in progress, disk), keyed by
 //!    the escaped GOPROXY path; credentialed requests bypass it unless
@@ -49,13 +50,11 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::limits::{Limits, Slot};
 use crate::metrics::Metrics;
-use crate::storage::{cache_key, CacheStore, MemObject};
+use crate::storage::{cache_key, CacheStore};
 
 /// The most header bytes a request may carry (the go command sends a few
 /// hundred); more is refused with 431 before anything else is done.
 const MAX_HEADER_BYTES: usize = 16 << 10;
-/// One request in this many is counted for the hot set.
-const HOT_SAMPLE: u64 = 8;
 
 /// What the edge shares between requests.
 pub struct Edge {
@@ -66,10 +65,8 @@ pub struct Edge {
     pub limits: Arc<Limits>,
     /// Client tiers (bandwidth caps and uplink shares), when configured.
     pub bandwidth: Arc<crate::bandwidth::Bandwidth>,
-    /// Requests per module since the last hot report.
-    pub hot: Arc<modcdn_shared::hot::HotSet>,
-    /// Requests seen, for sampling what `hot` counts.
-    pub hot_tick: std::sync::atomic::AtomicU64,
+    /// Requests per module, for the hot set.
+    pub demand: Arc<crate::hot::Demand>,
     pub metrics: Arc<Metrics>,
     /// The policy's TTLs; `private` is `cache.private_ttl_secs`.
     pub ttls: Ttls,
@@ -88,8 +85,6 @@ pub struct Edge {
 #[derive(Default)]
 pub struct Ctx {
     request: Option<Request>,
-    /// The kind of a request answered by the memory fast path (unparsed).
-    fast_kind: Option<modcdn_shared::Kind>,
     /// Where the answer's body comes from: `memory` or `disk` (this edge's
     /// cache tiers); none: from an origin (or made here).
     served_from: Option<&'static str>,
@@ -112,7 +107,7 @@ pub struct Ctx {
 
 impl Ctx {
     fn kind(&self) -> &'static str {
-        self.request.as_ref().map(Request::kind).or(self.fast_kind).map_or("invalid", |k| k.as_str())
+        self.request.as_ref().map(Request::kind).map_or("invalid", |k| k.as_str())
     }
 
     /// Releases the current origin's load slot with the result.
@@ -159,17 +154,6 @@ impl ProxyHttp for Edge {
             if let Some(tier) = ctx.tier {
                 self.bandwidth.begin(tier, Instant::now());
             }
-        }
-        // The memory tier is keyed by escaped GOPROXY path, which only a
-        // request that parsed could have put there: a raw path equal to a
-        // key is that request, and needs no parsing again. (Paced clients
-        // take the cache path, where each chunk is paced.)
-        if let Some(obj) = ctx.tier.is_none().then(|| self.fresh_in_memory(session)).flatten() {
-            self.count_hot(session, session.req_header().uri.path().strip_prefix('/').and_then(crate::hot::module_of));
-            ctx.fast_kind = obj.kind;
-            ctx.served_from = Some("memory");
-            serve_from_memory(session, &obj).await?;
-            return Ok(true);
         }
         let path = session.req_header().uri.path().to_string();
         match Request::parse(&path) {
@@ -449,38 +433,12 @@ impl Edge {
     }
 
     /// Counts a client's request for `module` (not the edge's own
-    /// prefetches, not credentialed requests for private modules). One
-    /// request in `HOT_SAMPLE` is counted, for that many: hot modules are
-    /// the ones asked for thousands of times, and a hit stays cheap.
+    /// prefetches, not credentialed requests for private modules).
     fn count_hot(&self, session: &Session, module: Option<&str>) {
-        if !self.hot_tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(HOT_SAMPLE) {
-            return;
-        }
         let headers = &session.req_header().headers;
         let client_asked =
             !headers.contains_key(http::header::AUTHORIZATION) && !headers.contains_key(crate::hot::PREFETCH_HEADER);
-        if let Some(m) = module.filter(|_| client_asked) {
-            self.hot.record_weighted(m, HOT_SAMPLE as f64);
-        }
-    }
-
-    /// The memory tier's copy, when it may answer this request as it is: a
-    /// fresh object, and a request with no credentials, range or condition
-    /// (those take the full cache path).
-    fn fresh_in_memory(&self, session: &Session) -> Option<Arc<MemObject>> {
-        let headers = &session.req_header().headers;
-        let special = [
-            http::header::AUTHORIZATION,
-            http::header::RANGE,
-            http::header::IF_NONE_MATCH,
-            http::header::IF_MODIFIED_SINCE,
-        ];
-        if special.iter().any(|h| headers.contains_key(h)) {
-            return None;
-        }
-        let key = session.req_header().uri.path().strip_prefix('/')?;
-        let obj = self.storage.memory_get(key)?;
-        (obj.fresh_until > SystemTime::now()).then_some(obj)
+        self.demand.count(module, client_asked);
     }
 
     /// The client's region by GeoIP; clients it cannot place (a Unix
@@ -529,19 +487,6 @@ fn client_ip(session: &Session, snapshot: &Snapshot) -> Option<IpAddr> {
     let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())?;
     let forwarded = session.req_header().headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     Some(snapshot.geo.client_ip(peer, forwarded))
-}
-
-/// Answers a hit from the memory tier.
-async fn serve_from_memory(session: &mut Session, obj: &MemObject) -> Result<()> {
-    let mut resp = obj.header.clone();
-    let age = SystemTime::now().duration_since(obj.created).unwrap_or_default().as_secs();
-    resp.insert_header("age", age.to_string())?;
-    let head = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(resp), head).await?;
-    if !head {
-        session.write_response_body(Some(obj.body.clone()), true).await?;
-    }
-    Ok(())
 }
 
 /// Writes a small answer of the edge's own (errors, refusals).

@@ -847,3 +847,107 @@ async fn the_router_cli_names_the_origin_the_edge_uses() {
     }
     assert_eq!(owners.len(), 2, "the modules spread over both origins");
 }
+
+/// Status line, header lines, body.
+type Answer = (String, Vec<(String, String)>, Vec<u8>);
+
+/// The whole answers in what a server wrote: each status line, header
+/// lines (names lower-cased, sorted, the clock's `age` and `date` left
+/// out) and body, framed by
+/// `content-length` (so not the answer to a HEAD).
+fn answers(mut raw: &[u8]) -> Vec<Answer> {
+    let mut out = Vec::new();
+    while let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap_or_default().to_string();
+        let mut headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .filter(|(k, _)| k != "age" && k != "date")
+            .collect();
+        headers.sort();
+        let len: usize =
+            headers.iter().find(|(k, _)| k == "content-length").map_or(0, |(_, v)| v.parse().expect("length"));
+        let Some(body) = raw.get(end + 4..end + 4 + len) else { break };
+        out.push((status, headers, body.to_vec()));
+        raw = &raw[end + 4 + len..];
+    }
+    out
+}
+
+/// Sends `requests` in one write on a new connection and reads until `n`
+/// whole answers came, the server closed, or 10 s passed: what came back.
+async fn pipelined(addr: &str, requests: &[u8], n: usize) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(requests).await.expect("write");
+    let mut all = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while answers(&all).len() < n {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(read)) if read > 0 => all.extend_from_slice(&buf[..read]),
+            _ => break,
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_hits_take_the_fast_lane_and_answer_as_the_full_path_does() {
+    let Stack { tmp: _tmp, corpus, upstream: _upstream, origin: _origin, edge } = stack(1 << 10, "", "").await;
+    let addr = edge.url.trim_start_matches("http://").to_string();
+    let c = client();
+    let info = Corpus::key(corpus::ALPHA, "v1.0.0", "info");
+    let module = Corpus::key(corpus::ALPHA, "v1.0.0", "mod");
+    let missing = "example.com/nonexistent/@v/v9.9.9.mod";
+    // Into the memory tier: asked until the memory tier answers both.
+    let from_memory = "modcdn_edge_response_bytes_total{kind=\"info\",source=\"memory\"";
+    let in_memory = eventually(Duration::from_secs(20), || async {
+        get(&c, &format!("{}/{info}", edge.url)).await;
+        get(&c, &format!("{}/{module}", edge.url)).await;
+        metric(&edge, from_memory).await > 0.0
+            && metric(&edge, "modcdn_edge_response_bytes_total{kind=\"mod\",source=\"memory\"").await > 0.0
+    });
+    assert!(in_memory.await, "never answered from the memory tier");
+    let hits_before = metric(&edge, "modcdn_edge_requests_total{cache=\"hit\",kind=\"info\",status=\"200\"").await;
+
+    // The lane's answer is the full path's (a condition that matches
+    // nothing takes a request down the full path, to the same object).
+    let plain = format!("GET /{info} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let full = format!("GET /{info} HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"nothing\"\r\n\r\n");
+    let raw = pipelined(&addr, plain.as_bytes(), 1).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.contains("\r\nage: ") && text.contains("\r\ndate: "), "{text}");
+    let lane = answers(&raw);
+    let slow = answers(&pipelined(&addr, full.as_bytes(), 1).await);
+    assert_eq!(lane.len(), 1, "{lane:?}");
+    assert_eq!(lane, slow, "the lane's answer differs from the full path's");
+    assert_eq!(lane[0].0, "HTTP/1.1 200 OK");
+    assert!(lane[0].1.contains(&("x-cache".into(), "HIT".into())), "{:?}", lane[0].1);
+    assert_eq!(lane[0].2, corpus_file(&corpus, &info));
+    // A HEAD: the same head, no body.
+    let head = format!("HEAD /{info} HTTP/1.1\r\nHost: x\r\n\r\nGET /{module} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let raw = pipelined(&addr, head.as_bytes(), 1).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    let second = text.find("\r\n\r\n").map(|i| &text[i + 4..]).unwrap_or_default();
+    assert!(second.starts_with("HTTP/1.1 200 OK\r\n"), "HEAD answered with a body: {text}");
+
+    // Requests sent together are answered in order, hits and a miss after
+    // them alike, on one connection.
+    let module_req = format!("GET /{module} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let missing_req = format!("GET /{missing} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let together = [plain.as_str(), module_req.as_str(), plain.as_str(), missing_req.as_str()].concat();
+    let got = answers(&pipelined(&addr, together.as_bytes(), 4).await);
+    assert_eq!(got.len(), 4, "pipelined requests: {got:?}");
+    assert_eq!(got[0].2, corpus_file(&corpus, &info));
+    assert_eq!(got[1].2, corpus_file(&corpus, &module));
+    assert_eq!(got[2].2, corpus_file(&corpus, &info));
+    assert_eq!(got[3].0, "HTTP/1.1 404 Not Found");
+
+    // Hits of the lane are counted like any other.
+    let hits = metric(&edge, "modcdn_edge_requests_total{cache=\"hit\",kind=\"info\",status=\"200\"").await;
+    assert!(hits >= hits_before + 3.0, "{hits_before} → {hits}");
+}

@@ -97,6 +97,10 @@ pub struct MemObject {
     /// What it answers, for metrics.
     pub kind: Option<modcdn_shared::Kind>,
     pub header: pingora::http::ResponseHeader,
+    /// The HTTP/1.1 head of an answer from here, serialized once: the
+    /// status line and header lines, `Content-Length` last; without `Age`,
+    /// `Date`, `Connection` and the blank line, which each answer adds.
+    pub head: Bytes,
     pub fresh_until: SystemTime,
     pub created: SystemTime,
     stale_while_revalidate: u32,
@@ -111,6 +115,7 @@ impl MemObject {
         let _ = header.insert_header(CACHE_STATUS_HEADER, CacheStatus::Hit.as_str());
         MemObject {
             kind: modcdn_shared::Request::parse(&format!("/{primary}")).ok().map(|r| r.kind()),
+            head: http1_head(&header, body.len()),
             header,
             fresh_until: meta.fresh_until(),
             created: meta.created(),
@@ -133,6 +138,25 @@ impl MemObject {
             self.header.clone(),
         )
     }
+}
+
+/// `header` as HTTP/1.1 status and header lines for a body of `len` bytes
+/// (framing, hop-by-hop headers, `Age` and `Date` are each answer's own).
+fn http1_head(header: &pingora::http::ResponseHeader, len: usize) -> Bytes {
+    use http::header::{AGE, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+    let status = header.status;
+    let mut head = format!("HTTP/1.1 {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or("")).into_bytes();
+    for (name, value) in header.headers.iter() {
+        if [CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, AGE, DATE].contains(name) || name == "keep-alive" {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(format!("content-length: {len}\r\n").as_bytes());
+    head.into()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,7 +231,7 @@ struct Weigh;
 impl quick_cache::Weighter<String, Arc<MemObject>> for Weigh {
     fn weight(&self, key: &String, v: &Arc<MemObject>) -> u64 {
         let headers: usize = v.header.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
-        (key.len() + headers + v.body.len() + 128) as u64
+        (key.len() + headers + v.head.len() + v.body.len() + 128) as u64
     }
 }
 

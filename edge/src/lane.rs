@@ -1,0 +1,269 @@
+//! The edge's fast lane: the requests of an HTTP/1.1 connection are read
+//! here first. The commonest request of all, a fresh object of the memory
+//! tier asked for plainly, is answered right here, with the head the memory
+//! tier serialized once: no Pingora session, no cache state machine, one
+//! read and one write per request. Everything else goes to Pingora's proxy
+//! (`proxy.rs`) with the bytes already read, and the connection comes back
+//! here once that answer is done.
+//!
+//! A request stays in the lane only when the answer would be the same on
+//! the full path: HTTP/1.1, GET or HEAD, a path with no query that is a key
+//! of the memory tier (keyed by escaped GOPROXY path, which only a request
+//! that parsed could have put there), no body, no credentials, range or
+//! condition, no `Connection` option but keep-alive, a client under its
+//! limits and in no bandwidth tier, and no shutdown under way. Anything
+//! else, or a head this lane cannot parse or that is larger than
+//! [`MAX_HEAD`], is the full path's to answer (and to refuse).
+//!
+//! HTTP/2 connections go to Pingora whole.
+
+use std::io::IoSlice;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::{Buf, BytesMut};
+use modcdn_router::watch::Membership;
+use modcdn_shared::policy::CacheStatus;
+use modcdn_shared::telemetry;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Stream, ALPN};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::bandwidth::Bandwidth;
+use crate::limits::{Limits, Slot};
+use crate::metrics::Metrics;
+use crate::storage::{CacheStore, MemObject};
+
+/// The largest request head the lane reads before leaving the request to
+/// the full path (the go command sends a few hundred bytes).
+const MAX_HEAD: usize = 8 << 10;
+/// Header lines the lane parses at most.
+const MAX_HEADERS: usize = 32;
+/// How long a kept-alive connection may wait for its next request (as
+/// Pingora's keep-alive).
+const IDLE: Duration = Duration::from_secs(60);
+
+/// The lane in front of the proxy `P` (Pingora's, for `proxy::Edge`).
+pub struct Lane<P> {
+    pub proxy: Arc<P>,
+    pub storage: &'static CacheStore,
+    pub limits: Arc<Limits>,
+    pub bandwidth: Arc<Bandwidth>,
+    pub demand: Arc<crate::hot::Demand>,
+    pub metrics: Arc<Metrics>,
+    pub membership: Arc<Membership>,
+}
+
+/// What the lane makes of the head at the front of the buffer.
+enum Head {
+    /// Answer `obj` to this request, whose head is `len` bytes.
+    Hit {
+        len: usize,
+        obj: Arc<MemObject>,
+        head_only: bool,
+        /// Held while answering: the client's in-flight slot, the span.
+        _slot: Option<Slot>,
+        _span: Option<tracing::Span>,
+    },
+    /// Not the lane's: the full path answers it.
+    Proxy,
+    /// The head is not whole yet.
+    Partial,
+}
+
+#[async_trait]
+impl<P: HttpServerApp + ServerApp + Send + Sync + 'static> ServerApp for Lane<P> {
+    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        if stream.selected_alpn_proto() == Some(ALPN::H2) {
+            return self.proxy.process_new(stream, shutdown).await;
+        }
+        let peer = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut head_buf = Vec::with_capacity(1024);
+        let mut settings: Option<HttpPersistentSettings> = None;
+        loop {
+            let head = match self.next_head(&mut stream, &mut buf, peer, shutdown).await {
+                Ok(Some(head)) => head,
+                Ok(None) | Err(_) => return None,
+            };
+            if let Head::Hit { len, obj, head_only, .. } = &head {
+                buf.advance(*len);
+                if answer(&mut stream, &mut head_buf, obj, *head_only).await.is_err() {
+                    return None;
+                }
+                let sent = if *head_only { 0 } else { obj.body.len() as u64 };
+                let kind = obj.kind.map_or("invalid", |k| k.as_str());
+                self.metrics.request(kind, 200, CacheStatus::Hit.label(), "memory", sent);
+                continue;
+            }
+            // The full path, from the bytes read so far.
+            let mut session = ServerSession::new_http1(stream);
+            match settings.take() {
+                Some(s) => s.apply_to_session(&mut session),
+                None => {
+                    // (The proxy turns keep-alive off once a shutdown begins.)
+                    session.set_keepalive(Some(IDLE.as_secs()));
+                    let reuses = self.proxy.server_options().and_then(|o| o.keepalive_request_limit);
+                    session.set_keepalive_reuses_remaining(reuses);
+                }
+            }
+            if !buf.is_empty() {
+                session.set_pipelined_prefix(buf.split());
+            }
+            let (back, kept) = self.proxy.process_new_http(session, shutdown).await?.consume();
+            stream = back;
+            settings = kept;
+        }
+    }
+
+    async fn cleanup(&self) {
+        ServerApp::cleanup(&*self.proxy).await
+    }
+}
+
+impl<P> Lane<P> {
+    /// Reads until the buffer holds a whole head (or the lane gives up on
+    /// it); `None` when the client closed the connection between requests.
+    async fn next_head(
+        &self,
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        peer: Option<IpAddr>,
+        shutdown: &ShutdownWatch,
+    ) -> std::io::Result<Option<Head>> {
+        loop {
+            if !buf.is_empty() {
+                match self.decide(buf, peer, shutdown) {
+                    Head::Partial if buf.len() < MAX_HEAD => {}
+                    Head::Partial => return Ok(Some(Head::Proxy)),
+                    head => return Ok(Some(head)),
+                }
+            }
+            let read = if buf.is_empty() {
+                match tokio::time::timeout(IDLE, stream.read_buf(buf)).await {
+                    Ok(read) => read?,
+                    Err(_) => return Ok(None),
+                }
+            } else {
+                stream.read_buf(buf).await?
+            };
+            if read == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Whether the head at the front of `buf` is a fresh memory-tier hit the
+    /// lane may answer (see the module docs).
+    fn decide(&self, buf: &[u8], peer: Option<IpAddr>, shutdown: &ShutdownWatch) -> Head {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Head::Partial,
+            Err(_) => return Head::Proxy,
+        };
+        let head_only = match req.method {
+            Some("GET") => false,
+            Some("HEAD") => true,
+            _ => return Head::Proxy,
+        };
+        let Some(key) = req.path.and_then(|p| p.strip_prefix('/')).filter(|k| !k.contains(['?', '#'])) else {
+            return Head::Proxy;
+        };
+        if req.version != Some(1) || *shutdown.borrow() {
+            return Head::Proxy;
+        }
+        let mut forwarded = None;
+        let mut client_asked = true;
+        for h in req.headers.iter() {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("x-forwarded-for") {
+                forwarded = std::str::from_utf8(h.value).ok();
+            } else if name.eq_ignore_ascii_case(crate::hot::PREFETCH_HEADER) {
+                client_asked = false;
+            } else if name.eq_ignore_ascii_case("connection") {
+                if !h.value.eq_ignore_ascii_case(b"keep-alive") {
+                    return Head::Proxy;
+                }
+            } else if [
+                "authorization",
+                "range",
+                "if-none-match",
+                "if-modified-since",
+                "content-length",
+                "transfer-encoding",
+                "expect",
+                "upgrade",
+            ]
+            .iter()
+            .any(|special| name.eq_ignore_ascii_case(special))
+            {
+                return Head::Proxy;
+            }
+        }
+        let Some(obj) = self.storage.memory_get(key) else { return Head::Proxy };
+        if obj.fresh_until <= SystemTime::now() {
+            return Head::Proxy;
+        }
+        let mut slot = None;
+        if self.limits.enabled() || self.bandwidth.enabled() {
+            let snapshot = self.membership.snapshot();
+            let client = peer.map(|ip| snapshot.geo.client_ip(ip, forwarded));
+            if self.bandwidth.enabled() && self.bandwidth.tier_of(client, None).is_some() {
+                return Head::Proxy;
+            }
+            // Last, so that only a request answered here takes from the
+            // client's budget; a refused one is the full path's to refuse.
+            if let Some(ip) = client.filter(|_| self.limits.enabled()) {
+                match self.limits.admit(ip) {
+                    Ok(s) => slot = s,
+                    Err(_) => return Head::Proxy,
+                }
+            }
+        }
+        self.demand.count(crate::hot::module_of(key), client_asked);
+        let span = telemetry::traces_on().then(|| {
+            let path = req.path.unwrap_or_default();
+            let span = tracing::info_span!("edge request", method = %req.method.unwrap_or_default(), path = %path, status = 200u16, cache = CacheStatus::Hit.as_str());
+            let traceparent = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("traceparent"))
+                .and_then(|h| std::str::from_utf8(h.value).ok());
+            telemetry::continue_trace(&span, traceparent);
+            span
+        });
+        Head::Hit { len, obj, head_only, _slot: slot, _span: span }
+    }
+}
+
+/// Writes `obj` as the answer: its head with this moment's `Age` and
+/// `Date`, and the body unless the request was a HEAD, in one write.
+async fn answer(stream: &mut Stream, head: &mut Vec<u8>, obj: &MemObject, head_only: bool) -> std::io::Result<()> {
+    let age = SystemTime::now().duration_since(obj.created).unwrap_or_default().as_secs();
+    head.clear();
+    head.extend_from_slice(&obj.head);
+    head.extend_from_slice(b"age: ");
+    head.extend_from_slice(age.to_string().as_bytes());
+    // What Pingora's HTTP/1 server adds to every answer: the date, and
+    // that the connection is kept alive.
+    head.extend_from_slice(b"\r\ndate: ");
+    head.extend_from_slice(pingora::protocols::http::date::get_cached_date().as_bytes());
+    head.extend_from_slice(b"\r\nconnection: keep-alive\r\n\r\n");
+    let body: &[u8] = if head_only { &[] } else { &obj.body };
+    let mut slices = [IoSlice::new(head), IoSlice::new(body)];
+    let mut left = &mut slices[..];
+    while !left.is_empty() {
+        let n = stream.write_vectored(left).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut left, n);
+    }
+    stream.flush().await
+}
