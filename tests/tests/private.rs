@@ -5,6 +5,7 @@
 use modcdn_tests::corpus::Corpus;
 use modcdn_tests::git;
 use modcdn_tests::go::GoEnv;
+use modcdn_tests::http::settled;
 use modcdn_tests::node::{OriginProcess, CLUSTER_TOKEN};
 use modcdn_tests::upstream::FixtureUpstream;
 use reqwest::StatusCode;
@@ -376,12 +377,16 @@ async fn stored_artifacts_are_served_only_under_the_route_they_came_from() {
     // 1. No private route yet: the public copy is fetched and stored.
     let origin = OriginProcess::start(&dir, &public.url(), "").expect("origin");
     get_all(origin.url.clone(), None).await;
+    // Answers leave before their durable write: stop each origin only once
+    // what it answered is stored.
+    settled(&origin.operator).await;
     drop(origin);
     // 2. The path becomes private: the route's own copy is fetched, the
     //    public one never served under it.
     let origin = OriginProcess::start(&dir, &public.url(), &route).expect("origin");
     get_all(origin.url.clone(), Some("tok")).await;
     get_all(origin.url.clone(), Some("tok")).await;
+    settled(&origin.operator).await;
     drop(origin);
     // 3. The route is removed: the private copy is not served to the public.
     let origin = OriginProcess::start(&dir, &public.url(), "").expect("origin");
