@@ -124,7 +124,6 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         // Held while the connection lives.
         let peer = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         let _slot = peer.and_then(|addr| self.admission.claim(&addr));
-        limit_unsent(&stream);
         if stream.selected_alpn_proto() == Some(ALPN::H2) {
             return self.inner.process_new(stream, shutdown).await;
         }
@@ -149,11 +148,16 @@ const NOTSENT_LOWAT: libc::c_int = 512 << 10;
 /// arrive in; with it, the edge writes as the queue drains, sends from its
 /// own writes, and holds little per connection. 200 clients of one cached
 /// 64 MiB zip took 3.2 s instead of 4.8 s (Varnish: 4.0 s); 128 KiB gave
-/// 3.5 s, 1 MiB 4.0 s, 2 MiB 4.75 s; 1 MiB hits lose ~3 %. TLS streams keep
-/// the kernel's default: Pingora does not expose their socket.
-fn limit_unsent(stream: &Stream) {
+/// 3.5 s, 1 MiB 4.0 s, 2 MiB 4.75 s. The lane sets it when a connection's
+/// first request goes to Pingora (disk-tier and origin bodies): its own
+/// memory-tier answers leave in one write, which the cap would split (1 MiB
+/// hits lost ~3 %). TLS streams keep the kernel's default: Pingora does not
+/// expose their socket.
+pub fn limit_unsent(stream: &Stream) {
     use std::os::fd::AsRawFd;
-    let Some(tcp) = stream.as_any().downcast_ref::<pingora::protocols::l4::stream::Stream>() else { return };
+    let any = stream.as_any();
+    let tcp = any.downcast_ref::<HeaderDeadline>().map_or(any, |guarded| guarded.inner.as_any());
+    let Some(tcp) = tcp.downcast_ref::<pingora::protocols::l4::stream::Stream>() else { return };
     let value = NOTSENT_LOWAT;
     // SAFETY: setsockopt on a socket this connection owns, with a c_int
     // value of the size given.
@@ -426,9 +430,12 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let _client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
         let (accepted, _) = listener.accept().await.expect("accept");
-        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(accepted));
+        let tcp: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(accepted));
+        // As the lane has it: behind the header deadline.
+        let stream: Stream = Box::new(HeaderDeadline::new(tcp, Duration::from_secs(10), counter()));
         let lowat = |stream: &Stream| {
-            let tcp = stream.as_any().downcast_ref::<pingora::protocols::l4::stream::Stream>().expect("tcp");
+            let guarded = stream.as_any().downcast_ref::<HeaderDeadline>().expect("guarded");
+            let tcp = guarded.inner.as_any().downcast_ref::<pingora::protocols::l4::stream::Stream>().expect("tcp");
             let mut value: libc::c_int = 0;
             let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
             // SAFETY: getsockopt into a c_int of the size given.

@@ -85,6 +85,8 @@ impl<P: HttpServerApp + ServerApp + Send + Sync + 'static> ServerApp for Lane<P>
         let mut buf = BytesMut::with_capacity(4096);
         let mut head_buf = Vec::with_capacity(1024);
         let mut settings: Option<HttpPersistentSettings> = None;
+        // Whether the socket's unsent queue is capped yet (see `conn.rs`).
+        let mut capped = false;
         loop {
             let head = match self.next_head(&mut stream, &mut buf, peer, shutdown).await {
                 Ok(Some(head)) => head,
@@ -101,6 +103,10 @@ impl<P: HttpServerApp + ServerApp + Send + Sync + 'static> ServerApp for Lane<P>
                 continue;
             }
             // The full path, from the bytes read so far.
+            if !capped {
+                crate::conn::limit_unsent(&stream);
+                capped = true;
+            }
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
                 Some(s) => s.apply_to_session(&mut session),
