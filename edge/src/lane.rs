@@ -189,7 +189,8 @@ impl<P> Lane<P> {
         for h in req.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("x-forwarded-for") {
-                forwarded = std::str::from_utf8(h.value).ok();
+                // The first, as the full path reads it.
+                forwarded = forwarded.or_else(|| std::str::from_utf8(h.value).ok());
             } else if name.eq_ignore_ascii_case(crate::hot::PREFETCH_HEADER) {
                 client_asked = false;
             } else if name.eq_ignore_ascii_case("connection") {

@@ -951,3 +951,63 @@ async fn memory_hits_take_the_fast_lane_and_answer_as_the_full_path_does() {
     let hits = metric(&edge, "modcdn_edge_requests_total{cache=\"hit\",kind=\"info\",status=\"200\"").await;
     assert!(hits >= hits_before + 3.0, "{hits_before} → {hits}");
 }
+
+/// Behind a trusted proxy a client is its first `X-Forwarded-For`, on the
+/// fast lane (which reads the headers itself) as on the full path: more
+/// header lines with new addresses do not make a new client with a new
+/// budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_a_client_is_its_first_forwarded_for_on_every_path() {
+    let Stack { tmp: _tmp, upstream: _upstream, origin, edge, .. } =
+        stack(1 << 10, "", "[rate_limit]\nrequests_per_sec = 0.01\nburst = 3\n").await;
+    let addr = edge.url.trim_start_matches("http://").to_string();
+    let list = "/example.com/alpha/@v/list";
+    // The list into the memory tier, asked from addresses of their own.
+    let mut from = 20;
+    let in_memory = eventually(Duration::from_secs(20), || {
+        from += 1;
+        let (url, c) = (format!("{}{list}", edge.url), client_from(&format!("127.0.2.{from}")));
+        let edge = &edge;
+        async move {
+            get(&c, &url).await;
+            metric(edge, "modcdn_edge_response_bytes_total{kind=\"list\",source=\"memory\"").await > 0.0
+        }
+    });
+    assert!(in_memory.await, "the list never reached the memory tier");
+    // 127.0.0.1 becomes a trusted proxy (the edge reloads its membership).
+    let membership = edge.dir.join("membership.toml");
+    modcdn_tests::node::write_membership(&membership, &[Member::of("o", &origin, "us")]).expect("membership");
+    let text = std::fs::read_to_string(&membership).expect("read");
+    std::fs::write(&membership, format!("trusted_proxies = [\"127.0.0.1/32\"]\n{text}")).expect("write");
+    // The proxy's own budget spent, a new forwarded client gets a 200 once
+    // the proxy is trusted.
+    let plain = format!("GET {list} HTTP/1.1\r\nHost: x\r\n\r\n");
+    for _ in 0..4 {
+        pipelined(&addr, plain.as_bytes(), 1).await;
+    }
+    let over = answers(&pipelined(&addr, plain.as_bytes(), 1).await);
+    assert!(over.first().is_some_and(|a| a.0.contains(" 429 ")), "{over:?}");
+    let mut probe = 0;
+    let trusted = eventually(Duration::from_secs(20), || {
+        probe += 1;
+        let request = format!("GET {list} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.{probe}\r\n\r\n");
+        let addr = addr.clone();
+        async move { answers(&pipelined(&addr, request.as_bytes(), 1).await).first().is_some_and(|a| a.0.contains(" 200 ")) }
+    });
+    assert!(trusted.await, "the trusted proxy's X-Forwarded-For was never believed");
+    // A client sending a second X-Forwarded-For (a new address each time)
+    // is still its first one: over its burst after three.
+    let statuses: Vec<String> = {
+        let mut s = Vec::new();
+        for i in 0..6 {
+            let request = format!(
+                "GET {list} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.1.1.1\r\nX-Forwarded-For: 10.2.2.{i}\r\n\r\n"
+            );
+            let got = answers(&pipelined(&addr, request.as_bytes(), 1).await);
+            s.push(got.first().map_or("none".into(), |a| a.0.clone()));
+        }
+        s
+    };
+    assert_eq!(statuses.iter().filter(|s| s.contains(" 200 ")).count(), 3, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| s.contains(" 429 ")).count(), 3, "{statuses:?}");
+}
