@@ -11,20 +11,28 @@ fn helper() -> &'static Result<PathBuf, String> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
         let gopath = Path::new(env!("CARGO_MANIFEST_DIR")).join("go");
-        let out = std::env::temp_dir().join(format!("modcdn-sumdbfixture-{}", std::process::id()));
+        // Next to the running executable, under the build's target dir:
+        // built under a name of this process, then renamed over the one
+        // an earlier process built, so nothing accumulates outside it.
+        let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+        let dir = exe.parent().ok_or("executable has no directory")?.join("modcdn-go");
+        let out = dir.join("sumdbfixture");
+        let building = dir.join(format!("sumdbfixture.{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         let status = Command::new("go")
             .args(["build", "-o"])
-            .arg(&out)
+            .arg(&building)
             .arg("modcdn.test/sumdbfixture")
             .env("GO111MODULE", "off")
             .env("GOPATH", format!("{}:/usr/share/gocode", gopath.display()))
-            .env("GOCACHE", std::env::temp_dir().join("modcdn-gocache"))
+            .env("GOCACHE", dir.join("cache"))
             .env("GOFLAGS", "")
             .status()
             .map_err(|e| format!("go build: {e} (apt-get install golang-go golang-golang-x-mod-dev)"))?;
         if !status.success() {
             return Err("go build modcdn.test/sumdbfixture failed (apt-get install golang-golang-x-mod-dev)".into());
         }
+        std::fs::rename(&building, &out).map_err(|e| format!("rename {}: {e}", building.display()))?;
         Ok(out)
     })
 }

@@ -16,11 +16,13 @@ use modcdn_tests::upstream::{Faults, FixtureUpstream};
 
 /// Three origins in one region behind one edge.
 struct Three {
-    tmp: tempfile::TempDir,
     corpus: Corpus,
     upstream: FixtureUpstream,
     origins: Vec<OriginProcess>,
     edge: EdgeProcess,
+    /// Last: fields drop in order, so the processes above stop before
+    /// their directory is removed (removing it under a live node fails).
+    tmp: tempfile::TempDir,
 }
 
 async fn three(versions: usize, origin_extra: &str, edge_extra: &str) -> Three {

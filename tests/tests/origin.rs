@@ -9,11 +9,13 @@ use modcdn_tests::upstream::{Faults, FixtureUpstream};
 use reqwest::StatusCode;
 
 struct Setup {
-    tmp: tempfile::TempDir,
     corpus: Corpus,
     upstream: FixtureUpstream,
     origin: OriginProcess,
     client: reqwest::Client,
+    /// Last: fields drop in order, so the processes above stop before
+    /// their directory is removed (removing it under a live node fails).
+    tmp: tempfile::TempDir,
 }
 
 async fn setup(large: usize, extra: &str) -> Setup {
