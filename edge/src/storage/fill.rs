@@ -90,7 +90,7 @@ impl HandleMiss for Filler {
             }
             publish.store.publishing.send_modify(|n| *n -= 1);
         });
-        Ok(MissFinishType::Created(self.written as usize + self.fill.meta.0.len() + self.fill.meta.1.len()))
+        Ok(MissFinishType::Created(self.written as usize + self.fill.meta.header_bytes()))
     }
 
     fn streaming_write_tag(&self) -> Option<&[u8]> {
@@ -114,12 +114,7 @@ struct Publish {
 impl Publish {
     async fn run(&self, file: File) -> Result<()> {
         let (store, generation) = (self.store, self.fill.id);
-        let meta = MetaFile {
-            generation,
-            body_len: self.written,
-            primary: self.primary.clone(),
-            meta: self.fill.meta.clone(),
-        };
+        let (parts, primary) = (self.fill.meta.clone(), self.primary.clone());
         let (part, body, meta_path) =
             (self.fill.part.clone(), store.body_path(&self.hash, generation), store.meta_path(&self.hash));
         let (shard, hash) = (store.shard(&self.hash), self.hash.clone());
@@ -137,6 +132,8 @@ impl Publish {
                 std::fs::create_dir_all(&shard)?;
                 let previous = std::fs::read(&meta_path).ok().and_then(|b| MetaFile::decode(&b)).map(|m| m.generation);
                 std::fs::rename(&part, &body)?;
+                let meta = parts.meta().serialize().map_err(std::io::Error::other)?;
+                let meta = MetaFile { generation, body_len: written, primary, meta };
                 sync_write(&meta_tmp, &meta.encode())?;
                 std::fs::rename(&meta_tmp, &meta_path)?;
                 if let Some(g) = previous.filter(|g| *g != generation) {
@@ -154,7 +151,8 @@ impl Publish {
         let published = match published {
             Ok(small) if !self.fill.aborted.load(Ordering::SeqCst) => {
                 store.index.lock().insert(&self.hash, &self.primary, self.written);
-                if let Some(obj) = small.and_then(|b| MemObject::parse(&self.primary, &self.fill.meta, b.into()).ok()) {
+                if let Some(body) = small {
+                    let obj = MemObject::new(&self.primary, self.fill.meta.clone(), body.into());
                     store.promote(&self.primary, Arc::new(obj), self.epoch);
                 }
                 Ok(())

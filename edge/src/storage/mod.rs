@@ -91,42 +91,38 @@ pub fn tier_of(hit: &(dyn HandleHit + Send + Sync)) -> &'static str {
     }
 }
 
-/// What is kept in the memory tier: the metadata already parsed (parsing
-/// a serialized `CacheMeta` costs more than serving a small hit), the body.
-pub struct MemObject {
-    /// What it answers, for metrics.
-    pub kind: Option<modcdn_shared::Kind>,
-    pub header: pingora::http::ResponseHeader,
-    /// The HTTP/1.1 head of an answer from here, serialized once: the
-    /// status line and header lines, `Content-Length` last; without `Age`,
-    /// `Date`, `Connection` and the blank line, which each answer adds.
-    pub head: Bytes,
-    pub fresh_until: SystemTime,
-    pub created: SystemTime,
+/// A response's cache metadata kept parsed. Pingora's serialized form
+/// (zstd-compressed headers) costs more to write and read back than a
+/// small miss costs otherwise, so a fill keeps this, its readers and the
+/// memory tier build on it, and it is serialized once, for the meta file,
+/// behind the answer.
+#[derive(Clone)]
+struct Parts {
+    header: pingora::http::ResponseHeader,
+    fresh_until: SystemTime,
+    created: SystemTime,
     stale_while_revalidate: u32,
     stale_if_error: u32,
-    pub body: Bytes,
 }
 
-impl MemObject {
-    fn new(primary: &str, meta: &CacheMeta, body: Bytes) -> MemObject {
-        let mut header = meta.response_header_copy();
-        // Everything served from here is a hit: say so once, not per answer.
-        let _ = header.insert_header(CACHE_STATUS_HEADER, CacheStatus::Hit.as_str());
-        MemObject {
-            kind: modcdn_shared::Request::parse(&format!("/{primary}")).ok().map(|r| r.kind()),
-            head: http1_head(&header, body.len()),
-            header,
+impl Parts {
+    fn of(meta: &CacheMeta) -> Parts {
+        Parts {
+            header: meta.response_header_copy(),
             fresh_until: meta.fresh_until(),
             created: meta.created(),
             stale_while_revalidate: meta.stale_while_revalidate_sec(),
             stale_if_error: meta.stale_if_error_sec(),
-            body,
         }
     }
 
-    fn parse(primary: &str, meta: &(Vec<u8>, Vec<u8>), body: Bytes) -> Result<MemObject> {
-        Ok(MemObject::new(primary, &CacheMeta::deserialize(&meta.0, &meta.1)?, body))
+    fn parse(meta: &(Vec<u8>, Vec<u8>)) -> Result<Parts> {
+        Ok(Parts::of(&CacheMeta::deserialize(&meta.0, &meta.1)?))
+    }
+
+    /// About what its headers take, in memory or on disk.
+    fn header_bytes(&self) -> usize {
+        self.header.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum()
     }
 
     fn meta(&self) -> CacheMeta {
@@ -137,6 +133,45 @@ impl MemObject {
             self.stale_if_error,
             self.header.clone(),
         )
+    }
+}
+
+/// What is kept in the memory tier: the metadata already parsed, the
+/// response head serialized, the body.
+pub struct MemObject {
+    /// What it answers, for metrics.
+    pub kind: Option<modcdn_shared::Kind>,
+    /// The HTTP/1.1 head of an answer from here, serialized once: the
+    /// status line and header lines, `Content-Length` last; without `Age`,
+    /// `Date`, `Connection` and the blank line, which each answer adds.
+    pub head: Bytes,
+    pub fresh_until: SystemTime,
+    pub created: SystemTime,
+    /// Its header says it is a hit.
+    parts: Parts,
+    pub body: Bytes,
+}
+
+impl MemObject {
+    fn new(primary: &str, mut parts: Parts, body: Bytes) -> MemObject {
+        // Everything served from here is a hit: say so once, not per answer.
+        let _ = parts.header.insert_header(CACHE_STATUS_HEADER, CacheStatus::Hit.as_str());
+        MemObject {
+            kind: modcdn_shared::Request::parse(&format!("/{primary}")).ok().map(|r| r.kind()),
+            head: http1_head(&parts.header, body.len()),
+            fresh_until: parts.fresh_until,
+            created: parts.created,
+            parts,
+            body,
+        }
+    }
+
+    fn parse(primary: &str, meta: &(Vec<u8>, Vec<u8>), body: Bytes) -> Result<MemObject> {
+        Ok(MemObject::new(primary, Parts::parse(meta)?, body))
+    }
+
+    fn meta(&self) -> CacheMeta {
+        self.parts.meta()
     }
 }
 
@@ -172,7 +207,7 @@ struct Fill {
     /// The request key it answers, for purges by prefix.
     primary: String,
     tag: U64WriteId,
-    meta: (Vec<u8>, Vec<u8>),
+    meta: Parts,
     part: PathBuf,
     /// The body file, open for readers: it stays valid when the fill is
     /// renamed into place, so a reader never loses it mid-publish.
@@ -230,8 +265,7 @@ impl Index {
 struct Weigh;
 impl quick_cache::Weighter<String, Arc<MemObject>> for Weigh {
     fn weight(&self, key: &String, v: &Arc<MemObject>) -> u64 {
-        let headers: usize = v.header.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
-        (key.len() + headers + v.head.len() + v.body.len() + 128) as u64
+        (key.len() + v.parts.header_bytes() + v.head.len() + v.body.len() + 128) as u64
     }
 }
 
@@ -636,10 +670,12 @@ impl CacheStore {
 
     /// A reader of a fill in progress; `own` for the request that fills it
     /// (it takes the chunks as they are written).
-    fn partial_hit(&self, fill: &Arc<Fill>, own: bool) -> Result<(CacheMeta, HitHandler)> {
-        let meta = CacheMeta::deserialize(&fill.meta.0, &fill.meta.1)?;
+    fn partial_hit(&self, fill: &Arc<Fill>, own: bool) -> (CacheMeta, HitHandler) {
         let own = own.then(|| fill.clone());
-        Ok((meta, Box::new(Hit::Partial { file: fill.reader.clone(), state: fill.state.subscribe(), pos: 0, own })))
+        (
+            fill.meta.meta(),
+            Box::new(Hit::Partial { file: fill.reader.clone(), state: fill.state.subscribe(), pos: 0, own }),
+        )
     }
 }
 
@@ -689,7 +725,7 @@ impl Storage for CacheStore {
         let hash = key.combined();
         let fill = self.fills.lock().get(&hash).cloned();
         if let Some(fill) = fill {
-            return self.partial_hit(&fill, false).map(Some);
+            return Ok(Some(self.partial_hit(&fill, false)));
         }
         // What is not in the index is not on disk: a miss costs no disk
         // read, and has no await point at which a fill could begin unseen.
@@ -720,7 +756,7 @@ impl Storage for CacheStore {
             // the lock) while the disk was read would otherwise get a second
             // writer, and its origin a second request.
             None => match self.fills.lock().get(&hash).cloned() {
-                Some(fill) => self.partial_hit(&fill, false).map(Some),
+                Some(fill) => Ok(Some(self.partial_hit(&fill, false))),
                 None => Ok(None),
             },
             Some(DiskLookup::Small { meta, body }) => {
@@ -748,7 +784,7 @@ impl Storage for CacheStore {
         let id: u64 = tag.into();
         let fill = self.fills.lock().get(&key.combined()).filter(|f| f.id == id).cloned();
         match fill {
-            Some(fill) => self.partial_hit(&fill, true).map(Some),
+            Some(fill) => Ok(Some(self.partial_hit(&fill, true))),
             None => self.lookup(key, trace).await,
         }
     }
@@ -778,7 +814,7 @@ impl Storage for CacheStore {
             id,
             primary: primary.clone(),
             tag: id.into(),
-            meta: meta.serialize()?,
+            meta: Parts::of(meta),
             part,
             reader: Arc::new(reader),
             state,
