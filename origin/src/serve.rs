@@ -305,6 +305,9 @@ async fn open(o: &Arc<Origin>, key: &str) -> Result<Option<Artifact>, OriginErro
     if let Some(a) = o.pulls.writes.get(key) {
         return Ok(Some(a));
     }
+    if o.store.surely_absent(key) {
+        return Ok(None);
+    }
     let (o2, k) = (Arc::clone(o), key.to_string());
     tokio::task::spawn_blocking(move || -> std::io::Result<Option<Artifact>> {
         let Some(hit) = o2.stored(&k)? else { return Ok(None) };

@@ -125,6 +125,12 @@ impl Drop for Staged {
 pub trait Store: Send + Sync + 'static {
     /// The artifact at `key`, if a complete one is stored.
     fn get(&self, key: &str) -> io::Result<Option<Hit>>;
+    /// True when `key` is surely not stored, known without I/O: a miss then
+    /// costs no disk read and no hop to a blocking thread. Never true for a
+    /// stored key; a store others write to (an object store) cannot know.
+    fn surely_absent(&self, _key: &str) -> bool {
+        false
+    }
     /// A new temp file for `key`'s body, invisible to `get`.
     fn stage(&self, key: &str) -> io::Result<Staged>;
     /// Makes a fully written staged body visible under its key with `meta`,
@@ -422,6 +428,14 @@ pub(crate) fn temp_path(dest: &Path) -> PathBuf {
 }
 
 impl Store for DiskStore {
+    /// Its index holds every key it stores: what it found at open, and
+    /// each publish (entered before the write leaves the pulls' list of
+    /// writes in progress, which is asked first).
+    fn surely_absent(&self, key: &str) -> bool {
+        self.path_of(key)
+            .is_ok_and(|path| !self.lru.lock().unwrap_or_else(|p| p.into_inner()).contains(&self.index_key(&path)))
+    }
+
     fn get(&self, key: &str) -> io::Result<Option<Hit>> {
         let path = self.path_of(key)?;
         let file = match File::open(&path) {
@@ -618,7 +632,9 @@ pub fn conformance(store: &dyn Store) {
         s
     };
     let read = |key: &str| -> Option<(Meta, Vec<u8>)> {
-        store.get(key).expect("get").map(|h| {
+        let found = store.get(key).expect("get");
+        assert!(found.is_none() || !store.surely_absent(key), "{key} is stored, yet said surely absent");
+        found.map(|h| {
             let body = h.read_body().expect("read");
             (h.meta, body)
         })
@@ -724,6 +740,7 @@ mod tests {
         let temp = s.path().expect("temp").to_path_buf();
         std::mem::forget(s);
         fs::write(dir.join(key), b"no record").expect("body");
+        store.put("example.com/kept/@v/list", b"v1.0.0\n", &meta(b"v1.0.0\n")).expect("put");
         drop(store);
         let store = DiskStore::open(&dir, 0).expect("reopen");
         assert!(!temp.exists(), "temp file removed at open");
@@ -733,6 +750,12 @@ mod tests {
         let bytes = fs::read(&good).expect("read");
         fs::write(&good, &bytes[..bytes.len() - 3]).expect("cut");
         assert!(store.get("example.com/!conformance/@v/v1.0.0.zip").expect("get").is_none());
+        // What is stored is known at open without asking the disk, and so
+        // is what is not.
+        assert!(!store.surely_absent("example.com/kept/@v/list"), "found at open");
+        assert!(store.surely_absent("example.com/other/@v/v1.0.0.info"));
+        assert_eq!(store.remove("example.com/kept/@v/list", false).expect("remove"), 1);
+        assert!(store.surely_absent("example.com/kept/@v/list"), "removed");
         let _ = fs::remove_dir_all(&dir);
     }
 
