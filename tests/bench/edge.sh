@@ -9,7 +9,8 @@
 # Rows (every figure the median of $REPS rounds in which the caches take
 # turns, each round on keys no cache has seen when it counts as cold):
 #   - cold miss, 1 MiB zip: latency added over the static origin direct
-#     (p50 of 100 sequential GETs on one kept-alive connection);
+#     (100 sequential GETs per cache and round, in turns of 10 on one
+#     kept-alive connection each: the median of the turns' p50s);
 #   - 200 concurrent GETs of one never-seen 64 MiB zip: requests that
 #     reached the static origin (its access log) and wall time;
 #   - 200 concurrent GETs of the same, now cached: wall time;
@@ -175,12 +176,21 @@ fan_out() { # port path n
 origin_requests() { grep -c -x "$1" "$WORK/static-access.log" || true; }
 
 declare -A cold=() storm_n=() storm_wall=() warm_wall=()
+# Cold misses: the caches take turns every 10 requests (a slow spell of
+# this shared machine then falls on all of them), each turn from a quiet
+# disk (without the sync, the writeback of what the cache before it wrote
+# lands on its turn); the row is the median of the turns' p50s.
 for rep in $(seq "$REPS"); do
-  for who in direct $PEERS; do
-    cold[$who]+="$(p50 "$(port_of "$who")" "$WORK/cold-$who-$rep.txt") "
+  for who in direct $PEERS; do split -l 10 -d "$WORK/cold-$who-$rep.txt" "$WORK/cold-$who-$rep-"; done
+  for block in $(seq -w 0 09); do
+    for who in direct $PEERS; do
+      sync
+      cold[$who]+="$(p50 "$(port_of "$who")" "$WORK/cold-$who-$rep-$block") "
+    done
   done
   for who in $PEERS; do
     path="/example.com/stampede/$who-$rep/@v/v1.0.0.zip"
+    sync
     storm_wall[$who]+="$(fan_out "$(port_of "$who")" "$path" 200) "
     storm_n[$who]+="$(origin_requests "$path") "
     warm_wall[$who]+="$(fan_out "$(port_of "$who")" "$path" 200) "
@@ -190,6 +200,7 @@ done
 # The whole product, cold .info and .mod, against the static origin direct.
 for i in $(seq 0 499); do printf '/example.com/many/m%04d/@v/v1.0.0.info\n/example.com/many/m%04d/@v/v1.0.0.mod\n' "$i" "$i"; done > "$WORK/full-direct.txt"
 for i in $(seq 500 999); do printf '/example.com/many/m%04d/@v/v1.0.0.info\n/example.com/many/m%04d/@v/v1.0.0.mod\n' "$i" "$i"; done > "$WORK/full-cold.txt"
+sync
 full_direct=$(p50 "$STATIC_PORT" "$WORK/full-direct.txt")
 full_cold=$(p50 "$FULL_PORT" "$WORK/full-cold.txt")
 

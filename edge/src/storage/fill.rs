@@ -119,10 +119,13 @@ impl Publish {
             (self.fill.part.clone(), store.body_path(&self.hash, generation), store.meta_path(&self.hash));
         let (shard, hash) = (store.shard(&self.hash), self.hash.clone());
         let meta_tmp = store.tmp.join(format!("{hash}.{generation}.meta"));
-        // A body small enough for the memory tier is read back here, off
-        // the request's path (a copy made while serving cost every miss).
-        let (reader, small) =
-            (self.fill.reader.clone(), store.memory_object_max > 0 && self.written <= store.memory_object_max);
+        // A small body enters the memory tier now, read back here, off the
+        // request's path (a copy made while serving cost every miss); a
+        // larger one on its first hit (see [`FILL_MEMORY_MAX`]).
+        let (reader, small) = (
+            self.fill.reader.clone(),
+            store.memory_object_max > 0 && self.written <= store.memory_object_max.min(FILL_MEMORY_MAX),
+        );
         let written = self.written;
         let published = store
             .durable

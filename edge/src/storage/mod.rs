@@ -232,6 +232,12 @@ struct OwnChunks {
 /// file instead.
 const OWN_MAX: usize = 4 << 20;
 
+/// The largest body a fill puts in the memory tier as it is published
+/// (every `.info`, `.mod` and list, small zips). A larger one enters it on
+/// its first hit: a zip fetched once (most are, at any one edge) neither
+/// displaces what is hot nor costs its fill a read-back of megabytes.
+const FILL_MEMORY_MAX: u64 = 64 << 10;
+
 /// One entry on disk, as found at start.
 #[derive(Debug, Clone)]
 pub struct Stored {

@@ -246,6 +246,23 @@ async fn a_large_answer_replaces_a_small_one_in_the_memory_tier() {
     assert_eq!(read_all(hit).await.expect("read"), big);
 }
 
+#[tokio::test]
+async fn a_fill_above_the_fill_limit_enters_memory_on_its_first_hit() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let (store, _) = CacheStore::open(tmp.path(), 16 << 20, 4 << 20).expect("open");
+    let store: &'static CacheStore = Box::leak(Box::new(store));
+    let (small, large) = ("example.com/f/@v/v1.0.0.mod", "example.com/f/@v/v1.0.0.zip");
+    let body: Vec<u8> = (0..(FILL_MEMORY_MAX as u32 + 1)).map(|i| (i % 249) as u8).collect();
+    fill(store, small, b"module example.com/f\n").await;
+    fill(store, large, &body).await;
+    assert!(store.memory_get(small).is_some(), "a small fill is in memory once published");
+    assert!(store.memory_get(large).is_none(), "a larger one is not read back at its fill");
+    let (_, hit) = store.lookup(&cache_key(large, None), &span).await.expect("lookup").expect("hit");
+    assert_eq!(read_all(hit).await.expect("read"), body);
+    assert_eq!(store.memory_get(large).map(|o| o.body.clone()), Some(Bytes::from(body)), "its first hit brings it in");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_purge_racing_a_promotion_to_memory_is_not_undone() {
     let tmp = tempfile::tempdir().expect("tempdir");
