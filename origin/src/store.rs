@@ -729,7 +729,8 @@ mod tests {
 
     #[test]
     fn disk_store_conformance_and_crash_leftovers() {
-        let dir = tempdir();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
         let store = DiskStore::open(&dir, 0).expect("open");
         conformance(&store);
 
@@ -756,7 +757,6 @@ mod tests {
         assert!(store.surely_absent("example.com/other/@v/v1.0.0.info"));
         assert_eq!(store.remove("example.com/kept/@v/list", false).expect("remove"), 1);
         assert!(store.surely_absent("example.com/kept/@v/list"), "removed");
-        let _ = fs::remove_dir_all(&dir);
     }
 
     fn meta(body: &[u8]) -> Meta {
@@ -772,7 +772,8 @@ mod tests {
 
     #[test]
     fn the_budget_evicts_least_recently_used_and_spares_records() {
-        let dir = tempdir();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
         let budget = 20_000;
         let store = DiskStore::open(&dir, budget).expect("open");
         let record = "sumdb/sum.golang.org/verified-tree";
@@ -800,12 +801,12 @@ mod tests {
         let u = store.usage().expect("counted");
         assert!(u.bytes <= 5_000 && u.objects < kept.len() as i64, "{u:?}");
         assert!(store.get(&key(99)).expect("get").is_some() && store.get(record).expect("get").is_some());
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn path_elements_past_file_name_limits_are_stored_safely() {
-        let dir = tempdir();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
         let store = DiskStore::open(&dir, 0).expect("open");
         let long = "a".repeat(300);
         let key = format!("example.com/{long}/{long}x/@v/v1.0.0.mod");
@@ -814,12 +815,5 @@ mod tests {
         let other = format!("example.com/{long}/{long}y/@v/v1.0.0.mod");
         assert!(store.get(&other).expect("get").is_none(), "another long name is another file");
         assert_eq!(store.remove(&key, false).expect("remove"), 1);
-        let _ = fs::remove_dir_all(&dir);
-    }
-
-    fn tempdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("modcdn-store-test-{}-{:x}", std::process::id(), fastrand::u64(..)));
-        fs::create_dir_all(&d).expect("tempdir");
-        d
     }
 }
