@@ -24,6 +24,8 @@ pub struct SeaweedFs {
     /// `http://127.0.0.1:port` of its filer (to see uploads in progress).
     pub filer: String,
     pub data: PathBuf,
+    /// Its ports, one per `seaweedfs::PORT_FLAGS`.
+    pub ports: [u16; 10],
 }
 
 impl SeaweedFs {
@@ -70,6 +72,7 @@ impl SeaweedFs {
         if rx.recv_timeout(Duration::from_secs(30)) != Ok(true) {
             let _ = child.kill();
             let status = child.wait().ok();
+            seaweedfs::remove_sockets(&ports);
             let said = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = said.lines().rev().take(5).collect();
             return Err(io::Error::other(format!("weed mini did not become ready (exit: {status:?}): {tail:?}")));
@@ -79,6 +82,7 @@ impl SeaweedFs {
             endpoint: format!("http://127.0.0.1:{s3}"),
             filer: format!("http://127.0.0.1:{filer}"),
             data,
+            ports,
         })
     }
 
@@ -96,6 +100,7 @@ impl SeaweedFs {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        seaweedfs::remove_sockets(&self.ports);
     }
 }
 

@@ -83,6 +83,19 @@ fn the_object_store_and_the_tiered_store_pass_the_store_contract() {
     let hit = tiered.get(key).expect("get").expect("read through");
     assert_eq!(hit.read_body().expect("body"), b"module example.com/through\n");
     assert!(tiered.local.get(key).expect("local").is_some(), "the local tier keeps what it read");
+
+    // Stopped, the engine leaves nothing outside its directory: neither its
+    // local sockets (always in /tmp) nor its logs (in the temp dir).
+    let ports = weed.ports;
+    drop(weed);
+    let left: Vec<String> = std::fs::read_dir("/tmp")
+        .expect("/tmp")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("seaweedfs-") && ports.iter().any(|p| n.ends_with(&format!("-{p}.sock"))))
+        .collect();
+    assert!(left.is_empty(), "left in /tmp: {left:?}");
+    assert!(modcdn_tests::files(tmp.path()).iter().any(|f| f.contains("weed.") && f.contains(".log.")), "its logs");
 }
 
 fn meta_of(body: &[u8]) -> modcdn_origin::store::Meta {

@@ -39,7 +39,24 @@ pub fn mini(data: &Path, ports: &[u16; 10], bucket: &str, access_key: &str, secr
         cmd.arg(format!("-{flag}={port}"));
     }
     cmd.env("AWS_ACCESS_KEY_ID", access_key).env("AWS_SECRET_ACCESS_KEY", secret_key);
+    // Its logs (glog writes them to the temp dir) go with its data.
+    cmd.env("TMPDIR", data);
     cmd
+}
+
+/// Removes the local sockets a `weed mini` on `ports` left: it makes them
+/// as `/tmp/seaweedfs-<component>-<port>.sock` whatever `TMPDIR` says, and
+/// leaves them when killed. Call once it has exited.
+pub fn remove_sockets(ports: &[u16; 10]) {
+    let Ok(entries) = std::fs::read_dir("/tmp") else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let port =
+            name.strip_prefix("seaweedfs-").and_then(|n| n.strip_suffix(".sock")).and_then(|n| n.rsplit_once('-'));
+        if port.is_some_and(|(_, p)| ports.iter().any(|q| p == q.to_string())) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The `weed` binary: on `PATH`, else in the scripts directory of the
