@@ -204,9 +204,11 @@ pub fn run(overrides: Overrides) -> anyhow::Result<()> {
         signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))?;
     }
     let mut running: Vec<Running> = Vec::new();
+    // Dropped after every return's `stop_all`: weed's sockets in /tmp go.
+    let mut _sockets = None;
     if overrides.store == StoreChoice::S3 {
         // The origins check their bucket at start: the store comes first.
-        start_seaweedfs(&cluster, &mut running)?;
+        _sockets = Some(SeaweedSockets(start_seaweedfs(&cluster, &mut running)?));
     }
     for (id, bin, config) in &nodes {
         let log = std::fs::File::create(cluster.dir.join(format!("{id}.log")))?;
@@ -264,7 +266,7 @@ pub fn run(overrides: Overrides) -> anyhow::Result<()> {
 /// Starts `weed mini` (data in `<dir>/seaweedfs`, log in
 /// `<dir>/seaweedfs.log`, the bucket and key pair made at start) and waits
 /// until it says every component is running (bounded).
-fn start_seaweedfs(cluster: &Cluster, running: &mut Vec<Running>) -> anyhow::Result<()> {
+fn start_seaweedfs(cluster: &Cluster, running: &mut Vec<Running>) -> anyhow::Result<[u16; 10]> {
     let data = cluster.dir.join("seaweedfs");
     std::fs::create_dir_all(&data).with_context(|| format!("{}", data.display()))?;
     let log_path = cluster.dir.join("seaweedfs.log");
@@ -287,7 +289,7 @@ fn start_seaweedfs(cluster: &Cluster, running: &mut Vec<Running>) -> anyhow::Res
                 cluster.seaweedfs.s3_endpoint(),
                 SeaweedFsSpec::BUCKET
             );
-            return Ok(());
+            return Ok(ports);
         }
         let exited = running.last_mut().and_then(|r| r.child.try_wait().ok().flatten());
         if exited.is_some() || Instant::now() > deadline {
@@ -348,6 +350,16 @@ fn ready(admin: &str) -> bool {
 }
 
 /// SIGTERM to every node, then SIGKILL to those still there after 10 s.
+/// The ports of a `weed mini` this cluster ran: its local sockets are
+/// removed when this is dropped, once it has stopped.
+struct SeaweedSockets([u16; 10]);
+
+impl Drop for SeaweedSockets {
+    fn drop(&mut self) {
+        seaweedfs::remove_sockets(&self.0);
+    }
+}
+
 fn stop_all(running: &mut Vec<Running>) {
     for r in running.iter() {
         let _ = Command::new("sh").args(["-c", &format!("kill -TERM {}", r.child.id())]).status();
