@@ -65,12 +65,15 @@ impl Membership {
     /// snapshot is in place; on error the old one stays.
     pub fn reload(&self, force: bool) -> Result<bool, MembershipError> {
         let now = fingerprint(&self.path);
-        {
+        // A forced reload of the version already in place (SIGHUP after the
+        // poll took the edit) is applied again but is no new version.
+        let new_version = {
             let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             if !force && *seen == now {
                 return Ok(false);
             }
-        }
+            *seen != now
+        };
         // Remember this version even if it is bad, so one bad edit is
         // reported once, not on every poll.
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = now;
@@ -78,7 +81,9 @@ impl Membership {
             self.rejected.fetch_add(1, Ordering::Relaxed);
         })?;
         self.current.store(Arc::new(snapshot));
-        self.applied.fetch_add(1, Ordering::Relaxed);
+        if new_version {
+            self.applied.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(true)
     }
 
