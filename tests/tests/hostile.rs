@@ -287,10 +287,14 @@ async fn operator_endpoints_are_only_on_the_operator_listener_with_the_cluster_t
 }
 
 /// The rate in Mbit/s at which each client (from its own address, with its
-/// own headers) reads `url` during `window`, all starting together: bytes
-/// received by the last chunk in the window over the time since the request.
+/// own headers) reads `url` during `window`, all starting together, in the
+/// steady state: from its first chunk after [`WARM`] to its last chunk in
+/// the window. The start is left out: a tier whose request is handled a
+/// moment before the others' rightly has the uplink to itself until they
+/// begin, and each pace may start with its timer slack.
 async fn read_for(url: &str, clients: &[(&str, Option<&str>)], window: Duration) -> Vec<f64> {
     use futures::StreamExt;
+    const WARM: Duration = Duration::from_secs(1);
     let start = tokio::time::Instant::now() + Duration::from_millis(200);
     let tasks: Vec<_> = clients
         .iter()
@@ -304,13 +308,18 @@ async fn read_for(url: &str, clients: &[(&str, Option<&str>)], window: Duration)
                     req = req.bearer_auth(t);
                 }
                 let mut body = req.send().await.expect("get").bytes_stream();
-                let (mut n, mut last) = (0u64, Duration::ZERO);
+                let (mut n, mut warm, mut last) = (0u64, None, (0u64, Duration::ZERO));
                 let end = start + window;
                 while let Ok(Some(chunk)) = tokio::time::timeout_at(end, body.next()).await {
                     n += chunk.expect("chunk").len() as u64;
-                    last = start.elapsed();
+                    let at = start.elapsed();
+                    if at >= WARM && warm.is_none() {
+                        warm = Some((n, at));
+                    }
+                    last = (n, at);
                 }
-                n as f64 * 8.0 / 1e6 / last.as_secs_f64().max(1e-3)
+                let (n0, t0) = warm.expect("a chunk after the warm-up");
+                (last.0 - n0) as f64 * 8.0 / 1e6 / (last.1 - t0).as_secs_f64().max(1e-3)
             })
         })
         .collect();
