@@ -154,17 +154,14 @@ const NOTSENT_LOWAT: libc::c_int = 512 << 10;
 /// hits lost ~3 %). TLS streams keep the kernel's default: Pingora does not
 /// expose their socket.
 pub fn limit_unsent(stream: &Stream) {
-    use std::os::fd::AsRawFd;
-    let any = stream.as_any();
-    let tcp = any.downcast_ref::<HeaderDeadline>().map_or(any, |guarded| guarded.inner.as_any());
-    let Some(tcp) = tcp.downcast_ref::<pingora::protocols::l4::stream::Stream>() else { return };
+    let Some(fd) = plain_socket(stream) else { return };
     let value = NOTSENT_LOWAT;
     // SAFETY: setsockopt on a socket this connection owns, with a c_int
     // value of the size given.
     #[allow(unsafe_code)]
     let rc = unsafe {
         libc::setsockopt(
-            tcp.as_raw_fd(),
+            fd,
             libc::IPPROTO_TCP,
             libc::TCP_NOTSENT_LOWAT,
             (&value as *const libc::c_int).cast(),
@@ -174,6 +171,15 @@ pub fn limit_unsent(stream: &Stream) {
     if rc != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "TCP_NOTSENT_LOWAT not set");
     }
+}
+
+/// The socket of a plain TCP client stream (`None` for TLS: Pingora does
+/// not expose its socket, and its bytes must go through the TLS layer).
+pub fn plain_socket(stream: &Stream) -> Option<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    let any = stream.as_any();
+    let tcp = any.downcast_ref::<HeaderDeadline>().map_or(any, |guarded| guarded.inner.as_any());
+    tcp.downcast_ref::<pingora::protocols::l4::stream::Stream>().map(|s| s.as_raw_fd())
 }
 
 /// A client stream whose request heads must arrive within a deadline; a

@@ -36,7 +36,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::bandwidth::Bandwidth;
 use crate::limits::{Limits, Slot};
 use crate::metrics::Metrics;
-use crate::storage::{CacheStore, MemObject};
+use crate::storage::{CacheStore, MemFile, MemObject};
 
 /// The largest request head the lane reads before leaving the request to
 /// the full path (the go command sends a few hundred bytes).
@@ -97,7 +97,7 @@ impl<P: HttpServerApp + ServerApp + Send + Sync + 'static> ServerApp for Lane<P>
                 if answer(&mut stream, &mut head_buf, obj, *head_only).await.is_err() {
                     return None;
                 }
-                let sent = if *head_only { 0 } else { obj.body.len() as u64 };
+                let sent = if *head_only { 0 } else { obj.body.bytes.len() as u64 };
                 let kind = obj.kind.map_or("invalid", |k| k.as_str());
                 self.metrics.request(kind, 200, CacheStatus::Hit.label(), "memory", sent);
                 continue;
@@ -250,7 +250,8 @@ impl<P> Lane<P> {
 }
 
 /// Writes `obj` as the answer: its head with this moment's `Age` and
-/// `Date`, and the body unless the request was a HEAD, in one write.
+/// `Date`, and the body unless the request was a HEAD, in one write (or,
+/// for a body in a memory file on a plain socket, see [`send_file`]).
 async fn answer(stream: &mut Stream, head: &mut Vec<u8>, obj: &MemObject, head_only: bool) -> std::io::Result<()> {
     let age = SystemTime::now().duration_since(obj.created).unwrap_or_default().as_secs();
     head.clear();
@@ -262,7 +263,12 @@ async fn answer(stream: &mut Stream, head: &mut Vec<u8>, obj: &MemObject, head_o
     head.extend_from_slice(b"\r\ndate: ");
     head.extend_from_slice(pingora::protocols::http::date::get_cached_date().as_bytes());
     head.extend_from_slice(b"\r\nconnection: keep-alive\r\n\r\n");
-    let body: &[u8] = if head_only { &[] } else { &obj.body };
+    if let (false, Some(file)) = (head_only, &obj.body.file) {
+        if let Some(socket) = crate::conn::plain_socket(stream) {
+            return send_file(stream, socket, head, file, &obj.body.bytes).await;
+        }
+    }
+    let body: &[u8] = if head_only { &[] } else { &obj.body.bytes };
     let mut slices = [IoSlice::new(head), IoSlice::new(body)];
     let mut left = &mut slices[..];
     while !left.is_empty() {
@@ -273,4 +279,73 @@ async fn answer(stream: &mut Stream, head: &mut Vec<u8>, obj: &MemObject, head_o
         IoSlice::advance_slices(&mut left, n);
     }
     stream.flush().await
+}
+
+/// The most of a body written through the stream, a copy, when the socket
+/// is full (the stream then waits until the socket takes it).
+const PIECE: usize = 4096;
+
+/// Sends `head` and then `body`, held in the memory file `file`, straight
+/// on the client's `socket`: the head marked as more to come (it leaves
+/// with the body's first bytes), the body by `sendfile`, which queues the
+/// file's pages on the socket without copying them. When the socket is
+/// full, a piece of at most [`PIECE`] bytes goes through the stream, which
+/// waits for room (the descriptor is the reactor's), and the sends go on.
+async fn send_file(
+    stream: &mut Stream,
+    socket: std::os::fd::RawFd,
+    head: &[u8],
+    file: &MemFile,
+    body: &[u8],
+) -> std::io::Result<()> {
+    // Nothing of an earlier answer may still wait in the stream's buffer.
+    stream.flush().await?;
+    let total = head.len() + body.len();
+    let mut sent = 0;
+    while sent < total {
+        let now = if sent < head.len() {
+            let left = &head[sent..];
+            let flags = libc::MSG_MORE | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+            // SAFETY: send of a live buffer of the length given, on this
+            // connection's socket.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::send(socket, left.as_ptr().cast(), left.len(), flags)
+            }
+        } else {
+            let mut offset = (sent - head.len()) as libc::off_t;
+            // SAFETY: sendfile between two descriptors held open for the
+            // call (the socket by the stream, the file by `file`), with an
+            // offset this function owns.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::sendfile(socket, file.fd(), &mut offset, total - sent)
+            }
+        };
+        match now {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            n if n > 0 => {
+                sent += n as usize;
+                continue;
+            }
+            _ => {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::Interrupted => continue,
+                    std::io::ErrorKind::WouldBlock => {}
+                    _ => return Err(e),
+                }
+            }
+        }
+        let piece = if sent < head.len() {
+            &head[sent..]
+        } else {
+            let at = sent - head.len();
+            &body[at..(at + PIECE).min(body.len())]
+        };
+        stream.write_all(piece).await?;
+        stream.flush().await?;
+        sent += piece.len();
+    }
+    Ok(())
 }

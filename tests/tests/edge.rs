@@ -952,6 +952,70 @@ async fn memory_hits_take_the_fast_lane_and_answer_as_the_full_path_does() {
     assert!(hits >= hits_before + 3.0, "{hits_before} → {hits}");
 }
 
+/// A memory-tier zip of 16–64 KiB leaves from a sealed memory file by
+/// `sendfile`. A client that sends many requests and reads none of the
+/// answers fills its socket; the edge then waits for room and goes on, and
+/// every answer arrives whole and in order once the client reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_file_answers_arrive_whole_when_the_socket_fills() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Stack { tmp: _tmp, corpus, upstream: _upstream, origin: _origin, edge } = stack(40 << 10, "", "").await;
+    let zip = Corpus::key(corpus::LARGE, "v1.0.0", "zip");
+    let body = corpus_file(&corpus, &zip);
+    assert!((16 << 10..=64 << 10).contains(&body.len()), "a zip of {} bytes", body.len());
+    let c = client();
+    let hits = "modcdn_edge_response_bytes_total{kind=\"zip\",source=\"memory\"";
+    let in_memory = eventually(Duration::from_secs(20), || async {
+        get(&c, &format!("{}/{zip}", edge.url)).await;
+        metric(&edge, hits).await > 0.0
+    });
+    assert!(in_memory.await, "never answered from the memory tier");
+    let pid = edge.pid().expect("edge pid");
+    let memfds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("/memfd:modcdn-body"))
+        .count();
+    assert_eq!(memfds, 1, "the zip is not in a memory file");
+
+    // 400 answers, 16 MB: more than the loopback socket buffers hold.
+    const N: usize = 400;
+    let counted = "modcdn_edge_requests_total{cache=\"hit\",kind=\"zip\",status=\"200\"";
+    let before = metric(&edge, counted).await;
+    let addr = edge.url.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    s.write_all(format!("GET /{zip} HTTP/1.1\r\nHost: x\r\n\r\n").repeat(N).as_bytes()).await.expect("write");
+    // The edge stops answering: the socket is full. (Its count of answers
+    // stands still, below N, for three polls.)
+    let last = std::cell::Cell::new((before, 0));
+    let stalled = eventually(Duration::from_secs(20), || {
+        let (edge, last) = (&edge, &last);
+        async move {
+            let now = metric(edge, counted).await;
+            let (was, same) = last.get();
+            let same = if now == was { same + 1 } else { 0 };
+            last.set((now, same));
+            same >= 3 && now > before && now < before + N as f64
+        }
+    });
+    assert!(stalled.await, "the edge never waited for the client: {:?}", last.get());
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while answers(&all).len() < N {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(read)) if read > 0 => all.extend_from_slice(&buf[..read]),
+            other => panic!("{} answers, then {other:?}", answers(&all).len()),
+        }
+    }
+    let got = answers(&all);
+    assert_eq!(got.len(), N);
+    for (i, (status, _, b)) in got.iter().enumerate() {
+        assert_eq!(status, "HTTP/1.1 200 OK", "answer {i}");
+        assert!(b[..] == body[..], "answer {i}: {} bytes, not the zip's {}", b.len(), body.len());
+    }
+}
+
 /// Behind a trusted proxy a client is its first `X-Forwarded-For`, on the
 /// fast lane (which reads the headers itself) as on the full path: more
 /// header lines with new addresses do not make a new client with a new

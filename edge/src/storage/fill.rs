@@ -129,7 +129,7 @@ impl Publish {
         let written = self.written;
         let published = store
             .durable
-            .run(move || -> std::io::Result<Option<Vec<u8>>> {
+            .run(move || -> std::io::Result<Option<MemBody>> {
                 file.sync_data()?;
                 drop(file);
                 std::fs::create_dir_all(&shard)?;
@@ -147,7 +147,7 @@ impl Publish {
                 }
                 let mut body = vec![0; written as usize];
                 reader.read_exact_at(&mut body, 0)?;
-                Ok(Some(body))
+                Ok(Some(MemBody::new(body)))
             })
             .await
             .map_err(|e| storage_error("publish", e));
@@ -155,7 +155,7 @@ impl Publish {
             Ok(small) if !self.fill.aborted.load(Ordering::SeqCst) => {
                 store.index.lock().insert(&self.hash, &self.primary, self.written);
                 if let Some(body) = small {
-                    let obj = MemObject::new(&self.primary, self.fill.meta.clone(), body.into());
+                    let obj = MemObject::new(&self.primary, self.fill.meta.clone(), body);
                     store.promote(&self.primary, Arc::new(obj), self.epoch);
                 }
                 Ok(())

@@ -50,9 +50,11 @@ use tokio::sync::watch;
 mod fill;
 mod hit;
 mod mapped;
+mod memfile;
 
 use fill::Filler;
 use hit::Hit;
+pub use memfile::{MemBody, MemFile};
 
 /// Bytes read from disk per body chunk: large enough that the thread hop
 /// per read is cheap, small enough that many clients streaming large zips
@@ -149,16 +151,16 @@ pub struct MemObject {
     pub created: SystemTime,
     /// Its header says it is a hit.
     parts: Parts,
-    pub body: Bytes,
+    pub body: MemBody,
 }
 
 impl MemObject {
-    fn new(primary: &str, mut parts: Parts, body: Bytes) -> MemObject {
+    fn new(primary: &str, mut parts: Parts, body: MemBody) -> MemObject {
         // Everything served from here is a hit: say so once, not per answer.
         let _ = parts.header.insert_header(CACHE_STATUS_HEADER, CacheStatus::Hit.as_str());
         MemObject {
             kind: modcdn_shared::Request::parse(&format!("/{primary}")).ok().map(|r| r.kind()),
-            head: http1_head(&parts.header, body.len()),
+            head: http1_head(&parts.header, body.bytes.len()),
             fresh_until: parts.fresh_until,
             created: parts.created,
             parts,
@@ -166,7 +168,7 @@ impl MemObject {
         }
     }
 
-    fn parse(primary: &str, meta: &(Vec<u8>, Vec<u8>), body: Bytes) -> Result<MemObject> {
+    fn parse(primary: &str, meta: &(Vec<u8>, Vec<u8>), body: MemBody) -> Result<MemObject> {
         Ok(MemObject::new(primary, Parts::parse(meta)?, body))
     }
 
@@ -271,7 +273,7 @@ impl Index {
 struct Weigh;
 impl quick_cache::Weighter<String, Arc<MemObject>> for Weigh {
     fn weight(&self, key: &String, v: &Arc<MemObject>) -> u64 {
-        (key.len() + v.parts.header_bytes() + v.head.len() + v.body.len() + 128) as u64
+        (key.len() + v.parts.header_bytes() + v.head.len() + v.body.bytes.len() + 128) as u64
     }
 }
 
@@ -650,7 +652,7 @@ impl CacheStore {
     /// is at most `max` bytes.
     pub async fn read_cached(&'static self, primary: &str, max: usize) -> Option<Bytes> {
         if let Some(obj) = self.memory_get(primary) {
-            return (obj.body.len() <= max).then(|| obj.body.clone());
+            return (obj.body.bytes.len() <= max).then(|| obj.body.bytes.clone());
         }
         let span = pingora::cache::trace::Span::inactive().handle();
         let (_, mut hit) = Storage::lookup(self, &cache_key(primary, None), &span).await.ok()??;
@@ -670,8 +672,8 @@ impl CacheStore {
     }
 
     fn memory_hit(&self, obj: &Arc<MemObject>) -> (CacheMeta, HitHandler) {
-        let len = obj.body.len();
-        (obj.meta(), Box::new(Hit::Memory { body: obj.body.clone(), start: 0, end: len, done: false }))
+        let len = obj.body.bytes.len();
+        (obj.meta(), Box::new(Hit::Memory { body: obj.body.bytes.clone(), start: 0, end: len, done: false }))
     }
 
     /// A reader of a fill in progress; `own` for the request that fills it
@@ -687,7 +689,7 @@ impl CacheStore {
 
 /// What a disk lookup found.
 enum DiskLookup {
-    Small { meta: (Vec<u8>, Vec<u8>), body: Bytes },
+    Small { meta: (Vec<u8>, Vec<u8>), body: MemBody },
     Large { meta: (Vec<u8>, Vec<u8>), body: hit::DiskBody },
 }
 
@@ -712,7 +714,7 @@ fn read_disk(store: &CacheStore, meta_path: &Path, shard: &Path, hash: &str) -> 
     if m.body_len <= memory_max {
         let mut body = Vec::with_capacity(m.body_len as usize);
         file.read_to_end(&mut body)?;
-        return Ok(Some(DiskLookup::Small { meta: m.meta, body: body.into() }));
+        return Ok(Some(DiskLookup::Small { meta: m.meta, body: MemBody::new(body) }));
     }
     let body = match store.map_body(&body_path, &file)? {
         Some(map) => hit::DiskBody::Mapped(map),

@@ -260,7 +260,11 @@ async fn a_fill_above_the_fill_limit_enters_memory_on_its_first_hit() {
     assert!(store.memory_get(large).is_none(), "a larger one is not read back at its fill");
     let (_, hit) = store.lookup(&cache_key(large, None), &span).await.expect("lookup").expect("hit");
     assert_eq!(read_all(hit).await.expect("read"), body);
-    assert_eq!(store.memory_get(large).map(|o| o.body.clone()), Some(Bytes::from(body)), "its first hit brings it in");
+    assert_eq!(
+        store.memory_get(large).map(|o| o.body.bytes.clone()),
+        Some(Bytes::from(body)),
+        "its first hit brings it in"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
