@@ -21,11 +21,11 @@ use bytes::Bytes;
 /// Bodies smaller than this stay on the heap: one `writev` of head and body
 /// costs less than a send of the head and a `sendfile`.
 pub const MIN: usize = 16 << 10;
-/// Bodies larger than this stay on the heap: on this machine's loopback,
-/// a `sendfile` of 128 KiB to 1 MiB from a memory file cost more CPU in the
-/// kernel's transmit than the copy it saves (1 MiB hits: 2.0k req/s
-/// against 5.8k written from the heap), while 16–64 KiB hits went from
-/// 135k to 152k (16 KiB) and 70k to 82k req/s (64 KiB).
+/// Bodies larger than this stay on the heap: measured on loopback, 16–64
+/// KiB hits gained (16 KiB: 135k → 152k req/s, 64 KiB: 70k → 82k), larger
+/// ones were mixed (128 and 512 KiB slower, 256 KiB faster), and 1 MiB
+/// hits fell from 5.8k to 2.0k req/s, the core busy in the kernel's
+/// transmit.
 pub const MAX: usize = 64 << 10;
 
 /// Memory files open at once at most.
