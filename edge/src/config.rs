@@ -81,7 +81,9 @@ pub struct CacheConfig {
     pub max_mib: u64,
     /// Memory tier in MiB. Default 256.
     pub memory_mib: u64,
-    /// Largest memory-tier object in KiB. Default 4096.
+    /// Largest body copied into the memory tier, in KiB; a larger one read
+    /// from disk is served from a mapping of its file (the mapped tier).
+    /// Default 64.
     pub memory_object_max_kib: u64,
     /// Cache lock timeout in ms. Default 30000.
     pub lock_timeout_ms: u64,
@@ -196,7 +198,7 @@ impl Default for CacheConfig {
             dir: PathBuf::from("modcdn-data/edge/cache"),
             max_mib: 10240,
             memory_mib: 256,
-            memory_object_max_kib: 4096,
+            memory_object_max_kib: 64,
             lock_timeout_ms: 30_000,
             private: false,
             private_ttl_secs: 300,

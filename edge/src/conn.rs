@@ -149,10 +149,10 @@ const NOTSENT_LOWAT: libc::c_int = 512 << 10;
 /// own writes, and holds little per connection. 200 clients of one cached
 /// 64 MiB zip took 3.2 s instead of 4.8 s (Varnish: 4.0 s); 128 KiB gave
 /// 3.5 s, 1 MiB 4.0 s, 2 MiB 4.75 s. The lane sets it when a connection's
-/// first request goes to Pingora (disk-tier and origin bodies): its own
-/// memory-tier answers leave in one write, which the cap would split (1 MiB
-/// hits lost ~3 %). TLS streams keep the kernel's default: Pingora does not
-/// expose their socket.
+/// first request goes to Pingora (origin bodies, and what the lane does not
+/// answer) or it answers a mapped body above 4 MiB: its other answers leave
+/// in one write, which the cap would split (1 MiB hits lost 3–9 %). TLS
+/// streams keep the kernel's default: Pingora does not expose their socket.
 pub fn limit_unsent(stream: &Stream) {
     let Some(fd) = plain_socket(stream) else { return };
     let value = NOTSENT_LOWAT;

@@ -1075,3 +1075,47 @@ async fn behind_a_trusted_proxy_a_client_is_its_first_forwarded_for_on_every_pat
     assert_eq!(statuses.iter().filter(|s| s.contains(" 200 ")).count(), 3, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| s.contains(" 429 ")).count(), 3, "{statuses:?}");
 }
+
+/// A zip above the memory tier's size, once read from disk, is answered
+/// from a mapping of its cache file (the mapped tier). Cut short on disk
+/// under the edge, it fails the answer being written (the kernel's copy
+/// from the mapping fails; no SIGBUS, no zeros), the tier lets the mapping
+/// go, and the next request is answered whole again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapped_zip_cut_short_on_disk_fails_one_answer_and_is_whole_again() {
+    let Stack { tmp: _tmp, corpus, upstream: _upstream, origin: _origin, mut edge } = stack(1 << 20, "", "").await;
+    let zip = Corpus::key(corpus::LARGE, "v1.0.0", "zip");
+    let body = corpus_file(&corpus, &zip);
+    assert!(body.len() > 64 << 10, "a zip above the memory tier's default size");
+    let (c, url, pid) = (client(), format!("{}/{zip}", edge.url), edge.pid().expect("edge pid"));
+    let cache = edge.dir.join("cache");
+    let body_file = || {
+        modcdn_tests::files(&cache)
+            .into_iter()
+            .map(|f| cache.join(f))
+            .find(|f| f.extension().is_some_and(|e| e == "body"))
+    };
+    let mapped = || {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        maps.lines().any(|l| l.contains(".body") && !l.contains("(deleted)"))
+    };
+    let in_tier = eventually(Duration::from_secs(20), || async {
+        let (status, _, got) = get(&c, &url).await;
+        assert!(status == 200 && got[..] == body[..], "{status}, {} bytes", got.len());
+        body_file().is_some() && mapped()
+    });
+    assert!(in_tier.await, "the zip was never mapped from disk");
+
+    let file = body_file().expect("the zip's body file");
+    std::fs::OpenOptions::new().write(true).open(&file).expect("open").set_len(4096).expect("truncate");
+    let cut = match c.get(&url).send().await {
+        Ok(r) => r.bytes().await,
+        Err(e) => Err(e),
+    };
+    assert!(cut.as_ref().map_or(true, |b| b[..] != body[..]), "served whole from a file cut short?");
+    assert!(cut.is_err(), "the answer breaks off rather than ends as if complete");
+    let (status, _, again) = get(&c, &url).await;
+    assert_eq!(status, 200);
+    assert!(again[..] == body[..], "the next answer is the zip: {} bytes of {}", again.len(), body.len());
+    assert!(!edge.wait_exit(Duration::from_millis(200)), "the edge exited");
+}

@@ -74,6 +74,19 @@ impl Mapped {
         self.map.len()
     }
 
+    /// Whether a page of it could not be read (a zero page stands there now).
+    pub fn failed(&self) -> bool {
+        REGIONS[self.slot].failed.load(Ordering::Acquire)
+    }
+
+    /// The whole mapping as `Bytes`, its pages NOT read here first: only for
+    /// the kernel to copy from (a write to a plain socket), where a page that
+    /// cannot be read fails the write with `EFAULT` and raises no SIGBUS.
+    /// Code of this process reads a mapping through [`Mapped::chunk`].
+    pub fn unread(self: &Arc<Self>) -> Bytes {
+        Bytes::from_owner(Owner(Arc::clone(self)))
+    }
+
     /// Bytes `from..to` as a slice of the mapping, once each of their pages
     /// has been read here without a fault.
     pub fn chunk(self: &Arc<Self>, from: usize, to: usize) -> std::io::Result<Bytes> {

@@ -18,6 +18,8 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
+use super::mapped::Mapped;
+
 /// Bodies smaller than this stay on the heap: one `writev` of head and body
 /// costs less than a send of the head and a `sendfile`.
 pub const MIN: usize = 16 << 10;
@@ -49,12 +51,17 @@ fn max_files() -> usize {
     })
 }
 
-/// A memory-tier body: its bytes, and the sealed file that holds them when
-/// it is in one.
+/// A ready body (of the memory tier, or of the mapped tier): its bytes, and
+/// the sealed file or the cache file's mapping that holds them when they are
+/// in one.
 #[derive(Clone)]
 pub struct MemBody {
     pub bytes: Bytes,
     pub file: Option<Arc<MemFile>>,
+    /// A mapped-tier body: the mapping of its cache file. Its `bytes` are
+    /// [`Mapped::unread`]: the lane writes them to plain sockets only, and
+    /// everything else reads the mapping through [`Mapped::chunk`].
+    pub mapped: Option<Arc<Mapped>>,
 }
 
 impl MemBody {
@@ -65,13 +72,33 @@ impl MemBody {
             match MemFile::new(&data) {
                 Ok(Some(file)) => {
                     let file = Arc::new(file);
-                    return MemBody { bytes: Bytes::from_owner(Owner(file.clone())), file: Some(file) };
+                    return MemBody { bytes: Bytes::from_owner(Owner(file.clone())), file: Some(file), mapped: None };
                 }
                 Ok(None) => {}
                 Err(e) => tracing::debug!(error = %e, "memory file not made; the body stays on the heap"),
             }
         }
-        MemBody { bytes: data.into(), file: None }
+        MemBody { bytes: data.into(), file: None, mapped: None }
+    }
+
+    /// The body of a cache file, as its mapping.
+    pub(super) fn of_mapping(map: Arc<Mapped>) -> MemBody {
+        MemBody { bytes: map.unread(), file: None, mapped: Some(map) }
+    }
+
+    /// Where answers from it come from, for metrics.
+    pub fn tier(&self) -> &'static str {
+        if self.mapped.is_some() {
+            "disk"
+        } else {
+            "memory"
+        }
+    }
+
+    /// Whether its bytes are still those stored: not so for a mapping a page
+    /// of which could not be read.
+    pub fn sound(&self) -> bool {
+        self.mapped.as_ref().is_none_or(|m| !m.failed())
     }
 }
 

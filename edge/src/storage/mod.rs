@@ -240,6 +240,11 @@ const OWN_MAX: usize = 4 << 20;
 /// displaces what is hot nor costs its fill a read-back of megabytes.
 const FILL_MEMORY_MAX: u64 = 64 << 10;
 
+/// Objects the mapped tier holds at most: each is a mapping (of the
+/// [`mapped`] guard's 4 096), the rest are for readers of larger bodies
+/// the tier let go.
+const MAPPED_MAX: usize = 2048;
+
 /// One entry on disk, as found at start.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -290,6 +295,11 @@ pub struct CacheStore {
     purges: Mutex<PurgeGate>,
     /// Memory tier, by request key (no hashing on the hit path).
     memory: quick_cache::sync::Cache<String, Arc<MemObject>, Weigh>,
+    /// Mapped tier: disk-tier objects above the memory tier's size, read
+    /// since they were published, their bodies mappings of their files (the
+    /// page cache's pages: no copy, no memory of the process's own), by
+    /// request key as the memory tier. Only what the disk tier indexes.
+    mapped: quick_cache::sync::Cache<String, Arc<MemObject>>,
     memory_object_max: u64,
     fills: Mutex<HashMap<String, Arc<Fill>>>,
     /// Finished fills whose durable write is still running, and the
@@ -444,6 +454,7 @@ impl CacheStore {
             lock,
             purges: Mutex::new(PurgeGate::default()),
             memory,
+            mapped: quick_cache::sync::Cache::new(MAPPED_MAX),
             memory_object_max: if memory_bytes == 0 { 0 } else { memory_object_max },
             fills: Mutex::new(HashMap::new()),
             publishing: watch::channel(0).0,
@@ -509,7 +520,7 @@ impl CacheStore {
     /// [`mapped`]).
     fn map_body(&self, path: &Path, file: &File) -> std::io::Result<Option<Arc<mapped::Mapped>>> {
         let mut maps = self.maps.lock();
-        if let Some(map) = maps.get(path).and_then(std::sync::Weak::upgrade) {
+        if let Some(map) = maps.get(path).and_then(std::sync::Weak::upgrade).filter(|m| !m.failed()) {
             return Ok(Some(map));
         }
         let Some(map) = mapped::Mapped::new(file)? else { return Ok(None) };
@@ -562,7 +573,7 @@ impl CacheStore {
     async fn remove(&'static self, hash: &str, from_memory: bool) -> Result<bool> {
         let _purge = from_memory.then(|| self.begin_purge());
         let primary = self.index.lock().by_hash.get(hash).map(|(p, _)| p.clone());
-        let in_memory = from_memory && primary.is_some_and(|p| self.memory.remove(&p).is_some());
+        let in_memory = from_memory && primary.as_ref().is_some_and(|p| self.memory.remove(p).is_some());
         let filling = self.fills.lock().remove(hash).inspect(|f| f.aborted.store(true, Ordering::SeqCst)).is_some();
         let was_indexed = self.index.lock().by_hash.contains_key(hash);
         let (meta_path, shard, hash_owned) = (self.meta_path(hash), self.shard(hash), hash.to_string());
@@ -582,13 +593,17 @@ impl CacheStore {
         .map_err(|e| storage_error("purge", e))?
         .map_err(|e| storage_error("purge", e))?;
         self.index.lock().remove(hash);
-        Ok(in_memory || filling || on_disk || was_indexed)
+        // After the index: a lookup that maps the file now finds it gone
+        // from the index and takes its mapping out again (see `map_in`).
+        // An eviction too: a mapping would keep the file's blocks.
+        let mapped = primary.is_some_and(|p| self.mapped.remove(&p).is_some());
+        Ok(in_memory || mapped || filling || on_disk || was_indexed)
     }
 
     /// Purges one request key. Returns whether it was cached.
     pub async fn purge_key(&'static self, primary: &str) -> Result<bool> {
         let _purge = self.begin_purge();
-        let in_memory = self.memory.remove(primary).is_some();
+        let in_memory = self.memory.remove(primary).is_some() | self.mapped.remove(primary).is_some();
         Ok(self.remove(&cache_key(primary, None).combined(), true).await? || in_memory)
     }
 
@@ -598,11 +613,13 @@ impl CacheStore {
     pub async fn purge_prefix(&'static self, prefix: &str) -> Result<usize> {
         let in_memory = std::sync::atomic::AtomicUsize::new(0);
         let _purge = self.begin_purge();
-        self.memory.retain(|k, _| {
+        let retain = |k: &String, _: &Arc<MemObject>| {
             let keep = !k.starts_with(prefix);
             in_memory.fetch_add(usize::from(!keep), Ordering::Relaxed);
             keep
-        });
+        };
+        self.memory.retain(retain);
+        self.mapped.retain(retain);
         let in_memory = in_memory.into_inner();
         // A finished fill enters the index before it leaves the fills, so
         // reading the fills first sees every entry in one of the two (read
@@ -637,6 +654,29 @@ impl CacheStore {
         }
     }
 
+    /// Puts `obj`, a mapping of the disk entry `hash`, in the mapped tier,
+    /// as [`CacheStore::promote`] does, and only while the index holds the
+    /// entry (its removal takes it out of the tier after the index).
+    fn map_in(&self, primary: &str, hash: &str, obj: Arc<MemObject>, epoch: u64) {
+        {
+            let gate = self.purges.lock();
+            if gate.running != 0 || gate.ended != epoch {
+                return;
+            }
+            self.mapped.insert(primary.to_string(), obj);
+        }
+        if !self.index.lock().by_hash.contains_key(hash) {
+            self.mapped.remove(primary);
+        }
+    }
+
+    /// Takes `obj` out of the mapped tier: a write of its mapping failed
+    /// (the next request reads the disk entry again, and finds it whole or
+    /// gone).
+    pub fn unmap(&self, obj: &Arc<MemObject>) {
+        self.mapped.retain(|_, o| !Arc::ptr_eq(o, obj));
+    }
+
     /// Waits until every finished fill is durable on disk (or dropped).
     pub async fn settled(&self) {
         let _ = self.publishing.subscribe().wait_for(|n| *n == 0).await;
@@ -668,12 +708,26 @@ impl CacheStore {
 
     /// A fresh-or-not object of the memory tier, for the proxy's fast path.
     pub fn memory_get(&self, primary: &str) -> Option<Arc<MemObject>> {
-        self.memory.get(primary)
+        if let Some(obj) = self.memory.get(primary) {
+            return Some(obj);
+        }
+        let obj = self.mapped.get(primary)?;
+        if obj.body.sound() {
+            return Some(obj);
+        }
+        self.unmap(&obj);
+        None
     }
 
+    /// A reader of `obj`: of its bytes, or for a mapped-tier body, of its
+    /// mapping (each chunk's pages read before it is handed out).
     fn memory_hit(&self, obj: &Arc<MemObject>) -> (CacheMeta, HitHandler) {
         let len = obj.body.bytes.len();
-        (obj.meta(), Box::new(Hit::Memory { body: obj.body.bytes.clone(), start: 0, end: len, done: false }))
+        let hit = match &obj.body.mapped {
+            Some(map) => Hit::Disk { body: hit::DiskBody::Mapped(map.clone()), pos: 0, end: len },
+            None => Hit::Memory { body: obj.body.bytes.clone(), start: 0, end: len, done: false },
+        };
+        (obj.meta(), Box::new(hit))
     }
 
     /// A reader of a fill in progress; `own` for the request that fills it
@@ -689,8 +743,20 @@ impl CacheStore {
 
 /// What a disk lookup found.
 enum DiskLookup {
-    Small { meta: (Vec<u8>, Vec<u8>), body: MemBody },
-    Large { meta: (Vec<u8>, Vec<u8>), body: hit::DiskBody },
+    Small {
+        meta: (Vec<u8>, Vec<u8>),
+        body: MemBody,
+    },
+    Mapped {
+        meta: (Vec<u8>, Vec<u8>),
+        map: Arc<mapped::Mapped>,
+    },
+    /// Not mappable now (see [`mapped`]): read from the file.
+    Large {
+        meta: (Vec<u8>, Vec<u8>),
+        file: File,
+        len: usize,
+    },
 }
 
 fn read_disk(store: &CacheStore, meta_path: &Path, shard: &Path, hash: &str) -> std::io::Result<Option<DiskLookup>> {
@@ -716,18 +782,17 @@ fn read_disk(store: &CacheStore, meta_path: &Path, shard: &Path, hash: &str) -> 
         file.read_to_end(&mut body)?;
         return Ok(Some(DiskLookup::Small { meta: m.meta, body: MemBody::new(body) }));
     }
-    let body = match store.map_body(&body_path, &file)? {
-        Some(map) => hit::DiskBody::Mapped(map),
-        None => hit::DiskBody::File { file: Arc::new(file), len: m.body_len as usize },
-    };
-    Ok(Some(DiskLookup::Large { meta: m.meta, body }))
+    Ok(Some(match store.map_body(&body_path, &file)? {
+        Some(map) => DiskLookup::Mapped { meta: m.meta, map },
+        None => DiskLookup::Large { meta: m.meta, file, len: m.body_len as usize },
+    }))
 }
 
 #[async_trait]
 impl Storage for CacheStore {
     async fn lookup(&'static self, key: &CacheKey, _trace: &SpanHandle) -> Result<Option<(CacheMeta, HitHandler)>> {
         let primary = key.primary_key_str().unwrap_or_default();
-        if let Some(obj) = self.memory.get(primary) {
+        if let Some(obj) = self.memory_get(primary) {
             return Ok(Some(self.memory_hit(&obj)));
         }
         let hash = key.combined();
@@ -772,9 +837,14 @@ impl Storage for CacheStore {
                 self.promote(primary, obj.clone(), epoch);
                 Ok(Some(self.memory_hit(&obj)))
             }
-            Some(DiskLookup::Large { meta, body }) => {
+            Some(DiskLookup::Mapped { meta, map }) => {
+                let obj = Arc::new(MemObject::parse(primary, &meta, MemBody::of_mapping(map))?);
+                self.map_in(primary, &hash, obj.clone(), epoch);
+                Ok(Some(self.memory_hit(&obj)))
+            }
+            Some(DiskLookup::Large { meta, file, len }) => {
                 let meta = CacheMeta::deserialize(&meta.0, &meta.1)?;
-                let len = body.len();
+                let body = hit::DiskBody::File { file: Arc::new(file), len };
                 Ok(Some((meta, Box::new(Hit::Disk { body, pos: 0, end: len }))))
             }
         }
@@ -887,6 +957,8 @@ impl CacheStore {
     /// Replaces the meta file atomically; the memory copy follows.
     async fn write_meta(&'static self, hash: &str, m: MetaFile) -> Result<()> {
         let epoch = self.purge_epoch();
+        // A mapped-tier copy is read again from disk, with this meta.
+        self.mapped.remove(&m.primary);
         if let Some(obj) = self.memory.get(&m.primary) {
             self.promote(&m.primary, Arc::new(MemObject::parse(&m.primary, &m.meta, obj.body.clone())?), epoch);
         }

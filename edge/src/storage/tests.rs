@@ -51,7 +51,9 @@ async fn fills_survive_a_restart_from_both_tiers() {
         assert_eq!(read_all(hit).await.expect("read"), body, "{key}");
     }
     assert!(store.memory_get("example.com/a/@v/v1.0.0.mod").is_some(), "small bodies go to the memory tier");
-    assert!(store.memory_get("example.com/a/@v/v1.0.0.zip").is_none(), "large ones do not");
+    assert!(store.memory.get("example.com/a/@v/v1.0.0.zip").is_none(), "large ones do not");
+    let mapped = store.memory_get("example.com/a/@v/v1.0.0.zip").expect("read once, a large one is mapped");
+    assert!(mapped.body.mapped.is_some() && mapped.body.bytes[..] == big[..]);
 
     let (again, found) = open(&dir, 1 << 20);
     assert_eq!(found.len(), 2);
@@ -405,4 +407,60 @@ async fn a_prefix_purge_racing_a_publish_removes_the_entry() {
         }
         assert_eq!(purged, 2, "round {round}");
     }
+}
+
+/// Lines of this process's mappings that name the file of `hash`.
+fn mappings_of(hash: &str) -> usize {
+    std::fs::read_to_string("/proc/self/maps").expect("maps").lines().filter(|l| l.contains(hash)).count()
+}
+
+#[tokio::test]
+async fn the_mapped_tier_lets_go_of_what_the_disk_tier_evicts_purges_or_loses() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let (store, _) = open(tmp.path(), 1 << 20);
+    let key = "example.com/m/@v/v1.0.0.zip";
+    let hash = cache_key(key, None).combined();
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    let hit = || async {
+        let (_, hit) = store.lookup(&cache_key(key, None), &span).await.expect("lookup").expect("hit");
+        assert_eq!(read_all(hit).await.expect("read"), body);
+    };
+
+    // An eviction: the file's blocks must not stay held by a mapping.
+    fill(store, key, &body).await;
+    hit().await;
+    assert!(store.memory_get(key).is_some_and(|o| o.body.mapped.is_some()), "mapped on its first hit");
+    assert_eq!(mappings_of(&hash), 1);
+    assert!(store.remove(&hash, false).await.expect("evict"));
+    assert!(store.memory_get(key).is_none(), "evicted from disk, out of the mapped tier");
+    assert_eq!(mappings_of(&hash), 0, "and unmapped");
+
+    // A purge of its module.
+    fill(store, key, &body).await;
+    hit().await;
+    assert_eq!(store.purge_prefix("example.com/m/@").await.expect("purge"), 1);
+    assert!(store.memory_get(key).is_none() && mappings_of(&hash) == 0, "purged");
+    assert!(store.lookup(&cache_key(key, None), &span).await.expect("lookup").is_none());
+
+    // Its file cut short under the mapping: a read fails, the tier lets it
+    // go, and the entry is a miss (the length on disk is not its record's).
+    fill(store, key, &body).await;
+    hit().await;
+    let file = body_file(tmp.path(), &hash);
+    std::fs::OpenOptions::new().write(true).open(&file).expect("open").set_len(4096).expect("truncate");
+    let (_, failing) = store.lookup(&cache_key(key, None), &span).await.expect("lookup").expect("hit");
+    assert!(read_all(failing).await.is_err(), "the cut-off pages are not served");
+    assert!(store.memory_get(key).is_none(), "a failed mapping leaves the tier");
+    assert!(store.lookup(&cache_key(key, None), &span).await.expect("lookup").is_none(), "a miss now");
+}
+
+/// The body file of `hash` under the cache at `dir`.
+fn body_file(dir: &Path, hash: &str) -> PathBuf {
+    let shard = dir.join("objects").join(&hash[..2]);
+    std::fs::read_dir(&shard)
+        .expect("shard")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|e| e == "body"))
+        .expect("body file")
 }
