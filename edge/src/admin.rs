@@ -105,6 +105,7 @@ impl Admin {
         m.cache_objects.set(objects as i64);
         m.cache_bytes.set(bytes as i64);
         m.memory_bytes.set(self.store.memory_usage() as i64);
+        m.mapped_objects.set(self.store.mapped_objects() as i64);
         // The eviction manager counts; these counters catch up with it.
         m.evictions.inc_by((self.eviction.evicted_items() as u64).saturating_sub(m.evictions.get()));
         m.budget_bytes.set(self.eviction.total_size() as i64);

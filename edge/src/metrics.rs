@@ -26,6 +26,7 @@ pub struct Metrics {
     pub cache_objects: IntGauge,
     pub cache_bytes: IntGauge,
     pub memory_bytes: IntGauge,
+    pub mapped_objects: IntGauge,
     pub evictions: IntCounter,
     /// Bytes the eviction manager accounts for (what the disk budget counts).
     pub budget_bytes: IntGauge,
@@ -77,6 +78,8 @@ impl Metrics {
         let cache_objects = IntGauge::new("cache_objects", "Entries in the disk tier")?;
         let cache_bytes = IntGauge::new("cache_bytes", "Body bytes in the disk tier")?;
         let memory_bytes = IntGauge::new("memory_cache_bytes", "Bytes in the memory tier")?;
+        let mapped_objects =
+            IntGauge::new("mapped_cache_objects", "Objects in the mapped tier (bodies mapped from the disk tier)")?;
         let evictions = IntCounter::new("evictions_total", "Entries evicted to stay within cache.max_mib")?;
         let budget_bytes = IntGauge::new("budget_bytes", "Bytes counted against the disk budget")?;
         let evicted_bytes = IntCounter::new("evicted_bytes_total", "Bytes evicted to stay within cache.max_mib")?;
@@ -112,6 +115,7 @@ impl Metrics {
             Box::new(cache_objects.clone()),
             Box::new(cache_bytes.clone()),
             Box::new(memory_bytes.clone()),
+            Box::new(mapped_objects.clone()),
             Box::new(evictions.clone()),
             Box::new(budget_bytes.clone()),
             Box::new(evicted_bytes.clone()),
@@ -138,6 +142,7 @@ impl Metrics {
             cache_objects,
             cache_bytes,
             memory_bytes,
+            mapped_objects,
             evictions,
             budget_bytes,
             evicted_bytes,

@@ -14,8 +14,9 @@
 #   - 200 concurrent GETs of one never-seen 64 MiB zip: requests that
 #     reached the static origin (its access log) and wall time;
 #   - 200 concurrent GETs of the same, now cached: wall time;
-#   - hits with wrk: random small .info/.mod, a 16 KiB zip, a 1 MiB zip
-#     (req/s), a 64 MiB zip (MB/s);
+#   - hits with wrk: random small .info/.mod, a 16 KiB zip, a 1 MiB zip, a
+#     4 MiB zip, random zips of 256 KiB over 2000 modules (500 MiB: more
+#     than the edge's memory tier holds) (req/s), a 64 MiB zip (MB/s);
 #   - the whole path, edge + origin, cold .info/.mod: latency added over
 #     the static origin direct.
 # Caches (and modcdn-origin) run on CPU 0, one worker each; clients and the
@@ -45,10 +46,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BIN/modcdn-fixture" corpus --out "$WORK/corpus" --large-mib 1 --many 1000 --sized-kib 16,1024,65536 >/dev/null
+"$BIN/modcdn-fixture" corpus --out "$WORK/corpus" --large-mib 1 --many 1000 --sized-kib 16,256,1024,4096,65536 >/dev/null
 C="$WORK/corpus"
 Z16=/example.com/sized/k16/@v/v1.0.0.zip
 Z1M=/example.com/sized/k1024/@v/v1.0.0.zip
+Z4M=/example.com/sized/k4096/@v/v1.0.0.zip
 Z64M=/example.com/sized/k65536/@v/v1.0.0.zip
 PEERS="edge nginx varnish-malloc varnish-file"
 # Keys no cache has seen, one set per cache and round: hard links to the
@@ -65,6 +67,11 @@ for rep in $(seq "$REPS"); do
     ln "$C$Z64M" "$C/example.com/stampede/$who-$rep/@v/v1.0.0.zip"
   done
 done
+for i in $(seq -w 0 1999); do
+  mkdir -p "$C/example.com/spread/s$i/@v"
+  ln "$C/example.com/sized/k256/@v/v1.0.0.zip" "$C/example.com/spread/s$i/@v/v1.0.0.zip"
+  echo "/example.com/spread/s$i/@v/v1.0.0.zip"
+done > "$WORK/spread.txt"
 
 STATIC_PORT=$(port); STATIC_OPS_PORT=$(port); EDGE_PORT=$(port); ADMIN_PORT=$(port); NGINX_PORT=$(port)
 VM_PORT=$(port); VF_PORT=$(port); ORIGIN_PORT=$(port); OPERATOR_PORT=$(port); FULL_PORT=$(port); FULL_ADMIN_PORT=$(port)
@@ -208,16 +215,19 @@ full_cold=$(p50 "$FULL_PORT" "$WORK/full-cold.txt")
 for i in $(seq 0 999); do printf '/example.com/many/m%04d/@v/v1.0.0.info\n/example.com/many/m%04d/@v/v1.0.0.mod\n' "$i" "$i"; done > "$WORK/small.txt"
 write_random_lua
 for who in $PEERS; do
-  for p in $(cat "$WORK/small.txt") $Z16 $Z1M $Z64M; do printf 'url = "http://127.0.0.1:%s%s"\noutput = "/dev/null"\n' "$(port_of "$who")" "$p"; done > "$WORK/warm.cfg"
-  curl -sf -K "$WORK/warm.cfg"; curl -sf -K "$WORK/warm.cfg"
+  for p in $(cat "$WORK/small.txt" "$WORK/spread.txt") $Z16 $Z1M $Z4M $Z64M; do printf 'url = "http://127.0.0.1:%s%s"\noutput = "/dev/null"\n' "$(port_of "$who")" "$p"; done > "$WORK/warm.cfg"
+  curl -sf --parallel --parallel-max 8 --no-progress-meter -K "$WORK/warm.cfg"
+  curl -sf --parallel --parallel-max 8 --no-progress-meter -K "$WORK/warm.cfg"
 done
 declare -A hit=()
-for row in "small-random 32" "zip-16KiB 32" "zip-1MiB 8" "zip-64MiB 4"; do
+for row in "small-random 32" "zip-16KiB 32" "zip-1MiB 8" "zip-4MiB 8" "spread-256KiB 16" "zip-64MiB 4"; do
   set -- $row
   case $1 in
     small-random) path=/; file="$WORK/small.txt" ;;
     zip-16KiB) path=$Z16; file= ;;
     zip-1MiB) path=$Z1M; file= ;;
+    zip-4MiB) path=$Z4M; file= ;;
+    spread-256KiB) path=/; file="$WORK/spread.txt" ;;
     zip-64MiB) path=$Z64M; file= ;;
   esac
   for rep in $(seq "$REPS"); do
@@ -248,7 +258,7 @@ row "cold miss 1 MiB zip, added over origin (p50)" ms lower "$(added "${cold[edg
 row "stampede 200 × new 64 MiB zip: origin requests" req lower "$(med "${storm_n[edge]}")" "$(med "${storm_n[nginx]}")" "$(med "${storm_n[varnish-malloc]}")" "$(med "${storm_n[varnish-file]}")"
 row "stampede 200 × new 64 MiB zip: wall" s lower "$(med "${storm_wall[edge]}")" "$(med "${storm_wall[nginx]}")" "$(med "${storm_wall[varnish-malloc]}")" "$(med "${storm_wall[varnish-file]}")"
 row "200 × cached 64 MiB zip: wall" s lower "$(med "${warm_wall[edge]}")" "$(med "${warm_wall[nginx]}")" "$(med "${warm_wall[varnish-malloc]}")" "$(med "${warm_wall[varnish-file]}")"
-for r in small-random zip-16KiB zip-1MiB zip-64MiB; do
+for r in small-random zip-16KiB zip-1MiB zip-4MiB spread-256KiB zip-64MiB; do
   unit=req/s; [ $r = zip-64MiB ] && unit=MB/s
   row "hits $r" $unit higher "$(med "${hit[$r-edge]}")" "$(med "${hit[$r-nginx]}")" "$(med "${hit[$r-varnish-malloc]}")" "$(med "${hit[$r-varnish-file]}")"
 done

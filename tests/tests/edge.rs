@@ -1105,6 +1105,7 @@ async fn a_mapped_zip_cut_short_on_disk_fails_one_answer_and_is_whole_again() {
         body_file().is_some() && mapped()
     });
     assert!(in_tier.await, "the zip was never mapped from disk");
+    assert_eq!(metric(&edge, "modcdn_edge_mapped_cache_objects").await, 1.0);
 
     let file = body_file().expect("the zip's body file");
     std::fs::OpenOptions::new().write(true).open(&file).expect("open").set_len(4096).expect("truncate");

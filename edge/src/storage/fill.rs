@@ -70,9 +70,10 @@ impl HandleMiss for Filler {
         let Some(file) = self.file.take() else { return Err(storage_error("fill", "finish after failure")) };
         let store = self.store;
         let epoch = store.purge_epoch();
-        // What memory held for the key (a 404, an older answer) must not go
-        // on standing in front of the new answer.
+        // What memory or a mapping held for the key (a 404, an older
+        // answer) must not go on standing in front of the new answer.
         store.memory.remove(&self.primary);
+        store.mapped.remove(&self.primary);
         self.fill.state.send_replace(FillState::Complete(self.written));
         self.done = true;
         store.publishing.send_modify(|n| *n += 1);
@@ -154,6 +155,8 @@ impl Publish {
         let published = match published {
             Ok(small) if !self.fill.aborted.load(Ordering::SeqCst) => {
                 store.index.lock().insert(&self.hash, &self.primary, self.written);
+                // (A lookup may have mapped the previous body meanwhile.)
+                store.mapped.remove(&self.primary);
                 if let Some(body) = small {
                     let obj = MemObject::new(&self.primary, self.fill.meta.clone(), body);
                     store.promote(&self.primary, Arc::new(obj), self.epoch);

@@ -554,6 +554,11 @@ impl CacheStore {
         self.memory.weight()
     }
 
+    /// Objects in the mapped tier.
+    pub fn mapped_objects(&self) -> usize {
+        self.mapped.len()
+    }
+
     /// The request keys stored under `prefix` (e.g. `example.com/a/@` for
     /// one module), for purges.
     pub fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {

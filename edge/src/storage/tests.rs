@@ -436,6 +436,19 @@ async fn the_mapped_tier_lets_go_of_what_the_disk_tier_evicts_purges_or_loses() 
     assert!(store.memory_get(key).is_none(), "evicted from disk, out of the mapped tier");
     assert_eq!(mappings_of(&hash), 0, "and unmapped");
 
+    // A new answer for the key (a refetch): the old mapping must not stand
+    // in front of it.
+    fill(store, key, &body).await;
+    hit().await;
+    let newer: Vec<u8> = body.iter().map(|b| b ^ 0x5a).collect();
+    fill(store, key, &newer).await;
+    let (_, h) = store.lookup(&cache_key(key, None), &span).await.expect("lookup").expect("hit");
+    assert!(read_all(h).await.expect("read") == newer, "the newer body is served");
+    let obj = store.memory_get(key).expect("mapped again");
+    assert!(obj.body.bytes[..] == newer[..]);
+    drop(obj);
+    store.remove(&hash, false).await.expect("evict");
+
     // A purge of its module.
     fill(store, key, &body).await;
     hit().await;
