@@ -11,7 +11,8 @@
 //! of the memory tier or of the mapped tier (keyed by escaped GOPROXY path,
 //! which only a request that parsed could have put there; a mapped body
 //! only to a plain socket, see `storage::mapped`), no body, no credentials, range or
-//! condition, no `Connection` option but keep-alive, a client under its
+//! condition, no `Connection` option but keep-alive or close (the lane then
+//! closes the connection after its answer), a client under its
 //! limits and in no bandwidth tier, and no shutdown under way. Anything
 //! else, or a head this lane cannot parse or that is larger than
 //! [`MAX_HEAD`], is the full path's to answer (and to refuse).
@@ -73,6 +74,8 @@ enum Head {
         len: usize,
         obj: Arc<MemObject>,
         head_only: bool,
+        /// The client asked to close the connection after this answer.
+        close: bool,
         /// Held while answering: the client's in-flight slot, the span.
         _slot: Option<Slot>,
         _span: Option<tracing::Span>,
@@ -101,13 +104,13 @@ impl<P: HttpServerApp + ServerApp + Send + Sync + 'static> ServerApp for Lane<P>
                 Ok(Some(head)) => head,
                 Ok(None) | Err(_) => return None,
             };
-            if let Head::Hit { len, obj, head_only, .. } = &head {
+            if let Head::Hit { len, obj, head_only, close, .. } = &head {
                 buf.advance(*len);
                 if !capped && obj.body.mapped.is_some() && obj.body.bytes.len() > UNCAPPED_MAX {
                     crate::conn::limit_unsent(&stream);
                     capped = true;
                 }
-                if let Err(e) = answer(&mut stream, &mut head_buf, obj, *head_only).await {
+                if let Err(e) = answer(&mut stream, &mut head_buf, obj, *head_only, *close).await {
                     // A page of a mapped body that could not be read.
                     if e.raw_os_error() == Some(libc::EFAULT) || !obj.body.sound() {
                         self.storage.unmap(obj);
@@ -117,6 +120,9 @@ impl<P: HttpServerApp + ServerApp + Send + Sync + 'static> ServerApp for Lane<P>
                 let sent = if *head_only { 0 } else { obj.body.bytes.len() as u64 };
                 let kind = obj.kind.map_or("invalid", |k| k.as_str());
                 self.metrics.request(kind, 200, CacheStatus::Hit.label(), obj.body.tier(), sent);
+                if *close {
+                    return None;
+                }
                 continue;
             }
             // The full path, from the bytes read so far.
@@ -205,6 +211,7 @@ impl<P> Lane<P> {
         }
         let mut forwarded = None;
         let mut client_asked = true;
+        let mut close = false;
         for h in req.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("x-forwarded-for") {
@@ -213,7 +220,9 @@ impl<P> Lane<P> {
             } else if name.eq_ignore_ascii_case(crate::hot::PREFETCH_HEADER) {
                 client_asked = false;
             } else if name.eq_ignore_ascii_case("connection") {
-                if !h.value.eq_ignore_ascii_case(b"keep-alive") {
+                if h.value.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !h.value.eq_ignore_ascii_case(b"keep-alive") {
                     return Head::Proxy;
                 }
             } else if [
@@ -264,7 +273,7 @@ impl<P> Lane<P> {
             telemetry::continue_trace(&span, traceparent);
             span
         });
-        Head::Hit { len, obj, head_only, _slot: slot, _span: span }
+        Head::Hit { len, obj, head_only, close, _slot: slot, _span: span }
     }
 }
 
@@ -274,17 +283,27 @@ impl<P> Lane<P> {
 /// mapped body is copied by the kernel, which fails the write (`EFAULT`) at
 /// a page it cannot read; a tail the stream's buffer took instead is not
 /// flushed if a page of the mapping failed meanwhile.
-async fn answer(stream: &mut Stream, head: &mut Vec<u8>, obj: &MemObject, head_only: bool) -> std::io::Result<()> {
+async fn answer(
+    stream: &mut Stream,
+    head: &mut Vec<u8>,
+    obj: &MemObject,
+    head_only: bool,
+    close: bool,
+) -> std::io::Result<()> {
     let age = SystemTime::now().duration_since(obj.created).unwrap_or_default().as_secs();
     head.clear();
     head.extend_from_slice(&obj.head);
     head.extend_from_slice(b"age: ");
     head.extend_from_slice(age.to_string().as_bytes());
     // What Pingora's HTTP/1 server adds to every answer: the date, and
-    // that the connection is kept alive.
+    // whether the connection is kept alive or closes after this answer.
     head.extend_from_slice(b"\r\ndate: ");
     head.extend_from_slice(pingora::protocols::http::date::get_cached_date().as_bytes());
-    head.extend_from_slice(b"\r\nconnection: keep-alive\r\n\r\n");
+    head.extend_from_slice(if close {
+        b"\r\nconnection: close\r\n\r\n"
+    } else {
+        b"\r\nconnection: keep-alive\r\n\r\n"
+    });
     if let (false, Some(file)) = (head_only, &obj.body.file) {
         if let Some(socket) = crate::conn::plain_socket(stream) {
             return send_file(stream, socket, head, file, &obj.body.bytes).await;

@@ -935,6 +935,27 @@ async fn memory_hits_take_the_fast_lane_and_answer_as_the_full_path_does() {
     let second = text.find("\r\n\r\n").map(|i| &text[i + 4..]).unwrap_or_default();
     assert!(second.starts_with("HTTP/1.1 200 OK\r\n"), "HEAD answered with a body: {text}");
 
+    // Asked to close: the full path's answer, saying so, and the edge closes.
+    let close = format!("GET /{info} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let close_full = format!("GET /{info} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nIf-None-Match: \"x\"\r\n\r\n");
+    let closed = |request: String| {
+        let addr = addr.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+            s.write_all(request.as_bytes()).await.expect("write");
+            let mut all = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all)).await;
+            assert!(matches!(read, Ok(Ok(_))), "the edge did not close the connection: {read:?}");
+            answers(&all)
+        }
+    };
+    let lane_close = closed(close).await;
+    assert_eq!(lane_close.len(), 1, "{lane_close:?}");
+    assert_eq!(lane_close, closed(close_full).await, "the lane's answer differs from the full path's");
+    assert!(lane_close[0].1.contains(&("connection".into(), "close".into())), "{:?}", lane_close[0].1);
+    assert_eq!(lane_close[0].2, corpus_file(&corpus, &info));
+
     // Requests sent together are answered in order, hits and a miss after
     // them alike, on one connection.
     let module_req = format!("GET /{module} HTTP/1.1\r\nHost: x\r\n\r\n");
