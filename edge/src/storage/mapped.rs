@@ -18,8 +18,9 @@ use std::sync::{Arc, Once, OnceLock};
 
 use bytes::Bytes;
 
-/// Mappings alive at once at most.
-const SLOTS: usize = 4096;
+/// Mappings alive at once at most (each one area of the process's address
+/// space; Linux allows 65 530 by default).
+pub const SLOTS: usize = 32768;
 
 struct Region {
     start: AtomicUsize,
@@ -32,6 +33,8 @@ const EMPTY: Region = Region { start: AtomicUsize::new(0), len: AtomicUsize::new
 static REGIONS: [Region; SLOTS] = [EMPTY; SLOTS];
 static INSTALL: Once = Once::new();
 static INSTALLED: AtomicBool = AtomicBool::new(false);
+/// Where the search for a free slot starts: after the last one taken.
+static NEXT: AtomicUsize = AtomicUsize::new(0);
 static PAGE: AtomicUsize = AtomicUsize::new(4096);
 /// The SIGBUS action before ours (set before ours is installed).
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
@@ -60,10 +63,13 @@ impl Mapped {
         if len == 0 {
             return Ok(None);
         }
-        for (slot, r) in REGIONS.iter().enumerate() {
+        let from = NEXT.load(Ordering::Relaxed);
+        for slot in (from..SLOTS).chain(0..from) {
+            let r = &REGIONS[slot];
             if r.start.compare_exchange(0, start, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 r.failed.store(false, Ordering::Release);
                 r.len.store(len, Ordering::Release);
+                NEXT.store((slot + 1) % SLOTS, Ordering::Relaxed);
                 return Ok(Some(Arc::new(Mapped { map, slot })));
             }
         }
@@ -202,6 +208,21 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn thousands_of_mappings_live_at_once_and_their_slots_come_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("body");
+        std::fs::write(&path, vec![3u8; 8192]).expect("write");
+        let file = File::open(&path).expect("open");
+        // The mapped tier keeps up to half the slots mapped: thousands.
+        const N: usize = 8192;
+        let maps: Vec<_> = (0..N).map(|_| Mapped::new(&file).expect("map").expect("a slot")).collect();
+        assert!(maps.iter().all(|m| m.chunk(0, 8192).expect("read")[..] == [3u8; 8192][..]));
+        drop(maps);
+        let again: Vec<_> = (0..N).map(|_| Mapped::new(&file).expect("map").expect("a slot again")).collect();
+        assert_eq!(again.len(), N);
+    }
 
     #[test]
     fn a_page_cut_off_under_the_mapping_fails_the_chunk_not_the_process() {
