@@ -81,9 +81,9 @@ pub struct CacheConfig {
     pub max_mib: u64,
     /// Memory tier in MiB. Default 256.
     pub memory_mib: u64,
-    /// Largest body copied into the memory tier, in KiB; a larger one read
-    /// from disk is served from a mapping of its file (the mapped tier).
-    /// Default 64.
+    /// Largest body a fill copies into the memory tier, in KiB (at most 64).
+    /// Default 64. (A body read from disk is copied in up to 4 KiB; a larger
+    /// one is served from a mapping of its file, the mapped tier.)
     pub memory_object_max_kib: u64,
     /// Cache lock timeout in ms. Default 30000.
     pub lock_timeout_ms: u64,
@@ -233,8 +233,11 @@ impl Validate for EdgeConfig {
         if self.cache.max_mib == 0 {
             errs.push(("cache.max_mib".into(), "must be above 0".into()));
         }
-        if self.cache.memory_object_max_kib > 500 << 10 {
-            errs.push(("cache.memory_object_max_kib".into(), "is above the 500 MiB largest module zip".into()));
+        if self.cache.memory_object_max_kib > 64 {
+            errs.push((
+                "cache.memory_object_max_kib".into(),
+                "is above 64: a larger body is served from the mapped tier (a mapping of its cache file)".into(),
+            ));
         }
         for (key, v) in [
             ("cache.lock_timeout_ms", self.cache.lock_timeout_ms),
@@ -354,6 +357,7 @@ mod tests {
         for (text, key) in [
             ("threads = 0\n", "threads"),
             ("[cache]\nmax_mib = 0\n", "cache.max_mib"),
+            ("[cache]\nmemory_object_max_kib = 4096\n", "cache.memory_object_max_kib"),
             ("[tls]\nlisten = \"127.0.0.1:8443\"\n", "tls.cert"),
             ("[rate_limit]\nrequests_per_sec = 5\n", "rate_limit.burst"),
             ("[ttl]\nnegative_secs = 0\n", "ttl.negative_secs"),

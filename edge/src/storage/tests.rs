@@ -249,7 +249,7 @@ async fn a_large_answer_replaces_a_small_one_in_the_memory_tier() {
 }
 
 #[tokio::test]
-async fn a_fill_above_the_fill_limit_enters_memory_on_its_first_hit() {
+async fn a_fill_above_the_fill_limit_is_mapped_on_its_first_hit() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let span = Span::inactive().handle();
     let (store, _) = CacheStore::open(tmp.path(), 16 << 20, 4 << 20).expect("open");
@@ -262,11 +262,9 @@ async fn a_fill_above_the_fill_limit_enters_memory_on_its_first_hit() {
     assert!(store.memory_get(large).is_none(), "a larger one is not read back at its fill");
     let (_, hit) = store.lookup(&cache_key(large, None), &span).await.expect("lookup").expect("hit");
     assert_eq!(read_all(hit).await.expect("read"), body);
-    assert_eq!(
-        store.memory_get(large).map(|o| o.body.bytes.clone()),
-        Some(Bytes::from(body)),
-        "its first hit brings it in"
-    );
+    let mapped = store.memory_get(large).expect("its first hit maps it");
+    assert!(mapped.body.mapped.is_some() && mapped.body.bytes[..] == body[..]);
+    assert!(store.memory.get(large).is_none(), "not copied into memory");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -476,4 +474,27 @@ fn body_file(dir: &Path, hash: &str) -> PathBuf {
         .map(|e| e.expect("entry").path())
         .find(|p| p.extension().is_some_and(|e| e == "body"))
         .expect("body file")
+}
+
+#[tokio::test]
+async fn a_body_read_from_disk_is_copied_into_memory_only_when_tiny() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let (store, _) = CacheStore::open(tmp.path(), 16 << 20, 64 << 10).expect("open");
+    let store: &'static CacheStore = Box::leak(Box::new(store));
+    let (tiny, small) = ("example.com/t/@v/v1.0.0.mod", "example.com/t/@v/v1.0.0.zip");
+    let zip: Vec<u8> = (0..16_000u32).map(|i| (i % 239) as u8).collect();
+    fill(store, tiny, b"module example.com/t\n").await;
+    fill(store, small, &zip).await;
+    assert!(store.memory.get(small).is_some(), "a fill of up to 64 KiB is in memory");
+    // Both let go by the memory tier (its budget), then read from disk.
+    store.memory.remove(tiny);
+    store.memory.remove(small);
+    for key in [tiny, small] {
+        let (_, hit) = store.lookup(&cache_key(key, None), &span).await.expect("lookup").expect("hit");
+        read_all(hit).await.expect("read");
+    }
+    assert!(store.memory.get(tiny).is_some(), "a tiny body is copied in");
+    assert!(store.memory.get(small).is_none(), "a 16 KB one is not copied (each copy evicted another)");
+    assert!(store.memory_get(small).is_some_and(|o| o.body.mapped.is_some() && o.body.bytes[..] == zip[..]));
 }
