@@ -16,7 +16,8 @@
 #   - 200 concurrent GETs of the same, now cached: wall time;
 #   - hits with wrk: random small .info/.mod, a 16 KiB zip, a 1 MiB zip, a
 #     4 MiB zip, random zips of 256 KiB over 2000 modules (500 MiB: more
-#     than the edge's memory tier holds) (req/s), a 64 MiB zip (MB/s);
+#     than the edge's memory tier holds), random zips of 16 KiB over 20000
+#     modules (335 MB, also more) (req/s), a 64 MiB zip (MB/s);
 #   - the whole path, edge + origin, cold .info/.mod: latency added over
 #     the static origin direct.
 # Caches (and modcdn-origin) run on CPU 0, one worker each; clients and the
@@ -72,6 +73,15 @@ for i in $(seq -w 0 1999); do
   ln "$C/example.com/sized/k256/@v/v1.0.0.zip" "$C/example.com/spread/s$i/@v/v1.0.0.zip"
   echo "/example.com/spread/s$i/@v/v1.0.0.zip"
 done > "$WORK/spread.txt"
+python3 - "$C" "$Z16" > "$WORK/spread16.txt" <<'PY'
+import os, sys
+root, z16 = sys.argv[1], sys.argv[2]
+for i in range(20000):
+    d = f"{root}/example.com/spread16/s{i:05d}/@v"
+    os.makedirs(d)
+    os.link(root + z16, d + "/v1.0.0.zip")
+    print(f"/example.com/spread16/s{i:05d}/@v/v1.0.0.zip")
+PY
 
 STATIC_PORT=$(port); STATIC_OPS_PORT=$(port); EDGE_PORT=$(port); ADMIN_PORT=$(port); NGINX_PORT=$(port)
 VM_PORT=$(port); VF_PORT=$(port); ORIGIN_PORT=$(port); OPERATOR_PORT=$(port); FULL_PORT=$(port); FULL_ADMIN_PORT=$(port)
@@ -215,12 +225,12 @@ full_cold=$(p50 "$FULL_PORT" "$WORK/full-cold.txt")
 for i in $(seq 0 999); do printf '/example.com/many/m%04d/@v/v1.0.0.info\n/example.com/many/m%04d/@v/v1.0.0.mod\n' "$i" "$i"; done > "$WORK/small.txt"
 write_random_lua
 for who in $PEERS; do
-  for p in $(cat "$WORK/small.txt" "$WORK/spread.txt") $Z16 $Z1M $Z4M $Z64M; do printf 'url = "http://127.0.0.1:%s%s"\noutput = "/dev/null"\n' "$(port_of "$who")" "$p"; done > "$WORK/warm.cfg"
+  for p in $(cat "$WORK/small.txt" "$WORK/spread.txt" "$WORK/spread16.txt") $Z16 $Z1M $Z4M $Z64M; do printf 'url = "http://127.0.0.1:%s%s"\noutput = "/dev/null"\n' "$(port_of "$who")" "$p"; done > "$WORK/warm.cfg"
   curl -sf --parallel --parallel-max 8 --no-progress-meter -K "$WORK/warm.cfg"
   curl -sf --parallel --parallel-max 8 --no-progress-meter -K "$WORK/warm.cfg"
 done
 declare -A hit=()
-for row in "small-random 32" "zip-16KiB 32" "zip-1MiB 8" "zip-4MiB 8" "spread-256KiB 16" "zip-64MiB 4"; do
+for row in "small-random 32" "zip-16KiB 32" "zip-1MiB 8" "zip-4MiB 8" "spread-256KiB 16" "spread-16KiB 32" "zip-64MiB 4"; do
   set -- $row
   case $1 in
     small-random) path=/; file="$WORK/small.txt" ;;
@@ -228,6 +238,7 @@ for row in "small-random 32" "zip-16KiB 32" "zip-1MiB 8" "zip-4MiB 8" "spread-25
     zip-1MiB) path=$Z1M; file= ;;
     zip-4MiB) path=$Z4M; file= ;;
     spread-256KiB) path=/; file="$WORK/spread.txt" ;;
+    spread-16KiB) path=/; file="$WORK/spread16.txt" ;;
     zip-64MiB) path=$Z64M; file= ;;
   esac
   for rep in $(seq "$REPS"); do
@@ -258,7 +269,7 @@ row "cold miss 1 MiB zip, added over origin (p50)" ms lower "$(added "${cold[edg
 row "stampede 200 × new 64 MiB zip: origin requests" req lower "$(med "${storm_n[edge]}")" "$(med "${storm_n[nginx]}")" "$(med "${storm_n[varnish-malloc]}")" "$(med "${storm_n[varnish-file]}")"
 row "stampede 200 × new 64 MiB zip: wall" s lower "$(med "${storm_wall[edge]}")" "$(med "${storm_wall[nginx]}")" "$(med "${storm_wall[varnish-malloc]}")" "$(med "${storm_wall[varnish-file]}")"
 row "200 × cached 64 MiB zip: wall" s lower "$(med "${warm_wall[edge]}")" "$(med "${warm_wall[nginx]}")" "$(med "${warm_wall[varnish-malloc]}")" "$(med "${warm_wall[varnish-file]}")"
-for r in small-random zip-16KiB zip-1MiB zip-4MiB spread-256KiB zip-64MiB; do
+for r in small-random zip-16KiB zip-1MiB zip-4MiB spread-256KiB spread-16KiB zip-64MiB; do
   unit=req/s; [ $r = zip-64MiB ] && unit=MB/s
   row "hits $r" $unit higher "$(med "${hit[$r-edge]}")" "$(med "${hit[$r-nginx]}")" "$(med "${hit[$r-varnish-malloc]}")" "$(med "${hit[$r-varnish-file]}")"
 done
