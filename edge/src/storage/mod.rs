@@ -304,8 +304,8 @@ pub struct CacheStore {
     purges: Mutex<PurgeGate>,
     /// Memory tier, by request key (no hashing on the hit path).
     memory: quick_cache::sync::Cache<String, Arc<MemObject>, Weigh>,
-    /// Mapped tier: disk-tier objects above the memory tier's size, read
-    /// since they were published, their bodies mappings of their files (the
+    /// Mapped tier: disk-tier objects above [`DISK_COPY_MAX`], read since
+    /// they were published, their bodies mappings of their files (the
     /// page cache's pages: no copy, no memory of the process's own), by
     /// request key as the memory tier. Only what the disk tier indexes.
     mapped: quick_cache::sync::Cache<String, Arc<MemObject>>,
@@ -723,7 +723,8 @@ impl CacheStore {
         Some(Bytes::from(body))
     }
 
-    /// A fresh-or-not object of the memory tier, for the proxy's fast path.
+    /// A fresh-or-not object of the memory tier or of the mapped tier (one
+    /// whose mapping is whole), for the proxy's fast path.
     pub fn memory_get(&self, primary: &str) -> Option<Arc<MemObject>> {
         if let Some(obj) = self.memory.get(primary) {
             return Some(obj);
