@@ -127,7 +127,7 @@ impl Publish {
             self.fill.reader.clone(),
             store.memory_object_max > 0 && self.written <= store.memory_object_max.min(FILL_MEMORY_MAX),
         );
-        let written = self.written;
+        let (written, files) = (self.written, store.files.clone());
         let published = store
             .durable
             .run(move || -> std::io::Result<Option<MemBody>> {
@@ -148,7 +148,7 @@ impl Publish {
                 }
                 let mut body = vec![0; written as usize];
                 reader.read_exact_at(&mut body, 0)?;
-                Ok(Some(MemBody::new(body)))
+                Ok(Some(MemBody::new(body, &files)))
             })
             .await
             .map_err(|e| storage_error("publish", e));

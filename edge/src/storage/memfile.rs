@@ -7,14 +7,15 @@
 //! fifth of the edge's CPU for a 16 KiB hit). The seals (no write, no
 //! shrink, no grow) keep the bytes as they were for as long as any reader
 //! or queued send holds them. Each costs a file descriptor while it is in
-//! the memory tier, so at most [`max_files`] are open; past that, and
+//! the memory tier, so at most so many [`Files`] are open; past that, and
 //! outside the sizes, a body stays on the heap and is written as before.
+//! Which objects hold them is the memory tier's choice: see [`super::placement`].
 
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -33,22 +34,31 @@ pub const MAX: usize = 64 << 10;
 /// Memory files open at once at most.
 const MAX_FILES: usize = 4096;
 
-static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// The memory files of one cache: how many are open, and at most how many.
+pub struct Files {
+    open: AtomicUsize,
+    max: usize,
+}
 
-/// [`MAX_FILES`], or an eighth of the process's file limit when that is
-/// less: the descriptors are the client connections' first.
-fn max_files() -> usize {
-    static MAX: OnceLock<usize> = OnceLock::new();
-    *MAX.get_or_init(|| {
+impl Files {
+    /// [`MAX_FILES`], or an eighth of the process's file limit when that is
+    /// less: the descriptors are the client connections' first.
+    pub fn of_process() -> Arc<Files> {
         let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: getrlimit fills the struct it is given.
         #[allow(unsafe_code)]
         let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-        if rc != 0 {
-            return 0;
-        }
-        MAX_FILES.min((limit.rlim_cur / 8) as usize)
-    })
+        Files::at_most(if rc != 0 { 0 } else { MAX_FILES.min((limit.rlim_cur / 8) as usize) })
+    }
+
+    pub fn at_most(max: usize) -> Arc<Files> {
+        Arc::new(Files { open: AtomicUsize::new(0), max })
+    }
+
+    /// Memory files open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
 }
 
 /// A ready body (of the memory tier, or of the mapped tier): its bytes, and
@@ -66,19 +76,39 @@ pub struct MemBody {
 
 impl MemBody {
     /// `data` as a body: in a memory file when it is large enough and one
-    /// can be had (see the module docs), else as it is.
-    pub fn new(data: Vec<u8>) -> MemBody {
-        if (MIN..=MAX).contains(&data.len()) {
-            match MemFile::new(&data) {
-                Ok(Some(file)) => {
-                    let file = Arc::new(file);
-                    return MemBody { bytes: Bytes::from_owner(Owner(file.clone())), file: Some(file), mapped: None };
-                }
-                Ok(None) => {}
-                Err(e) => tracing::debug!(error = %e, "memory file not made; the body stays on the heap"),
+    /// of `files` can be had (see the module docs), else as it is.
+    pub fn new(data: Vec<u8>, files: &Arc<Files>) -> MemBody {
+        let data = Bytes::from(data);
+        MemBody::in_file(&data, files).unwrap_or_else(|| MemBody::heap(data))
+    }
+
+    /// `data` on the heap.
+    pub fn heap(data: Bytes) -> MemBody {
+        MemBody { bytes: data, file: None, mapped: None }
+    }
+
+    /// A copy of `data` in a memory file, if it is of the sizes and one of
+    /// `files` can be had.
+    pub fn in_file(data: &[u8], files: &Arc<Files>) -> Option<MemBody> {
+        if !(MIN..=MAX).contains(&data.len()) {
+            return None;
+        }
+        match MemFile::new(data, files) {
+            Ok(Some(file)) => {
+                let file = Arc::new(file);
+                Some(MemBody { bytes: Bytes::from_owner(Owner(file.clone())), file: Some(file), mapped: None })
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "memory file not made; the body stays on the heap");
+                None
             }
         }
-        MemBody { bytes: data.into(), file: None, mapped: None }
+    }
+
+    /// A heap body a memory file would serve faster.
+    pub fn wants_file(&self) -> bool {
+        self.file.is_none() && self.mapped.is_none() && (MIN..=MAX).contains(&self.bytes.len())
     }
 
     /// The body of a cache file, as its mapping.
@@ -106,23 +136,25 @@ impl MemBody {
 pub struct MemFile {
     map: memmap2::Mmap,
     file: File,
+    files: Arc<Files>,
 }
 
 impl MemFile {
-    /// `data` in a new sealed memory file; `None` when [`max_files`] are open.
-    fn new(data: &[u8]) -> std::io::Result<Option<MemFile>> {
-        if OPEN.fetch_add(1, Ordering::AcqRel) >= max_files() {
-            OPEN.fetch_sub(1, Ordering::AcqRel);
+    /// `data` in a new sealed memory file; `None` when all of `files` are
+    /// open.
+    fn new(data: &[u8], files: &Arc<Files>) -> std::io::Result<Option<MemFile>> {
+        if files.open.fetch_add(1, Ordering::AcqRel) >= files.max {
+            files.open.fetch_sub(1, Ordering::AcqRel);
             return Ok(None);
         }
-        let made = Self::make(data);
+        let made = Self::make(data, files.clone());
         if made.is_err() {
-            OPEN.fetch_sub(1, Ordering::AcqRel);
+            files.open.fetch_sub(1, Ordering::AcqRel);
         }
         made.map(Some)
     }
 
-    fn make(data: &[u8]) -> std::io::Result<MemFile> {
+    fn make(data: &[u8], files: Arc<Files>) -> std::io::Result<MemFile> {
         // SAFETY: memfd_create with a NUL-terminated name; the descriptor it
         // returns is owned by the `File` made from it, once.
         #[allow(unsafe_code)]
@@ -144,7 +176,7 @@ impl MemFile {
         // the mapping's pages are the bytes written, always there.
         #[allow(unsafe_code)]
         let map = unsafe { memmap2::Mmap::map(&file)? };
-        Ok(MemFile { map, file })
+        Ok(MemFile { map, file, files })
     }
 
     pub fn fd(&self) -> RawFd {
@@ -154,7 +186,7 @@ impl MemFile {
 
 impl Drop for MemFile {
     fn drop(&mut self) {
-        OPEN.fetch_sub(1, Ordering::AcqRel);
+        self.files.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -174,7 +206,8 @@ mod tests {
     #[test]
     fn a_large_body_is_a_sealed_file_with_the_same_bytes_and_a_small_one_is_not() {
         let data: Vec<u8> = (0..MIN + 5).map(|i| (i % 251) as u8).collect();
-        let body = MemBody::new(data.clone());
+        let files = Files::at_most(1);
+        let body = MemBody::new(data.clone(), &files);
         assert_eq!(body.bytes[..], data[..]);
         let file = body.file.as_ref().expect("in a memory file");
         // SAFETY: fcntl and pread on a descriptor the body keeps open.
@@ -185,7 +218,11 @@ mod tests {
         assert_eq!(wrote, -1, "a write is refused");
         assert_eq!(body.bytes[0], data[0]);
 
-        assert!(MemBody::new(vec![1; MIN - 1]).file.is_none(), "below the sizes, on the heap");
-        assert!(MemBody::new(vec![1; MAX + 1]).file.is_none(), "above the sizes, on the heap");
+        assert!(MemBody::new(data.clone(), &files).file.is_none(), "past the files there are, on the heap");
+        drop(body);
+        assert!(MemBody::new(data, &files).file.is_some(), "a file closed is one to be had");
+        let files = Files::at_most(2);
+        assert!(MemBody::new(vec![1; MIN - 1], &files).file.is_none(), "below the sizes, on the heap");
+        assert!(MemBody::new(vec![1; MAX + 1], &files).file.is_none(), "above the sizes, on the heap");
     }
 }

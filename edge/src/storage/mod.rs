@@ -29,7 +29,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -51,10 +51,11 @@ mod fill;
 mod hit;
 mod mapped;
 mod memfile;
+mod placement;
 
 use fill::Filler;
 use hit::Hit;
-pub use memfile::{MemBody, MemFile};
+pub use memfile::{Files, MemBody, MemFile};
 
 /// Bytes read from disk per body chunk: large enough that the thread hop
 /// per read is cheap, small enough that many clients streaming large zips
@@ -152,6 +153,8 @@ pub struct MemObject {
     /// Its header says it is a hit.
     parts: Parts,
     pub body: MemBody,
+    /// Hits from the tier, as [`placement`] counts them.
+    hits: AtomicU32,
 }
 
 impl MemObject {
@@ -165,6 +168,20 @@ impl MemObject {
             created: parts.created,
             parts,
             body,
+            hits: AtomicU32::new(0),
+        }
+    }
+
+    /// The same answer with `body` (the same bytes, held elsewhere).
+    fn with_body(&self, body: MemBody) -> MemObject {
+        MemObject {
+            kind: self.kind,
+            head: self.head.clone(),
+            fresh_until: self.fresh_until,
+            created: self.created,
+            parts: self.parts.clone(),
+            body,
+            hits: AtomicU32::new(self.hits.load(Ordering::Relaxed)),
         }
     }
 
@@ -304,6 +321,9 @@ pub struct CacheStore {
     purges: Mutex<PurgeGate>,
     /// Memory tier, by request key (no hashing on the hit path).
     memory: quick_cache::sync::Cache<String, Arc<MemObject>, Weigh>,
+    /// The memory files its bodies may take, and who holds them.
+    files: Arc<Files>,
+    holders: Mutex<placement::Holders>,
     /// Mapped tier: disk-tier objects above [`DISK_COPY_MAX`], read since
     /// they were published, their bodies mappings of their files (the
     /// page cache's pages: no copy, no memory of the process's own), by
@@ -464,6 +484,8 @@ impl CacheStore {
             lock,
             purges: Mutex::new(PurgeGate::default()),
             memory,
+            files: Files::of_process(),
+            holders: Mutex::default(),
             mapped: quick_cache::sync::Cache::new(MAPPED_MAX),
             memory_object_max: if memory_bytes == 0 { 0 } else { memory_object_max },
             fills: Mutex::new(HashMap::new()),
@@ -667,7 +689,10 @@ impl CacheStore {
     fn promote(&self, primary: &str, obj: Arc<MemObject>, epoch: u64) {
         let gate = self.purges.lock();
         if gate.running == 0 && gate.ended == epoch {
-            self.memory.insert(primary.to_string(), obj);
+            self.memory.insert(primary.to_string(), obj.clone());
+            if obj.body.file.is_some() {
+                self.holders.lock().push(primary, &obj);
+            }
         }
     }
 
@@ -727,6 +752,7 @@ impl CacheStore {
     /// whose mapping is whole), for the proxy's fast path.
     pub fn memory_get(&self, primary: &str) -> Option<Arc<MemObject>> {
         if let Some(obj) = self.memory.get(primary) {
+            self.count_hit(primary, &obj);
             return Some(obj);
         }
         let obj = self.mapped.get(primary)?;
@@ -798,7 +824,7 @@ fn read_disk(store: &CacheStore, meta_path: &Path, shard: &Path, hash: &str) -> 
     if m.body_len <= memory_max.min(DISK_COPY_MAX) {
         let mut body = Vec::with_capacity(m.body_len as usize);
         file.read_to_end(&mut body)?;
-        return Ok(Some(DiskLookup::Small { meta: m.meta, body: MemBody::new(body) }));
+        return Ok(Some(DiskLookup::Small { meta: m.meta, body: MemBody::heap(body.into()) }));
     }
     Ok(Some(match store.map_body(&body_path, &file)? {
         Some(map) => DiskLookup::Mapped { meta: m.meta, map },

@@ -498,3 +498,49 @@ async fn a_body_read_from_disk_is_copied_into_memory_only_when_tiny() {
     assert!(store.memory.get(small).is_none(), "a 16 KB one is not copied (each copy evicted another)");
     assert!(store.memory_get(small).is_some_and(|o| o.body.mapped.is_some() && o.body.bytes[..] == zip[..]));
 }
+
+#[tokio::test]
+async fn a_hot_object_takes_a_memory_file_from_a_colder_one_when_none_is_free() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mut store, _) = CacheStore::open(tmp.path(), 16 << 20, 64 << 10).expect("open");
+    store.files = Files::at_most(2);
+    let store: &'static CacheStore = Box::leak(Box::new(store));
+    let zip = |i: u8| vec![i; memfile::MIN];
+    let keys = ["example.com/a/@v/v1.0.0.zip", "example.com/b/@v/v1.0.0.zip", "example.com/c/@v/v1.0.0.zip"];
+    for (i, key) in keys.iter().enumerate() {
+        fill(store, key, &zip(i as u8)).await;
+    }
+    let [hot, cold, late] = keys;
+    let filed = |key: &str| store.memory.peek(key).expect("in memory").body.file.is_some();
+    assert!(filed(hot) && filed(cold) && !filed(late), "the first fills take the files there are");
+
+    for _ in 0..100 {
+        store.memory_get(hot).expect("hit");
+    }
+    for _ in 1..placement::ASK_AFTER {
+        store.memory_get(late).expect("hit");
+    }
+    assert!(!filed(late), "a few hits ask for nothing");
+    store.memory_get(late).expect("hit");
+    assert!(filed(late), "hit often, it took a file");
+    assert!(filed(hot) && !filed(cold), "from the object hit least, not from the oldest holder");
+    assert_eq!(store.files.open(), 2);
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(store.memory_get(key).expect("hit").body.bytes[..], zip(i as u8)[..], "{key}: same bytes");
+    }
+
+    // Nothing is moved for an object the tier no longer holds, and a move
+    // never stands in front of what replaced it.
+    let gone = store.memory_get(cold).expect("hit");
+    store.purge_key(cold).await.expect("purge");
+    for _ in 0..1000 {
+        store.count_hit(cold, &gone);
+    }
+    assert!(store.memory.peek(cold).is_none(), "the purged object stays out");
+    assert!(filed(hot) && filed(late), "and no file was taken for it");
+    let old = store.memory_get(late).expect("hit");
+    fill(store, late, &zip(9)).await;
+    let moved = Arc::new(old.with_body(MemBody::heap(old.body.bytes.clone())));
+    assert!(!store.swap(late, &old, moved), "not in place of a newer fill");
+    assert_eq!(store.memory_get(late).expect("hit").body.bytes[..], zip(9)[..]);
+}
