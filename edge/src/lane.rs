@@ -281,8 +281,8 @@ impl<P> Lane<P> {
 /// `Date`, and the body unless the request was a HEAD, in one write (or,
 /// for a body in a memory file on a plain socket, see [`send_file`]). A
 /// mapped body is copied by the kernel, which fails the write (`EFAULT`) at
-/// a page it cannot read; a tail the stream's buffer took instead is not
-/// flushed if a page of the mapping failed meanwhile.
+/// a page it cannot read; a tail the stream's buffer took (the socket
+/// full) is not flushed if a page of the mapping failed meanwhile.
 async fn answer(
     stream: &mut Stream,
     head: &mut Vec<u8>,
@@ -312,6 +312,13 @@ async fn answer(
     let body: &[u8] = if head_only { &[] } else { &obj.body.bytes };
     let mut slices = [IoSlice::new(head), IoSlice::new(body)];
     let mut left = &mut slices[..];
+    if let Some(socket) = crate::conn::plain_socket(stream) {
+        // Straight on the socket: the stream's buffer would take a copy of
+        // a head and body that fit in it first (with random hits over 20 000
+        // zips of 16 KiB, that copy was 13.6 % of the core).
+        stream.flush().await?;
+        send_now(socket, &mut left)?;
+    }
     while !left.is_empty() {
         let n = stream.write_vectored(left).await?;
         if n == 0 {
@@ -323,6 +330,37 @@ async fn answer(
         return Err(std::io::Error::other("a page of the mapped body could not be read"));
     }
     stream.flush().await
+}
+
+/// Sends what of `left` the socket takes now, without waiting, and moves
+/// `left` past it.
+fn send_now(socket: std::os::fd::RawFd, left: &mut &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !left.is_empty() {
+        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix; a
+        // zeroed msghdr is valid, and points here at slices alive for the
+        // call.
+        #[allow(unsafe_code)]
+        let n = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = left.as_mut_ptr().cast();
+            msg.msg_iovlen = left.len() as _;
+            libc::sendmsg(socket, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        };
+        if n > 0 {
+            IoSlice::advance_slices(left, n as usize);
+            continue;
+        }
+        if n == 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::Interrupted => {}
+            std::io::ErrorKind::WouldBlock => break,
+            _ => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The most of a body written through the stream, a copy, when the socket
