@@ -71,9 +71,12 @@ impl HandleMiss for Filler {
         let store = self.store;
         let epoch = store.purge_epoch();
         // What memory or a mapping held for the key (a 404, an older
-        // answer) must not go on standing in front of the new answer.
-        store.memory.remove(&self.primary);
+        // answer) must not go on standing in front of the new answer. The
+        // mapped tier first: a hot mapping brought back to memory meanwhile
+        // is then either taken out below or sees its mapping gone (see
+        // `placement`).
         store.mapped.remove(&self.primary);
+        store.memory.remove(&self.primary);
         self.fill.state.send_replace(FillState::Complete(self.written));
         self.done = true;
         store.publishing.send_modify(|n| *n += 1);

@@ -106,9 +106,9 @@ impl MemBody {
         }
     }
 
-    /// A heap body a memory file would serve faster.
+    /// A body, on the heap or mapped, that a memory file would serve faster.
     pub fn wants_file(&self) -> bool {
-        self.file.is_none() && self.mapped.is_none() && (MIN..=MAX).contains(&self.bytes.len())
+        self.file.is_none() && (MIN..=MAX).contains(&self.bytes.len())
     }
 
     /// The body of a cache file, as its mapping.

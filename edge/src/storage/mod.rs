@@ -757,6 +757,7 @@ impl CacheStore {
         }
         let obj = self.mapped.get(primary)?;
         if obj.body.sound() {
+            self.count_hit(primary, &obj);
             return Some(obj);
         }
         self.unmap(&obj);

@@ -10,6 +10,14 @@
 //! style; one hit as often or more keeps its file, its count halved (so a
 //! past burst fades), and goes to the back.
 //!
+//! An object of the mapped tier (read back from disk after the memory tier
+//! let it go, see [`super::DISK_COPY_MAX`]) asks the same way and, given a
+//! file, comes back to the memory tier in it: a zip hit hard after a flow
+//! of other fills pushed it out was otherwise served from its mapping for
+//! good. Only in a file, so at most one such copy per [`TAKE_EVERY`] once
+//! the files are taken: copies into memory as objects were read from disk,
+//! each evicting another, were what made random hits over many zips slow.
+//!
 //! Objects are never changed in place: a move puts a copy, with the other
 //! body, in the tier, and only where the tier still holds the object it was
 //! made from, so a move never brings back what a purge took out or stands
@@ -72,26 +80,55 @@ impl CacheStore {
     }
 
     fn give_file(&self, primary: &str, obj: &Arc<MemObject>, hits: u32) {
+        let epoch = self.purge_epoch();
         let mut holders = self.holders.lock();
-        if !self.memory.peek(primary).is_some_and(|o| Arc::ptr_eq(&o, obj)) {
+        let in_memory = self.memory.peek(primary).is_some_and(|o| Arc::ptr_eq(&o, obj));
+        let mapped = !in_memory
+            && obj.body.bytes.len() as u64 <= self.memory_object_max
+            && self.mapped.peek(primary).is_some_and(|o| Arc::ptr_eq(&o, obj));
+        if !in_memory && !mapped {
             // Purged or replaced: no file is taken from another for it.
             return;
         }
-        let body = match MemBody::in_file(&obj.body.bytes, &self.files) {
-            Some(body) => body,
-            None => {
-                if !self.take_file_back(&mut holders, hits) {
-                    return;
-                }
-                // (None still if a reader of the file taken holds it.)
-                let Some(body) = MemBody::in_file(&obj.body.bytes, &self.files) else { return };
-                body
-            }
-        };
+        let mut body = MemBody::in_file(&obj.body.bytes, &self.files);
+        if body.is_none() && self.take_file_back(&mut holders, hits) {
+            // (None still if a reader of the file taken holds it.)
+            body = MemBody::in_file(&obj.body.bytes, &self.files);
+        }
+        let Some(body) = body else { return };
         let filed = Arc::new(obj.with_body(body));
-        if self.swap(primary, obj, filed.clone()) {
+        let moved = if in_memory {
+            self.swap(primary, obj, filed.clone())
+        } else {
+            // (Not if the file was cut under the mapping: the copy holds
+            // zero pages.)
+            obj.body.sound() && self.bring_back(primary, obj, filed.clone(), epoch)
+        };
+        if moved {
             holders.push(primary, &filed);
         }
+    }
+
+    /// Puts `back`, a copy of the mapped-tier object `old`, in the memory
+    /// tier, where it holds nothing for `primary` and no purge ran since
+    /// `epoch`, then takes `old` out of the mapped tier; whether it did.
+    /// Whether the mapped tier still holds `old` is asked after the insert:
+    /// a fill that finishes takes its key out of the mapped tier before the
+    /// memory tier, so it either takes the copy out too or is seen here, and
+    /// the copy goes again.
+    pub(super) fn bring_back(&self, primary: &str, old: &Arc<MemObject>, back: Arc<MemObject>, epoch: u64) -> bool {
+        {
+            let gate = self.purges.lock();
+            if gate.running != 0 || gate.ended != epoch || self.memory.peek(primary).is_some() {
+                return false;
+            }
+            self.memory.insert(primary.to_string(), back.clone());
+        }
+        if self.mapped.remove_if(primary, |o| Arc::ptr_eq(o, old)).is_none() {
+            self.memory.remove_if(primary, |o| Arc::ptr_eq(o, &back));
+            return false;
+        }
+        true
     }
 
     /// Moves the memory file of a holder hit less often than `hits` back to

@@ -544,3 +544,53 @@ async fn a_hot_object_takes_a_memory_file_from_a_colder_one_when_none_is_free() 
     assert!(!store.swap(late, &old, moved), "not in place of a newer fill");
     assert_eq!(store.memory_get(late).expect("hit").body.bytes[..], zip(9)[..]);
 }
+
+#[tokio::test]
+async fn a_hot_object_read_back_from_disk_returns_to_memory_in_a_memory_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let (store, _) = CacheStore::open(tmp.path(), 16 << 20, 64 << 10).expect("open");
+    let store: &'static CacheStore = Box::leak(Box::new(store));
+    let (hot, cold) = ("example.com/h/@v/v1.0.0.zip", "example.com/c/@v/v1.0.0.zip");
+    let zip = |i: u8| vec![i; memfile::MIN];
+    fill(store, hot, &zip(1)).await;
+    fill(store, cold, &zip(2)).await;
+    // Let go by the memory tier (a flow of other fills), then read from disk.
+    for key in [hot, cold] {
+        store.memory.remove(key);
+        let (_, hit) = store.lookup(&cache_key(key, None), &span).await.expect("lookup").expect("hit");
+        read_all(hit).await.expect("read");
+    }
+    let mapped = store.memory_get(hot).expect("hit");
+    assert!(mapped.body.mapped.is_some() && store.memory.peek(hot).is_none(), "read back as a mapping");
+    for _ in 2..placement::ASK_AFTER {
+        store.memory_get(hot).expect("hit");
+        store.memory_get(cold).expect("hit");
+    }
+    assert!(store.memory.peek(hot).is_none(), "a few hits copy nothing");
+    store.memory_get(hot).expect("hit");
+    let back = store.memory.peek(hot).expect("hit often, it is back in memory");
+    assert!(back.body.file.is_some() && back.body.bytes[..] == zip(1)[..], "in a memory file, the same bytes");
+    assert!(store.mapped.peek(hot).is_none(), "and out of the mapped tier");
+    assert!(store.memory.peek(cold).is_none() && store.memory_get(cold).is_some_and(|o| o.body.mapped.is_some()));
+
+    // Never in front of a newer fill, nor after a purge.
+    let stale = store.memory_get(cold).expect("hit");
+    fill(store, cold, &zip(3)).await;
+    for _ in 0..1000 {
+        store.count_hit(cold, &stale);
+    }
+    assert_eq!(store.memory_get(cold).expect("hit").body.bytes[..], zip(3)[..]);
+    store.memory.remove(cold);
+    let copy = Arc::new(stale.with_body(MemBody::heap(stale.body.bytes.clone())));
+    assert!(!store.bring_back(cold, &stale, copy, store.purge_epoch()), "a copy made as the fill ended goes again");
+    assert!(store.memory.peek(cold).is_none());
+    let (_, hit) = store.lookup(&cache_key(cold, None), &span).await.expect("lookup").expect("hit");
+    read_all(hit).await.expect("read");
+    let gone = store.memory_get(cold).expect("hit");
+    store.purge_key(cold).await.expect("purge");
+    for _ in 0..1000 {
+        store.count_hit(cold, &gone);
+    }
+    assert!(store.memory_get(cold).is_none(), "the purged object stays out");
+}
