@@ -459,6 +459,16 @@ impl CacheStore {
     pub fn open(dir: &Path, memory_bytes: u64, memory_object_max: u64) -> std::io::Result<(CacheStore, Vec<Stored>)> {
         let objects = dir.join("objects");
         std::fs::create_dir_all(&objects)?;
+        // Every shard now, not on the first fill of each: a new directory
+        // is among the dearest things a file system does, and in a fresh
+        // cache nearly every cold miss of the first hundreds would pay one
+        // (publishing still creates a shard that went missing).
+        for shard in 0..=u8::MAX {
+            match std::fs::create_dir(objects.join(format!("{shard:02x}"))) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+        }
         let others_alive = clean_tmp(&dir.join("tmp"))?;
         let tmp = dir.join("tmp").join(format!("{}-{:x}", std::process::id(), unix_nanos(SystemTime::now())));
         std::fs::create_dir_all(&tmp)?;

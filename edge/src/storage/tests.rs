@@ -36,6 +36,20 @@ async fn fill(store: &'static CacheStore, key: &str, body: &[u8]) {
 }
 
 #[tokio::test]
+async fn a_fill_in_a_fresh_cache_creates_no_directory() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (store, _) = open(tmp.path(), 1 << 20);
+    let dirs = |store: &CacheStore| std::fs::read_dir(store.dir.join("objects")).expect("objects").count();
+    let shards = dirs(store);
+    assert_eq!(shards, 256, "every shard is there from the start");
+    let key = "example.com/fresh/@v/v1.0.0.zip";
+    assert!(!store.shard(&cache_key(key, None).combined()).read_dir().expect("its shard").any(|_| true));
+    fill(store, key, &[7; 100_000]).await;
+    assert_eq!(dirs(store), shards);
+    assert!(store.shard(&cache_key(key, None).combined()).read_dir().expect("its shard").count() == 2, "meta and body");
+}
+
+#[tokio::test]
 async fn fills_survive_a_restart_from_both_tiers() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().to_path_buf();
