@@ -179,6 +179,13 @@ impl ProxyHttp for Edge {
             return Ok(());
         }
         session.cache.enable(self.storage, Some(self.eviction), None, Some(self.lock), None);
+        // The client whose miss fills the cache is served from the fill as
+        // every waiter is; with Pingora's blocking writes, a full socket of
+        // that one client stopped the fill, and so every other client of
+        // the object, for as long as it read nothing (the first client of
+        // a zip could hold all others back). Queued writes let the fill go
+        // on while that client's answer waits.
+        session.set_proxy_tasks_enabled(true);
         Ok(())
     }
 

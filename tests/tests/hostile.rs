@@ -371,3 +371,37 @@ async fn client_tiers_get_their_caps_and_their_share_of_a_saturated_uplink() {
     assert!((vip / 48.0 - 1.0).abs() <= 0.10, "vip {vip:.1} Mbit/s of a 48 share");
     assert!((normal / 16.0 - 1.0).abs() <= 0.10, "normal {normal:.1} Mbit/s of a 16 share");
 }
+
+/// The first client of a zip nobody holds starts its fill; one that then
+/// stops reading (a slow link, or on purpose) must not pace that fill, or
+/// every other client of the zip waits on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_fill_holds_back_no_other_client() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 48 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let members = [Member::of("o", &origin, "us")];
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "").expect("edge");
+    let zip = Corpus::key(corpus::LARGE, "v1.0.0", "zip");
+    let want = std::fs::read(corpus.root.join(&zip)).expect("zip");
+
+    // The first client: its answer's head, then it reads nothing more.
+    let addr = edge.url.trim_start_matches("http://").to_string();
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let head = format!("GET /{zip} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stalled.write_all(head.as_bytes()).await.expect("send");
+    let mut first = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(30), stalled.read(&mut first)).await.expect("head").expect("read");
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&first[..n]));
+
+    // Another client gets the whole zip while the first still reads nothing.
+    let started = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(30), get(&client(), &format!("{}/{zip}", edge.url))).await;
+    let (status, _, body) = got.expect("a client that stopped reading held back another client of the same zip");
+    assert_eq!(status, 200);
+    assert!(body == want, "the whole zip ({} of {} bytes)", body.len(), want.len());
+    assert_eq!(upstream.counters().get(&zip), 1, "one upstream request");
+    eprintln!("second client served in {:?}", started.elapsed());
+    drop(stalled);
+}
