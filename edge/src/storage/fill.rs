@@ -48,6 +48,9 @@ impl HandleMiss for Filler {
         // event loop; the sync, which may block for long, runs on the pool.
         file.write_all_at(&data, self.written).map_err(|e| storage_error("write", e))?;
         self.file = Some(file);
+        if self.fill.followers.load(Ordering::Relaxed) > 0 {
+            self.fill.recent.lock().push(self.written, data.clone());
+        }
         {
             let mut own = self.fill.own.lock();
             if own.bytes + data.len() <= OWN_MAX {

@@ -19,13 +19,14 @@ pub(super) enum Hit {
         end: usize,
     },
     Partial {
-        file: Arc<File>,
+        fill: Arc<Fill>,
         state: watch::Receiver<FillState>,
         pos: u64,
-        /// The fill, when this is the filling request's own reader: it
-        /// takes the chunks the writer hands it, and reads the file only
-        /// where the writer held none (past [`OWN_MAX`]).
-        own: Option<Arc<Fill>>,
+        /// Whether this is the filling request's own reader: it takes the
+        /// chunks the writer hands it, and reads the file only where the
+        /// writer held none (past [`OWN_MAX`]). Any other takes the fill's
+        /// recent chunks, and reads the file where it fell behind them.
+        own: bool,
     },
 }
 
@@ -89,6 +90,22 @@ async fn read_at(file: &Arc<File>, pos: u64, n: usize) -> Result<Bytes> {
     .map_err(|e| storage_error("read", e))
 }
 
+impl Drop for Hit {
+    /// A follower no more; the chunks held for the filling request's reader
+    /// go with it, and the writer holds no more (the fill lives on while
+    /// others follow it).
+    fn drop(&mut self) {
+        let Hit::Partial { fill, own, .. } = self else { return };
+        if *own {
+            let mut own = fill.own.lock();
+            own.chunks.clear();
+            own.bytes = OWN_MAX;
+        } else if fill.followers.fetch_sub(1, Ordering::Relaxed) == 1 {
+            *fill.recent.lock() = Recent::default();
+        }
+    }
+}
+
 #[async_trait]
 impl HandleHit for Hit {
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
@@ -109,14 +126,14 @@ impl HandleHit for Hit {
                 *pos += chunk.len();
                 Ok(Some(chunk))
             }
-            Hit::Partial { file, state, pos, own } => loop {
+            Hit::Partial { fill, state, pos, own } => loop {
                 let now = *state.borrow_and_update();
                 let mut available = match now {
                     FillState::Failed => return Err(storage_error("read", "the fill this read follows failed")),
                     FillState::Complete(n) if n == *pos => return Ok(None),
                     FillState::Complete(n) | FillState::Partial(n) => n,
                 };
-                if let Some(fill) = own {
+                if *own {
                     let mut own = fill.own.lock();
                     while let Some((at, chunk)) = own.chunks.pop_front() {
                         own.bytes -= chunk.len();
@@ -139,8 +156,13 @@ impl HandleHit for Hit {
                     }
                 }
                 if available > *pos {
+                    let recent = if *own { None } else { fill.recent.lock().slice(*pos, available) };
+                    if let Some(chunk) = recent {
+                        *pos += chunk.len() as u64;
+                        return Ok(Some(chunk));
+                    }
                     let n = CHUNK.min((available - *pos) as usize);
-                    let chunk = read_at(file, *pos, n).await?;
+                    let chunk = read_at(&fill.reader, *pos, n).await?;
                     if chunk.is_empty() {
                         return Err(storage_error("read", "the fill's file is shorter than what was written"));
                     }

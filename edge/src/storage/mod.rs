@@ -29,7 +29,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -236,6 +236,42 @@ struct Fill {
     /// Chunks handed straight to the filling request's own reader, so the
     /// first client's bytes are not read back from the file just written.
     own: Mutex<OwnChunks>,
+    /// The last chunks written, kept while other readers follow the fill:
+    /// they take them as they are (no copy) instead of reading them back.
+    recent: Mutex<Recent>,
+    /// Readers following the fill, other than its own.
+    followers: AtomicUsize,
+}
+
+/// The last [`RECENT_MAX`] bytes of a fill's chunks, by offset.
+#[derive(Default)]
+struct Recent {
+    chunks: std::collections::VecDeque<(u64, Bytes)>,
+    bytes: usize,
+}
+
+/// Bytes of its last chunks a fill keeps for the readers following it. In
+/// a stampede they keep up with the fill (one core serves them all in
+/// turn), so they read back from the file only when they fell behind.
+const RECENT_MAX: usize = 4 << 20;
+
+impl Recent {
+    fn push(&mut self, at: u64, chunk: Bytes) {
+        self.bytes += chunk.len();
+        self.chunks.push_back((at, chunk));
+        while self.bytes > RECENT_MAX {
+            let Some((_, old)) = self.chunks.pop_front() else { break };
+            self.bytes -= old.len();
+        }
+    }
+
+    /// The body from `pos` to at most `end` (within one chunk), if held.
+    fn slice(&self, pos: u64, end: u64) -> Option<Bytes> {
+        let i = self.chunks.partition_point(|(at, c)| at + c.len() as u64 <= pos);
+        let (at, chunk) = self.chunks.get(i).filter(|(at, _)| *at <= pos)?;
+        let (from, to) = ((pos - at) as usize, (end.min(at + chunk.len() as u64) - at) as usize);
+        (to > from).then(|| chunk.slice(from..to))
+    }
 }
 
 /// Chunks written and not yet taken by the filling request's reader, at
@@ -788,11 +824,10 @@ impl CacheStore {
     /// A reader of a fill in progress; `own` for the request that fills it
     /// (it takes the chunks as they are written).
     fn partial_hit(&self, fill: &Arc<Fill>, own: bool) -> (CacheMeta, HitHandler) {
-        let own = own.then(|| fill.clone());
-        (
-            fill.meta.meta(),
-            Box::new(Hit::Partial { file: fill.reader.clone(), state: fill.state.subscribe(), pos: 0, own }),
-        )
+        if !own {
+            fill.followers.fetch_add(1, Ordering::Relaxed);
+        }
+        (fill.meta.meta(), Box::new(Hit::Partial { fill: fill.clone(), state: fill.state.subscribe(), pos: 0, own }))
     }
 }
 
@@ -953,6 +988,8 @@ impl Storage for CacheStore {
             state,
             aborted: AtomicBool::new(false),
             own: Mutex::new(OwnChunks::default()),
+            recent: Mutex::new(Recent::default()),
+            followers: AtomicUsize::new(0),
         });
         self.fills.lock().insert(hash.clone(), fill.clone());
         Ok(Box::new(Filler::new(self, hash, primary, fill, file)))

@@ -608,3 +608,39 @@ async fn a_hot_object_read_back_from_disk_returns_to_memory_in_a_memory_file() {
     }
     assert!(store.memory_get(cold).is_none(), "the purged object stays out");
 }
+
+#[tokio::test]
+async fn followers_of_a_fill_take_its_recent_chunks_and_read_the_file_only_when_behind() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let (store, _) = open(tmp.path(), 0);
+    let key = cache_key("example.com/follow/@v/v1.0.0.zip", None);
+    let chunk = 64 << 10;
+    let chunks = RECENT_MAX / chunk * 2;
+    let body: Vec<u8> = (0..chunk * chunks).map(|i| (i % 253) as u8).collect();
+    let write = |i: usize| Bytes::copy_from_slice(&body[i * chunk..(i + 1) * chunk]);
+    let mut miss = store.get_miss_handler(&key, &meta(body.len()), &span).await.expect("miss");
+    let (_, mut follower) = store.lookup(&key, &span).await.expect("lookup").expect("partial hit");
+    // Keeping up with the fill: each chunk is the one written, not a copy
+    // read back from the file.
+    let mut got = Vec::new();
+    for i in 0..2 {
+        let data = write(i);
+        let at = data.as_ptr();
+        miss.write_body(data, false).await.expect("write");
+        let read = follower.read_body().await.expect("read").expect("a chunk");
+        assert_eq!(read.as_ptr(), at, "chunk {i} is the one written");
+        got.extend_from_slice(&read);
+    }
+    // Behind by more than the fill keeps: the rest from the file, in order.
+    for i in 2..chunks {
+        miss.write_body(write(i), false).await.expect("write");
+    }
+    assert!(store.fills.lock().get(&key.combined()).expect("fill").recent.lock().bytes <= RECENT_MAX);
+    miss.finish().await.expect("finish");
+    got.extend(read_all(follower).await.expect("read the rest"));
+    assert!(got == body, "the whole body ({} of {} bytes)", got.len(), body.len());
+    store.settled().await;
+    let fill = store.fills.lock().get(&key.combined()).cloned();
+    assert!(fill.is_none(), "published");
+}
