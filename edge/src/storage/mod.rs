@@ -10,9 +10,10 @@
 //! mix. Anything a crash leaves behind (temp files, a body without meta, a
 //! meta whose body is missing or short) is removed at start, never served.
 //!
-//! Fills stream: readers that arrive while a zip is still being written read
-//! the temp file up to what has been written so far (pingora's streaming
-//! partial writes), so waiters of a coalesced miss get bytes at once.
+//! Fills stream: readers that arrive while a zip is still being written get
+//! what has been written so far (pingora's streaming partial writes) — the
+//! fill's last chunks as they are, the temp file where they fell behind —
+//! so waiters of a coalesced miss get bytes at once.
 //!
 //! Several processes may share the cache during a graceful upgrade. Each
 //! writes its temp files in a directory of its own under `tmp/`, locked
