@@ -33,6 +33,10 @@ pub struct EdgeConfig {
     /// connection opens or its previous request was answered; then the
     /// connection is closed (slowloris). Default 10000.
     pub header_timeout_ms: u64,
+    /// How long a write of an answer may wait for a client that takes none
+    /// of it; then the connection is closed (a client that stops reading
+    /// holds it, and what its answer holds, no longer). Default 60000.
+    pub send_timeout_ms: u64,
     /// Default `modcdn-data/edge/upgrade.sock`.
     pub upgrade_sock: PathBuf,
     /// Default `modcdn-data/edge/edge.pid`.
@@ -170,6 +174,7 @@ impl Default for EdgeConfig {
             threads: 2,
             grace_secs: 5,
             header_timeout_ms: 10_000,
+            send_timeout_ms: 60_000,
             upgrade_sock: PathBuf::from("modcdn-data/edge/upgrade.sock"),
             pid_file: PathBuf::from("modcdn-data/edge/edge.pid"),
             tls: TlsConfig::default(),
@@ -244,6 +249,7 @@ impl Validate for EdgeConfig {
             ("origin.connect_timeout_ms", self.origin.connect_timeout_ms),
             ("origin.read_timeout_ms", self.origin.read_timeout_ms),
             ("header_timeout_ms", self.header_timeout_ms),
+            ("send_timeout_ms", self.send_timeout_ms),
         ] {
             if v == 0 {
                 errs.push((key.into(), "must be above 0".into()));

@@ -109,13 +109,33 @@ impl ConnectionFilter for Admission {
     }
 }
 
-/// An HTTP app (Pingora's proxy) behind the connection cap and the header
-/// deadline.
+/// An HTTP app (Pingora's proxy) behind the connection cap and the
+/// deadlines.
 pub struct Guarded<A> {
     pub inner: Arc<A>,
     pub admission: Arc<Admission>,
-    pub header_timeout: Duration,
-    pub timeouts: IntCounter,
+    pub deadlines: Deadlines,
+}
+
+/// How long a client may take to send a request's head, and to take any
+/// of an answer written to it; how many connections each closed.
+#[derive(Clone)]
+pub struct Deadlines {
+    pub header: Duration,
+    pub send: Duration,
+    pub header_timeouts: IntCounter,
+    pub send_timeouts: IntCounter,
+}
+
+impl Deadlines {
+    pub fn of(cfg: &crate::config::EdgeConfig, metrics: &crate::metrics::Metrics) -> Deadlines {
+        Deadlines {
+            header: Duration::from_millis(cfg.header_timeout_ms),
+            send: Duration::from_millis(cfg.send_timeout_ms),
+            header_timeouts: metrics.header_timeouts.clone(),
+            send_timeouts: metrics.send_timeouts.clone(),
+        }
+    }
 }
 
 #[async_trait]
@@ -127,7 +147,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         if stream.selected_alpn_proto() == Some(ALPN::H2) {
             return self.inner.process_new(stream, shutdown).await;
         }
-        let guarded = HeaderDeadline::new(stream, self.header_timeout, self.timeouts.clone());
+        let guarded = HeaderDeadline::new(stream, self.deadlines.clone());
         // An HTTP app serves a connection to its end; nothing comes back to
         // be counted again.
         self.inner.process_new(Box::new(guarded), shutdown).await
@@ -182,12 +202,17 @@ pub fn plain_socket(stream: &Stream) -> Option<std::os::fd::RawFd> {
     tcp.downcast_ref::<pingora::protocols::l4::stream::Stream>().map(|s| s.as_raw_fd())
 }
 
-/// A client stream whose request heads must arrive within a deadline; a
-/// read past it fails with `TimedOut`, which ends the connection.
+/// A client stream whose request heads must arrive within a deadline, and
+/// which must take some of each answer written within another (`Deadlines`);
+/// a read or write past one fails with `TimedOut`, which ends the connection.
 struct HeaderDeadline {
     inner: Stream,
-    limit: Duration,
+    deadlines: Deadlines,
     timer: Pin<Box<Sleep>>,
+    /// Runs while a write waits for the client to take something.
+    send_timer: Pin<Box<Sleep>>,
+    /// A write is waiting (since `send_timer` was set).
+    stalled: bool,
     /// Waiting for the end of a request head.
     armed: bool,
     /// Something was written since the last head ended: the next byte read
@@ -195,13 +220,22 @@ struct HeaderDeadline {
     answered: bool,
     /// Line feeds in a row (carriage returns aside) at the end of what was read.
     newlines: u8,
-    timeouts: IntCounter,
 }
 
 impl HeaderDeadline {
-    fn new(inner: Stream, limit: Duration, timeouts: IntCounter) -> HeaderDeadline {
-        let timer = Box::pin(tokio::time::sleep(limit));
-        HeaderDeadline { inner, limit, timer, armed: true, answered: false, newlines: 0, timeouts }
+    fn new(inner: Stream, deadlines: Deadlines) -> HeaderDeadline {
+        let timer = Box::pin(tokio::time::sleep(deadlines.header));
+        let send_timer = Box::pin(tokio::time::sleep(deadlines.send));
+        HeaderDeadline {
+            inner,
+            deadlines,
+            timer,
+            send_timer,
+            stalled: false,
+            armed: true,
+            answered: false,
+            newlines: 0,
+        }
     }
 
     /// Follows the bytes a read returned: a new request arms the deadline,
@@ -211,7 +245,7 @@ impl HeaderDeadline {
             self.answered = false;
             self.armed = true;
             self.newlines = 0;
-            self.timer.as_mut().reset(Instant::now() + self.limit);
+            self.timer.as_mut().reset(Instant::now() + self.deadlines.header);
         }
         if !self.armed {
             return;
@@ -233,7 +267,7 @@ impl HeaderDeadline {
 
     fn expired(&mut self) -> io::Error {
         self.armed = false;
-        self.timeouts.inc();
+        self.deadlines.header_timeouts.inc();
         io::Error::new(io::ErrorKind::TimedOut, "request headers not received in time")
     }
 }
@@ -262,8 +296,7 @@ impl AsyncRead for HeaderDeadline {
 impl AsyncWrite for HeaderDeadline {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.note_write(&r);
-        r
+        self.note_write(cx, r)
     }
 
     fn poll_write_vectored(
@@ -272,8 +305,7 @@ impl AsyncWrite for HeaderDeadline {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.note_write(&r);
-        r
+        self.note_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -281,7 +313,13 @@ impl AsyncWrite for HeaderDeadline {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => self.waiting(cx).map_or(Poll::Pending, |e| Poll::Ready(Err(e))),
+            done => {
+                self.stalled = false;
+                done
+            }
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -290,10 +328,33 @@ impl AsyncWrite for HeaderDeadline {
 }
 
 impl HeaderDeadline {
-    fn note_write(&mut self, r: &Poll<io::Result<usize>>) {
-        if !self.armed && matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
+    /// Follows a write: one that waits starts the send deadline (and fails
+    /// once it passed), one that went through ends it.
+    fn note_write(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if r.is_pending() {
+            return self.waiting(cx).map_or(Poll::Pending, |e| Poll::Ready(Err(e)));
+        }
+        self.stalled = false;
+        if !self.armed && matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.answered = true;
         }
+        r
+    }
+
+    /// A write or flush waits: the error to end the connection with once it
+    /// has waited past the send deadline.
+    fn waiting(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        if !self.stalled {
+            self.stalled = true;
+            let at = Instant::now() + self.deadlines.send;
+            self.send_timer.as_mut().reset(at);
+        }
+        if self.send_timer.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        self.stalled = false;
+        self.deadlines.send_timeouts.inc();
+        Some(io::Error::new(io::ErrorKind::TimedOut, "the client took none of the answer in time"))
     }
 }
 
@@ -380,10 +441,41 @@ mod tests {
         IntCounter::new("t", "t").expect("counter")
     }
 
+    fn deadlines(header: Duration) -> Deadlines {
+        Deadlines { header, send: Duration::from_secs(60), header_timeouts: counter(), send_timeouts: counter() }
+    }
+
     /// A client end and a server end wrapped with `limit`.
     fn pair(limit: Duration) -> (tokio::io::DuplexStream, HeaderDeadline) {
         let (client, server) = tokio::io::duplex(4096);
-        (client, HeaderDeadline::new(Box::new(server), limit, counter()))
+        (client, HeaderDeadline::new(Box::new(server), deadlines(limit)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_takes_nothing_of_an_answer_is_cut_at_the_send_deadline() {
+        let (mut client, mut server) = pair(Duration::from_secs(10));
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("head");
+        let mut head = [0u8; 64];
+        let _ = server.read(&mut head).await.expect("read");
+        // Taken slowly, but taken: no deadline passes.
+        let answer = vec![b'x'; 64 << 10];
+        let slow = {
+            let answer = answer.clone();
+            tokio::spawn(async move { server.write_all(&answer).await.map(|_| server) })
+        };
+        let mut got = vec![0u8; answer.len()];
+        for piece in got.chunks_mut(4096) {
+            tokio::time::sleep(Duration::from_secs(50)).await;
+            client.read_exact(piece).await.expect("take");
+        }
+        let mut server = slow.await.expect("task").expect("a slow client is no reason to stop");
+        assert_eq!(server.deadlines.send_timeouts.get(), 0);
+        // Taken not at all: cut once the deadline passed.
+        let start = Instant::now();
+        let e = server.write_all(&answer).await.expect_err("nothing taken");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(start.elapsed() >= Duration::from_secs(60));
+        assert_eq!(server.deadlines.send_timeouts.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -438,7 +530,7 @@ mod tests {
         let (accepted, _) = listener.accept().await.expect("accept");
         let tcp: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(accepted));
         // As the lane has it: behind the header deadline.
-        let stream: Stream = Box::new(HeaderDeadline::new(tcp, Duration::from_secs(10), counter()));
+        let stream: Stream = Box::new(HeaderDeadline::new(tcp, deadlines(Duration::from_secs(10))));
         let lowat = |stream: &Stream| {
             let guarded = stream.as_any().downcast_ref::<HeaderDeadline>().expect("guarded");
             let tcp = guarded.inner.as_any().downcast_ref::<pingora::protocols::l4::stream::Stream>().expect("tcp");
@@ -469,6 +561,6 @@ mod tests {
         let mut buf = [0u8; 16];
         let err = server.read(&mut buf).await.expect_err("silent");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(server.timeouts.get(), 1);
+        assert_eq!(server.deadlines.header_timeouts.get(), 1);
     }
 }

@@ -126,8 +126,7 @@ pub fn run(cfg: EdgeConfig, membership: Arc<Membership>, upgrade: bool) -> anyho
     let guarded = conn::Guarded {
         inner: Arc::new(lane),
         admission: Arc::clone(&admission),
-        header_timeout: Duration::from_millis(cfg.header_timeout_ms),
-        timeouts: metrics.header_timeouts.clone(),
+        deadlines: conn::Deadlines::of(&cfg, &metrics),
     };
     let mut proxy = Service::new("edge".to_string(), guarded);
     proxy.set_connection_filter(admission);
@@ -159,8 +158,7 @@ pub fn run(cfg: EdgeConfig, membership: Arc<Membership>, upgrade: bool) -> anyho
     let admin_app = conn::Guarded {
         inner: Arc::new(admin_app),
         admission: conn::Admission::new(limits::PerClient::new(0), metrics.connections_refused.clone()),
-        header_timeout: Duration::from_millis(cfg.header_timeout_ms),
-        timeouts: metrics.header_timeouts.clone(),
+        deadlines: conn::Deadlines::of(&cfg, &metrics),
     };
     let mut admin = Service::new("admin".to_string(), admin_app);
     admin.add_tcp(&cfg.admin.listen.to_string());

@@ -18,6 +18,7 @@ pub struct Metrics {
     /// Connections refused at the per-client cap, and closed at the header deadline.
     pub connections_refused: IntCounter,
     pub header_timeouts: IntCounter,
+    pub send_timeouts: IntCounter,
     /// Artifacts of new versions of hot modules fetched before any client asked.
     pub prefetched: IntCounter,
     /// Purge-log entries applied and keys they removed.
@@ -71,6 +72,8 @@ impl Metrics {
             IntCounter::new("connections_refused_total", "Connections refused at the per-client cap")?;
         let header_timeouts =
             IntCounter::new("header_timeouts_total", "Connections closed for not sending headers in time")?;
+        let send_timeouts =
+            IntCounter::new("send_timeouts_total", "Connections closed for taking none of an answer in time")?;
         let prefetched =
             IntCounter::new("prefetched_total", "New versions' artifacts fetched before any client asked")?;
         let purges = IntCounter::new("purges_total", "Purges applied (admin and purge log)")?;
@@ -109,6 +112,7 @@ impl Metrics {
             Box::new(rate_limited.clone()),
             Box::new(connections_refused.clone()),
             Box::new(header_timeouts.clone()),
+            Box::new(send_timeouts.clone()),
             Box::new(prefetched.clone()),
             Box::new(purges.clone()),
             Box::new(purged_keys.clone()),
@@ -136,6 +140,7 @@ impl Metrics {
             rate_limited,
             connections_refused,
             header_timeouts,
+            send_timeouts,
             prefetched,
             purges,
             purged_keys,

@@ -405,3 +405,35 @@ async fn a_client_that_stops_reading_its_fill_holds_back_no_other_client() {
     eprintln!("second client served in {:?}", started.elapsed());
     drop(stalled);
 }
+
+/// A client that stops taking its answer holds a connection (and what the
+/// answer holds) until the send deadline, not for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_closes_a_connection_whose_client_stops_taking_its_answer() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 16 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let members = [Member::of("o", &origin, "us")];
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "send_timeout_ms = 500").expect("edge");
+    let zip = Corpus::key(corpus::LARGE, "v1.0.0", "zip");
+    let url = format!("{}/{zip}", edge.url);
+    let (status, _, body) = get(&client(), &url).await;
+    assert_eq!(status, 200);
+    let addr = edge.url.trim_start_matches("http://").to_string();
+    // The first hit is the full path's (it maps the zip), the next the lane's.
+    for path in ["the full path", "the lane"] {
+        let mut stalled = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        stalled.write_all(format!("GET /{zip} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.expect("send");
+        let before = scrape(&edge.admin, "modcdn_edge_send_timeouts_total").await;
+        // It reads nothing until the edge gives up on it.
+        let given_up = modcdn_tests::http::eventually(Duration::from_secs(20), || async {
+            scrape(&edge.admin, "modcdn_edge_send_timeouts_total").await > before
+        })
+        .await;
+        assert!(given_up, "{path}: a client taking nothing held its connection");
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut got)).await.expect("closed");
+        assert!(read.is_err() || got.len() < body.len(), "{path}: the connection was cut, not the answer sent whole");
+    }
+}
