@@ -233,8 +233,10 @@ async fn edges_cache_private_modules_only_when_told_and_only_per_credential() {
     assert_eq!(fetch(caching.url.clone(), Some("tok")).await, (StatusCode::OK, "MISS".to_string()));
 
     // A private copy lasts `cache.private_ttl_secs` (even of an immutable
-    // zip), so a revoked credential stops working within it.
-    let short = "[cache]\nprivate = true\nprivate_ttl_secs = 1\n";
+    // zip), so a revoked credential stops working within it. (3 s: a copy's
+    // freshness is kept in whole seconds, so one of 1 s could be stale
+    // a few milliseconds after it was made, before the second fetch.)
+    let short = "[cache]\nprivate = true\nprivate_ttl_secs = 3\n";
     let short = EdgeProcess::start(&tmp.path().join("short"), &members, short).expect("edge");
     assert_eq!(fetch(short.url.clone(), Some("tok")).await, (StatusCode::OK, "MISS".to_string()));
     assert_eq!(fetch(short.url.clone(), Some("tok")).await, (StatusCode::OK, "HIT".to_string()));
