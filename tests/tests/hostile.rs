@@ -372,17 +372,33 @@ async fn client_tiers_get_their_caps_and_their_share_of_a_saturated_uplink() {
     assert!((normal / 16.0 - 1.0).abs() <= 0.10, "normal {normal:.1} Mbit/s of a 16 share");
 }
 
+/// An edge (with `extra` config) and one origin in front of a corpus whose
+/// large zip is `large` bytes; the processes in the order to stop them.
+/// Bind every field (`_origin`, not `..`): one left out stops at once.
+struct LargeZip {
+    _tmp: tempfile::TempDir,
+    corpus: Corpus,
+    upstream: FixtureUpstream,
+    _origin: OriginProcess,
+    edge: EdgeProcess,
+}
+
+async fn large_zip(large: usize, extra: &str) -> LargeZip {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), large).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let members = [Member::of("o", &origin, "us")];
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, extra).expect("edge");
+    LargeZip { _tmp: tmp, corpus, upstream, _origin: origin, edge }
+}
+
 /// The first client of a zip nobody holds starts its fill; one that then
 /// stops reading (a slow link, or on purpose) must not pace that fill, or
 /// every other client of the zip waits on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_its_fill_holds_back_no_other_client() {
-    let tmp = modcdn_tests::tempdir();
-    let corpus = Corpus::generate(&tmp.path().join("corpus"), 48 << 20).expect("corpus");
-    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
-    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
-    let members = [Member::of("o", &origin, "us")];
-    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "").expect("edge");
+    let LargeZip { _tmp, corpus, upstream, _origin, edge } = large_zip(48 << 20, "").await;
     let zip = Corpus::key(corpus::LARGE, "v1.0.0", "zip");
     let want = std::fs::read(corpus.root.join(&zip)).expect("zip");
 
@@ -410,12 +426,8 @@ async fn a_client_that_stops_reading_its_fill_holds_back_no_other_client() {
 /// answer holds) until the send deadline, not for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_closes_a_connection_whose_client_stops_taking_its_answer() {
-    let tmp = modcdn_tests::tempdir();
-    let corpus = Corpus::generate(&tmp.path().join("corpus"), 16 << 20).expect("corpus");
-    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
-    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
-    let members = [Member::of("o", &origin, "us")];
-    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "send_timeout_ms = 500").expect("edge");
+    let LargeZip { _tmp, corpus: _, upstream: _upstream, _origin, edge } =
+        large_zip(16 << 20, "send_timeout_ms = 500").await;
     let zip = Corpus::key(corpus::LARGE, "v1.0.0", "zip");
     let url = format!("{}/{zip}", edge.url);
     let (status, _, body) = get(&client(), &url).await;
