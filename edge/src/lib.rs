@@ -187,8 +187,10 @@ pub fn run(cfg: EdgeConfig, membership: Arc<Membership>, upgrade: bool) -> anyho
         modules: cfg.hot.modules,
         versions: cfg.hot.versions,
     });
-    let housekeeping =
-        background_service("housekeeping", Housekeeping { follower, hot_sync, eviction, lru_dir: lru_dir(&cfg) });
+    let housekeeping = background_service(
+        "housekeeping",
+        Housekeeping { follower, hot_sync, storage, eviction, lru_dir: lru_dir(&cfg) },
+    );
 
     server.add_service(proxy);
     server.add_service(admin);
@@ -250,6 +252,7 @@ fn open_cache(cfg: &EdgeConfig) -> anyhow::Result<(&'static CacheStore, &'static
 struct Housekeeping {
     follower: Option<purge::Follower>,
     hot_sync: Option<hot::HotSync>,
+    storage: &'static CacheStore,
     eviction: &'static Lru,
     lru_dir: String,
 }
@@ -283,6 +286,9 @@ impl BackgroundService for Housekeeping {
                     _ = shutdown.changed() => break,
                 }
             }
+            // Fills waiting for their durable write make it now (those a
+            // crash would have lost), and fills finishing from here on at once.
+            self.storage.drain().await;
             self.save().await;
         };
         tokio::join!(follow, hot, save);

@@ -771,10 +771,12 @@ async fn a_cached_file_failing_under_a_reader_fails_that_response_not_the_edge()
     assert_eq!(whole.len() as u64, std::fs::metadata(corpus.root.join(&key)).expect("zip").len());
 
     // A disk hit (once the fill is on disk: that write runs behind the
-    // answer), read slowly; its body file is cut short under it.
+    // answer), read slowly; its file is cut short under it (the fill's own,
+    // until its durable write renames it into place).
     let body_file = || {
         modcdn_tests::files(&dir.join("cache")).into_iter().map(|f| dir.join("cache").join(f)).find(|f| {
-            f.extension().is_some_and(|e| e == "body") && std::fs::metadata(f).is_ok_and(|m| m.len() > 1 << 20)
+            f.extension().is_some_and(|e| e == "body" || e == "part")
+                && std::fs::metadata(f).is_ok_and(|m| m.len() > 1 << 20)
         })
     };
     let on_disk = modcdn_tests::http::eventually(Duration::from_secs(10), || async {
@@ -1110,15 +1112,17 @@ async fn a_mapped_zip_cut_short_on_disk_fails_one_answer_and_is_whole_again() {
     assert!(body.len() > 64 << 10, "a zip above the memory tier's default size");
     let (c, url, pid) = (client(), format!("{}/{zip}", edge.url), edge.pid().expect("edge pid"));
     let cache = edge.dir.join("cache");
+    // Its cache file: the fill's own until its durable write renames it
+    // into place.
     let body_file = || {
         modcdn_tests::files(&cache)
             .into_iter()
             .map(|f| cache.join(f))
-            .find(|f| f.extension().is_some_and(|e| e == "body"))
+            .find(|f| f.extension().is_some_and(|e| e == "body" || e == "part"))
     };
     let mapped = || {
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-        maps.lines().any(|l| l.contains(".body") && !l.contains("(deleted)"))
+        maps.lines().any(|l| (l.contains(".body") || l.contains(".part")) && !l.contains("(deleted)"))
     };
     let in_tier = eventually(Duration::from_secs(20), || async {
         let (status, _, got) = get(&c, &url).await;

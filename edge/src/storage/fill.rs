@@ -66,11 +66,13 @@ impl HandleMiss for Filler {
     /// The body is whole: readers (the request that filled it, and every
     /// waiter) finish now, and the durable write (sync, rename, meta) and
     /// the memory tier's copy of a small body are made off the request's
-    /// path. Until then the fill stays where lookups find it; a crash
-    /// before the rename loses the copy (fetched again), never serves part.
+    /// path, the durable write after [`flush_delay`]. Until
+    /// then the fill stays where lookups find it; a crash before the rename
+    /// loses the copy (fetched again), never serves part.
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         self.aborted()?;
-        let Some(file) = self.file.take() else { return Err(storage_error("fill", "finish after failure")) };
+        // (Its readers' descriptor stays open, for the sync too.)
+        let Some(_) = self.file.take() else { return Err(storage_error("fill", "finish after failure")) };
         let store = self.store;
         let epoch = store.purge_epoch();
         // What memory or a mapping held for the key (a 404, an older
@@ -82,7 +84,15 @@ impl HandleMiss for Filler {
         store.memory.remove(&self.primary);
         self.fill.state.send_replace(FillState::Complete(self.written));
         self.done = true;
-        store.publishing.send_modify(|n| *n += 1);
+        let mut pending = 0;
+        store.publishing.send_modify(|n| {
+            *n += 1;
+            pending = *n;
+        });
+        // Asked to hurry from here on, or not to wait at all: shutting
+        // down, or too many fills wait (each holds a descriptor).
+        let mut hurry = store.hurry.subscribe();
+        let wait = !store.draining.load(Ordering::SeqCst) && pending <= store.pending_max;
         let publish = Publish {
             store,
             hash: std::mem::take(&mut self.hash),
@@ -92,7 +102,14 @@ impl HandleMiss for Filler {
             epoch,
         };
         tokio::spawn(async move {
-            if let Err(e) = publish.run(file).await {
+            publish.keep_in_memory().await;
+            if wait {
+                tokio::select! {
+                    _ = tokio::time::sleep(publish.store.flush_delay) => {}
+                    _ = hurry.changed() => {}
+                }
+            }
+            if let Err(e) = publish.run().await {
                 tracing::warn!(key = %publish.primary, error = %e, "cache fill not kept on disk");
             }
             publish.store.publishing.send_modify(|n| *n -= 1);
@@ -119,26 +136,51 @@ struct Publish {
 }
 
 impl Publish {
-    async fn run(&self, file: File) -> Result<()> {
+    /// A small body enters the memory tier now, read back here, off the
+    /// request's path (a copy made while serving cost every miss); a
+    /// larger one on its first hit (see [`FILL_MEMORY_MAX`]).
+    async fn keep_in_memory(&self) {
+        let store = self.store;
+        if store.memory_object_max == 0 || self.written > store.memory_object_max.min(FILL_MEMORY_MAX) {
+            return;
+        }
+        let (reader, written, files) = (self.fill.reader.clone(), self.written as usize, store.files.clone());
+        let read = store
+            .durable
+            .run(move || {
+                let mut body = vec![0; written];
+                reader.read_exact_at(&mut body, 0)?;
+                Ok(MemBody::new(body, &files))
+            })
+            .await;
+        match read {
+            Ok(body) if !self.fill.aborted.load(Ordering::SeqCst) => {
+                let obj = MemObject::new(&self.primary, self.fill.meta.clone(), body);
+                store.promote(&self.primary, Arc::new(obj), self.epoch);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(key = %self.primary, error = %e, "cache fill not kept in memory"),
+        }
+    }
+
+    async fn run(&self) -> Result<()> {
         let (store, generation) = (self.store, self.fill.id);
+        if self.fill.aborted.load(Ordering::SeqCst) {
+            // Purged or dropped while it waited: nothing of it is published
+            // (and what a later fill of the key publishes is left alone).
+            let _ = std::fs::remove_file(&self.fill.part);
+            return Ok(());
+        }
         let (parts, primary) = (self.fill.meta.clone(), self.primary.clone());
         let (part, body, meta_path) =
             (self.fill.part.clone(), store.body_path(&self.hash, generation), store.meta_path(&self.hash));
         let (shard, hash) = (store.shard(&self.hash), self.hash.clone());
         let meta_tmp = store.tmp.join(format!("{hash}.{generation}.meta"));
-        // A small body enters the memory tier now, read back here, off the
-        // request's path (a copy made while serving cost every miss); a
-        // larger one on its first hit (see [`FILL_MEMORY_MAX`]).
-        let (reader, small) = (
-            self.fill.reader.clone(),
-            store.memory_object_max > 0 && self.written <= store.memory_object_max.min(FILL_MEMORY_MAX),
-        );
-        let (written, files) = (self.written, store.files.clone());
+        let (file, written) = (self.fill.reader.clone(), self.written);
         let published = store
             .durable
-            .run(move || -> std::io::Result<Option<MemBody>> {
+            .run(move || -> std::io::Result<()> {
                 file.sync_data()?;
-                drop(file);
                 std::fs::create_dir_all(&shard)?;
                 let previous = std::fs::read(&meta_path).ok().and_then(|b| MetaFile::decode(&b)).map(|m| m.generation);
                 std::fs::rename(&part, &body)?;
@@ -149,28 +191,16 @@ impl Publish {
                 if let Some(g) = previous.filter(|g| *g != generation) {
                     let _ = std::fs::remove_file(shard.join(format!("{hash}.{g}.body")));
                 }
-                if !small {
-                    return Ok(None);
-                }
-                let mut body = vec![0; written as usize];
-                reader.read_exact_at(&mut body, 0)?;
-                Ok(Some(MemBody::new(body, &files)))
+                Ok(())
             })
             .await
             .map_err(|e| storage_error("publish", e));
-        let published = match published {
-            Ok(small) if !self.fill.aborted.load(Ordering::SeqCst) => {
-                store.index.lock().insert(&self.hash, &self.primary, self.written);
-                // (A lookup may have mapped the previous body meanwhile.)
-                store.mapped.remove(&self.primary);
-                if let Some(body) = small {
-                    let obj = MemObject::new(&self.primary, self.fill.meta.clone(), body);
-                    store.promote(&self.primary, Arc::new(obj), self.epoch);
-                }
-                Ok(())
-            }
-            other => other.map(|_| ()),
-        };
+        if published.is_ok() && !self.fill.aborted.load(Ordering::SeqCst) {
+            store.index.lock().insert(&self.hash, &self.primary, self.written);
+            // (A lookup may have mapped the previous body meanwhile; one of
+            // this body is made again on its next hit.)
+            store.mapped.remove(&self.primary);
+        }
         // Lookups go to disk (or memory) from here on. Only now, after the
         // index has it: a prefix purge reads the fills, then the index.
         {

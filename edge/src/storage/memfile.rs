@@ -40,15 +40,26 @@ pub struct Files {
     max: usize,
 }
 
+/// `max`, or an eighth of the process's file limit when that is less (0
+/// when it cannot be read): for what holds descriptors besides the client
+/// connections, whose they are first.
+pub fn descriptors(max: usize) -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct it is given.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    if rc != 0 {
+        0
+    } else {
+        max.min((limit.rlim_cur / 8) as usize)
+    }
+}
+
 impl Files {
     /// [`MAX_FILES`], or an eighth of the process's file limit when that is
     /// less: the descriptors are the client connections' first.
     pub fn of_process() -> Arc<Files> {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit fills the struct it is given.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-        Files::at_most(if rc != 0 { 0 } else { MAX_FILES.min((limit.rlim_cur / 8) as usize) })
+        Files::at_most(descriptors(MAX_FILES))
     }
 
     pub fn at_most(max: usize) -> Arc<Files> {

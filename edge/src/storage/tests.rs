@@ -25,14 +25,148 @@ async fn read_all(mut hit: HitHandler) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Fills `key` with `body` and waits until it is durable on disk.
 async fn fill(store: &'static CacheStore, key: &str, body: &[u8]) {
+    finish_fill(store, key, body).await;
+    store.settled().await;
+}
+
+/// Fills `key` with `body`; its durable write is left to run when it will.
+async fn finish_fill(store: &'static CacheStore, key: &str, body: &[u8]) {
     let span = Span::inactive().handle();
     let mut miss = store.get_miss_handler(&cache_key(key, None), &meta(body.len()), &span).await.expect("miss handler");
     for chunk in body.chunks(4096) {
         miss.write_body(Bytes::copy_from_slice(chunk), false).await.expect("write");
     }
     miss.finish().await.expect("finish");
+}
+
+/// A store whose finished fills wait an hour for their durable write
+/// unless hurried, and at most `pending_max` of them.
+fn open_waiting(dir: &Path, pending_max: usize) -> &'static CacheStore {
+    let (mut store, _) = CacheStore::open(dir, 0, 1 << 10).expect("open");
+    store.flush_delay = std::time::Duration::from_secs(3600);
+    store.pending_max = pending_max;
+    Box::leak(Box::new(store))
+}
+
+/// Waits (10 s at most) until `n` finished fills wait for their durable write.
+async fn pending(store: &CacheStore, n: usize) -> bool {
+    let mut publishing = store.publishing.subscribe();
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(10), publishing.wait_for(|p| *p == n)).await;
+    waited.is_ok()
+}
+
+fn files_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).expect("dir").count()
+}
+
+#[tokio::test]
+async fn a_finished_fill_waits_for_the_kernels_writeback_before_its_durable_write_and_is_served_meanwhile() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let store = open_waiting(tmp.path(), 16);
+    let primary = "example.com/w/@v/v1.0.0.zip";
+    let (key, body): (_, Vec<u8>) = (cache_key(primary, None), (0..100_000u32).map(|i| (i % 251) as u8).collect());
+    finish_fill(store, primary, &body).await;
+    // Nothing synced, renamed into place or indexed yet.
+    let mut publishing = store.publishing.subscribe();
+    let wait = tokio::time::timeout(std::time::Duration::from_secs(1), publishing.wait_for(|n| *n == 0));
+    assert!(wait.await.is_err(), "the durable write waits for the flush delay");
+    assert!(store.index.lock().by_hash.is_empty());
+    assert_eq!(files_in(&store.shard(&key.combined())), 0);
+    // It counts as held all the same.
+    assert_eq!(store.disk_usage(), (1, body.len() as u64));
+    assert_eq!(store.keys_with_prefix("example.com/w/@"), [primary]);
+    // Meanwhile it is served whole, from a mapping the lane finds next.
+    let (_, hit) = store.lookup(&key, &span).await.expect("lookup").expect("hit");
+    assert_eq!(read_all(hit).await.expect("read"), body);
+    assert!(store.memory_get(primary).is_some_and(|o| o.body.mapped.is_some()), "in the mapped tier");
+    // Hurried (as at shutdown), it is made durable now, and a restart finds it.
     store.settled().await;
+    assert_eq!(store.disk_usage(), (1, body.len() as u64));
+    store.release();
+    let (again, found) = open(tmp.path(), 0);
+    assert_eq!(found.len(), 1);
+    let (_, hit) = again.lookup(&key, &span).await.expect("lookup").expect("hit after a restart");
+    assert_eq!(read_all(hit).await.expect("read"), body);
+}
+
+#[tokio::test]
+async fn an_eviction_of_a_fill_waiting_for_its_durable_write_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let store = open_waiting(tmp.path(), 16);
+    let primary = "example.com/x/@v/v1.0.0.zip";
+    let key = cache_key(primary, None);
+    finish_fill(store, primary, &[3; 50_000]).await;
+    let (_, hit) = store.lookup(&key, &span).await.expect("lookup").expect("hit");
+    drop(hit);
+    assert!(store.memory_get(primary).is_some(), "mapped");
+    let target = key.to_compact();
+    let evicted = store.purge(PurgeTarget::Active(&target), PurgeType::Eviction, &span).await.expect("evict");
+    assert!(matches!(evicted, PurgeOutcome::Purged(_)));
+    assert!(store.memory_get(primary).is_none(), "its mapping went with it");
+    assert!(store.lookup(&key, &span).await.expect("lookup").is_none());
+    store.settled().await;
+    assert_eq!(store.disk_usage(), (0, 0));
+    assert_eq!(files_in(&store.shard(&key.combined())), 0);
+    assert_eq!(files_in(&store.tmp), 1, "only the lock file is left");
+}
+
+#[tokio::test]
+async fn a_fill_whose_file_is_cut_short_while_it_waits_is_dropped_not_served_or_published() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let store = open_waiting(tmp.path(), 16);
+    let primary = "example.com/cut/@v/v1.0.0.zip";
+    let key = cache_key(primary, None);
+    finish_fill(store, primary, &[5; 50_000]).await;
+    let part = store.fills.lock().get(&key.combined()).expect("waiting").part.clone();
+    std::fs::OpenOptions::new().write(true).open(&part).expect("part").set_len(4096).expect("cut");
+    assert!(store.lookup(&key, &span).await.expect("lookup").is_none(), "a miss, not 4 KiB of 50 000");
+    assert!(store.memory_get(primary).is_none());
+    store.settled().await;
+    assert_eq!(store.disk_usage(), (0, 0));
+    assert_eq!(files_in(&store.shard(&key.combined())), 0);
+    assert!(!part.exists());
+}
+
+#[tokio::test]
+async fn a_revalidation_of_a_fill_waiting_for_its_durable_write_is_kept() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let store = open_waiting(tmp.path(), 16);
+    let primary = "example.com/r/@v/list";
+    let key = cache_key(primary, None);
+    finish_fill(store, primary, b"v1.0.0\n").await;
+    let until = SystemTime::now() + std::time::Duration::from_secs(7200);
+    let header = meta(7).response_header_copy();
+    let revalidated = CacheMeta::new(until, SystemTime::now(), 0, 0, header);
+    assert!(store.update_meta(&key, &revalidated, &span).await.expect("update"), "the waiting fill's meta is updated");
+    store.release();
+    let (_, found) = open(tmp.path(), 0);
+    assert_eq!(found.len(), 1);
+    assert_eq!(unix_nanos(found[0].fresh_until) / 1_000_000_000, unix_nanos(until) / 1_000_000_000);
+}
+
+#[tokio::test]
+async fn fills_are_made_durable_at_once_when_too_many_wait_or_the_edge_shuts_down() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open_waiting(tmp.path(), 1);
+    finish_fill(store, "example.com/p/@v/v1.0.0.zip", &[1; 10_000]).await;
+    // One may wait; the second goes to disk at once.
+    finish_fill(store, "example.com/p/@v/v1.1.0.zip", &[2; 10_000]).await;
+    assert!(pending(store, 1).await, "the second fill is made durable without waiting");
+    let published: Vec<String> = store.index.lock().by_key.keys().cloned().collect();
+    assert_eq!(published, ["example.com/p/@v/v1.1.0.zip"]);
+    assert_eq!(store.keys_with_prefix("example.com/p/@").len(), 2, "both are held");
+    // Shutting down: the one waiting goes now, and any later one at once.
+    tokio::time::timeout(std::time::Duration::from_secs(10), store.drain()).await.expect("drained");
+    assert_eq!(store.disk_usage(), (2, 20_000));
+    finish_fill(store, "example.com/p/@v/v1.2.0.zip", &[3; 10_000]).await;
+    assert!(pending(store, 0).await, "a fill after the drain began is made durable without waiting");
+    assert_eq!(store.disk_usage(), (3, 30_000));
 }
 
 #[tokio::test]
