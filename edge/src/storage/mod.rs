@@ -321,8 +321,9 @@ const PENDING_MAX: usize = 1024;
 /// before the rename finds them written and costs a flush, not the write.
 /// Syncing at once put that writeback on the edge's own threads: in
 /// alternating turns of cold 1 MiB misses, the edge pinned to one core,
-/// 193 µs more per miss (paired median of 100 turns; nginx `proxy_cache`,
-/// which never syncs, leaves its writeback to the kernel as well).
+/// 346 µs more per miss than with this wait (paired median of 100 turns;
+/// nginx `proxy_cache`, which never syncs, leaves its writeback to the
+/// kernel as well).
 fn flush_delay() -> std::time::Duration {
     let centisecs = |name: &str| -> Option<u64> {
         std::fs::read_to_string(format!("/proc/sys/vm/{name}")).ok()?.trim().parse().ok()
