@@ -35,6 +35,9 @@ pub struct OriginConfig {
     /// How long a client connection may take to send a request's headers,
     /// and may stay idle between requests, in ms. Default 30000.
     pub header_timeout_ms: u64,
+    /// How long a write of an answer may wait on a client that takes none
+    /// of it, in ms; then the connection is closed. Default 60000.
+    pub send_timeout_ms: u64,
     /// Capacity of the negative cache. Default 100000.
     pub negative_cache_entries: usize,
     /// Memory tier budget in MiB (0 turns it off). Default 256.
@@ -147,6 +150,7 @@ impl Default for OriginConfig {
             store: crate::s3::StoreConfig::default(),
             shutdown_grace_secs: 30,
             header_timeout_ms: 30_000,
+            send_timeout_ms: 60_000,
             negative_cache_entries: 100_000,
             memory_cache_mib: 256,
             memory_object_max_kib: 4096,
@@ -205,6 +209,7 @@ impl Validate for OriginConfig {
             ("http.read_timeout_ms", self.http.read_timeout_ms),
             ("http.pull_deadline_ms", self.http.pull_deadline_ms),
             ("header_timeout_ms", self.header_timeout_ms),
+            ("send_timeout_ms", self.send_timeout_ms),
             ("http.max_pulls", self.http.max_pulls as u64),
         ] {
             if v == 0 {

@@ -253,13 +253,25 @@ pub fn open_store(config: &OriginConfig) -> Result<Stores, String> {
     })
 }
 
+/// How long a client connection may take.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTimeouts {
+    /// To send a request's headers, and to start its next request.
+    pub header: Duration,
+    /// To take any of an answer being written (progress restarts it).
+    pub send: Duration,
+}
+
 /// Serves the GOPROXY protocol on `public` and the operator endpoints on
 /// `operator` until `shutdown` completes, then stops accepting, reports
 /// not-ready, and lets in-flight requests finish within `grace`.
 ///
-/// Every connection has `header_timeout` to send a request's headers, and
+/// Every connection has `timeouts.header` to send a request's headers, and
 /// as long to start its next one (slow or idle clients are closed: they
-/// cannot hold connections open one byte at a time).
+/// cannot hold connections open one byte at a time), and a write of an
+/// answer that the client takes nothing of for `timeouts.send` closes it
+/// (nor can a client hold a connection, and the answer's buffers, by not
+/// reading).
 pub async fn serve_until(
     origin: Arc<Origin>,
     public: TcpListener,
@@ -267,8 +279,9 @@ pub async fn serve_until(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
-    header_timeout: Duration,
+    timeouts: ClientTimeouts,
 ) -> std::io::Result<()> {
+    let header_timeout = timeouts.header;
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     prefetch::Prefetcher::start(&origin);
     sync::start(&origin, &origin.warm.sync);
@@ -296,6 +309,9 @@ pub async fn serve_until(
             }
         };
         let _ = stream.set_nodelay(true);
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(timeouts.send));
+        let stream = Box::pin(stream);
         // Handlers learn the peer (for private routes' networks) from the
         // request's extensions.
         let app = tower::ServiceExt::map_request(app.clone(), move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -303,7 +319,7 @@ pub async fn serve_until(
             req
         });
         let service = hyper_util::service::TowerToHyperService::new(app);
-        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+        let (builder, watcher, tls, origin) = (builder.clone(), graceful.watcher(), tls.clone(), Arc::clone(&origin));
         tokio::spawn(async move {
             let ended = match tls {
                 None => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service)).await,
@@ -317,6 +333,9 @@ pub async fn serve_until(
                 },
             };
             if let Err(e) = ended {
+                if timed_out(&*e) {
+                    origin.metrics.send_timeouts.inc();
+                }
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
         });
@@ -333,6 +352,18 @@ pub async fn serve_until(
         tracing::warn!(?grace, "grace period over; exiting with requests or store writes still running");
     }
     Ok(())
+}
+
+/// Whether a connection ended because a write to its client timed out.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -101,7 +101,10 @@ fn run(cfg: OriginConfig) -> anyhow::Result<()> {
             tls,
             modcdn_origin::shutdown_signal(),
             Duration::from_secs(cfg.shutdown_grace_secs),
-            Duration::from_millis(cfg.header_timeout_ms),
+            modcdn_origin::ClientTimeouts {
+                header: Duration::from_millis(cfg.header_timeout_ms),
+                send: Duration::from_millis(cfg.send_timeout_ms),
+            },
         )
         .await?;
         Ok(())

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub sync_new_versions: IntCounter,
     /// Misses refused with 503 because `http.max_pulls` pulls were running.
     pub pulls_refused: IntCounter,
+    /// Client connections closed because a write took nothing for `send_timeout_ms`.
+    pub send_timeouts: IntCounter,
     /// Store writes that failed (disk full, no inodes, I/O error).
     pub store_write_errors: IntCounter,
     /// Artifacts evicted to keep the store within `store_max_mib`.
@@ -117,7 +119,11 @@ impl Metrics {
         let store_evictions =
             IntCounter::new("store_evictions_total", "Artifacts evicted to stay within store_max_mib")?;
         let store_budget_bytes = IntGauge::new("store_budget_bytes", "The store's byte budget (0: unbounded)")?;
-        for m in [&pulls_refused, &store_write_errors, &store_evictions] {
+        let send_timeouts = IntCounter::new(
+            "send_timeouts_total",
+            "Client connections closed because an answer's write took nothing for send_timeout_ms",
+        )?;
+        for m in [&pulls_refused, &store_write_errors, &store_evictions, &send_timeouts] {
             registry.register(Box::new(m.clone()))?;
         }
         registry.register(Box::new(store_budget_bytes.clone()))?;
@@ -142,6 +148,7 @@ impl Metrics {
             sync_new_versions,
             checksum_mismatch,
             pulls_refused,
+            send_timeouts,
             store_write_errors,
             store_evictions,
             store_budget_bytes,
@@ -175,6 +182,7 @@ mod tests {
             "modcdn_origin_upstream_seconds",
             "modcdn_origin_singleflight_waiters_total",
             "modcdn_origin_store_bytes",
+            "modcdn_origin_send_timeouts_total",
         ] {
             assert!(text.contains(name), "{name} missing");
         }

@@ -449,3 +449,31 @@ async fn an_edge_closes_a_connection_whose_client_stops_taking_its_answer() {
         assert!(read.is_err() || got.len() < body.len(), "{path}: the connection was cut, not the answer sent whole");
     }
 }
+
+/// The origin's side of the same: a client (an edge, or anyone who reaches
+/// the origin) that stops taking an answer is cut at `send_timeout_ms`,
+/// (the deadline is on the socket's writes, beneath TLS when it is on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_closes_a_connection_whose_client_stops_taking_its_answer() {
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 16 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin =
+        OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "send_timeout_ms = 500\n").expect("origin");
+    let zip = Corpus::key(corpus::LARGE, "v1.0.0", "zip");
+    let (status, _, body) = get(&client(), &format!("{}/{zip}", origin.url)).await;
+    assert_eq!(status, 200);
+    modcdn_tests::http::settled(&origin.operator).await;
+    let before = scrape(&origin.operator, "modcdn_origin_send_timeouts_total").await;
+    let mut stalled = tokio::net::TcpStream::connect(origin.url.trim_start_matches("http://")).await.expect("connect");
+    stalled.write_all(format!("GET /{zip} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.expect("send");
+    // It reads nothing until the origin gives up on it.
+    let given_up = modcdn_tests::http::eventually(Duration::from_secs(20), || async {
+        scrape(&origin.operator, "modcdn_origin_send_timeouts_total").await > before
+    })
+    .await;
+    assert!(given_up, "a client taking nothing held its connection");
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut got)).await.expect("closed");
+    assert!(read.is_err() || got.len() < body.len(), "the connection was cut, not the answer sent whole");
+}
