@@ -435,23 +435,30 @@ async fn an_edge_closes_a_connection_whose_client_stops_taking_its_answer() {
     let addr = edge.url.trim_start_matches("http://").to_string();
     // The first hit is the full path's (it maps the zip), the next the lane's.
     for path in ["the full path", "the lane"] {
-        let mut stalled = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-        stalled.write_all(format!("GET /{zip} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.expect("send");
-        let before = scrape(&edge.admin, "modcdn_edge_send_timeouts_total").await;
-        // It reads nothing until the edge gives up on it.
-        let given_up = modcdn_tests::http::eventually(Duration::from_secs(20), || async {
-            scrape(&edge.admin, "modcdn_edge_send_timeouts_total").await > before
-        })
-        .await;
-        assert!(given_up, "{path}: a client taking nothing held its connection");
-        let mut got = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut got)).await.expect("closed");
-        assert!(read.is_err() || got.len() < body.len(), "{path}: the connection was cut, not the answer sent whole");
+        stall(&addr, &zip, body.len(), (&edge.admin, "modcdn_edge_send_timeouts_total"), path).await;
     }
 }
 
+/// Asks `addr` for `key` (`len` bytes) and reads nothing until the server
+/// counts a send timeout (`counter` on its metrics listener), then checks
+/// the connection was cut rather than the answer sent whole; `what` names
+/// the case in failures.
+async fn stall(addr: &str, key: &str, len: usize, counter: (&str, &str), what: &str) {
+    let (metrics, name) = counter;
+    let before = scrape(metrics, name).await;
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stalled.write_all(format!("GET /{key} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.expect("send");
+    let given_up =
+        modcdn_tests::http::eventually(Duration::from_secs(20), || async { scrape(metrics, name).await > before })
+            .await;
+    assert!(given_up, "{what}: a client taking nothing held its connection");
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut got)).await.expect("closed");
+    assert!(read.is_err() || got.len() < len, "{what}: the connection was cut, not the answer sent whole");
+}
+
 /// The origin's side of the same: a client (an edge, or anyone who reaches
-/// the origin) that stops taking an answer is cut at `send_timeout_ms`,
+/// the origin) that stops taking an answer is cut at `send_timeout_ms`
 /// (the deadline is on the socket's writes, beneath TLS when it is on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_closes_a_connection_whose_client_stops_taking_its_answer() {
@@ -464,16 +471,6 @@ async fn an_origin_closes_a_connection_whose_client_stops_taking_its_answer() {
     let (status, _, body) = get(&client(), &format!("{}/{zip}", origin.url)).await;
     assert_eq!(status, 200);
     modcdn_tests::http::settled(&origin.operator).await;
-    let before = scrape(&origin.operator, "modcdn_origin_send_timeouts_total").await;
-    let mut stalled = tokio::net::TcpStream::connect(origin.url.trim_start_matches("http://")).await.expect("connect");
-    stalled.write_all(format!("GET /{zip} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.expect("send");
-    // It reads nothing until the origin gives up on it.
-    let given_up = modcdn_tests::http::eventually(Duration::from_secs(20), || async {
-        scrape(&origin.operator, "modcdn_origin_send_timeouts_total").await > before
-    })
-    .await;
-    assert!(given_up, "a client taking nothing held its connection");
-    let mut got = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut got)).await.expect("closed");
-    assert!(read.is_err() || got.len() < body.len(), "the connection was cut, not the answer sent whole");
+    let addr = origin.url.trim_start_matches("http://");
+    stall(addr, &zip, body.len(), (&origin.operator, "modcdn_origin_send_timeouts_total"), "the origin").await;
 }
