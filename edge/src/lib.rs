@@ -95,8 +95,10 @@ pub fn run(cfg: EdgeConfig, membership: Arc<Membership>, upgrade: bool) -> anyho
         pid_file: cfg.pid_file.display().to_string(),
         grace_period_seconds: Some(cfg.grace_secs),
         graceful_shutdown_timeout_seconds: Some(cfg.grace_secs),
-        // Failover is decided per request (`origin.retries`); this only caps it.
-        max_retries: cfg.origin.retries + 1,
+        // Failover is decided per request (`origin.retries`); this only caps
+        // it: the first attempt, the retries, and one more on a new
+        // connection when a kept-alive one was gone (`error_while_proxy`).
+        max_retries: cfg.origin.retries + 2,
         // The only CA origins' certificates are checked against.
         ca_file: cfg.origin.tls_ca.as_ref().map(|p| p.display().to_string()),
         ..ServerConf::default()

@@ -97,6 +97,9 @@ pub struct Ctx {
     span: Option<tracing::Span>,
     /// Origin ids tried so far, in order.
     tried: Vec<String>,
+    /// Whether an attempt was repeated on the same origin because its
+    /// kept-alive connection was gone (once per request).
+    reconnected: bool,
     /// The origin being asked now: its load slot and when it was asked.
     current: Option<(InFlight, Instant)>,
     /// Whose fault the origin's last 5xx answer was, as it said.
@@ -252,8 +255,21 @@ impl ProxyHttp for Edge {
         session: &mut Session,
         mut e: Box<Error>,
         ctx: &mut Ctx,
-        _reused: bool,
+        reused: bool,
     ) -> Box<Error> {
+        // A kept-alive connection the origin closed or reset as this request
+        // went out (an idle timeout firing then): not the origin's fault, and
+        // safe to ask again, once, of the same origin. If that fails too (a
+        // dead origin leaves every pooled connection closed), the usual
+        // rules apply: counted against it, and on to the next.
+        let closed = matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError);
+        if reused && closed && !ctx.reconnected && session.response_written().is_none() {
+            ctx.reconnected = true;
+            ctx.tried.pop();
+            drop(ctx.current.take());
+            e.set_retry(true);
+            return e;
+        }
         if ctx.current.is_some() {
             self.origin_failed(ctx, "error");
         }

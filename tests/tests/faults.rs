@@ -247,3 +247,85 @@ async fn the_go_command_downloads_a_whole_graph_while_upstream_fails_10_and_30_p
         assert_eq!(scrape(&s.edge.admin, "modcdn_edge_origin_requests_total{result=\"origin\"}").await, 0.0);
     }
 }
+
+/// An origin that drops a kept-alive connection as the next request arrives,
+/// as any HTTP server may when its keep-alive timeout fires at that moment:
+/// it answers the first GOPROXY request of each connection and closes the
+/// connection on the second without a byte. `/loadz` (health checks, on
+/// its operator listener) is always answered. Its address and operator
+/// address, and the connections its address took.
+async fn dropping_origin() -> (String, String, Arc<std::sync::atomic::AtomicU64>) {
+    let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let url = serve_dropping(Arc::clone(&connections)).await;
+    let operator = serve_dropping(Arc::new(std::sync::atomic::AtomicU64::new(0))).await;
+    (url, operator, connections)
+}
+
+async fn serve_dropping(connections: Arc<std::sync::atomic::AtomicU64>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            connections.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut buf, mut answered) = (Vec::new(), false);
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut more = [0u8; 4096];
+                        match conn.read(&mut more).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&more[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end + 4);
+                    let body = match head.split(' ').nth(1).unwrap_or("") {
+                        "/loadz" => r#"{"in_flight": 0, "ewma_latency_ms": 0}"#.to_string(),
+                        path if path.contains("/@v/") && answered => return,
+                        path if path.contains("/@v/") => {
+                            answered = true;
+                            format!(r#"{{"Version":"v1.0.0","Time":"2024-01-01T00:00:00Z","Path":"{path}"}}"#)
+                        }
+                        _ => String::new(),
+                    };
+                    let status = if body.is_empty() { "404 Not Found" } else { "200 OK" };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                         cache-control: public, max-age=60\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if conn.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_origin_connection_closed_under_a_request_costs_the_client_nothing() {
+    // One origin, so no other to move to: the edge gave the client a 502
+    // for a connection the origin had closed as the request went out (the
+    // bench saw one against nginx's keep-alive timeout). A request that
+    // failed on a reused connection before any answer is asked again on a
+    // new one, and it is not the origin's fault.
+    let tmp = modcdn_tests::tempdir();
+    let (url, operator, connections) = dropping_origin().await;
+    let member = Member { id: "o", url: &url, operator: &operator, region: "us" };
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &[member], "").expect("edge");
+    let c = client();
+    for i in 0..5 {
+        let key = format!("example.com/drop/@v/v1.0.{i}.info");
+        let (status, _, body) = get(&c, &format!("{}/{key}", edge.url)).await;
+        assert_eq!(status, 200, "miss {i}: {}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains(&key), "miss {i}: its own answer");
+    }
+    assert!(connections.load(Ordering::SeqCst) >= 5, "each miss after the first took a new connection");
+    assert_eq!(healthy_origins(&edge).await, 1.0, "the origin stays in routing");
+    let errors = scrape(&edge.admin, "modcdn_edge_origin_requests_total{origin=\"o\",result=\"error\"}").await;
+    assert_eq!(errors, 0.0, "a connection closed while idle is not counted against the origin");
+}
