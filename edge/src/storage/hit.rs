@@ -161,13 +161,25 @@ impl HandleHit for Hit {
                         *pos += chunk.len() as u64;
                         return Ok(Some(chunk));
                     }
-                    let n = CHUNK.min((available - *pos) as usize);
-                    let chunk = read_at(&fill.reader, *pos, n).await?;
-                    if chunk.is_empty() {
-                        return Err(storage_error("read", "the fill's file is shorter than what was written"));
+                    // The file, as far as it goes; past it, the bytes the
+                    // writer holds for its next page.
+                    let (in_file, tail) = fill.tail.lock().clone();
+                    if *pos >= in_file {
+                        let from = (*pos - in_file) as usize;
+                        let to = tail.len().min((available - in_file) as usize);
+                        if to > from {
+                            *pos += (to - from) as u64;
+                            return Ok(Some(tail.slice(from..to)));
+                        }
+                    } else {
+                        let n = CHUNK.min((available.min(in_file) - *pos) as usize);
+                        let chunk = read_at(&fill.reader, *pos, n).await?;
+                        if chunk.is_empty() {
+                            return Err(storage_error("read", "the fill's file is shorter than what was written"));
+                        }
+                        *pos += chunk.len() as u64;
+                        return Ok(Some(chunk));
                     }
-                    *pos += chunk.len() as u64;
-                    return Ok(Some(chunk));
                 }
                 if state.changed().await.is_err() {
                     // The writer is gone; its last word stands.

@@ -245,6 +245,9 @@ struct Fill {
     recent: Mutex<Recent>,
     /// Readers following the fill, other than its own.
     followers: AtomicUsize,
+    /// Where the file ends, and the bytes taken past it (less than a page,
+    /// held for the writer's next page-aligned write).
+    tail: Mutex<(u64, Bytes)>,
 }
 
 /// The last [`RECENT_MAX`] bytes of a fill's chunks, by offset.
@@ -1086,6 +1089,7 @@ impl Storage for CacheStore {
             own: Mutex::new(OwnChunks::default()),
             recent: Mutex::new(Recent::default()),
             followers: AtomicUsize::new(0),
+            tail: Mutex::new((0, Bytes::new())),
         });
         self.fills.lock().insert(hash.clone(), fill.clone());
         Ok(Box::new(Filler::new(self, hash, primary, fill, file)))

@@ -778,3 +778,57 @@ async fn followers_of_a_fill_take_its_recent_chunks_and_read_the_file_only_when_
     let fill = store.fills.lock().get(&key.combined()).cloned();
     assert!(fill.is_none(), "published");
 }
+
+#[tokio::test]
+async fn a_fill_is_written_a_page_at_a_time_and_readers_get_the_bytes_held_past_the_last_page() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let (store, _) = open(tmp.path(), 0);
+    let key = cache_key("example.com/pages/@v/v1.0.0.zip", None);
+    // As Pingora hands a body over: the bytes read with the head, then
+    // whole reads, and small ones when the upstream trickles.
+    let sizes = [3793, 65536, 10, 100, 4000, 65536, 1, 8192, 300];
+    let body: Vec<u8> = (0..sizes.iter().sum::<usize>()).map(|i| (i % 241) as u8).collect();
+    let mut miss = store.get_miss_handler(&key, &meta(body.len()), &span).await.expect("miss");
+    let part = store.fills.lock().get(&key.combined()).expect("fill").part.clone();
+    let (_, mut follower) = store.lookup(&key, &span).await.expect("lookup").expect("partial hit");
+    let (mut written, mut got) = (0, Vec::new());
+    for size in sizes {
+        miss.write_body(Bytes::copy_from_slice(&body[written..written + size]), false).await.expect("write");
+        written += size;
+        let in_file = std::fs::metadata(&part).expect("part").len();
+        assert_eq!(in_file % fill::PAGE, 0, "after {written} bytes the file ends mid-page, at {in_file}");
+        assert!(written as u64 - in_file < fill::PAGE, "{written} bytes taken, only {in_file} written");
+        // A reader joining now, and one following all along, get every
+        // byte taken so far, from the file and past it.
+        let (_, late) = store.lookup(&key, &span).await.expect("lookup").expect("partial hit");
+        let late = tokio::time::timeout(std::time::Duration::from_secs(5), read_up_to(late, written))
+            .await
+            .expect("a reader joining mid-fill gets what was taken");
+        assert!(late == body[..written], "a late reader got {} bytes of {written}", late.len());
+        while got.len() < written {
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), follower.read_body())
+                .await
+                .expect("the follower is not kept waiting for a page")
+                .expect("read")
+                .expect("a chunk");
+            got.extend_from_slice(&chunk);
+        }
+        assert!(got == body[..written], "the follower got {} bytes of {written}", got.len());
+    }
+    miss.finish().await.expect("finish");
+    assert!(std::fs::read(&part).expect("part") == body, "the whole body is in the file once finished");
+    assert!(read_all(follower).await.expect("read").is_empty());
+    store.settled().await;
+    let (_, hit) = store.lookup(&key, &span).await.expect("lookup").expect("hit");
+    assert!(read_all(hit).await.expect("read") == body);
+}
+
+/// Reads `hit` until it has `n` bytes.
+async fn read_up_to(mut hit: HitHandler, n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        out.extend_from_slice(&hit.read_body().await.expect("read").expect("a chunk"));
+    }
+    out
+}
