@@ -7,13 +7,17 @@
 //! here once that answer is done.
 //!
 //! A request stays in the lane only when the answer would be the same on
-//! the full path: HTTP/1.1, GET or HEAD, a path with no query that is a key
+//! the full path: HTTP/1.1 or 1.0, GET or HEAD, a path with no query that is a key
 //! of the memory tier or of the mapped tier (keyed by escaped GOPROXY path,
 //! which only a request that parsed could have put there; a mapped body
-//! only to a plain socket, see `storage::mapped`), no body, no credentials, range or
-//! condition, no `Connection` option but keep-alive or close (the lane then
-//! closes the connection after its answer), a client under its
-//! limits and in no bandwidth tier, and no shutdown under way. Anything
+//! only to a plain socket, see `storage::mapped`), no body, no credentials,
+//! no `Connection` option but keep-alive or close (the lane then
+//! closes the connection after its answer; HTTP/1.0 closes unless asked to
+//! keep alive), a client under its
+//! limits and in no bandwidth tier, and no shutdown under way. Conditions
+//! (`If-None-Match`, `If-Modified-Since`) and one byte range are answered
+//! here by Pingora's own filters, as its cache answers them on a hit (304,
+//! 206, 416); several ranges are the full path's (one multipart body). Anything
 //! else, or a head this lane cannot parse or that is larger than
 //! [`MAX_HEAD`], is the full path's to answer (and to refuse).
 //!
@@ -21,17 +25,23 @@
 
 use std::io::IoSlice;
 use std::net::IpAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderName, CACHE_CONTROL, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, RANGE};
+use http::StatusCode;
 use modcdn_router::watch::Membership;
 use modcdn_shared::policy::CacheStatus;
 use modcdn_shared::telemetry;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::http::RequestHeader;
+use pingora::protocols::http::conditional_filter::not_modified_filter;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
+use pingora::proxy::{range_header_filter, RangeType};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -45,6 +55,11 @@ use crate::storage::{CacheStore, MemFile, MemObject};
 const MAX_HEAD: usize = 8 << 10;
 /// Header lines the lane parses at most.
 const MAX_HEADERS: usize = 32;
+/// The request headers the lane hands to Pingora's conditional and range
+/// filters.
+const ASKS: [HeaderName; 4] = [IF_NONE_MATCH, IF_MODIFIED_SINCE, RANGE, IF_RANGE];
+/// The most ranges Pingora's cache reads from a `Range` (its default).
+const MAX_RANGES: Option<usize> = Some(200);
 /// How long a kept-alive connection may wait for its next request (as
 /// Pingora's keep-alive).
 const IDLE: Duration = Duration::from_secs(60);
@@ -73,6 +88,7 @@ enum Head {
     Hit {
         len: usize,
         obj: Arc<MemObject>,
+        shape: Shape,
         head_only: bool,
         /// The client asked to close the connection after this answer.
         close: bool,
@@ -84,6 +100,68 @@ enum Head {
     Proxy,
     /// The head is not whole yet.
     Partial,
+}
+
+/// What of an object the answer is.
+enum Shape {
+    /// The object as stored: 200, its whole body.
+    Whole,
+    /// A head of its own (304, 206, 416), with `body` of the object's body
+    /// (none for a 304 or a 416).
+    Other { status: u16, head: Bytes, body: Range<usize> },
+}
+
+impl Shape {
+    /// How the full path answers `obj` to a request with these conditions
+    /// and range (`asks`): Pingora's filters on a hit, run on the stored
+    /// head. `None`: the full path's to answer (several ranges; a head with
+    /// no `Cache-Control`, to which the full path adds one by status).
+    fn of(obj: &MemObject, head_only: bool, asks: &[(HeaderName, &[u8])]) -> Option<Shape> {
+        if asks.is_empty() {
+            return Some(Shape::Whole);
+        }
+        let stored = obj.header();
+        if !stored.headers.contains_key(CACHE_CONTROL) {
+            return None;
+        }
+        let method = if head_only { http::Method::HEAD } else { http::Method::GET };
+        let mut req = RequestHeader::build(method, b"/", None).ok()?;
+        for (name, value) in asks {
+            req.append_header(name.clone(), *value).ok()?;
+        }
+        if not_modified_filter(&req, stored) {
+            // (A range is not looked at: a 304 has no body to take it from.)
+            let head = obj.not_modified().clone();
+            return Some(Shape::Other { status: StatusCode::NOT_MODIFIED.as_u16(), head, body: 0..0 });
+        }
+        let mut resp = stored.clone();
+        let (len, body) = match range_header_filter(&req, &mut resp, MAX_RANGES) {
+            RangeType::None => return Some(Shape::Whole),
+            // (Its bounds are the stored `Content-Length`'s: the body's
+            // own length, or the full path's to answer.)
+            RangeType::Single(r) if r.end <= obj.body.bytes.len() => (Some(r.len()), r),
+            RangeType::Single(_) => return None,
+            RangeType::Invalid => (Some(0), 0..0),
+            RangeType::Multi(_) => return None,
+        };
+        let head = crate::storage::http1_head(&resp, len);
+        Some(Shape::Other { status: resp.status.as_u16(), head, body })
+    }
+
+    fn status(&self) -> u16 {
+        match self {
+            Shape::Whole => 200,
+            Shape::Other { status, .. } => *status,
+        }
+    }
+
+    /// The bytes of `obj`'s body the answer carries (to a GET).
+    fn body<'a>(&self, obj: &'a MemObject) -> &'a [u8] {
+        match self {
+            Shape::Whole => &obj.body.bytes,
+            Shape::Other { body, .. } => &obj.body.bytes[body.clone()],
+        }
+    }
 }
 
 #[async_trait]
@@ -104,22 +182,22 @@ impl<P: HttpServerApp + ServerApp + Send + Sync + 'static> ServerApp for Lane<P>
                 Ok(Some(head)) => head,
                 Ok(None) | Err(_) => return None,
             };
-            if let Head::Hit { len, obj, head_only, close, .. } = &head {
+            if let Head::Hit { len, obj, shape, head_only, close, .. } = &head {
                 buf.advance(*len);
                 if !capped && obj.body.mapped.is_some() && obj.body.bytes.len() > UNCAPPED_MAX {
                     crate::conn::limit_unsent(&stream);
                     capped = true;
                 }
-                if let Err(e) = answer(&mut stream, &mut head_buf, obj, *head_only, *close).await {
+                if let Err(e) = answer(&mut stream, &mut head_buf, obj, shape, *head_only, *close).await {
                     // A page of a mapped body that could not be read.
                     if e.raw_os_error() == Some(libc::EFAULT) || !obj.body.sound() {
                         self.storage.unmap(obj);
                     }
                     return None;
                 }
-                let sent = if *head_only { 0 } else { obj.body.bytes.len() as u64 };
+                let sent = if *head_only { 0 } else { shape.body(obj).len() as u64 };
                 let kind = obj.kind.map_or("invalid", |k| k.as_str());
-                self.metrics.request(kind, 200, CacheStatus::Hit.label(), obj.body.tier(), sent);
+                self.metrics.request(kind, shape.status(), CacheStatus::Hit.label(), obj.body.tier(), sent);
                 if *close {
                     return None;
                 }
@@ -206,12 +284,15 @@ impl<P> Lane<P> {
         let Some(key) = req.path.and_then(|p| p.strip_prefix('/')).filter(|k| !k.contains(['?', '#'])) else {
             return Head::Proxy;
         };
-        if req.version != Some(1) || *shutdown.borrow() {
+        if !matches!(req.version, Some(0 | 1)) || *shutdown.borrow() {
             return Head::Proxy;
         }
         let mut forwarded = None;
         let mut client_asked = true;
-        let mut close = false;
+        // HTTP/1.0 closes unless asked to keep alive.
+        let http10 = req.version == Some(0);
+        let mut close = http10;
+        let mut asks = Vec::new();
         for h in req.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("x-forwarded-for") {
@@ -222,21 +303,16 @@ impl<P> Lane<P> {
             } else if name.eq_ignore_ascii_case("connection") {
                 if h.value.eq_ignore_ascii_case(b"close") {
                     close = true;
-                } else if !h.value.eq_ignore_ascii_case(b"keep-alive") {
+                } else if h.value.eq_ignore_ascii_case(b"keep-alive") {
+                    close &= !http10;
+                } else {
                     return Head::Proxy;
                 }
-            } else if [
-                "authorization",
-                "range",
-                "if-none-match",
-                "if-modified-since",
-                "content-length",
-                "transfer-encoding",
-                "expect",
-                "upgrade",
-            ]
-            .iter()
-            .any(|special| name.eq_ignore_ascii_case(special))
+            } else if let Some(ask) = ASKS.iter().find(|a| name.eq_ignore_ascii_case(a.as_str())) {
+                asks.push((ask.clone(), h.value));
+            } else if ["authorization", "content-length", "transfer-encoding", "expect", "upgrade"]
+                .iter()
+                .any(|special| name.eq_ignore_ascii_case(special))
             {
                 return Head::Proxy;
             }
@@ -245,6 +321,7 @@ impl<P> Lane<P> {
         if obj.fresh_until <= SystemTime::now() || (obj.body.mapped.is_some() && !plain) {
             return Head::Proxy;
         }
+        let Some(shape) = Shape::of(&obj, head_only, &asks) else { return Head::Proxy };
         let mut slot = None;
         if self.limits.enabled() || self.bandwidth.enabled() {
             let snapshot = self.membership.snapshot();
@@ -264,7 +341,7 @@ impl<P> Lane<P> {
         self.demand.count(crate::hot::module_of(key), client_asked);
         let span = telemetry::traces_on().then(|| {
             let path = req.path.unwrap_or_default();
-            let span = tracing::info_span!("edge request", method = %req.method.unwrap_or_default(), path = %path, status = 200u16, cache = CacheStatus::Hit.as_str());
+            let span = tracing::info_span!("edge request", method = %req.method.unwrap_or_default(), path = %path, status = shape.status(), cache = CacheStatus::Hit.as_str());
             let traceparent = req
                 .headers
                 .iter()
@@ -273,13 +350,13 @@ impl<P> Lane<P> {
             telemetry::continue_trace(&span, traceparent);
             span
         });
-        Head::Hit { len, obj, head_only, close, _slot: slot, _span: span }
+        Head::Hit { len, obj, shape, head_only, close, _slot: slot, _span: span }
     }
 }
 
-/// Writes `obj` as the answer: its head with this moment's `Age` and
+/// Writes `obj` as the answer in `shape`: its head with this moment's `Age` and
 /// `Date`, and the body unless the request was a HEAD, in one write (or,
-/// for a body in a memory file on a plain socket, see [`send_file`]). A
+/// for a whole body in a memory file on a plain socket, see [`send_file`]). A
 /// mapped body is copied by the kernel, which fails the write (`EFAULT`) at
 /// a page it cannot read; a tail the stream's buffer took (the socket
 /// full) is not flushed if a page of the mapping failed meanwhile.
@@ -287,12 +364,16 @@ async fn answer(
     stream: &mut Stream,
     head: &mut Vec<u8>,
     obj: &MemObject,
+    shape: &Shape,
     head_only: bool,
     close: bool,
 ) -> std::io::Result<()> {
     let age = SystemTime::now().duration_since(obj.created).unwrap_or_default().as_secs();
     head.clear();
-    head.extend_from_slice(&obj.head);
+    head.extend_from_slice(match shape {
+        Shape::Whole => &obj.head,
+        Shape::Other { head, .. } => head,
+    });
     head.extend_from_slice(b"age: ");
     head.extend_from_slice(age.to_string().as_bytes());
     // What Pingora's HTTP/1 server adds to every answer: the date, and
@@ -304,12 +385,12 @@ async fn answer(
     } else {
         b"\r\nconnection: keep-alive\r\n\r\n"
     });
-    if let (false, Some(file)) = (head_only, &obj.body.file) {
+    if let (false, Shape::Whole, Some(file)) = (head_only, shape, &obj.body.file) {
         if let Some(socket) = crate::conn::plain_socket(stream) {
             return send_file(stream, socket, head, file, &obj.body.bytes).await;
         }
     }
-    let body: &[u8] = if head_only { &[] } else { &obj.body.bytes };
+    let body: &[u8] = if head_only { &[] } else { shape.body(obj) };
     let mut slices = [IoSlice::new(head), IoSlice::new(body)];
     let mut left = &mut slices[..];
     if let Some(socket) = crate::conn::plain_socket(stream) {

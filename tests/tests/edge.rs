@@ -857,7 +857,13 @@ type Answer = (String, Vec<(String, String)>, Vec<u8>);
 /// lines (names lower-cased, sorted, the clock's `age` and `date` left
 /// out) and body, framed by
 /// `content-length` (so not the answer to a HEAD).
-fn answers(mut raw: &[u8]) -> Vec<Answer> {
+fn answers(raw: &[u8]) -> Vec<Answer> {
+    framed(raw, true)
+}
+
+/// As [`answers`], each head taken as the whole answer when `bodies` is
+/// false (the answers to HEADs).
+fn framed(mut raw: &[u8], bodies: bool) -> Vec<Answer> {
     let mut out = Vec::new();
     while let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
         let head = String::from_utf8_lossy(&raw[..end]).into_owned();
@@ -871,6 +877,7 @@ fn answers(mut raw: &[u8]) -> Vec<Answer> {
         headers.sort();
         let len: usize =
             headers.iter().find(|(k, _)| k == "content-length").map_or(0, |(_, v)| v.parse().expect("length"));
+        let len = if bodies { len } else { 0 };
         let Some(body) = raw.get(end + 4..end + 4 + len) else { break };
         out.push((status, headers, body.to_vec()));
         raw = &raw[end + 4 + len..];
@@ -881,13 +888,18 @@ fn answers(mut raw: &[u8]) -> Vec<Answer> {
 /// Sends `requests` in one write on a new connection and reads until `n`
 /// whole answers came, the server closed, or 10 s passed: what came back.
 async fn pipelined(addr: &str, requests: &[u8], n: usize) -> Vec<u8> {
+    exchange(addr, requests, n, true).await
+}
+
+/// As [`pipelined`], the answers framed as [`framed`] frames them.
+async fn exchange(addr: &str, requests: &[u8], n: usize, bodies: bool) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     s.write_all(requests).await.expect("write");
     let mut all = Vec::new();
     let mut buf = [0u8; 8192];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while answers(&all).len() < n {
+    while framed(&all, bodies).len() < n {
         match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
             Ok(Ok(read)) if read > 0 => all.extend_from_slice(&buf[..read]),
             _ => break,
@@ -915,10 +927,9 @@ async fn memory_hits_take_the_fast_lane_and_answer_as_the_full_path_does() {
     assert!(in_memory.await, "never answered from the memory tier");
     let hits_before = metric(&edge, "modcdn_edge_requests_total{cache=\"hit\",kind=\"info\",status=\"200\"").await;
 
-    // The lane's answer is the full path's (a condition that matches
-    // nothing takes a request down the full path, to the same object).
+    // The lane's answer is the full path's.
     let plain = format!("GET /{info} HTTP/1.1\r\nHost: x\r\n\r\n");
-    let full = format!("GET /{info} HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"nothing\"\r\n\r\n");
+    let full = by_the_full_path(&plain);
     let raw = pipelined(&addr, plain.as_bytes(), 1).await;
     let text = String::from_utf8_lossy(&raw);
     assert!(text.contains("\r\nage: ") && text.contains("\r\ndate: "), "{text}");
@@ -939,7 +950,7 @@ async fn memory_hits_take_the_fast_lane_and_answer_as_the_full_path_does() {
 
     // Asked to close: the full path's answer, saying so, and the edge closes.
     let close = format!("GET /{info} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let close_full = format!("GET /{info} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nIf-None-Match: \"x\"\r\n\r\n");
+    let close_full = by_the_full_path(&close);
     let closed = |request: String| {
         let addr = addr.clone();
         async move {
@@ -973,6 +984,126 @@ async fn memory_hits_take_the_fast_lane_and_answer_as_the_full_path_does() {
     // Hits of the lane are counted like any other.
     let hits = metric(&edge, "modcdn_edge_requests_total{cache=\"hit\",kind=\"info\",status=\"200\"").await;
     assert!(hits >= hits_before + 3.0, "{hits_before} → {hits}");
+}
+
+/// `request` as the full path answers it: with more header lines than the
+/// lane reads (it leaves such a request to Pingora), none of them meaning
+/// anything to the edge.
+fn by_the_full_path(request: &str) -> String {
+    let pad: String = (0..40).map(|i| format!("x-pad-{i}: 1\r\n")).collect();
+    let head = request.strip_suffix("\r\n").expect("a request head");
+    format!("{head}{pad}\r\n")
+}
+
+/// Conditions, ranges and HTTP/1.0 are answered by the lane as the full
+/// path answers them: 304 for an entity tag or date that matches, 206 for
+/// one range, 416 for none that can be, 200 otherwise; HTTP/1.0 closes
+/// unless asked to keep alive, and requests kept alive and sent together
+/// are all answered. (Without the lane taking them, none of them is
+/// answered by the lane; the last, on the full path, answered only the
+/// first of the HTTP/1.0 requests sent together.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditions_ranges_and_http_1_0_take_the_fast_lane_and_answer_as_the_full_path_does() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Stack { tmp: _tmp, corpus, upstream: _upstream, origin: _origin, edge } = stack(1 << 10, "", "").await;
+    let addr = edge.url.trim_start_matches("http://").to_string();
+    let c = client();
+    let info = Corpus::key(corpus::ALPHA, "v1.0.0", "info");
+    let body = corpus_file(&corpus, &info);
+    let in_memory = eventually(Duration::from_secs(20), || async {
+        get(&c, &format!("{}/{info}", edge.url)).await;
+        metric(&edge, "modcdn_edge_response_bytes_total{kind=\"info\",source=\"memory\"").await > 0.0
+    });
+    assert!(in_memory.await, "never answered from the memory tier");
+    let plain = answers(&pipelined(&addr, format!("GET /{info} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(), 1).await);
+    let header = |name: &str| plain[0].1.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).expect(name);
+    let (etag, modified) = (header("etag"), header("last-modified"));
+    let weak = format!("W/{etag}");
+    let listed = format!("\"other\", {etag}");
+    let n = body.len();
+
+    // (extra header lines, GET or HEAD, the status the full path answers)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec![("If-None-Match", &etag)], "GET", "304"),
+        (vec![("If-None-Match", &weak)], "GET", "304"),
+        (vec![("If-None-Match", &listed)], "GET", "304"),
+        (vec![("If-None-Match", "*")], "GET", "304"),
+        (vec![("If-None-Match", "\"other\"")], "GET", "200"),
+        (vec![("If-None-Match", &etag)], "HEAD", "304"),
+        (vec![("If-Modified-Since", &modified)], "GET", "304"),
+        (vec![("If-Modified-Since", "Mon, 01 Jan 1990 00:00:00 GMT")], "GET", "200"),
+        (vec![("If-Modified-Since", "not a date")], "GET", "200"),
+        (vec![("If-None-Match", "\"other\""), ("If-Modified-Since", &modified)], "GET", "200"),
+        (vec![("Range", "bytes=2-10")], "GET", "206"),
+        (vec![("Range", "bytes=-5")], "GET", "206"),
+        (vec![("Range", "bytes=40-")], "GET", "206"),
+        (vec![("Range", "bytes=0-100000")], "GET", "206"),
+        (vec![("Range", "bytes=100000-")], "GET", "416"),
+        (vec![("Range", "bytes=10-2")], "GET", "416"),
+        (vec![("Range", "lines=1-2")], "GET", "200"),
+        (vec![("Range", "bytes=2-10"), ("If-Range", &etag)], "GET", "206"),
+        (vec![("Range", "bytes=2-10"), ("If-Range", "\"other\"")], "GET", "200"),
+        (vec![("Range", "bytes=2-10"), ("If-None-Match", &etag)], "GET", "304"),
+        (vec![("Range", "bytes=2-10")], "HEAD", "206"),
+    ];
+    for (lines, method, status) in &cases {
+        let extra: String = lines.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+        let request = format!("{method} /{info} HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+        let bodies = *method == "GET";
+        let raw = exchange(&addr, request.as_bytes(), 1, bodies).await;
+        let slow = exchange(&addr, by_the_full_path(&request).as_bytes(), 1, bodies).await;
+        let text = String::from_utf8_lossy(&raw);
+        // The lane writes in lower case what Pingora writes as `Age`.
+        assert!(text.contains("\r\nage: "), "{method} with {lines:?}: not answered by the lane:\n{text}");
+        let (lane, full) = (framed(&raw, bodies), framed(&slow, bodies));
+        assert_eq!(lane.len(), 1, "{method} with {lines:?}: {text}");
+        assert_eq!(lane, full, "{method} with {lines:?}: the lane's answer differs from the full path's");
+        assert!(lane[0].0.starts_with(&format!("HTTP/1.1 {status} ")), "{method} with {lines:?}: {text}");
+        if lane[0].0.contains(" 206 ") && bodies {
+            let range = lane[0].1.iter().find(|(k, _)| k == "content-range").map(|(_, v)| v.as_str()).expect("range");
+            let (from, to) =
+                range.trim_start_matches("bytes ").split_once('/').and_then(|(r, _)| r.split_once('-')).expect("range");
+            let (from, to): (usize, usize) = (from.parse().expect("from"), to.parse().expect("to"));
+            assert!(to < n, "{range}");
+            assert_eq!(lane[0].2, body[from..=to], "{range}");
+        }
+    }
+    // Several ranges are the full path's to answer, as one multipart body.
+    let multi = format!("GET /{info} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1,4-5\r\n\r\n");
+    let got = answers(&pipelined(&addr, multi.as_bytes(), 1).await);
+    assert!(got.len() == 1 && got[0].0.starts_with("HTTP/1.1 206 "), "{got:?}");
+    assert!(got[0].1.iter().any(|(k, v)| k == "content-type" && v.starts_with("multipart/byteranges")), "{got:?}");
+
+    // HTTP/1.0: closed after the answer unless asked to keep alive.
+    let closes = |request: String| {
+        let addr = addr.clone();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+            s.write_all(request.as_bytes()).await.expect("write");
+            let mut all = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all)).await;
+            assert!(matches!(read, Ok(Ok(_))), "the edge did not close the connection: {read:?}");
+            all
+        }
+    };
+    let old = format!("GET /{info} HTTP/1.0\r\nHost: x\r\n\r\n");
+    let raw = closes(old.clone()).await;
+    assert!(String::from_utf8_lossy(&raw).contains("\r\nage: "), "not answered by the lane");
+    let lane = answers(&raw);
+    assert_eq!(lane, answers(&closes(by_the_full_path(&old)).await), "the lane's answer differs from the full path's");
+    assert!(lane[0].1.contains(&("connection".into(), "close".into())), "{lane:?}");
+    assert_eq!(lane[0].2, body);
+    let kept = format!("GET /{info} HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n");
+    let raw = pipelined(&addr, kept.repeat(3).as_bytes(), 3).await;
+    let lane = answers(&raw);
+    assert_eq!(lane.len(), 3, "HTTP/1.0 requests kept alive and sent together: {}", String::from_utf8_lossy(&raw));
+    let full = answers(&pipelined(&addr, by_the_full_path(&kept).as_bytes(), 1).await);
+    assert_eq!(lane[0], full[0], "the lane's answer differs from the full path's");
+    assert!(
+        lane.iter().all(|a| a == &lane[0] && a.1.contains(&("connection".into(), "keep-alive".into()))),
+        "{lane:?}"
+    );
 }
 
 /// A memory-tier zip of 16–64 KiB leaves from a sealed memory file by

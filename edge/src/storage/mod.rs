@@ -34,7 +34,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -152,6 +152,8 @@ pub struct MemObject {
     /// status line and header lines, `Content-Length` last; without `Age`,
     /// `Date`, `Connection` and the blank line, which each answer adds.
     pub head: Bytes,
+    /// The head of a 304 for it, as [`MemObject::not_modified`] makes it.
+    not_modified: OnceLock<Bytes>,
     pub fresh_until: SystemTime,
     pub created: SystemTime,
     /// Its header says it is a hit.
@@ -167,7 +169,8 @@ impl MemObject {
         let _ = parts.header.insert_header(CACHE_STATUS_HEADER, CacheStatus::Hit.as_str());
         MemObject {
             kind: modcdn_shared::Request::parse(&format!("/{primary}")).ok().map(|r| r.kind()),
-            head: http1_head(&parts.header, body.bytes.len()),
+            head: http1_head(&parts.header, Some(body.bytes.len())),
+            not_modified: OnceLock::new(),
             fresh_until: parts.fresh_until,
             created: parts.created,
             parts,
@@ -181,6 +184,7 @@ impl MemObject {
         MemObject {
             kind: self.kind,
             head: self.head.clone(),
+            not_modified: self.not_modified.clone(),
             fresh_until: self.fresh_until,
             created: self.created,
             parts: self.parts.clone(),
@@ -196,11 +200,28 @@ impl MemObject {
     fn meta(&self) -> CacheMeta {
         self.parts.meta()
     }
+
+    /// The response head it answers with, as stored (with its `x-cache`).
+    pub fn header(&self) -> &pingora::http::ResponseHeader {
+        &self.parts.header
+    }
+
+    /// As [`MemObject::head`], the head of a 304 (Not Modified) for it, as
+    /// Pingora's cache makes it from the stored head; made once, when first
+    /// asked for.
+    pub fn not_modified(&self) -> &Bytes {
+        self.not_modified.get_or_init(|| {
+            let mut header = self.parts.header.clone();
+            pingora::protocols::http::conditional_filter::to_304(&mut header);
+            http1_head(&header, None)
+        })
+    }
 }
 
-/// `header` as HTTP/1.1 status and header lines for a body of `len` bytes
-/// (framing, hop-by-hop headers, `Age` and `Date` are each answer's own).
-fn http1_head(header: &pingora::http::ResponseHeader, len: usize) -> Bytes {
+/// `header` as HTTP/1.1 status and header lines for a body of `len` bytes,
+/// or with no `Content-Length` (a 304) (framing, hop-by-hop headers, `Age`
+/// and `Date` are each answer's own).
+pub fn http1_head(header: &pingora::http::ResponseHeader, len: Option<usize>) -> Bytes {
     use http::header::{AGE, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
     let status = header.status;
     let mut head = format!("HTTP/1.1 {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or("")).into_bytes();
@@ -213,7 +234,9 @@ fn http1_head(header: &pingora::http::ResponseHeader, len: usize) -> Bytes {
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
-    head.extend_from_slice(format!("content-length: {len}\r\n").as_bytes());
+    if let Some(len) = len {
+        head.extend_from_slice(format!("content-length: {len}\r\n").as_bytes());
+    }
     head.into()
 }
 
