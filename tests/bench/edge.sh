@@ -17,7 +17,9 @@
 #   - hits with wrk: random small .info/.mod, a 16 KiB zip, a 1 MiB zip, a
 #     4 MiB zip, random zips of 256 KiB over 2000 modules (500 MiB: more
 #     than the edge's memory tier holds), random zips of 16 KiB over 20000
-#     modules (335 MB, also more) (req/s), a 64 MiB zip (MB/s);
+#     modules (335 MB, also more) (req/s), a 64 MiB zip (MB/s), a 16 KiB
+#     zip revalidated (If-None-Match that matches: 304) and 1 KiB ranges
+#     of a 1 MiB zip (206) (req/s);
 #   - the whole path, edge + origin, cold .info/.mod: latency added over
 #     the static origin direct.
 # Caches (and modcdn-origin) run on CPU 0, one worker each; clients and the
@@ -229,9 +231,21 @@ for who in $PEERS; do
   curl -sf --parallel --parallel-max 8 --no-progress-meter -K "$WORK/warm.cfg"
   curl -sf --parallel --parallel-max 8 --no-progress-meter -K "$WORK/warm.cfg"
 done
+# Revalidations and ranges, as a browser or a download tool sends them
+# (the go command sends neither): each peer's answer checked first.
+ETAG16=$(curl -sfI "http://127.0.0.1:$STATIC_PORT$Z16" | awk 'tolower($1) == "etag:" {print $2}' | tr -d '\r')
+for who in $PEERS; do
+  for check in "304|If-None-Match: $ETAG16|$Z16" "206|Range: bytes=1000-2023|$Z1M"; do
+    IFS='|' read -r want header path <<<"$check"
+    got=$(curl -s -o /dev/null -w '%{http_code}' -H "$header" "http://127.0.0.1:$(port_of "$who")$path")
+    [ "$got" = "$want" ] || { echo "$who answered $got, not $want, to $header for $path" >&2; exit 1; }
+  done
+done
 declare -A hit=()
-for row in "small-random 32" "zip-16KiB 32" "zip-1MiB 8" "zip-4MiB 8" "spread-256KiB 16" "spread-16KiB 32" "zip-64MiB 4"; do
+for row in "small-random 32" "zip-16KiB 32" "zip-1MiB 8" "zip-4MiB 8" "spread-256KiB 16" "spread-16KiB 32" "zip-64MiB 4" \
+  "revalidate-16KiB 32" "range-1KiB-of-1MiB 32"; do
   set -- $row
+  HEADER=
   case $1 in
     small-random) path=/; file="$WORK/small.txt" ;;
     zip-16KiB) path=$Z16; file= ;;
@@ -240,6 +254,8 @@ for row in "small-random 32" "zip-16KiB 32" "zip-1MiB 8" "zip-4MiB 8" "spread-25
     spread-256KiB) path=/; file="$WORK/spread.txt" ;;
     spread-16KiB) path=/; file="$WORK/spread16.txt" ;;
     zip-64MiB) path=$Z64M; file= ;;
+    revalidate-16KiB) path=$Z16; file=; HEADER="If-None-Match: $ETAG16" ;;
+    range-1KiB-of-1MiB) path=$Z1M; file=; HEADER="Range: bytes=1000-2023" ;;
   esac
   for rep in $(seq "$REPS"); do
     for who in $PEERS; do
@@ -269,7 +285,7 @@ row "cold miss 1 MiB zip, added over origin (p50)" ms lower "$(added "${cold[edg
 row "stampede 200 × new 64 MiB zip: origin requests" req lower "$(med "${storm_n[edge]}")" "$(med "${storm_n[nginx]}")" "$(med "${storm_n[varnish-malloc]}")" "$(med "${storm_n[varnish-file]}")"
 row "stampede 200 × new 64 MiB zip: wall" s lower "$(med "${storm_wall[edge]}")" "$(med "${storm_wall[nginx]}")" "$(med "${storm_wall[varnish-malloc]}")" "$(med "${storm_wall[varnish-file]}")"
 row "200 × cached 64 MiB zip: wall" s lower "$(med "${warm_wall[edge]}")" "$(med "${warm_wall[nginx]}")" "$(med "${warm_wall[varnish-malloc]}")" "$(med "${warm_wall[varnish-file]}")"
-for r in small-random zip-16KiB zip-1MiB zip-4MiB spread-256KiB spread-16KiB zip-64MiB; do
+for r in small-random zip-16KiB zip-1MiB zip-4MiB spread-256KiB spread-16KiB zip-64MiB revalidate-16KiB range-1KiB-of-1MiB; do
   unit=req/s; [ $r = zip-64MiB ] && unit=MB/s
   row "hits $r" $unit higher "$(med "${hit[$r-edge]}")" "$(med "${hit[$r-nginx]}")" "$(med "${hit[$r-varnish-malloc]}")" "$(med "${hit[$r-varnish-file]}")"
 done

@@ -16,10 +16,11 @@ LUA
 }
 
 # run_wrk URL CONNS [PATHS-FILE] → "req/s MB/s p99ms", wrk pinned to CPU 1
-# for $DUR seconds; a non-2xx answer stops the benchmark.
+# for $DUR seconds; a non-2xx answer stops the benchmark. With $HEADER set,
+# every request carries that header line.
 run_wrk() {
   local out
-  out=$(PATHS_FILE="${3:-/dev/null}" taskset -c 1 wrk -t1 -c"$2" -d"${DUR}s" --latency ${3:+-s "$WORK/random.lua"} "$1")
+  out=$(PATHS_FILE="${3:-/dev/null}" taskset -c 1 wrk -t1 -c"$2" -d"${DUR}s" --latency ${3:+-s "$WORK/random.lua"} ${HEADER:+-H "$HEADER"} "$1")
   echo "$out" | grep -q "Non-2xx" && { echo "non-2xx answers from $1" >&2; echo "$out" >&2; exit 1; }
   local rps mbs p99
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
