@@ -953,15 +953,7 @@ async fn memory_hits_take_the_fast_lane_and_answer_as_the_full_path_does() {
     let close_full = by_the_full_path(&close);
     let closed = |request: String| {
         let addr = addr.clone();
-        async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-            s.write_all(request.as_bytes()).await.expect("write");
-            let mut all = Vec::new();
-            let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all)).await;
-            assert!(matches!(read, Ok(Ok(_))), "the edge did not close the connection: {read:?}");
-            answers(&all)
-        }
+        async move { answers(&until_closed(&addr, &request).await) }
     };
     let lane_close = closed(close).await;
     assert_eq!(lane_close.len(), 1, "{lane_close:?}");
@@ -986,6 +978,18 @@ async fn memory_hits_take_the_fast_lane_and_answer_as_the_full_path_does() {
     assert!(hits >= hits_before + 3.0, "{hits_before} → {hits}");
 }
 
+/// Sends `request` on a new connection: all that came back before the edge
+/// closed it (which it must within 10 s).
+async fn until_closed(addr: &str, request: &str) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut all = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all)).await;
+    assert!(matches!(read, Ok(Ok(_))), "the edge did not close the connection: {read:?}");
+    all
+}
+
 /// `request` as the full path answers it: with more header lines than the
 /// lane reads (it leaves such a request to Pingora), none of them meaning
 /// anything to the edge.
@@ -1004,7 +1008,6 @@ fn by_the_full_path(request: &str) -> String {
 /// first of the HTTP/1.0 requests sent together.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditions_ranges_and_http_1_0_take_the_fast_lane_and_answer_as_the_full_path_does() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Stack { tmp: _tmp, corpus, upstream: _upstream, origin: _origin, edge } = stack(1 << 10, "", "").await;
     let addr = edge.url.trim_start_matches("http://").to_string();
     let c = client();
@@ -1076,22 +1079,15 @@ async fn conditions_ranges_and_http_1_0_take_the_fast_lane_and_answer_as_the_ful
     assert!(got[0].1.iter().any(|(k, v)| k == "content-type" && v.starts_with("multipart/byteranges")), "{got:?}");
 
     // HTTP/1.0: closed after the answer unless asked to keep alive.
-    let closes = |request: String| {
-        let addr = addr.clone();
-        async move {
-            let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-            s.write_all(request.as_bytes()).await.expect("write");
-            let mut all = Vec::new();
-            let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all)).await;
-            assert!(matches!(read, Ok(Ok(_))), "the edge did not close the connection: {read:?}");
-            all
-        }
-    };
     let old = format!("GET /{info} HTTP/1.0\r\nHost: x\r\n\r\n");
-    let raw = closes(old.clone()).await;
+    let raw = until_closed(&addr, &old).await;
     assert!(String::from_utf8_lossy(&raw).contains("\r\nage: "), "not answered by the lane");
     let lane = answers(&raw);
-    assert_eq!(lane, answers(&closes(by_the_full_path(&old)).await), "the lane's answer differs from the full path's");
+    assert_eq!(
+        lane,
+        answers(&until_closed(&addr, &by_the_full_path(&old)).await),
+        "the lane's answer differs from the full path's"
+    );
     assert!(lane[0].1.contains(&("connection".into(), "close".into())), "{lane:?}");
     assert_eq!(lane[0].2, body);
     let kept = format!("GET /{info} HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n");
