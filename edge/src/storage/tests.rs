@@ -170,6 +170,24 @@ async fn fills_are_made_durable_at_once_when_too_many_wait_or_the_edge_shuts_dow
 }
 
 #[tokio::test]
+async fn fills_past_the_bound_finish_only_once_durable_so_what_they_hold_stays_bounded() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open_waiting(tmp.path(), 2);
+    for v in 0..20 {
+        let key = format!("example.com/b/@v/v1.{v}.0.zip");
+        finish_fill(store, &key, &[v as u8; 10_000]).await;
+        // Two wait for the flush delay; every later one is on disk (and
+        // its descriptor closed) by the time its request ends.
+        let waiting = *store.publishing.borrow();
+        assert!(waiting <= 2, "after fill {v}, {waiting} fills hold a descriptor");
+        assert_eq!(store.index.lock().by_key.contains_key(&key), v >= 2, "fill {v} published");
+    }
+    assert_eq!(files_in(&store.tmp), 3, "the lock file and the two waiting fills");
+    store.settled().await;
+    assert_eq!(store.disk_usage(), (20, 200_000));
+}
+
+#[tokio::test]
 async fn a_fill_in_a_fresh_cache_creates_no_directory() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (store, _) = open(tmp.path(), 1 << 20);
