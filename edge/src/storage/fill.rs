@@ -2,6 +2,7 @@
 //! published in place (synced, renamed, meta replaced), or dropped.
 
 use super::*;
+use tokio::sync::oneshot;
 
 /// Writes one fill.
 pub(super) struct Filler {
@@ -229,30 +230,25 @@ impl Publish {
             let _ = std::fs::remove_file(&self.fill.part);
             return Ok(());
         }
-        let (parts, primary) = (self.fill.meta.clone(), self.primary.clone());
-        let (part, body, meta_path) =
-            (self.fill.part.clone(), store.body_path(&self.hash, generation), store.meta_path(&self.hash));
-        let (shard, hash) = (store.shard(&self.hash), self.hash.clone());
-        let meta_tmp = store.tmp.join(format!("{hash}.{generation}.meta"));
-        let (file, written) = (self.fill.reader.clone(), self.written);
-        let published = store
-            .durable
-            .run(move || -> std::io::Result<()> {
-                file.sync_data()?;
-                std::fs::create_dir_all(&shard)?;
-                let previous = std::fs::read(&meta_path).ok().and_then(|b| MetaFile::decode(&b)).map(|m| m.generation);
-                std::fs::rename(&part, &body)?;
-                let meta = parts.meta().serialize().map_err(std::io::Error::other)?;
-                let meta = MetaFile { generation, body_len: written, primary, meta };
-                sync_write(&meta_tmp, &meta.encode())?;
-                std::fs::rename(&meta_tmp, &meta_path)?;
-                if let Some(g) = previous.filter(|g| *g != generation) {
-                    let _ = std::fs::remove_file(shard.join(format!("{hash}.{g}.body")));
-                }
-                Ok(())
-            })
-            .await
-            .map_err(|e| storage_error("publish", e));
+        let meta = self.fill.meta.meta().serialize().map_err(std::io::Error::other);
+        let published = match meta {
+            Ok(meta) => {
+                let hash = self.hash.clone();
+                let job = Durable {
+                    file: self.fill.reader.clone(),
+                    part: self.fill.part.clone(),
+                    body: store.body_path(&hash, generation),
+                    shard: store.shard(&hash),
+                    meta_tmp: store.tmp.join(format!("{hash}.{generation}.meta")),
+                    meta_path: store.meta_path(&hash),
+                    meta: MetaFile { generation, body_len: self.written, primary: self.primary.clone(), meta },
+                    hash,
+                };
+                store.write_durably(job).await
+            }
+            Err(e) => Err(e),
+        }
+        .map_err(|e| storage_error("publish", e));
         if published.is_ok() && !self.fill.aborted.load(Ordering::SeqCst) {
             store.index.lock().insert(&self.hash, &self.primary, self.written);
             // (A lookup may have mapped the previous body meanwhile; one of
@@ -275,6 +271,127 @@ impl Publish {
             }
         }
         published
+    }
+}
+
+/// One finished fill's durable write.
+pub(super) struct Durable {
+    file: Arc<File>,
+    part: PathBuf,
+    body: PathBuf,
+    shard: PathBuf,
+    hash: String,
+    meta: MetaFile,
+    meta_tmp: PathBuf,
+    meta_path: PathBuf,
+}
+
+/// Durable writes queued for the one writer, and whether it is at work.
+#[derive(Default)]
+pub(super) struct Batch {
+    queued: Vec<(Durable, oneshot::Sender<std::io::Result<()>>)>,
+    writing: bool,
+}
+
+impl CacheStore {
+    /// Makes `job` durable: queued for the one writer, which takes all the
+    /// jobs queued while it wrote the last ones as its next batch.
+    async fn write_durably(&'static self, job: Durable) -> std::io::Result<()> {
+        let (done, written) = oneshot::channel();
+        let start = {
+            let mut batch = self.batch.lock();
+            batch.queued.push((job, done));
+            !std::mem::replace(&mut batch.writing, true)
+        };
+        if start {
+            tokio::spawn(async move {
+                let wrote = self.durable.run(move || {
+                    self.write_batches();
+                    Ok(())
+                });
+                if let Err(e) = wrote.await {
+                    // (Only when its threads are gone: all queued fail.)
+                    let queued = {
+                        let mut batch = self.batch.lock();
+                        batch.writing = false;
+                        std::mem::take(&mut batch.queued)
+                    };
+                    for (_, done) in queued {
+                        let _ = done.send(Err(std::io::Error::new(e.kind(), e.to_string())));
+                    }
+                }
+            });
+        }
+        written.await.unwrap_or_else(|_| Err(std::io::Error::other("durable write dropped")))
+    }
+
+    fn write_batches(&self) {
+        loop {
+            let batch = {
+                let mut batch = self.batch.lock();
+                if batch.queued.is_empty() {
+                    batch.writing = false;
+                    return;
+                }
+                std::mem::take(&mut batch.queued)
+            };
+            write_batch(&self.root, batch);
+        }
+    }
+}
+
+/// Makes a batch of finished fills durable, each as one alone is: its body
+/// on disk before it is renamed into place, then its meta written, on disk,
+/// and renamed over the one before. A fill alone syncs its own two files
+/// (after [`flush_delay`] they cost a flush, not a write). Several sync the
+/// file system once for all their bodies and once for all their metas
+/// (`syncfs`), where each fill's two syncs waited for the disk in turn: in
+/// a steady stream of cold misses, past the bound of fills that wait,
+/// every fill pays its durable write at once (see [`PENDING_MAX`]).
+fn write_batch(root: &File, batch: Vec<(Durable, oneshot::Sender<std::io::Result<()>>)>) {
+    let alone = batch.len() == 1;
+    let copy = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
+    let bodies = if alone { batch[0].0.file.sync_data() } else { rustix::fs::syncfs(root).map_err(Into::into) };
+    let mut placed: Vec<_> = batch
+        .iter()
+        .map(|(job, _)| match &bodies {
+            Ok(()) => job.place(alone),
+            Err(e) => Err(copy(e)),
+        })
+        .collect();
+    if !alone && placed.iter().any(Result::is_ok) {
+        if let Err(e) = rustix::fs::syncfs(root) {
+            let e = std::io::Error::from(e);
+            placed.iter_mut().filter(|p| p.is_ok()).for_each(|p| *p = Err(copy(&e)));
+        }
+    }
+    for ((job, done), placed) in batch.into_iter().zip(placed) {
+        let _ = done.send(placed.and_then(|previous| job.replace_meta(previous)));
+    }
+}
+
+impl Durable {
+    /// Renames the body (on disk) into place and writes the new meta
+    /// beside, synced if `alone`; returns the generation it replaces.
+    fn place(&self, alone: bool) -> std::io::Result<Option<u64>> {
+        std::fs::create_dir_all(&self.shard)?;
+        let previous = std::fs::read(&self.meta_path).ok().and_then(|b| MetaFile::decode(&b)).map(|m| m.generation);
+        std::fs::rename(&self.part, &self.body)?;
+        let mut meta = File::create(&self.meta_tmp)?;
+        meta.write_all(&self.meta.encode())?;
+        if alone {
+            meta.sync_data()?;
+        }
+        Ok(previous)
+    }
+
+    /// The new meta (on disk) in place of the old, whose body goes.
+    fn replace_meta(&self, previous: Option<u64>) -> std::io::Result<()> {
+        std::fs::rename(&self.meta_tmp, &self.meta_path)?;
+        if let Some(g) = previous.filter(|g| *g != self.meta.generation) {
+            let _ = std::fs::remove_file(self.shard.join(format!("{}.{g}.body", self.hash)));
+        }
+        Ok(())
     }
 }
 

@@ -423,6 +423,9 @@ pub struct CacheStore {
     /// threads that run those writes.
     publishing: watch::Sender<usize>,
     durable: modcdn_shared::background::Background,
+    batch: Mutex<fill::Batch>,
+    /// The cache's directory, open: what a batch syncs (`syncfs`).
+    root: File,
     /// How long a finished fill waits before its durable write (see
     /// [`flush_delay`]), unless asked to hurry (bumped), or `draining`
     /// (shutting down: none waits), or more than `pending_max` wait.
@@ -596,6 +599,8 @@ impl CacheStore {
             fills: Mutex::new(HashMap::new()),
             publishing: watch::channel(0).0,
             durable: modcdn_shared::background::Background::start("cache-durable", 2)?,
+            batch: Mutex::default(),
+            root: File::open(dir)?,
             flush_delay: flush_delay(),
             hurry: watch::channel(0).0,
             draining: AtomicBool::new(false),

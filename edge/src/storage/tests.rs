@@ -188,6 +188,35 @@ async fn fills_past_the_bound_finish_only_once_durable_so_what_they_hold_stays_b
 }
 
 #[tokio::test]
+async fn fills_made_durable_together_each_survive_a_restart_and_one_that_fails_fails_alone() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let store = open_waiting(tmp.path(), 64);
+    let body = |v: usize| -> Vec<u8> { (0..3_000 + v * 100).map(|i| (i * 7 + v) as u8).collect() };
+    let key = |v: usize| format!("example.com/t/@v/v1.{v}.0.zip");
+    for v in 0..40 {
+        finish_fill(store, &key(v), &body(v)).await;
+    }
+    // One fill's file is gone before its durable write.
+    let lost = store.fills.lock().get(&cache_key(&key(7), None).combined()).expect("waiting").part.clone();
+    std::fs::remove_file(&lost).expect("remove");
+    // All hurried at once: the writer takes them in batches.
+    store.settled().await;
+    assert_eq!(store.disk_usage().0, 39);
+    assert_eq!(files_in(&store.tmp), 1, "only the lock file is left");
+    store.release();
+    let (again, found) = open(tmp.path(), 0);
+    assert_eq!(found.len(), 39);
+    for v in 0..40 {
+        let hit = again.lookup(&cache_key(&key(v), None), &span).await.expect("lookup");
+        match hit {
+            Some((_, hit)) => assert_eq!(read_all(hit).await.expect("read"), body(v), "{}", key(v)),
+            None => assert_eq!(v, 7, "{} lost", key(v)),
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_fill_in_a_fresh_cache_creates_no_directory() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (store, _) = open(tmp.path(), 1 << 20);
