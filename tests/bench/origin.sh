@@ -80,9 +80,9 @@ for row in "info-random 32" "zip-1MiB 8"; do
 done
 echo "(1 MiB zip is $ZIP_BYTES bytes; ratio = origin req/s ÷ nginx static req/s; target ≥ 0.8x)"
 
-read -r _ d50 d99 < <(sed 's/n=[0-9]* p50_us=\([0-9]*\) p99_us=\([0-9]*\)/x \1 \2/' "$WORK/lat-direct")
-read -r _ o50 o99 < <(sed 's/n=[0-9]* p50_us=\([0-9]*\) p99_us=\([0-9]*\)/x \1 \2/' "$WORK/lat-origin")
-read -r _ s50 s99 < <(sed 's/n=[0-9]* p50_us=\([0-9]*\) p99_us=\([0-9]*\)/x \1 \2/' "$WORK/lat-shm")
+read -r _ d50 d99 < <(sed 's/n=[0-9]* p50_us=\([0-9]*\) p99_us=\([0-9]*\).*/x \1 \2/' "$WORK/lat-direct")
+read -r _ o50 o99 < <(sed 's/n=[0-9]* p50_us=\([0-9]*\) p99_us=\([0-9]*\).*/x \1 \2/' "$WORK/lat-origin")
+read -r _ s50 s99 < <(sed 's/n=[0-9]* p50_us=\([0-9]*\) p99_us=\([0-9]*\).*/x \1 \2/' "$WORK/lat-shm")
 printf '\n%-28s %10s %10s\n' "cold miss (500 .mod)" "p50 us" "p99 us"
 printf '%-28s %10s %10s\n' "upstream direct" "$d50" "$d99"
 printf '%-28s %10s %10s\n' "through origin (miss)" "$o50" "$o99"

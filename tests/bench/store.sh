@@ -114,7 +114,7 @@ for row in "info-random 32" "zip-1MiB 8"; do
 done
 echo "(ratio = tiered ÷ disk; target ≥ 0.9x; p99 in ms)"
 
-lat() { sed 's/n=[0-9]* p50_us=\([0-9]*\) p99_us=\([0-9]*\)/\1 \2/' "$WORK/lat-$1"; }
+lat() { sed 's/n=[0-9]* p50_us=\([0-9]*\) p99_us=\([0-9]*\).*/\1 \2/' "$WORK/lat-$1"; }
 read -r d50 d99 < <(lat direct); read -r k50 k99 < <(lat disk); read -r t50 t99 < <(lat tiered)
 read -r r50 r99 < <(lat through); read -r l50 l99 < <(lat local)
 printf '\n%-40s %10s %10s\n' "500 .mod, sequential" "p50 us" "p99 us"

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -45,14 +46,18 @@ enum Cli {
         #[arg(long)]
         out: PathBuf,
     },
-    /// GET each path (one per line in `--paths`) from `--base` in turn over
-    /// one keep-alive connection; print p50 and p99 latency in microseconds.
+    /// GET each path (one per line in `--paths`) from `--base` once, in
+    /// turn over `--connections` keep-alive connections (each takes the next
+    /// path when its answer is in); print p50 and p99 latency in
+    /// microseconds and the answers per second.
     #[command(after_help = "Example:\n  modcdn-fixture latency --base http://127.0.0.1:7070 --paths paths.txt")]
     Latency {
         #[arg(long)]
         base: String,
         #[arg(long)]
         paths: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
     },
 }
 
@@ -81,17 +86,34 @@ async fn main() -> anyhow::Result<()> {
             modcdn_tests::corpus::write_graph_consumer(&out)?;
             println!("wrote {}", out.display());
         }
-        Cli::Latency { base, paths } => {
-            let client = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
-            let mut micros = Vec::new();
-            for path in std::fs::read_to_string(&paths)?.lines().filter(|l| !l.is_empty()) {
-                let started = std::time::Instant::now();
-                let r = client.get(format!("{base}{path}")).send().await?;
-                let status = r.status();
-                r.bytes().await?;
-                micros.push(started.elapsed().as_micros() as u64);
-                anyhow::ensure!(status.is_success(), "{path}: {status}");
+        Cli::Latency { base, paths, connections } => {
+            let client = reqwest::Client::builder().pool_max_idle_per_host(connections).build()?;
+            let paths: Arc<Vec<String>> = Arc::new(
+                std::fs::read_to_string(&paths)?.lines().filter(|l| !l.is_empty()).map(str::to_string).collect(),
+            );
+            let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let started = std::time::Instant::now();
+            let mut turns = Vec::new();
+            for _ in 0..connections.max(1) {
+                let (client, base, paths, next) = (client.clone(), base.clone(), paths.clone(), next.clone());
+                turns.push(tokio::spawn(async move {
+                    let mut micros = Vec::new();
+                    while let Some(path) = paths.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                        let started = std::time::Instant::now();
+                        let r = client.get(format!("{base}{path}")).send().await?;
+                        let status = r.status();
+                        r.bytes().await?;
+                        micros.push(started.elapsed().as_micros() as u64);
+                        anyhow::ensure!(status.is_success(), "{path}: {status}");
+                    }
+                    anyhow::Ok(micros)
+                }));
             }
+            let mut micros = Vec::new();
+            for turn in turns {
+                micros.extend(turn.await??);
+            }
+            let rps = micros.len() as f64 / started.elapsed().as_secs_f64();
             micros.sort_unstable();
             let pct = |p: f64| {
                 micros
@@ -99,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
                     .copied()
                     .unwrap_or(0)
             };
-            println!("n={} p50_us={} p99_us={}", micros.len(), pct(0.50), pct(0.99));
+            println!("n={} p50_us={} p99_us={} rps={rps:.0}", micros.len(), pct(0.50), pct(0.99));
         }
     }
     Ok(())
