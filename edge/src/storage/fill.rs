@@ -352,13 +352,19 @@ fn write_batch(root: &File, batch: Vec<(Durable, oneshot::Sender<std::io::Result
     let alone = batch.len() == 1;
     let copy = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
     let bodies = if alone { batch[0].0.file.sync_data() } else { rustix::fs::syncfs(root).map_err(Into::into) };
-    let mut placed: Vec<_> = batch
-        .iter()
-        .map(|(job, _)| match &bodies {
-            Ok(()) => job.place(alone),
+    // (A key filled twice in one batch: the second replaces the first.)
+    let mut placed_here: HashMap<&str, u64> = HashMap::new();
+    let mut placed = Vec::with_capacity(batch.len());
+    for (job, _) in &batch {
+        let p = match &bodies {
+            Ok(()) => job.place(alone, placed_here.get(job.hash.as_str()).copied()),
             Err(e) => Err(copy(e)),
-        })
-        .collect();
+        };
+        if p.is_ok() {
+            placed_here.insert(&job.hash, job.meta.generation);
+        }
+        placed.push(p);
+    }
     if !alone && placed.iter().any(Result::is_ok) {
         if let Err(e) = rustix::fs::syncfs(root) {
             let e = std::io::Error::from(e);
@@ -372,10 +378,12 @@ fn write_batch(root: &File, batch: Vec<(Durable, oneshot::Sender<std::io::Result
 
 impl Durable {
     /// Renames the body (on disk) into place and writes the new meta
-    /// beside, synced if `alone`; returns the generation it replaces.
-    fn place(&self, alone: bool) -> std::io::Result<Option<u64>> {
+    /// beside, synced if `alone`; returns the generation it replaces: the
+    /// one placed `earlier` in the batch, or the one on disk.
+    fn place(&self, alone: bool, earlier: Option<u64>) -> std::io::Result<Option<u64>> {
         std::fs::create_dir_all(&self.shard)?;
-        let previous = std::fs::read(&self.meta_path).ok().and_then(|b| MetaFile::decode(&b)).map(|m| m.generation);
+        let on_disk = || std::fs::read(&self.meta_path).ok().and_then(|b| MetaFile::decode(&b)).map(|m| m.generation);
+        let previous = earlier.or_else(on_disk);
         std::fs::rename(&self.part, &self.body)?;
         let mut meta = File::create(&self.meta_tmp)?;
         meta.write_all(&self.meta.encode())?;

@@ -217,6 +217,24 @@ async fn fills_made_durable_together_each_survive_a_restart_and_one_that_fails_f
 }
 
 #[tokio::test]
+async fn two_fills_of_one_key_made_durable_together_leave_the_second_alone_on_disk() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let store = open_waiting(tmp.path(), 16);
+    let primary = "example.com/twice/@v/list";
+    finish_fill(store, primary, b"v1.0.0\n").await;
+    finish_fill(store, primary, b"v1.0.0\nv1.1.0\n").await;
+    store.settled().await;
+    let key = cache_key(primary, None);
+    assert_eq!(files_in(&store.shard(&key.combined())), 2, "one meta and the second body");
+    store.release();
+    let (again, found) = open(tmp.path(), 0);
+    assert_eq!(found.len(), 1);
+    let (_, hit) = again.lookup(&key, &span).await.expect("lookup").expect("hit");
+    assert_eq!(read_all(hit).await.expect("read"), b"v1.0.0\nv1.1.0\n");
+}
+
+#[tokio::test]
 async fn a_fill_in_a_fresh_cache_creates_no_directory() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (store, _) = open(tmp.path(), 1 << 20);
