@@ -34,7 +34,7 @@ cd "$(dirname "$0")/../.."
 source tests/bench/lib.sh
 DUR="${1:-10}"
 REPS="${2:-3}"
-for t in nginx varnishd wrk curl python3 taskset; do command -v "$t" >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx varnish wrk curl python3 util-linux >/dev/null; break; }; done
+for t in cmake g++ nginx varnishd wrk curl python3 taskset; do command -v "$t" >/dev/null || { apt-get update -qq && apt-get install -y -qq cmake g++ nginx varnish wrk curl python3 util-linux >/dev/null; break; }; done
 cargo build --release -q -p modcdn-edge -p modcdn-origin -p modcdn-tests --bins
 BIN=target/release
 WORK="$(mktemp -d)"

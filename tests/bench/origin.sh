@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 source tests/bench/lib.sh
 DUR="${1:-10}"
-for t in nginx wrk curl python3 taskset; do command -v "$t" >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx wrk curl python3 util-linux >/dev/null; break; }; done
+for t in cmake g++ nginx wrk curl python3 taskset; do command -v "$t" >/dev/null || { apt-get update -qq && apt-get install -y -qq cmake g++ nginx wrk curl python3 util-linux >/dev/null; break; }; done
 cargo build --release -q -p modcdn-origin -p modcdn-tests --bins
 BIN=target/release
 WORK="$(mktemp -d)"

