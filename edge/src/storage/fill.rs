@@ -122,6 +122,11 @@ impl HandleMiss for Filler {
         let mut hurry = store.hurry.subscribe();
         let over = pending > store.pending_max;
         let wait = !store.draining.load(Ordering::SeqCst) && !over;
+        if over {
+            // Every fill waiting goes to disk with this one, in a batch or
+            // two, not one per request past the bound (see `write_batch`).
+            store.hurry.send_modify(|n| *n += 1);
+        }
         let publish = Publish {
             store,
             hash: std::mem::take(&mut self.hash),

@@ -338,8 +338,8 @@ const DISK_COPY_MAX: u64 = 4 << 10;
 const MAPPED_MAX: usize = mapped::SLOTS / 2;
 
 /// Finished fills waiting for their durable write at most (each holds a
-/// descriptor); past them a fill is made durable at once, and the request
-/// that filled it waits for that.
+/// descriptor); past them a fill is made durable at once, with every fill
+/// waiting, and the request that filled it waits for that.
 const PENDING_MAX: usize = 1024;
 
 /// How long a finished fill waits before its durable write: until the

@@ -155,15 +155,18 @@ async fn fills_are_made_durable_at_once_when_too_many_wait_or_the_edge_shuts_dow
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open_waiting(tmp.path(), 1);
     finish_fill(store, "example.com/p/@v/v1.0.0.zip", &[1; 10_000]).await;
-    // One may wait; the second goes to disk at once.
+    assert!(pending(store, 1).await);
+    // One may wait; the second goes to disk at once, and takes the one
+    // waiting (an hour from its durable write) with it, rather than one
+    // fill per request past the bound: in a steady stream of cold misses
+    // (20 000 new keys over 10 connections) 2 136-2 756 against 1 334-1 528
+    // misses/s.
     finish_fill(store, "example.com/p/@v/v1.1.0.zip", &[2; 10_000]).await;
-    assert!(pending(store, 1).await, "the second fill is made durable without waiting");
-    let published: Vec<String> = store.index.lock().by_key.keys().cloned().collect();
-    assert_eq!(published, ["example.com/p/@v/v1.1.0.zip"]);
+    assert!(pending(store, 0).await, "both fills are made durable without waiting");
+    assert_eq!(store.index.lock().by_key.len(), 2);
     assert_eq!(store.keys_with_prefix("example.com/p/@").len(), 2, "both are held");
-    // Shutting down: the one waiting goes now, and any later one at once.
+    // Shutting down: any fill from then on goes at once.
     tokio::time::timeout(std::time::Duration::from_secs(10), store.drain()).await.expect("drained");
-    assert_eq!(store.disk_usage(), (2, 20_000));
     finish_fill(store, "example.com/p/@v/v1.2.0.zip", &[3; 10_000]).await;
     assert!(pending(store, 0).await, "a fill after the drain began is made durable without waiting");
     assert_eq!(store.disk_usage(), (3, 30_000));
@@ -176,13 +179,12 @@ async fn fills_past_the_bound_finish_only_once_durable_so_what_they_hold_stays_b
     for v in 0..20 {
         let key = format!("example.com/b/@v/v1.{v}.0.zip");
         finish_fill(store, &key, &[v as u8; 10_000]).await;
-        // Two wait for the flush delay; every later one is on disk (and
-        // its descriptor closed) by the time its request ends.
+        // At most two wait for the flush delay; one past them is on disk
+        // (and its descriptor closed) by the time its request ends.
         let waiting = *store.publishing.borrow();
         assert!(waiting <= 2, "after fill {v}, {waiting} fills hold a descriptor");
-        assert_eq!(store.index.lock().by_key.contains_key(&key), v >= 2, "fill {v} published");
     }
-    assert_eq!(files_in(&store.tmp), 3, "the lock file and the two waiting fills");
+    assert!(files_in(&store.tmp) <= 3, "the lock file and at most two waiting fills");
     store.settled().await;
     assert_eq!(store.disk_usage(), (20, 200_000));
 }
