@@ -173,7 +173,10 @@ impl HandleHit for Hit {
                         }
                     } else {
                         let n = CHUNK.min((available.min(in_file) - *pos) as usize);
-                        let chunk = read_at(&fill.reader, *pos, n).await?;
+                        let Some(file) = fill.reader.get() else {
+                            return Err(storage_error("read", "the fill has no file"));
+                        };
+                        let chunk = read_at(file, *pos, n).await?;
                         if chunk.is_empty() {
                             return Err(storage_error("read", "the fill's file is shorter than what was written"));
                         }

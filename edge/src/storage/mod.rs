@@ -5,10 +5,13 @@
 //! On disk each entry is two files under `objects/<2 hex>/`: `<hash>.meta`
 //! (the serialized `CacheMeta`, the request key, the body length and the
 //! generation of the body) and `<hash>.<generation>.body`. A fill writes the
-//! body to `tmp/`, syncs it and renames it into place, then replaces the meta
-//! file the same way, so a reader sees the old entry or the new one, never a
-//! mix. Anything a crash leaves behind (temp files, a body without meta, a
-//! meta whose body is missing or short) is removed at start, never served.
+//! body to `tmp/` (one smaller than a page is held in memory instead, and
+//! written in place), syncs it and renames it into place, then writes the
+//! meta: in place for a key that had none, else beside and renamed over the
+//! old one, synced before the rename, so a reader sees the old entry or the
+//! new one, never a mix. Anything a crash leaves behind (temp files, a body
+//! without meta, a meta short or whose body is missing or short) is removed
+//! at start, never served.
 //! The sync waits for the kernel's writeback of the fill's pages (see
 //! [`flush_delay`]); until then the finished fill is served from its temp
 //! file, which the rename keeps (readers and mappings of it stay valid).
@@ -254,10 +257,15 @@ struct Fill {
     primary: String,
     tag: U64WriteId,
     meta: Parts,
+    /// Where its temp file goes, made once the body reaches a page (see
+    /// [`fill::PAGE`]): a smaller one (every `.info`, most `.mod` and
+    /// lists) is held whole in `tail`, and its file is written in place by
+    /// its durable write, which spares the miss a file created on the
+    /// event loop, and its durable write a rename.
     part: PathBuf,
-    /// The body file, open for readers: it stays valid when the fill is
+    /// The temp file, open for readers: it stays valid when the fill is
     /// renamed into place, so a reader never loses it mid-publish.
-    reader: Arc<File>,
+    reader: OnceLock<Arc<File>>,
     state: watch::Sender<FillState>,
     aborted: AtomicBool,
     /// Chunks handed straight to the filling request's own reader, so the
@@ -850,6 +858,12 @@ impl CacheStore {
         self.mapped.retain(|_, o| !Arc::ptr_eq(o, obj));
     }
 
+    /// Whether another process (an upgrade's old one) may still publish
+    /// into this cache, so that a key missing from the index may be on disk.
+    fn shared(&self) -> bool {
+        self.shared_until.is_some_and(|until| std::time::Instant::now() < until)
+    }
+
     /// Makes every finished fill durable on disk now (or drops it), and
     /// waits until they are.
     pub async fn settled(&self) {
@@ -927,7 +941,8 @@ impl CacheStore {
         if len <= DISK_COPY_MAX {
             return Some(self.partial_hit(fill, false));
         }
-        match self.map_body(&fill.part, &fill.reader) {
+        let Some(reader) = fill.reader.get() else { return Some(self.partial_hit(fill, false)) };
+        match self.map_body(&fill.part, reader) {
             Ok(Some(map)) if map.len() as u64 == len => {
                 let obj = Arc::new(MemObject::new(primary, fill.meta.clone(), MemBody::of_mapping(map)));
                 self.map_in(primary, hash, obj.clone(), epoch);
@@ -1022,8 +1037,7 @@ impl Storage for CacheStore {
         // read, and has no await point at which a fill could begin unseen.
         // (This process indexes what it publishes; while another may still
         // publish here, the disk is asked.)
-        let shared = self.shared_until.is_some_and(|until| std::time::Instant::now() < until);
-        if !shared && !self.index.lock().by_hash.contains_key(&hash) {
+        if !self.shared() && !self.index.lock().by_hash.contains_key(&hash) {
             return Ok(None);
         }
         let epoch = self.purge_epoch();
@@ -1095,16 +1109,6 @@ impl Storage for CacheStore {
         let primary = key.primary_key_str().unwrap_or_default().to_string();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let part = self.tmp.join(format!("{hash}.{id}.part"));
-        // Created right here: a new file in this process's own temp
-        // directory is quick, and a hop to the blocking pool (waking a
-        // thread) would stand before the first byte of every miss.
-        let (file, reader) = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&part)
-            .and_then(|f| Ok((f.try_clone()?, f)))
-            .map_err(|e| storage_error("create", e))?;
         let (state, _) = watch::channel(FillState::Partial(0));
         let fill = Arc::new(Fill {
             id,
@@ -1112,7 +1116,7 @@ impl Storage for CacheStore {
             tag: id.into(),
             meta: Parts::of(meta),
             part,
-            reader: Arc::new(reader),
+            reader: OnceLock::new(),
             state,
             aborted: AtomicBool::new(false),
             own: Mutex::new(OwnChunks::default()),
@@ -1121,7 +1125,7 @@ impl Storage for CacheStore {
             tail: Mutex::new((0, Bytes::new())),
         });
         self.fills.lock().insert(hash.clone(), fill.clone());
-        Ok(Box::new(Filler::new(self, hash, primary, fill, file)))
+        Ok(Box::new(Filler::new(self, hash, primary, fill)))
     }
 
     async fn purge(

@@ -173,6 +173,28 @@ async fn fills_are_made_durable_at_once_when_too_many_wait_or_the_edge_shuts_dow
 }
 
 #[tokio::test]
+async fn a_body_smaller_than_a_page_is_held_whole_no_temp_file_then_written_in_place() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let store = open_waiting(tmp.path(), 16);
+    let primary = "example.com/small/@v/v1.0.0.info";
+    let body = br#"{"Version":"v1.0.0","Time":"2026-01-02T03:04:05Z"}"#;
+    let key = cache_key(primary, None);
+    finish_fill(store, primary, body).await;
+    assert_eq!(files_in(&store.tmp), 1, "no temp file: only the lock file");
+    let (_, hit) = store.lookup(&key, &span).await.expect("lookup").expect("the waiting fill");
+    assert_eq!(read_all(hit).await.expect("read"), body);
+    store.settled().await;
+    assert_eq!(files_in(&store.shard(&key.combined())), 2, "its meta and its body, written in place");
+    assert_eq!(files_in(&store.tmp), 1);
+    store.release();
+    let (again, found) = open(tmp.path(), 0);
+    assert_eq!(found.len(), 1);
+    let (_, hit) = again.lookup(&key, &span).await.expect("lookup").expect("hit after a restart");
+    assert_eq!(read_all(hit).await.expect("read"), body);
+}
+
+#[tokio::test]
 async fn fills_past_the_bound_finish_only_once_durable_so_what_they_hold_stays_bounded() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open_waiting(tmp.path(), 2);
@@ -194,7 +216,7 @@ async fn fills_made_durable_together_each_survive_a_restart_and_one_that_fails_f
     let tmp = tempfile::tempdir().expect("tempdir");
     let span = Span::inactive().handle();
     let store = open_waiting(tmp.path(), 64);
-    let body = |v: usize| -> Vec<u8> { (0..3_000 + v * 100).map(|i| (i * 7 + v) as u8).collect() };
+    let body = |v: usize| -> Vec<u8> { (0..5_000 + v * 100).map(|i| (i * 7 + v) as u8).collect() };
     let key = |v: usize| format!("example.com/t/@v/v1.{v}.0.zip");
     for v in 0..40 {
         finish_fill(store, &key(v), &body(v)).await;
@@ -502,6 +524,31 @@ async fn a_purge_racing_a_promotion_to_memory_is_not_undone() {
         assert!(store.memory_get(key).is_none(), "round {round}: the purged object came back into memory");
         assert!(store.lookup(&cache_key(key, None), &span).await.expect("lookup").is_none(), "round {round}");
     }
+}
+
+#[tokio::test]
+async fn a_new_keys_meta_written_in_place_yields_to_one_another_process_published_meanwhile() {
+    // The old process of an upgrade fills a key its index lacks (so its
+    // meta would be written in place), which the new process published
+    // meanwhile: the old one's answer replaces it, and nothing is left over.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_path_buf();
+    let span = Span::inactive().handle();
+    let (old, _) = open(&dir, 0);
+    let (new, _) = open(&dir, 0);
+    let primary = "example.com/both/@v/v1.0.0.mod";
+    let key = cache_key(primary, None);
+    fill(new, primary, b"module example.com/both // new\n").await;
+    fill(old, primary, b"module example.com/both // old\n").await;
+    assert_eq!(files_in(&old.shard(&key.combined())), 2, "one meta, one body");
+    let (_, hit) = old.lookup(&key, &span).await.expect("lookup").expect("hit");
+    assert_eq!(read_all(hit).await.expect("read"), b"module example.com/both // old\n");
+    old.release();
+    new.release();
+    let (again, found) = open(&dir, 0);
+    assert_eq!(found.len(), 1);
+    let (_, hit) = again.lookup(&key, &span).await.expect("lookup").expect("hit after a restart");
+    assert_eq!(read_all(hit).await.expect("read"), b"module example.com/both // old\n");
 }
 
 #[tokio::test]
@@ -863,7 +910,9 @@ async fn a_fill_is_written_a_page_at_a_time_and_readers_get_the_bytes_held_past_
     for size in sizes {
         miss.write_body(Bytes::copy_from_slice(&body[written..written + size]), false).await.expect("write");
         written += size;
-        let in_file = std::fs::metadata(&part).expect("part").len();
+        // (No file before the body reaches a page.)
+        assert_eq!(part.exists(), written as u64 >= fill::PAGE, "after {written} bytes");
+        let in_file = std::fs::metadata(&part).map_or(0, |m| m.len());
         assert_eq!(in_file % fill::PAGE, 0, "after {written} bytes the file ends mid-page, at {in_file}");
         assert!(written as u64 - in_file < fill::PAGE, "{written} bytes taken, only {in_file} written");
         // A reader joining now, and one following all along, get every
