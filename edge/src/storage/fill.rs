@@ -163,10 +163,14 @@ impl HandleMiss for Filler {
             *n += 1;
             pending = *n;
         });
+        let holds = self.fill.reader.get().is_some();
+        let holding = if holds { store.holding.fetch_add(1, Ordering::SeqCst) + 1 } else { 0 };
         // Asked to hurry from here on, or not to wait at all: shutting
-        // down, or too many fills wait (each holds a descriptor).
+        // down, or too many fills wait: more than `pending_max` holding a
+        // descriptor, or [`HELD_PER_DESCRIPTOR`] times that in all (a body
+        // held whole is less than a page).
         let mut hurry = store.hurry.subscribe();
-        let over = pending > store.pending_max;
+        let over = holding > store.pending_max || pending > store.pending_max * HELD_PER_DESCRIPTOR;
         let wait = !store.draining.load(Ordering::SeqCst) && !over;
         if over {
             // Every fill waiting goes to disk with this one, in a batch or
@@ -191,6 +195,9 @@ impl HandleMiss for Filler {
             }
             if let Err(e) = publish.run().await {
                 tracing::warn!(key = %publish.primary, error = %e, "cache fill not kept on disk");
+            }
+            if holds {
+                publish.store.holding.fetch_sub(1, Ordering::SeqCst);
             }
             publish.store.publishing.send_modify(|n| *n -= 1);
         });

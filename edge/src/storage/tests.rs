@@ -195,6 +195,29 @@ async fn a_body_smaller_than_a_page_is_held_whole_no_temp_file_then_written_in_p
 }
 
 #[tokio::test]
+async fn fills_held_whole_count_against_a_bound_of_their_own_not_the_descriptors() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open_waiting(tmp.path(), 2);
+    let small = |v: usize| format!("example.com/held/@v/v1.{v}.0.info");
+    // Small bodies hold no descriptor: many more than two may wait.
+    for v in 0..2 * HELD_PER_DESCRIPTOR {
+        finish_fill(store, &small(v), b"{}").await;
+    }
+    assert!(pending(store, 2 * HELD_PER_DESCRIPTOR).await, "none was hurried");
+    assert!(store.index.lock().by_key.is_empty());
+    // One more is past that bound: every one waiting goes to disk.
+    finish_fill(store, &small(2 * HELD_PER_DESCRIPTOR), b"{}").await;
+    assert!(pending(store, 0).await, "all were hurried");
+    assert_eq!(store.disk_usage().0, 2 * HELD_PER_DESCRIPTOR + 1);
+    // Bodies in files count against the descriptors' bound as before.
+    for v in 0..3 {
+        finish_fill(store, &format!("example.com/held/@v/v1.{v}.0.zip"), &[1; 10_000]).await;
+    }
+    assert!(pending(store, 0).await, "the third file hurried the two before it");
+    assert_eq!(store.disk_usage().0, 2 * HELD_PER_DESCRIPTOR + 4);
+}
+
+#[tokio::test]
 async fn fills_past_the_bound_finish_only_once_durable_so_what_they_hold_stays_bounded() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open_waiting(tmp.path(), 2);
