@@ -57,6 +57,17 @@ async fn pending(store: &CacheStore, n: usize) -> bool {
     waited.is_ok()
 }
 
+/// Hands the cache over (as an exit does), opens it again, and checks that
+/// it holds one entry: `key`, whose body is `body`.
+async fn only_entry_after_a_restart(store: &CacheStore, dir: &Path, key: &CacheKey, body: &[u8]) {
+    store.release();
+    let (again, found) = open(dir, 0);
+    assert_eq!(found.len(), 1);
+    let span = Span::inactive().handle();
+    let (_, hit) = again.lookup(key, &span).await.expect("lookup").expect("hit after a restart");
+    assert_eq!(read_all(hit).await.expect("read"), body);
+}
+
 fn files_in(dir: &Path) -> usize {
     std::fs::read_dir(dir).expect("dir").count()
 }
@@ -85,11 +96,7 @@ async fn a_finished_fill_waits_for_the_kernels_writeback_before_its_durable_writ
     // Hurried (as at shutdown), it is made durable now, and a restart finds it.
     store.settled().await;
     assert_eq!(store.disk_usage(), (1, body.len() as u64));
-    store.release();
-    let (again, found) = open(tmp.path(), 0);
-    assert_eq!(found.len(), 1);
-    let (_, hit) = again.lookup(&key, &span).await.expect("lookup").expect("hit after a restart");
-    assert_eq!(read_all(hit).await.expect("read"), body);
+    only_entry_after_a_restart(store, tmp.path(), &key, &body[..]).await;
 }
 
 #[tokio::test]
@@ -187,11 +194,7 @@ async fn a_body_smaller_than_a_page_is_held_whole_no_temp_file_then_written_in_p
     store.settled().await;
     assert_eq!(files_in(&store.shard(&key.combined())), 2, "its meta and its body, written in place");
     assert_eq!(files_in(&store.tmp), 1);
-    store.release();
-    let (again, found) = open(tmp.path(), 0);
-    assert_eq!(found.len(), 1);
-    let (_, hit) = again.lookup(&key, &span).await.expect("lookup").expect("hit after a restart");
-    assert_eq!(read_all(hit).await.expect("read"), body);
+    only_entry_after_a_restart(store, tmp.path(), &key, &body[..]).await;
 }
 
 #[tokio::test]
@@ -266,7 +269,6 @@ async fn fills_made_durable_together_each_survive_a_restart_and_one_that_fails_f
 #[tokio::test]
 async fn two_fills_of_one_key_made_durable_together_leave_the_second_alone_on_disk() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let span = Span::inactive().handle();
     let store = open_waiting(tmp.path(), 16);
     let primary = "example.com/twice/@v/list";
     finish_fill(store, primary, b"v1.0.0\n").await;
@@ -274,11 +276,7 @@ async fn two_fills_of_one_key_made_durable_together_leave_the_second_alone_on_di
     store.settled().await;
     let key = cache_key(primary, None);
     assert_eq!(files_in(&store.shard(&key.combined())), 2, "one meta and the second body");
-    store.release();
-    let (again, found) = open(tmp.path(), 0);
-    assert_eq!(found.len(), 1);
-    let (_, hit) = again.lookup(&key, &span).await.expect("lookup").expect("hit");
-    assert_eq!(read_all(hit).await.expect("read"), b"v1.0.0\nv1.1.0\n");
+    only_entry_after_a_restart(store, tmp.path(), &key, b"v1.0.0\nv1.1.0\n").await;
 }
 
 #[tokio::test]
@@ -566,12 +564,8 @@ async fn a_new_keys_meta_written_in_place_yields_to_one_another_process_publishe
     assert_eq!(files_in(&old.shard(&key.combined())), 2, "one meta, one body");
     let (_, hit) = old.lookup(&key, &span).await.expect("lookup").expect("hit");
     assert_eq!(read_all(hit).await.expect("read"), b"module example.com/both // old\n");
-    old.release();
     new.release();
-    let (again, found) = open(&dir, 0);
-    assert_eq!(found.len(), 1);
-    let (_, hit) = again.lookup(&key, &span).await.expect("lookup").expect("hit after a restart");
-    assert_eq!(read_all(hit).await.expect("read"), b"module example.com/both // old\n");
+    only_entry_after_a_restart(old, &dir, &key, b"module example.com/both // old\n").await;
 }
 
 #[tokio::test]
