@@ -298,17 +298,15 @@ impl Publish {
         let published = match meta {
             Ok(meta) => {
                 let hash = self.hash.clone();
-                let held = || DurableBody::Held(self.fill.tail.lock().1.clone());
+                let file = self.fill.reader.get().map(|file| (file.clone(), self.fill.part.clone()));
+                let inline = file.is_none().then(|| self.fill.tail.lock().1.clone());
                 let job = Durable {
-                    source: self.fill.reader.get().map_or_else(held, |file| DurableBody::File {
-                        file: file.clone(),
-                        part: self.fill.part.clone(),
-                    }),
+                    file,
                     body: store.body_path(&hash, generation),
                     shard: store.shard(&hash),
                     meta_tmp: store.tmp.join(format!("{hash}.{generation}.meta")),
                     meta_path: store.meta_path(&hash),
-                    meta: MetaFile { generation, body_len: self.written, primary: self.primary.clone(), meta },
+                    meta: MetaFile { generation, body_len: self.written, primary: self.primary.clone(), meta, inline },
                     fresh: !store.shared() && !store.index.lock().by_hash.contains_key(&hash),
                     hash,
                 };
@@ -335,7 +333,7 @@ impl Publish {
         if published.is_err() || self.fill.aborted.load(Ordering::SeqCst) {
             let _ = std::fs::remove_file(&self.fill.part);
             if published.is_err() {
-                // (Placed, or written in place, but no meta names it.)
+                // (Placed, but no meta names it.)
                 let _ = std::fs::remove_file(store.body_path(&self.hash, generation));
             }
             if self.fill.aborted.load(Ordering::SeqCst) {
@@ -348,7 +346,9 @@ impl Publish {
 
 /// One finished fill's durable write.
 pub(super) struct Durable {
-    source: DurableBody,
+    /// The body's temp file and its path, renamed into place; none for a
+    /// body held whole (smaller than a page), which its meta file holds.
+    file: Option<(Arc<File>, PathBuf)>,
     body: PathBuf,
     shard: PathBuf,
     hash: String,
@@ -357,13 +357,6 @@ pub(super) struct Durable {
     meta_path: PathBuf,
     /// The key had no entry on disk when the fill finished.
     fresh: bool,
-}
-
-/// A finished fill's body: its temp file, renamed into place, or held
-/// whole (smaller than a page), written in place.
-enum DurableBody {
-    File { file: Arc<File>, part: PathBuf },
-    Held(Bytes),
 }
 
 /// Durable writes queued for the one writer, and whether it is at work.
@@ -431,10 +424,17 @@ impl CacheStore {
 fn write_batch(root: &File, batch: Vec<(Durable, oneshot::Sender<std::io::Result<()>>)>) {
     let alone = batch.len() == 1;
     let copy = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
-    // Bodies held whole are written in place first: until a meta names
-    // it, a body is no entry (and a crash's leftover is removed at start).
-    let written: Vec<std::io::Result<()>> = batch.iter().map(|(job, _)| job.write_body(alone)).collect();
-    let bodies = if alone { Ok(()) } else { rustix::fs::syncfs(root).map_err(Into::into) };
+    // Bodies in temp files are on disk before they are renamed into place
+    // (those held whole are written with their metas).
+    let written: Vec<std::io::Result<()>> = batch
+        .iter()
+        .map(|(job, _)| match &job.file {
+            Some((file, _)) if alone => file.sync_data(),
+            _ => Ok(()),
+        })
+        .collect();
+    let files = batch.iter().any(|(job, _)| job.file.is_some());
+    let bodies = if alone || !files { Ok(()) } else { rustix::fs::syncfs(root).map_err(Into::into) };
     // (A key filled twice in one batch: the second replaces the first.)
     let mut placed_here: HashMap<&str, u64> = HashMap::new();
     let mut placed = Vec::with_capacity(batch.len());
@@ -476,40 +476,27 @@ enum Placed {
 }
 
 impl Durable {
-    /// Writes a body held whole in its place; syncs it (or the temp file)
-    /// if `alone`.
-    fn write_body(&self, alone: bool) -> std::io::Result<()> {
-        match &self.source {
-            DurableBody::File { file, .. } if alone => file.sync_data(),
-            DurableBody::File { .. } => Ok(()),
-            DurableBody::Held(bytes) => {
-                let create = || std::fs::OpenOptions::new().write(true).create_new(true).open(&self.body);
-                let mut file = create().or_else(|e| match e.kind() {
-                    // (A shard that went missing.)
-                    std::io::ErrorKind::NotFound => std::fs::create_dir_all(&self.shard).and_then(|()| create()),
-                    _ => Err(e),
-                })?;
-                file.write_all(bytes)?;
-                if alone {
-                    file.sync_data()?;
-                }
-                Ok(())
-            }
-        }
+    /// `op`, and once more after making the shard if it went missing
+    /// (they are all made at open).
+    fn in_shard(&self, op: impl Fn() -> std::io::Result<()>) -> std::io::Result<()> {
+        op().or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => std::fs::create_dir_all(&self.shard).and_then(|()| op()),
+            _ => Err(e),
+        })
     }
 
-    /// Renames the body (on disk) into place, if it is not there, and
-    /// writes the new meta, synced if `alone`: in its place for a key that
-    /// had none (`fresh`, and not placed `earlier` in the batch), else
-    /// beside, with the generation it replaces (the one placed `earlier`,
-    /// or the one on disk). A meta is the last thing written in place, and
-    /// a crash's short one is removed at start: a new key's durable write
-    /// needs no rename of it, which was the dearest part of its write (in
-    /// batches of 800 cold misses, 200 of their 450 ms).
+    /// Renames the body (on disk) into place, if it is in a temp file, and
+    /// writes the new meta (with the body, if held whole), synced if
+    /// `alone`: in its place for a key that had none (`fresh`, and not
+    /// placed `earlier` in the batch), else beside, with the generation it
+    /// replaces (the one placed `earlier`, or the one on disk). A meta is
+    /// the last thing written in place, and a crash's short or damaged one
+    /// is removed at start: a new key's durable write needs no rename of
+    /// it, which was the dearest part of its write (in batches of 800 cold
+    /// misses, 200 of their 450 ms), and one held whole is one file.
     fn place(&self, alone: bool, earlier: Option<u64>) -> std::io::Result<Placed> {
-        std::fs::create_dir_all(&self.shard)?;
-        if let DurableBody::File { part, .. } = &self.source {
-            std::fs::rename(part, &self.body)?;
+        if let Some((_, part)) = &self.file {
+            self.in_shard(|| std::fs::rename(part, &self.body))?;
         }
         let write = |path: &Path, create_new: bool| -> std::io::Result<()> {
             let mut meta = std::fs::OpenOptions::new()
@@ -526,7 +513,7 @@ impl Durable {
             wrote
         };
         if self.fresh && earlier.is_none() {
-            match write(&self.meta_path, true) {
+            match self.in_shard(|| write(&self.meta_path, true)) {
                 // (One there after all: another process's, or a fill's
                 // placed meanwhile; replaced as any other.)
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -542,7 +529,7 @@ impl Durable {
     /// The new meta (on disk) in place of the old, whose body goes.
     fn replace_meta(&self, placed: Placed) -> std::io::Result<()> {
         let Placed::Beside(previous) = placed else { return Ok(()) };
-        std::fs::rename(&self.meta_tmp, &self.meta_path)?;
+        self.in_shard(|| std::fs::rename(&self.meta_tmp, &self.meta_path))?;
         if let Some(g) = previous.filter(|g| *g != self.meta.generation) {
             let _ = std::fs::remove_file(self.shard.join(format!("{}.{g}.body", self.hash)));
         }

@@ -5,13 +5,14 @@
 //! On disk each entry is two files under `objects/<2 hex>/`: `<hash>.meta`
 //! (the serialized `CacheMeta`, the request key, the body length and the
 //! generation of the body) and `<hash>.<generation>.body`. A fill writes the
-//! body to `tmp/` (one smaller than a page is held in memory instead, and
-//! written in place), syncs it and renames it into place, then writes the
+//! body to `tmp/`, syncs it and renames it into place, then writes the
 //! meta: in place for a key that had none, else beside and renamed over the
 //! old one, synced before the rename, so a reader sees the old entry or the
-//! new one, never a mix. Anything a crash leaves behind (temp files, a body
-//! without meta, a meta short or whose body is missing or short) is removed
-//! at start, never served.
+//! new one, never a mix. A body smaller than a page (every `.info`, most
+//! `.mod` and lists) is held in memory while it fills and written inside
+//! its meta file, checksummed: one file per entry. Anything a crash leaves
+//! behind (temp files, a body without meta, a meta short, damaged, or whose
+//! body is missing or short) is removed at start, never served.
 //! The sync waits for the kernel's writeback of the fill's pages (see
 //! [`flush_delay`]); until then the finished fill is served from its temp
 //! file, which the rename keeps (readers and mappings of it stay valid).
@@ -72,6 +73,8 @@ const CHUNK: usize = 256 << 10;
 /// small enough that a paced client (bandwidth tiers) gets an even stream.
 const MAPPED_CHUNK: usize = 256 << 10;
 const MAGIC: &[u8; 16] = b"MODCDN-EDGE-M01\n";
+/// A meta file whose body is inside it, followed by the CRC-32 of all before.
+const MAGIC_INLINE: &[u8; 16] = b"MODCDN-EDGE-I01\n";
 
 /// Builds the cache key of a request key (`Request::key()`), and of its
 /// copy for one credential (`credential`: a tag of it, never the secret);
@@ -473,28 +476,49 @@ fn unix_nanos(t: SystemTime) -> u64 {
 }
 
 /// The parsed meta file.
+#[derive(Clone)]
 struct MetaFile {
     generation: u64,
     body_len: u64,
     primary: String,
     meta: (Vec<u8>, Vec<u8>),
+    /// The body, when it is kept in the meta file (smaller than a page):
+    /// then the entry is this one file, which a crash leaves whole, short
+    /// or damaged (its checksum tells), and `generation` names no body file.
+    inline: Option<Bytes>,
 }
 
 impl MetaFile {
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.primary.len() + self.meta.0.len() + self.meta.1.len());
-        out.extend_from_slice(MAGIC);
+        let inline = self.inline.as_deref().unwrap_or_default();
+        let mut out =
+            Vec::with_capacity(64 + self.primary.len() + self.meta.0.len() + self.meta.1.len() + inline.len());
+        out.extend_from_slice(if self.inline.is_some() { MAGIC_INLINE } else { MAGIC });
         out.extend_from_slice(&self.generation.to_le_bytes());
         out.extend_from_slice(&self.body_len.to_le_bytes());
         for part in [self.primary.as_bytes(), &self.meta.0, &self.meta.1] {
             out.extend_from_slice(&(part.len() as u32).to_le_bytes());
             out.extend_from_slice(part);
         }
+        if self.inline.is_some() {
+            out.extend_from_slice(inline);
+            let crc = crc32fast::hash(&out);
+            out.extend_from_slice(&crc.to_le_bytes());
+        }
         out
     }
 
     fn decode(buf: &[u8]) -> Option<MetaFile> {
-        let rest = buf.strip_prefix(MAGIC.as_slice())?;
+        let (rest, inline) = match buf.strip_prefix(MAGIC.as_slice()) {
+            Some(rest) => (rest, false),
+            None => {
+                let (whole, crc) = buf.split_at_checked(buf.len().checked_sub(4)?)?;
+                if crc32fast::hash(whole).to_le_bytes() != crc {
+                    return None;
+                }
+                (whole.strip_prefix(MAGIC_INLINE.as_slice())?, true)
+            }
+        };
         let u64_at = |b: &[u8]| -> Option<u64> { Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?)) };
         let generation = u64_at(rest)?;
         let body_len = u64_at(rest.get(8..)?)?;
@@ -505,13 +529,15 @@ impl MetaFile {
             parts.push(rest.get(4..4 + len)?.to_vec());
             rest = &rest[4 + len..];
         }
-        if !rest.is_empty() {
-            return None;
-        }
+        let inline = match inline {
+            true if rest.len() as u64 == body_len => Some(Bytes::copy_from_slice(rest)),
+            false if rest.is_empty() => None,
+            _ => return None,
+        };
         let meta1 = parts.pop()?;
         let meta0 = parts.pop()?;
         let primary = String::from_utf8(parts.pop()?).ok()?;
-        Some(MetaFile { generation, body_len, primary, meta: (meta0, meta1) })
+        Some(MetaFile { generation, body_len, primary, meta: (meta0, meta1), inline })
     }
 }
 
@@ -657,14 +683,17 @@ impl CacheStore {
         for (hash, path) in metas {
             let parsed = std::fs::read(&path).ok().and_then(|b| MetaFile::decode(&b));
             let complete = parsed.as_ref().and_then(|m| {
+                let meta = CacheMeta::deserialize(&m.meta.0, &m.meta.1).ok()?;
+                if m.inline.is_some() {
+                    return Some((None, meta));
+                }
                 let body = shard.join(format!("{hash}.{}.body", m.generation));
                 let len = std::fs::metadata(&body).ok()?.len();
-                let meta = CacheMeta::deserialize(&m.meta.0, &m.meta.1).ok()?;
-                (len == m.body_len).then_some((body, meta))
+                (len == m.body_len).then_some((Some(body), meta))
             });
             match (parsed, complete) {
                 (Some(m), Some((body, meta))) => {
-                    keep.insert(body);
+                    keep.extend(body);
                     index.insert(&hash, &m.primary, m.body_len);
                     found.push(Stored { hash, primary: m.primary, size: m.body_len, fresh_until: meta.fresh_until() });
                 }
@@ -993,6 +1022,8 @@ enum DiskLookup {
     Small {
         meta: (Vec<u8>, Vec<u8>),
         body: MemBody,
+        /// Copied into the memory tier (else only served: it is off).
+        promote: bool,
     },
     Mapped {
         meta: (Vec<u8>, Vec<u8>),
@@ -1014,6 +1045,9 @@ fn read_disk(store: &CacheStore, meta_path: &Path, shard: &Path, hash: &str) -> 
         Err(e) => return Err(e),
     };
     let Some(m) = MetaFile::decode(&buf) else { return Ok(None) };
+    if let Some(body) = m.inline {
+        return Ok(Some(DiskLookup::Small { meta: m.meta, body: MemBody::heap(body), promote: memory_max > 0 }));
+    }
     let body_path = shard.join(format!("{hash}.{}.body", m.generation));
     let mut file = match File::open(&body_path) {
         Ok(f) => f,
@@ -1027,7 +1061,7 @@ fn read_disk(store: &CacheStore, meta_path: &Path, shard: &Path, hash: &str) -> 
     if m.body_len <= memory_max.min(DISK_COPY_MAX) {
         let mut body = Vec::with_capacity(m.body_len as usize);
         file.read_to_end(&mut body)?;
-        return Ok(Some(DiskLookup::Small { meta: m.meta, body: MemBody::heap(body.into()) }));
+        return Ok(Some(DiskLookup::Small { meta: m.meta, body: MemBody::heap(body.into()), promote: true }));
     }
     Ok(Some(match store.map_body(&body_path, &file)? {
         Some(map) => DiskLookup::Mapped { meta: m.meta, map },
@@ -1078,9 +1112,11 @@ impl Storage for CacheStore {
                 let fill = self.fills.lock().get(&hash).cloned();
                 Ok(fill.and_then(|fill| self.fill_hit(primary, &hash, &fill)))
             }
-            Some(DiskLookup::Small { meta, body }) => {
+            Some(DiskLookup::Small { meta, body, promote }) => {
                 let obj = Arc::new(MemObject::parse(primary, &meta, body)?);
-                self.promote(primary, obj.clone(), epoch);
+                if promote {
+                    self.promote(primary, obj.clone(), epoch);
+                }
                 Ok(Some(self.memory_hit(&obj)))
             }
             Some(DiskLookup::Mapped { meta, map }) => {

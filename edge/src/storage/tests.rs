@@ -152,9 +152,11 @@ async fn a_revalidation_of_a_fill_waiting_for_its_durable_write_is_kept() {
     let revalidated = CacheMeta::new(until, SystemTime::now(), 0, 0, header);
     assert!(store.update_meta(&key, &revalidated, &span).await.expect("update"), "the waiting fill's meta is updated");
     store.release();
-    let (_, found) = open(tmp.path(), 0);
+    let (again, found) = open(tmp.path(), 0);
     assert_eq!(found.len(), 1);
     assert_eq!(unix_nanos(found[0].fresh_until) / 1_000_000_000, unix_nanos(until) / 1_000_000_000);
+    let (_, hit) = again.lookup(&key, &span).await.expect("lookup").expect("hit");
+    assert_eq!(read_all(hit).await.expect("read"), b"v1.0.0\n", "its body kept with the new meta");
 }
 
 #[tokio::test]
@@ -180,7 +182,7 @@ async fn fills_are_made_durable_at_once_when_too_many_wait_or_the_edge_shuts_dow
 }
 
 #[tokio::test]
-async fn a_body_smaller_than_a_page_is_held_whole_no_temp_file_then_written_in_place() {
+async fn a_body_smaller_than_a_page_is_held_whole_no_temp_file_then_written_inside_its_meta() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let span = Span::inactive().handle();
     let store = open_waiting(tmp.path(), 16);
@@ -192,7 +194,7 @@ async fn a_body_smaller_than_a_page_is_held_whole_no_temp_file_then_written_in_p
     let (_, hit) = store.lookup(&key, &span).await.expect("lookup").expect("the waiting fill");
     assert_eq!(read_all(hit).await.expect("read"), body);
     store.settled().await;
-    assert_eq!(files_in(&store.shard(&key.combined())), 2, "its meta and its body, written in place");
+    assert_eq!(files_in(&store.shard(&key.combined())), 1, "its meta, the body inside, written in place");
     assert_eq!(files_in(&store.tmp), 1);
     only_entry_after_a_restart(store, tmp.path(), &key, &body[..]).await;
 }
@@ -275,7 +277,7 @@ async fn two_fills_of_one_key_made_durable_together_leave_the_second_alone_on_di
     finish_fill(store, primary, b"v1.0.0\nv1.1.0\n").await;
     store.settled().await;
     let key = cache_key(primary, None);
-    assert_eq!(files_in(&store.shard(&key.combined())), 2, "one meta and the second body");
+    assert_eq!(files_in(&store.shard(&key.combined())), 1, "one meta, with the second body");
     only_entry_after_a_restart(store, tmp.path(), &key, b"v1.0.0\nv1.1.0\n").await;
 }
 
@@ -387,28 +389,33 @@ async fn a_purge_during_a_fill_wins_and_crash_leftovers_are_removed() {
     assert!(miss.finish().await.is_err(), "the purged fill is not published");
     assert!(store.lookup(&key, &span).await.expect("lookup").is_none());
 
-    fill(store, "example.com/c/@v/v1.0.0.info", b"{}").await;
-    let hash = cache_key("example.com/c/@v/v1.0.0.info", None).combined();
-    let shard = dir.join("objects").join(&hash[..2]);
+    let (info, zip) = ("example.com/c/@v/v1.0.0.info", "example.com/c/@v/v1.0.0.zip");
+    fill(store, info, br#"{"Version":"v1.0.0"}"#).await;
+    fill(store, zip, &[9; 5_000]).await;
+    let shard_of = |key: &str| dir.join("objects").join(&cache_key(key, None).combined()[..2]);
+    let shard = shard_of(zip);
     // Leftovers: a torn meta, a body without meta, a stray temp file.
     std::fs::write(shard.join("ffff.meta"), b"MODCDN-EDGE-M01\ntorn").expect("torn meta");
     std::fs::write(shard.join("eeee.1.body"), b"orphan").expect("orphan body");
     std::fs::write(store.tmp.join("dddd.2.part"), b"partial").expect("temp");
-    // And a body cut short behind a good meta.
-    let body = std::fs::read_dir(&shard)
-        .expect("shard")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().contains(&hash) && p.extension().is_some_and(|e| e == "body"))
-        .expect("body file");
-    std::fs::write(&body, b"{").expect("cut body");
+    // A body cut short behind a good meta.
+    std::fs::write(body_file(&dir, &cache_key(zip, None).combined()), b"PK").expect("cut body");
+    // A meta holding its body, whole in length but one byte of the body
+    // lost (as a page a crash did not write).
+    let meta = store.meta_path(&cache_key(info, None).combined());
+    let mut bytes = std::fs::read(&meta).expect("meta");
+    let at = bytes.len() - 6;
+    bytes[at] ^= 0xff;
+    std::fs::write(&meta, &bytes).expect("damaged meta");
     // As after a crash: no process holds the cache any more.
     store.release();
     let (again, found) = open(&dir, 1 << 20);
     assert!(found.is_empty(), "{found:?}");
-    assert!(again.lookup(&cache_key("example.com/c/@v/v1.0.0.info", None), &span).await.expect("lookup").is_none());
-    let left: Vec<_> = std::fs::read_dir(&shard).expect("shard").flatten().map(|e| e.file_name()).collect();
-    assert!(left.is_empty(), "{left:?}");
+    for key in [info, zip] {
+        assert!(again.lookup(&cache_key(key, None), &span).await.expect("lookup").is_none(), "{key}");
+        let left: Vec<_> = std::fs::read_dir(shard_of(key)).expect("shard").flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "{key}: {left:?}");
+    }
     // Only the new process's own temp directory is left.
     assert_eq!(std::fs::read_dir(dir.join("tmp")).expect("tmp").count(), 1);
 }
@@ -476,17 +483,29 @@ fn meta_file_round_trips_and_rejects_damage() {
         body_len: 42,
         primary: "example.com/a/@v/v1.0.0.zip".into(),
         meta: (vec![1, 2], vec![3]),
+        inline: None,
     };
-    let enc = m.encode();
-    let back = MetaFile::decode(&enc).expect("decodes");
-    assert_eq!((back.generation, back.body_len, back.primary.as_str()), (7, 42, "example.com/a/@v/v1.0.0.zip"));
-    assert_eq!(back.meta, (vec![1, 2], vec![3]));
-    for cut in 0..enc.len() {
-        assert!(MetaFile::decode(&enc[..cut]).is_none(), "truncated at {cut}");
+    let body = Bytes::from_static(b"{\"Version\":\"v1.0.0\"}");
+    let held = MetaFile { body_len: body.len() as u64, inline: Some(body.clone()), ..m.clone() };
+    for m in [m, held] {
+        let enc = m.encode();
+        let back = MetaFile::decode(&enc).expect("decodes");
+        assert_eq!((back.generation, back.body_len, back.primary.as_str()), (7, m.body_len, m.primary.as_str()));
+        assert_eq!((back.meta, back.inline), (m.meta, m.inline.clone()));
+        for cut in 0..enc.len() {
+            assert!(MetaFile::decode(&enc[..cut]).is_none(), "truncated at {cut}");
+        }
+        let mut extra = enc.clone();
+        extra.push(0);
+        assert!(MetaFile::decode(&extra).is_none());
+        if m.inline.is_some() {
+            for at in 0..enc.len() {
+                let mut damaged = enc.clone();
+                damaged[at] ^= 1;
+                assert!(MetaFile::decode(&damaged).is_none(), "a bit flipped at {at}");
+            }
+        }
     }
-    let mut extra = enc.clone();
-    extra.push(0);
-    assert!(MetaFile::decode(&extra).is_none());
 }
 
 #[tokio::test]
@@ -561,7 +580,7 @@ async fn a_new_keys_meta_written_in_place_yields_to_one_another_process_publishe
     let key = cache_key(primary, None);
     fill(new, primary, b"module example.com/both // new\n").await;
     fill(old, primary, b"module example.com/both // old\n").await;
-    assert_eq!(files_in(&old.shard(&key.combined())), 2, "one meta, one body");
+    assert_eq!(files_in(&old.shard(&key.combined())), 1, "one meta, the body inside");
     let (_, hit) = old.lookup(&key, &span).await.expect("lookup").expect("hit");
     assert_eq!(read_all(hit).await.expect("read"), b"module example.com/both // old\n");
     new.release();
@@ -751,7 +770,7 @@ fn body_file(dir: &Path, hash: &str) -> PathBuf {
     std::fs::read_dir(&shard)
         .expect("shard")
         .map(|e| e.expect("entry").path())
-        .find(|p| p.extension().is_some_and(|e| e == "body"))
+        .find(|p| p.extension().is_some_and(|e| e == "body") && p.to_string_lossy().contains(hash))
         .expect("body file")
 }
 
