@@ -7,6 +7,13 @@ use clap::{Parser, Subcommand};
 use modcdn_edge::config::EdgeConfig;
 use modcdn_shared::config::Flag;
 
+/// mimalloc, not glibc's malloc: in a steady stream of cold misses glibc's
+/// `malloc`/`free` were a fifth of the event loop's work (Pingora's request
+/// path allocates freely), and mimalloc took 14 % more misses per second
+/// (transparent huge pages off: with them the idle edge held 70 MiB more).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "modcdn edge node: the caching GOPROXY go clients talk to")]
 struct Cli {
