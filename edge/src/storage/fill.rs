@@ -294,27 +294,21 @@ impl Publish {
             let _ = std::fs::remove_file(&self.fill.part);
             return Ok(());
         }
-        let meta = self.fill.meta.meta().serialize().map_err(std::io::Error::other);
-        let published = match meta {
-            Ok(meta) => {
-                let hash = self.hash.clone();
-                let file = self.fill.reader.get().map(|file| (file.clone(), self.fill.part.clone()));
-                let inline = file.is_none().then(|| self.fill.tail.lock().1.clone());
-                let job = Durable {
-                    file,
-                    body: store.body_path(&hash, generation),
-                    shard: store.shard(&hash),
-                    meta_tmp: store.tmp.join(format!("{hash}.{generation}.meta")),
-                    meta_path: store.meta_path(&hash),
-                    meta: MetaFile { generation, body_len: self.written, primary: self.primary.clone(), meta, inline },
-                    fresh: !store.shared() && !store.index.lock().by_hash.contains_key(&hash),
-                    hash,
-                };
-                store.write_durably(job).await
-            }
-            Err(e) => Err(e),
-        }
-        .map_err(|e| storage_error("publish", e));
+        let hash = self.hash.clone();
+        let file = self.fill.reader.get().map(|file| (file.clone(), self.fill.part.clone()));
+        let inline = file.is_none().then(|| self.fill.tail.lock().1.clone());
+        let parts = self.fill.meta.clone();
+        let job = Durable {
+            file,
+            body: store.body_path(&hash, generation),
+            shard: store.shard(&hash),
+            meta_tmp: store.tmp.join(format!("{hash}.{generation}.meta")),
+            meta_path: store.meta_path(&hash),
+            meta: MetaFile { generation, body_len: self.written, primary: self.primary.clone(), parts, inline },
+            fresh: !store.shared() && !store.index.lock().by_hash.contains_key(&hash),
+            hash,
+        };
+        let published = store.write_durably(job).await.map_err(|e| storage_error("publish", e));
         if published.is_ok() && !self.fill.aborted.load(Ordering::SeqCst) {
             store.index.lock().insert(&self.hash, &self.primary, self.written);
             // (A lookup may have mapped the previous body meanwhile; one of

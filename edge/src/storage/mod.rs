@@ -72,9 +72,12 @@ const CHUNK: usize = 256 << 10;
 /// Bytes per chunk of a mapped body (slices: no copy, no memory held);
 /// small enough that a paced client (bandwidth tiers) gets an even stream.
 const MAPPED_CHUNK: usize = 256 << 10;
-const MAGIC: &[u8; 16] = b"MODCDN-EDGE-M01\n";
+const MAGIC: &[u8; 16] = b"MODCDN-EDGE-M02\n";
 /// A meta file whose body is inside it, followed by the CRC-32 of all before.
-const MAGIC_INLINE: &[u8; 16] = b"MODCDN-EDGE-I01\n";
+const MAGIC_INLINE: &[u8; 16] = b"MODCDN-EDGE-I02\n";
+/// The meta files of earlier versions, with Pingora's serialized meta
+/// (read, never written).
+const MAGIC_PINGORA: &[u8; 16] = b"MODCDN-EDGE-M01\n";
 
 /// Builds the cache key of a request key (`Request::key()`), and of its
 /// copy for one credential (`credential`: a tag of it, never the secret);
@@ -106,9 +109,10 @@ pub fn tier_of(hit: &(dyn HandleHit + Send + Sync)) -> &'static str {
 
 /// A response's cache metadata kept parsed. Pingora's serialized form
 /// (zstd-compressed headers) costs more to write and read back than a
-/// small miss costs otherwise, so a fill keeps this, its readers and the
-/// memory tier build on it, and it is serialized once, for the meta file,
-/// behind the answer.
+/// small miss costs otherwise (its `serialize` was 5 % of the event loop's
+/// work in a stream of cold misses), so a fill keeps this, its readers and
+/// the memory tier build on it, and the meta file holds it in a plain
+/// encoding of its own ([`Parts::encode`]).
 #[derive(Clone)]
 struct Parts {
     header: pingora::http::ResponseHeader,
@@ -129,8 +133,46 @@ impl Parts {
         }
     }
 
-    fn parse(meta: &(Vec<u8>, Vec<u8>)) -> Result<Parts> {
-        Ok(Parts::of(&CacheMeta::deserialize(&meta.0, &meta.1)?))
+    /// The times (nanoseconds since the epoch) and stale windows, little
+    /// endian, the status, then each header as its name and value, each
+    /// after its length.
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&unix_nanos(self.fresh_until).to_le_bytes());
+        out.extend_from_slice(&unix_nanos(self.created).to_le_bytes());
+        out.extend_from_slice(&self.stale_while_revalidate.to_le_bytes());
+        out.extend_from_slice(&self.stale_if_error.to_le_bytes());
+        out.extend_from_slice(&self.header.status.as_u16().to_le_bytes());
+        for (name, value) in self.header.headers.iter() {
+            for part in [name.as_str().as_bytes(), value.as_bytes()] {
+                out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+                out.extend_from_slice(part);
+            }
+        }
+    }
+
+    fn decode(mut buf: &[u8]) -> Option<Parts> {
+        fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            let (head, rest) = buf.split_at_checked(n)?;
+            *buf = rest;
+            Some(head)
+        }
+        let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+        let u32_of = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or_default());
+        let time = |nanos: u64| UNIX_EPOCH + std::time::Duration::from_nanos(nanos);
+        let fresh_until = time(u64_of(take(&mut buf, 8)?));
+        let created = time(u64_of(take(&mut buf, 8)?));
+        let stale_while_revalidate = u32_of(take(&mut buf, 4)?);
+        let stale_if_error = u32_of(take(&mut buf, 4)?);
+        let status = u16::from_le_bytes(take(&mut buf, 2)?.try_into().ok()?);
+        let mut header = pingora::http::ResponseHeader::build(status, None).ok()?;
+        while !buf.is_empty() {
+            let len = u32_of(take(&mut buf, 4)?) as usize;
+            let name = http::HeaderName::from_bytes(take(&mut buf, len)?).ok()?;
+            let len = u32_of(take(&mut buf, 4)?) as usize;
+            let value = http::HeaderValue::from_bytes(take(&mut buf, len)?).ok()?;
+            header.append_header(name, value).ok()?;
+        }
+        Some(Parts { header, fresh_until, created, stale_while_revalidate, stale_if_error })
     }
 
     /// About what its headers take, in memory or on disk.
@@ -197,10 +239,6 @@ impl MemObject {
             body,
             hits: AtomicU32::new(self.hits.load(Ordering::Relaxed)),
         }
-    }
-
-    fn parse(primary: &str, meta: &(Vec<u8>, Vec<u8>), body: MemBody) -> Result<MemObject> {
-        Ok(MemObject::new(primary, Parts::parse(meta)?, body))
     }
 
     fn meta(&self) -> CacheMeta {
@@ -481,7 +519,7 @@ struct MetaFile {
     generation: u64,
     body_len: u64,
     primary: String,
-    meta: (Vec<u8>, Vec<u8>),
+    parts: Parts,
     /// The body, when it is kept in the meta file (smaller than a page):
     /// then the entry is this one file, which a crash leaves whole, short
     /// or damaged (its checksum tells), and `generation` names no body file.
@@ -491,15 +529,17 @@ struct MetaFile {
 impl MetaFile {
     fn encode(&self) -> Vec<u8> {
         let inline = self.inline.as_deref().unwrap_or_default();
-        let mut out =
-            Vec::with_capacity(64 + self.primary.len() + self.meta.0.len() + self.meta.1.len() + inline.len());
+        let mut out = Vec::with_capacity(64 + self.primary.len() + self.parts.header_bytes() + inline.len());
         out.extend_from_slice(if self.inline.is_some() { MAGIC_INLINE } else { MAGIC });
         out.extend_from_slice(&self.generation.to_le_bytes());
         out.extend_from_slice(&self.body_len.to_le_bytes());
-        for part in [self.primary.as_bytes(), &self.meta.0, &self.meta.1] {
-            out.extend_from_slice(&(part.len() as u32).to_le_bytes());
-            out.extend_from_slice(part);
-        }
+        out.extend_from_slice(&(self.primary.len() as u32).to_le_bytes());
+        out.extend_from_slice(self.primary.as_bytes());
+        let at = out.len();
+        out.extend_from_slice(&0u32.to_le_bytes());
+        self.parts.encode(&mut out);
+        let len = (out.len() - at - 4) as u32;
+        out[at..at + 4].copy_from_slice(&len.to_le_bytes());
         if self.inline.is_some() {
             out.extend_from_slice(inline);
             let crc = crc32fast::hash(&out);
@@ -509,24 +549,25 @@ impl MetaFile {
     }
 
     fn decode(buf: &[u8]) -> Option<MetaFile> {
-        let (rest, inline) = match buf.strip_prefix(MAGIC.as_slice()) {
-            Some(rest) => (rest, false),
-            None => {
-                let (whole, crc) = buf.split_at_checked(buf.len().checked_sub(4)?)?;
-                if crc32fast::hash(whole).to_le_bytes() != crc {
-                    return None;
-                }
-                (whole.strip_prefix(MAGIC_INLINE.as_slice())?, true)
+        let (rest, pingora, inline) = if let Some(rest) = buf.strip_prefix(MAGIC.as_slice()) {
+            (rest, false, false)
+        } else if let Some(rest) = buf.strip_prefix(MAGIC_PINGORA.as_slice()) {
+            (rest, true, false)
+        } else {
+            let (whole, crc) = buf.split_at_checked(buf.len().checked_sub(4)?)?;
+            if crc32fast::hash(whole).to_le_bytes() != crc {
+                return None;
             }
+            (whole.strip_prefix(MAGIC_INLINE.as_slice())?, false, true)
         };
         let u64_at = |b: &[u8]| -> Option<u64> { Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?)) };
         let generation = u64_at(rest)?;
         let body_len = u64_at(rest.get(8..)?)?;
         let mut rest = rest.get(16..)?;
-        let mut parts = Vec::with_capacity(3);
-        for _ in 0..3 {
+        let mut pieces = Vec::with_capacity(3);
+        for _ in 0..if pingora { 3 } else { 2 } {
             let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-            parts.push(rest.get(4..4 + len)?.to_vec());
+            pieces.push(rest.get(4..4 + len)?);
             rest = &rest[4 + len..];
         }
         let inline = match inline {
@@ -534,10 +575,13 @@ impl MetaFile {
             false if rest.is_empty() => None,
             _ => return None,
         };
-        let meta1 = parts.pop()?;
-        let meta0 = parts.pop()?;
-        let primary = String::from_utf8(parts.pop()?).ok()?;
-        Some(MetaFile { generation, body_len, primary, meta: (meta0, meta1), inline })
+        let parts = match pieces[1..] {
+            [meta0, meta1] => Parts::of(&CacheMeta::deserialize(meta0, meta1).ok()?),
+            [parts] => Parts::decode(parts)?,
+            _ => return None,
+        };
+        let primary = String::from_utf8(pieces[0].to_vec()).ok()?;
+        Some(MetaFile { generation, body_len, primary, parts, inline })
     }
 }
 
@@ -683,19 +727,18 @@ impl CacheStore {
         for (hash, path) in metas {
             let parsed = std::fs::read(&path).ok().and_then(|b| MetaFile::decode(&b));
             let complete = parsed.as_ref().and_then(|m| {
-                let meta = CacheMeta::deserialize(&m.meta.0, &m.meta.1).ok()?;
                 if m.inline.is_some() {
-                    return Some((None, meta));
+                    return Some(None);
                 }
                 let body = shard.join(format!("{hash}.{}.body", m.generation));
                 let len = std::fs::metadata(&body).ok()?.len();
-                (len == m.body_len).then_some((Some(body), meta))
+                (len == m.body_len).then_some(Some(body))
             });
             match (parsed, complete) {
-                (Some(m), Some((body, meta))) => {
+                (Some(m), Some(body)) => {
                     keep.extend(body);
                     index.insert(&hash, &m.primary, m.body_len);
-                    found.push(Stored { hash, primary: m.primary, size: m.body_len, fresh_until: meta.fresh_until() });
+                    found.push(Stored { hash, primary: m.primary, size: m.body_len, fresh_until: m.parts.fresh_until });
                 }
                 _ if spared(&path) => {}
                 _ => {
@@ -1020,18 +1063,18 @@ impl CacheStore {
 /// What a disk lookup found.
 enum DiskLookup {
     Small {
-        meta: (Vec<u8>, Vec<u8>),
+        parts: Parts,
         body: MemBody,
         /// Copied into the memory tier (else only served: it is off).
         promote: bool,
     },
     Mapped {
-        meta: (Vec<u8>, Vec<u8>),
+        parts: Parts,
         map: Arc<mapped::Mapped>,
     },
     /// Not mappable now (see [`mapped`]): read from the file.
     Large {
-        meta: (Vec<u8>, Vec<u8>),
+        parts: Parts,
         file: File,
         len: usize,
     },
@@ -1046,7 +1089,7 @@ fn read_disk(store: &CacheStore, meta_path: &Path, shard: &Path, hash: &str) -> 
     };
     let Some(m) = MetaFile::decode(&buf) else { return Ok(None) };
     if let Some(body) = m.inline {
-        return Ok(Some(DiskLookup::Small { meta: m.meta, body: MemBody::heap(body), promote: memory_max > 0 }));
+        return Ok(Some(DiskLookup::Small { parts: m.parts, body: MemBody::heap(body), promote: memory_max > 0 }));
     }
     let body_path = shard.join(format!("{hash}.{}.body", m.generation));
     let mut file = match File::open(&body_path) {
@@ -1061,11 +1104,11 @@ fn read_disk(store: &CacheStore, meta_path: &Path, shard: &Path, hash: &str) -> 
     if m.body_len <= memory_max.min(DISK_COPY_MAX) {
         let mut body = Vec::with_capacity(m.body_len as usize);
         file.read_to_end(&mut body)?;
-        return Ok(Some(DiskLookup::Small { meta: m.meta, body: MemBody::heap(body.into()), promote: true }));
+        return Ok(Some(DiskLookup::Small { parts: m.parts, body: MemBody::heap(body.into()), promote: true }));
     }
     Ok(Some(match store.map_body(&body_path, &file)? {
-        Some(map) => DiskLookup::Mapped { meta: m.meta, map },
-        None => DiskLookup::Large { meta: m.meta, file, len: m.body_len as usize },
+        Some(map) => DiskLookup::Mapped { parts: m.parts, map },
+        None => DiskLookup::Large { parts: m.parts, file, len: m.body_len as usize },
     }))
 }
 
@@ -1112,20 +1155,20 @@ impl Storage for CacheStore {
                 let fill = self.fills.lock().get(&hash).cloned();
                 Ok(fill.and_then(|fill| self.fill_hit(primary, &hash, &fill)))
             }
-            Some(DiskLookup::Small { meta, body, promote }) => {
-                let obj = Arc::new(MemObject::parse(primary, &meta, body)?);
+            Some(DiskLookup::Small { parts, body, promote }) => {
+                let obj = Arc::new(MemObject::new(primary, parts, body));
                 if promote {
                     self.promote(primary, obj.clone(), epoch);
                 }
                 Ok(Some(self.memory_hit(&obj)))
             }
-            Some(DiskLookup::Mapped { meta, map }) => {
-                let obj = Arc::new(MemObject::parse(primary, &meta, MemBody::of_mapping(map))?);
+            Some(DiskLookup::Mapped { parts, map }) => {
+                let obj = Arc::new(MemObject::new(primary, parts, MemBody::of_mapping(map)));
                 self.map_in(primary, &hash, obj.clone(), epoch);
                 Ok(Some(self.memory_hit(&obj)))
             }
-            Some(DiskLookup::Large { meta, file, len }) => {
-                let meta = CacheMeta::deserialize(&meta.0, &meta.1)?;
+            Some(DiskLookup::Large { parts, file, len }) => {
+                let meta = parts.meta();
                 let body = hit::DiskBody::File { file: Arc::new(file), len };
                 Ok(Some((meta, Box::new(Hit::Disk { body, pos: 0, end: len }))))
             }
@@ -1192,9 +1235,9 @@ impl Storage for CacheStore {
         let hash = target.key().combined();
         let stored = self.read_meta(&hash).await?;
         let Some(mut m) = stored else { return Ok(PurgeOutcome::NotFound) };
-        let mut meta = CacheMeta::deserialize(&m.meta.0, &m.meta.1)?;
+        let mut meta = m.parts.meta();
         meta.expire_at(SystemTime::now());
-        m.meta = meta.serialize()?;
+        m.parts = Parts::of(&meta);
         self.write_meta(&hash, m).await?;
         Ok(PurgeOutcome::Expired)
     }
@@ -1202,7 +1245,7 @@ impl Storage for CacheStore {
     async fn update_meta(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<bool> {
         let hash = key.combined();
         let Some(mut m) = self.read_meta(&hash).await? else { return Ok(false) };
-        m.meta = meta.serialize()?;
+        m.parts = Parts::of(meta);
         self.write_meta(&hash, m).await?;
         Ok(true)
     }
@@ -1249,7 +1292,7 @@ impl CacheStore {
         // A mapped-tier copy is read again from disk, with this meta.
         self.mapped.remove(&m.primary);
         if let Some(obj) = self.memory.get(&m.primary) {
-            self.promote(&m.primary, Arc::new(MemObject::parse(&m.primary, &m.meta, obj.body.clone())?), epoch);
+            self.promote(&m.primary, Arc::new(MemObject::new(&m.primary, m.parts.clone(), obj.body.clone())), epoch);
         }
         let path = self.meta_path(hash);
         let tmp = self.tmp.join(format!("{hash}.{}.meta", self.next_id.fetch_add(1, Ordering::Relaxed)));

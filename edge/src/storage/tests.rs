@@ -482,7 +482,7 @@ fn meta_file_round_trips_and_rejects_damage() {
         generation: 7,
         body_len: 42,
         primary: "example.com/a/@v/v1.0.0.zip".into(),
-        meta: (vec![1, 2], vec![3]),
+        parts: Parts::of(&meta(42)),
         inline: None,
     };
     let body = Bytes::from_static(b"{\"Version\":\"v1.0.0\"}");
@@ -491,7 +491,8 @@ fn meta_file_round_trips_and_rejects_damage() {
         let enc = m.encode();
         let back = MetaFile::decode(&enc).expect("decodes");
         assert_eq!((back.generation, back.body_len, back.primary.as_str()), (7, m.body_len, m.primary.as_str()));
-        assert_eq!((back.meta, back.inline), (m.meta, m.inline.clone()));
+        assert_eq!(back.inline, m.inline);
+        assert_eq!(back.encode(), enc, "the same head, times and body");
         for cut in 0..enc.len() {
             assert!(MetaFile::decode(&enc[..cut]).is_none(), "truncated at {cut}");
         }
@@ -506,6 +507,33 @@ fn meta_file_round_trips_and_rejects_damage() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn entries_an_earlier_version_wrote_with_pingoras_meta_are_served_after_an_upgrade() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let primary = "example.com/old/@v/v1.0.0.zip";
+    let key = cache_key(primary, None);
+    let hash = key.combined();
+    let shard = tmp.path().join("objects").join(&hash[..2]);
+    std::fs::create_dir_all(&shard).expect("shard");
+    let body = vec![5u8; 9_000];
+    std::fs::write(shard.join(format!("{hash}.3.body")), &body).expect("body");
+    let (meta0, meta1) = meta(body.len()).serialize().expect("serialize");
+    let mut file = MAGIC_PINGORA.to_vec();
+    file.extend_from_slice(&3u64.to_le_bytes());
+    file.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    for part in [primary.as_bytes(), &meta0, &meta1] {
+        file.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        file.extend_from_slice(part);
+    }
+    std::fs::write(shard.join(format!("{hash}.meta")), &file).expect("meta");
+    let (store, found) = open(tmp.path(), 0);
+    assert_eq!(found.len(), 1, "kept at start");
+    let (meta, hit) = store.lookup(&key, &span).await.expect("lookup").expect("hit");
+    assert_eq!(meta.response_header().headers["content-length"], "9000");
+    assert_eq!(read_all(hit).await.expect("read"), body);
 }
 
 #[tokio::test]
