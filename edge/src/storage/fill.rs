@@ -409,12 +409,13 @@ impl CacheStore {
 
 /// Makes a batch of finished fills durable, each as one alone is: its body
 /// on disk before it is renamed into place, then its meta written, on disk,
-/// and renamed over the one before. A fill alone syncs its own two files
-/// (after [`flush_delay`] they cost a flush, not a write). Several sync the
-/// file system once for all their bodies and once for all their metas
-/// (`syncfs`), where each fill's two syncs waited for the disk in turn: in
-/// a steady stream of cold misses, past the bound of fills that wait,
-/// every fill pays its durable write at once (see [`PENDING_MAX`]).
+/// and renamed over the one before. A fill alone syncs its own two files,
+/// or one if its body is held whole inside its meta (after [`flush_delay`]
+/// they cost a flush, not a write). Several sync the file system once for
+/// all their bodies (unless every body is held whole) and once for all
+/// their metas (`syncfs`), where each fill's two syncs waited for the disk
+/// in turn: in a steady stream of cold misses, past the bound of fills that
+/// wait, every fill pays its durable write at once (see [`PENDING_MAX`]).
 fn write_batch(root: &File, batch: Vec<(Durable, oneshot::Sender<std::io::Result<()>>)>) {
     let alone = batch.len() == 1;
     let copy = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());

@@ -300,9 +300,9 @@ struct Fill {
     meta: Parts,
     /// Where its temp file goes, made once the body reaches a page (see
     /// [`fill::PAGE`]): a smaller one (every `.info`, most `.mod` and
-    /// lists) is held whole in `tail`, and its file is written in place by
-    /// its durable write, which spares the miss a file created on the
-    /// event loop, and its durable write a rename.
+    /// lists) is held whole in `tail`, and its durable write puts it inside
+    /// its meta file, which spares the miss a file created on the event
+    /// loop, and its durable write a second file.
     part: PathBuf,
     /// The temp file, open for readers: it stays valid when the fill is
     /// renamed into place, so a reader never loses it mid-publish.
