@@ -1065,7 +1065,8 @@ enum DiskLookup {
     Small {
         parts: Parts,
         body: MemBody,
-        /// Copied into the memory tier (else only served: it is off).
+        /// Copied into the memory tier (else only served: it is off, or
+        /// the body is above its object limit).
         promote: bool,
     },
     Mapped {
@@ -1089,7 +1090,8 @@ fn read_disk(store: &CacheStore, meta_path: &Path, shard: &Path, hash: &str) -> 
     };
     let Some(m) = MetaFile::decode(&buf) else { return Ok(None) };
     if let Some(body) = m.inline {
-        return Ok(Some(DiskLookup::Small { parts: m.parts, body: MemBody::heap(body), promote: memory_max > 0 }));
+        let promote = m.body_len <= memory_max;
+        return Ok(Some(DiskLookup::Small { parts: m.parts, body: MemBody::heap(body), promote }));
     }
     let body_path = shard.join(format!("{hash}.{}.body", m.generation));
     let mut file = match File::open(&body_path) {

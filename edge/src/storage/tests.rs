@@ -803,6 +803,25 @@ fn body_file(dir: &Path, hash: &str) -> PathBuf {
 }
 
 #[tokio::test]
+async fn a_body_held_in_its_meta_is_copied_into_memory_only_within_the_object_limit() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    // Up to 1 KiB per object in memory; both bodies are held whole on disk.
+    let (store, _) = open(tmp.path(), 1 << 20);
+    let (small, larger) = ("example.com/h/@v/v1.0.0.mod", "example.com/h/@v/v1.0.0.zip");
+    fill(store, small, &[1; 500]).await;
+    fill(store, larger, &[2; 3_000]).await;
+    store.memory.remove(small);
+    assert!(store.memory.get(larger).is_none(), "above the limit: never in memory");
+    for key in [small, larger] {
+        let (_, hit) = store.lookup(&cache_key(key, None), &span).await.expect("lookup").expect("hit");
+        assert_eq!(read_all(hit).await.expect("read").len(), if key == small { 500 } else { 3_000 });
+    }
+    assert!(store.memory.get(small).is_some(), "read back into memory");
+    assert!(store.memory.get(larger).is_none(), "served, but kept out of memory");
+}
+
+#[tokio::test]
 async fn a_body_read_from_disk_is_copied_into_memory_only_when_tiny() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let span = Span::inactive().handle();
