@@ -910,7 +910,8 @@ async fn exchange(addr: &str, requests: &[u8], n: usize, bodies: bool) -> Vec<u8
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_hits_take_the_fast_lane_and_answer_as_the_full_path_does() {
-    let Stack { tmp: _tmp, corpus, upstream: _upstream, origin: _origin, edge } = stack(1 << 10, "", "").await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Stack { tmp: _tmp, corpus, upstream, origin: _origin, edge } = stack(1 << 10, "", "").await;
     let addr = edge.url.trim_start_matches("http://").to_string();
     let c = client();
     let info = Corpus::key(corpus::ALPHA, "v1.0.0", "info");
@@ -972,6 +973,39 @@ async fn memory_hits_take_the_fast_lane_and_answer_as_the_full_path_does() {
     assert_eq!(got[1].2, corpus_file(&corpus, &module));
     assert_eq!(got[2].2, corpus_file(&corpus, &info));
     assert_eq!(got[3].0, "HTTP/1.1 404 Not Found");
+    // And so are hits sent together behind a request of the full path (a
+    // miss): the full path answers its own, the lane the rest.
+    let other_missing = "GET /example.com/nonexistent/@v/v9.9.8.mod HTTP/1.1\r\nHost: x\r\n\r\n";
+    let behind = [other_missing, plain.as_str(), module_req.as_str(), plain.as_str()].concat();
+    let got = answers(&pipelined(&addr, behind.as_bytes(), 4).await);
+    assert_eq!(got.len(), 4, "requests behind a miss: {got:?}");
+    assert_eq!(got[0].0, "HTTP/1.1 404 Not Found");
+    assert_eq!(got[1].2, corpus_file(&corpus, &info));
+    assert_eq!(got[2].2, corpus_file(&corpus, &module));
+    assert_eq!(got[3].2, corpus_file(&corpus, &info));
+
+    // A request sent while the full path still answers the one before it
+    // (a miss, the upstream slow) is answered after it on that connection.
+    upstream.set_faults(Faults { delay: Duration::from_millis(300), ..Faults::default() });
+    let slow = Corpus::key(corpus::BETA, "v2.0.0", "mod");
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    conn.write_all(format!("GET /{slow} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.expect("write");
+    let asked = eventually(Duration::from_secs(10), || async { upstream.counters().get(&slow) > 0 });
+    assert!(asked.await, "the miss never reached the upstream");
+    conn.write_all(plain.as_bytes()).await.expect("write");
+    let mut all = Vec::new();
+    let mut piece = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while framed(&all, true).len() < 2 {
+        match tokio::time::timeout_at(deadline, conn.read(&mut piece)).await {
+            Ok(Ok(read)) if read > 0 => all.extend_from_slice(&piece[..read]),
+            _ => break,
+        }
+    }
+    let got = answers(&all);
+    assert_eq!(got.len(), 2, "a request sent during a miss's answer: {got:?}");
+    assert_eq!(got[0].2, corpus_file(&corpus, &slow));
+    assert_eq!(got[1].2, corpus_file(&corpus, &info));
 
     // Hits of the lane are counted like any other.
     let hits = metric(&edge, "modcdn_edge_requests_total{cache=\"hit\",kind=\"info\",status=\"200\"").await;
