@@ -15,8 +15,11 @@
 //!
 //! The deadline runs from when a connection opens, or from the first byte of
 //! the next request after an answer, to the blank line that ends the headers.
-//! HTTP/2 connections (TLS with ALPN h2) are left to Pingora's own handshake
-//! and idle timeouts: their frames have no header lines to watch.
+//! HTTP/2 connections (TLS with ALPN h2) have no header lines to watch: they
+//! are left to Pingora's own handshake and idle timeouts for that, and get
+//! the send deadline alone (without it, a client that stops reading holds
+//! its connection, and the answers waiting on it, for ever: Pingora's idle
+//! timeout counts only connections with no stream open).
 
 use std::fmt;
 use std::future::Future;
@@ -144,10 +147,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         // Held while the connection lives.
         let peer = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         let _slot = peer.and_then(|addr| self.admission.claim(&addr));
-        if stream.selected_alpn_proto() == Some(ALPN::H2) {
-            return self.inner.process_new(stream, shutdown).await;
-        }
-        let guarded = HeaderDeadline::new(stream, self.deadlines.clone());
+        // HTTP/2 frames have no header lines to watch: its connections get
+        // the send deadline alone.
+        let heads = stream.selected_alpn_proto() != Some(ALPN::H2);
+        let guarded = HeaderDeadline::new(stream, self.deadlines.clone(), heads);
         // An HTTP app serves a connection to its end; nothing comes back to
         // be counted again.
         self.inner.process_new(Box::new(guarded), shutdown).await
@@ -215,6 +218,8 @@ struct HeaderDeadline {
     stalled: bool,
     /// Waiting for the end of a request head.
     armed: bool,
+    /// Request heads are watched (HTTP/1); off, only the send deadline runs.
+    heads: bool,
     /// Something was written since the last head ended: the next byte read
     /// starts a new request.
     answered: bool,
@@ -223,7 +228,7 @@ struct HeaderDeadline {
 }
 
 impl HeaderDeadline {
-    fn new(inner: Stream, deadlines: Deadlines) -> HeaderDeadline {
+    fn new(inner: Stream, deadlines: Deadlines, heads: bool) -> HeaderDeadline {
         let timer = Box::pin(tokio::time::sleep(deadlines.header));
         let send_timer = Box::pin(tokio::time::sleep(deadlines.send));
         HeaderDeadline {
@@ -232,7 +237,8 @@ impl HeaderDeadline {
             timer,
             send_timer,
             stalled: false,
-            armed: true,
+            armed: heads,
+            heads,
             answered: false,
             newlines: 0,
         }
@@ -241,7 +247,7 @@ impl HeaderDeadline {
     /// Follows the bytes a read returned: a new request arms the deadline,
     /// the blank line ending its head disarms it.
     fn saw(&mut self, bytes: &[u8]) {
-        if self.answered {
+        if self.answered && self.heads {
             self.answered = false;
             self.armed = true;
             self.newlines = 0;
@@ -448,7 +454,7 @@ mod tests {
     /// A client end and a server end wrapped with `limit`.
     fn pair(limit: Duration) -> (tokio::io::DuplexStream, HeaderDeadline) {
         let (client, server) = tokio::io::duplex(4096);
-        (client, HeaderDeadline::new(Box::new(server), deadlines(limit)))
+        (client, HeaderDeadline::new(Box::new(server), deadlines(limit), true))
     }
 
     #[tokio::test(start_paused = true)]
@@ -530,7 +536,7 @@ mod tests {
         let (accepted, _) = listener.accept().await.expect("accept");
         let tcp: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(accepted));
         // As the lane has it: behind the header deadline.
-        let stream: Stream = Box::new(HeaderDeadline::new(tcp, deadlines(Duration::from_secs(10))));
+        let stream: Stream = Box::new(HeaderDeadline::new(tcp, deadlines(Duration::from_secs(10)), true));
         let lowat = |stream: &Stream| {
             let guarded = stream.as_any().downcast_ref::<HeaderDeadline>().expect("guarded");
             let tcp = guarded.inner.as_any().downcast_ref::<pingora::protocols::l4::stream::Stream>().expect("tcp");
@@ -553,6 +559,22 @@ mod tests {
         let before = lowat(&stream);
         limit_unsent(&stream);
         assert_eq!(lowat(&stream), NOTSENT_LOWAT, "was {before}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_frames_are_not_held_to_the_header_deadline() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut server = HeaderDeadline::new(Box::new(server), deadlines(Duration::from_secs(10)), false);
+        let mut buf = [0u8; 64];
+        for _ in 0..3 {
+            // Frames with no blank line in them, slower than the deadline,
+            // each after an answer.
+            client.write_all(&[0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 1, 0, 0]).await.expect("frame");
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            assert!(server.read(&mut buf).await.expect("a frame is no head") > 0);
+            server.write_all(b"answer").await.expect("answer");
+        }
+        assert_eq!(server.deadlines.header_timeouts.get(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -388,6 +388,97 @@ async fn sixty_four_clients_streaming_one_large_zip_keep_the_edge_small() {
     assert_eq!(upstream.counters().get(&zip), 1);
 }
 
+/// A stream whose reads stop (pending for ever) once `stopped` is set: a
+/// client that keeps its connection open and takes nothing more.
+struct StopsReading<S> {
+    inner: S,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StopsReading<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StopsReading<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An HTTP/2 client that asks for a large zip and then reads nothing more
+/// of its connection (keeping it open) is cut at the send deadline, as one
+/// on HTTP/1.1 is: the edge closes the connection, which then holds nothing
+/// of the edge's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_stops_reading_is_cut_at_the_send_deadline() {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    let tmp = modcdn_tests::tempdir();
+    let corpus = Corpus::generate(&tmp.path().join("corpus"), 8 << 20).expect("corpus");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let dir = tmp.path().join("edge");
+    let (tls, tls_port, cert) = modcdn_tests::node::edge_tls(&dir).expect("tls");
+    let edge = EdgeProcess::start(&dir, &[Member::of("o", &origin, "us")], &format!("send_timeout_ms = 1000\n{tls}"))
+        .expect("edge");
+    let zip = Corpus::key(corpus::LARGE, "v1.0.0", "zip");
+    assert_eq!(get(&client(), &format!("{}/{zip}", edge.url)).await.0, 200);
+
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    let der = CertificateDer::from_pem_slice(cert.as_bytes()).expect("cert");
+    roots.add(der).expect("root");
+    let mut config = tokio_rustls::rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port)).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("handshake");
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let io = StopsReading { inner: tls, stopped: stopped.clone() };
+    // Windows as large as the zip: the edge sends as fast as the socket takes.
+    let (mut h2, connection) = h2::client::Builder::new()
+        .initial_window_size(16 << 20)
+        .initial_connection_window_size(16 << 20)
+        .handshake::<_, bytes::Bytes>(io)
+        .await
+        .expect("h2 handshake");
+    let driver = tokio::spawn(connection);
+    let request = http::Request::get(format!("https://localhost:{tls_port}/{zip}")).body(()).expect("request");
+    let before = metric(&edge, "modcdn_edge_send_timeouts_total").await;
+    // Asked, and then nothing more read: the answer fills the socket.
+    let _answer = h2.send_request(request, true).expect("send");
+    stopped.store(true, Ordering::SeqCst);
+    let cut = eventually(Duration::from_secs(20), || async {
+        metric(&edge, "modcdn_edge_send_timeouts_total").await > before
+    });
+    assert!(cut.await, "an HTTP/2 client taking nothing was never cut");
+    driver.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_http2_serves_the_go_command() {
     let tmp = modcdn_tests::tempdir();
