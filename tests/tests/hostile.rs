@@ -2,13 +2,17 @@
 //! protocol does not allow, reports with absurd weights. Each gets a
 //! deliberate answer, and nothing reaches upstream on their behalf.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use modcdn_tests::corpus::{self, Corpus};
 use modcdn_tests::http::{client, get, scrape};
 use modcdn_tests::node::{EdgeProcess, Member, OriginProcess, CLUSTER_TOKEN};
 use modcdn_tests::upstream::FixtureUpstream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Sends `head` a byte every `every` on a new connection to `addr` until
 /// the server closes it; how long the server held it (bounded by `cap`).
@@ -372,15 +376,18 @@ async fn client_tiers_get_their_caps_and_their_share_of_a_saturated_uplink() {
     assert!((normal / 16.0 - 1.0).abs() <= 0.10, "normal {normal:.1} Mbit/s of a 16 share");
 }
 
-/// An edge (with `extra` config) and one origin in front of a corpus whose
-/// large zip is `large` bytes; the processes in the order to stop them.
-/// Bind every field (`_origin`, not `..`): one left out stops at once.
+/// An edge (with `extra` config, and a TLS listener on port `tls`, its
+/// certificate `cert`) and one origin in front of a corpus whose large zip
+/// is `large` bytes; the processes in the order to stop them. Bind every
+/// field (`_origin`, not `..`): one left out stops at once.
 struct LargeZip {
     _tmp: tempfile::TempDir,
     corpus: Corpus,
     upstream: FixtureUpstream,
     _origin: OriginProcess,
     edge: EdgeProcess,
+    tls: u16,
+    cert: String,
 }
 
 async fn large_zip(large: usize, extra: &str) -> LargeZip {
@@ -389,8 +396,10 @@ async fn large_zip(large: usize, extra: &str) -> LargeZip {
     let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
     let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
     let members = [Member::of("o", &origin, "us")];
-    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, extra).expect("edge");
-    LargeZip { _tmp: tmp, corpus, upstream, _origin: origin, edge }
+    let dir = tmp.path().join("edge");
+    let (tls_config, tls, cert) = modcdn_tests::node::edge_tls(&dir).expect("tls");
+    let edge = EdgeProcess::start(&dir, &members, &format!("{extra}\n{tls_config}")).expect("edge");
+    LargeZip { _tmp: tmp, corpus, upstream, _origin: origin, edge, tls, cert }
 }
 
 /// The first client of a zip nobody holds starts its fill; one that then
@@ -398,7 +407,7 @@ async fn large_zip(large: usize, extra: &str) -> LargeZip {
 /// every other client of the zip waits on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_its_fill_holds_back_no_other_client() {
-    let LargeZip { _tmp, corpus, upstream, _origin, edge } = large_zip(48 << 20, "").await;
+    let LargeZip { _tmp, corpus, upstream, _origin, edge, tls: _, cert: _ } = large_zip(48 << 20, "").await;
     let zip = Corpus::key(corpus::LARGE, "v1.0.0", "zip");
     let want = std::fs::read(corpus.root.join(&zip)).expect("zip");
 
@@ -423,10 +432,11 @@ async fn a_client_that_stops_reading_its_fill_holds_back_no_other_client() {
 }
 
 /// A client that stops taking its answer holds a connection (and what the
-/// answer holds) until the send deadline, not for ever.
+/// answer holds) until the send deadline, not for ever: on HTTP/1.1 and on
+/// HTTP/2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_closes_a_connection_whose_client_stops_taking_its_answer() {
-    let LargeZip { _tmp, corpus: _, upstream: _upstream, _origin, edge } =
+    let LargeZip { _tmp, corpus: _, upstream: _upstream, _origin, edge, tls, cert } =
         large_zip(16 << 20, "send_timeout_ms = 500").await;
     let zip = Corpus::key(corpus::LARGE, "v1.0.0", "zip");
     let url = format!("{}/{zip}", edge.url);
@@ -437,6 +447,70 @@ async fn an_edge_closes_a_connection_whose_client_stops_taking_its_answer() {
     for path in ["the full path", "the lane"] {
         stall(&addr, &zip, body.len(), (&edge.admin, "modcdn_edge_send_timeouts_total"), path).await;
     }
+    stall_http2(tls, &cert, &zip, (&edge.admin, "modcdn_edge_send_timeouts_total")).await;
+}
+
+/// A stream whose reads stop (pending for ever) once `stopped` is set: a
+/// client that keeps its connection open and reads nothing more of it.
+struct StopsReading<S> {
+    inner: S,
+    stopped: Arc<AtomicBool>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for StopsReading<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for StopsReading<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// As [`stall`], over HTTP/2 (TLS on `port`, trusting `cert`): a real h2
+/// client asks for `key`, with windows as large as the zip so the edge
+/// sends as fast as the socket takes, then reads nothing more of its
+/// connection, which it keeps open; the server must count a send timeout.
+async fn stall_http2(port: u16, cert: &str, key: &str, counter: (&str, &str)) {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    let (metrics, name) = counter;
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(cert.as_bytes()).expect("cert")).expect("root");
+    let mut config = tokio_rustls::rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let server = ServerName::try_from("localhost").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(server, tcp).await.expect("handshake");
+    let stopped = Arc::new(AtomicBool::new(false));
+    let io = StopsReading { inner: tls, stopped: stopped.clone() };
+    let (mut h2, connection) = h2::client::Builder::new()
+        .initial_window_size(32 << 20)
+        .initial_connection_window_size(32 << 20)
+        .handshake::<_, bytes::Bytes>(io)
+        .await
+        .expect("h2 handshake");
+    let driver = tokio::spawn(connection);
+    let before = scrape(metrics, name).await;
+    let request = http::Request::get(format!("https://localhost:{port}/{key}")).body(()).expect("request");
+    let _answer = h2.send_request(request, true).expect("send");
+    stopped.store(true, Ordering::SeqCst);
+    let given_up =
+        modcdn_tests::http::eventually(Duration::from_secs(20), || async { scrape(metrics, name).await > before })
+            .await;
+    assert!(given_up, "HTTP/2: a client taking nothing held its connection");
+    driver.abort();
 }
 
 /// Asks `addr` for `key` (`len` bytes) and reads nothing until the server
