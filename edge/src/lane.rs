@@ -179,9 +179,9 @@ impl<P: HttpServerApp + ServerApp + Send + Sync + 'static> ServerApp for Lane<P>
         // Whether the socket's unsent queue is capped yet (see `conn.rs`).
         let mut capped = false;
         // Pingora holds bytes of the next request (see `holds_next_request`).
-        let mut pingoras = false;
+        let mut pingora_holds_next = false;
         loop {
-            let head = if pingoras {
+            let head = if pingora_holds_next {
                 Head::Proxy
             } else {
                 match self.next_head(&mut stream, &mut buf, peer, plain, shutdown).await {
@@ -234,7 +234,7 @@ impl<P: HttpServerApp + ServerApp + Send + Sync + 'static> ServerApp for Lane<P>
             }
             let (back, kept) = self.proxy.process_new_http(session, shutdown).await?.consume();
             stream = back;
-            pingoras = kept.as_ref().is_some_and(holds_next_request);
+            pingora_holds_next = kept.as_ref().is_some_and(holds_next_request);
             settings = kept;
         }
     }
