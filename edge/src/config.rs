@@ -35,7 +35,8 @@ pub struct EdgeConfig {
     pub header_timeout_ms: u64,
     /// How long a write of an answer may wait for a client that takes none
     /// of it; then the connection is closed (a client that stops reading
-    /// holds it, and what its answer holds, no longer). Default 60000.
+    /// holds it, and what its answer holds, no longer), or on HTTP/2, for a
+    /// stream whose window stays shut, the stream is reset. Default 60000.
     pub send_timeout_ms: u64,
     /// Default `modcdn-data/edge/upgrade.sock`.
     pub upgrade_sock: PathBuf,

@@ -86,6 +86,7 @@ pub fn run(cfg: EdgeConfig, membership: Arc<Membership>, upgrade: bool) -> anyho
         retries: cfg.origin.retries,
         connect_timeout: cfg.connect_timeout(),
         read_timeout: cfg.read_timeout(),
+        send_timeout: Duration::from_millis(cfg.send_timeout_ms),
         origin_tls: cfg.origin.tls_ca.is_some(),
     };
 

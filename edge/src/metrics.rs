@@ -72,8 +72,10 @@ impl Metrics {
             IntCounter::new("connections_refused_total", "Connections refused at the per-client cap")?;
         let header_timeouts =
             IntCounter::new("header_timeouts_total", "Connections closed for not sending headers in time")?;
-        let send_timeouts =
-            IntCounter::new("send_timeouts_total", "Connections closed for taking none of an answer in time")?;
+        let send_timeouts = IntCounter::new(
+            "send_timeouts_total",
+            "Connections (HTTP/2: streams) closed for taking none of an answer in time",
+        )?;
         let prefetched =
             IntCounter::new("prefetched_total", "New versions' artifacts fetched before any client asked")?;
         let purges = IntCounter::new("purges_total", "Purges applied (admin and purge log)")?;

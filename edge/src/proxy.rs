@@ -77,6 +77,9 @@ pub struct Edge {
     pub retries: usize,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// `send_timeout_ms`: on HTTP/2, how long one chunk of an answer may
+    /// wait for the client's flow-control window (see `request_filter`).
+    pub send_timeout: Duration,
     /// Origins are reached over TLS (`origin.tls_ca`).
     pub origin_tls: bool,
 }
@@ -130,6 +133,13 @@ impl ProxyHttp for Edge {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // An HTTP/2 client can keep its connection busy and a stream's
+        // window shut: that stream is reset once one chunk of its answer
+        // (of a cached body, 256 KiB at most) has waited the send deadline.
+        // (The connection's own writes are under the deadline in `conn.rs`.)
+        if session.is_http2() {
+            session.set_write_timeout(Some(self.send_timeout));
+        }
         if telemetry::traces_on() {
             let req = session.req_header();
             let span = tracing::info_span!("edge request", method = %req.method, path = %req.uri.path(), status = tracing::field::Empty, cache = tracing::field::Empty, origin = tracing::field::Empty);
@@ -398,7 +408,10 @@ impl ProxyHttp for Edge {
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if e.is_some_and(|e| e.etype() == &ErrorType::WriteTimedout) {
+            self.metrics.send_timeouts.inc();
+        }
         let written = session.response_written();
         let status = written.map_or(0, |r| r.status.as_u16());
         let cache =

@@ -436,7 +436,7 @@ async fn a_client_that_stops_reading_its_fill_holds_back_no_other_client() {
 /// HTTP/2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_closes_a_connection_whose_client_stops_taking_its_answer() {
-    let LargeZip { _tmp, corpus: _, upstream: _upstream, _origin, edge, tls, cert } =
+    let LargeZip { _tmp, mut corpus, upstream: _upstream, _origin, edge, tls, cert } =
         large_zip(16 << 20, "send_timeout_ms = 500").await;
     let zip = Corpus::key(corpus::LARGE, "v1.0.0", "zip");
     let url = format!("{}/{zip}", edge.url);
@@ -448,6 +448,36 @@ async fn an_edge_closes_a_connection_whose_client_stops_taking_its_answer() {
         stall(&addr, &zip, body.len(), (&edge.admin, "modcdn_edge_send_timeouts_total"), path).await;
     }
     stall_http2(tls, &cert, &zip, (&edge.admin, "modcdn_edge_send_timeouts_total")).await;
+    shut_window_http2(tls, &cert, &zip, body.len()).await;
+
+    // A slow HTTP/2 client that does take its answer (a cached 2 MiB zip),
+    // over longer than the deadline: it gets all of it.
+    let sized = corpus.add_sized(2 << 10).expect("sized");
+    let small = Corpus::key(&sized.path, "v1.0.0", "zip");
+    let (status, _, want) = get(&client(), &format!("{}/{small}", edge.url)).await;
+    assert_eq!(status, 200);
+    slow_http2(tls, &cert, &small, &want, Duration::from_millis(500)).await;
+}
+
+/// An HTTP/2 client taking `key` at about 2.5 MB/s (it opens the stream's
+/// window as it goes): each chunk of the answer (256 KiB) leaves well
+/// within `deadline`, the whole takes longer; it must get `want` whole.
+async fn slow_http2(port: u16, cert: &str, key: &str, want: &[u8], deadline: Duration) {
+    let (mut h2, driver) = h2_client(port, cert, 65_535, Arc::new(AtomicBool::new(false))).await;
+    let request = http::Request::get(format!("https://localhost:{port}/{key}")).body(()).expect("request");
+    let started = Instant::now();
+    let (answer, _) = h2.send_request(request, true).expect("send");
+    let mut body = answer.await.expect("answer head").into_body();
+    let mut got = Vec::new();
+    while let Some(data) = body.data().await {
+        let data = data.expect("a slow client that takes its answer is no reason to reset it");
+        got.extend_from_slice(&data);
+        tokio::time::sleep(Duration::from_micros(data.len() as u64 * 25_000 / 65_536)).await;
+        body.flow_control().release_capacity(data.len()).expect("release");
+    }
+    assert!(started.elapsed() > deadline, "taken in {:?}: not slower than the deadline", started.elapsed());
+    assert!(got == want, "{} of {} bytes", got.len(), want.len());
+    driver.abort();
 }
 
 /// A stream whose reads stop (pending for ever) once `stopped` is set: a
@@ -478,14 +508,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for StopsReading<S> {
     }
 }
 
-/// As [`stall`], over HTTP/2 (TLS on `port`, trusting `cert`): a real h2
-/// client asks for `key`, with windows as large as the zip so the edge
-/// sends as fast as the socket takes, then reads nothing more of its
-/// connection, which it keeps open; the server must count a send timeout.
-async fn stall_http2(port: u16, cert: &str, key: &str, counter: (&str, &str)) {
+/// An h2 connection over TLS to `port`, trusting `cert`, with these
+/// windows, reading through `io` (see [`StopsReading`]); its driver task.
+async fn h2_client(
+    port: u16,
+    cert: &str,
+    window: u32,
+    stopped: Arc<AtomicBool>,
+) -> (h2::client::SendRequest<bytes::Bytes>, tokio::task::JoinHandle<Result<(), h2::Error>>) {
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-    let (metrics, name) = counter;
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(cert.as_bytes()).expect("cert")).expect("root");
     let mut config = tokio_rustls::rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
@@ -493,15 +525,53 @@ async fn stall_http2(port: u16, cert: &str, key: &str, counter: (&str, &str)) {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
     let server = ServerName::try_from("localhost").expect("name");
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(server, tcp).await.expect("handshake");
-    let stopped = Arc::new(AtomicBool::new(false));
-    let io = StopsReading { inner: tls, stopped: stopped.clone() };
-    let (mut h2, connection) = h2::client::Builder::new()
-        .initial_window_size(32 << 20)
-        .initial_connection_window_size(32 << 20)
+    let io = StopsReading { inner: tls, stopped };
+    let (h2, connection) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .initial_connection_window_size(window)
         .handshake::<_, bytes::Bytes>(io)
         .await
         .expect("h2 handshake");
-    let driver = tokio::spawn(connection);
+    (h2, tokio::spawn(connection))
+}
+
+/// An HTTP/2 client that keeps reading its connection (the edge's writes go
+/// through) but never opens the window of the stream asking for `key`
+/// (`len` bytes): the stream is reset at the send deadline, not held for
+/// ever, and the connection serves on.
+async fn shut_window_http2(port: u16, cert: &str, key: &str, len: usize) {
+    let (mut h2, driver) = h2_client(port, cert, 65_535, Arc::new(AtomicBool::new(false))).await;
+    let request = || http::Request::get(format!("https://localhost:{port}/{key}")).body(()).expect("request");
+    let (answer, _) = h2.send_request(request(), true).expect("send");
+    let mut body = answer.await.expect("answer head").into_body();
+    // Data is taken but its capacity never released: the window stays shut.
+    let mut got = 0;
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(data) = body.data().await {
+            match data {
+                Ok(data) => got += data.len(),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    let reset = ended.expect("HTTP/2: a stream whose window stayed shut was held");
+    assert!(reset.is_err() && got < len, "the stream was reset ({got} of {len} bytes): {reset:?}");
+    // The connection itself is fine: another stream on it is answered.
+    let (answer, _) = h2.ready().await.expect("ready").send_request(request(), true).expect("send");
+    assert_eq!(answer.await.expect("another stream").status(), 200);
+    driver.abort();
+}
+
+/// As [`stall`], over HTTP/2 (TLS on `port`, trusting `cert`): a real h2
+/// client asks for `key`, with windows as large as the zip so the edge
+/// sends as fast as the socket takes, then reads nothing more of its
+/// connection, which it keeps open; the server must count a send timeout.
+async fn stall_http2(port: u16, cert: &str, key: &str, counter: (&str, &str)) {
+    let (metrics, name) = counter;
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (mut h2, driver) = h2_client(port, cert, 32 << 20, stopped.clone()).await;
     let before = scrape(metrics, name).await;
     let request = http::Request::get(format!("https://localhost:{port}/{key}")).body(()).expect("request");
     let _answer = h2.send_request(request, true).expect("send");
