@@ -437,7 +437,7 @@ async fn a_client_that_stops_reading_its_fill_holds_back_no_other_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_closes_a_connection_whose_client_stops_taking_its_answer() {
     let LargeZip { _tmp, mut corpus, upstream: _upstream, _origin, edge, tls, cert } =
-        large_zip(16 << 20, "send_timeout_ms = 500").await;
+        large_zip(16 << 20, "send_timeout_ms = 1000").await;
     let zip = Corpus::key(corpus::LARGE, "v1.0.0", "zip");
     let url = format!("{}/{zip}", edge.url);
     let (status, _, body) = get(&client(), &url).await;
@@ -450,17 +450,17 @@ async fn an_edge_closes_a_connection_whose_client_stops_taking_its_answer() {
     stall_http2(tls, &cert, &zip, (&edge.admin, "modcdn_edge_send_timeouts_total")).await;
     shut_window_http2(tls, &cert, &zip, body.len()).await;
 
-    // A slow HTTP/2 client that does take its answer (a cached 2 MiB zip),
+    // A slow HTTP/2 client that does take its answer (a cached 4 MiB zip),
     // over longer than the deadline: it gets all of it.
-    let sized = corpus.add_sized(2 << 10).expect("sized");
+    let sized = corpus.add_sized(4 << 10).expect("sized");
     let small = Corpus::key(&sized.path, "v1.0.0", "zip");
     let (status, _, want) = get(&client(), &format!("{}/{small}", edge.url)).await;
     assert_eq!(status, 200);
-    slow_http2(tls, &cert, &small, &want, Duration::from_millis(500)).await;
+    slow_http2(tls, &cert, &small, &want, Duration::from_secs(1)).await;
 }
 
 /// An HTTP/2 client taking `key` at about 2.5 MB/s (it opens the stream's
-/// window as it goes): each chunk of the answer (256 KiB) leaves well
+/// window as it goes): each chunk of the answer (256 KiB, 0.1 s) leaves well
 /// within `deadline`, the whole takes longer; it must get `want` whole.
 async fn slow_http2(port: u16, cert: &str, key: &str, want: &[u8], deadline: Duration) {
     let (mut h2, driver) = h2_client(port, cert, 65_535, Arc::new(AtomicBool::new(false))).await;
