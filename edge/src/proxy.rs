@@ -3,10 +3,11 @@
 //! 0. `lane.rs` has read the request first: a fresh memory-tier hit that
 //!    nothing in the request or the client's limits sets apart was answered
 //!    there, before Pingora; every other request comes here.
-//! 1. `request_filter`: span (when traces are on) → limits (429, by client
-//!    IP, when configured) → header size (431) → method (405) → bandwidth
-//!    tier (when configured) → `Request::parse` (400, never forwarded) →
-//!    client IP (trusted `X-Forwarded-For` only) → region.
+//! 1. `request_filter`: HTTP/2's send deadline → span (when traces are on)
+//!    → limits (429, by client IP, when configured) → header size (431) →
+//!    method (405) → bandwidth tier (when configured) → `Request::parse`
+//!    (400, never forwarded) → client IP (trusted `X-Forwarded-For` only) →
+//!    region.
 //! 2. `request_cache_filter` / `cache_key_callback`: everything public is
 //!    looked up in the cache (memory tier, fill in progress, disk), keyed by
 //!    the escaped GOPROXY path; credentialed requests bypass it unless
@@ -25,7 +26,8 @@
 //!    briefly, errors and private answers never).
 //! 6. `response_filter`: `X-Cache` and `Cache-Control` on every answer;
 //!    `response_body_filter`: chunks of clients in a bandwidth tier are paced.
-//! 7. `logging`: metrics, and the origin's load slot is released.
+//! 7. `logging`: metrics (a send deadline passed counts too), and the
+//!    origin's load slot is released.
 
 use std::net::IpAddr;
 use std::sync::Arc;

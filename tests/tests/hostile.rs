@@ -433,7 +433,8 @@ async fn a_client_that_stops_reading_its_fill_holds_back_no_other_client() {
 
 /// A client that stops taking its answer holds a connection (and what the
 /// answer holds) until the send deadline, not for ever: on HTTP/1.1 and on
-/// HTTP/2.
+/// HTTP/2, where a stream whose window stays shut is reset too. A slow
+/// client that does take its answer gets it whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_closes_a_connection_whose_client_stops_taking_its_answer() {
     let LargeZip { _tmp, mut corpus, upstream: _upstream, _origin, edge, tls, cert } =
