@@ -2,12 +2,15 @@
 //! here first. The commonest request of all, a fresh object of the memory
 //! tier asked for plainly, is answered right here, with the head the memory
 //! tier serialized once: no Pingora session, no cache state machine, one
-//! read and one write per request. Everything else goes to Pingora's proxy
-//! (`proxy.rs`) with the bytes already read, and the connection comes back
-//! here once that answer is done (and the answers of the requests Pingora
-//! read behind it, see [`holds_next_request`]).
+//! read and one write per request. So is the commonest miss, a cold `.info`
+//! or `.mod` asked for plainly by a client under no limits, with traces
+//! off: `miss.rs` fetches it from the origin the full path would ask first
+//! and keeps it as the full path keeps it. Everything else goes to
+//! Pingora's proxy (`proxy.rs`) with the bytes already read, and the
+//! connection comes back here once that answer is done (and the answers of
+//! the requests Pingora read behind it, see [`holds_next_request`]).
 //!
-//! A request stays in the lane only when the answer would be the same on
+//! A hit stays in the lane only when the answer would be the same on
 //! the full path: HTTP/1.1 or 1.0, GET or HEAD, a path with no query that is a key
 //! of the memory tier or of the mapped tier (keyed by escaped GOPROXY path,
 //! which only a request that parsed could have put there; a mapped body
@@ -36,6 +39,7 @@ use http::header::{HeaderName, CACHE_CONTROL, IF_MODIFIED_SINCE, IF_NONE_MATCH, 
 use http::StatusCode;
 use modcdn_router::watch::Membership;
 use modcdn_shared::policy::CacheStatus;
+use modcdn_shared::request::Request;
 use modcdn_shared::telemetry;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::http::RequestHeader;
@@ -49,6 +53,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::bandwidth::Bandwidth;
 use crate::limits::{Limits, Slot};
 use crate::metrics::Metrics;
+use crate::miss::Misses;
 use crate::storage::{CacheStore, MemFile, MemObject};
 
 /// The largest request head the lane reads before leaving the request to
@@ -75,6 +80,8 @@ const UNCAPPED_MAX: usize = 4 << 20;
 /// The lane in front of the proxy `P` (Pingora's, for `proxy::Edge`).
 pub struct Lane<P> {
     pub proxy: Arc<P>,
+    /// Cold misses of `.info` and `.mod`, fetched here (`miss.rs`).
+    pub misses: Misses,
     pub storage: &'static CacheStore,
     pub limits: Arc<Limits>,
     pub bandwidth: Arc<Bandwidth>,
@@ -96,6 +103,17 @@ enum Head {
         /// Held while answering: the client's in-flight slot, the span.
         _slot: Option<Slot>,
         _span: Option<tracing::Span>,
+    },
+    /// A cold miss of this request (see `miss.rs`), whose head is `len`
+    /// bytes: `upstream` is its head for the origin.
+    Miss {
+        len: usize,
+        request: Request,
+        upstream: Box<RequestHeader>,
+        client: Option<IpAddr>,
+        close: bool,
+        /// Not the edge's own prefetch (see `hot.rs`).
+        client_asked: bool,
     },
     /// Not the lane's: the full path answers it.
     Proxy,
@@ -209,6 +227,28 @@ impl<P: HttpServerApp + ServerApp + Send + Sync + 'static> ServerApp for Lane<P>
                     return None;
                 }
                 continue;
+            }
+            if let Head::Miss { len, request, upstream, client, close, client_asked } = head {
+                if let Some(answer) = self.misses.fetch(&request, upstream, client).await {
+                    buf.advance(len);
+                    // (Counted here, not where the full path takes it.)
+                    self.demand.count(crate::hot::module_of(&request.key()), client_asked);
+                    if write_answer(&mut stream, &mut head_buf, &answer.head, &answer.body, close).await.is_err() {
+                        return None;
+                    }
+                    let kind = request.kind().as_str();
+                    self.metrics.request(
+                        kind,
+                        answer.status,
+                        CacheStatus::Miss.label(),
+                        "origin",
+                        answer.body.len() as u64,
+                    );
+                    if close {
+                        return None;
+                    }
+                    continue;
+                }
             }
             // The full path, from the bytes read so far.
             if !capped {
@@ -340,7 +380,18 @@ impl<P> Lane<P> {
                 return Head::Proxy;
             }
         }
-        let Some(obj) = self.storage.memory_get(key) else { return Head::Proxy };
+        let Some(obj) = self.storage.memory_get(key) else {
+            return self.decide_miss(
+                &req,
+                len,
+                key,
+                peer,
+                forwarded,
+                close,
+                client_asked,
+                head_only || !asks.is_empty(),
+            );
+        };
         if obj.fresh_until <= SystemTime::now() || (obj.body.mapped.is_some() && !plain) {
             return Head::Proxy;
         }
@@ -375,6 +426,52 @@ impl<P> Lane<P> {
         });
         Head::Hit { len, obj, shape, head_only, close, _slot: slot, _span: span }
     }
+
+    /// Whether the request `req` (whose head is `len` bytes), for `key`,
+    /// which no tier holds, is a cold miss the lane fetches itself (see
+    /// `miss.rs`): a plain GET (no condition, no range: `special`), with
+    /// traces off (the full path makes the origin's span a child of the
+    /// request's) and no client limits (the full path charges them, once),
+    /// of a client in no bandwidth tier.
+    #[allow(clippy::too_many_arguments)]
+    fn decide_miss(
+        &self,
+        req: &httparse::Request,
+        len: usize,
+        key: &str,
+        peer: Option<IpAddr>,
+        forwarded: Option<&str>,
+        close: bool,
+        client_asked: bool,
+        special: bool,
+    ) -> Head {
+        if special || telemetry::traces_on() || self.limits.enabled() {
+            return Head::Proxy;
+        }
+        let path = req.path.unwrap_or_default();
+        let Ok(request) = Request::parse(path) else { return Head::Proxy };
+        if !Misses::takes(&request) || request.key() != key {
+            return Head::Proxy;
+        }
+        let client = peer.map(|ip| self.membership.snapshot().geo.client_ip(ip, forwarded));
+        if self.bandwidth.enabled() && self.bandwidth.tier_of(client, None).is_some() {
+            return Head::Proxy;
+        }
+        // The client's head as the full path forwards it (hop-by-hop
+        // headers are the connection's own).
+        let Ok(mut upstream) = RequestHeader::build("GET", path.as_bytes(), Some(req.headers.len() + 1)) else {
+            return Head::Proxy;
+        };
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("keep-alive") {
+                continue;
+            }
+            if upstream.append_header(h.name.to_string(), h.value).is_err() {
+                return Head::Proxy;
+            }
+        }
+        Head::Miss { len, request, upstream: Box::new(upstream), client, close, client_asked }
+    }
 }
 
 /// Writes `obj` as the answer in `shape`: its head with this moment's `Age` and
@@ -399,21 +496,52 @@ async fn answer(
     });
     head.extend_from_slice(b"age: ");
     head.extend_from_slice(age.to_string().as_bytes());
-    // What Pingora's HTTP/1 server adds to every answer: the date, and
-    // whether the connection is kept alive or closes after this answer.
-    head.extend_from_slice(b"\r\ndate: ");
-    head.extend_from_slice(pingora::protocols::http::date::get_cached_date().as_bytes());
-    head.extend_from_slice(if close {
-        b"\r\nconnection: close\r\n\r\n"
-    } else {
-        b"\r\nconnection: keep-alive\r\n\r\n"
-    });
+    head.extend_from_slice(b"\r\n");
+    end_head(head, close);
     if let (false, Shape::Whole, Some(file)) = (head_only, shape, &obj.body.file) {
         if let Some(socket) = crate::conn::plain_socket(stream) {
             return send_file(stream, socket, head, file, &obj.body.bytes).await;
         }
     }
     let body: &[u8] = if head_only { &[] } else { shape.body(obj) };
+    write_parts(stream, head, body).await?;
+    if !obj.body.sound() {
+        return Err(std::io::Error::other("a page of the mapped body could not be read"));
+    }
+    stream.flush().await
+}
+
+/// Ends a head with what Pingora's HTTP/1 server adds to every answer: the
+/// date, and whether the connection is kept alive or closes after this
+/// answer.
+fn end_head(head: &mut Vec<u8>, close: bool) {
+    head.extend_from_slice(b"date: ");
+    head.extend_from_slice(pingora::protocols::http::date::get_cached_date().as_bytes());
+    head.extend_from_slice(if close {
+        b"\r\nconnection: close\r\n\r\n"
+    } else {
+        b"\r\nconnection: keep-alive\r\n\r\n"
+    });
+}
+
+/// Writes the answer of a cold miss the lane fetched (see `miss.rs`): its
+/// head (made in `buf`) and body, in one write.
+async fn write_answer(
+    stream: &mut Stream,
+    buf: &mut Vec<u8>,
+    head: &[u8],
+    body: &[u8],
+    close: bool,
+) -> std::io::Result<()> {
+    buf.clear();
+    buf.extend_from_slice(head);
+    end_head(buf, close);
+    write_parts(stream, buf, body).await?;
+    stream.flush().await
+}
+
+/// Writes `head` and `body` in one write where the socket takes them.
+async fn write_parts(stream: &mut Stream, head: &[u8], body: &[u8]) -> std::io::Result<()> {
     let mut slices = [IoSlice::new(head), IoSlice::new(body)];
     let mut left = &mut slices[..];
     if let Some(socket) = crate::conn::plain_socket(stream) {
@@ -430,10 +558,7 @@ async fn answer(
         }
         IoSlice::advance_slices(&mut left, n);
     }
-    if !obj.body.sound() {
-        return Err(std::io::Error::other("a page of the mapped body could not be read"));
-    }
-    stream.flush().await
+    Ok(())
 }
 
 /// Sends what of `left` the socket takes now, without waiting, and moves

@@ -17,6 +17,7 @@ pub mod hot;
 pub mod lane;
 pub mod limits;
 pub mod metrics;
+pub mod miss;
 pub mod origins;
 pub mod proxy;
 pub mod purge;
@@ -108,6 +109,7 @@ pub fn run(cfg: EdgeConfig, membership: Arc<Membership>, upgrade: bool) -> anyho
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
+    let misses_edge = edge.clone();
     let mut app = pingora::proxy::http_proxy(&server.configuration, edge);
     let mut options = pingora::apps::HttpServerOptions::default();
     // As long as HTTP/1.1 keep-alive (Pingora's 60 s); the default is none.
@@ -117,7 +119,14 @@ pub fn run(cfg: EdgeConfig, membership: Arc<Membership>, upgrade: bool) -> anyho
         limits::PerClient::new(cfg.rate_limit.max_connections_per_ip),
         metrics.connections_refused.clone(),
     );
+    let misses = miss::Misses {
+        edge: misses_edge,
+        upstream: pingora::connectors::http::v1::Connector::new(Some(
+            pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration),
+        )),
+    };
     let lane = lane::Lane {
+        misses,
         proxy: Arc::new(app),
         storage,
         limits,

@@ -2,7 +2,9 @@
 //!
 //! 0. `lane.rs` has read the request first: a fresh memory-tier hit that
 //!    nothing in the request or the client's limits sets apart was answered
-//!    there, before Pingora; every other request comes here.
+//!    there, before Pingora, and so was a plain cold miss of an `.info` or
+//!    `.mod` (`miss.rs`, steps 2–7 below in the same terms); every other
+//!    request comes here.
 //! 1. `request_filter`: HTTP/2's send deadline → span (when traces are on)
 //!    → limits (429, by client IP, when configured) → header size (431) →
 //!    method (405) → bandwidth tier (when configured) → `Request::parse`
@@ -59,6 +61,7 @@ use crate::storage::{cache_key, CacheStore};
 const MAX_HEADER_BYTES: usize = 16 << 10;
 
 /// What the edge shares between requests.
+#[derive(Clone)]
 pub struct Edge {
     pub membership: Arc<Membership>,
     pub storage: &'static CacheStore,
@@ -222,15 +225,7 @@ impl ProxyHttp for Edge {
         };
         ctx.tried.push(member.id.clone());
         ctx.current = Some((snapshot.view.begin(&member.id), Instant::now()));
-        // Over TLS, the certificate must name the host of the member's address.
-        let sni = match self.origin_tls {
-            true => member.address.rsplit_once(':').map_or("", |(host, _)| host.trim_matches(['[', ']'])).to_string(),
-            false => String::new(),
-        };
-        let mut peer = HttpPeer::new(member.address.as_str(), self.origin_tls, sni);
-        peer.options.connection_timeout = Some(self.connect_timeout);
-        peer.options.read_timeout = Some(self.read_timeout);
-        Ok(Box::new(peer))
+        Ok(Box::new(self.peer(&member)))
     }
 
     async fn upstream_request_filter(
@@ -328,25 +323,10 @@ impl ProxyHttp for Edge {
 
     fn response_cache_filter(&self, _session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Result<RespCacheable> {
         let Some(request) = &ctx.request else { return Ok(RespCacheable::Uncacheable(NoCacheReason::InternalError)) };
-        // `private` answers are kept only under the credential they were
-        // for, for the private TTL, never stale: the origin decides again
-        // who may have them.
-        let cache_control = resp.headers.get(http::header::CACHE_CONTROL).and_then(|v| v.to_str().ok());
-        let d = policy::decide_downstream(
-            request.kind(),
-            resp.status.as_u16(),
-            cache_control,
-            ctx.credential.is_some(),
-            self.cache_private,
-            &self.ttls,
-        );
-        let Some(fresh) = d.freshness.duration() else {
-            return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache));
-        };
-        let secs = |d: Duration| d.as_secs().min(u32::MAX as u64) as u32;
-        let now = SystemTime::now();
-        let (swr, sie) = (secs(d.stale_while_revalidate), secs(d.stale_if_error));
-        Ok(RespCacheable::Cacheable(CacheMeta::new(now + fresh, now, swr, sie, resp.clone())))
+        Ok(match self.cache_meta(request, resp, ctx.credential.is_some()) {
+            Some(meta) => RespCacheable::Cacheable(meta),
+            None => RespCacheable::Uncacheable(NoCacheReason::OriginNotCache),
+        })
     }
 
     fn should_serve_stale(&self, session: &mut Session, _ctx: &mut Ctx, error: Option<&Error>) -> bool {
@@ -371,18 +351,7 @@ impl ProxyHttp for Edge {
             CachePhase::Miss => CacheStatus::Miss,
             _ => CacheStatus::Bypass,
         };
-        resp.insert_header(CACHE_STATUS_HEADER, x_cache.as_str())?;
-        if !resp.headers.contains_key(http::header::CACHE_CONTROL) {
-            let cc = match &ctx.request {
-                Some(r) => {
-                    let status = resp.status.as_u16();
-                    policy::decide_downstream(r.kind(), status, None, false, false, &self.ttls).cache_control
-                }
-                None => CC_NO_STORE.to_string(),
-            };
-            resp.insert_header(http::header::CACHE_CONTROL, cc)?;
-        }
-        Ok(())
+        self.mark_answer(resp, ctx.request.as_ref(), x_cache)
     }
 
     fn response_body_filter(
@@ -440,6 +409,63 @@ impl ProxyHttp for Edge {
 }
 
 impl Edge {
+    /// How to reach `member` (over TLS when origins are).
+    pub(crate) fn peer(&self, member: &Member) -> HttpPeer {
+        // Over TLS, the certificate must name the host of the member's address.
+        let sni = match self.origin_tls {
+            true => member.address.rsplit_once(':').map_or("", |(host, _)| host.trim_matches(['[', ']'])).to_string(),
+            false => String::new(),
+        };
+        let mut peer = HttpPeer::new(member.address.as_str(), self.origin_tls, sni);
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.read_timeout = Some(self.read_timeout);
+        peer
+    }
+
+    /// Whether and how long the answer `resp` to `request` is kept (`None`:
+    /// not at all), from the one policy table in `shared`.
+    pub(crate) fn cache_meta(&self, request: &Request, resp: &ResponseHeader, credentialed: bool) -> Option<CacheMeta> {
+        // `private` answers are kept only under the credential they were
+        // for, for the private TTL, never stale: the origin decides again
+        // who may have them.
+        let cache_control = resp.headers.get(http::header::CACHE_CONTROL).and_then(|v| v.to_str().ok());
+        let d = policy::decide_downstream(
+            request.kind(),
+            resp.status.as_u16(),
+            cache_control,
+            credentialed,
+            self.cache_private,
+            &self.ttls,
+        );
+        let fresh = d.freshness.duration()?;
+        let secs = |d: Duration| d.as_secs().min(u32::MAX as u64) as u32;
+        let now = SystemTime::now();
+        let (swr, sie) = (secs(d.stale_while_revalidate), secs(d.stale_if_error));
+        Some(CacheMeta::new(now + fresh, now, swr, sie, resp.clone()))
+    }
+
+    /// What every answer says of itself: `X-Cache`, and a `Cache-Control`
+    /// by the policy where the origin sent none.
+    pub(crate) fn mark_answer(
+        &self,
+        resp: &mut ResponseHeader,
+        request: Option<&Request>,
+        x_cache: CacheStatus,
+    ) -> Result<()> {
+        resp.insert_header(CACHE_STATUS_HEADER, x_cache.as_str())?;
+        if !resp.headers.contains_key(http::header::CACHE_CONTROL) {
+            let cc = match request {
+                Some(r) => {
+                    let status = resp.status.as_u16();
+                    policy::decide_downstream(r.kind(), status, None, false, false, &self.ttls).cache_control
+                }
+                None => CC_NO_STORE.to_string(),
+            };
+            resp.insert_header(http::header::CACHE_CONTROL, cc)?;
+        }
+        Ok(())
+    }
+
     /// Whether a failed attempt may move on: attempts left, and nothing of
     /// the answer has reached the client yet (every request served is a
     /// GET or HEAD, so repeating it is safe).
@@ -481,7 +507,7 @@ impl Edge {
 
     /// The client's region by GeoIP; clients it cannot place (a Unix
     /// socket, loopback, private networks) are in the edge's own region.
-    fn region_of(&self, snapshot: &Snapshot, client: Option<IpAddr>) -> String {
+    pub(crate) fn region_of(&self, snapshot: &Snapshot, client: Option<IpAddr>) -> String {
         let located = client
             .map(|ip| snapshot.geo.locate(ip))
             .filter(|(country, continent)| country.is_some() || continent.is_some());

@@ -1012,6 +1012,78 @@ async fn memory_hits_take_the_fast_lane_and_answer_as_the_full_path_does() {
     assert!(hits >= hits_before + 3.0, "{hits_before} → {hits}");
 }
 
+/// A cold `.info` or `.mod` is fetched by the lane itself (see
+/// `edge/src/miss.rs`), and its answer is the full path's: the same status
+/// and header lines (but those of the object itself: its tag, date and
+/// length) for a module and for a missing one, kept as the full path keeps
+/// it (a hit next), one origin request per key however many clients ask at
+/// once, and requests sent behind it on the connection answered in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_small_misses_fetched_by_the_lane_answer_as_the_full_path_does() {
+    let Stack { tmp: _tmp, corpus, upstream: _upstream, origin: _origin, edge } = stack(1 << 10, "", "").await;
+    let addr = edge.url.trim_start_matches("http://").to_string();
+    let get_of = |key: &str| format!("GET /{key} HTTP/1.1\r\nHost: x\r\nUser-Agent: Go-http-client/1.1\r\n\r\n");
+    // Status and header lines but those of the object itself.
+    let shape = |a: &Answer| {
+        let own = ["etag", "last-modified", "content-length"];
+        (a.0.clone(), a.1.iter().filter(|(k, _)| !own.contains(&k.as_str())).cloned().collect::<Vec<_>>())
+    };
+    let origin_requests = || metric(&edge, "modcdn_edge_origin_requests_total");
+    for (ext, lane_version, full_version) in [("info", "v1.0.0", "v1.1.0"), ("mod", "v1.0.0", "v1.1.0")] {
+        let (by_lane, by_full) =
+            (Corpus::key(corpus::ALPHA, lane_version, ext), Corpus::key(corpus::ALPHA, full_version, ext));
+        let asked = origin_requests().await;
+        let lane = answers(&pipelined(&addr, get_of(&by_lane).as_bytes(), 1).await);
+        let full = answers(&pipelined(&addr, by_the_full_path(&get_of(&by_full)).as_bytes(), 1).await);
+        assert_eq!((lane.len(), full.len()), (1, 1), "{lane:?} {full:?}");
+        assert_eq!(shape(&lane[0]), shape(&full[0]), "the lane's cold {ext} differs from the full path's");
+        assert_eq!(lane[0].0, "HTTP/1.1 200 OK");
+        assert!(lane[0].1.contains(&("x-cache".into(), "MISS".into())), "{:?}", lane[0].1);
+        assert_eq!(lane[0].2, corpus_file(&corpus, &by_lane));
+        assert_eq!(full[0].2, corpus_file(&corpus, &by_full));
+        assert_eq!(origin_requests().await, asked + 2.0, "one origin request each");
+        // Kept as the full path keeps it: the next answer is a hit.
+        let again = answers(&pipelined(&addr, get_of(&by_lane).as_bytes(), 1).await);
+        assert!(again[0].1.contains(&("x-cache".into(), "HIT".into())), "{:?}", again[0].1);
+        assert_eq!(again[0].2, lane[0].2);
+    }
+    // A module that does not exist: the full path's 404 too.
+    let (gone_lane, gone_full) = ("example.com/nonexistent/@v/v9.9.9.info", "example.com/nonexistent/@v/v9.9.8.info");
+    let lane = answers(&pipelined(&addr, get_of(gone_lane).as_bytes(), 1).await);
+    let full = answers(&pipelined(&addr, by_the_full_path(&get_of(gone_full)).as_bytes(), 1).await);
+    assert_eq!(lane.len(), 1, "{lane:?}");
+    assert_eq!(lane[0].0, "HTTP/1.1 404 Not Found");
+    assert_eq!(shape(&lane[0]), shape(&full[0]), "the lane's 404 differs from the full path's");
+    let said = |a: &Answer| String::from_utf8_lossy(&a.2).replace("v9.9.9", "v9.9.8");
+    assert_eq!(said(&lane[0]), said(&full[0]));
+
+    // Cold misses and a hit sent together: answered in order.
+    let (one, two) = (Corpus::key(corpus::BETA, "v2.0.0", "info"), Corpus::key(corpus::BETA, "v2.0.0", "mod"));
+    let hit = Corpus::key(corpus::ALPHA, "v1.0.0", "info");
+    let together = [get_of(&one), get_of(&two), get_of(&hit)].concat();
+    let got = answers(&pipelined(&addr, together.as_bytes(), 3).await);
+    assert_eq!(got.len(), 3, "{got:?}");
+    for (answer, key) in got.iter().zip([&one, &two, &hit]) {
+        assert_eq!(answer.2, corpus_file(&corpus, key), "{key}");
+    }
+
+    // Many clients of one cold `.info` at once: one origin request.
+    let stampede = Corpus::key(corpus::UPPER, "v1.0.0", "info");
+    let asked = origin_requests().await;
+    let clients: Vec<_> = (0..24)
+        .map(|_| {
+            let (addr, request) = (addr.clone(), get_of(&stampede));
+            tokio::spawn(async move { answers(&pipelined(&addr, request.as_bytes(), 1).await) })
+        })
+        .collect();
+    for client in clients {
+        let got = client.await.expect("client");
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].2, corpus_file(&corpus, &stampede));
+    }
+    assert_eq!(origin_requests().await, asked + 1.0, "one origin request for 24 clients at once");
+}
+
 /// Sends `request` on a new connection: all that came back before the edge
 /// closed it (which it must within 10 s).
 async fn until_closed(addr: &str, request: &str) -> Vec<u8> {

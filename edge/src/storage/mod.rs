@@ -1004,6 +1004,14 @@ impl CacheStore {
         None
     }
 
+    /// For a key [`CacheStore::memory_get`] did not find: whether nothing
+    /// is on disk or being filled under it either, known without I/O (a
+    /// cache another process may publish to is never sure).
+    pub fn surely_absent(&self, key: &CacheKey) -> bool {
+        let hash = key.combined();
+        !self.shared() && !self.fills.lock().contains_key(&hash) && !self.index.lock().by_hash.contains_key(&hash)
+    }
+
     /// A reader of `obj`: of its bytes, or for a mapped-tier body, of its
     /// mapping (each chunk's pages read before it is handed out).
     fn memory_hit(&self, obj: &Arc<MemObject>) -> (CacheMeta, HitHandler) {
