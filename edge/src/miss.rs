@@ -23,8 +23,8 @@ use bytes::{Bytes, BytesMut};
 use modcdn_shared::policy::{CacheStatus, Fault, FAULT_HEADER};
 use modcdn_shared::request::Request;
 use pingora::cache::eviction::CacheEntryKey;
-use pingora::cache::lock::{LockStatus, Locked};
-use pingora::cache::storage::PurgeType;
+use pingora::cache::lock::{LockStatus, Locked, WritePermit};
+use pingora::cache::storage::{MissFinishType, PurgeType};
 use pingora::cache::trace::Span;
 use pingora::cache::{CacheKey, CacheMeta, PurgeTarget, Storage};
 use pingora::connectors::http::v1::Connector;
@@ -198,13 +198,7 @@ impl Misses {
 
     /// Stores the answer as the full path's cache does (the lock released
     /// once the fill can be read, then the body, then eviction).
-    async fn keep(
-        &self,
-        key: &CacheKey,
-        meta: &CacheMeta,
-        body: Bytes,
-        permit: pingora::cache::lock::WritePermit,
-    ) -> pingora::Result<()> {
+    async fn keep(&self, key: &CacheKey, meta: &CacheMeta, body: Bytes, permit: WritePermit) -> pingora::Result<()> {
         let edge = &self.edge;
         let span = Span::inactive().handle();
         let mut fill = match edge.storage.get_miss_handler(key, meta, &span).await {
@@ -216,13 +210,11 @@ impl Misses {
         };
         edge.lock.release(key, permit, LockStatus::Done);
         fill.write_body(body, true).await?;
-        let entry = fill.entry_id();
-        let size = match fill.finish().await? {
-            pingora::cache::storage::MissFinishType::Created(size) => size,
-            pingora::cache::storage::MissFinishType::Appended(size, _) => size,
+        let entry = CacheEntryKey::from_entry_id(key.to_compact(), fill.entry_id());
+        let evicted = match fill.finish().await? {
+            MissFinishType::Created(size) => edge.eviction.admit(entry, size, meta.fresh_until()),
+            MissFinishType::Appended(size, max) => edge.eviction.increment_weight(&entry, size, max),
         };
-        let evicted =
-            edge.eviction.admit(CacheEntryKey::from_entry_id(key.to_compact(), entry), size, meta.fresh_until());
         if !evicted.is_empty() {
             let storage = edge.storage;
             tokio::spawn(async move {
