@@ -228,8 +228,12 @@ impl<P: HttpServerApp + ServerApp + Send + Sync + 'static> ServerApp for Lane<P>
                 }
                 continue;
             }
+            // The origins a cold miss's attempt here asked, for the full path.
+            let mut tried = Vec::new();
             if let Head::Miss { len, request, upstream, client, close, client_asked } = head {
-                if let Some(answer) = self.misses.fetch(&request, upstream, client).await {
+                let fetched = self.misses.fetch(&request, upstream, client).await;
+                if let Ok(answer) = fetched {
+                    let close = close || answer.close;
                     buf.advance(len);
                     // (Counted here, not where the full path takes it.)
                     self.demand.count(crate::hot::module_of(&request.key()), client_asked);
@@ -249,6 +253,7 @@ impl<P: HttpServerApp + ServerApp + Send + Sync + 'static> ServerApp for Lane<P>
                     }
                     continue;
                 }
+                tried.extend(fetched.err().flatten());
             }
             // The full path, from the bytes read so far.
             if !capped {
@@ -272,7 +277,8 @@ impl<P: HttpServerApp + ServerApp + Send + Sync + 'static> ServerApp for Lane<P>
             if !buf.is_empty() {
                 session.set_pipelined_prefix(buf.split());
             }
-            let (back, kept) = self.proxy.process_new_http(session, shutdown).await?.consume();
+            let answered = crate::miss::hand_over(tried, self.proxy.process_new_http(session, shutdown));
+            let (back, kept) = answered.await?.consume();
             stream = back;
             pingora_holds_next = kept.as_ref().is_some_and(holds_next_request);
             settings = kept;

@@ -11,11 +11,17 @@
 //! What this does not answer goes to the full path before the client has
 //! seen a byte of an answer, and the full path answers it as it would have:
 //! a key whose cache lock another request holds (it waits there for that
-//! fill), no origin to ask, a failed attempt (the full path makes its own
-//! attempts, with failover: only such a failure costs the origin a second
-//! request), an origin's own 5xx (the full path moves on to the next
-//! origin), an answer with no length or longer than [`MAX_BODY`].
+//! fill), no origin to ask, an answer with no length or longer than
+//! [`MAX_BODY`] (asked again there), and an attempt that failed by the
+//! origin's fault (a refused or silent connection, an error, a 5xx it names
+//! its own) while another origin may be asked: the full path goes on from
+//! this attempt as from its own first one ([`tried_by_lane`]), so a silent
+//! origin is waited for once, not twice. With no other origin to ask, the
+//! answer is the full path's last word, given here: the origin's own 5xx
+//! as it is, or the error the full path would answer.
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -46,11 +52,31 @@ pub struct Misses {
 }
 
 /// An answer for the client: its head (status and header lines, no
-/// `Date`, `Connection` or blank line, which the lane adds) and body.
+/// `Date`, `Connection` or blank line, which the lane adds) and body;
+/// `close`: the connection closes after it (an error of the edge's own).
 pub struct Answer {
     pub status: u16,
     pub head: Bytes,
     pub body: Bytes,
+    pub close: bool,
+}
+
+tokio::task_local! {
+    /// The origins the lane's attempt at the request it hands over asked.
+    static TRIED: RefCell<Vec<String>>;
+}
+
+/// Runs the full path (`answer`) on the request the lane hands over,
+/// after its attempt asked the origins `tried`.
+pub async fn hand_over<F: Future>(tried: Vec<String>, answer: F) -> F::Output {
+    TRIED.scope(RefCell::new(tried), answer).await
+}
+
+/// For the full path: the origins the lane's attempt at this request
+/// already asked (the first request of a connection handed over; none for
+/// any other).
+pub fn tried_by_lane() -> Vec<String> {
+    TRIED.try_with(|t| t.take()).unwrap_or_default()
 }
 
 /// The origin's answer, whole, and whose fault a 5xx is, as it says.
@@ -65,63 +91,72 @@ impl Misses {
 
     /// Fetches `request` for `client` (`upstream`: the client's request
     /// head, to forward), keeps it as the full path would, and gives the
-    /// answer; `None`: the full path's to answer, nothing having been sent.
+    /// answer; `Err`: the full path's to answer, nothing having been sent,
+    /// with the origin this attempt asked and found failing, if it did.
     pub async fn fetch(
         &self,
         request: &Request,
         mut upstream: Box<RequestHeader>,
         client: Option<IpAddr>,
-    ) -> Option<Answer> {
+    ) -> Result<Answer, Option<String>> {
         let edge = &self.edge;
         let key = cache_key(&request.key(), None);
         if !edge.storage.surely_absent(&key) {
-            return None;
+            return Err(None);
         }
         if let Some(ip) = client {
-            upstream.insert_header("x-forwarded-for", ip.to_string()).ok()?;
+            upstream.insert_header("x-forwarded-for", ip.to_string()).map_err(|_| None)?;
         }
         let permit = match edge.lock.lock(&key, false) {
             Locked::Write(permit) => permit,
             // Another request fills it: the full path waits for that fill.
-            Locked::Read(_) => return None,
+            Locked::Read(_) => return Err(None),
         };
-        // The first of the candidates the full path would try.
+        // The first of the candidates the full path would try, and whether
+        // it would try another after it.
         let snapshot = edge.membership.snapshot();
         let region = edge.region_of(&snapshot, client);
-        let Some(member) = snapshot.topology.route(&request.routing_key(), &region).next().cloned() else {
+        let mut candidates = snapshot.topology.route(&request.routing_key(), &region);
+        let Some(member) = candidates.next().cloned() else {
             edge.lock.release(&key, permit, LockStatus::TransientError);
-            return None;
+            return Err(None);
         };
+        let others = edge.retries > 0 && candidates.next().is_some();
         let peer = edge.peer(&member);
         let slot = snapshot.view.begin(&member.id);
         let started = Instant::now();
         let (resp, body, fault) = match self.ask(&peer, upstream, &member.id, started).await {
             Ok(answered) => answered,
-            Err(failed) => {
-                if failed {
-                    slot.finish(false);
-                }
+            Err(failure) => {
                 edge.lock.release(&key, permit, LockStatus::TransientError);
-                return None;
+                let Some(error) = failure else { return Err(None) };
+                slot.finish(false);
+                if others {
+                    return Err(Some(member.id));
+                }
+                return failed(&error).ok_or(Some(member.id));
             }
         };
         let status = resp.status.as_u16();
         // Only the origin's own trouble is worth asking another origin:
-        // the full path does (and counts it).
-        if matches!(fault, Some(Fault::Origin | Fault::Busy)) {
-            edge.metrics
-                .origin_requests
-                .with_label_values(&[member.id.as_str(), fault.map_or("5xx", Fault::as_str)])
-                .inc();
-            if fault == Some(Fault::Origin) {
-                slot.finish(false);
-            }
-            edge.lock.release(&key, permit, LockStatus::TransientError);
-            return None;
+        // the full path does (and counts it). The last one's answer stands.
+        let own = matches!(fault, Some(Fault::Origin | Fault::Busy));
+        let result = match own && others {
+            true => fault.map_or("5xx", Fault::as_str),
+            false => fault.map_or("ok", Fault::as_str),
+        };
+        edge.metrics.origin_requests.with_label_values(&[member.id.as_str(), result]).inc();
+        match fault {
+            // Busy: neither a failure nor a success of the origin's.
+            Some(Fault::Busy) => drop(slot),
+            Some(Fault::Origin) => slot.finish(false),
+            // A relayed upstream failure is a working origin.
+            _ => slot.finish(fault.is_some() || status < 500),
         }
-        edge.metrics.origin_requests.with_label_values(&[member.id.as_str(), fault.map_or("ok", Fault::as_str)]).inc();
-        // A relayed upstream failure is a working origin.
-        slot.finish(fault.is_some() || status < 500);
+        if own && others {
+            edge.lock.release(&key, permit, LockStatus::TransientError);
+            return Err(Some(member.id));
+        }
         match edge.cache_meta(request, &resp, false) {
             Some(meta) => {
                 if let Err(e) = self.keep(&key, &meta, body.clone(), permit).await {
@@ -131,28 +166,28 @@ impl Misses {
             None => edge.lock.release(&key, permit, LockStatus::GiveUp),
         }
         let mut resp = resp;
-        edge.mark_answer(&mut resp, Some(request), CacheStatus::Miss).ok()?;
-        Some(Answer { status, head: http1_head(&resp, Some(body.len())), body })
+        edge.mark_answer(&mut resp, Some(request), CacheStatus::Miss).map_err(|_| None)?;
+        Ok(Answer { status, head: http1_head(&resp, Some(body.len())), body, close: false })
     }
 
     /// One attempt at `peer` (`id`): the answer, or the full path's turn,
-    /// saying whether the attempt failed by the origin's fault.
+    /// with the error when the attempt failed by the origin's fault.
     async fn ask(
         &self,
         peer: &HttpPeer,
         upstream: Box<RequestHeader>,
         id: &str,
         started: Instant,
-    ) -> Result<Answered, bool> {
+    ) -> Result<Answered, Option<Box<pingora::Error>>> {
         let edge = &self.edge;
         let (mut session, reused) = match self.upstream.get_http_session(peer).await {
             Ok(s) => s,
-            Err(_) => {
+            Err(e) => {
                 // As the full path: a refused or timed-out connection takes
                 // it out of routing now; health checks bring it back.
                 edge.metrics.origin_requests.with_label_values(&[id, "connect"]).inc();
                 edge.membership.view().mark_down(id);
-                return Err(true);
+                return Err(Some(e.into_up()));
             }
         };
         session.read_timeout = Some(edge.read_timeout);
@@ -184,14 +219,15 @@ impl Misses {
                 Ok((resp, body, fault))
             }
             // Not this path's answer (its connection is not reused).
-            Ok(None) => Err(false),
-            Err(_) => {
+            Ok(None) => Err(None),
+            Err(e) => {
                 // A kept-alive connection the origin had closed is not its
                 // fault (the full path asks again on a new one).
-                if !reused {
-                    edge.metrics.origin_requests.with_label_values(&[id, "error"]).inc();
+                if reused {
+                    return Err(None);
                 }
-                Err(!reused)
+                edge.metrics.origin_requests.with_label_values(&[id, "error"]).inc();
+                Err(Some(e.into_up()))
             }
         }
     }
@@ -226,4 +262,14 @@ impl Misses {
         }
         Ok(())
     }
+}
+
+/// The answer the full path gives for a failed attempt with no other origin
+/// to ask (`fail_to_proxy`): the error's status and message; the
+/// connection closes after it.
+fn failed(e: &pingora::Error) -> Option<Answer> {
+    let status = crate::error::status(e);
+    let body = Bytes::from(crate::error::client_message(e));
+    let header = crate::proxy::own_answer(status, body.len()).ok()?;
+    Some(Answer { status, head: http1_head(&header, Some(body.len())), body, close: true })
 }

@@ -4,7 +4,8 @@
 //!    nothing in the request or the client's limits sets apart was answered
 //!    there, before Pingora, and so was a plain cold miss of an `.info` or
 //!    `.mod` (`miss.rs`, steps 2–7 below in the same terms); every other
-//!    request comes here.
+//!    request comes here (a cold miss whose attempt there failed by the
+//!    origin's fault, with the origin it asked: step 3 goes on from it).
 //! 1. `request_filter`: HTTP/2's send deadline → span (when traces are on)
 //!    → limits (429, by client IP, when configured) → header size (431) →
 //!    method (405) → bandwidth tier (when configured) → `Request::parse`
@@ -138,6 +139,8 @@ impl ProxyHttp for Edge {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // A cold miss the lane tried first goes on from the lane's attempt.
+        ctx.tried = crate::miss::tried_by_lane();
         // An HTTP/2 client can keep its connection busy and a stream's
         // window shut: that stream is reset once one chunk of its answer
         // (of a cached body, 256 KiB at most) has waited the send deadline.
@@ -553,13 +556,20 @@ fn client_ip(session: &Session, snapshot: &Snapshot) -> Option<IpAddr> {
     Some(snapshot.geo.client_ip(peer, forwarded))
 }
 
-/// Writes a small answer of the edge's own (errors, refusals).
-async fn respond(session: &mut Session, status: u16, body: &str, headers: &[(&'static str, &str)]) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(4 + headers.len()))?;
+/// The head of a small answer of the edge's own (errors, refusals) with a
+/// plain-text body of `len` bytes.
+pub(crate) fn own_answer(status: u16, len: usize) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(status, Some(6))?;
     resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
     resp.insert_header(http::header::CACHE_CONTROL, CC_NO_STORE)?;
     resp.insert_header(CACHE_STATUS_HEADER, CacheStatus::None.as_str())?;
+    Ok(resp)
+}
+
+/// Writes a small answer of the edge's own (errors, refusals).
+async fn respond(session: &mut Session, status: u16, body: &str, headers: &[(&'static str, &str)]) -> Result<()> {
+    let mut resp = own_answer(status, body.len())?;
     for (name, value) in headers {
         resp.insert_header(*name, *value)?;
     }

@@ -306,6 +306,68 @@ async fn serve_dropping(connections: Arc<std::sync::atomic::AtomicU64>) -> Strin
     url
 }
 
+/// An origin that takes requests and never answers them (a hung process):
+/// each request's first attempt waits out the read deadline there, and the
+/// next origin answers. It is waited for once per request, not twice: the
+/// full path goes on from an attempt the edge's lane made for a cold
+/// `.info` (before, it asked the same origin again and waited again).
+/// Its address and operator address, and the requests it took, by path.
+async fn silent_origin() -> (String, String, Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let asked = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let by_path = Arc::clone(&asked);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let by_path = Arc::clone(&by_path);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut more = [0u8; 4096];
+                // Reads one request head, counts it, and holds the
+                // connection without a word until the edge lets it go.
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut more).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&more[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                *by_path.lock().expect("counts").entry(path).or_insert(0) += 1;
+                let _ = conn.read(&mut more).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    // Its operator listener answers health checks and load.
+    let (operator, _, _) = dropping_origin().await;
+    (url, operator, asked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_origin_is_waited_for_once_per_request() {
+    let tmp = modcdn_tests::tempdir();
+    let (silent, silent_operator, asked) = silent_origin().await;
+    let (good, good_operator, _) = dropping_origin().await;
+    let members = [
+        Member { id: "s", url: &silent, operator: &silent_operator, region: "us" },
+        Member { id: "g", url: &good, operator: &good_operator, region: "us" },
+    ];
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "[origin]\nread_timeout_ms = 300\nretries = 1\n")
+        .expect("edge");
+    let c = client();
+    for i in 0..12 {
+        let key = format!("example.com/silent/@v/v1.0.{i}.info");
+        let (status, _, body) = get(&c, &format!("{}/{key}", edge.url)).await;
+        assert_eq!(status, 200, "miss {i}: {}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains(&key), "miss {i}: its own answer");
+    }
+    let asked = asked.lock().expect("counts").clone();
+    assert!(!asked.is_empty(), "no key went to the silent origin first: the test proves nothing");
+    assert!(asked.values().all(|n| *n == 1), "the silent origin was asked again for a request: {asked:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_alive_origin_connection_closed_under_a_request_costs_the_client_nothing() {
     // One origin, so no other to move to: the edge gave the client a 502
