@@ -141,11 +141,7 @@ impl Misses {
         // Only the origin's own trouble is worth asking another origin:
         // the full path does (and counts it). The last one's answer stands.
         let own = matches!(fault, Some(Fault::Origin | Fault::Busy));
-        let result = match own && others {
-            true => fault.map_or("5xx", Fault::as_str),
-            false => fault.map_or("ok", Fault::as_str),
-        };
-        edge.metrics.origin_requests.with_label_values(&[member.id.as_str(), result]).inc();
+        edge.metrics.origin_requests.with_label_values(&[member.id.as_str(), fault.map_or("ok", Fault::as_str)]).inc();
         match fault {
             // Busy: neither a failure nor a success of the origin's.
             Some(Fault::Busy) => drop(slot),
