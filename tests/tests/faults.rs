@@ -306,6 +306,18 @@ async fn serve_dropping(connections: Arc<std::sync::atomic::AtomicU64>) -> Strin
     url
 }
 
+/// Asks for `n` cold `.info` of `module` in turn: each must be a 200 with
+/// its own answer (the fake origins name the path they answer).
+async fn each_miss_gets_its_own_answer(edge: &EdgeProcess, module: &str, n: usize) {
+    let c = client();
+    for i in 0..n {
+        let key = format!("{module}/@v/v1.0.{i}.info");
+        let (status, _, body) = get(&c, &format!("{}/{key}", edge.url)).await;
+        assert_eq!(status, 200, "miss {i}: {}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains(&key), "miss {i}: its own answer");
+    }
+}
+
 /// An origin that takes requests and never answers them (a hung process):
 /// each request's first attempt waits out the read deadline there, and the
 /// next origin answers. It is waited for once per request, not twice: the
@@ -356,13 +368,7 @@ async fn a_silent_origin_is_waited_for_once_per_request() {
     ];
     let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "[origin]\nread_timeout_ms = 300\nretries = 1\n")
         .expect("edge");
-    let c = client();
-    for i in 0..12 {
-        let key = format!("example.com/silent/@v/v1.0.{i}.info");
-        let (status, _, body) = get(&c, &format!("{}/{key}", edge.url)).await;
-        assert_eq!(status, 200, "miss {i}: {}", String::from_utf8_lossy(&body));
-        assert!(String::from_utf8_lossy(&body).contains(&key), "miss {i}: its own answer");
-    }
+    each_miss_gets_its_own_answer(&edge, "example.com/silent", 12).await;
     let asked = asked.lock().expect("counts").clone();
     assert!(!asked.is_empty(), "no key went to the silent origin first: the test proves nothing");
     assert!(asked.values().all(|n| *n == 1), "the silent origin was asked again for a request: {asked:?}");
@@ -379,13 +385,7 @@ async fn a_kept_alive_origin_connection_closed_under_a_request_costs_the_client_
     let (url, operator, connections) = dropping_origin().await;
     let member = Member { id: "o", url: &url, operator: &operator, region: "us" };
     let edge = EdgeProcess::start(&tmp.path().join("edge"), &[member], "").expect("edge");
-    let c = client();
-    for i in 0..5 {
-        let key = format!("example.com/drop/@v/v1.0.{i}.info");
-        let (status, _, body) = get(&c, &format!("{}/{key}", edge.url)).await;
-        assert_eq!(status, 200, "miss {i}: {}", String::from_utf8_lossy(&body));
-        assert!(String::from_utf8_lossy(&body).contains(&key), "miss {i}: its own answer");
-    }
+    each_miss_gets_its_own_answer(&edge, "example.com/drop", 5).await;
     assert!(connections.load(Ordering::SeqCst) >= 5, "each miss after the first took a new connection");
     assert_eq!(healthy_origins(&edge).await, 1.0, "the origin stays in routing");
     let errors = scrape(&edge.admin, "modcdn_edge_origin_requests_total{origin=\"o\",result=\"error\"}").await;
