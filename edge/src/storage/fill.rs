@@ -18,8 +18,12 @@ pub(super) struct Filler {
     written: u64,
     /// Bytes of them in the file: a page boundary until the fill finishes.
     in_file: u64,
-    /// The rest, less than a page, for the next write (see [`PAGE`]).
+    /// The rest, less than a page, for the next write (see [`PAGE`]);
+    /// the whole body while `whole`.
     held: Bytes,
+    /// The body is held whole, no temp file: its length, as the origin
+    /// gave it, is at most [`FILL_MEMORY_MAX`] (until more comes).
+    whole: bool,
     done: bool,
 }
 
@@ -32,7 +36,14 @@ pub(super) struct Filler {
 pub(super) const PAGE: u64 = 4096;
 
 impl Filler {
-    pub(super) fn new(store: &'static CacheStore, hash: String, primary: String, fill: Arc<Fill>) -> Filler {
+    /// A fill of a body `whole` (held whole, see [`Filler::whole`]).
+    pub(super) fn new(
+        store: &'static CacheStore,
+        hash: String,
+        primary: String,
+        fill: Arc<Fill>,
+        whole: bool,
+    ) -> Filler {
         Filler {
             store,
             hash,
@@ -43,6 +54,7 @@ impl Filler {
             written: 0,
             in_file: 0,
             held: Bytes::new(),
+            whole,
             done: false,
         }
     }
@@ -98,7 +110,10 @@ impl HandleMiss for Filler {
         // and a hop to the blocking pool per chunk (16 for a 1 MiB zip) stood
         // in every miss's path. As nginx does, cache files are written on the
         // event loop; the sync, which may block for long, runs on the pool.
-        let end = (self.written + len) / PAGE * PAGE;
+        // A small body is not written here at all: held whole until its
+        // durable write (see [`FILL_MEMORY_MAX`]).
+        self.whole &= self.written + len <= FILL_MEMORY_MAX;
+        let end = if self.whole { 0 } else { (self.written + len) / PAGE * PAGE };
         if end > self.in_file {
             let take = (end - self.written) as usize;
             let held = std::mem::take(&mut self.held);
@@ -138,8 +153,9 @@ impl HandleMiss for Filler {
             return Err(storage_error("fill", "finish after failure"));
         }
         // The last bytes go to the file, if it has one (its readers'
-        // descriptor stays open, for the sync too); a body smaller than a
-        // page stays whole in the tail, for readers and the durable write.
+        // descriptor stays open, for the sync too); a body held whole (or
+        // smaller than a page) stays in the tail, for readers and the
+        // durable write.
         if self.file.is_some() {
             let held = std::mem::take(&mut self.held);
             self.write_at(&[&held], self.in_file)?;
@@ -165,12 +181,16 @@ impl HandleMiss for Filler {
         });
         let holds = self.fill.reader.get().is_some();
         let holding = if holds { store.holding.fetch_add(1, Ordering::SeqCst) + 1 } else { 0 };
+        let held = if holds { 0 } else { self.written };
+        let held_bytes = store.held_bytes.fetch_add(held, Ordering::SeqCst) + held;
         // Asked to hurry from here on, or not to wait at all: shutting
         // down, or too many fills wait: more than `pending_max` holding a
-        // descriptor, or [`HELD_PER_DESCRIPTOR`] times that in all (a body
-        // held whole is less than a page).
+        // descriptor, [`HELD_PER_DESCRIPTOR`] times that in all, or bodies
+        // held whole of more than [`HELD_BYTES_MAX`].
         let mut hurry = store.hurry.subscribe();
-        let over = holding > store.pending_max || pending > store.pending_max * HELD_PER_DESCRIPTOR;
+        let over = holding > store.pending_max
+            || pending > store.pending_max * HELD_PER_DESCRIPTOR
+            || held_bytes > HELD_BYTES_MAX;
         let wait = !store.draining.load(Ordering::SeqCst) && !over;
         if over {
             // Every fill waiting goes to disk with this one, in a batch or
@@ -199,6 +219,7 @@ impl HandleMiss for Filler {
             if holds {
                 publish.store.holding.fetch_sub(1, Ordering::SeqCst);
             }
+            publish.store.held_bytes.fetch_sub(held, Ordering::SeqCst);
             publish.store.publishing.send_modify(|n| *n -= 1);
         });
         // Past the bound, the request that filled waits for its durable
@@ -254,8 +275,8 @@ struct Publish {
 
 impl Publish {
     /// A small body enters the memory tier now, off the request's path (a
-    /// copy made while serving cost every miss): one held whole (smaller
-    /// than a page) as it is, one in a file read back; a larger one on its
+    /// copy made while serving cost every miss): one held whole as it is,
+    /// one in a file read back; a larger one on its
     /// first hit (see [`FILL_MEMORY_MAX`]).
     async fn keep_in_memory(&self) {
         let store = self.store;
@@ -296,10 +317,17 @@ impl Publish {
         }
         let hash = self.hash.clone();
         let file = self.fill.reader.get().map(|file| (file.clone(), self.fill.part.clone()));
-        let inline = file.is_none().then(|| self.fill.tail.lock().1.clone());
+        let whole = file.is_none().then(|| self.fill.tail.lock().1.clone());
+        // A body held whole goes inside its meta if smaller than a page,
+        // else into its body file.
+        let (inline, held) = match whole {
+            Some(body) if body.len() as u64 >= PAGE => (None, Some(body)),
+            whole => (whole, None),
+        };
         let parts = self.fill.meta.clone();
         let job = Durable {
             file,
+            held,
             body: store.body_path(&hash, generation),
             shard: store.shard(&hash),
             meta_tmp: store.tmp.join(format!("{hash}.{generation}.meta")),
@@ -341,8 +369,11 @@ impl Publish {
 /// One finished fill's durable write.
 pub(super) struct Durable {
     /// The body's temp file and its path, renamed into place; none for a
-    /// body held whole (smaller than a page), which its meta file holds.
+    /// body held whole (then its meta file holds one smaller than a page).
     file: Option<(Arc<File>, PathBuf)>,
+    /// A body held whole of a page or more (see [`FILL_MEMORY_MAX`]),
+    /// written straight into its place.
+    held: Option<Bytes>,
     body: PathBuf,
     shard: PathBuf,
     hash: String,
@@ -410,7 +441,8 @@ impl CacheStore {
 /// Makes a batch of finished fills durable, each as one alone is: its body
 /// on disk before it is renamed into place, then its meta written, on disk,
 /// and renamed over the one before. A fill alone syncs its own two files,
-/// or one if its body is held whole inside its meta (after [`flush_delay`]
+/// (a body held whole is written into its place, not renamed there), or
+/// one if its body is held whole inside its meta (after [`flush_delay`]
 /// they cost a flush, not a write). Several sync the file system once for
 /// all their bodies (unless every body is held whole) and once for all
 /// their metas (`syncfs`), where each fill's two syncs waited for the disk
@@ -419,16 +451,18 @@ impl CacheStore {
 fn write_batch(root: &File, batch: Vec<(Durable, oneshot::Sender<std::io::Result<()>>)>) {
     let alone = batch.len() == 1;
     let copy = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
-    // Bodies in temp files are on disk before they are renamed into place
-    // (those held whole are written with their metas).
+    // Bodies in temp files are on disk before they are renamed into place,
+    // those held whole (a page or more) written into place (those smaller
+    // are written with their metas).
     let written: Vec<std::io::Result<()>> = batch
         .iter()
-        .map(|(job, _)| match &job.file {
-            Some((file, _)) if alone => file.sync_data(),
+        .map(|(job, _)| match (&job.file, &job.held) {
+            (Some((file, _)), _) if alone => file.sync_data(),
+            (_, Some(body)) => job.write_held(body, alone),
             _ => Ok(()),
         })
         .collect();
-    let files = batch.iter().any(|(job, _)| job.file.is_some());
+    let files = batch.iter().any(|(job, _)| job.file.is_some() || job.held.is_some());
     let bodies = if alone || !files { Ok(()) } else { rustix::fs::syncfs(root).map_err(Into::into) };
     // (A key filled twice in one batch: the second replaces the first.)
     let mut placed_here: HashMap<&str, u64> = HashMap::new();
@@ -478,6 +512,20 @@ impl Durable {
             std::io::ErrorKind::NotFound => std::fs::create_dir_all(&self.shard).and_then(|()| op()),
             _ => Err(e),
         })
+    }
+
+    /// Writes `body`, held whole, into its body file, synced if `alone`
+    /// (a new file: no other name has it; removed if the write fails).
+    fn write_held(&self, body: &[u8], alone: bool) -> std::io::Result<()> {
+        let write = || {
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&self.body)?;
+            file.write_all(body).and_then(|()| if alone { file.sync_data() } else { Ok(()) })
+        };
+        let wrote = self.in_shard(write);
+        if wrote.is_err() {
+            let _ = std::fs::remove_file(&self.body);
+        }
+        wrote
     }
 
     /// Renames the body (on disk) into place, if it is in a temp file, and

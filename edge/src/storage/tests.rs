@@ -106,7 +106,7 @@ async fn an_eviction_of_a_fill_waiting_for_its_durable_write_leaves_nothing_behi
     let store = open_waiting(tmp.path(), 16);
     let primary = "example.com/x/@v/v1.0.0.zip";
     let key = cache_key(primary, None);
-    finish_fill(store, primary, &[3; 50_000]).await;
+    finish_fill(store, primary, &[3; 100_000]).await;
     let (_, hit) = store.lookup(&key, &span).await.expect("lookup").expect("hit");
     drop(hit);
     assert!(store.memory_get(primary).is_some(), "mapped");
@@ -128,10 +128,10 @@ async fn a_fill_whose_file_is_cut_short_while_it_waits_is_dropped_not_served_or_
     let store = open_waiting(tmp.path(), 16);
     let primary = "example.com/cut/@v/v1.0.0.zip";
     let key = cache_key(primary, None);
-    finish_fill(store, primary, &[5; 50_000]).await;
+    finish_fill(store, primary, &[5; 100_000]).await;
     let part = store.fills.lock().get(&key.combined()).expect("waiting").part.clone();
     std::fs::OpenOptions::new().write(true).open(&part).expect("part").set_len(4096).expect("cut");
-    assert!(store.lookup(&key, &span).await.expect("lookup").is_none(), "a miss, not 4 KiB of 50 000");
+    assert!(store.lookup(&key, &span).await.expect("lookup").is_none(), "a miss, not 4 KiB of 100 000");
     assert!(store.memory_get(primary).is_none());
     store.settled().await;
     assert_eq!(store.disk_usage(), (0, 0));
@@ -163,22 +163,22 @@ async fn a_revalidation_of_a_fill_waiting_for_its_durable_write_is_kept() {
 async fn fills_are_made_durable_at_once_when_too_many_wait_or_the_edge_shuts_down() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open_waiting(tmp.path(), 1);
-    finish_fill(store, "example.com/p/@v/v1.0.0.zip", &[1; 10_000]).await;
+    finish_fill(store, "example.com/p/@v/v1.0.0.zip", &[1; 100_000]).await;
     assert!(pending(store, 1).await);
     // One may wait; the second goes to disk at once, and takes the one
     // waiting (an hour from its durable write) with it, rather than one
     // fill per request past the bound: in a steady stream of cold misses
     // (20 000 new keys over 10 connections) 2 136-2 756 against 1 334-1 528
     // misses/s.
-    finish_fill(store, "example.com/p/@v/v1.1.0.zip", &[2; 10_000]).await;
+    finish_fill(store, "example.com/p/@v/v1.1.0.zip", &[2; 100_000]).await;
     assert!(pending(store, 0).await, "both fills are made durable without waiting");
     assert_eq!(store.index.lock().by_key.len(), 2);
     assert_eq!(store.keys_with_prefix("example.com/p/@").len(), 2, "both are held");
     // Shutting down: any fill from then on goes at once.
     tokio::time::timeout(std::time::Duration::from_secs(10), store.drain()).await.expect("drained");
-    finish_fill(store, "example.com/p/@v/v1.2.0.zip", &[3; 10_000]).await;
+    finish_fill(store, "example.com/p/@v/v1.2.0.zip", &[3; 100_000]).await;
     assert!(pending(store, 0).await, "a fill after the drain began is made durable without waiting");
-    assert_eq!(store.disk_usage(), (3, 30_000));
+    assert_eq!(store.disk_usage(), (3, 300_000));
 }
 
 #[tokio::test]
@@ -200,6 +200,53 @@ async fn a_body_smaller_than_a_page_is_held_whole_no_temp_file_then_written_insi
 }
 
 #[tokio::test]
+async fn a_body_of_known_small_length_is_held_whole_no_temp_file_then_written_into_its_place() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let store = open_waiting(tmp.path(), 16);
+    let primary = "example.com/small/@v/v1.0.0.zip";
+    let body: Vec<u8> = (0..16_384u32).map(|i| (i % 251) as u8).collect();
+    let key = cache_key(primary, None);
+    finish_fill(store, primary, &body).await;
+    assert_eq!(files_in(&store.tmp), 1, "no temp file: only the lock file");
+    let (_, hit) = store.lookup(&key, &span).await.expect("lookup").expect("the waiting fill");
+    assert_eq!(read_all(hit).await.expect("read"), body);
+    store.settled().await;
+    assert_eq!(files_in(&store.shard(&key.combined())), 2, "its body file and its meta, in place");
+    assert_eq!(std::fs::read(body_file(tmp.path(), &key.combined())).expect("body file"), body);
+    assert_eq!(files_in(&store.tmp), 1);
+    only_entry_after_a_restart(store, tmp.path(), &key, &body).await;
+    // One whose length was not told, or was more than it sent, is
+    // written to a temp file as it comes.
+    let store = open_waiting(tmp.path(), 16);
+    let mut miss = store
+        .get_miss_handler(&cache_key("example.com/small/@v/v1.1.0.zip", None), &meta(16_384), &span)
+        .await
+        .expect("miss handler");
+    for chunk in body.chunks(4096).chain([&[7u8; FILL_MEMORY_MAX as usize][..]]) {
+        miss.write_body(Bytes::copy_from_slice(chunk), false).await.expect("write");
+    }
+    assert_eq!(files_in(&store.tmp), 2, "the lock file and this fill's temp file");
+}
+
+#[tokio::test]
+async fn fills_held_whole_are_bounded_in_bytes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open_waiting(tmp.path(), 1024);
+    let body = vec![9u8; FILL_MEMORY_MAX as usize];
+    let n = (HELD_BYTES_MAX / FILL_MEMORY_MAX) as usize;
+    for v in 0..n {
+        finish_fill(store, &format!("example.com/b/@v/v1.{v}.0.zip"), &body).await;
+    }
+    assert!(pending(store, n).await, "none was hurried");
+    // One more byte held is past the bound: every one waiting goes to disk.
+    finish_fill(store, "example.com/b/@v/v2.0.0.info", b"{}").await;
+    assert!(pending(store, 0).await, "all were hurried");
+    assert_eq!(store.disk_usage(), (n + 1, HELD_BYTES_MAX + 2));
+    assert_eq!(store.held_bytes.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn fills_held_whole_count_against_a_bound_of_their_own_not_the_descriptors() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open_waiting(tmp.path(), 2);
@@ -216,7 +263,7 @@ async fn fills_held_whole_count_against_a_bound_of_their_own_not_the_descriptors
     assert_eq!(store.disk_usage().0, 2 * HELD_PER_DESCRIPTOR + 1);
     // Bodies in files count against the descriptors' bound as before.
     for v in 0..3 {
-        finish_fill(store, &format!("example.com/held/@v/v1.{v}.0.zip"), &[1; 10_000]).await;
+        finish_fill(store, &format!("example.com/held/@v/v1.{v}.0.zip"), &[1; 100_000]).await;
     }
     assert!(pending(store, 0).await, "the third file hurried the two before it");
     assert_eq!(store.disk_usage().0, 2 * HELD_PER_DESCRIPTOR + 4);
@@ -228,7 +275,7 @@ async fn fills_past_the_bound_finish_only_once_durable_so_what_they_hold_stays_b
     let store = open_waiting(tmp.path(), 2);
     for v in 0..20 {
         let key = format!("example.com/b/@v/v1.{v}.0.zip");
-        finish_fill(store, &key, &[v as u8; 10_000]).await;
+        finish_fill(store, &key, &[v as u8; 100_000]).await;
         // At most two wait for the flush delay; one past them is on disk
         // (and its descriptor closed) by the time its request ends.
         let waiting = *store.publishing.borrow();
@@ -236,7 +283,7 @@ async fn fills_past_the_bound_finish_only_once_durable_so_what_they_hold_stays_b
     }
     assert!(files_in(&store.tmp) <= 3, "the lock file and at most two waiting fills");
     store.settled().await;
-    assert_eq!(store.disk_usage(), (20, 200_000));
+    assert_eq!(store.disk_usage(), (20, 2_000_000));
 }
 
 #[tokio::test]
@@ -244,7 +291,8 @@ async fn fills_made_durable_together_each_survive_a_restart_and_one_that_fails_f
     let tmp = tempfile::tempdir().expect("tempdir");
     let span = Span::inactive().handle();
     let store = open_waiting(tmp.path(), 64);
-    let body = |v: usize| -> Vec<u8> { (0..5_000 + v * 100).map(|i| (i * 7 + v) as u8).collect() };
+    // Odd ones in temp files, even ones held whole.
+    let body = |v: usize| -> Vec<u8> { (0..5_000 + v % 2 * 70_000 + v * 100).map(|i| (i * 7 + v) as u8).collect() };
     let key = |v: usize| format!("example.com/t/@v/v1.{v}.0.zip");
     for v in 0..40 {
         finish_fill(store, &key(v), &body(v)).await;
