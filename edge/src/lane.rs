@@ -2,8 +2,8 @@
 //! here first. The commonest request of all, a fresh object of the memory
 //! tier asked for plainly, is answered right here, with the head the memory
 //! tier serialized once: no Pingora session, no cache state machine, one
-//! read and one write per request. So is the commonest miss, a cold `.info`
-//! or `.mod` asked for plainly by a client under no limits, with traces
+//! read and one write per request. So is the commonest miss, a cold `.info`,
+//! `.mod` or `.zip` asked for plainly by a client under no limits, with traces
 //! off: `miss.rs` fetches it from the origin the full path would ask first
 //! and keeps it as the full path keeps it. Everything else goes to
 //! Pingora's proxy (`proxy.rs`) with the bytes already read, and the
@@ -53,7 +53,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::bandwidth::Bandwidth;
 use crate::limits::{Limits, Slot};
 use crate::metrics::Metrics;
-use crate::miss::Misses;
+use crate::miss::{Body, Misses};
 use crate::storage::{CacheStore, MemFile, MemObject};
 
 /// The largest request head the lane reads before leaving the request to
@@ -80,8 +80,8 @@ const UNCAPPED_MAX: usize = 4 << 20;
 /// The lane in front of the proxy `P` (Pingora's, for `proxy::Edge`).
 pub struct Lane<P> {
     pub proxy: Arc<P>,
-    /// Cold misses of `.info` and `.mod`, fetched here (`miss.rs`).
-    pub misses: Misses,
+    /// Cold misses of `.info`, `.mod` and `.zip`, fetched here (`miss.rs`).
+    pub misses: Arc<Misses>,
     pub storage: &'static CacheStore,
     pub limits: Arc<Limits>,
     pub bandwidth: Arc<Bandwidth>,
@@ -237,17 +237,21 @@ impl<P: HttpServerApp + ServerApp + Send + Sync + 'static> ServerApp for Lane<P>
                     buf.advance(len);
                     // (Counted here, not where the full path takes it.)
                     self.demand.count(crate::hot::module_of(&request.key()), client_asked);
-                    if write_answer(&mut stream, &mut head_buf, &answer.head, &answer.body, close).await.is_err() {
+                    let written = match answer.body {
+                        Body::Whole(body) => write_answer(&mut stream, &mut head_buf, &answer.head, &body, close).await,
+                        Body::Fill(reader) => {
+                            if !capped {
+                                crate::conn::limit_unsent(&stream);
+                                capped = true;
+                            }
+                            write_fill(&mut stream, &mut head_buf, &answer.head, reader, close).await
+                        }
+                    };
+                    if written.is_err() {
                         return None;
                     }
                     let kind = request.kind().as_str();
-                    self.metrics.request(
-                        kind,
-                        answer.status,
-                        CacheStatus::Miss.label(),
-                        "origin",
-                        answer.body.len() as u64,
-                    );
+                    self.metrics.request(kind, answer.status, CacheStatus::Miss.label(), "origin", answer.len as u64);
                     if close {
                         return None;
                     }
@@ -543,6 +547,31 @@ async fn write_answer(
     buf.extend_from_slice(head);
     end_head(buf, close);
     write_parts(stream, buf, body).await?;
+    stream.flush().await
+}
+
+/// Writes the answer of a cold miss the lane fetched whose body comes from
+/// its fill (see `miss.rs`): its head (made in `buf`), then the body as
+/// `reader` gives it; a fill that fails fails the write.
+async fn write_fill(
+    stream: &mut Stream,
+    buf: &mut Vec<u8>,
+    head: &[u8],
+    mut reader: pingora::cache::storage::HitHandler,
+    close: bool,
+) -> std::io::Result<()> {
+    buf.clear();
+    buf.extend_from_slice(head);
+    end_head(buf, close);
+    // (The stream's buffer takes the head and the first chunk together.)
+    stream.write_all(buf).await?;
+    loop {
+        match reader.read_body().await {
+            Ok(Some(chunk)) => stream.write_all(&chunk).await?,
+            Ok(None) => break,
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
+        }
+    }
     stream.flush().await
 }
 

@@ -119,12 +119,12 @@ pub fn run(cfg: EdgeConfig, membership: Arc<Membership>, upgrade: bool) -> anyho
         limits::PerClient::new(cfg.rate_limit.max_connections_per_ip),
         metrics.connections_refused.clone(),
     );
-    let misses = miss::Misses {
+    let misses = std::sync::Arc::new(miss::Misses {
         edge: misses_edge,
         upstream: pingora::connectors::http::v1::Connector::new(Some(
             pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration),
         )),
-    };
+    });
     let lane = lane::Lane {
         misses,
         proxy: Arc::new(app),

@@ -2,8 +2,8 @@
 //!
 //! 0. `lane.rs` has read the request first: a fresh memory-tier hit that
 //!    nothing in the request or the client's limits sets apart was answered
-//!    there, before Pingora, and so was a plain cold miss of an `.info` or
-//!    `.mod` (`miss.rs`, steps 2–7 below in the same terms); every other
+//!    there, before Pingora, and so was a plain cold miss of an `.info`, a
+//!    `.mod` or a `.zip` (`miss.rs`, steps 2–7 below in the same terms); every other
 //!    request comes here (a cold miss whose attempt there failed by the
 //!    origin's fault, with the origin it asked: step 3 goes on from it).
 //! 1. `request_filter`: HTTP/2's send deadline → span (when traces are on)

@@ -295,7 +295,9 @@ async fn a_graceful_upgrade_under_load_fails_no_request() {
     }
     assert!(old.try_wait().ok().flatten().is_some(), "the old edge exits after handing over");
     assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
-    assert!(ok > 200, "the load ran ({ok})");
+    // (About 400 alone on the 2-core machine in debug builds, half of them
+    // on new clients; 186 once beside the other tests of this file.)
+    assert!(ok > 100, "the load ran ({ok})");
     assert_eq!(get(&client(), &format!("{}/{}", edge.url, keys[0])).await.0, 200, "the successor serves");
 }
 
@@ -1019,8 +1021,9 @@ async fn memory_hits_take_the_fast_lane_and_answer_as_the_full_path_does() {
 /// it (a hit next), one origin request per key however many clients ask at
 /// once, and requests sent behind it on the connection answered in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cold_small_misses_fetched_by_the_lane_answer_as_the_full_path_does() {
-    let Stack { tmp: _tmp, corpus, upstream: _upstream, origin: _origin, edge } = stack(1 << 10, "", "").await;
+async fn cold_misses_fetched_by_the_lane_answer_as_the_full_path_does() {
+    // The large module's zip is longer than the lane takes whole.
+    let Stack { tmp: _tmp, corpus, upstream: _upstream, origin: _origin, edge } = stack(300 << 10, "", "").await;
     let addr = edge.url.trim_start_matches("http://").to_string();
     let get_of = |key: &str| format!("GET /{key} HTTP/1.1\r\nHost: x\r\nUser-Agent: Go-http-client/1.1\r\n\r\n");
     // Status and header lines but those of the object itself.
@@ -1029,7 +1032,9 @@ async fn cold_small_misses_fetched_by_the_lane_answer_as_the_full_path_does() {
         (a.0.clone(), a.1.iter().filter(|(k, _)| !own.contains(&k.as_str())).cloned().collect::<Vec<_>>())
     };
     let origin_requests = || metric(&edge, "modcdn_edge_origin_requests_total");
-    for (ext, lane_version, full_version) in [("info", "v1.0.0", "v1.1.0"), ("mod", "v1.0.0", "v1.1.0")] {
+    for (ext, lane_version, full_version) in
+        [("info", "v1.0.0", "v1.1.0"), ("mod", "v1.0.0", "v1.1.0"), ("zip", "v1.0.0", "v1.1.0")]
+    {
         let (by_lane, by_full) =
             (Corpus::key(corpus::ALPHA, lane_version, ext), Corpus::key(corpus::ALPHA, full_version, ext));
         let asked = origin_requests().await;
@@ -1082,6 +1087,38 @@ async fn cold_small_misses_fetched_by_the_lane_answer_as_the_full_path_does() {
         assert_eq!(got[0].2, corpus_file(&corpus, &stampede));
     }
     assert_eq!(origin_requests().await, asked + 1.0, "one origin request for 24 clients at once");
+
+    // A zip longer than the lane takes whole, answered from its fill as
+    // it comes, to many clients at once: one origin request, every body
+    // whole, the answer's lines as for a small zip's, then a hit.
+    let large = Corpus::key(corpus::LARGE, "v1.0.0", "zip");
+    let want = corpus_file(&corpus, &large);
+    assert!(want.len() > 300 << 10);
+    let small =
+        answers(&pipelined(&addr, get_of(&Corpus::key(corpus::ALPHA, "v1.2.0-rc.1", "zip")).as_bytes(), 1).await);
+    let asked = origin_requests().await;
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (addr, request) = (addr.clone(), get_of(&large));
+            tokio::spawn(async move { answers(&pipelined(&addr, request.as_bytes(), 1).await) })
+        })
+        .collect();
+    let mut missed = 0;
+    for client in clients {
+        let got = client.await.expect("client");
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].2 == want, "a body of {} bytes, not the zip's {}", got[0].2.len(), want.len());
+        // (Those that followed the fill may say HIT.)
+        if got[0].1.contains(&("x-cache".into(), "MISS".into())) {
+            assert_eq!(shape(&got[0]), shape(&small[0]), "the lane's long zip differs from a short one");
+            missed += 1;
+        }
+    }
+    assert!(missed >= 1);
+    assert_eq!(origin_requests().await, asked + 1.0, "one origin request for 8 clients at once");
+    let again = answers(&pipelined(&addr, get_of(&large).as_bytes(), 1).await);
+    assert!(again[0].1.contains(&("x-cache".into(), "HIT".into())), "{:?}", again[0].1);
+    assert!(again[0].2 == want);
 }
 
 /// Sends `request` on a new connection: all that came back before the edge

@@ -391,3 +391,76 @@ async fn a_kept_alive_origin_connection_closed_under_a_request_costs_the_client_
     let errors = scrape(&edge.admin, "modcdn_edge_origin_requests_total{origin=\"o\",result=\"error\"}").await;
     assert_eq!(errors, 0.0, "a connection closed while idle is not counted against the origin");
 }
+
+/// An origin that answers a zip's first request with its head and half its
+/// body, then closes the connection; every later request whole. The zip is
+/// `ZIP_LEN` bytes of one value. Its address and operator address.
+async fn breaking_origin() -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let broke = Arc::new(AtomicBool::new(false));
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let broke = Arc::clone(&broke);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut more = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut more).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&more[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_default();
+                    buf.drain(..end + 4);
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/zip\r\ncontent-length: {ZIP_LEN}\r\n\
+                         cache-control: public, max-age=60\r\n\r\n"
+                    );
+                    let first = !broke.swap(true, Ordering::SeqCst);
+                    let body = vec![b'z'; if first { ZIP_LEN / 2 } else { ZIP_LEN }];
+                    if conn.write_all(&[head.as_bytes(), &body].concat()).await.is_err() || first {
+                        let _ = conn.shutdown().await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (operator, _, _) = dropping_origin().await;
+    (url, operator)
+}
+
+const ZIP_LEN: usize = 300 << 10;
+
+/// A zip whose origin breaks off mid-body: the client's answer breaks off
+/// too (its connection closes short of the length its head gave), nothing
+/// of it is kept, and the next request is fetched whole, then a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zip_the_origin_breaks_off_breaks_off_for_the_client_and_is_never_kept() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = modcdn_tests::tempdir();
+    let (url, operator) = breaking_origin().await;
+    let members = [Member { id: "b", url: &url, operator: &operator, region: "us" }];
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "").expect("edge");
+    let key = "example.com/broken/@v/v1.0.0.zip";
+    let addr = edge.url.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    s.write_all(format!("GET /{key} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.expect("write");
+    let mut all = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all)).await;
+    assert!(matches!(read, Ok(Ok(_))), "the edge did not close the connection: {read:?}");
+    let head_end = all.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+    let head = String::from_utf8_lossy(&all[..head_end]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains(&format!("content-length: {ZIP_LEN}")), "{head}");
+    assert!(all.len() - head_end < ZIP_LEN, "the answer breaks off rather than ends as if complete");
+    let c = client();
+    for expected in ["MISS", "HIT"] {
+        let (status, x_cache, body) = get(&c, &format!("{}/{key}", edge.url)).await;
+        assert_eq!((status, x_cache.as_str()), (200, expected));
+        assert!(body.len() == ZIP_LEN && body.iter().all(|b| *b == b'z'), "{} bytes", body.len());
+    }
+}
