@@ -21,7 +21,8 @@
 #     zip revalidated (If-None-Match that matches: 304) and 1 KiB ranges
 #     of a 1 MiB zip (206) (req/s);
 #   - a steady stream of cold misses: 20 000 .info no cache has seen,
-#     each asked for once over 10 connections (req/s);
+#     each asked for once over 10 connections, then 20 000 zips of 16 KiB
+#     the same way (req/s);
 #   - the whole path, edge + origin, cold .info/.mod: latency added over
 #     the static origin direct.
 # Caches (and modcdn-origin) run on CPU 0, one worker each; clients and the
@@ -87,17 +88,19 @@ for i in range(20000):
     print(f"/example.com/spread16/s{i:05d}/@v/v1.0.0.zip")
 PY
 # A steady stream of cold misses: 20 000 .info no cache has seen, per cache
-# and round (each key a symbolic link to one module's directory).
+# and round (each key a symbolic link to one module's directory), then the
+# 20 000 zips of 16 KiB under the same links.
 python3 - "$C" "$WORK" "$REPS" $PEERS <<'PY'
 import os, sys
 root, work, reps, peers = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 os.makedirs(f"{root}/example.com/stream")
 for rep in range(1, reps + 1):
     for who in peers:
-        with open(f"{work}/stream-{who}-{rep}.txt", "w") as out:
+        with open(f"{work}/stream-{who}-{rep}.txt", "w") as out, open(f"{work}/zips-{who}-{rep}.txt", "w") as zips:
             for i in range(20000):
                 os.symlink(f"{root}/example.com/sized/k16", f"{root}/example.com/stream/{who}-{rep}-{i}")
                 out.write(f"/example.com/stream/{who}-{rep}-{i}/@v/v1.0.0.info\n")
+                zips.write(f"/example.com/stream/{who}-{rep}-{i}/@v/v1.0.0.zip\n")
 PY
 
 STATIC_PORT=$(port); STATIC_OPS_PORT=$(port); EDGE_PORT=$(port); ADMIN_PORT=$(port); NGINX_PORT=$(port)
@@ -280,14 +283,17 @@ for row in "small-random 32" "zip-16KiB 32" "zip-1MiB 8" "zip-4MiB 8" "spread-25
   done
 done
 
-# The stream: each cache in turn asks for its 20 000 new keys once, over
+# The streams: each cache in turn asks for its 20 000 new keys once, over
 # 10 connections, as fast as it answers (the edge last in each round).
-declare -A stream=()
+declare -A stream=() zips=()
 for rep in $(seq "$REPS"); do
-  for who in nginx varnish-malloc varnish-file edge; do
-    sync
-    out=$(taskset -c 1 "$BIN/modcdn-fixture" latency --base "http://127.0.0.1:$(port_of "$who")" --paths "$WORK/stream-$who-$rep.txt" --connections 10)
-    stream[$who]+="$(echo "$out" | sed 's/.*rps=\([0-9]*\).*/\1/') "
+  for list in stream zips; do
+    for who in nginx varnish-malloc varnish-file edge; do
+      sync
+      out=$(taskset -c 1 "$BIN/modcdn-fixture" latency --base "http://127.0.0.1:$(port_of "$who")" --paths "$WORK/$list-$who-$rep.txt" --connections 10)
+      rps="$(echo "$out" | sed 's/.*rps=\([0-9]*\).*/\1/') "
+      if [ "$list" = stream ]; then stream[$who]+=$rps; else zips[$who]+=$rps; fi
+    done
   done
 done
 
@@ -316,6 +322,7 @@ for r in small-random zip-16KiB zip-1MiB zip-4MiB spread-256KiB spread-16KiB zip
   row "hits $r" $unit higher "$(med "${hit[$r-edge]}")" "$(med "${hit[$r-nginx]}")" "$(med "${hit[$r-varnish-malloc]}")" "$(med "${hit[$r-varnish-file]}")"
 done
 row "cold stream, 20 000 new .info, 10 conns" req/s higher "$(med "${stream[edge]}")" "$(med "${stream[nginx]}")" "$(med "${stream[varnish-malloc]}")" "$(med "${stream[varnish-file]}")"
+row "cold stream, 20 000 new 16 KiB zips, 10 conns" req/s higher "$(med "${zips[edge]}")" "$(med "${zips[nginx]}")" "$(med "${zips[varnish-malloc]}")" "$(med "${zips[varnish-file]}")"
 echo
 echo "whole path (edge + modcdn-origin), cold .info/.mod, 1000 sequential GETs:"
 echo "  static origin direct p50 ${full_direct} µs; edge + origin p50 ${full_cold} µs; added $(awk -v a="$full_cold" -v d="$full_direct" 'BEGIN {printf "%.2f", (a - d) / 1000}') ms (target ≤ 1.0 ms)"
