@@ -174,23 +174,16 @@ impl HandleMiss for Filler {
         store.memory.remove(&self.primary);
         self.fill.state.send_replace(FillState::Complete(self.written));
         self.done = true;
-        let mut pending = 0;
-        store.publishing.send_modify(|n| {
-            *n += 1;
-            pending = *n;
-        });
+        store.publishing.send_modify(|n| *n += 1);
         let holds = self.fill.reader.get().is_some();
         let holding = if holds { store.holding.fetch_add(1, Ordering::SeqCst) + 1 } else { 0 };
-        let held = if holds { 0 } else { self.written };
+        let held = if holds { 0 } else { self.written + self.fill.meta.header_bytes() as u64 + HELD_FILL_BYTES };
         let held_bytes = store.held_bytes.fetch_add(held, Ordering::SeqCst) + held;
         // Asked to hurry from here on, or not to wait at all: shutting
         // down, or too many fills wait: more than `pending_max` holding a
-        // descriptor, [`HELD_PER_DESCRIPTOR`] times that in all, or bodies
-        // held whole of more than [`HELD_BYTES_MAX`].
+        // descriptor, or more than `held_max` bytes held whole.
         let mut hurry = store.hurry.subscribe();
-        let over = holding > store.pending_max
-            || pending > store.pending_max * HELD_PER_DESCRIPTOR
-            || held_bytes > HELD_BYTES_MAX;
+        let over = holding > store.pending_max || held_bytes > store.held_max;
         let wait = !store.draining.load(Ordering::SeqCst) && !over;
         if over {
             // Every fill waiting goes to disk with this one, in a batch or

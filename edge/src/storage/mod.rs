@@ -401,21 +401,38 @@ const MAPPED_MAX: usize = mapped::SLOTS / 2;
 /// waiting, and the request that filled it waits for that.
 const PENDING_MAX: usize = 1024;
 
-/// Finished fills waiting for their durable write at most, of every kind,
-/// per one of [`PENDING_MAX`]: one whose body is held whole (see
-/// [`FILL_MEMORY_MAX`]) holds no descriptor, only its bytes (at most
-/// [`HELD_BYTES_MAX`] in all) and its head, so a burst of cold
-/// `.info` and `.mod` (`go mod download` of a large module graph, a CI
-/// farm's first build) is taken at memory's pace and made durable in
-/// batches later. A steady stream of cold misses (20 000 new `.info`, 10
-/// connections, alternating runs): 3 224-4 034 against 2 751-2 937
-/// misses/s when each fill counted as holding a descriptor.
-const HELD_PER_DESCRIPTOR: usize = 16;
+/// What a finished fill held whole counts against [`held_max`] besides its
+/// body and head: its state, its task and its index entry (the edge's
+/// resident memory grew by about 2 KiB per `.info` waiting, 20 000 of them).
+const HELD_FILL_BYTES: u64 = 2 << 10;
 
-/// The bodies finished fills waiting for their durable write hold whole,
-/// in bytes, at most; past them a fill is made durable at once, as past
-/// [`PENDING_MAX`].
-const HELD_BYTES_MAX: u64 = 64 << 20;
+/// The bytes finished fills whose bodies are held whole (see
+/// [`FILL_MEMORY_MAX`]; they hold no descriptor) may hold while they wait
+/// for their durable write; past them a fill is made durable at once, as
+/// past [`PENDING_MAX`]. As much as the kernel lets a writer's unwritten
+/// pages reach before it starts writing them back
+/// (`vm.dirty_background_bytes`, else `vm.dirty_background_ratio` of the
+/// memory, of the cgroup's limit if lower: 10 % by default), which is what
+/// nginx's cache, writing through the page cache, may hold; at least 64
+/// MiB, at most 1 GiB. So a burst of cold `.info`, `.mod` and small zips
+/// (`go mod download` of a large module graph, a CI farm's first build) is
+/// taken at memory's pace and made durable in batches later. A steady
+/// stream of 20 000 new 16 KiB zips (10 connections) went at 0.43× nginx's
+/// pace with 64 MiB, each fill past it waiting for a batch of 4 000 made
+/// durable with the event loop stalled, and 20 000 new `.info` at 0.63×
+/// with a bound of 16 384 fills.
+fn held_max() -> u64 {
+    let number = |path: &str| std::fs::read_to_string(path).ok()?.trim().parse::<u64>().ok();
+    let memory = || {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kib = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB");
+        let total = kib.trim().parse::<u64>().ok()? << 10;
+        Some(number("/sys/fs/cgroup/memory.max").map_or(total, |limit| limit.min(total)))
+    };
+    let ratio = || Some(memory()? / 100 * number("/proc/sys/vm/dirty_background_ratio").unwrap_or(10));
+    let bytes = number("/proc/sys/vm/dirty_background_bytes").filter(|b| *b > 0);
+    bytes.or_else(ratio).unwrap_or(0).clamp(64 << 20, 1 << 30)
+}
 
 /// How long a finished fill waits before its durable write: until the
 /// kernel's own writeback has taken its pages (`vm.dirty_expire_centisecs`
@@ -503,15 +520,20 @@ pub struct CacheStore {
     root: File,
     /// How long a finished fill waits before its durable write (see
     /// [`flush_delay`]), unless asked to hurry (bumped), or `draining`
-    /// (shutting down: none waits), or more than `pending_max` wait.
+    /// (shutting down: none waits), or too many wait (`pending_max`
+    /// holding a descriptor, `held_max` bytes held whole).
     flush_delay: std::time::Duration,
     hurry: watch::Sender<u64>,
     draining: AtomicBool,
     pending_max: usize,
     /// Finished fills waiting that hold a descriptor (their temp file's).
     holding: AtomicUsize,
-    /// Bytes of the bodies finished fills waiting hold whole.
+    /// Bytes finished fills waiting hold whole: their bodies, their heads
+    /// and [`HELD_FILL_BYTES`] each.
     held_bytes: AtomicU64,
+    /// At most so many of them before every fill waiting is hurried to
+    /// disk (see [`held_max`]).
+    held_max: u64,
     /// Until when another process (an upgrade's old one) may still publish
     /// into this cache, so that a key missing from the index may be on disk.
     shared_until: Option<std::time::Instant>,
@@ -715,6 +737,7 @@ impl CacheStore {
             pending_max: memfile::descriptors(PENDING_MAX),
             holding: AtomicUsize::new(0),
             held_bytes: AtomicU64::new(0),
+            held_max: held_max(),
             shared_until: others_alive.then(|| std::time::Instant::now() + LIVE_GRACE),
             index: Mutex::new(index),
             next_id: AtomicU64::new(unix_nanos(SystemTime::now())),

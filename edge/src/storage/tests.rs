@@ -42,11 +42,13 @@ async fn finish_fill(store: &'static CacheStore, key: &str, body: &[u8]) {
 }
 
 /// A store whose finished fills wait an hour for their durable write
-/// unless hurried, and at most `pending_max` of them.
+/// unless hurried, and at most `pending_max` of them holding a descriptor,
+/// 1 MiB held whole.
 fn open_waiting(dir: &Path, pending_max: usize) -> &'static CacheStore {
     let (mut store, _) = CacheStore::open(dir, 0, 1 << 10).expect("open");
     store.flush_delay = std::time::Duration::from_secs(3600);
     store.pending_max = pending_max;
+    store.held_max = 1 << 20;
     Box::leak(Box::new(store))
 }
 
@@ -233,40 +235,39 @@ async fn a_body_of_known_small_length_is_held_whole_no_temp_file_then_written_in
 async fn fills_held_whole_are_bounded_in_bytes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open_waiting(tmp.path(), 1024);
+    // Each counts its body, its head and what a fill holds besides:
+    // fifteen of 64 KiB are under 1 MiB, sixteen over.
     let body = vec![9u8; FILL_MEMORY_MAX as usize];
-    let n = (HELD_BYTES_MAX / FILL_MEMORY_MAX) as usize;
-    for v in 0..n {
+    for v in 0..15 {
         finish_fill(store, &format!("example.com/b/@v/v1.{v}.0.zip"), &body).await;
     }
-    assert!(pending(store, n).await, "none was hurried");
-    // One more byte held is past the bound: every one waiting goes to disk.
-    finish_fill(store, "example.com/b/@v/v2.0.0.info", b"{}").await;
-    assert!(pending(store, 0).await, "all were hurried");
-    assert_eq!(store.disk_usage(), (n + 1, HELD_BYTES_MAX + 2));
-    assert_eq!(store.held_bytes.load(Ordering::SeqCst), 0);
+    assert!(pending(store, 15).await, "none was hurried");
+    // The sixteenth is past the bound: every one waiting goes to disk with
+    // it, and those after it wait again.
+    for v in 15..20 {
+        finish_fill(store, &format!("example.com/b/@v/v1.{v}.0.zip"), &body).await;
+    }
+    assert!(pending(store, 4).await, "the sixteenth hurried all before it");
+    let each = FILL_MEMORY_MAX + HELD_FILL_BYTES;
+    assert!((4 * each..5 * each).contains(&store.held_bytes.load(Ordering::SeqCst)));
 }
 
 #[tokio::test]
 async fn fills_held_whole_count_against_a_bound_of_their_own_not_the_descriptors() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open_waiting(tmp.path(), 2);
-    let small = |v: usize| format!("example.com/held/@v/v1.{v}.0.info");
     // Small bodies hold no descriptor: many more than two may wait.
-    for v in 0..2 * HELD_PER_DESCRIPTOR {
-        finish_fill(store, &small(v), b"{}").await;
+    for v in 0..100 {
+        finish_fill(store, &format!("example.com/held/@v/v1.{v}.0.info"), b"{}").await;
     }
-    assert!(pending(store, 2 * HELD_PER_DESCRIPTOR).await, "none was hurried");
+    assert!(pending(store, 100).await, "none was hurried");
     assert!(store.index.lock().by_key.is_empty());
-    // One more is past that bound: every one waiting goes to disk.
-    finish_fill(store, &small(2 * HELD_PER_DESCRIPTOR), b"{}").await;
-    assert!(pending(store, 0).await, "all were hurried");
-    assert_eq!(store.disk_usage().0, 2 * HELD_PER_DESCRIPTOR + 1);
     // Bodies in files count against the descriptors' bound as before.
     for v in 0..3 {
         finish_fill(store, &format!("example.com/held/@v/v1.{v}.0.zip"), &[1; 100_000]).await;
     }
-    assert!(pending(store, 0).await, "the third file hurried the two before it");
-    assert_eq!(store.disk_usage().0, 2 * HELD_PER_DESCRIPTOR + 4);
+    assert!(pending(store, 0).await, "the third file hurried all before it");
+    assert_eq!(store.disk_usage().0, 103);
 }
 
 #[tokio::test]
