@@ -178,12 +178,18 @@ impl HandleMiss for Filler {
         let holds = self.fill.reader.get().is_some();
         let holding = if holds { store.holding.fetch_add(1, Ordering::SeqCst) + 1 } else { 0 };
         let held = if holds { 0 } else { self.written + self.fill.meta.header_bytes() as u64 + HELD_FILL_BYTES };
-        let held_bytes = store.held_bytes.fetch_add(held, Ordering::SeqCst) + held;
+        let mut held_bytes = 0;
+        store.held_bytes.send_if_modified(|b| {
+            *b += held;
+            held_bytes = *b;
+            false
+        });
         // Asked to hurry from here on, or not to wait at all: shutting
         // down, or too many fills wait: more than `pending_max` holding a
         // descriptor, or more than `held_max` bytes held whole.
         let mut hurry = store.hurry.subscribe();
-        let over = holding > store.pending_max || held_bytes > store.held_max;
+        let (over_descriptors, over_bytes) = (holding > store.pending_max, held_bytes > store.held_max);
+        let over = over_descriptors || over_bytes;
         let wait = !store.draining.load(Ordering::SeqCst) && !over;
         if over {
             // Every fill waiting goes to disk with this one, in a batch or
@@ -212,17 +218,28 @@ impl HandleMiss for Filler {
             if holds {
                 publish.store.holding.fetch_sub(1, Ordering::SeqCst);
             }
-            publish.store.held_bytes.fetch_sub(held, Ordering::SeqCst);
+            // (Waiters hear of it once it falls under the bound.)
+            let max = publish.store.held_max;
+            publish.store.held_bytes.send_if_modified(|b| {
+                let over = *b > max;
+                *b -= held;
+                over && *b <= max
+            });
             publish.store.publishing.send_modify(|n| *n -= 1);
         });
-        // Past the bound, the request that filled waits for its durable
-        // write: fills then finish no faster than the disk takes them, and
-        // the descriptors they hold stay bounded. Without this, a steady
-        // stream of cold misses (wrk over unique keys, 10 connections) held
-        // 19 465 descriptors after 19 s and rising, of the edge's 20 000.
-        // (In a task of its own: a request that goes away leaves it whole.)
-        if over {
+        // Past a bound, the request that filled waits: past the
+        // descriptors', for its durable write; past the bytes held whole,
+        // until they are under the bound again (a batch or so, not every
+        // fill hurried before it). Fills then finish no faster than the
+        // disk takes them, and what they hold stays bounded. Without this, a
+        // steady stream of cold misses (wrk over unique keys, 10
+        // connections) held 19 465 descriptors after 19 s and rising, of
+        // the edge's 20 000. (In a task of its own: a request that goes
+        // away leaves it whole.)
+        if over_descriptors {
             let _ = durable.await;
+        } else if over_bytes {
+            let _ = store.held_bytes.subscribe().wait_for(|b| *b <= store.held_max).await;
         }
         Ok(MissFinishType::Created(self.written as usize + self.fill.meta.header_bytes()))
     }
@@ -385,8 +402,9 @@ pub(super) struct Batch {
 }
 
 impl CacheStore {
-    /// Makes `job` durable: queued for the one writer, which takes all the
-    /// jobs queued while it wrote the last ones as its next batch.
+    /// Makes `job` durable: queued for the one writer, which takes the jobs
+    /// queued while it wrote the last ones as its next batch, up to
+    /// `batch_max` of them.
     async fn write_durably(&'static self, job: Durable) -> std::io::Result<()> {
         let (done, written) = oneshot::channel();
         let start = {
@@ -424,8 +442,15 @@ impl CacheStore {
                     batch.writing = false;
                     return;
                 }
-                std::mem::take(&mut batch.queued)
+                let n = batch.queued.len().min(self.batch_max);
+                batch.queued.drain(..n).collect()
             };
+            #[cfg(test)]
+            if let Some(gate) = &self.batch_gate {
+                let mut left = gate.0.lock();
+                gate.1.wait_while(&mut left, |left| *left == 0);
+                *left -= 1;
+            }
             write_batch(&self.root, batch);
         }
     }

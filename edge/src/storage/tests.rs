@@ -45,10 +45,17 @@ async fn finish_fill(store: &'static CacheStore, key: &str, body: &[u8]) {
 /// unless hurried, and at most `pending_max` of them holding a descriptor,
 /// 1 MiB held whole.
 fn open_waiting(dir: &Path, pending_max: usize) -> &'static CacheStore {
+    open_waiting_with(dir, |store| store.pending_max = pending_max)
+}
+
+/// As [`open_waiting`], with 1 024 waiting that hold a descriptor, and
+/// then `set`.
+fn open_waiting_with(dir: &Path, set: impl FnOnce(&mut CacheStore)) -> &'static CacheStore {
     let (mut store, _) = CacheStore::open(dir, 0, 1 << 10).expect("open");
     store.flush_delay = std::time::Duration::from_secs(3600);
-    store.pending_max = pending_max;
+    store.pending_max = 1024;
     store.held_max = 1 << 20;
+    set(&mut store);
     Box::leak(Box::new(store))
 }
 
@@ -249,7 +256,37 @@ async fn fills_held_whole_are_bounded_in_bytes() {
     }
     assert!(pending(store, 4).await, "the sixteenth hurried all before it");
     let each = FILL_MEMORY_MAX + HELD_FILL_BYTES;
-    assert!((4 * each..5 * each).contains(&store.held_bytes.load(Ordering::SeqCst)));
+    assert!((4 * each..5 * each).contains(&*store.held_bytes.borrow()));
+}
+
+#[tokio::test]
+async fn past_the_bytes_held_a_fill_waits_for_them_to_fall_under_the_bound_not_for_every_fill_before_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gate = Arc::new((Mutex::new(0), parking_lot::Condvar::new()));
+    let store = open_waiting_with(tmp.path(), |store| {
+        store.batch_max = 2;
+        store.batch_gate = Some(gate.clone());
+    });
+    let open_gate = |batches: usize| {
+        *gate.0.lock() += batches;
+        gate.1.notify_all();
+    };
+    let body = vec![9u8; FILL_MEMORY_MAX as usize];
+    let key = |v: usize| format!("example.com/g/@v/v1.{v}.0.zip");
+    for v in 0..15 {
+        finish_fill(store, &key(v), &body).await;
+    }
+    assert!(pending(store, 15).await, "none was hurried");
+    // The sixteenth is past the bound: all sixteen are hurried to disk,
+    // two per batch, and one batch takes the bytes held under the bound.
+    open_gate(1);
+    let last = key(15);
+    let past = tokio::time::timeout(std::time::Duration::from_secs(5), finish_fill(store, &last, &body));
+    past.await.expect("the fill past the bound finished after one batch, not eight");
+    assert!(pending(store, 14).await, "the other batches wait at the gate");
+    open_gate(7);
+    assert!(pending(store, 0).await, "all made durable");
+    assert_eq!(store.disk_usage(), (16, 16 * FILL_MEMORY_MAX));
 }
 
 #[tokio::test]

@@ -121,7 +121,8 @@ async fn main() -> anyhow::Result<()> {
                     .copied()
                     .unwrap_or(0)
             };
-            println!("n={} p50_us={} p99_us={} rps={rps:.0}", micros.len(), pct(0.50), pct(0.99));
+            let max = micros.last().copied().unwrap_or(0);
+            println!("n={} p50_us={} p99_us={} rps={rps:.0} max_us={max}", micros.len(), pct(0.50), pct(0.99));
         }
     }
     Ok(())
