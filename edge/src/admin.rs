@@ -104,6 +104,9 @@ impl Admin {
         let m = &self.metrics;
         m.cache_objects.set(objects as i64);
         m.cache_bytes.set(bytes as i64);
+        let (fills, held) = self.store.waiting();
+        m.waiting_fills.set(fills as i64);
+        m.waiting_bytes.set(held as i64);
         m.memory_bytes.set(self.store.memory_usage() as i64);
         m.mapped_objects.set(self.store.mapped_objects() as i64);
         // The eviction manager counts; these counters catch up with it.

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub purged_keys: IntCounter,
     pub cache_objects: IntGauge,
     pub cache_bytes: IntGauge,
+    pub waiting_fills: IntGauge,
+    pub waiting_bytes: IntGauge,
     pub memory_bytes: IntGauge,
     pub mapped_objects: IntGauge,
     pub evictions: IntCounter,
@@ -82,6 +84,12 @@ impl Metrics {
         let purged_keys = IntCounter::new("purged_keys_total", "Cache entries removed by purges")?;
         let cache_objects = IntGauge::new("cache_objects", "Entries in the disk tier")?;
         let cache_bytes = IntGauge::new("cache_bytes", "Body bytes in the disk tier")?;
+        let waiting_fills = IntGauge::new(
+            "cache_waiting_fills",
+            "Fills served and counted in the disk tier whose durable write waits (a crash loses them)",
+        )?;
+        let waiting_bytes =
+            IntGauge::new("cache_waiting_bytes", "Bytes the waiting fills whose bodies are held whole hold in memory")?;
         let memory_bytes = IntGauge::new("memory_cache_bytes", "Bytes in the memory tier")?;
         let mapped_objects =
             IntGauge::new("mapped_cache_objects", "Objects in the mapped tier (bodies mapped from the disk tier)")?;
@@ -120,6 +128,8 @@ impl Metrics {
             Box::new(purged_keys.clone()),
             Box::new(cache_objects.clone()),
             Box::new(cache_bytes.clone()),
+            Box::new(waiting_fills.clone()),
+            Box::new(waiting_bytes.clone()),
             Box::new(memory_bytes.clone()),
             Box::new(mapped_objects.clone()),
             Box::new(evictions.clone()),
@@ -148,6 +158,8 @@ impl Metrics {
             purged_keys,
             cache_objects,
             cache_bytes,
+            waiting_fills,
+            waiting_bytes,
             memory_bytes,
             mapped_objects,
             evictions,

@@ -249,6 +249,17 @@ for who in $PEERS; do
   curl -sf --parallel --parallel-max 8 --no-progress-meter -K "$WORK/warm.cfg"
   curl -sf --parallel --parallel-max 8 --no-progress-meter -K "$WORK/warm.cfg"
 done
+# Hits are counted on settled caches: the page cache's dirty pages written
+# (nginx, Varnish file), and the edges' fills made durable, which wait for
+# the kernel's writeback delay (35 s by default; at most 90 s here).
+sync
+for admin in "$ADMIN_PORT" "$FULL_ADMIN_PORT"; do
+  for _ in $(seq 90); do
+    waiting=$(curl -sf "http://127.0.0.1:$admin/metrics" | awk '$1 == "modcdn_edge_cache_waiting_fills" {print $2}')
+    [ "${waiting:-1}" = 0 ] && break
+    sleep 1
+  done
+done
 # Revalidations and ranges, as a browser or a download tool sends them
 # (the go command sends neither): each peer's answer checked first.
 ETAG16=$(curl -sfI "http://127.0.0.1:$STATIC_PORT$Z16" | awk 'tolower($1) == "etag:" {print $2}' | tr -d '\r')

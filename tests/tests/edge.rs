@@ -101,6 +101,11 @@ async fn go_command_through_the_edge_and_a_restarted_edge_serves_from_disk() {
     let r = c.get(format!("{}/{zip}", edge.url)).header("range", "bytes=10-19").send().await.expect("range");
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await.expect("body").as_ref(), &corpus_file(&corpus, &zip)[10..20]);
+    // The fills wait for the kernel's writeback before their durable
+    // write, those of small bodies held whole in memory; the exit makes
+    // them durable.
+    assert!(metric(&edge, "modcdn_edge_cache_waiting_fills").await >= 1.0, "the last fills wait");
+    assert!(metric(&edge, "modcdn_edge_cache_waiting_bytes").await > 0.0, "small bodies held whole");
 
     // Restart the edge with every origin gone: the same downloads are hits.
     assert!(edge.terminate(Duration::from_secs(20)), "edge exits cleanly on SIGTERM");
@@ -115,6 +120,7 @@ async fn go_command_through_the_edge_and_a_restarted_edge_serves_from_disk() {
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(upstream.counters().total(), upstream_before);
     assert_eq!(metric(&edge, "modcdn_edge_origin_requests_total").await, 0.0, "no origin was asked after restart");
+    assert_eq!(metric(&edge, "modcdn_edge_cache_waiting_fills").await, 0.0, "none filled, none waits");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -845,6 +845,13 @@ impl CacheStore {
         self.shard(hash).join(format!("{hash}.{generation}.body"))
     }
 
+    /// Finished fills waiting for their durable write (see
+    /// [`flush_delay`]; a crash loses them), and the bytes those held whole
+    /// hold in memory (see [`held_max`]).
+    pub fn waiting(&self) -> (usize, u64) {
+        (*self.publishing.borrow(), *self.held_bytes.borrow())
+    }
+
     /// Entries and bytes on disk: those published, and finished fills
     /// waiting for their durable write (see [`flush_delay`]).
     pub fn disk_usage(&self) -> (usize, u64) {
