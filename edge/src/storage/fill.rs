@@ -192,8 +192,9 @@ impl HandleMiss for Filler {
         let over = over_descriptors || over_bytes;
         let wait = !store.draining.load(Ordering::SeqCst) && !over;
         if over {
-            // Every fill waiting goes to disk with this one, in a batch or
-            // two, not one per request past the bound (see `write_batch`).
+            // Every fill waiting goes to disk with this one, in batches of
+            // up to `batch_max`, not one per request past the bound (see
+            // `write_batch`).
             store.hurry.send_modify(|n| *n += 1);
         }
         let publish = Publish {
