@@ -408,16 +408,17 @@ const HELD_FILL_BYTES: u64 = 2 << 10;
 
 /// The bytes finished fills whose bodies are held whole (see
 /// [`FILL_MEMORY_MAX`]; they hold no descriptor) may hold while they wait
-/// for their durable write; past them a fill is made durable at once, as
-/// past [`PENDING_MAX`]. As much as the kernel lets a writer's unwritten
-/// pages reach before it starts writing them back
-/// (`vm.dirty_background_bytes`, else `vm.dirty_background_ratio` of the
-/// memory, of the cgroup's limit if lower: 10 % by default), which is what
-/// nginx's cache, writing through the page cache, may hold; at least 64
-/// MiB, at most 512 MiB (with 1 GiB, 80 000 new 16 KiB zips took the
-/// edge's resident memory to 2.2 GiB, with 512 MiB to 1.3, with 64 MiB to
-/// 0.6; each at 3 400, 3 175 and 2 950 misses/s). So a burst of cold `.info`, `.mod` and small zips
-/// (`go mod download` of a large module graph, a CI farm's first build) is
+/// for their durable write; past them every fill waiting is hurried to
+/// disk, and the request past them waits until they are under it again.
+/// As much as the kernel lets a writer's unwritten pages reach before it
+/// starts writing them back (`vm.dirty_background_bytes`, else
+/// `vm.dirty_background_ratio` of the memory, or of the process's cgroup's
+/// limit if lower: 10 % by default), which is what nginx's cache, writing
+/// through the page cache, may hold; at least 64 MiB, at most 512 MiB
+/// (with 1 GiB, 80 000 new 16 KiB zips took the edge's resident memory to
+/// 2.2 GiB, with 512 MiB to 1.3, with 64 MiB to 0.6; at 3 400, 3 175 and
+/// 2 950 misses/s). So a burst of cold `.info`, `.mod` and small zips (`go
+/// mod download` of a large module graph, a CI farm's first build) is
 /// taken at memory's pace and made durable in batches later. A steady
 /// stream of 20 000 new 16 KiB zips (10 connections) went at 0.43× nginx's
 /// pace with 64 MiB, each fill past it waiting for a batch of 4 000 made
@@ -429,7 +430,12 @@ fn held_max() -> u64 {
         let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
         let kib = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB");
         let total = kib.trim().parse::<u64>().ok()? << 10;
-        Some(number("/sys/fs/cgroup/memory.max").map_or(total, |limit| limit.min(total)))
+        // (cgroup v2: the process's own group, e.g. a systemd unit's
+        // `MemoryMax`, or a container's, "max" for none.)
+        let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok();
+        let group = cgroup.as_deref().and_then(|c| c.lines().find_map(|l| l.strip_prefix("0::")));
+        let limit = group.and_then(|g| number(&format!("/sys/fs/cgroup{}/memory.max", g.trim_end_matches('/'))));
+        Some(limit.map_or(total, |limit| limit.min(total)))
     };
     let ratio = || Some(memory()? / 100 * number("/proc/sys/vm/dirty_background_ratio").unwrap_or(10));
     let bytes = number("/proc/sys/vm/dirty_background_bytes").filter(|b| *b > 0);
