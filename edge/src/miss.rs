@@ -34,7 +34,7 @@ use modcdn_shared::policy::{CacheStatus, Fault, FAULT_HEADER};
 use modcdn_shared::request::Request;
 use pingora::cache::eviction::CacheEntryKey;
 use pingora::cache::lock::{LockStatus, Locked, WritePermit};
-use pingora::cache::storage::{HitHandler, MissHandler};
+use pingora::cache::storage::{HandleMiss, HitHandler, MissHandler};
 use pingora::cache::storage::{MissFinishType, PurgeType};
 use pingora::cache::trace::Span;
 use pingora::cache::{CacheKey, CacheMeta, PurgeTarget, Storage};
@@ -313,13 +313,9 @@ impl Misses {
     ) -> pingora::Result<HitHandler> {
         let edge = &self.edge;
         let span = Span::inactive().handle();
-        let mut fill = match edge.storage.get_miss_handler(key, &meta, &span).await {
-            Ok(fill) => fill,
-            Err(e) => {
-                edge.lock.release(key, permit, LockStatus::TransientError);
-                return Err(e);
-            }
-        };
+        // The client's answer is the fill's own reader: a write that fails
+        // (the disk full) leaves the fill unkept, not the answer broken.
+        let mut fill = edge.storage.begin_fill(key, &meta).relaying();
         edge.lock.release(key, permit, LockStatus::Done);
         let reader = edge.storage.lookup_streaming_write(key, fill.streaming_write_tag(), &span).await?;
         let Some((_, reader)) = reader else {
@@ -336,7 +332,7 @@ impl Misses {
                             break Err(e);
                         }
                     }
-                    Ok(None) if read == len => break finish(&misses.edge, &key, &meta, fill).await,
+                    Ok(None) if read == len => break finish(&misses.edge, &key, &meta, Box::new(fill)).await,
                     Ok(None) => {
                         break pingora::Error::e_explain(pingora::ErrorType::ReadError, "body shorter than its length")
                     }

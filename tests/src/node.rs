@@ -235,6 +235,9 @@ pub fn write_membership(path: &Path, members: &[Member<'_>]) -> io::Result<()> {
 /// A running `modcdn-edge serve`; killed when dropped.
 pub struct EdgeProcess {
     child: Option<Child>,
+    /// Bytes of the tmpfs its cache directory is mounted on, if it is (see
+    /// [`EdgeProcess::start_on_tmpfs`]).
+    tmpfs: Option<u64>,
     pub url: String,
     pub admin: String,
     pub config: PathBuf,
@@ -247,6 +250,17 @@ impl EdgeProcess {
     /// [`ADMIN_TOKEN`], origin token [`CLUSTER_TOKEN`], plus `extra` TOML)
     /// and starts it.
     pub fn start(dir: &Path, members: &[Member<'_>], extra: &str) -> io::Result<EdgeProcess> {
+        Self::start_with(dir, members, extra, None)
+    }
+
+    /// As [`EdgeProcess::start`], its cache directory a tmpfs of `bytes`
+    /// (mounted in a user and mount namespace of its own, as the origin's
+    /// in [`OriginProcess::start_on_tmpfs`]): a disk that fills up.
+    pub fn start_on_tmpfs(dir: &Path, members: &[Member<'_>], extra: &str, bytes: u64) -> io::Result<EdgeProcess> {
+        Self::start_with(dir, members, extra, Some(bytes))
+    }
+
+    fn start_with(dir: &Path, members: &[Member<'_>], extra: &str, tmpfs: Option<u64>) -> io::Result<EdgeProcess> {
         std::fs::create_dir_all(dir)?;
         write_membership(&dir.join("membership.toml"), members)?;
         let mut last = None;
@@ -256,6 +270,7 @@ impl EdgeProcess {
             std::fs::write(&config, Self::config_text(port, admin, extra))?;
             let mut edge = EdgeProcess {
                 child: None,
+                tmpfs,
                 url: format!("http://127.0.0.1:{port}"),
                 admin: format!("http://127.0.0.1:{admin}"),
                 config,
@@ -298,7 +313,24 @@ impl EdgeProcess {
     /// as the successor of a running edge (it takes over its sockets).
     pub fn spawn(&mut self, upgrade: bool) -> io::Result<()> {
         let bin = binary("modcdn-edge");
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match self.tmpfs {
+            None => Command::new(&bin),
+            Some(bytes) => {
+                let cache = self.dir.join("cache");
+                std::fs::create_dir_all(&cache)?;
+                let mut cmd = Command::new("unshare");
+                cmd.args([
+                    "-rm",
+                    "sh",
+                    "-c",
+                    "mount -t tmpfs -o size=\"$0\" modcdn-test \"$1\" && shift && exec \"$@\"",
+                ])
+                .arg(bytes.to_string())
+                .arg(&cache)
+                .arg(&bin);
+                cmd
+            }
+        };
         cmd.args(["serve", "--config"]).arg(&self.config);
         if upgrade {
             cmd.arg("--upgrade");

@@ -396,10 +396,17 @@ async fn a_kept_alive_origin_connection_closed_under_a_request_costs_the_client_
 /// body, then closes the connection; every later request whole. The zip is
 /// `ZIP_LEN` bytes of one value. Its address and operator address.
 async fn breaking_origin() -> (String, String) {
+    zip_origin(ZIP_LEN, true).await
+}
+
+/// An origin whose every `.zip` is `len` bytes of one value (`z`), its
+/// first answer broken off halfway if `break_first`; any other path is
+/// 2 KiB of it.
+async fn zip_origin(len: usize, break_first: bool) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let broke = Arc::new(AtomicBool::new(false));
+    let broke = Arc::new(AtomicBool::new(!break_first));
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
             let broke = Arc::clone(&broke);
@@ -414,13 +421,15 @@ async fn breaking_origin() -> (String, String) {
                         }
                     }
                     let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_default();
+                    let zip = String::from_utf8_lossy(&buf[..end]).lines().next().is_some_and(|l| l.contains(".zip "));
                     buf.drain(..end + 4);
+                    let len = if zip { len } else { 2 << 10 };
                     let head = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/zip\r\ncontent-length: {ZIP_LEN}\r\n\
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/zip\r\ncontent-length: {len}\r\n\
                          cache-control: public, max-age=60\r\n\r\n"
                     );
-                    let first = !broke.swap(true, Ordering::SeqCst);
-                    let body = vec![b'z'; if first { ZIP_LEN / 2 } else { ZIP_LEN }];
+                    let first = zip && !broke.swap(true, Ordering::SeqCst);
+                    let body = vec![b'z'; if first { len / 2 } else { len }];
                     if conn.write_all(&[head.as_bytes(), &body].concat()).await.is_err() || first {
                         let _ = conn.shutdown().await;
                         return;
@@ -463,4 +472,43 @@ async fn a_zip_the_origin_breaks_off_breaks_off_for_the_client_and_is_never_kept
         assert_eq!((status, x_cache.as_str()), (200, expected));
         assert!(body.len() == ZIP_LEN && body.iter().all(|b| *b == b'z'), "{} bytes", body.len());
     }
+}
+
+/// A zip longer than the edge's disk has room for: its fill's write fails
+/// partway (the cache on a 1 MiB tmpfs), and the client still gets the
+/// whole answer from the origin's bytes, as a proxy would, also a client
+/// slower than the origin (the rest is relayed at its pace, more than the
+/// fill holds for its reader); nothing of it is kept, so the next request
+/// is fetched whole again, and what the cache held before is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zip_the_edge_disk_has_no_room_for_is_answered_whole_and_not_kept() {
+    use futures::StreamExt;
+    const LEN: usize = 8 << 20;
+    let tmp = modcdn_tests::tempdir();
+    let (url, operator) = zip_origin(LEN, false).await;
+    let members = [Member { id: "z", url: &url, operator: &operator, region: "us" }];
+    let edge = EdgeProcess::start_on_tmpfs(&tmp.path().join("edge"), &members, "", 1 << 20).expect("edge");
+    let c = client();
+    let small = "example.com/small/@v/v1.0.0.info";
+    let (status, _, _) = get(&c, &format!("{}/{small}", edge.url)).await;
+    assert_eq!(status, 200);
+    let key = "example.com/big/@v/v1.0.0.zip";
+    for slow in [false, true] {
+        let r = c.get(format!("{}/{key}", edge.url)).send().await.expect("answer");
+        let x_cache = r.headers().get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        assert_eq!((r.status().as_u16(), x_cache.as_str()), (200, "MISS"), "slow: {slow}");
+        let mut body = Vec::with_capacity(LEN);
+        let mut chunks = r.bytes_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.unwrap_or_else(|e| panic!("slow: {slow}: the answer broke off: {e}"));
+            body.extend_from_slice(&chunk);
+            if slow {
+                // (A client slower than the origin; ~1 s in all.)
+                tokio::time::sleep(Duration::from_micros(chunk.len() as u64 / 8)).await;
+            }
+        }
+        assert!(body.len() == LEN && body.iter().all(|b| *b == b'z'), "slow: {slow}: {} bytes", body.len());
+    }
+    let (status, x_cache, body) = get(&c, &format!("{}/{small}", edge.url)).await;
+    assert_eq!((status, x_cache.as_str(), body.len()), (200, "HIT", 2 << 10));
 }

@@ -5,7 +5,7 @@ use super::*;
 use tokio::sync::oneshot;
 
 /// Writes one fill.
-pub(super) struct Filler {
+pub struct Filler {
     store: &'static CacheStore,
     hash: String,
     primary: String,
@@ -14,6 +14,12 @@ pub(super) struct Filler {
     file: Option<File>,
     /// A write failed: the fill takes no more.
     broken: bool,
+    /// Its own reader is a client's answer, which a failed write must not
+    /// break (see [`Filler::relaying`]).
+    relay: bool,
+    /// A write failed while relaying: nothing of the fill is kept, and the
+    /// rest of its body goes to its own reader only.
+    unkept: bool,
     /// Bytes taken from the upstream.
     written: u64,
     /// Bytes of them in the file: a page boundary until the fill finishes.
@@ -51,6 +57,8 @@ impl Filler {
             fill,
             file: None,
             broken: false,
+            relay: false,
+            unkept: false,
             written: 0,
             in_file: 0,
             held: Bytes::new(),
@@ -87,6 +95,88 @@ impl Filler {
         wrote
     }
 
+    /// Makes the fill's own reader a client's answer that a failed write
+    /// (the disk full, an I/O error) must not break: the fill is then not
+    /// kept, and the rest of the body goes to that reader as the origin
+    /// sends it, at the reader's pace (a writer that waits for its reader:
+    /// not for Pingora's path, which writes and reads on one task). Other
+    /// readers go on while the fill's recent chunks hold what they read
+    /// next, and fail past that, as they would have.
+    pub fn relaying(mut self) -> Filler {
+        self.relay = true;
+        self
+    }
+
+    /// A write failed while relaying: lookups no longer find the fill, its
+    /// temp file goes (the space it took, too), and what is written from
+    /// here on is only relayed.
+    fn unkeep(&mut self, e: &Error) {
+        tracing::warn!(key = %self.primary, error = %e, "cache fill not kept; its answer goes on from the origin");
+        self.unkept = true;
+        self.fill.unkept.store(true, Ordering::SeqCst);
+        {
+            let mut fills = self.store.fills.lock();
+            if fills.get(&self.hash).is_some_and(|f| f.id == self.fill.id) {
+                fills.remove(&self.hash);
+            }
+        }
+        // (Its readers' descriptor stays open: what was written before
+        // stays readable.)
+        self.file = None;
+        let _ = std::fs::remove_file(&self.fill.part);
+    }
+
+    /// Hands `data` to the fill's own reader, once it holds less than
+    /// [`OWN_MAX`] (and to its followers, as any chunk).
+    async fn relay(&mut self, data: Bytes) -> Result<()> {
+        loop {
+            let drained = self.fill.drained.notified();
+            {
+                let own = self.fill.own.lock();
+                if own.gone {
+                    return Err(storage_error("fill", "not kept, and its reader is gone"));
+                }
+                if own.bytes == 0 || own.bytes + data.len() <= OWN_MAX {
+                    break;
+                }
+            }
+            drained.await;
+        }
+        self.hand_over(data);
+        Ok(())
+    }
+
+    /// `data`, written (or relayed), to the fill's readers.
+    fn hand_over(&mut self, data: Bytes) {
+        let len = data.len() as u64;
+        if self.fill.followers.load(Ordering::Relaxed) > 0 {
+            self.fill.recent.lock().push(self.written, data.clone());
+        }
+        {
+            let mut own = self.fill.own.lock();
+            if self.unkept || own.bytes + data.len() <= OWN_MAX {
+                own.bytes += data.len();
+                own.chunks.push_back((self.written, data));
+            }
+        }
+        self.written += len;
+        self.fill.state.send_replace(FillState::Partial(self.written));
+    }
+
+    /// Ends a fill that is not kept: its readers finish with what was
+    /// relayed, and the caller hears it was not kept.
+    fn finish_unkept(&mut self) -> Result<MissFinishType> {
+        self.fill.state.send_replace(FillState::Complete(self.written));
+        self.done = true;
+        Err(storage_error("fill", "not kept: a write failed"))
+    }
+
+    /// Bytes held for the fill's own reader.
+    #[cfg(test)]
+    pub(super) fn own_bytes(&self) -> usize {
+        self.fill.own.lock().bytes
+    }
+
     fn aborted(&self) -> Result<()> {
         if self.fill.aborted.load(Ordering::SeqCst) {
             return Err(storage_error("fill", "purged while filling"));
@@ -101,6 +191,9 @@ impl HandleMiss for Filler {
         self.aborted()?;
         if data.is_empty() {
             return Ok(());
+        }
+        if self.unkept {
+            return self.relay(data).await;
         }
         if self.broken {
             return Err(storage_error("fill", "write after failure"));
@@ -117,7 +210,14 @@ impl HandleMiss for Filler {
         if end > self.in_file {
             let take = (end - self.written) as usize;
             let held = std::mem::take(&mut self.held);
-            self.write_at(&[&held, &data[..take]], self.in_file)?;
+            // (On failure the tail still holds what was held.)
+            if let Err(e) = self.write_at(&[&held, &data[..take]], self.in_file) {
+                if !self.relay {
+                    return Err(e);
+                }
+                self.unkeep(&e);
+                return self.relay(data).await;
+            }
             (self.in_file, self.held) = (end, data.slice(take..));
         } else if self.held.is_empty() {
             self.held = data.clone();
@@ -125,18 +225,7 @@ impl HandleMiss for Filler {
             self.held = [&self.held[..], &data[..]].concat().into();
         }
         *self.fill.tail.lock() = (self.in_file, self.held.clone());
-        if self.fill.followers.load(Ordering::Relaxed) > 0 {
-            self.fill.recent.lock().push(self.written, data.clone());
-        }
-        {
-            let mut own = self.fill.own.lock();
-            if own.bytes + data.len() <= OWN_MAX {
-                own.bytes += data.len();
-                own.chunks.push_back((self.written, data));
-            }
-        }
-        self.written += len;
-        self.fill.state.send_replace(FillState::Partial(self.written));
+        self.hand_over(data);
         Ok(())
     }
 
@@ -149,6 +238,9 @@ impl HandleMiss for Filler {
     /// loses the copy (fetched again), never serves part.
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         self.aborted()?;
+        if self.unkept {
+            return self.finish_unkept();
+        }
         if self.broken {
             return Err(storage_error("fill", "finish after failure"));
         }
@@ -158,7 +250,13 @@ impl HandleMiss for Filler {
         // durable write.
         if self.file.is_some() {
             let held = std::mem::take(&mut self.held);
-            self.write_at(&[&held], self.in_file)?;
+            if let Err(e) = self.write_at(&[&held], self.in_file) {
+                if !self.relay {
+                    return Err(e);
+                }
+                self.unkeep(&e);
+                return self.finish_unkept();
+            }
             self.in_file = self.written;
             *self.fill.tail.lock() = (self.written, Bytes::new());
             self.file = None;

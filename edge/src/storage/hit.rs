@@ -100,6 +100,8 @@ impl Drop for Hit {
             let mut own = fill.own.lock();
             own.chunks.clear();
             own.bytes = OWN_MAX;
+            own.gone = true;
+            fill.drained.notify_one();
         } else if fill.followers.fetch_sub(1, Ordering::Relaxed) == 1 {
             *fill.recent.lock() = Recent::default();
         }
@@ -135,6 +137,8 @@ impl HandleHit for Hit {
                 };
                 if *own {
                     let mut own = fill.own.lock();
+                    // (A writer that relays waits for this.)
+                    fill.drained.notify_one();
                     while let Some((at, chunk)) = own.chunks.pop_front() {
                         own.bytes -= chunk.len();
                         match at.cmp(pos) {
@@ -170,6 +174,11 @@ impl HandleHit for Hit {
                         if to > from {
                             *pos += (to - from) as u64;
                             return Ok(Some(tail.slice(from..to)));
+                        }
+                        // Past the tail of a fill not kept, only its own
+                        // reader is handed the chunks.
+                        if fill.unkept.load(Ordering::SeqCst) {
+                            return Err(storage_error("read", "the fill this read follows is not kept"));
                         }
                     } else {
                         let n = CHUNK.min((available.min(in_file) - *pos) as usize);

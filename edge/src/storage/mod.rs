@@ -64,7 +64,7 @@ mod mapped;
 mod memfile;
 mod placement;
 
-use fill::Filler;
+pub use fill::Filler;
 use hit::Hit;
 pub use memfile::{Files, MemBody, MemFile};
 
@@ -322,6 +322,11 @@ struct Fill {
     recent: Mutex<Recent>,
     /// Readers following the fill, other than its own.
     followers: AtomicUsize,
+    /// A write failed and the fill relays the rest of its body to its own
+    /// reader only, keeping nothing (see [`Filler::relaying`]).
+    unkept: AtomicBool,
+    /// Its own reader took chunks (or went): a relaying writer waits on it.
+    drained: tokio::sync::Notify,
     /// Where the file ends, and the bytes taken past it (less than a page,
     /// held for the writer's next page-aligned write; or the whole body).
     tail: Mutex<(u64, Bytes)>,
@@ -365,6 +370,8 @@ impl Recent {
 struct OwnChunks {
     chunks: std::collections::VecDeque<(u64, Bytes)>,
     bytes: usize,
+    /// The reader went.
+    gone: bool,
 }
 
 /// Bytes held for the filling request's reader before it reads from the
@@ -1139,6 +1146,36 @@ impl CacheStore {
         }
         (fill.meta.meta(), Box::new(Hit::Partial { fill: fill.clone(), state: fill.state.subscribe(), pos: 0, own }))
     }
+
+    /// A fill of `key`'s answer `meta`, where lookups find it (what
+    /// [`Storage::get_miss_handler`] gives, as the concrete type).
+    pub fn begin_fill(&'static self, key: &CacheKey, meta: &CacheMeta) -> Filler {
+        let hash = key.combined();
+        let primary = key.primary_key_str().unwrap_or_default().to_string();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let part = self.tmp.join(format!("{hash}.{id}.part"));
+        let (state, _) = watch::channel(FillState::Partial(0));
+        let fill = Arc::new(Fill {
+            id,
+            primary: primary.clone(),
+            tag: id.into(),
+            meta: Parts::of(meta),
+            part,
+            reader: OnceLock::new(),
+            state,
+            aborted: AtomicBool::new(false),
+            own: Mutex::new(OwnChunks::default()),
+            recent: Mutex::new(Recent::default()),
+            followers: AtomicUsize::new(0),
+            unkept: AtomicBool::new(false),
+            drained: tokio::sync::Notify::new(),
+            tail: Mutex::new((0, Bytes::new())),
+        });
+        self.fills.lock().insert(hash.clone(), fill.clone());
+        let len = meta.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let whole = len.is_some_and(|len| len <= FILL_MEMORY_MAX);
+        Filler::new(self, hash, primary, fill, whole)
+    }
 }
 
 /// What a disk lookup found.
@@ -1281,29 +1318,7 @@ impl Storage for CacheStore {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let hash = key.combined();
-        let primary = key.primary_key_str().unwrap_or_default().to_string();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let part = self.tmp.join(format!("{hash}.{id}.part"));
-        let (state, _) = watch::channel(FillState::Partial(0));
-        let fill = Arc::new(Fill {
-            id,
-            primary: primary.clone(),
-            tag: id.into(),
-            meta: Parts::of(meta),
-            part,
-            reader: OnceLock::new(),
-            state,
-            aborted: AtomicBool::new(false),
-            own: Mutex::new(OwnChunks::default()),
-            recent: Mutex::new(Recent::default()),
-            followers: AtomicUsize::new(0),
-            tail: Mutex::new((0, Bytes::new())),
-        });
-        self.fills.lock().insert(hash.clone(), fill.clone());
-        let len = meta.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let whole = len.is_some_and(|len| len <= FILL_MEMORY_MAX);
-        Ok(Box::new(Filler::new(self, hash, primary, fill, whole)))
+        Ok(Box::new(self.begin_fill(key, meta)))
     }
 
     async fn purge(

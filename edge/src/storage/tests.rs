@@ -773,6 +773,73 @@ async fn the_filling_request_takes_its_chunks_as_written_and_the_file_only_for_g
     store.settled().await;
 }
 
+/// A relaying fill whose write fails (here: its temp directory gone) is
+/// not kept: lookups miss it, and the rest of the body goes to its own
+/// reader, the writer waiting while that holds [`OWN_MAX`]; a follower goes
+/// on while the recent chunks hold what it reads next, then fails. With its
+/// own reader gone, the writer stops.
+#[tokio::test]
+async fn a_relaying_fill_whose_write_fails_relays_the_rest_to_its_reader_at_its_pace_and_keeps_nothing() {
+    use futures::FutureExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let (store, _) = open(tmp.path(), 0);
+    std::fs::remove_dir_all(&store.tmp).expect("no temp directory: every write fails");
+    let chunk = 64 << 10;
+    let chunks = OWN_MAX / chunk + 4;
+    let body: Vec<u8> = (0..chunk * chunks).map(|i| (i % 251) as u8).collect();
+    let piece = |i: usize| Bytes::copy_from_slice(&body[i * chunk..(i + 1) * chunk]);
+    let key = cache_key("example.com/relay/@v/v1.0.0.zip", None);
+    let mut fill = store.begin_fill(&key, &meta(body.len())).relaying();
+    let tag = fill.streaming_write_tag().map(<[u8]>::to_vec);
+    let (_, mut own) =
+        store.lookup_streaming_write(&key, tag.as_deref(), &span).await.expect("lookup").expect("own reader");
+    let (_, mut follower) = store.lookup(&key, &span).await.expect("lookup").expect("follower");
+    fill.write_body(piece(0), false).await.expect("the first write fails, and is relayed");
+    assert!(store.lookup(&key, &span).await.expect("lookup").is_none(), "a fill not kept is not found");
+    assert_eq!(follower.read_body().await.expect("recent").as_deref(), Some(&body[..chunk]));
+    let mut i = 1;
+    while fill.own_bytes() + chunk <= OWN_MAX {
+        fill.write_body(piece(i), false).now_or_never().expect("room for it").expect("relayed");
+        i += 1;
+    }
+    // Full: the writer waits for the reader to take a chunk.
+    let mut next = Box::pin(fill.write_body(piece(i), false));
+    assert!(futures::poll!(&mut next).is_pending(), "the writer waits while its reader holds OWN_MAX");
+    assert_eq!(own.read_body().await.expect("read").as_deref(), Some(&body[..chunk]));
+    next.await.expect("relayed once there is room");
+    for j in i + 1..chunks {
+        let write = fill.write_body(piece(j), false);
+        let (wrote, read) = tokio::join!(write, own.read_body());
+        wrote.expect("relayed");
+        assert!(read.expect("read").is_some());
+    }
+    // The follower fell behind the recent chunks.
+    let followed = tokio::time::timeout(std::time::Duration::from_secs(10), read_all(follower)).await;
+    assert!(matches!(followed, Ok(Err(_))), "past the recent chunks a follower of a fill not kept fails, not waits");
+    assert!(Box::new(fill).finish().await.is_err(), "not kept");
+    let rest = read_all(own).await.expect("the rest");
+    assert!(rest == body[(chunks - i) * chunk..], "{} bytes, in order", rest.len());
+    store.settled().await;
+    assert!(store.lookup(&key, &span).await.expect("lookup").is_none(), "nothing kept");
+
+    // Its reader gone (the client went), a waiting writer stops.
+    let key = cache_key("example.com/relay/@v/v1.0.1.zip", None);
+    let mut fill = store.begin_fill(&key, &meta(body.len())).relaying();
+    let tag = fill.streaming_write_tag().map(<[u8]>::to_vec);
+    let (_, own) =
+        store.lookup_streaming_write(&key, tag.as_deref(), &span).await.expect("lookup").expect("own reader");
+    let mut i = 0;
+    while fill.own_bytes() + chunk <= OWN_MAX {
+        fill.write_body(piece(i), false).await.expect("relayed");
+        i += 1;
+    }
+    let mut next = Box::pin(fill.write_body(piece(i), false));
+    assert!(futures::poll!(&mut next).is_pending());
+    drop(own);
+    assert!(next.await.is_err(), "no reader, no relay");
+}
+
 #[tokio::test]
 async fn a_purge_before_the_memory_copy_is_made_keeps_it_out() {
     let tmp = tempfile::tempdir().expect("tempdir");
