@@ -239,12 +239,18 @@ impl<P: HttpServerApp + ServerApp + Send + Sync + 'static> ServerApp for Lane<P>
                     self.demand.count(crate::hot::module_of(&request.key()), client_asked);
                     let written = match answer.body {
                         Body::Whole(body) => write_answer(&mut stream, &mut head_buf, &answer.head, &body, close).await,
-                        Body::Fill(reader) => {
+                        Body::Fill(reader, finished) => {
                             if !capped {
                                 crate::conn::limit_unsent(&stream);
                                 capped = true;
                             }
-                            write_fill(&mut stream, &mut head_buf, &answer.head, reader, close).await
+                            let written = write_fill(&mut stream, &mut head_buf, &answer.head, reader, close).await;
+                            // The next request once the fill is finished
+                            // (see `Misses::stream`).
+                            if written.is_ok() {
+                                let _ = finished.await;
+                            }
+                            written
                         }
                     };
                     if written.is_err() {

@@ -42,6 +42,7 @@ use pingora::connectors::http::v1::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::http::v1::client::HttpSession;
+use tokio::sync::oneshot;
 
 use crate::proxy::Edge;
 use crate::storage::{cache_key, http1_head};
@@ -71,10 +72,11 @@ pub struct Answer {
 }
 
 /// An answer's body: whole, or read from the fill the origin's bytes go to
-/// (a failed fill fails the read: the client's connection closes).
+/// (a failed fill fails the read: the client's connection closes), with
+/// word of when that fill is finished (see [`Misses::stream`]).
 pub enum Body {
     Whole(Bytes),
-    Fill(HitHandler),
+    Fill(HitHandler, oneshot::Receiver<()>),
 }
 
 /// What the origin answered after its head: the body whole, or the rest of
@@ -191,7 +193,7 @@ impl Misses {
             }
             (Reply::Rest(session, len), Some(meta)) if status == 200 => {
                 match self.stream(&key, meta, session, len, peer, permit).await {
-                    Ok(reader) => (Body::Fill(reader), len),
+                    Ok((reader, finished)) => (Body::Fill(reader, finished), len),
                     Err(e) => {
                         tracing::warn!(key = %request.key(), error = %e, "cache fill not begun");
                         return Err(None);
@@ -301,7 +303,14 @@ impl Misses {
     /// read on `session` (from `peer`), as the full path does, and gives a
     /// reader of it: the fill goes on in a task of its own, at the origin's
     /// pace, whatever the client's (others may follow it, see `proxy.rs`'s
-    /// request filter), and the connection is reused once it is read whole.
+    /// request filter), and the connection is reused once it is read whole
+    /// (before the fill is finished). The receiver hears when the fill is
+    /// finished (or failed): the client's connection takes its next request
+    /// only then, as on Pingora's path, so that a fill that waits for its
+    /// durable write (past the bound of fills waiting, see
+    /// `Filler::finish`) holds back its client, not only its own task.
+    /// Without that, a stream of 8 000 new 128 KiB zips (10 connections)
+    /// had 7 734 descriptors open at its peak, where the bound is 1 024.
     async fn stream(
         self: &Arc<Self>,
         key: &CacheKey,
@@ -310,7 +319,7 @@ impl Misses {
         len: usize,
         peer: HttpPeer,
         permit: WritePermit,
-    ) -> pingora::Result<HitHandler> {
+    ) -> pingora::Result<(HitHandler, oneshot::Receiver<()>)> {
         let edge = &self.edge;
         let span = Span::inactive().handle();
         // The client's answer is the fill's own reader: a write that fails
@@ -322,6 +331,7 @@ impl Misses {
             return pingora::Error::e_explain(pingora::ErrorType::InternalError, "no reader of the fill");
         };
         let (misses, key) = (self.clone(), key.clone());
+        let (finished, heard) = oneshot::channel();
         tokio::spawn(async move {
             let mut read = 0;
             let filled = loop {
@@ -332,19 +342,27 @@ impl Misses {
                             break Err(e);
                         }
                     }
-                    Ok(None) if read == len => break finish(&misses.edge, &key, &meta, Box::new(fill)).await,
+                    Ok(None) if read == len => {
+                        // Read whole: the connection is the pool's again
+                        // now, not once the fill is finished (which may
+                        // wait for its durable write, see `Filler::finish`:
+                        // past the bound of fills waiting, ~60 % of a stream
+                        // of new 128 KiB zips opened a new connection).
+                        misses.upstream.release_http_session(*session, &peer, peer.options.idle_timeout).await;
+                        break finish(&misses.edge, &key, &meta, Box::new(fill)).await;
+                    }
                     Ok(None) => {
                         break pingora::Error::e_explain(pingora::ErrorType::ReadError, "body shorter than its length")
                     }
                     Err(e) => break Err(e),
                 }
             };
-            match filled {
-                Ok(()) => misses.upstream.release_http_session(*session, &peer, peer.options.idle_timeout).await,
-                Err(e) => tracing::warn!(key = ?key.primary_key_str(), error = %e, "cache fill not kept"),
+            if let Err(e) = filled {
+                tracing::warn!(key = ?key.primary_key_str(), error = %e, "cache fill not kept");
             }
+            let _ = finished.send(());
         });
-        Ok(reader)
+        Ok((reader, heard))
     }
 }
 

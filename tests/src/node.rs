@@ -235,13 +235,23 @@ pub fn write_membership(path: &Path, members: &[Member<'_>]) -> io::Result<()> {
 /// A running `modcdn-edge serve`; killed when dropped.
 pub struct EdgeProcess {
     child: Option<Child>,
-    /// Bytes of the tmpfs its cache directory is mounted on, if it is (see
-    /// [`EdgeProcess::start_on_tmpfs`]).
-    tmpfs: Option<u64>,
+    /// What it runs under besides its config.
+    under: Under,
     pub url: String,
     pub admin: String,
     pub config: PathBuf,
     pub dir: PathBuf,
+}
+
+/// What an edge runs under besides its config.
+#[derive(Clone, Copy)]
+enum Under {
+    Plain,
+    /// Its cache directory a tmpfs of so many bytes (see
+    /// [`EdgeProcess::start_on_tmpfs`]).
+    Tmpfs(u64),
+    /// A file limit of so many descriptors.
+    Files(u64),
 }
 
 impl EdgeProcess {
@@ -250,17 +260,27 @@ impl EdgeProcess {
     /// [`ADMIN_TOKEN`], origin token [`CLUSTER_TOKEN`], plus `extra` TOML)
     /// and starts it.
     pub fn start(dir: &Path, members: &[Member<'_>], extra: &str) -> io::Result<EdgeProcess> {
-        Self::start_with(dir, members, extra, None)
+        Self::start_with(dir, members, extra, Under::Plain)
     }
 
     /// As [`EdgeProcess::start`], its cache directory a tmpfs of `bytes`
     /// (mounted in a user and mount namespace of its own, as the origin's
     /// in [`OriginProcess::start_on_tmpfs`]): a disk that fills up.
     pub fn start_on_tmpfs(dir: &Path, members: &[Member<'_>], extra: &str, bytes: u64) -> io::Result<EdgeProcess> {
-        Self::start_with(dir, members, extra, Some(bytes))
+        Self::start_with(dir, members, extra, Under::Tmpfs(bytes))
     }
 
-    fn start_with(dir: &Path, members: &[Member<'_>], extra: &str, tmpfs: Option<u64>) -> io::Result<EdgeProcess> {
+    /// As [`EdgeProcess::start`], with a file limit of `files` descriptors.
+    pub fn start_with_file_limit(
+        dir: &Path,
+        members: &[Member<'_>],
+        extra: &str,
+        files: u64,
+    ) -> io::Result<EdgeProcess> {
+        Self::start_with(dir, members, extra, Under::Files(files))
+    }
+
+    fn start_with(dir: &Path, members: &[Member<'_>], extra: &str, under: Under) -> io::Result<EdgeProcess> {
         std::fs::create_dir_all(dir)?;
         write_membership(&dir.join("membership.toml"), members)?;
         let mut last = None;
@@ -270,7 +290,7 @@ impl EdgeProcess {
             std::fs::write(&config, Self::config_text(port, admin, extra))?;
             let mut edge = EdgeProcess {
                 child: None,
-                tmpfs,
+                under,
                 url: format!("http://127.0.0.1:{port}"),
                 admin: format!("http://127.0.0.1:{admin}"),
                 config,
@@ -313,9 +333,9 @@ impl EdgeProcess {
     /// as the successor of a running edge (it takes over its sockets).
     pub fn spawn(&mut self, upgrade: bool) -> io::Result<()> {
         let bin = binary("modcdn-edge");
-        let mut cmd = match self.tmpfs {
-            None => Command::new(&bin),
-            Some(bytes) => {
+        let mut cmd = match self.under {
+            Under::Plain => Command::new(&bin),
+            Under::Tmpfs(bytes) => {
                 let cache = self.dir.join("cache");
                 std::fs::create_dir_all(&cache)?;
                 let mut cmd = Command::new("unshare");
@@ -328,6 +348,11 @@ impl EdgeProcess {
                 .arg(bytes.to_string())
                 .arg(&cache)
                 .arg(&bin);
+                cmd
+            }
+            Under::Files(files) => {
+                let mut cmd = Command::new("prlimit");
+                cmd.arg(format!("--nofile={files}:{files}")).arg("--").arg(&bin);
                 cmd
             }
         };
