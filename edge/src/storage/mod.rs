@@ -550,7 +550,7 @@ pub struct CacheStore {
     draining: AtomicBool,
     pending_max: usize,
     /// Finished fills waiting that hold a descriptor (their temp file's).
-    holding: AtomicUsize,
+    holding: watch::Sender<usize>,
     /// Bytes finished fills waiting hold whole: their bodies, their heads
     /// and [`HELD_FILL_BYTES`] each.
     held_bytes: watch::Sender<u64>,
@@ -764,7 +764,7 @@ impl CacheStore {
             hurry: watch::channel(0).0,
             draining: AtomicBool::new(false),
             pending_max: memfile::descriptors(PENDING_MAX),
-            holding: AtomicUsize::new(0),
+            holding: watch::channel(0).0,
             held_bytes: watch::channel(0).0,
             held_max: held_max(),
             batch_max: BATCH_MAX,

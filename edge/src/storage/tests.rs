@@ -308,15 +308,16 @@ async fn fills_held_whole_count_against_a_bound_of_their_own_not_the_descriptors
 }
 
 #[tokio::test]
-async fn fills_past_the_bound_finish_only_once_durable_so_what_they_hold_stays_bounded() {
+async fn fills_past_the_bound_finish_only_once_under_it_so_what_they_hold_stays_bounded() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open_waiting(tmp.path(), 2);
     for v in 0..20 {
         let key = format!("example.com/b/@v/v1.{v}.0.zip");
         finish_fill(store, &key, &[v as u8; 100_000]).await;
-        // At most two wait for the flush delay; one past them is on disk
-        // (and its descriptor closed) by the time its request ends.
-        let waiting = *store.publishing.borrow();
+        // At most two wait for the flush delay; with one past them, those
+        // are made durable (and their descriptors closed) by the time its
+        // request ends.
+        let waiting = *store.holding.borrow();
         assert!(waiting <= 2, "after fill {v}, {waiting} fills hold a descriptor");
     }
     assert!(files_in(&store.tmp) <= 3, "the lock file and at most two waiting fills");
