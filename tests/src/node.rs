@@ -92,18 +92,8 @@ impl OriginProcess {
         let config = write_config(dir, upstream, extra)?;
         let store = dir.join("store");
         std::fs::create_dir_all(&store)?;
-        let mut cmd = Command::new("unshare");
-        cmd.args([
-            "-rm",
-            "sh",
-            "-c",
-            "mount -t tmpfs -o size=\"$0\",nr_inodes=\"$1\" modcdn-test \"$2\" && exec \"$3\" serve --config \"$4\"",
-        ])
-        .arg(bytes.to_string())
-        .arg(inodes.to_string())
-        .arg(&store)
-        .arg(binary("modcdn-origin"))
-        .arg(&config);
+        let mut cmd = on_tmpfs(&store, bytes, inodes, &binary("modcdn-origin"));
+        cmd.args(["serve", "--config"]).arg(&config);
         Self::spawn(cmd, &config)
     }
 
@@ -232,6 +222,24 @@ pub fn write_membership(path: &Path, members: &[Member<'_>]) -> io::Result<()> {
     std::fs::write(path, s)
 }
 
+/// `bin` (its arguments to add) in a user and mount namespace of its own
+/// (`unshare`), a tmpfs of `bytes` bytes and `inodes` inodes mounted at `at`
+/// first: a disk that fills up as a real one does.
+fn on_tmpfs(at: &Path, bytes: u64, inodes: u64, bin: &Path) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "-rm",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o size=\"$0\",nr_inodes=\"$1\" modcdn-test \"$2\" && shift 2 && exec \"$@\"",
+    ])
+    .arg(bytes.to_string())
+    .arg(inodes.to_string())
+    .arg(at)
+    .arg(bin);
+    cmd
+}
+
 /// A running `modcdn-edge serve`; killed when dropped.
 pub struct EdgeProcess {
     child: Option<Child>,
@@ -338,17 +346,7 @@ impl EdgeProcess {
             Under::Tmpfs(bytes) => {
                 let cache = self.dir.join("cache");
                 std::fs::create_dir_all(&cache)?;
-                let mut cmd = Command::new("unshare");
-                cmd.args([
-                    "-rm",
-                    "sh",
-                    "-c",
-                    "mount -t tmpfs -o size=\"$0\" modcdn-test \"$1\" && shift && exec \"$@\"",
-                ])
-                .arg(bytes.to_string())
-                .arg(&cache)
-                .arg(&bin);
-                cmd
+                on_tmpfs(&cache, bytes, 1 << 20, &bin)
             }
             Under::Files(files) => {
                 let mut cmd = Command::new("prlimit");
