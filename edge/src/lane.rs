@@ -5,7 +5,10 @@
 //! read and one write per request. So is the commonest miss, a cold `.info`,
 //! `.mod` or `.zip` asked for plainly by a client under no limits, with traces
 //! off: `miss.rs` fetches it from the origin the full path would ask first
-//! and keeps it as the full path keeps it. Everything else goes to
+//! and keeps it as the full path keeps it, unless the disk holds it (not
+//! yet in a tier after a restart, or let go by the tiers): then it is read
+//! into the memory or the mapped tier, as the full path's lookup reads it,
+//! and answered as a hit of that tier. Everything else goes to
 //! Pingora's proxy (`proxy.rs`) with the bytes already read, and the
 //! connection comes back here once that answer is done (and the answers of
 //! the requests Pingora read behind it, see [`holds_next_request`]).
@@ -206,6 +209,18 @@ impl<P: HttpServerApp + ServerApp + Send + Sync + 'static> ServerApp for Lane<P>
                     Ok(Some(head)) => head,
                     Ok(None) | Err(_) => return None,
                 }
+            };
+            // A miss of both tiers that the disk holds: read into one here,
+            // and answered as their hits are.
+            let head = match head {
+                Head::Miss { len, ref request, close, client_asked, .. } => match self.on_disk(request, plain).await {
+                    Some(obj) => {
+                        self.demand.count(crate::hot::module_of(&request.key()), client_asked);
+                        Head::Hit { len, obj, shape: Shape::Whole, head_only: false, close, _slot: None, _span: None }
+                    }
+                    None => head,
+                },
+                head => head,
             };
             if let Head::Hit { len, obj, shape, head_only, close, .. } = &head {
                 buf.advance(*len);
@@ -441,6 +456,21 @@ impl<P> Lane<P> {
             span
         });
         Head::Hit { len, obj, shape, head_only, close, _slot: slot, _span: span }
+    }
+
+    /// The entry of `request`, a miss of both tiers, if the disk holds it
+    /// fresh: read into the memory or the mapped tier (a mapped body only
+    /// for a `plain` connection, see the module docs), as the full path's
+    /// lookup would, where that path's cost was most of a hit's: random
+    /// hits, once each, over 8 000 zips of 128 KiB filled just before went
+    /// at 3 041/s through it, against nginx's 6 344.
+    async fn on_disk(&self, request: &Request, plain: bool) -> Option<Arc<MemObject>> {
+        let key = crate::storage::cache_key(&request.key(), None);
+        if self.storage.surely_absent(&key) {
+            return None;
+        }
+        let obj = self.storage.load(&key).await?;
+        (obj.fresh_until > SystemTime::now() && (plain || obj.body.mapped.is_none())).then_some(obj)
     }
 
     /// Whether the request `req` (whose head is `len` bytes), for `key`,

@@ -1139,6 +1139,45 @@ async fn until_closed(addr: &str, request: &str) -> Vec<u8> {
     all
 }
 
+/// An entry on disk that neither tier holds (after a restart) is read into
+/// one by the lane, not left to the full path, and answered as the full
+/// path answers it: `.info`, `.mod` and a small zip (into the memory tier)
+/// and a zip longer than the memory tier takes (mapped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_on_disk_take_the_fast_lane_and_answer_as_the_full_path_does() {
+    let Stack { tmp: _tmp, corpus, upstream: _upstream, origin: _origin, mut edge } = stack(300 << 10, "", "").await;
+    let keys = [
+        Corpus::key(corpus::ALPHA, "v1.0.0", "info"),
+        Corpus::key(corpus::ALPHA, "v1.0.0", "mod"),
+        Corpus::key(corpus::ALPHA, "v1.0.0", "zip"),
+        Corpus::key(corpus::LARGE, "v1.0.0", "zip"),
+    ];
+    let c = client();
+    for key in &keys {
+        let (status, _, _) = get(&c, &format!("{}/{key}", edge.url)).await;
+        assert_eq!(status, 200, "{key}");
+    }
+    // A restart: the fills waiting are made durable, and both tiers are
+    // empty.
+    assert!(edge.terminate(Duration::from_secs(10)), "a clean exit");
+    edge.spawn(false).expect("restart");
+    let addr = edge.url.trim_start_matches("http://").to_string();
+    for key in &keys {
+        let plain = format!("GET /{key} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let raw = pipelined(&addr, plain.as_bytes(), 1).await;
+        let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a head");
+        // The lane writes in lower case what Pingora writes as `Age`.
+        let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+        assert!(head.contains("\r\nage: "), "{key}: not answered by the lane:\n{head}");
+        let lane = answers(&raw);
+        let full = answers(&pipelined(&addr, by_the_full_path(&plain).as_bytes(), 1).await);
+        assert_eq!(lane.len(), 1, "{key}: {head}");
+        assert_eq!(lane, full, "{key}: the lane's answer differs from the full path's");
+        assert!(lane[0].1.contains(&("x-cache".into(), "HIT".into())), "{key}: {:?}", lane[0].1);
+        assert_eq!(lane[0].2, corpus_file(&corpus, key), "{key}");
+    }
+}
+
 /// `request` as the full path answers it: with more header lines than the
 /// lane reads (it leaves such a request to Pingora), none of them meaning
 /// anything to the edge.

@@ -1147,6 +1147,45 @@ impl CacheStore {
         (fill.meta.meta(), Box::new(Hit::Partial { fill: fill.clone(), state: fill.state.subscribe(), pos: 0, own }))
     }
 
+    /// What a disk lookup of `primary` (`hash`) found, as an object of the
+    /// memory tier (a small body, copied in unless `promote` says not) or
+    /// of the mapped tier; `None` for a body to read from its file.
+    fn take_in(&self, primary: &str, hash: &str, found: DiskLookup, epoch: u64) -> Option<Arc<MemObject>> {
+        match found {
+            DiskLookup::Small { parts, body, promote } => {
+                let obj = Arc::new(MemObject::new(primary, parts, body));
+                if promote {
+                    self.promote(primary, obj.clone(), epoch);
+                }
+                Some(obj)
+            }
+            DiskLookup::Mapped { parts, map } => {
+                let obj = Arc::new(MemObject::new(primary, parts, MemBody::of_mapping(map)));
+                self.map_in(primary, hash, obj.clone(), epoch);
+                Some(obj)
+            }
+            DiskLookup::Large { .. } => None,
+        }
+    }
+
+    /// `key`'s entry, published on disk and in neither tier, read into
+    /// the memory or the mapped tier as a lookup reads it, for the lane to
+    /// answer; `None` if there is none, it is still filling, it is read
+    /// from its file (see [`DiskLookup::Large`]), or the read failed (the
+    /// full path then looks it up, and answers what that finds).
+    pub async fn load(&'static self, key: &CacheKey) -> Option<Arc<MemObject>> {
+        let primary = key.primary_key_str()?;
+        let hash = key.combined();
+        if self.fills.lock().contains_key(&hash) || !self.index.lock().by_hash.contains_key(&hash) {
+            return None;
+        }
+        let epoch = self.purge_epoch();
+        let (meta_path, shard, h) = (self.meta_path(&hash), self.shard(&hash), hash.clone());
+        let read = tokio::task::spawn_blocking(move || read_disk(self, &meta_path, &shard, &h));
+        let found = read.await.ok()?.ok()??;
+        self.take_in(primary, &hash, found, epoch)
+    }
+
     /// A fill of `key`'s answer `meta`, where lookups find it (what
     /// [`Storage::get_miss_handler`] gives, as the concrete type).
     pub fn begin_fill(&'static self, key: &CacheKey, meta: &CacheMeta) -> Filler {
@@ -1275,23 +1314,12 @@ impl Storage for CacheStore {
                 let fill = self.fills.lock().get(&hash).cloned();
                 Ok(fill.and_then(|fill| self.fill_hit(primary, &hash, &fill)))
             }
-            Some(DiskLookup::Small { parts, body, promote }) => {
-                let obj = Arc::new(MemObject::new(primary, parts, body));
-                if promote {
-                    self.promote(primary, obj.clone(), epoch);
-                }
-                Ok(Some(self.memory_hit(&obj)))
-            }
-            Some(DiskLookup::Mapped { parts, map }) => {
-                let obj = Arc::new(MemObject::new(primary, parts, MemBody::of_mapping(map)));
-                self.map_in(primary, &hash, obj.clone(), epoch);
-                Ok(Some(self.memory_hit(&obj)))
-            }
             Some(DiskLookup::Large { parts, file, len }) => {
                 let meta = parts.meta();
                 let body = hit::DiskBody::File { file: Arc::new(file), len };
                 Ok(Some((meta, Box::new(Hit::Disk { body, pos: 0, end: len }))))
             }
+            Some(found) => Ok(self.take_in(primary, &hash, found, epoch).map(|obj| self.memory_hit(&obj))),
         }
     }
 
