@@ -123,6 +123,8 @@ impl Admin {
             m.origin_healthy.with_label_values(&labels).set(i64::from(snapshot.view.is_healthy(&member.id)));
             let changes = m.origin_health_changes.with_label_values(&labels);
             changes.inc_by(snapshot.view.health_changes(&member.id).saturating_sub(changes.get()));
+            let not_made = m.origin_checks_not_made.with_label_values(&labels);
+            not_made.inc_by(snapshot.view.checks_not_made(&member.id).saturating_sub(not_made.get()));
         }
     }
 

@@ -19,6 +19,24 @@ pub fn status(e: &Error) -> u16 {
     }
 }
 
+/// Whether a connection to an origin failed on this machine, before
+/// anything reached the origin: no descriptor for a socket (EMFILE,
+/// ENFILE) or no local port (EADDRNOTAVAIL), which Pingora reports as an
+/// internal error. That is the edge's trouble, not the origin's: it is not
+/// counted against the origin, and another origin would meet it too.
+pub fn local(e: &Error) -> bool {
+    matches!(e.etype(), ErrorType::InternalError | ErrorType::SocketError | ErrorType::BindError)
+}
+
+/// The answer to a request whose origin connection failed on this machine
+/// (see [`local`]): 503, to come back for shortly.
+pub fn out_of_local_resources(id: &str) -> Box<Error> {
+    Error::explain(
+        ErrorType::HTTPStatus(503),
+        format!("out of local resources (descriptors or ports) to reach origin {id}; retry shortly"),
+    )
+}
+
 /// The body: what failed, in the words the edge gave the error (origin ids
 /// and regions, never an address).
 pub fn client_message(e: &Error) -> String {

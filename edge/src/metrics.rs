@@ -41,6 +41,7 @@ pub struct Metrics {
     /// origin's moves out of routing and back.
     pub membership_applied: IntCounter,
     pub origin_health_changes: IntCounterVec,
+    pub origin_checks_not_made: IntCounterVec,
     pub purge_log_read: prometheus::GaugeVec,
     recent_purges: parking_lot::Mutex<std::collections::VecDeque<crate::status::PurgeNote>>,
 }
@@ -110,6 +111,13 @@ impl Metrics {
             Opts::new("origin_health_changes_total", "Times an origin was taken out of routing or came back"),
             &["origin", "region"],
         )?;
+        let origin_checks_not_made = IntCounterVec::new(
+            Opts::new(
+                "origin_checks_not_made_total",
+                "Health checks of an origin this edge could not make, out of descriptors or ports (not counted against it)",
+            ),
+            &["origin", "region"],
+        )?;
         let origin_healthy = prometheus::IntGaugeVec::new(
             Opts::new("origin_healthy", "1 while an origin is in routing, 0 while it is taken out"),
             &["origin", "region"],
@@ -139,6 +147,7 @@ impl Metrics {
             Box::new(membership_rejected.clone()),
             Box::new(membership_applied.clone()),
             Box::new(origin_health_changes.clone()),
+            Box::new(origin_checks_not_made.clone()),
             Box::new(purge_log_read.clone()),
         ] {
             registry.register(c)?;
@@ -169,6 +178,7 @@ impl Metrics {
             membership_rejected,
             membership_applied,
             origin_health_changes,
+            origin_checks_not_made,
             purge_log_read,
             recent_purges: Default::default(),
         })

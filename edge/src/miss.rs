@@ -223,6 +223,9 @@ impl Misses {
         let edge = &self.edge;
         let (mut session, reused) = match self.upstream.get_http_session(peer).await {
             Ok(s) => s,
+            // Out of descriptors or ports here: the full path's to answer
+            // (it says so), nothing counted against the origin.
+            Err(e) if crate::error::local(&e) => return Err(None),
             Err(e) => {
                 // As the full path: a refused or timed-out connection takes
                 // it out of routing now; health checks bring it back.

@@ -249,6 +249,15 @@ impl ProxyHttp for Edge {
     }
 
     fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        if crate::error::local(&e) {
+            // This edge's own shortage: neither the origin's failure nor
+            // one another origin would be spared (no retry).
+            let id = ctx.tried.last().cloned().unwrap_or_default();
+            self.metrics.origin_requests.with_label_values(&[id.as_str(), "local"]).inc();
+            drop(ctx.current.take());
+            tracing::warn!(origin = %id, error = %e, "no connection to the origin: out of local resources");
+            return crate::error::out_of_local_resources(&id);
+        }
         self.origin_failed(ctx, "connect");
         if let Some(id) = ctx.tried.last() {
             // A refused or timed-out connection takes it out of routing now;
@@ -377,7 +386,8 @@ impl ProxyHttp for Edge {
             // The connection is not reused after an error: say so, so that
             // clients do not send another request on it.
             session.set_keepalive(None);
-            let _ = respond(session, code, &crate::error::client_message(e), &[]).await;
+            let retry: &[(&str, &str)] = if code == 503 { &[("retry-after", "1")] } else { &[] };
+            let _ = respond(session, code, &crate::error::client_message(e), retry).await;
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }

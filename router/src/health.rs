@@ -3,7 +3,8 @@
 //! timeout. An answer feeds the load view (health, reported load, latency);
 //! a refused connection takes the origin out at once (nothing listens, so a
 //! dead origin leaves routing within one interval); other failures count
-//! toward `fall`. Up again after `rise` successes (see
+//! toward `fall`; a check this process could not make (out of descriptors
+//! or ports) counts for nothing. Up again after `rise` successes (see
 //! [`crate::load::HealthPolicy`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,11 +31,20 @@ pub enum ProbeError {
     Refused(String),
     /// Timeout, bad answer, reset: may be passing, counts toward `fall`.
     Failed(String),
+    /// No socket to ask with (this process out of descriptors, the machine
+    /// out of ports): says nothing of the origin, counts for nothing.
+    Local(String),
+}
+
+/// Whether `e` is a shortage on this machine, not an answer of the origin's.
+fn local(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL))
 }
 
 /// Asks one origin for its load (`scheme`: `http` or `https`).
 pub fn probe(agent: &ureq::Agent, scheme: &str, address: &str) -> Result<LoadReport, ProbeError> {
     let mut resp = agent.get(&format!("{scheme}://{address}/loadz")).call().map_err(|e| match e {
+        ureq::Error::Io(io) if local(&io) => ProbeError::Local(io.to_string()),
         ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
             ProbeError::Refused(io.to_string())
         }
@@ -79,6 +89,10 @@ pub fn spawn(membership: Arc<Membership>, tls_roots: Option<Vec<Vec<u8>>>) -> st
                     Err(ProbeError::Refused(e)) => {
                         tracing::debug!(origin = %m.id, operator = %m.operator, error = %e, "origin refuses connections: down");
                         view.mark_down(&m.id);
+                    }
+                    Err(ProbeError::Local(e)) => {
+                        tracing::warn!(origin = %m.id, error = %e, "health check not made: out of local resources");
+                        view.check_not_made(&m.id);
                     }
                     Err(ProbeError::Failed(e)) => {
                         tracing::debug!(origin = %m.id, operator = %m.operator, error = %e, "health check failed");

@@ -50,6 +50,8 @@ pub struct MemberStats {
     healthy: AtomicBool,
     /// Times it went out of routing or came back.
     health_changes: AtomicU64,
+    /// Health checks this process could not make (no socket to ask with).
+    checks_not_made: AtomicU64,
     fails: AtomicU32,
     successes: AtomicU32,
     region: RwLock<Option<Arc<RegionStats>>>,
@@ -65,6 +67,7 @@ impl MemberStats {
             ewma_at: RwLock::new(Instant::now()),
             healthy: AtomicBool::new(true),
             health_changes: AtomicU64::new(0),
+            checks_not_made: AtomicU64::new(0),
             fails: AtomicU32::new(0),
             successes: AtomicU32::new(0),
             region: RwLock::new(None),
@@ -278,6 +281,17 @@ impl LoadView {
 
     pub fn is_healthy(&self, id: &str) -> bool {
         self.member(id).is_healthy()
+    }
+
+    /// A health check of `id` this process could not make (out of
+    /// descriptors or ports): counted, and nothing else.
+    pub fn check_not_made(&self, id: &str) {
+        self.member(id).checks_not_made.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many health checks of `id` were not made since start.
+    pub fn checks_not_made(&self, id: &str) -> u64 {
+        self.member(id).checks_not_made.load(Ordering::Relaxed)
     }
 
     /// How many times `id` went out of routing or came back since start.

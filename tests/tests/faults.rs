@@ -581,3 +581,175 @@ async fn a_stream_of_new_zips_holds_the_descriptors_of_its_fills_to_their_bound(
     let bound = before + 64 + 4 * CLIENTS + 60;
     assert!(peak <= bound, "{peak} descriptors open at the peak, {before} before the stream; at most {bound}");
 }
+
+/// One request on a kept-alive connection: the answer's status, head and
+/// body (the head's content-length long).
+async fn ask_on(conn: &mut tokio::net::TcpStream, path: &str) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let mut more = [0u8; 4096];
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let n = conn.read(&mut more).await.expect("read");
+        assert!(n > 0, "closed before an answer: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&more[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    while buf.len() < end + len {
+        let n = conn.read(&mut more).await.expect("read");
+        assert!(n > 0, "closed in the body");
+        buf.extend_from_slice(&more[..n]);
+    }
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head, buf[end..end + len].to_vec())
+}
+
+/// An origin that closes its connection after each answer (the edge pools
+/// none, so each request and health check needs a descriptor of its own):
+/// `/loadz` its load, any other path 2 KiB of `z`.
+async fn closing_origin() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut more = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut more).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&more[..n]),
+                    }
+                }
+                let body = match buf.starts_with(b"GET /loadz ") {
+                    true => r#"{"in_flight": 0, "ewma_latency_ms": 0}"#.to_string(),
+                    false => "z".repeat(2 << 10),
+                };
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncache-control: public, max-age=60\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+/// An edge out of descriptors (every one of its file limit held by client
+/// connections) can open no connection, to its origin or to check it: that
+/// is its own trouble, not the origin's. A new key is a 503 to come back
+/// for, the origin stays in routing, and once descriptors are free the
+/// next request is fetched at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_out_of_descriptors_answers_503_and_keeps_its_origins_in_routing() {
+    use tokio::io::AsyncReadExt;
+    const FILES: usize = 128;
+    const ASKED: usize = 4;
+    let tmp = modcdn_tests::tempdir();
+    let (url, operator) = (closing_origin().await, closing_origin().await);
+    let members = [Member { id: "z", url: &url, operator: &operator, region: "us" }];
+    // (Idle connections not closed for idling meanwhile.)
+    let extra = "header_timeout_ms = 60000\n";
+    let edge =
+        EdgeProcess::start_with_file_limit(&tmp.path().join("edge"), &members, extra, FILES as u64).expect("edge");
+    let pid = edge.pid().expect("pid");
+    // Descriptors the limit bounds (numbered below it: one inherited above
+    // it, the test runner's, is not).
+    let open = move || {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().filter_map(Result::ok);
+        fds.filter(|e| e.file_name().to_str().and_then(|n| n.parse::<usize>().ok()).is_some_and(|n| n < FILES)).count()
+    };
+    let addr = edge.url.trim_start_matches("http://").to_string();
+    let admin = tokio::net::TcpStream::connect(edge.admin.trim_start_matches("http://")).await.expect("admin");
+    let admin = Arc::new(tokio::sync::Mutex::new(admin));
+    assert_eq!(ask_on(&mut *admin.lock().await, "/metrics").await.0, 200);
+    // A connection for each request (an error answer closes its
+    // connection), queued for the edge's accept before any other.
+    let mut asking = Vec::new();
+    let started = Instant::now();
+    for _ in 0..ASKED {
+        asking.push(tokio::net::TcpStream::connect(&addr).await.expect("connect"));
+    }
+    // Then idle ones, made whenever the edge has a descriptor free (a
+    // health check's let go, an answered request's closed), until stopped;
+    // the edge's accept loop rests 1 s each time it runs out.
+    let stop = Arc::new(AtomicBool::new(false));
+    let filler = {
+        let (stop, addr) = (Arc::clone(&stop), addr.clone());
+        tokio::spawn(async move {
+            let mut idle = Vec::new();
+            while !stop.load(Ordering::SeqCst) && idle.len() < 2 * FILES {
+                let before = open();
+                if before >= FILES {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                }
+                let Ok(conn) = tokio::net::TcpStream::connect(&addr).await else { break };
+                idle.push(conn);
+                eventually(Duration::from_secs(2), || async { open() != before }).await;
+            }
+            idle
+        })
+    };
+    // Held there while the edge's health checks cannot be made, more of
+    // them than take an origin out when they fail (`fall`, 2), seen on an
+    // operator connection opened before.
+    let not_made = "modcdn_edge_origin_checks_not_made_total";
+    let held = eventually(Duration::from_secs(20), || {
+        let admin = Arc::clone(&admin);
+        async move {
+            let (_, _, metrics) = ask_on(&mut *admin.lock().await, "/metrics").await;
+            modcdn_tests::http::metric_sum(&String::from_utf8_lossy(&metrics), not_made) >= 3.0
+        }
+    });
+    assert!(held.await, "health checks made at the limit ({} open)", open());
+    // Held there over many health-check intervals (200 ms each; two failed
+    // checks take an origin out): a new key is a 503, never a 502, each
+    // asked once every descriptor is taken again.
+    let mut refused = 0;
+    for (n, mut conn) in asking.into_iter().enumerate() {
+        let full = eventually(Duration::from_secs(20), || async { open() >= FILES });
+        assert!(full.await, "not out of descriptors ({} open)", open());
+        let path = format!("/example.com/starved/@v/v1.0.{n}.mod");
+        let answer = tokio::time::timeout(Duration::from_secs(10), ask_on(&mut conn, &path));
+        let (status, head, body) = answer.await.expect("no answer at the limit");
+        // (A descriptor the edge let go just then, the membership file's
+        // or a health check's, may reach the origin: fetched.)
+        if status == 200 {
+            continue;
+        }
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 503, "{n} requests in: {head}{body}");
+        assert!(head.contains("\r\nretry-after: "), "{head}");
+        assert!(body.contains("local resources"), "{body}");
+        refused += 1;
+        // Closed (by the edge, its descriptor let go) before the next.
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest));
+        assert!(closed.await.is_ok_and(|r| r.is_ok() && rest.is_empty()), "the error answer kept its connection");
+    }
+    eprintln!("{refused} of {ASKED} requests at the limit answered 503 in {:?}", started.elapsed());
+    assert!(refused > 0, "the edge never ran out of descriptors");
+    stop.store(true, Ordering::SeqCst);
+    let idle = filler.await.expect("filler");
+    assert!(idle.len() < 2 * FILES, "{} idle connections", idle.len());
+    drop(idle);
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let (status, _, body) = ask_on(&mut conn, "/example.com/starved/@v/v1.0.0.mod").await;
+    assert_eq!((status, body.len()), (200, 2 << 10), "not fetched once descriptors were free");
+    assert_eq!(scrape(&edge.admin, "modcdn_edge_origin_health_changes_total").await, 0.0, "taken out of routing");
+    assert_eq!(scrape(&edge.admin, "modcdn_edge_origin_requests_total{result=\"connect\"}").await, 0.0);
+    assert!(scrape(&edge.admin, "modcdn_edge_origin_requests_total{result=\"local\"}").await >= refused as f64);
+}

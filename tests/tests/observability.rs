@@ -212,7 +212,7 @@ async fn a_real_prometheus_scrapes_the_cluster_and_every_dashboard_and_alert_que
             .flatten()
             .flat_map(|g| g["rules"].as_array().into_iter().flatten())
             .collect();
-        rules.len() == 6 && rules.iter().all(|r| r["health"] == "ok")
+        rules.len() == 7 && rules.iter().all(|r| r["health"] == "ok")
     })
     .await;
     assert!(rules_ok, "the alert rules load and evaluate");
