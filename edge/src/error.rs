@@ -37,6 +37,14 @@ pub fn out_of_local_resources(id: &str) -> Box<Error> {
     )
 }
 
+/// `e`, a failed connection to origin `id`, told by the origin's id: its
+/// own words name the address, which is not the client's to know.
+pub fn connect_failed(id: &str, e: Box<Error>) -> Box<Error> {
+    let etype = e.etype().clone();
+    let context = format!("no connection to origin {id} ({})", etype.as_str());
+    Error::because(etype, context, e).into_up()
+}
+
 /// The body: what failed, in the words the edge gave the error (origin ids
 /// and regions, never an address).
 pub fn client_message(e: &Error) -> String {
@@ -61,5 +69,9 @@ mod tests {
         assert_eq!(status(&e(ErrorType::InternalError, ErrorSource::Internal)), 500);
         let explained = Error::explain(ErrorType::HTTPStatus(502), "no healthy origin for example.com/m in region us");
         assert_eq!(client_message(&explained), "modcdn edge: no healthy origin for example.com/m in region us\n");
+        let refused = Error::explain(ErrorType::ConnectRefused, "Fail to connect to addr: 10.1.2.3:8081").into_up();
+        let told = connect_failed("o1", refused);
+        assert_eq!(status(&told), 502);
+        assert_eq!(client_message(&told), "modcdn edge: no connection to origin o1 (ConnectRefused)\n");
     }
 }

@@ -231,7 +231,7 @@ impl Misses {
                 // it out of routing now; health checks bring it back.
                 edge.metrics.origin_requests.with_label_values(&[id, "connect"]).inc();
                 edge.membership.view().mark_down(id);
-                return Err(Some(e.into_up()));
+                return Err(Some(crate::error::connect_failed(id, e)));
             }
         };
         session.read_timeout = Some(edge.read_timeout);

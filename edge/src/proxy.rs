@@ -263,6 +263,7 @@ impl ProxyHttp for Edge {
             // A refused or timed-out connection takes it out of routing now;
             // health checks bring it back.
             self.membership.view().mark_down(id);
+            e = crate::error::connect_failed(id, e);
         }
         e.set_retry(self.may_retry(session, ctx));
         e

@@ -753,3 +753,23 @@ async fn an_edge_out_of_descriptors_answers_503_and_keeps_its_origins_in_routing
     assert_eq!(scrape(&edge.admin, "modcdn_edge_origin_requests_total{result=\"connect\"}").await, 0.0);
     assert!(scrape(&edge.admin, "modcdn_edge_origin_requests_total{result=\"local\"}").await >= refused as f64);
 }
+
+/// An origin that refuses connections (its process gone, its port closed)
+/// or does not answer the connect in time: a 502 or 504 whose body names
+/// the origin by its id, never by an address a client has no business
+/// knowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_cannot_be_reached_is_named_by_its_id_not_its_address() {
+    let tmp = modcdn_tests::tempdir();
+    let operator = closing_origin().await;
+    let port = modcdn_tests::node::free_port().expect("port");
+    let url = format!("http://127.0.0.1:{port}");
+    let members = [Member { id: "gone", url: &url, operator: &operator, region: "us" }];
+    let edge = EdgeProcess::start(&tmp.path().join("edge"), &members, "").expect("edge");
+    let c = client();
+    let (status, _, body) = get(&c, &format!("{}/example.com/m/@v/v1.0.0.mod", edge.url)).await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("origin gone"), "{body}");
+    assert!(!body.contains("127.0.0.1") && !body.contains(&port.to_string()), "the address told: {body}");
+}
