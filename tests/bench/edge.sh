@@ -108,23 +108,7 @@ VM_PORT=$(port); VF_PORT=$(port); ORIGIN_PORT=$(port); OPERATOR_PORT=$(port); FU
 
 # The plain origin: nginx serving the files, immutable artifacts marked so
 # (as proxy.golang.org does), answering the edge's health and load polls.
-{ nginx_head static 10; cat <<NGINX
-  log_format path '\$uri';
-  access_log $WORK/static-access.log path;
-  types { application/json info; application/zip zip; text/plain mod; }
-  default_type text/plain;
-  server {
-    listen 127.0.0.1:$STATIC_PORT;
-    listen 127.0.0.1:$STATIC_OPS_PORT;
-    root $C;
-    location ~ /@v/[^/]+\.(info|mod|zip)\$ { add_header Cache-Control "public, max-age=31536000, immutable"; }
-    location = /healthz { return 200 "ok\n"; }
-    location = /loadz { default_type application/json; return 200 '{"in_flight": 0, "ewma_latency_ms": 0}'; }
-  }
-}
-NGINX
-} > "$WORK/static.conf"
-nginx -c "$WORK/static.conf" -p "$WORK" -g 'daemon on;'
+static_origin "$WORK/static-access.log path"
 wait_http "http://127.0.0.1:$STATIC_PORT/example.com/large/@v/list"
 
 # modcdn-edge in front of the static origin: one worker thread, defaults otherwise.

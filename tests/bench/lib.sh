@@ -50,6 +50,31 @@ http {
 NGINX
 }
 
+# The plain origin every cache sits in front of: nginx (one worker, CPU 1)
+# serving the corpus $C statically on $STATIC_PORT, and on
+# $STATIC_OPS_PORT the edge's health and load polls, with the immutable
+# Cache-Control proxy.golang.org sends; $1 the arguments of its
+# access_log ("off", or a file and the format `path`).
+static_origin() {
+  { nginx_head static 10; cat <<NGINX
+  log_format path '\$uri';
+  access_log $1;
+  types { application/json info; application/zip zip; text/plain mod; }
+  default_type text/plain;
+  server {
+    listen 127.0.0.1:$STATIC_PORT;
+    listen 127.0.0.1:$STATIC_OPS_PORT;
+    root $C;
+    location ~ /@v/[^/]+\.(info|mod|zip)\$ { add_header Cache-Control "public, max-age=31536000, immutable"; }
+    location = /healthz { return 200 "ok\n"; }
+    location = /loadz { default_type application/json; return 200 '{"in_flight": 0, "ewma_latency_ms": 0}'; }
+  }
+}
+NGINX
+  } > "$WORK/static.conf"
+  nginx -c "$WORK/static.conf" -p "$WORK" -g 'daemon on;'
+}
+
 # An origin config: listen $1, upstream $2, store directory $3, operator
 # listener $4; the fixture corpus is in no public checksum database.
 origin_toml() {

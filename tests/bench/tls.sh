@@ -37,22 +37,7 @@ openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/key.pem" -out "$WORK/ce
   -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
 chmod 644 "$WORK/key.pem"
 STATIC_PORT=$(port); STATIC_OPS_PORT=$(port); NGINX_PORT=$(port); EDGE_PORT=$(port); EDGE_TLS_PORT=$(port); ADMIN_PORT=$(port)
-{ nginx_head static 10; cat <<NGINX
-  access_log off;
-  types { application/json info; application/zip zip; text/plain mod; }
-  default_type text/plain;
-  server {
-    listen 127.0.0.1:$STATIC_PORT;
-    listen 127.0.0.1:$STATIC_OPS_PORT;
-    root $C;
-    location ~ /@v/[^/]+\.(info|mod|zip)\$ { add_header Cache-Control "public, max-age=31536000, immutable"; }
-    location = /healthz { return 200 "ok\n"; }
-    location = /loadz { default_type application/json; return 200 '{"in_flight": 0, "ewma_latency_ms": 0}'; }
-  }
-}
-NGINX
-} > "$WORK/static.conf"
-nginx -c "$WORK/static.conf" -p "$WORK" -g 'daemon on;'
+static_origin off
 { nginx_head nginx 01; cat <<NGINX
   access_log off;
   proxy_cache_path $WORK/nginx-cache levels=1:2 keys_zone=mod:64m max_size=10g inactive=1y use_temp_path=off;
