@@ -134,6 +134,7 @@ pub fn run(cfg: EdgeConfig, membership: Arc<Membership>, upgrade: bool) -> anyho
         demand,
         metrics: Arc::clone(&metrics),
         membership: Arc::clone(&membership),
+        send_timeout: Duration::from_millis(cfg.send_timeout_ms),
     };
     let guarded = conn::Guarded {
         inner: Arc::new(lane),

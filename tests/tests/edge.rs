@@ -438,6 +438,71 @@ async fn tls_with_http2_serves_the_go_command() {
     .expect("go over https");
 }
 
+/// The streams of an HTTP/2 connection asking plainly for a fresh
+/// memory-tier hit are answered by the lane (`lane.rs`, `Streams`): as the
+/// full path answers them, a GET and a HEAD, a `.info` and a zip. (What
+/// the lane does not take, a stream with more header lines than it reads,
+/// is the full path's.) That the lane does answer them, and under the send
+/// deadline, is `an_edge_closes_a_connection_whose_client_stops_taking_its_answer`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_hits_take_the_fast_lane_and_answer_as_the_full_path_does() {
+    let tmp = modcdn_tests::tempdir();
+    let mut corpus = Corpus::generate(&tmp.path().join("corpus"), 1 << 10).expect("corpus");
+    let sized = corpus.add_sized(48).expect("sized");
+    let upstream = FixtureUpstream::start(corpus.root.clone()).await.expect("upstream");
+    let origin = OriginProcess::start(&tmp.path().join("origin"), &upstream.url(), "").expect("origin");
+    let dir = tmp.path().join("edge");
+    let (extra, tls_port, cert) = modcdn_tests::node::edge_tls(&dir).expect("tls");
+    let edge = EdgeProcess::start(&dir, &[Member::of("o", &origin, "us")], &extra).expect("edge");
+    let info = Corpus::key(corpus::ALPHA, "v1.0.0", "info");
+    let zip = Corpus::key(&sized.path, "v1.0.0", "zip");
+    let plain = client();
+    let in_memory = eventually(Duration::from_secs(20), || async {
+        get(&plain, &format!("{}/{info}", edge.url)).await;
+        get(&plain, &format!("{}/{zip}", edge.url)).await;
+        metric(&edge, "modcdn_edge_response_bytes_total{kind=\"info\",source=\"memory\"").await > 0.0
+            && metric(&edge, "modcdn_edge_response_bytes_total{kind=\"zip\",source=\"memory\"").await > 0.0
+    });
+    assert!(in_memory.await, "never answered from the memory tier");
+
+    let root = reqwest::Certificate::from_pem(cert.as_bytes()).expect("root");
+    let h2 = reqwest::Client::builder().add_root_certificate(root).build().expect("client");
+    // (status, version, headers but the clock's, body)
+    let ask = |method: reqwest::Method, key: &str, padded: bool| {
+        let mut request = h2.request(method, format!("https://localhost:{tls_port}/{key}"));
+        if padded {
+            for i in 0..40 {
+                request = request.header(format!("x-pad-{i}"), "1");
+            }
+        }
+        async move {
+            let r = request.send().await.expect("https");
+            let status = (r.status().as_u16(), r.version());
+            assert!(r.headers().contains_key("age") && r.headers().contains_key("date"), "{:?}", r.headers());
+            let mut headers: Vec<(String, String)> = r
+                .headers()
+                .iter()
+                .filter(|(k, _)| *k != "age" && *k != "date")
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_string()))
+                .collect();
+            headers.sort();
+            (status, headers, r.bytes().await.expect("body"))
+        }
+    };
+    for key in [&info, &zip] {
+        for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+            let lane = ask(method.clone(), key, false).await;
+            let full = ask(method.clone(), key, true).await;
+            assert_eq!(lane, full, "{method} {key}: the lane's answer differs from the full path's");
+            assert_eq!(lane.0, (200, reqwest::Version::HTTP_2));
+            assert!(lane.1.contains(&("x-cache".into(), "HIT".into())), "{:?}", lane.1);
+            let want = if method == reqwest::Method::HEAD { Vec::new() } else { corpus_file(&corpus, key) };
+            assert!(lane.2 == want, "{method} {key}: {} bytes", lane.2.len());
+        }
+    }
+    assert_eq!(upstream.counters().get(&zip), 1, "one upstream request");
+}
+
 /// A stand-in OTLP/HTTP collector: counts the trace batches POSTed to it.
 async fn collector() -> (String, Arc<std::sync::atomic::AtomicU64>) {
     let batches = Arc::new(std::sync::atomic::AtomicU64::new(0));

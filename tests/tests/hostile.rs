@@ -449,7 +449,18 @@ async fn an_edge_closes_a_connection_whose_client_stops_taking_its_answer() {
         stall(&addr, &zip, body.len(), (&edge.admin, "modcdn_edge_send_timeouts_total"), path).await;
     }
     stall_http2(tls, &cert, &zip, (&edge.admin, "modcdn_edge_send_timeouts_total")).await;
-    shut_window_http2(tls, &cert, &zip, body.len()).await;
+    shut_window_http2(tls, &cert, &zip, body.len(), 65_535).await;
+    // A zip of the memory tier, whose streams the lane answers (`lane.rs`,
+    // `Streams`): the same deadline, for a window of 16 KiB on 48 KiB.
+    let held = corpus.add_sized(48).expect("sized");
+    let held = Corpus::key(&held.path, "v1.0.0", "zip");
+    let in_memory = modcdn_tests::http::eventually(Duration::from_secs(20), || async {
+        get(&client(), &format!("{}/{held}", edge.url)).await;
+        scrape(&edge.admin, "modcdn_edge_response_bytes_total{kind=\"zip\",source=\"memory\"").await > 0.0
+    });
+    assert!(in_memory.await, "never answered from the memory tier");
+    let len = get(&client(), &format!("{}/{held}", edge.url)).await.2.len();
+    shut_window_http2(tls, &cert, &held, len, 16 << 10).await;
 
     // A slow HTTP/2 client that does take its answer (a cached 4 MiB zip),
     // over longer than the deadline: it gets all of it.
@@ -537,11 +548,11 @@ async fn h2_client(
 }
 
 /// An HTTP/2 client that keeps reading its connection (the edge's writes go
-/// through) but never opens the window of the stream asking for `key`
-/// (`len` bytes): the stream is reset at the send deadline, not held for
-/// ever, and the connection serves on.
-async fn shut_window_http2(port: u16, cert: &str, key: &str, len: usize) {
-    let (mut h2, driver) = h2_client(port, cert, 65_535, Arc::new(AtomicBool::new(false))).await;
+/// through) but never opens the window (of `window` bytes) of the stream
+/// asking for `key` (`len` bytes): the stream is reset at the send
+/// deadline, not held for ever, and the connection serves on.
+async fn shut_window_http2(port: u16, cert: &str, key: &str, len: usize, window: u32) {
+    let (mut h2, driver) = h2_client(port, cert, window, Arc::new(AtomicBool::new(false))).await;
     let request = || http::Request::get(format!("https://localhost:{port}/{key}")).body(()).expect("request");
     let (answer, _) = h2.send_request(request(), true).expect("send");
     let mut body = answer.await.expect("answer head").into_body();

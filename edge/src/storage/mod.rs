@@ -205,6 +205,8 @@ pub struct MemObject {
     pub head: Bytes,
     /// The head of a 304 for it, as [`MemObject::not_modified`] makes it.
     not_modified: OnceLock<Bytes>,
+    /// Its head for an HTTP/2 stream, as [`MemObject::h2_head`] makes it.
+    h2_head: OnceLock<pingora::http::ResponseHeader>,
     pub fresh_until: SystemTime,
     pub created: SystemTime,
     /// Its header says it is a hit.
@@ -222,6 +224,7 @@ impl MemObject {
             kind: modcdn_shared::Request::parse(&format!("/{primary}")).ok().map(|r| r.kind()),
             head: http1_head(&parts.header, Some(body.bytes.len())),
             not_modified: OnceLock::new(),
+            h2_head: OnceLock::new(),
             fresh_until: parts.fresh_until,
             created: parts.created,
             parts,
@@ -236,6 +239,7 @@ impl MemObject {
             kind: self.kind,
             head: self.head.clone(),
             not_modified: self.not_modified.clone(),
+            h2_head: self.h2_head.clone(),
             fresh_until: self.fresh_until,
             created: self.created,
             parts: self.parts.clone(),
@@ -261,6 +265,27 @@ impl MemObject {
             let mut header = self.parts.header.clone();
             pingora::protocols::http::conditional_filter::to_304(&mut header);
             http1_head(&header, None)
+        })
+    }
+
+    /// As [`MemObject::head`], its head for an HTTP/2 stream: the stored
+    /// head without what each answer adds (`Age`, `Date`) or HTTP/2 leaves
+    /// out (HTTP/1's hop-by-hop headers), and without the letter case of
+    /// HTTP/1 names (HTTP/2's are lower case): each answer clones less.
+    /// Made once, when first asked for.
+    pub fn h2_head(&self) -> &pingora::http::ResponseHeader {
+        self.h2_head.get_or_init(|| {
+            use http::header::{AGE, CONNECTION, DATE, TRANSFER_ENCODING, UPGRADE};
+            let stored = &self.parts.header;
+            let (mut head, ()) = http::Response::new(()).into_parts();
+            head.status = stored.status;
+            for (name, value) in stored.headers.iter() {
+                if [TRANSFER_ENCODING, CONNECTION, UPGRADE, AGE, DATE].contains(name) || name == "keep-alive" {
+                    continue;
+                }
+                head.headers.append(name.clone(), value.clone());
+            }
+            head.into()
         })
     }
 }
