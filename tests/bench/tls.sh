@@ -9,7 +9,10 @@
 # Rows, each cache warmed first, caches taking turns in each round:
 #   - HTTP/1.1 (wrk, 32 connections): random small .info hits over 500
 #     modules, a 16 KiB zip, a 1 MiB zip (req/s);
-#   - HTTP/2 (h2load, 32 connections, 10 streams each): the same (req/s).
+#   - HTTP/2 (h2load, 32 connections, 10 streams each): the same (req/s);
+#   - HTTP/2 cold misses: sequential first requests of `.mod` files (100,
+#     fewer past 7 rounds) on one connection, new to each cache in each
+#     turn (mean µs per request).
 # Usage: tests/bench/tls.sh [seconds-per-run] [rounds]   (default 5 2)
 # Prints each round's figures and the medians' ratio edge ÷ nginx; nothing
 # here is a pass/fail test.
@@ -31,7 +34,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BIN/modcdn-fixture" corpus --out "$WORK/corpus" --large-mib 1 --many 200 --sized-kib 16,1024 >/dev/null
+"$BIN/modcdn-fixture" corpus --out "$WORK/corpus" --large-mib 1 --many 2000 --sized-kib 16,1024 >/dev/null
 C="$WORK/corpus"
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 2 \
   -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
@@ -83,7 +86,7 @@ TOML
 (cd "$WORK" && exec taskset -c 0 "$OLDPWD/$BIN/modcdn-edge" serve --config "$WORK/edge.toml" 2>"$WORK/edge.log") & PIDS+=($!)
 wait_http "http://127.0.0.1:$ADMIN_PORT/healthz"
 declare -A BASE=([nginx]="https://127.0.0.1:$NGINX_PORT" [edge]="https://127.0.0.1:$EDGE_TLS_PORT")
-find "$C" -path '*/@v/*.info' | sed "s|^$C||" | head -500 > "$WORK/small.txt"
+find "$C" -path '*/@v/*.info' | sed "s|^$C||" | sort | awk 'NR <= 500' > "$WORK/small.txt"
 write_random_lua
 Z16=/example.com/sized/k16/@v/v1.0.0.zip
 Z1M=/example.com/sized/k1024/@v/v1.0.0.zip
@@ -94,6 +97,19 @@ run_h2load() {
   echo "$out" | grep -q "status codes: [0-9]* 2xx, 0 3xx, 0 4xx, 0 5xx" || { echo "non-2xx answers: $out" >&2; exit 1; }
   echo "$out" | awk '/^finished in/ {print $4}'
 }
+# Sequential requests of the paths in $2 (each its first) on one HTTP/2
+# connection to $1 → mean µs per request.
+cold_h2() {
+  local out
+  out=$(sed "s|^|$1|" "$2" > "$WORK/cold-urls.txt" && taskset -c 1 h2load -n "$(wc -l < "$2")" -c1 -m1 -i "$WORK/cold-urls.txt" 2>&1)
+  echo "$out" | grep -q "status codes: [0-9]* 2xx, 0 3xx, 0 4xx, 0 5xx" || { echo "non-2xx answers: $out" >&2; exit 1; }
+  echo "$out" | awk '/^time for request:/ {v=$6; f=1; if (v ~ /ms$/) f=1000; else if (v ~ /us$/) f=1; else if (v ~ /s$/) f=1000000; sub(/[mu]?s$/, "", v); printf "%.0f", v * f}'
+}
+# (Of modules none of the hits asks for: the edge prefetches for modules
+# it sees asked often.)
+find "$C" -path '*/@v/*.mod' | sed "s|^$C||" | sort | grep -v -F -f <(sed 's|/@v/.*|/@v/|' "$WORK/small.txt") > "$WORK/mods.txt"
+# As many per turn as there are for every turn, 100 at most.
+PER=$(( $(wc -l < "$WORK/mods.txt") / (2 * REPS) )); [ "$PER" -gt 100 ] && PER=100
 for who in nginx edge; do
   u=${BASE[$who]}
   DUR=2 run_wrk "$u/" 8 "$WORK/small.txt" >/dev/null
@@ -112,6 +128,10 @@ for rep in $(seq "$REPS"); do
     R[h2-small-$who]+="$(run_h2load -i "$WORK/urls.txt") "
     R[h2-16KiB-$who]+="$(run_h2load "$u$Z16") "
     R[h2-1MiB-$who]+="$(run_h2load "$u$Z1M") "
+    # .mod files none has been asked for, new to this cache.
+    turn=$(( (rep - 1) * 2 + $([ "$who" = edge ] && echo 1 || echo 0) ))
+    sed -n "$((turn * PER + 1)),$((turn * PER + PER))p" "$WORK/mods.txt" > "$WORK/cold.txt"
+    R[h2-cold-$who]+="$(cold_h2 "$u" "$WORK/cold.txt") "
   done
 done
 med() { printf '%s\n' $1 | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
@@ -119,4 +139,6 @@ printf '| %-10s | %-24s | %-24s | %-8s |\n' row nginx edge "e÷nginx"
 for r in $ROWS; do
   printf '| %-10s | %-24s | %-24s | %-8s |\n' "$r" "${R[$r-nginx]}" "${R[$r-edge]}" "$(ratio "$(med "${R[$r-edge]}")" "$(med "${R[$r-nginx]}")")"
 done
-echo "(req/s of each round; ratio of the medians; runs of ${DUR} s, 32 connections, h2load 10 streams each)"
+printf '| %-10s | %-24s | %-24s | %-8s |\n' h2-cold "${R[h2-cold-nginx]}" "${R[h2-cold-edge]}" "$(ratio "$(med "${R[h2-cold-nginx]}")" "$(med "${R[h2-cold-edge]}")")"
+echo "(req/s of each round; ratio of the medians; runs of ${DUR} s, 32 connections, h2load 10 streams each;"
+echo " h2-cold: mean µs of $PER sequential first requests of .mod files on one HTTP/2 connection, ratio nginx ÷ edge)"
