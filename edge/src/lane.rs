@@ -32,7 +32,8 @@
 //! An HTTP/2 connection is Pingora's to read (its handshake and accept
 //! loop), and each of its streams comes here first ([`Streams`]): a fresh
 //! memory-tier hit asked for plainly, as above but with no condition or
-//! range, is answered on the stream, every other stream by the full path.
+//! range, is answered on the stream, and so is a cold miss as above;
+//! every other stream goes to the full path.
 //! (Behind a TLS edge the go command speaks HTTP/2: with every stream on
 //! the full path, small hits over HTTP/2 went at 0.58× nginx's rate.)
 
@@ -341,14 +342,15 @@ impl<P: HttpServerApp + ServerApp + Send + Sync + 'static> ServerApp for Lane<P>
                     buf.advance(len);
                     // (Counted here, not where the full path takes it.)
                     self.demand.count(crate::hot::module_of(&request.key()), client_asked);
+                    let head = crate::storage::http1_head(&answer.header, Some(answer.len));
                     let written = match answer.body {
-                        Body::Whole(body) => write_answer(&mut stream, &mut head_buf, &answer.head, &body, close).await,
+                        Body::Whole(body) => write_answer(&mut stream, &mut head_buf, &head, &body, close).await,
                         Body::Fill(reader, finished) => {
                             if !capped {
                                 crate::conn::limit_unsent(&stream);
                                 capped = true;
                             }
-                            let written = write_fill(&mut stream, &mut head_buf, &answer.head, reader, close).await;
+                            let written = write_fill(&mut stream, &mut head_buf, &head, reader, close).await;
                             // The next request once the fill is finished
                             // (see `Misses::stream`).
                             if written.is_ok() {
@@ -431,22 +433,35 @@ impl<P: HttpServerApp + ServerApp + Send + Sync + 'static> HttpServerApp for Str
     ) -> Option<ReusedHttpStream> {
         let lane = &self.0;
         let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let Some((hit, head_only)) = lane.decide_h2(session.req_header(), peer, shutdown) else {
-            return lane.proxy.process_new_http(session, shutdown).await;
-        };
-        // As on the full path (see `proxy.rs`, `request_filter`): a stream
-        // whose window stays shut is reset at the send deadline.
-        session.set_write_timeout(Some(lane.send_timeout));
-        match answer_h2(&mut session, &hit.obj, head_only).await {
-            Ok(sent) => {
+        // The origins a cold miss's attempt here asked, for the full path.
+        let mut tried = Vec::new();
+        // (Each answer here is under the send deadline, as on the full
+        // path, see `proxy.rs` `request_filter`: a stream whose window
+        // stays shut is reset.)
+        match lane.decide_h2(session.req_header(), peer, shutdown) {
+            Head::Hit { hit, head_only, .. } => {
+                session.set_write_timeout(Some(lane.send_timeout));
+                let answered = answer_h2(&mut session, &hit.obj, head_only).await;
                 let kind = hit.obj.kind.map_or("invalid", |k| k.as_str());
-                lane.metrics.request(kind, 200, CacheStatus::Hit.label(), hit.obj.body.tier(), sent);
+                lane.h2_answered(answered, kind, 200, CacheStatus::Hit, hit.obj.body.tier());
+                return None;
             }
-            // (Dropped unfinished, the stream is reset.)
-            Err(e) if e.etype() == &pingora::ErrorType::WriteTimedout => lane.metrics.send_timeouts.inc(),
-            Err(_) => {}
+            Head::Miss { request, upstream, client, client_asked, .. } => {
+                match lane.misses.fetch(&request, upstream, client).await {
+                    Ok(answer) => {
+                        lane.demand.count(crate::hot::module_of(&request.key()), client_asked);
+                        session.set_write_timeout(Some(lane.send_timeout));
+                        let status = answer.status;
+                        let answered = write_h2(&mut session, answer).await;
+                        lane.h2_answered(answered, request.kind().as_str(), status, CacheStatus::Miss, "origin");
+                        return None;
+                    }
+                    Err(origin) => tried.extend(origin),
+                }
+            }
+            Head::Proxy | Head::Partial => {}
         }
-        None
+        crate::miss::hand_over(tried, lane.proxy.process_new_http(session, shutdown)).await
     }
 
     fn h2_options(&self) -> Option<H2Options> {
@@ -474,7 +489,40 @@ async fn answer_h2(session: &mut ServerSession, obj: &MemObject, head_only: bool
     Ok(sent)
 }
 
+/// Answers a cold miss the lane fetched (see `miss.rs`) on an HTTP/2
+/// stream: its head with the body's length, then the body as it comes,
+/// the stream ended with its last byte; then waits for the fill's finish,
+/// as the HTTP/1 lane does before its connection's next request. The body
+/// bytes sent.
+async fn write_h2(session: &mut ServerSession, answer: crate::miss::Answer) -> pingora::Result<u64> {
+    let mut header = answer.header;
+    header.insert_header(http::header::CONTENT_LENGTH, answer.len)?;
+    session.write_response_header(header).await?;
+    match answer.body {
+        Body::Whole(body) => session.write_response_body(body, true).await?,
+        Body::Fill(mut reader, finished) => {
+            while let Some(chunk) = reader.read_body().await? {
+                session.write_response_body(chunk, false).await?;
+            }
+            session.write_response_body(Bytes::new(), true).await?;
+            let _ = finished.await;
+        }
+    }
+    Ok(answer.len as u64)
+}
+
 impl<P> Lane<P> {
+    /// Counts an answer the lane wrote on an HTTP/2 stream (`source`: where
+    /// its body came from), or the send deadline it missed.
+    fn h2_answered(&self, answered: pingora::Result<u64>, kind: &str, status: u16, cache: CacheStatus, source: &str) {
+        match answered {
+            Ok(sent) => self.metrics.request(kind, status, cache.label(), source, sent),
+            // (Dropped unfinished, the stream is reset.)
+            Err(e) if e.etype() == &pingora::ErrorType::WriteTimedout => self.metrics.send_timeouts.inc(),
+            Err(_) => {}
+        }
+    }
+
     /// Reads until the buffer holds a whole head (or the lane gives up on
     /// it); `None` when the client closed the connection between requests.
     async fn next_head(
@@ -527,8 +575,8 @@ impl<P> Lane<P> {
         let lines = req.headers.iter().map(|h| (h.name, h.value));
         let Some((key, asked)) = Asked::read(method, path, lines, http10, shutdown) else { return Head::Proxy };
         let Some(obj) = self.storage.memory_get(key) else {
-            let special = asked.head_only || !asked.asks.is_empty();
-            return self.decide_miss(&req, len, key, peer, asked.forwarded, asked.close, asked.client_asked, special);
+            let lines = req.headers.iter().map(|h| (h.name, h.value));
+            return self.decide_miss(path, lines, None, len, key, peer, &asked);
         };
         match self.admit(obj, method, path, &asked, peer, plain) {
             Some(hit) => Head::Hit { len, hit, head_only: asked.head_only, close: asked.close },
@@ -580,22 +628,29 @@ impl<P> Lane<P> {
     /// As [`Lane::decide`], for a stream of an HTTP/2 connection from
     /// `peer`: a fresh memory-tier hit asked for plainly, with no condition
     /// or range (the answers the lane makes of those are HTTP/1 heads) and
-    /// no more header lines, or header bytes, than the HTTP/1 lane reads.
-    /// The hit, and whether it is a HEAD's.
-    fn decide_h2(&self, req: &RequestHeader, peer: Option<IpAddr>, shutdown: &ShutdownWatch) -> Option<(Hit, bool)> {
+    /// no more header lines, or header bytes, than the HTTP/1 lane reads;
+    /// or a cold miss the lane fetches, as [`Lane::decide_miss`] tells.
+    fn decide_h2(&self, req: &RequestHeader, peer: Option<IpAddr>, shutdown: &ShutdownWatch) -> Head {
         let bytes: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
         if req.headers.len() > MAX_HEADERS || bytes > MAX_HEAD {
-            return None;
+            return Head::Proxy;
         }
-        let path = std::str::from_utf8(req.raw_path()).ok()?;
-        let lines = req.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
-        let (key, asked) = Asked::read(req.method.as_str(), path, lines, false, shutdown)?;
+        let Ok(path) = std::str::from_utf8(req.raw_path()) else { return Head::Proxy };
+        let lines = || req.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
+        let Some((key, asked)) = Asked::read(req.method.as_str(), path, lines(), false, shutdown) else {
+            return Head::Proxy;
+        };
         if !asked.asks.is_empty() {
-            return None;
+            return Head::Proxy;
         }
-        let obj = self.storage.memory_get(key)?;
-        let hit = self.admit(obj, req.method.as_str(), path, &asked, peer, false)?;
-        Some((hit, asked.head_only))
+        let Some(obj) = self.storage.memory_get(key) else {
+            let host = req.uri.authority().map(|a| a.as_str());
+            return self.decide_miss(path, lines(), host, 0, key, peer, &asked);
+        };
+        match self.admit(obj, req.method.as_str(), path, &asked, peer, false) {
+            Some(hit) => Head::Hit { len: 0, hit, head_only: asked.head_only, close: false },
+            None => Head::Proxy,
+        }
     }
 
     /// The entry of `request`, a miss of both tiers, if the disk holds it
@@ -613,49 +668,56 @@ impl<P> Lane<P> {
         (obj.fresh_until > SystemTime::now() && (plain || obj.body.mapped.is_none())).then_some(obj)
     }
 
-    /// Whether the request `req` (whose head is `len` bytes), for `key`,
-    /// which no tier holds, is a cold miss the lane fetches itself (see
-    /// `miss.rs`): a plain GET (no condition, no range: `special`), with
-    /// traces off (the full path makes the origin's span a child of the
-    /// request's) and no client limits (the full path charges them, once),
-    /// of a client in no bandwidth tier.
+    /// Whether the request for `path` (`key`) with these header `lines`
+    /// (whose head is `len` bytes), which no tier holds, is a cold miss
+    /// the lane fetches itself (see `miss.rs`): a plain GET (no condition,
+    /// no range: `special`), with traces off (the full path makes the
+    /// origin's span a child of the request's) and no client limits (the
+    /// full path charges them, once), of a client in no bandwidth tier.
+    /// `host`: the `Host` to forward, where the request has none of its
+    /// own lines (HTTP/2's authority).
     #[allow(clippy::too_many_arguments)]
-    fn decide_miss(
+    fn decide_miss<'a>(
         &self,
-        req: &httparse::Request,
+        path: &str,
+        lines: impl Iterator<Item = (&'a str, &'a [u8])>,
+        host: Option<&str>,
         len: usize,
         key: &str,
         peer: Option<IpAddr>,
-        forwarded: Option<&str>,
-        close: bool,
-        client_asked: bool,
-        special: bool,
+        asked: &Asked,
     ) -> Head {
+        let special = asked.head_only || !asked.asks.is_empty();
         if special || telemetry::traces_on() || self.limits.enabled() {
             return Head::Proxy;
         }
-        let path = req.path.unwrap_or_default();
         let Ok(request) = Request::parse(path) else { return Head::Proxy };
         if !Misses::takes(&request) || request.key() != key {
             return Head::Proxy;
         }
-        let client = peer.map(|ip| self.membership.snapshot().geo.client_ip(ip, forwarded));
+        let client = peer.map(|ip| self.membership.snapshot().geo.client_ip(ip, asked.forwarded));
         if self.bandwidth.enabled() && self.bandwidth.tier_of(client, None).is_some() {
             return Head::Proxy;
         }
         // The client's head as the full path forwards it (hop-by-hop
         // headers are the connection's own).
-        let Ok(mut upstream) = RequestHeader::build("GET", path.as_bytes(), Some(req.headers.len() + 1)) else {
+        let Ok(mut upstream) = RequestHeader::build("GET", path.as_bytes(), None) else {
             return Head::Proxy;
         };
-        for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("keep-alive") {
-                continue;
-            }
-            if upstream.append_header(h.name.to_string(), h.value).is_err() {
+        if let Some(host) = host {
+            if upstream.append_header("host", host).is_err() {
                 return Head::Proxy;
             }
         }
+        for (name, value) in lines {
+            if name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("keep-alive") {
+                continue;
+            }
+            if upstream.append_header(name.to_string(), value).is_err() {
+                return Head::Proxy;
+            }
+        }
+        let (close, client_asked) = (asked.close, asked.client_asked);
         Head::Miss { len, request, upstream: Box::new(upstream), client, close, client_asked }
     }
 }

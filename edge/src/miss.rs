@@ -45,7 +45,7 @@ use pingora::protocols::http::v1::client::HttpSession;
 use tokio::sync::oneshot;
 
 use crate::proxy::Edge;
-use crate::storage::{cache_key, http1_head};
+use crate::storage::cache_key;
 
 /// The longest body this path takes whole (`.info` is a few dozen bytes,
 /// a `.mod` rarely more than a few KiB, many zips tens of KiB); a longer
@@ -59,13 +59,12 @@ pub struct Misses {
     pub upstream: Connector,
 }
 
-/// An answer for the client: its head (status and header lines, no
-/// `Date`, `Connection` or blank line, which the lane adds) and body, of
-/// `len` bytes; `close`: the connection closes after it (an error of the
-/// edge's own).
+/// An answer for the client: its head (no `Date` or `Connection`, which
+/// the lane's protocol adds; the body's length is `len`) and body;
+/// `close`: the connection closes after it (an error of the edge's own).
 pub struct Answer {
     pub status: u16,
-    pub head: Bytes,
+    pub header: Box<ResponseHeader>,
     pub body: Body,
     pub len: usize,
     pub close: bool,
@@ -208,7 +207,7 @@ impl Misses {
         };
         let mut resp = resp;
         edge.mark_answer(&mut resp, Some(request), CacheStatus::Miss).map_err(|_| None)?;
-        Ok(Answer { status, head: http1_head(&resp, Some(len)), body, len, close: false })
+        Ok(Answer { status, header: Box::new(resp), body, len, close: false })
     }
 
     /// One attempt at `peer` (`id`): the answer, or the full path's turn,
@@ -396,11 +395,5 @@ fn failed(e: &pingora::Error) -> Option<Answer> {
     let status = crate::error::status(e);
     let body = Bytes::from(crate::error::client_message(e));
     let header = crate::proxy::own_answer(status, body.len()).ok()?;
-    Some(Answer {
-        status,
-        head: http1_head(&header, Some(body.len())),
-        len: body.len(),
-        body: Body::Whole(body),
-        close: true,
-    })
+    Some(Answer { status, header: Box::new(header), len: body.len(), body: Body::Whole(body), close: true })
 }

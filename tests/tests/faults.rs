@@ -487,27 +487,38 @@ async fn a_zip_the_edge_disk_has_no_room_for_is_answered_whole_and_not_kept() {
     let tmp = modcdn_tests::tempdir();
     let (url, operator) = zip_origin(LEN, false).await;
     let members = [Member { id: "z", url: &url, operator: &operator, region: "us" }];
-    let edge = EdgeProcess::start_on_tmpfs(&tmp.path().join("edge"), &members, "", 1 << 20).expect("edge");
+    let dir = tmp.path().join("edge");
+    let (tls, tls_port, cert) = modcdn_tests::node::edge_tls(&dir).expect("tls");
+    let edge = EdgeProcess::start_on_tmpfs(&dir, &members, &tls, 1 << 20).expect("edge");
     let c = client();
     let small = "example.com/small/@v/v1.0.0.info";
     let (status, _, _) = get(&c, &format!("{}/{small}", edge.url)).await;
     assert_eq!(status, 200);
-    let key = "example.com/big/@v/v1.0.0.zip";
-    for slow in [false, true] {
-        let r = c.get(format!("{}/{key}", edge.url)).send().await.expect("answer");
+    // Over HTTP/1.1, and over HTTP/2 (TLS), as the go command asks an
+    // https GOPROXY: the lane fetches the cold zip on both.
+    let root = reqwest::Certificate::from_pem(cert.as_bytes()).expect("root");
+    let h2 = reqwest::Client::builder().add_root_certificate(root).build().expect("client");
+    let cases = [
+        (&c, edge.url.clone(), false, "example.com/big/@v/v1.0.0.zip"),
+        (&c, edge.url.clone(), true, "example.com/big/@v/v1.0.0.zip"),
+        (&h2, format!("https://localhost:{tls_port}"), false, "example.com/big/@v/v1.0.1.zip"),
+        (&h2, format!("https://localhost:{tls_port}"), true, "example.com/big/@v/v1.0.1.zip"),
+    ];
+    for (c, base, slow, key) in cases {
+        let r = c.get(format!("{base}/{key}")).send().await.expect("answer");
         let x_cache = r.headers().get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        assert_eq!((r.status().as_u16(), x_cache.as_str()), (200, "MISS"), "slow: {slow}");
+        assert_eq!((r.status().as_u16(), x_cache.as_str()), (200, "MISS"), "{:?}, slow: {slow}", r.version());
         let mut body = Vec::with_capacity(LEN);
         let mut chunks = r.bytes_stream();
         while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.unwrap_or_else(|e| panic!("slow: {slow}: the answer broke off: {e}"));
+            let chunk = chunk.unwrap_or_else(|e| panic!("{base}, slow: {slow}: the answer broke off: {e}"));
             body.extend_from_slice(&chunk);
             if slow {
                 // (A client slower than the origin; ~1 s in all.)
                 tokio::time::sleep(Duration::from_micros(chunk.len() as u64 / 8)).await;
             }
         }
-        assert!(body.len() == LEN && body.iter().all(|b| *b == b'z'), "slow: {slow}: {} bytes", body.len());
+        assert!(body.len() == LEN && body.iter().all(|b| *b == b'z'), "{base}, slow: {slow}: {} bytes", body.len());
     }
     let (status, x_cache, body) = get(&c, &format!("{}/{small}", edge.url)).await;
     assert_eq!((status, x_cache.as_str(), body.len()), (200, "HIT", 2 << 10));
