@@ -670,8 +670,8 @@ impl<P> Lane<P> {
 
     /// Whether the request for `path` (`key`) with these header `lines`
     /// (whose head is `len` bytes), which no tier holds, is a cold miss
-    /// the lane fetches itself (see `miss.rs`): a plain GET (no condition,
-    /// no range: `special`), with traces off (the full path makes the
+    /// the lane fetches itself (see `miss.rs`): a plain GET (`asked`: no
+    /// condition, no range), with traces off (the full path makes the
     /// origin's span a child of the request's) and no client limits (the
     /// full path charges them, once), of a client in no bandwidth tier.
     /// `host`: the `Host` to forward, where the request has none of its
