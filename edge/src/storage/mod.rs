@@ -337,6 +337,9 @@ struct Fill {
     /// The temp file, open for readers: it stays valid when the fill is
     /// renamed into place, so a reader never loses it mid-publish.
     reader: OnceLock<Arc<File>>,
+    /// The finished body's file, mapped once for all its readers (see
+    /// [`Fill::mapping`]).
+    mapped: OnceLock<Option<Arc<mapped::Mapped>>>,
     state: watch::Sender<FillState>,
     aborted: AtomicBool,
     /// Chunks handed straight to the filling request's own reader, so the
@@ -355,6 +358,25 @@ struct Fill {
     /// Where the file ends, and the bytes taken past it (less than a page,
     /// held for the writer's next page-aligned write; or the whole body).
     tail: Mutex<(u64, Bytes)>,
+}
+
+impl Fill {
+    /// The file of this finished fill, mapped: once, for every reader
+    /// from then on (a lookup's, or a follower's that fell behind the
+    /// recent chunks), since a finished fill's file is no longer written
+    /// (its last bytes went in at its finish, and it keeps its inode when
+    /// renamed into place or unlinked). `None` where it cannot be (a body
+    /// held whole, a fill not kept, the guard's table full, an error): it
+    /// is read instead. A mapping shorter than the body means the file was
+    /// cut short under the edge.
+    fn mapping(&self) -> Option<Arc<mapped::Mapped>> {
+        if !matches!(*self.state.borrow(), FillState::Complete(_)) || self.unkept.load(Ordering::SeqCst) {
+            return None;
+        }
+        let map =
+            self.mapped.get_or_init(|| self.reader.get().and_then(|file| mapped::Mapped::new(file).ok().flatten()));
+        map.clone().filter(|m| !m.failed())
+    }
 }
 
 /// The last [`RECENT_MAX`] bytes of a fill's chunks, by offset.
@@ -1140,14 +1162,13 @@ impl CacheStore {
         if len <= DISK_COPY_MAX {
             return Some(self.partial_hit(fill, false));
         }
-        let Some(reader) = fill.reader.get() else { return Some(self.partial_hit(fill, false)) };
-        match self.map_body(&fill.part, reader) {
-            Ok(Some(map)) if map.len() as u64 == len => {
+        match fill.mapping() {
+            Some(map) if map.len() as u64 == len => {
                 let obj = Arc::new(MemObject::new(primary, fill.meta.clone(), MemBody::of_mapping(map)));
                 self.map_in(primary, hash, obj.clone(), epoch);
                 Some(self.memory_hit(&obj))
             }
-            Ok(Some(_)) => {
+            Some(_) => {
                 tracing::warn!(key = %primary, "a finished fill's file was cut short; dropped");
                 fill.aborted.store(true, Ordering::SeqCst);
                 {
@@ -1226,6 +1247,7 @@ impl CacheStore {
             meta: Parts::of(meta),
             part,
             reader: OnceLock::new(),
+            mapped: OnceLock::new(),
             state,
             aborted: AtomicBool::new(false),
             own: Mutex::new(OwnChunks::default()),

@@ -464,6 +464,39 @@ async fn readers_follow_a_fill_and_a_failed_fill_is_never_served() {
 }
 
 #[tokio::test]
+async fn a_follower_behind_a_finished_fill_reads_its_mapping_not_the_file() {
+    // A stampede's followers fall behind the fill's recent chunks (one
+    // core serves 200 clients) and read most of the body after the fill
+    // finished: read from the file, each chunk cost a copy more (and a
+    // zeroed buffer) than a hit of the published body, which is mapped.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let store = open_waiting(tmp.path(), 1024);
+    let key = cache_key("example.com/stampede/@v/v1.0.0.zip", None);
+    let body: Vec<u8> = (0..(2 * RECENT_MAX + 12_345) as u32).map(|i| (i % 251) as u8).collect();
+    let mut miss = store.get_miss_handler(&key, &meta(body.len()), &span).await.expect("miss");
+    let mut chunks = body.chunks(64 << 10);
+    miss.write_body(Bytes::copy_from_slice(chunks.next().expect("a chunk")), false).await.expect("write");
+    let (_, mut follower) = store.lookup(&key, &span).await.expect("lookup").expect("a follower");
+    let first = follower.read_body().await.expect("read").expect("the first chunk");
+    for chunk in chunks {
+        miss.write_body(Bytes::copy_from_slice(chunk), false).await.expect("write");
+    }
+    miss.finish().await.expect("finish");
+    assert!(pending(store, 1).await, "the fill waits for its durable write");
+    assert_eq!(mappings_of(&key.combined()), 0, "nothing mapped it yet");
+    let next = follower.read_body().await.expect("read").expect("the next chunk");
+    assert_eq!(mappings_of(&key.combined()), 1, "the follower reads the finished fill's mapping");
+    let mut read = [first.to_vec(), next.to_vec(), read_all(follower).await.expect("read the rest")].concat();
+    assert!(read == body, "the body whole and in order");
+    // Later readers (a lookup of the finished fill) share that mapping.
+    let (_, hit) = store.lookup(&key, &span).await.expect("lookup").expect("a hit");
+    read = read_all(hit).await.expect("read");
+    assert!(read == body);
+    assert_eq!(mappings_of(&key.combined()), 1, "one mapping of the fill");
+}
+
+#[tokio::test]
 async fn a_purge_during_a_fill_wins_and_crash_leftovers_are_removed() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().to_path_buf();
