@@ -337,9 +337,11 @@ struct Fill {
     /// The temp file, open for readers: it stays valid when the fill is
     /// renamed into place, so a reader never loses it mid-publish.
     reader: OnceLock<Arc<File>>,
-    /// The finished body's file, mapped once for all its readers (see
-    /// [`Fill::mapping`]).
-    mapped: OnceLock<Option<Arc<mapped::Mapped>>>,
+    /// The finished body's file, mapped for all its readers at once (see
+    /// [`Fill::mapping`]); held by them, not by the fill, so that a purge
+    /// or an eviction lets its pages go with its last reader, not when the
+    /// fill's durable write is due.
+    mapped: Mutex<std::sync::Weak<mapped::Mapped>>,
     state: watch::Sender<FillState>,
     aborted: AtomicBool,
     /// Chunks handed straight to the filling request's own reader, so the
@@ -361,21 +363,25 @@ struct Fill {
 }
 
 impl Fill {
-    /// The file of this finished fill, mapped: once, for every reader
-    /// from then on (a lookup's, or a follower's that fell behind the
-    /// recent chunks), since a finished fill's file is no longer written
-    /// (its last bytes went in at its finish, and it keeps its inode when
-    /// renamed into place or unlinked). `None` where it cannot be (a body
-    /// held whole, a fill not kept, the guard's table full, an error): it
-    /// is read instead. A mapping shorter than the body means the file was
-    /// cut short under the edge.
+    /// The file of this finished fill, mapped: one mapping for all the
+    /// readers that read it at once (a lookup's, or a follower's that fell
+    /// behind the recent chunks), since a finished fill's file is no longer
+    /// written (its last bytes went in at its finish, and it keeps its
+    /// inode when renamed into place or unlinked). `None` where it cannot
+    /// be (a body held whole, a fill not kept, the guard's table full, an
+    /// error): it is read instead. A mapping shorter than the body means
+    /// the file was cut short under the edge.
     fn mapping(&self) -> Option<Arc<mapped::Mapped>> {
         if !matches!(*self.state.borrow(), FillState::Complete(_)) || self.unkept.load(Ordering::SeqCst) {
             return None;
         }
-        let map =
-            self.mapped.get_or_init(|| self.reader.get().and_then(|file| mapped::Mapped::new(file).ok().flatten()));
-        map.clone().filter(|m| !m.failed())
+        let mut held = self.mapped.lock();
+        if let Some(map) = held.upgrade().filter(|m| !m.failed()) {
+            return Some(map);
+        }
+        let map = mapped::Mapped::new(self.reader.get()?).ok().flatten()?;
+        *held = Arc::downgrade(&map);
+        Some(map)
     }
 }
 
@@ -1247,7 +1253,7 @@ impl CacheStore {
             meta: Parts::of(meta),
             part,
             reader: OnceLock::new(),
-            mapped: OnceLock::new(),
+            mapped: Mutex::default(),
             state,
             aborted: AtomicBool::new(false),
             own: Mutex::new(OwnChunks::default()),

@@ -485,15 +485,20 @@ async fn a_follower_behind_a_finished_fill_reads_its_mapping_not_the_file() {
     miss.finish().await.expect("finish");
     assert!(pending(store, 1).await, "the fill waits for its durable write");
     assert_eq!(mappings_of(&key.combined()), 0, "nothing mapped it yet");
-    let next = follower.read_body().await.expect("read").expect("the next chunk");
+    let next = follower.read_body().await.expect("read").expect("the next chunk").to_vec();
     assert_eq!(mappings_of(&key.combined()), 1, "the follower reads the finished fill's mapping");
-    let mut read = [first.to_vec(), next.to_vec(), read_all(follower).await.expect("read the rest")].concat();
-    assert!(read == body, "the body whole and in order");
-    // Later readers (a lookup of the finished fill) share that mapping.
+    // A lookup of the finished fill meanwhile shares that mapping.
     let (_, hit) = store.lookup(&key, &span).await.expect("lookup").expect("a hit");
-    read = read_all(hit).await.expect("read");
-    assert!(read == body);
     assert_eq!(mappings_of(&key.combined()), 1, "one mapping of the fill");
+    let read = [first.to_vec(), next, read_all(follower).await.expect("read the rest")].concat();
+    assert!(read == body, "the body whole and in order");
+    assert!(read_all(hit).await.expect("read") == body);
+    // Evicted while it waits for its durable write (an hour here): its
+    // pages go with its last reader, not when that write is due.
+    let target = key.to_compact();
+    let evicted = store.purge(PurgeTarget::Active(&target), PurgeType::Eviction, &span).await.expect("evict");
+    assert!(matches!(evicted, PurgeOutcome::Purged(_)));
+    assert_eq!(mappings_of(&key.combined()), 0, "unmapped, its readers gone");
 }
 
 #[tokio::test]
