@@ -331,13 +331,16 @@ async fn clients_over_the_rate_limit_get_429_with_retry_after() {
     assert_eq!(get(&other, &url).await.0, 200, "limits are per client");
 }
 
-/// Peak resident memory of `pid` while `during` runs, sampled every 10 ms.
+/// Peak resident memory of `pid` of its own (`RssAnon`: not the page
+/// cache's pages of the files it maps, which a mapped body's readers touch
+/// and every process reading those files shares) while `during` runs,
+/// sampled every 10 ms.
 async fn peak_rss_kib<F: std::future::Future>(pid: u32, during: F) -> (u64, F::Output) {
     let rss = move || -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix("RssAnon:"))
             .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
             .unwrap_or(0)
     };
