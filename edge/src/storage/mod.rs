@@ -392,9 +392,12 @@ struct Recent {
     bytes: usize,
 }
 
-/// Bytes of its last chunks a fill keeps for the readers following it. In
-/// a stampede they keep up with the fill (one core serves them all in
-/// turn), so they read back from the file only when they fell behind.
+/// Bytes of its last chunks a fill keeps for the readers following it:
+/// those that keep up with the fill take them as written, and only one
+/// that fell behind reads the file (once the fill is finished, its mapping,
+/// see [`Fill::mapping`]). In a stampede of 200 clients on one core most
+/// fall behind: a fill of 64 MiB from a local origin was finished in
+/// 0.5 s, its clients in 6.
 const RECENT_MAX: usize = 4 << 20;
 
 impl Recent {
