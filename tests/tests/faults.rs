@@ -474,9 +474,10 @@ async fn a_zip_the_origin_breaks_off_breaks_off_for_the_client_and_is_never_kept
     }
 }
 
-/// A zip longer than the edge's disk has room for: its fill's write fails
-/// partway (the cache on a 1 MiB tmpfs), and the client still gets the
-/// whole answer from the origin's bytes, as a proxy would, also a client
+/// A zip longer than the edge's disk has room for: its fill finds no room
+/// for the blocks of its body when it makes its temp file (the cache on a
+/// 1 MiB tmpfs; a write failing partway goes the same way), and the client
+/// still gets the whole answer from the origin's bytes, as a proxy would, also a client
 /// slower than the origin (the rest is relayed at its pace, more than the
 /// fill holds for its reader); nothing of it is kept, so the next request
 /// is fetched whole again, and what the cache held before is still served.

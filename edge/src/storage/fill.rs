@@ -30,6 +30,9 @@ pub struct Filler {
     /// The body is held whole, no temp file: its length, as the origin
     /// gave it, is at most [`FILL_MEMORY_MAX`] (until more comes).
     whole: bool,
+    /// The body's length, as the origin gave it: the temp file's blocks
+    /// are taken for it at once (see [`Filler::file`]).
+    length: Option<u64>,
     done: bool,
 }
 
@@ -41,15 +44,34 @@ pub struct Filler {
 /// chunks) took 384–468 µs, the same chunks aligned 256–309 µs.
 pub(super) const PAGE: u64 = 4096;
 
+/// Takes the blocks of `len` bytes for `file`, its length unchanged; a
+/// file system that cannot (`EOPNOTSUPP`) takes them as it is written.
+fn allocate(file: &File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: fallocate on a descriptor this fill owns, no memory passed.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+    if rc == 0 {
+        return Ok(());
+    }
+    match std::io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+        e => Err(e),
+    }
+}
+
 impl Filler {
-    /// A fill of a body `whole` (held whole, see [`Filler::whole`]).
+    /// A fill of a body of `length` bytes, when the origin said (held
+    /// whole up to [`FILL_MEMORY_MAX`], see [`Filler::whole`]).
     pub(super) fn new(
         store: &'static CacheStore,
         hash: String,
         primary: String,
         fill: Arc<Fill>,
-        whole: bool,
+        length: Option<u64>,
     ) -> Filler {
+        let whole = length.is_some_and(|len| len <= FILL_MEMORY_MAX);
         Filler {
             store,
             hash,
@@ -63,6 +85,7 @@ impl Filler {
             in_file: 0,
             held: Bytes::new(),
             whole,
+            length,
             done: false,
         }
     }
@@ -70,6 +93,14 @@ impl Filler {
     /// The temp file, made now if it is not yet. Right here: a new file in
     /// this process's own temp directory is quick, and a hop to the
     /// blocking pool (waking a thread) would stand in the miss's path.
+    ///
+    /// Its blocks are taken for the whole body at once (`fallocate`, the
+    /// file's length left to grow with the writes). Taken a page at a time
+    /// by each write (ext4's delayed allocation), they cost the event loop
+    /// more than the copy itself: `perf` of one client's first download
+    /// of a 64 MiB zip put 30 % of the edge's CPU in `ext4_da_write_begin`
+    /// against 10 % copying. A disk without room for the body fails the
+    /// fill here, before it takes the disk's last free blocks from others.
     fn file(&mut self) -> Result<&File> {
         if self.file.is_none() {
             let file = std::fs::OpenOptions::new()
@@ -78,6 +109,12 @@ impl Filler {
                 .create_new(true)
                 .open(&self.fill.part)
                 .map_err(|e| storage_error("create", e))?;
+            if let Some(len) = self.length {
+                if let Err(e) = allocate(&file, len) {
+                    let _ = std::fs::remove_file(&self.fill.part);
+                    return Err(storage_error("create", e));
+                }
+            }
             let reader = file.try_clone().map_err(|e| storage_error("create", e))?;
             let _ = self.fill.reader.set(Arc::new(reader));
             self.file = Some(file);

@@ -1268,8 +1268,7 @@ impl CacheStore {
         });
         self.fills.lock().insert(hash.clone(), fill.clone());
         let len = meta.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let whole = len.is_some_and(|len| len <= FILL_MEMORY_MAX);
-        Filler::new(self, hash, primary, fill, whole)
+        Filler::new(self, hash, primary, fill, len)
     }
 }
 

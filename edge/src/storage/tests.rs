@@ -502,6 +502,34 @@ async fn a_follower_behind_a_finished_fill_reads_its_mapping_not_the_file() {
 }
 
 #[tokio::test]
+async fn a_fill_takes_the_blocks_of_its_whole_body_at_its_first_write() {
+    // Taken a page at a time by each write (ext4's delayed allocation),
+    // they cost the event loop more than the copy.
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let store = open_waiting(tmp.path(), 1024);
+    let key = cache_key("example.com/large/@v/v1.0.0.zip", None);
+    let body: Vec<u8> = (0..(4 << 20) + 777u32).map(|i| (i % 253) as u8).collect();
+    let mut miss = store.get_miss_handler(&key, &meta(body.len()), &span).await.expect("miss");
+    let mut chunks = body.chunks(128 << 10);
+    miss.write_body(Bytes::copy_from_slice(chunks.next().expect("a chunk")), false).await.expect("write");
+    let part = store.fills.lock().values().next().expect("the fill").part.clone();
+    let file = std::fs::metadata(&part).expect("its temp file");
+    assert_eq!(file.len(), 128 << 10, "the file as long as what was written");
+    assert!(file.blocks() * 512 >= body.len() as u64, "blocks for the whole body: {} bytes", file.blocks() * 512);
+    for chunk in chunks {
+        miss.write_body(Bytes::copy_from_slice(chunk), false).await.expect("write");
+    }
+    miss.finish().await.expect("finish");
+    let (_, hit) = store.lookup(&key, &span).await.expect("lookup").expect("a hit");
+    assert!(read_all(hit).await.expect("read") == body, "the body whole");
+    store.settled().await;
+    let (_, hit) = store.lookup(&key, &span).await.expect("lookup").expect("a hit");
+    assert!(read_all(hit).await.expect("read") == body, "the body whole, published");
+}
+
+#[tokio::test]
 async fn a_purge_during_a_fill_wins_and_crash_leftovers_are_removed() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().to_path_buf();
