@@ -336,7 +336,12 @@ impl ProxyHttp for Edge {
 
     fn response_cache_filter(&self, _session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Result<RespCacheable> {
         let Some(request) = &ctx.request else { return Ok(RespCacheable::Uncacheable(NoCacheReason::InternalError)) };
+        let len = resp.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         Ok(match self.cache_meta(request, resp, ctx.credential.is_some()) {
+            Some(_) if len.is_some_and(|len| !self.storage.has_room(len)) => {
+                tracing::warn!(key = %request.key(), len, "the cache's disk has no room for the body: answered, not kept");
+                RespCacheable::Uncacheable(NoCacheReason::StorageError)
+            }
             Some(meta) => RespCacheable::Cacheable(meta),
             None => RespCacheable::Uncacheable(NoCacheReason::OriginNotCache),
         })
@@ -361,7 +366,8 @@ impl ProxyHttp for Edge {
             CachePhase::Hit | CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => CacheStatus::Hit,
             CachePhase::Stale | CachePhase::StaleUpdating => CacheStatus::Stale,
             CachePhase::Expired => CacheStatus::Expired,
-            CachePhase::Miss => CacheStatus::Miss,
+            // (Cacheable, and fetched: the storage could not keep it.)
+            CachePhase::Miss | CachePhase::Disabled(NoCacheReason::StorageError) => CacheStatus::Miss,
             _ => CacheStatus::Bypass,
         };
         self.mark_answer(resp, ctx.request.as_ref(), x_cache)

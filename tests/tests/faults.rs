@@ -525,6 +525,32 @@ async fn a_zip_the_edge_disk_has_no_room_for_is_answered_whole_and_not_kept() {
     assert_eq!((status, x_cache.as_str(), body.len()), (200, "HIT", 2 << 10));
 }
 
+/// The same on Pingora's path (here: client limits configured, so the lane
+/// hands the request over): a fill there is read back by the task that
+/// writes it, and a fill that found no room broke the answer (a 500). A
+/// body the cache's disk has no room for is now answered as a proxy would,
+/// and not kept; what fits is still kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_pingoras_path_a_zip_the_disk_has_no_room_for_is_answered_whole_and_not_kept() {
+    const LEN: usize = 8 << 20;
+    let tmp = modcdn_tests::tempdir();
+    let (url, operator) = zip_origin(LEN, false).await;
+    let members = [Member { id: "z", url: &url, operator: &operator, region: "us" }];
+    let extra = "[rate_limit]\nrequests_per_sec = 10000\nburst = 10000\n";
+    let edge = EdgeProcess::start_on_tmpfs(&tmp.path().join("edge"), &members, extra, 1 << 20).expect("edge");
+    let c = client();
+    for expected in ["MISS", "MISS"] {
+        let (status, x_cache, body) = get(&c, &format!("{}/example.com/big/@v/v1.0.0.zip", edge.url)).await;
+        assert_eq!((status, x_cache.as_str()), (200, expected));
+        assert!(body.len() == LEN && body.iter().all(|b| *b == b'z'), "the answer whole: {} bytes", body.len());
+    }
+    let small = format!("{}/example.com/small/@v/v1.0.0.info", edge.url);
+    for expected in ["MISS", "HIT"] {
+        let (status, x_cache, _) = get(&c, &small).await;
+        assert_eq!((status, x_cache.as_str()), (200, expected));
+    }
+}
+
 /// A stream of new zips longer than the edge holds whole, each fill in a
 /// temp file whose descriptor it keeps until its durable write: the fills
 /// waiting hold no more descriptors than their bound (an eighth of the

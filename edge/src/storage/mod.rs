@@ -629,6 +629,24 @@ pub struct CacheStore {
     maps: Mutex<(HashMap<PathBuf, std::sync::Weak<mapped::Mapped>>, usize)>,
 }
 
+/// Bytes free for this process on the file system of `dir` (`None` when
+/// it cannot tell).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: statvfs with a NUL-terminated path and a buffer of its type,
+    // read only when it succeeded.
+    #[allow(unsafe_code)]
+    let st = unsafe {
+        if libc::statvfs(path.as_ptr(), st.as_mut_ptr()) != 0 {
+            return None;
+        }
+        st.assume_init()
+    };
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 fn storage_error(context: &str, e: impl std::fmt::Display) -> Box<Error> {
     Error::explain(ErrorType::InternalError, format!("edge cache: {context}: {e}"))
 }
@@ -1091,6 +1109,22 @@ impl CacheStore {
     pub async fn settled(&self) {
         self.hurry.send_modify(|n| *n += 1);
         let _ = self.publishing.subscribe().wait_for(|n| *n == 0).await;
+    }
+
+    /// Whether the cache's file system has room now for a fill of a body
+    /// of `len` bytes that is written as it comes (above
+    /// [`FILL_MEMORY_MAX`]; smaller ones go to disk behind the answer, where
+    /// a failure loses only the copy). A fill on Pingora's path is read back
+    /// by the task that writes it, and one that runs out of room broke its
+    /// answer off (a 500 before its first byte, with its blocks taken at
+    /// once): without room, the answer goes out uncached, as a proxy's.
+    pub fn has_room(&self, len: u64) -> bool {
+        if len <= FILL_MEMORY_MAX {
+            return true;
+        }
+        // Room for the meta file too, and what the file system rounds up.
+        const MARGIN: u64 = 1 << 20;
+        free_bytes(&self.tmp).is_none_or(|free| free >= len.saturating_add(MARGIN))
     }
 
     /// At shutdown: what fills finished is made durable now, and what
