@@ -164,16 +164,19 @@ impl Filler {
     }
 
     /// Hands `data` to the fill's own reader, once it holds less than
-    /// [`OWN_MAX`] (and to its followers, as any chunk).
+    /// [`OWN_MAX`], and to its followers, once the recent chunks have room
+    /// for it (see [`Fill::followers_keep_up`]). With its own reader gone
+    /// it goes on for its followers; with none left, it stops.
     async fn relay(&mut self, data: Bytes) -> Result<()> {
         loop {
             let drained = self.fill.drained.notified();
             {
                 let own = self.fill.own.lock();
-                if own.gone {
-                    return Err(storage_error("fill", "not kept, and its reader is gone"));
+                if own.gone && self.fill.followers.load(Ordering::Relaxed) == 0 {
+                    return Err(storage_error("fill", "not kept, and its readers are gone"));
                 }
-                if own.bytes == 0 || own.bytes + data.len() <= OWN_MAX {
+                let own_room = own.gone || own.bytes == 0 || own.bytes + data.len() <= OWN_MAX;
+                if own_room && self.fill.followers_keep_up(data.len()) {
                     break;
                 }
             }
@@ -191,7 +194,7 @@ impl Filler {
         }
         {
             let mut own = self.fill.own.lock();
-            if self.unkept || own.bytes + data.len() <= OWN_MAX {
+            if !own.gone && (self.unkept || own.bytes + data.len() <= OWN_MAX) {
                 own.bytes += data.len();
                 own.chunks.push_back((self.written, data));
             }

@@ -27,6 +27,9 @@ pub(super) enum Hit {
         /// writer held none (past [`OWN_MAX`]). Any other takes the fill's
         /// recent chunks, and reads the file where it fell behind them.
         own: bool,
+        /// Any other's place in the body, which a fill not kept waits for
+        /// (see [`Fill::followers_keep_up`]).
+        place: Option<Arc<AtomicU64>>,
     },
 }
 
@@ -102,8 +105,12 @@ impl Drop for Hit {
             own.bytes = OWN_MAX;
             own.gone = true;
             fill.drained.notify_one();
-        } else if fill.followers.fetch_sub(1, Ordering::Relaxed) == 1 {
-            *fill.recent.lock() = Recent::default();
+        } else {
+            if fill.followers.fetch_sub(1, Ordering::Relaxed) == 1 {
+                *fill.recent.lock() = Recent::default();
+            }
+            // (A writer waiting for this follower goes on.)
+            fill.drained.notify_one();
         }
     }
 }
@@ -128,7 +135,7 @@ impl HandleHit for Hit {
                 *pos += chunk.len();
                 Ok(Some(chunk))
             }
-            Hit::Partial { fill, state, pos, own } => loop {
+            Hit::Partial { fill, state, pos, own, place } => loop {
                 let now = *state.borrow_and_update();
                 let mut available = match now {
                     FillState::Failed => return Err(storage_error("read", "the fill this read follows failed")),
@@ -163,6 +170,7 @@ impl HandleHit for Hit {
                     let recent = if *own { None } else { fill.recent.lock().slice(*pos, available) };
                     if let Some(chunk) = recent {
                         *pos += chunk.len() as u64;
+                        fill.followed(place.as_deref(), *pos);
                         return Ok(Some(chunk));
                     }
                     // The file, as far as it goes; past it, the bytes the
@@ -173,6 +181,7 @@ impl HandleHit for Hit {
                         let to = tail.len().min((available - in_file) as usize);
                         if to > from {
                             *pos += (to - from) as u64;
+                            fill.followed(place.as_deref(), *pos);
                             return Ok(Some(tail.slice(from..to)));
                         }
                         // Past the tail of a fill not kept, only its own
@@ -204,6 +213,7 @@ impl HandleHit for Hit {
                             return Err(storage_error("read", "the fill's file is shorter than what was written"));
                         }
                         *pos += chunk.len() as u64;
+                        fill.followed(place.as_deref(), *pos);
                         return Ok(Some(chunk));
                     }
                 }

@@ -352,6 +352,8 @@ struct Fill {
     recent: Mutex<Recent>,
     /// Readers following the fill, other than its own.
     followers: AtomicUsize,
+    /// Where each of them is in the body (see [`Fill::followers_keep_up`]).
+    places: Mutex<Vec<std::sync::Weak<AtomicU64>>>,
     /// A write failed and the fill relays the rest of its body to its own
     /// reader only, keeping nothing (see [`Filler::relaying`]).
     unkept: AtomicBool,
@@ -363,6 +365,35 @@ struct Fill {
 }
 
 impl Fill {
+    /// A follower read up to `pos` (`place`, its place): a writer that
+    /// waits for it (see [`Fill::followers_keep_up`]) hears of it.
+    fn followed(&self, place: Option<&AtomicU64>, pos: u64) {
+        if let Some(place) = place {
+            place.store(pos, Ordering::Relaxed);
+            if self.unkept.load(Ordering::Relaxed) {
+                self.drained.notify_one();
+            }
+        }
+    }
+
+    /// Whether the recent chunks have room for `len` bytes more without
+    /// dropping any that a follower has yet to read: a fill not kept has
+    /// no file to read them from once they are gone, so its writer waits
+    /// for the slowest of its followers, as for its own reader, and none
+    /// fails for falling behind. (A follower that takes nothing is cut at
+    /// its connection's send deadline, and the writer goes on.)
+    fn followers_keep_up(&self, len: usize) -> bool {
+        let slowest = {
+            let mut places = self.places.lock();
+            places.retain(|p| p.strong_count() > 0);
+            places.iter().filter_map(|p| p.upgrade()).map(|p| p.load(Ordering::Relaxed)).min()
+        };
+        let Some(slowest) = slowest else { return true };
+        let mut recent = self.recent.lock();
+        recent.drop_before(slowest);
+        recent.bytes == 0 || recent.bytes + len <= RECENT_MAX
+    }
+
     /// The file of this finished fill, mapped: one mapping for all the
     /// readers that read it at once (a lookup's, or a follower's that fell
     /// behind the recent chunks), since a finished fill's file is no longer
@@ -407,6 +438,17 @@ impl Recent {
         while self.bytes > RECENT_MAX {
             let Some((_, old)) = self.chunks.pop_front() else { break };
             self.bytes -= old.len();
+        }
+    }
+
+    /// Drops the chunks that end at or before `pos`.
+    fn drop_before(&mut self, pos: u64) {
+        while let Some((at, chunk)) = self.chunks.front() {
+            if at + chunk.len() as u64 > pos {
+                break;
+            }
+            self.bytes -= chunk.len();
+            self.chunks.pop_front();
         }
     }
 
@@ -1233,7 +1275,15 @@ impl CacheStore {
         if !own {
             fill.followers.fetch_add(1, Ordering::Relaxed);
         }
-        (fill.meta.meta(), Box::new(Hit::Partial { fill: fill.clone(), state: fill.state.subscribe(), pos: 0, own }))
+        let place = (!own).then(|| {
+            let place = Arc::new(AtomicU64::new(0));
+            let mut places = fill.places.lock();
+            places.retain(|p| p.strong_count() > 0);
+            places.push(Arc::downgrade(&place));
+            place
+        });
+        let state = fill.state.subscribe();
+        (fill.meta.meta(), Box::new(Hit::Partial { fill: fill.clone(), state, pos: 0, own, place }))
     }
 
     /// What a disk lookup of `primary` (`hash`) found, as an object of the
@@ -1296,6 +1346,7 @@ impl CacheStore {
             own: Mutex::new(OwnChunks::default()),
             recent: Mutex::new(Recent::default()),
             followers: AtomicUsize::new(0),
+            places: Mutex::default(),
             unkept: AtomicBool::new(false),
             drained: tokio::sync::Notify::new(),
             tail: Mutex::new((0, Bytes::new())),

@@ -842,9 +842,9 @@ async fn the_filling_request_takes_its_chunks_as_written_and_the_file_only_for_g
 
 /// A relaying fill whose write fails (here: its temp directory gone) is
 /// not kept: lookups miss it, and the rest of the body goes to its own
-/// reader, the writer waiting while that holds [`OWN_MAX`]; a follower goes
-/// on while the recent chunks hold what it reads next, then fails. With its
-/// own reader gone, the writer stops.
+/// reader, the writer waiting while that holds [`OWN_MAX`] (for followers,
+/// see the next test). With its own reader gone, and no follower, the
+/// writer stops.
 #[tokio::test]
 async fn a_relaying_fill_whose_write_fails_relays_the_rest_to_its_reader_at_its_pace_and_keeps_nothing() {
     use futures::FutureExt;
@@ -865,6 +865,7 @@ async fn a_relaying_fill_whose_write_fails_relays_the_rest_to_its_reader_at_its_
     fill.write_body(piece(0), false).await.expect("the first write fails, and is relayed");
     assert!(store.lookup(&key, &span).await.expect("lookup").is_none(), "a fill not kept is not found");
     assert_eq!(follower.read_body().await.expect("recent").as_deref(), Some(&body[..chunk]));
+    drop(follower);
     let mut i = 1;
     while fill.own_bytes() + chunk <= OWN_MAX {
         fill.write_body(piece(i), false).now_or_never().expect("room for it").expect("relayed");
@@ -881,9 +882,6 @@ async fn a_relaying_fill_whose_write_fails_relays_the_rest_to_its_reader_at_its_
         wrote.expect("relayed");
         assert!(read.expect("read").is_some());
     }
-    // The follower fell behind the recent chunks.
-    let followed = tokio::time::timeout(std::time::Duration::from_secs(10), read_all(follower)).await;
-    assert!(matches!(followed, Ok(Err(_))), "past the recent chunks a follower of a fill not kept fails, not waits");
     assert!(Box::new(fill).finish().await.is_err(), "not kept");
     let rest = read_all(own).await.expect("the rest");
     assert!(rest == body[(chunks - i) * chunk..], "{} bytes, in order", rest.len());
@@ -905,6 +903,71 @@ async fn a_relaying_fill_whose_write_fails_relays_the_rest_to_its_reader_at_its_
     assert!(futures::poll!(&mut next).is_pending());
     drop(own);
     assert!(next.await.is_err(), "no reader, no relay");
+}
+
+/// Followers of a fill not kept have no file to read what the recent
+/// chunks no longer hold: its writer waits for the slowest of them, as for
+/// its own reader, so each reads the body whole (they failed once they fell
+/// [`RECENT_MAX`] behind); one that goes lets the writer on, and the fill
+/// goes on for its followers once its own reader went.
+#[tokio::test]
+async fn followers_of_a_fill_not_kept_are_waited_for_and_read_it_whole() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let (store, _) = open(tmp.path(), 0);
+    std::fs::remove_dir_all(&store.tmp).expect("no temp directory: every write fails");
+    let chunk = 64 << 10;
+    let chunks = 2 * RECENT_MAX / chunk;
+    let body: Vec<u8> = (0..chunk * chunks).map(|i| (i % 249) as u8).collect();
+    let piece = |i: usize| Bytes::copy_from_slice(&body[i * chunk..(i + 1) * chunk]);
+    let key = cache_key("example.com/relay/@v/v1.0.0.zip", None);
+    let mut fill = store.begin_fill(&key, &meta(body.len())).relaying();
+    let tag = fill.streaming_write_tag().map(<[u8]>::to_vec);
+    let (_, mut own) =
+        store.lookup_streaming_write(&key, tag.as_deref(), &span).await.expect("lookup").expect("own reader");
+    let (_, mut slow) = store.lookup(&key, &span).await.expect("lookup").expect("a follower");
+    let (_, idle) = store.lookup(&key, &span).await.expect("lookup").expect("another");
+    fill.write_body(piece(0), false).await.expect("the first write fails, and is relayed");
+    // The own reader takes each chunk as it comes; the followers nothing.
+    let mut own_read = Vec::new();
+    let mut i = 1;
+    let mut waiting = loop {
+        own_read.extend_from_slice(&own.read_body().await.expect("read").expect("a chunk"));
+        let mut write = Box::pin(fill.write_body(piece(i), false));
+        if futures::poll!(&mut write).is_pending() {
+            break write;
+        }
+        i += 1;
+        assert!(i < chunks, "the writer never waited for its followers");
+    };
+    assert!(i * chunk <= RECENT_MAX + chunk, "it waits once the recent chunks hold RECENT_MAX: chunk {i}");
+    // The follower that reads nothing goes (its client cut at the send
+    // deadline): the writer waits for the other still.
+    drop(idle);
+    assert!(futures::poll!(&mut waiting).is_pending(), "the slow follower holds it");
+    let first = slow.read_body().await.expect("read").expect("the first chunk");
+    waiting.await.expect("relayed once the slow follower took a chunk");
+    // The rest, the own reader going halfway: the fill goes on for the
+    // follower, and ends not kept.
+    let writes = async {
+        for j in i + 1..chunks {
+            fill.write_body(piece(j), false).await.expect("relayed");
+        }
+        Box::new(fill).finish().await.is_err()
+    };
+    let own_half = async {
+        while own_read.len() < body.len() / 2 {
+            own_read.extend_from_slice(&own.read_body().await.expect("read").expect("a chunk"));
+        }
+        drop(own);
+        own_read
+    };
+    let (not_kept, own_read, rest) = tokio::join!(writes, own_half, read_all(slow));
+    assert!(not_kept, "not kept");
+    assert!(own_read == body[..own_read.len()], "the own reader's bytes in order");
+    let read = [first.to_vec(), rest.expect("the follower reads it whole")].concat();
+    assert!(read == body, "the follower's body whole and in order: {} bytes", read.len());
+    assert!(store.lookup(&key, &span).await.expect("lookup").is_none(), "nothing kept");
 }
 
 #[tokio::test]
