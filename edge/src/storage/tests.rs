@@ -41,6 +41,29 @@ async fn finish_fill(store: &'static CacheStore, key: &str, body: &[u8]) {
     miss.finish().await.expect("finish");
 }
 
+/// A fill of `key` with a body of `len` bytes (a pattern), its first
+/// `first` bytes written.
+async fn begun(store: &'static CacheStore, key: &str, len: usize, first: usize) -> (CacheKey, Vec<u8>, MissHandler) {
+    let key = cache_key(key, None);
+    let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let span = Span::inactive().handle();
+    let mut miss = store.get_miss_handler(&key, &meta(len), &span).await.expect("miss");
+    miss.write_body(Bytes::copy_from_slice(&body[..first]), false).await.expect("write");
+    (key, body, miss)
+}
+
+/// A store in `dir` whose every write fails (its temp directory gone), a
+/// relaying fill of `key` in it of `len` bytes, and its own reader.
+async fn failing_relay(dir: &Path, key: &CacheKey, len: usize) -> (&'static CacheStore, fill::Filler, HitHandler) {
+    let (store, _) = open(dir, 0);
+    std::fs::remove_dir_all(&store.tmp).expect("no temp directory: every write fails");
+    let fill = store.begin_fill(key, &meta(len)).relaying();
+    let tag = fill.streaming_write_tag().map(<[u8]>::to_vec);
+    let span = Span::inactive().handle();
+    let (_, own) = store.lookup_streaming_write(key, tag.as_deref(), &span).await.expect("lookup").expect("own reader");
+    (store, fill, own)
+}
+
 /// A store whose finished fills wait an hour for their durable write
 /// unless hurried, and at most `pending_max` of them holding a descriptor,
 /// 1 MiB held whole.
@@ -472,14 +495,11 @@ async fn a_follower_behind_a_finished_fill_reads_its_mapping_not_the_file() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let span = Span::inactive().handle();
     let store = open_waiting(tmp.path(), 1024);
-    let key = cache_key("example.com/stampede/@v/v1.0.0.zip", None);
-    let body: Vec<u8> = (0..(2 * RECENT_MAX + 12_345) as u32).map(|i| (i % 251) as u8).collect();
-    let mut miss = store.get_miss_handler(&key, &meta(body.len()), &span).await.expect("miss");
-    let mut chunks = body.chunks(64 << 10);
-    miss.write_body(Bytes::copy_from_slice(chunks.next().expect("a chunk")), false).await.expect("write");
+    let (key, body, mut miss) =
+        begun(store, "example.com/stampede/@v/v1.0.0.zip", 2 * RECENT_MAX + 12_345, 64 << 10).await;
     let (_, mut follower) = store.lookup(&key, &span).await.expect("lookup").expect("a follower");
     let first = follower.read_body().await.expect("read").expect("the first chunk");
-    for chunk in chunks {
+    for chunk in body[64 << 10..].chunks(64 << 10) {
         miss.write_body(Bytes::copy_from_slice(chunk), false).await.expect("write");
     }
     miss.finish().await.expect("finish");
@@ -509,16 +529,12 @@ async fn a_fill_takes_the_blocks_of_its_whole_body_at_its_first_write() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let span = Span::inactive().handle();
     let store = open_waiting(tmp.path(), 1024);
-    let key = cache_key("example.com/large/@v/v1.0.0.zip", None);
-    let body: Vec<u8> = (0..(4 << 20) + 777u32).map(|i| (i % 253) as u8).collect();
-    let mut miss = store.get_miss_handler(&key, &meta(body.len()), &span).await.expect("miss");
-    let mut chunks = body.chunks(128 << 10);
-    miss.write_body(Bytes::copy_from_slice(chunks.next().expect("a chunk")), false).await.expect("write");
+    let (key, body, mut miss) = begun(store, "example.com/large/@v/v1.0.0.zip", (4 << 20) + 777, 128 << 10).await;
     let part = store.fills.lock().values().next().expect("the fill").part.clone();
     let file = std::fs::metadata(&part).expect("its temp file");
     assert_eq!(file.len(), 128 << 10, "the file as long as what was written");
     assert!(file.blocks() * 512 >= body.len() as u64, "blocks for the whole body: {} bytes", file.blocks() * 512);
-    for chunk in chunks {
+    for chunk in body[128 << 10..].chunks(128 << 10) {
         miss.write_body(Bytes::copy_from_slice(chunk), false).await.expect("write");
     }
     miss.finish().await.expect("finish");
@@ -850,17 +866,12 @@ async fn a_relaying_fill_whose_write_fails_relays_the_rest_to_its_reader_at_its_
     use futures::FutureExt;
     let tmp = tempfile::tempdir().expect("tempdir");
     let span = Span::inactive().handle();
-    let (store, _) = open(tmp.path(), 0);
-    std::fs::remove_dir_all(&store.tmp).expect("no temp directory: every write fails");
     let chunk = 64 << 10;
     let chunks = OWN_MAX / chunk + 4;
     let body: Vec<u8> = (0..chunk * chunks).map(|i| (i % 251) as u8).collect();
     let piece = |i: usize| Bytes::copy_from_slice(&body[i * chunk..(i + 1) * chunk]);
     let key = cache_key("example.com/relay/@v/v1.0.0.zip", None);
-    let mut fill = store.begin_fill(&key, &meta(body.len())).relaying();
-    let tag = fill.streaming_write_tag().map(<[u8]>::to_vec);
-    let (_, mut own) =
-        store.lookup_streaming_write(&key, tag.as_deref(), &span).await.expect("lookup").expect("own reader");
+    let (store, mut fill, mut own) = failing_relay(tmp.path(), &key, body.len()).await;
     let (_, mut follower) = store.lookup(&key, &span).await.expect("lookup").expect("follower");
     fill.write_body(piece(0), false).await.expect("the first write fails, and is relayed");
     assert!(store.lookup(&key, &span).await.expect("lookup").is_none(), "a fill not kept is not found");
@@ -914,17 +925,12 @@ async fn a_relaying_fill_whose_write_fails_relays_the_rest_to_its_reader_at_its_
 async fn followers_of_a_fill_not_kept_are_waited_for_and_read_it_whole() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let span = Span::inactive().handle();
-    let (store, _) = open(tmp.path(), 0);
-    std::fs::remove_dir_all(&store.tmp).expect("no temp directory: every write fails");
     let chunk = 64 << 10;
     let chunks = 2 * RECENT_MAX / chunk;
     let body: Vec<u8> = (0..chunk * chunks).map(|i| (i % 249) as u8).collect();
     let piece = |i: usize| Bytes::copy_from_slice(&body[i * chunk..(i + 1) * chunk]);
     let key = cache_key("example.com/relay/@v/v1.0.0.zip", None);
-    let mut fill = store.begin_fill(&key, &meta(body.len())).relaying();
-    let tag = fill.streaming_write_tag().map(<[u8]>::to_vec);
-    let (_, mut own) =
-        store.lookup_streaming_write(&key, tag.as_deref(), &span).await.expect("lookup").expect("own reader");
+    let (store, mut fill, mut own) = failing_relay(tmp.path(), &key, body.len()).await;
     let (_, mut slow) = store.lookup(&key, &span).await.expect("lookup").expect("a follower");
     let (_, idle) = store.lookup(&key, &span).await.expect("lookup").expect("another");
     fill.write_body(piece(0), false).await.expect("the first write fails, and is relayed");
