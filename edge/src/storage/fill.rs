@@ -44,19 +44,20 @@ pub struct Filler {
 /// chunks) took 384–468 µs, the same chunks aligned 256–309 µs.
 pub(super) const PAGE: u64 = 4096;
 
-/// Takes the blocks of `len` bytes for `file`, its length unchanged; a
-/// file system that cannot (`EOPNOTSUPP`) takes them as it is written.
-fn allocate(file: &File, len: u64) -> std::io::Result<()> {
+/// Takes the blocks of `len` bytes for `file`, and makes it that long:
+/// `true`; `false` for a file system that cannot (`EOPNOTSUPP`), which
+/// takes them as the file is written.
+fn allocate(file: &File, len: u64) -> std::io::Result<bool> {
     use std::os::fd::AsRawFd;
     let len = libc::off_t::try_from(len).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // SAFETY: fallocate on a descriptor this fill owns, no memory passed.
     #[allow(unsafe_code)]
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
     if rc == 0 {
-        return Ok(());
+        return Ok(true);
     }
     match std::io::Error::last_os_error() {
-        e if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+        e if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(false),
         e => Err(e),
     }
 }
@@ -95,7 +96,8 @@ impl Filler {
     /// blocking pool (waking a thread) would stand in the miss's path.
     ///
     /// Its blocks are taken for the whole body at once (`fallocate`, the
-    /// file's length left to grow with the writes). Taken a page at a time
+    /// file as long as the body from the start, so that its readers can map
+    /// it while it is written, see [`Fill::mapping`]). Taken a page at a time
     /// by each write (ext4's delayed allocation), they cost the event loop
     /// more than the copy itself: `perf` of one client's first download
     /// of a 64 MiB zip put 30 % of the edge's CPU in `ext4_da_write_begin`
@@ -110,9 +112,12 @@ impl Filler {
                 .open(&self.fill.part)
                 .map_err(|e| storage_error("create", e))?;
             if let Some(len) = self.length {
-                if let Err(e) = allocate(&file, len) {
-                    let _ = std::fs::remove_file(&self.fill.part);
-                    return Err(storage_error("create", e));
+                match allocate(&file, len) {
+                    Ok(sized) => self.fill.sized.store(sized, Ordering::SeqCst),
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&self.fill.part);
+                        return Err(storage_error("create", e));
+                    }
                 }
             }
             let reader = file.try_clone().map_err(|e| storage_error("create", e))?;

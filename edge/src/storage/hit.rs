@@ -204,6 +204,19 @@ impl HandleHit for Hit {
                             *self = Hit::Disk { body: DiskBody::Mapped(map), pos: at, end: len as usize };
                             return self.read_body().await;
                         }
+                        // While it is written, from its mapping too, if
+                        // its file was made as long as the body (see
+                        // `Fill::mapping`): bytes below `in_file` only.
+                        if let Some(map) = fill.mapping() {
+                            let to = (*pos + MAPPED_CHUNK as u64).min(available.min(in_file));
+                            if to as usize > map.len() {
+                                return Err(storage_error("read", "the fill's file was cut short"));
+                            }
+                            let chunk = map.chunk(*pos as usize, to as usize).map_err(|e| storage_error("read", e))?;
+                            *pos = to;
+                            fill.followed(place.as_deref(), *pos);
+                            return Ok(Some(chunk));
+                        }
                         let n = CHUNK.min((available.min(in_file) - *pos) as usize);
                         let Some(file) = fill.reader.get() else {
                             return Err(storage_error("read", "the fill has no file"));

@@ -55,8 +55,10 @@ impl Mapped {
         }
         // SAFETY: a body file is never written after it is renamed into
         // place (fills write a temp file, a new generation gets a new name,
-        // purges and evictions unlink: the mapping keeps the inode). A page
-        // that still cannot be read is caught by the SIGBUS guard.
+        // purges and evictions unlink: the mapping keeps the inode); a fill's
+        // temp file mapped while written is read only below where it is
+        // written to (see `Fill::mapping`). A page that still cannot be read
+        // is caught by the SIGBUS guard.
         #[allow(unsafe_code)]
         let map = unsafe { memmap2::Mmap::map(file)? };
         let (start, len) = (map.as_ptr() as usize, map.len());

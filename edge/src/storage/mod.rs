@@ -354,6 +354,9 @@ struct Fill {
     followers: AtomicUsize,
     /// Where each of them is in the body (see [`Fill::followers_keep_up`]).
     places: Mutex<Vec<std::sync::Weak<AtomicU64>>>,
+    /// Its file was made as long as the body when it was created, its
+    /// blocks taken (see [`Filler::file`]): it can be mapped while written.
+    sized: AtomicBool,
     /// A write failed and the fill relays the rest of its body to its own
     /// reader only, keeping nothing (see [`Filler::relaying`]).
     unkept: AtomicBool,
@@ -398,12 +401,16 @@ impl Fill {
     /// readers that read it at once (a lookup's, or a follower's that fell
     /// behind the recent chunks), since a finished fill's file is no longer
     /// written (its last bytes went in at its finish, and it keeps its
-    /// inode when renamed into place or unlinked). `None` where it cannot
-    /// be (a body held whole, a fill not kept, the guard's table full, an
-    /// error): it is read instead. A mapping shorter than the body means
-    /// the file was cut short under the edge.
+    /// inode when renamed into place or unlinked). So is a fill being
+    /// written whose file was made as long as its body at once (`sized`):
+    /// its bytes below where the file is written to (a page boundary, each
+    /// write starting there) no longer change, and only those are read.
+    /// `None` where it cannot be (a body held whole, a fill not kept, the
+    /// guard's table full, an error): it is read instead. A mapping shorter
+    /// than the body means the file was cut short under the edge.
     fn mapping(&self) -> Option<Arc<mapped::Mapped>> {
-        if !matches!(*self.state.borrow(), FillState::Complete(_)) || self.unkept.load(Ordering::SeqCst) {
+        let complete = matches!(*self.state.borrow(), FillState::Complete(_));
+        if !(complete || self.sized.load(Ordering::SeqCst)) || self.unkept.load(Ordering::SeqCst) {
             return None;
         }
         let mut held = self.mapped.lock();
@@ -1347,6 +1354,7 @@ impl CacheStore {
             recent: Mutex::new(Recent::default()),
             followers: AtomicUsize::new(0),
             places: Mutex::default(),
+            sized: AtomicBool::new(false),
             unkept: AtomicBool::new(false),
             drained: tokio::sync::Notify::new(),
             tail: Mutex::new((0, Bytes::new())),
