@@ -182,6 +182,23 @@ pub fn free_port() -> io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Whether process `pid` holds a socket listening on `addr`
+/// (`127.0.0.1:port`), as `/proc` says.
+fn listens(pid: u32, addr: &str) -> bool {
+    let Some(port) = addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) else { return false };
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    let sockets: std::collections::HashSet<String> = fds
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
+        .collect();
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return false };
+    table.lines().skip(1).any(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let local_port = cols.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+        local_port == Some(port) && cols.get(3) == Some(&"0A") && cols.get(9).is_some_and(|i| sockets.contains(*i))
+    })
+}
+
 /// The test GeoIP database (127.0.1.0/24 CN, 127.0.2.0/24 US, ...).
 pub fn test_mmdb() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../geo-data/test-country.mmdb")
@@ -373,11 +390,19 @@ impl EdgeProcess {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(io::Error::other(format!("modcdn-edge exited at start: {status}")));
             }
-            // Started: both listeners accept (the admin one comes up apart).
+            // Started: both listeners accept (the admin one comes up apart),
+            // and are this process's: a port taken in between by another
+            // test's server accepts too (Pingora then retries its bind).
             let up = |a: &str| std::net::TcpStream::connect(a).is_ok();
             if !upgrade && up(&addr) && up(&admin) {
-                self.child = Some(child);
-                return Ok(());
+                let pid = child.id();
+                if listens(pid, &addr) && listens(pid, &admin) {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io::Error::other(format!("a port of {addr}, {admin} was taken by another process")));
             }
             if upgrade && std::path::Path::new(&self.dir.join("upgrade.sock")).exists() {
                 self.child = Some(child);
