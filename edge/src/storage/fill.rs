@@ -14,11 +14,11 @@ pub struct Filler {
     file: Option<File>,
     /// A write failed: the fill takes no more.
     broken: bool,
-    /// Its own reader is a client's answer, which a failed write must not
-    /// break (see [`Filler::relaying`]).
+    /// Its own reader reads on a task of its own: the writer may wait for
+    /// it (see [`Filler::relaying`]).
     relay: bool,
-    /// A write failed while relaying: nothing of the fill is kept, and the
-    /// rest of its body goes to its own reader only.
+    /// A write failed: nothing of the fill is kept, and the rest of its
+    /// body is only relayed to its readers.
     unkept: bool,
     /// Bytes taken from the upstream.
     written: u64,
@@ -137,19 +137,20 @@ impl Filler {
         wrote
     }
 
-    /// Makes the fill's own reader a client's answer that a failed write
-    /// (the disk full, an I/O error) must not break: the fill is then not
-    /// kept, and the rest of the body goes to that reader as the origin
-    /// sends it, at the reader's pace (a writer that waits for its reader:
-    /// not for Pingora's path, which writes and reads on one task). Other
-    /// readers go on while the fill's recent chunks hold what they read
-    /// next, and fail past that, as they would have.
+    /// Makes the fill's own reader one that reads on a task of its own (the
+    /// lane's answer), which the writer may wait for. A write that fails
+    /// (the disk full, an I/O error) breaks no answer: the fill is then not
+    /// kept, and the rest of the body goes to its readers as the origin
+    /// sends it, at the pace of the slowest of them (see [`Filler::relay`]).
+    /// Pingora's path writes and reads on one task: a writer that waited for
+    /// that reader would wait for ever, so the rest is held for it instead,
+    /// up to [`UNWAITED_MAX`] bytes not yet read (it fails past that).
     pub fn relaying(mut self) -> Filler {
         self.relay = true;
         self
     }
 
-    /// A write failed while relaying: lookups no longer find the fill, its
+    /// A write failed: lookups no longer find the fill, its
     /// temp file goes (the space it took, too), and what is written from
     /// here on is only relayed.
     fn unkeep(&mut self, e: &Error) {
@@ -169,9 +170,10 @@ impl Filler {
     }
 
     /// Hands `data` to the fill's own reader, once it holds less than
-    /// [`OWN_MAX`], and to its followers, once the recent chunks have room
-    /// for it (see [`Fill::followers_keep_up`]). With its own reader gone
-    /// it goes on for its followers; with none left, it stops.
+    /// [`OWN_MAX`] (on Pingora's path at once, see [`Filler::relaying`]),
+    /// and to its followers, once the recent chunks have room for it (see
+    /// [`Fill::followers_keep_up`]). With its own reader gone it goes on
+    /// for its followers; with none left, it stops.
     async fn relay(&mut self, data: Bytes) -> Result<()> {
         loop {
             let drained = self.fill.drained.notified();
@@ -180,7 +182,11 @@ impl Filler {
                 if own.gone && self.fill.followers.load(Ordering::Relaxed) == 0 {
                     return Err(storage_error("fill", "not kept, and its readers are gone"));
                 }
-                let own_room = own.gone || own.bytes == 0 || own.bytes + data.len() <= OWN_MAX;
+                let max = if self.relay { OWN_MAX } else { UNWAITED_MAX };
+                let own_room = own.gone || own.bytes == 0 || own.bytes + data.len() <= max;
+                if !own_room && !self.relay {
+                    return Err(storage_error("fill", "not kept, and its reader is too far behind"));
+                }
                 if own_room && self.fill.followers_keep_up(data.len()) {
                     break;
                 }
@@ -209,10 +215,16 @@ impl Filler {
     }
 
     /// Ends a fill that is not kept: its readers finish with what was
-    /// relayed, and the caller hears it was not kept.
+    /// relayed, and the lane hears it was not kept. Pingora's path is told
+    /// of an entry of no weight (nothing for its eviction to free): told of
+    /// a failure, it disables the request's cache, and with it the answer it
+    /// still reads from this fill (a 500, or an answer cut short).
     fn finish_unkept(&mut self) -> Result<MissFinishType> {
         self.fill.state.send_replace(FillState::Complete(self.written));
         self.done = true;
+        if !self.relay {
+            return Ok(MissFinishType::Created(0));
+        }
         Err(storage_error("fill", "not kept: a write failed"))
     }
 
@@ -257,9 +269,6 @@ impl HandleMiss for Filler {
             let held = std::mem::take(&mut self.held);
             // (On failure the tail still holds what was held.)
             if let Err(e) = self.write_at(&[&held, &data[..take]], self.in_file) {
-                if !self.relay {
-                    return Err(e);
-                }
                 self.unkeep(&e);
                 return self.relay(data).await;
             }
@@ -296,9 +305,6 @@ impl HandleMiss for Filler {
         if self.file.is_some() {
             let held = std::mem::take(&mut self.held);
             if let Err(e) = self.write_at(&[&held], self.in_file) {
-                if !self.relay {
-                    return Err(e);
-                }
                 self.unkeep(&e);
                 return self.finish_unkept();
             }

@@ -483,6 +483,12 @@ struct OwnChunks {
 /// file instead.
 const OWN_MAX: usize = 4 << 20;
 
+/// Bytes a fill not kept (a write failed) holds for its own reader on
+/// Pingora's path, which its writer cannot wait for (see
+/// [`Filler::relaying`]): a client further behind loses its answer, as
+/// every answer on that path did when a write failed.
+const UNWAITED_MAX: usize = 32 << 20;
+
 /// The largest body a fill holds whole, with no temp file, until its
 /// durable write (when the origin's answer says its length), and puts in
 /// the memory tier as it is published (every `.info`, `.mod` and list,
@@ -1164,9 +1170,10 @@ impl CacheStore {
     /// of `len` bytes that is written as it comes (above
     /// [`FILL_MEMORY_MAX`]; smaller ones go to disk behind the answer, where
     /// a failure loses only the copy). A fill on Pingora's path is read back
-    /// by the task that writes it, and one that runs out of room broke its
-    /// answer off (a 500 before its first byte, with its blocks taken at
-    /// once): without room, the answer goes out uncached, as a proxy's.
+    /// by the task that writes it, and one that runs out of room holds what
+    /// its reader has not read, up to [`UNWAITED_MAX`] (see
+    /// [`fill::Filler::relaying`]): without room, the answer goes out
+    /// uncached, as a proxy's, at the client's pace, holding nothing.
     pub fn has_room(&self, len: u64) -> bool {
         if len <= FILL_MEMORY_MAX {
             return true;

@@ -53,11 +53,18 @@ async fn begun(store: &'static CacheStore, key: &str, len: usize, first: usize) 
 }
 
 /// A store in `dir` whose every write fails (its temp directory gone), a
-/// relaying fill of `key` in it of `len` bytes, and its own reader.
-async fn failing_relay(dir: &Path, key: &CacheKey, len: usize) -> (&'static CacheStore, fill::Filler, HitHandler) {
+/// fill of `key` in it of `len` bytes (the lane's, `relaying`, or
+/// Pingora's), and its own reader.
+async fn failing_fill(
+    dir: &Path,
+    key: &CacheKey,
+    len: usize,
+    relaying: bool,
+) -> (&'static CacheStore, fill::Filler, HitHandler) {
     let (store, _) = open(dir, 0);
     std::fs::remove_dir_all(&store.tmp).expect("no temp directory: every write fails");
-    let fill = store.begin_fill(key, &meta(len)).relaying();
+    let fill = store.begin_fill(key, &meta(len));
+    let fill = if relaying { fill.relaying() } else { fill };
     let tag = fill.streaming_write_tag().map(<[u8]>::to_vec);
     let span = Span::inactive().handle();
     let (_, own) = store.lookup_streaming_write(key, tag.as_deref(), &span).await.expect("lookup").expect("own reader");
@@ -875,7 +882,7 @@ async fn a_relaying_fill_whose_write_fails_relays_the_rest_to_its_reader_at_its_
     let body: Vec<u8> = (0..chunk * chunks).map(|i| (i % 251) as u8).collect();
     let piece = |i: usize| Bytes::copy_from_slice(&body[i * chunk..(i + 1) * chunk]);
     let key = cache_key("example.com/relay/@v/v1.0.0.zip", None);
-    let (store, mut fill, mut own) = failing_relay(tmp.path(), &key, body.len()).await;
+    let (store, mut fill, mut own) = failing_fill(tmp.path(), &key, body.len(), true).await;
     let (_, mut follower) = store.lookup(&key, &span).await.expect("lookup").expect("follower");
     fill.write_body(piece(0), false).await.expect("the first write fails, and is relayed");
     assert!(store.lookup(&key, &span).await.expect("lookup").is_none(), "a fill not kept is not found");
@@ -920,6 +927,51 @@ async fn a_relaying_fill_whose_write_fails_relays_the_rest_to_its_reader_at_its_
     assert!(next.await.is_err(), "no reader, no relay");
 }
 
+/// On Pingora's path a fill's own reader reads on the task that writes,
+/// which a writer waiting for it would stall for ever: a fill whose write
+/// fails there relays the rest to it at once, holding up to
+/// [`UNWAITED_MAX`] bytes it has not read (a write past them fails), and
+/// finishes as an entry of no weight (told of a failure, Pingora disabled
+/// the request's cache, and with it the answer read from the fill: a 500,
+/// or an answer cut short). Nothing of it is kept.
+#[tokio::test]
+async fn on_pingoras_path_a_fill_whose_write_fails_relays_the_rest_without_waiting_and_keeps_nothing() {
+    use futures::FutureExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let chunk = 1 << 20;
+    let chunks = UNWAITED_MAX / chunk;
+    let body: Vec<u8> = (0..chunk * (chunks + 1)).map(|i| (i % 241) as u8).collect();
+    let piece = |i: usize| Bytes::copy_from_slice(&body[i * chunk..(i + 1) * chunk]);
+    let key = cache_key("example.com/unwaited/@v/v1.0.0.zip", None);
+    let (store, mut fill, mut own) = failing_fill(tmp.path(), &key, body.len(), false).await;
+    for i in 0..chunks {
+        fill.write_body(piece(i), false).now_or_never().expect("the writer never waits").expect("relayed");
+    }
+    assert!(store.lookup(&key, &span).await.expect("lookup").is_none(), "a fill not kept is not found");
+    // Its reader UNWAITED_MAX behind: it takes a chunk, and the last fits.
+    assert_eq!(own.read_body().await.expect("read").as_deref(), Some(&body[..chunk]));
+    fill.write_body(piece(chunks), false).now_or_never().expect("never waits").expect("relayed");
+    let finished = Box::new(fill).finish().await;
+    assert!(matches!(finished, Ok(MissFinishType::Created(0))), "an entry of no weight");
+    let rest = read_all(own).await.expect("the rest");
+    assert!(rest == body[chunk..], "{} bytes, in order", rest.len());
+    store.settled().await;
+    assert!(store.lookup(&key, &span).await.expect("lookup").is_none(), "nothing kept");
+
+    // A reader further behind than UNWAITED_MAX loses its answer.
+    let key = cache_key("example.com/unwaited/@v/v1.0.1.zip", None);
+    let mut fill = store.begin_fill(&key, &meta(body.len()));
+    let tag = fill.streaming_write_tag().map(<[u8]>::to_vec);
+    let (_, _own) =
+        store.lookup_streaming_write(&key, tag.as_deref(), &span).await.expect("lookup").expect("own reader");
+    for i in 0..chunks {
+        fill.write_body(piece(i), false).now_or_never().expect("never waits").expect("relayed");
+    }
+    let past = fill.write_body(piece(chunks), false).now_or_never().expect("never waits");
+    assert!(past.is_err(), "past UNWAITED_MAX a write fails");
+}
+
 /// Followers of a fill not kept have no file to read what the recent
 /// chunks no longer hold: its writer waits for the slowest of them, as for
 /// its own reader, so each reads the body whole (they failed once they fell
@@ -934,7 +986,7 @@ async fn followers_of_a_fill_not_kept_are_waited_for_and_read_it_whole() {
     let body: Vec<u8> = (0..chunk * chunks).map(|i| (i % 249) as u8).collect();
     let piece = |i: usize| Bytes::copy_from_slice(&body[i * chunk..(i + 1) * chunk]);
     let key = cache_key("example.com/relay/@v/v1.0.0.zip", None);
-    let (store, mut fill, mut own) = failing_relay(tmp.path(), &key, body.len()).await;
+    let (store, mut fill, mut own) = failing_fill(tmp.path(), &key, body.len(), true).await;
     let (_, mut slow) = store.lookup(&key, &span).await.expect("lookup").expect("a follower");
     let (_, idle) = store.lookup(&key, &span).await.expect("lookup").expect("another");
     fill.write_body(piece(0), false).await.expect("the first write fails, and is relayed");
