@@ -25,7 +25,8 @@ pub struct EdgeConfig {
     /// networks); empty: the region map's default. Default "".
     #[serde(deserialize_with = "modcdn_shared::config::optional")]
     pub region: Option<String>,
-    /// Worker threads. Default 2.
+    /// Worker threads, each with the connections handed to it (no work
+    /// stealing, see `lib.rs`). Default 2.
     pub threads: usize,
     /// Grace period at shutdown and upgrade. Default 5.
     pub grace_secs: u64,

@@ -19,7 +19,9 @@
 #     than the edge's memory tier holds), random zips of 16 KiB over 20000
 #     modules (335 MB, also more) (req/s), a 64 MiB zip (MB/s), a 16 KiB
 #     zip revalidated (If-None-Match that matches: 304) and 1 KiB ranges
-#     of a 1 MiB zip (206) (req/s);
+#     of a 1 MiB zip (206) (req/s); random small .info/.mod over 1 000
+#     kept-alive connections (req/s, and the p99 latency: no connection
+#     left waiting while others are served);
 #   - a steady stream of cold misses: 20 000 .info no cache has seen,
 #     each asked for once over 10 connections, then 20 000 zips of 16 KiB
 #     the same way (req/s);
@@ -255,12 +257,12 @@ for who in $PEERS; do
   done
 done
 declare -A hit=()
-for row in "small-random 32" "zip-16KiB 32" "zip-1MiB 8" "zip-4MiB 8" "spread-256KiB 16" "spread-16KiB 32" "zip-64MiB 4" \
+for row in "small-random 32" "small-1000-conns 1000" "zip-16KiB 32" "zip-1MiB 8" "zip-4MiB 8" "spread-256KiB 16" "spread-16KiB 32" "zip-64MiB 4" \
   "revalidate-16KiB 32" "range-1KiB-of-1MiB 32"; do
   set -- $row
   HEADER=
   case $1 in
-    small-random) path=/; file="$WORK/small.txt" ;;
+    small-random | small-1000-conns) path=/; file="$WORK/small.txt" ;;
     zip-16KiB) path=$Z16; file= ;;
     zip-1MiB) path=$Z1M; file= ;;
     zip-4MiB) path=$Z4M; file= ;;
@@ -272,8 +274,9 @@ for row in "small-random 32" "zip-16KiB 32" "zip-1MiB 8" "zip-4MiB 8" "spread-25
   esac
   for rep in $(seq "$REPS"); do
     for who in $PEERS; do
-      read -r r m _ <<<"$(run_wrk "http://127.0.0.1:$(port_of "$who")$path" "$2" $file)"
+      read -r r m p <<<"$(run_wrk "http://127.0.0.1:$(port_of "$who")$path" "$2" $file)"
       if [ "$1" = zip-64MiB ]; then hit[$1-$who]+="$m "; else hit[$1-$who]+="$r "; fi
+      hit[$1-p99-$who]+="$p "
     done
   done
 done
@@ -312,10 +315,11 @@ row "cold miss 1 MiB zip, added over origin (p50)" ms lower "$(added "${cold[edg
 row "stampede 200 × new 64 MiB zip: origin requests" req lower "$(med "${storm_n[edge]}")" "$(med "${storm_n[nginx]}")" "$(med "${storm_n[varnish-malloc]}")" "$(med "${storm_n[varnish-file]}")"
 row "stampede 200 × new 64 MiB zip: wall" s lower "$(med "${storm_wall[edge]}")" "$(med "${storm_wall[nginx]}")" "$(med "${storm_wall[varnish-malloc]}")" "$(med "${storm_wall[varnish-file]}")"
 row "200 × cached 64 MiB zip: wall" s lower "$(med "${warm_wall[edge]}")" "$(med "${warm_wall[nginx]}")" "$(med "${warm_wall[varnish-malloc]}")" "$(med "${warm_wall[varnish-file]}")"
-for r in small-random zip-16KiB zip-1MiB zip-4MiB spread-256KiB spread-16KiB zip-64MiB revalidate-16KiB range-1KiB-of-1MiB; do
+for r in small-random small-1000-conns zip-16KiB zip-1MiB zip-4MiB spread-256KiB spread-16KiB zip-64MiB revalidate-16KiB range-1KiB-of-1MiB; do
   unit=req/s; [ $r = zip-64MiB ] && unit=MB/s
   row "hits $r" $unit higher "$(med "${hit[$r-edge]}")" "$(med "${hit[$r-nginx]}")" "$(med "${hit[$r-varnish-malloc]}")" "$(med "${hit[$r-varnish-file]}")"
 done
+row "p99 of hits small-1000-conns" ms lower "$(med "${hit[small-1000-conns-p99-edge]}")" "$(med "${hit[small-1000-conns-p99-nginx]}")" "$(med "${hit[small-1000-conns-p99-varnish-malloc]}")" "$(med "${hit[small-1000-conns-p99-varnish-file]}")"
 row "cold stream, 20 000 new .info, 10 conns" req/s higher "$(med "${stream[edge]}")" "$(med "${stream[nginx]}")" "$(med "${stream[varnish-malloc]}")" "$(med "${stream[varnish-file]}")"
 row "cold stream, 20 000 new 16 KiB zips, 10 conns" req/s higher "$(med "${zips[edge]}")" "$(med "${zips[nginx]}")" "$(med "${zips[varnish-malloc]}")" "$(med "${zips[varnish-file]}")"
 echo
