@@ -48,6 +48,9 @@ const LRU_SHARDS: usize = 16;
 type Lru = Manager<LRU_SHARDS>;
 /// Modules counted between two hot reports at most.
 const HOT_TRACKED: usize = 2000;
+/// A second with no fill finished: the fills waiting for their durable
+/// write are made durable then (see `CacheStore::hurry_when_quiet`).
+const QUIET: Duration = Duration::from_secs(1);
 /// How often the LRU state is saved besides at shutdown.
 const LRU_SAVE_EVERY: Duration = Duration::from_secs(60);
 
@@ -292,6 +295,7 @@ impl Housekeeping {
 impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let (follower_shutdown, hot_shutdown) = (shutdown.clone(), shutdown.clone());
+        let mut quiet_shutdown = shutdown.clone();
         let follow = async move {
             if let Some(f) = &self.follower {
                 f.run(follower_shutdown).await;
@@ -314,6 +318,15 @@ impl BackgroundService for Housekeeping {
             self.storage.drain().await;
             self.save().await;
         };
-        tokio::join!(follow, hot, save);
+        let quiet = async move {
+            let mut finishes = self.storage.hurry_when_quiet(u64::MAX);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(QUIET) => finishes = self.storage.hurry_when_quiet(finishes),
+                    _ = quiet_shutdown.changed() => break,
+                }
+            }
+        };
+        tokio::join!(follow, hot, save, quiet);
     }
 }

@@ -324,6 +324,7 @@ impl HandleMiss for Filler {
         self.fill.state.send_replace(FillState::Complete(self.written));
         self.done = true;
         store.publishing.send_modify(|n| *n += 1);
+        store.finishes.fetch_add(1, Ordering::Relaxed);
         let holds = self.fill.reader.get().is_some();
         let mut holding = 0;
         store.holding.send_if_modified(|n| {
