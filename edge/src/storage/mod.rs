@@ -992,9 +992,6 @@ impl CacheStore {
         self.shard(hash).join(format!("{hash}.{generation}.body"))
     }
 
-    /// Finished fills waiting for their durable write (see
-    /// [`flush_delay`]; a crash loses them), and the bytes those held whole
-    /// hold in memory (see [`held_max`]).
     /// Makes the finished fills waiting for their durable write (see
     /// [`flush_delay`]) durable now if none finished since `since` (what
     /// this returned the last time), and returns the fills finished so far.
@@ -1014,6 +1011,9 @@ impl CacheStore {
         now
     }
 
+    /// Finished fills waiting for their durable write (see
+    /// [`flush_delay`]; a crash loses them), and the bytes those held whole
+    /// hold in memory (see [`held_max`]).
     pub fn waiting(&self) -> (usize, u64) {
         (*self.publishing.borrow(), *self.held_bytes.borrow())
     }
