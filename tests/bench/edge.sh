@@ -11,6 +11,8 @@
 #   - cold miss, 1 MiB zip: latency added over the static origin direct
 #     (100 sequential GETs per cache and round, in turns of 10 on one
 #     kept-alive connection each: the median of the turns' p50s);
+#   - one client's first download of a never-seen 64 MiB zip: its total
+#     time (three per cache and round, the caches taking turns: the median);
 #   - 200 concurrent GETs of one never-seen 64 MiB zip: requests that
 #     reached the static origin (its access log) and wall time;
 #   - 200 concurrent GETs of the same, now cached: wall time;
@@ -73,6 +75,10 @@ for rep in $(seq "$REPS"); do
     done > "$WORK/cold-$who-$rep.txt"
     mkdir -p "$C/example.com/stampede/$who-$rep/@v"
     ln "$C$Z64M" "$C/example.com/stampede/$who-$rep/@v/v1.0.0.zip"
+    for i in 0 1 2; do
+      mkdir -p "$C/example.com/first/$who-$rep-$i/@v"
+      ln "$C$Z64M" "$C/example.com/first/$who-$rep-$i/@v/v1.0.0.zip"
+    done
   done
 done
 for i in $(seq -w 0 1999); do
@@ -198,7 +204,7 @@ fan_out() { # port path n
 }
 origin_requests() { grep -c -x "$1" "$WORK/static-access.log" || true; }
 
-declare -A cold=() storm_n=() storm_wall=() warm_wall=()
+declare -A cold=() first=() storm_n=() storm_wall=() warm_wall=()
 # Cold misses: the caches take turns every 10 requests (a slow spell of
 # this shared machine then falls on all of them), each turn from a quiet
 # disk (without the sync, the writeback of what the cache before it wrote
@@ -209,6 +215,13 @@ for rep in $(seq "$REPS"); do
     for who in direct $PEERS; do
       sync
       cold[$who]+="$(p50 "$(port_of "$who")" "$WORK/cold-$who-$rep-$block") "
+    done
+  done
+  for i in 0 1 2; do
+    for who in $PEERS; do
+      sync
+      first[$who]+="$(taskset -c 1 curl -sf -o /dev/null -w '%{time_total}' "http://127.0.0.1:$(port_of "$who")/example.com/first/$who-$rep-$i/@v/v1.0.0.zip" |
+        awk '{printf "%.1f", $1 * 1000}') "
     done
   done
   for who in $PEERS; do
@@ -312,6 +325,7 @@ echo
 printf '| %-52s | %10s | %10s | %10s | %10s | %-6s | %7s | %7s |\n' row nginx "varnish-m" "varnish-f" "edge" unit "e÷nginx" "e÷best"
 printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..54})" ------------ ------------ ------------ ------------ -------- --------- ---------
 row "cold miss 1 MiB zip, added over origin (p50)" ms lower "$(added "${cold[edge]}")" "$(added "${cold[nginx]}")" "$(added "${cold[varnish-malloc]}")" "$(added "${cold[varnish-file]}")"
+row "first download of a new 64 MiB zip, one client" ms lower "$(med "${first[edge]}")" "$(med "${first[nginx]}")" "$(med "${first[varnish-malloc]}")" "$(med "${first[varnish-file]}")"
 row "stampede 200 × new 64 MiB zip: origin requests" req lower "$(med "${storm_n[edge]}")" "$(med "${storm_n[nginx]}")" "$(med "${storm_n[varnish-malloc]}")" "$(med "${storm_n[varnish-file]}")"
 row "stampede 200 × new 64 MiB zip: wall" s lower "$(med "${storm_wall[edge]}")" "$(med "${storm_wall[nginx]}")" "$(med "${storm_wall[varnish-malloc]}")" "$(med "${storm_wall[varnish-file]}")"
 row "200 × cached 64 MiB zip: wall" s lower "$(med "${warm_wall[edge]}")" "$(med "${warm_wall[nginx]}")" "$(med "${warm_wall[varnish-malloc]}")" "$(med "${warm_wall[varnish-file]}")"

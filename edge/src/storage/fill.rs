@@ -228,6 +228,11 @@ impl Filler {
         Err(storage_error("fill", "not kept: a write failed"))
     }
 
+    /// Others follow the fill (a stampede's clients), not only its own reader.
+    pub fn followed(&self) -> bool {
+        self.fill.followers.load(Ordering::Relaxed) > 0
+    }
+
     /// Bytes held for the fill's own reader.
     #[cfg(test)]
     pub(super) fn own_bytes(&self) -> usize {
