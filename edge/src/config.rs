@@ -26,7 +26,8 @@ pub struct EdgeConfig {
     #[serde(deserialize_with = "modcdn_shared::config::optional")]
     pub region: Option<String>,
     /// Worker threads, each with the connections handed to it (no work
-    /// stealing, see `lib.rs`). Default 2.
+    /// stealing, see `lib.rs`). Default: the CPUs the edge may run on (its
+    /// affinity, its cgroup's quota), as nginx's `worker_processes auto`.
     pub threads: usize,
     /// Grace period at shutdown and upgrade. Default 5.
     pub grace_secs: u64,
@@ -173,7 +174,7 @@ impl Default for EdgeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             membership: PathBuf::from("deploy/router.toml"),
             region: None,
-            threads: 2,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             grace_secs: 5,
             header_timeout_ms: 10_000,
             send_timeout_ms: 60_000,
@@ -358,6 +359,31 @@ mod tests {
         let c = EdgeConfig::load(Some(&file), &[]).expect("empty is off");
         assert!(c.admin.token.is_none() && c.tls.listen.is_none() && c.region.is_none());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn worker_threads_are_the_cpus_the_edge_may_run_on() {
+        // Held to one CPU (as `taskset -c 0` or a cgroup's quota would), the
+        // edge runs one worker thread, not a fixed number; unset, as many
+        // as it may use (nginx's `worker_processes auto`).
+        let one = std::thread::spawn(|| {
+            // SAFETY: a CPU set on the stack, for this thread alone (0).
+            #[allow(unsafe_code)]
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                assert_eq!(libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set), 0);
+                let first = (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, &set)).expect("a CPU");
+                libc::CPU_ZERO(&mut set);
+                libc::CPU_SET(first, &mut set);
+                assert_eq!(libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set), 0);
+            }
+            EdgeConfig::load(None, &[]).expect("defaults load").threads
+        });
+        assert_eq!(one.join().expect("thread"), 1);
+        let cpus = std::thread::available_parallelism().expect("CPUs").get();
+        assert_eq!(EdgeConfig::load(None, &[]).expect("defaults load").threads, cpus);
+        let set: EdgeConfig = toml::from_str("threads = 3\n").expect("parses");
+        assert_eq!(set.threads, 3);
     }
 
     #[test]
