@@ -72,18 +72,23 @@ impl Background {
         job: impl FnOnce() -> std::io::Result<T> + Send + 'static,
     ) -> std::io::Result<T> {
         let (tx, rx) = futures_channel::oneshot::channel();
-        let job: Job = Box::new(move || {
+        self.spawn(move || {
             let _ = tx.send(job());
-        });
+        })?;
+        rx.await.map_err(|_| std::io::Error::other("background job dropped"))?
+    }
+
+    /// Queues `job` for a thread of the pool, and does not wait for it.
+    pub fn spawn(&self, job: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
         {
             let mut state = self.queue.state.lock().unwrap_or_else(|p| p.into_inner());
             if state.closed {
                 return Err(std::io::Error::other("background threads stopped"));
             }
-            state.jobs.push_back((Instant::now(), job));
+            state.jobs.push_back((Instant::now(), Box::new(job)));
         }
         self.queue.queued.notify_one();
-        rx.await.map_err(|_| std::io::Error::other("background job dropped"))?
+        Ok(())
     }
 }
 

@@ -564,6 +564,11 @@ async fn on_pingoras_path_a_zip_the_disk_has_no_room_for_is_answered_whole_and_n
                 "{module}: the answer whole: {} bytes",
                 body.len()
             );
+            // (Its file is written beside and after the answer: until its
+            // writer finds no room, the fill is found, and read whole.)
+            let waiting = || scrape(&edge.admin, "modcdn_edge_cache_waiting_fills");
+            let dropped = eventually(Duration::from_secs(10), || async { waiting().await == 0.0 }).await;
+            assert!(dropped, "{module}: the fill not kept is dropped");
         }
     }
     let small = format!("{}/example.com/small/@v/v1.0.0.info", edge.url);

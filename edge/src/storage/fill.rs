@@ -10,10 +10,6 @@ pub struct Filler {
     hash: String,
     primary: String,
     fill: Arc<Fill>,
-    /// The temp file, once the body reaches a page (see [`Fill::part`]).
-    file: Option<File>,
-    /// A write failed: the fill takes no more.
-    broken: bool,
     /// Its own reader reads on a task of its own: the writer may wait for
     /// it (see [`Filler::relaying`]).
     relay: bool,
@@ -22,11 +18,6 @@ pub struct Filler {
     unkept: bool,
     /// Bytes taken from the upstream.
     written: u64,
-    /// Bytes of them in the file: a page boundary until the fill finishes.
-    in_file: u64,
-    /// The rest, less than a page, for the next write (see [`PAGE`]);
-    /// the whole body while `whole`.
-    held: Bytes,
     /// The body is held whole, no temp file: its length, as the origin
     /// gave it, is at most [`FILL_MEMORY_MAX`] (until more comes).
     whole: bool,
@@ -38,7 +29,7 @@ pub struct Filler {
 
 /// The file is written a page at a time: every write but the last starts
 /// and ends on a page boundary, the bytes past the last boundary held for
-/// the next one. A write that starts or ends mid-page costs the page cache
+/// the next one (see [`Tail::next_write`]). A write that starts or ends mid-page costs the page cache
 /// that partial page again on the next write: on this machine's ext4, 1 MiB
 /// written as Pingora hands it over (a 3 793-byte head, then 64 KiB
 /// chunks) took 384–468 µs, the same chunks aligned 256–309 µs.
@@ -73,27 +64,14 @@ impl Filler {
         length: Option<u64>,
     ) -> Filler {
         let whole = length.is_some_and(|len| len <= FILL_MEMORY_MAX);
-        Filler {
-            store,
-            hash,
-            primary,
-            fill,
-            file: None,
-            broken: false,
-            relay: false,
-            unkept: false,
-            written: 0,
-            in_file: 0,
-            held: Bytes::new(),
-            whole,
-            length,
-            done: false,
-        }
+        Filler { store, hash, primary, fill, relay: false, unkept: false, written: 0, whole, length, done: false }
     }
 
-    /// The temp file, made now if it is not yet. Right here: a new file in
-    /// this process's own temp directory is quick, and a hop to the
-    /// blocking pool (waking a thread) would stand in the miss's path.
+    /// Makes the temp file, and counts the bytes taken so far against the
+    /// store's bound of bytes not yet written (see [`UNWRITTEN_MAX`]).
+    /// Right here: a new file in this process's own temp directory is
+    /// quick, and a hop to the blocking pool (waking a thread) would stand
+    /// in the miss's path.
     ///
     /// Its blocks are taken for the whole body at once (`fallocate`, the
     /// file as long as the body from the start, so that its readers can map
@@ -103,38 +81,49 @@ impl Filler {
     /// of a 64 MiB zip put 30 % of the edge's CPU in `ext4_da_write_begin`
     /// against 10 % copying. A disk without room for the body fails the
     /// fill here, before it takes the disk's last free blocks from others.
-    fn file(&mut self) -> Result<&File> {
-        if self.file.is_none() {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&self.fill.part)
-                .map_err(|e| storage_error("create", e))?;
-            if let Some(len) = self.length {
-                match allocate(&file, len) {
-                    Ok(sized) => self.fill.sized.store(sized, Ordering::SeqCst),
-                    Err(e) => {
-                        let _ = std::fs::remove_file(&self.fill.part);
-                        return Err(storage_error("create", e));
-                    }
+    fn make_file(&mut self) -> Result<()> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&self.fill.part)
+            .map_err(|e| storage_error("create", e))?;
+        if let Some(len) = self.length {
+            match allocate(&file, len) {
+                Ok(sized) => self.fill.sized.store(sized, Ordering::SeqCst),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&self.fill.part);
+                    return Err(storage_error("create", e));
                 }
             }
-            let reader = file.try_clone().map_err(|e| storage_error("create", e))?;
-            let _ = self.fill.reader.set(Arc::new(reader));
-            self.file = Some(file);
         }
-        self.file.as_ref().ok_or_else(|| storage_error("create", "no file"))
+        let _ = self.fill.reader.set(Arc::new(file));
+        // (Counted under the tail's lock, as its writer uncounts them.)
+        let mut tail = self.fill.tail.lock();
+        tail.counted = true;
+        self.store.unwritten.send_modify(|b| *b += tail.bytes);
+        Ok(())
     }
 
-    /// Writes `pieces` at `offset` of the temp file; a failure breaks the fill.
-    fn write_at(&mut self, pieces: &[&[u8]], offset: u64) -> Result<()> {
-        if self.broken {
-            return Err(storage_error("fill", "write after failure"));
+    /// Has the fill's writer write what it holds (once that is
+    /// [`WRITE_MIN`], or the fill is finished), unless it is at work
+    /// already: on the writes' threads, off the request's path.
+    fn write_out(&self) {
+        let start = {
+            let mut tail = self.fill.tail.lock();
+            let due = tail.bytes >= WRITE_MIN || (tail.last && tail.bytes > 0);
+            let start = tail.counted && !tail.writing && tail.failed.is_none() && due;
+            tail.writing |= start;
+            start
+        };
+        if start {
+            let (store, fill) = (self.store, self.fill.clone());
+            if let Err(e) = store.writes.spawn(move || write_out(store, &fill)) {
+                let mut tail = self.fill.tail.lock();
+                tail.writing = false;
+                tail.failed = Some(e.to_string());
+            }
         }
-        let wrote = self.file().and_then(|file| write_all_at(file, pieces, offset));
-        self.broken = wrote.is_err();
-        wrote
     }
 
     /// Makes the fill's own reader one that reads on a task of its own (the
@@ -164,8 +153,8 @@ impl Filler {
             }
         }
         // (Its readers' descriptor stays open: what was written before
-        // stays readable.)
-        self.file = None;
+        // stays readable, and what its writer had yet to write stays in
+        // its tail.)
         let _ = std::fs::remove_file(&self.fill.part);
     }
 
@@ -257,34 +246,34 @@ impl HandleMiss for Filler {
         if self.unkept {
             return self.relay(data).await;
         }
-        if self.broken {
-            return Err(storage_error("fill", "write after failure"));
-        }
         let len = data.len() as u64;
-        // Into the page cache, right here: a buffered write is a memory copy,
-        // and a hop to the blocking pool per chunk (16 for a 1 MiB zip) stood
-        // in every miss's path. As nginx does, cache files are written on the
-        // event loop; the sync, which may block for long, runs on the pool.
-        // A small body is not written here at all: held whole until its
-        // durable write (see [`FILL_MEMORY_MAX`]).
+        // Into the fill's tail, for its readers and its writer, which
+        // writes it to the file off the request's path (see
+        // [`UNWRITTEN_MAX`]). A small body is not written at all: held
+        // whole until its durable write (see [`FILL_MEMORY_MAX`]).
         self.whole &= self.written + len <= FILL_MEMORY_MAX;
-        let end = if self.whole { 0 } else { (self.written + len) / PAGE * PAGE };
-        if end > self.in_file {
-            let take = (end - self.written) as usize;
-            let held = std::mem::take(&mut self.held);
-            // (On failure the tail still holds what was held.)
-            if let Err(e) = self.write_at(&[&held, &data[..take]], self.in_file) {
-                self.unkeep(&e);
-                return self.relay(data).await;
+        let (failed, make) = {
+            let mut tail = self.fill.tail.lock();
+            let failed = tail.failed.clone();
+            if failed.is_none() {
+                tail.push(data.clone());
+                if tail.counted {
+                    self.store.unwritten.send_modify(|b| *b += len);
+                }
             }
-            (self.in_file, self.held) = (end, data.slice(take..));
-        } else if self.held.is_empty() {
-            self.held = data.clone();
-        } else {
-            self.held = [&self.held[..], &data[..]].concat().into();
+            (failed, !self.whole && self.fill.reader.get().is_none() && tail.bytes >= PAGE)
+        };
+        let made = if make { self.make_file() } else { Ok(()) };
+        if let Some(e) = failed.map(|e| storage_error("write", e)).or(made.err()) {
+            self.unkeep(&e);
+            return self.relay(data).await;
         }
-        *self.fill.tail.lock() = (self.in_file, self.held.clone());
+        self.write_out();
         self.hand_over(data);
+        // Past the bound, the fill takes no more until its writer has
+        // written some: the disk's pace.
+        let max = self.store.unwritten_max;
+        let _ = self.store.unwritten.subscribe().wait_for(|b| *b <= max).await;
         Ok(())
     }
 
@@ -300,23 +289,22 @@ impl HandleMiss for Filler {
         if self.unkept {
             return self.finish_unkept();
         }
-        if self.broken {
-            return Err(storage_error("fill", "finish after failure"));
+        // The last bytes go to the file too, if it has one or the body is
+        // a page or more and not held whole: by its writer, off the
+        // request's path (the durable write waits for it). A body held
+        // whole (or smaller than a page) stays in the tail, for readers
+        // and the durable write.
+        let (failed, make) = {
+            let mut tail = self.fill.tail.lock();
+            tail.last = true;
+            (tail.failed.clone(), !self.whole && self.fill.reader.get().is_none() && tail.bytes >= PAGE)
+        };
+        let made = if make { self.make_file() } else { Ok(()) };
+        if let Some(e) = failed.map(|e| storage_error("write", e)).or(made.err()) {
+            self.unkeep(&e);
+            return self.finish_unkept();
         }
-        // The last bytes go to the file, if it has one (its readers'
-        // descriptor stays open, for the sync too); a body held whole (or
-        // smaller than a page) stays in the tail, for readers and the
-        // durable write.
-        if self.file.is_some() {
-            let held = std::mem::take(&mut self.held);
-            if let Err(e) = self.write_at(&[&held], self.in_file) {
-                self.unkeep(&e);
-                return self.finish_unkept();
-            }
-            self.in_file = self.written;
-            *self.fill.tail.lock() = (self.written, Bytes::new());
-            self.file = None;
-        }
+        self.write_out();
         let store = self.store;
         let epoch = store.purge_epoch();
         // What memory or a mapping held for the key (a 404, an older
@@ -366,14 +354,23 @@ impl HandleMiss for Filler {
             epoch,
         };
         tokio::spawn(async move {
-            publish.keep_in_memory().await;
-            if wait {
-                tokio::select! {
-                    _ = tokio::time::sleep(publish.store.flush_delay) => {}
-                    _ = hurry.changed() => {}
+            let published = match publish.flushed().await {
+                Ok(()) => {
+                    publish.keep_in_memory().await;
+                    if wait {
+                        tokio::select! {
+                            _ = tokio::time::sleep(publish.store.flush_delay) => {}
+                            _ = hurry.changed() => {}
+                        }
+                    }
+                    publish.run().await
                 }
-            }
-            if let Err(e) = publish.run().await {
+                Err(e) => {
+                    publish.drop_unwritten();
+                    Err(e)
+                }
+            };
+            if let Err(e) = published {
                 tracing::warn!(key = %publish.primary, error = %e, "cache fill not kept on disk");
             }
             // (Waiters hear of it once it falls under the bound.)
@@ -420,6 +417,65 @@ impl HandleMiss for Filler {
     }
 }
 
+/// Writes what `fill`'s tail holds to its file, as it comes, until it
+/// holds no more to write (up to its last page boundary until the fill is
+/// finished); on a thread of the writes' pool (see [`UNWRITTEN_MAX`]). A
+/// failed write stops it, and the fill is not kept; a fill dropped or
+/// purged stops it too.
+pub(super) fn write_out(store: &'static CacheStore, fill: &Fill) {
+    loop {
+        #[cfg(test)]
+        if let Some(gate) = &store.write_gate {
+            let mut open = gate.0.lock();
+            gate.1.wait_while(&mut open, |open| !*open);
+        }
+        let (at, pieces) = {
+            let mut tail = fill.tail.lock();
+            let stop = fill.aborted.load(Ordering::SeqCst) || matches!(*fill.state.borrow(), FillState::Failed);
+            let pieces = if stop { Vec::new() } else { tail.next_write() };
+            if pieces.is_empty() {
+                tail.writing = false;
+                if stop && std::mem::take(&mut tail.counted) {
+                    store.uncount(tail.bytes);
+                }
+                drop(tail);
+                fill.wrote.send_replace(());
+                return;
+            }
+            (tail.in_file, pieces)
+        };
+        let n: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+        let slices: Vec<&[u8]> = pieces.iter().map(|p| &p[..]).collect();
+        let wrote = match fill.reader.get() {
+            Some(file) => write_all_at(file, &slices, at),
+            None => Err(storage_error("write", "the fill has no file")),
+        };
+        let failed = {
+            let mut tail = fill.tail.lock();
+            match wrote {
+                Ok(()) => {
+                    tail.wrote(n);
+                    store.uncount(n);
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(key = %fill.primary, error = %e, "cache fill's file not written");
+                    tail.failed = Some(e.to_string());
+                    tail.writing = false;
+                    if std::mem::take(&mut tail.counted) {
+                        store.uncount(tail.bytes);
+                    }
+                    true
+                }
+            }
+        };
+        fill.wrote.send_replace(());
+        if failed {
+            return;
+        }
+    }
+}
+
 /// Writes `pieces` one after another from `offset`, in one call when the
 /// kernel takes them whole.
 fn write_all_at(file: &File, pieces: &[&[u8]], mut offset: u64) -> Result<()> {
@@ -454,6 +510,40 @@ struct Publish {
 }
 
 impl Publish {
+    /// Waits until the fill's writer has written all of it to its file
+    /// (at once for a body held whole); an error if a write failed.
+    async fn flushed(&self) -> Result<()> {
+        let mut wrote = self.fill.wrote.subscribe();
+        loop {
+            {
+                let tail = self.fill.tail.lock();
+                if let Some(e) = &tail.failed {
+                    return Err(storage_error("write", e.clone()));
+                }
+                let aborted = self.fill.aborted.load(Ordering::SeqCst);
+                if aborted || !tail.counted || (!tail.writing && tail.bytes == 0) {
+                    return Ok(());
+                }
+            }
+            if wrote.changed().await.is_err() {
+                return Err(storage_error("write", "the fill's writer went"));
+            }
+        }
+    }
+
+    /// A fill whose file was not written whole: lookups no longer find it,
+    /// and its temp file goes. (Its readers had their answers from its
+    /// tail.)
+    fn drop_unwritten(&self) {
+        {
+            let mut fills = self.store.fills.lock();
+            if fills.get(&self.hash).is_some_and(|f| f.id == self.fill.id) {
+                fills.remove(&self.hash);
+            }
+        }
+        let _ = std::fs::remove_file(&self.fill.part);
+    }
+
     /// A small body enters the memory tier now, off the request's path (a
     /// copy made while serving cost every miss): one held whole as it is,
     /// one in a file read back; a larger one on its
@@ -465,7 +555,7 @@ impl Publish {
         }
         let (written, files) = (self.written as usize, store.files.clone());
         let read = match self.fill.reader.get().cloned() {
-            None => Ok(MemBody::new(self.fill.tail.lock().1.to_vec(), &files)),
+            None => Ok(MemBody::new(self.fill.tail.lock().whole().to_vec(), &files)),
             Some(reader) => {
                 store
                     .durable
@@ -497,7 +587,7 @@ impl Publish {
         }
         let hash = self.hash.clone();
         let file = self.fill.reader.get().map(|file| (file.clone(), self.fill.part.clone()));
-        let whole = file.is_none().then(|| self.fill.tail.lock().1.clone());
+        let whole = file.is_none().then(|| self.fill.tail.lock().whole());
         // A body held whole goes inside its meta if smaller than a page,
         // else into its body file.
         let (inline, held) = match whole {
@@ -774,6 +864,13 @@ impl Drop for Filler {
             return;
         }
         self.fill.state.send_replace(FillState::Failed);
+        {
+            // (A writer at work stops on its own, and uncounts them.)
+            let mut tail = self.fill.tail.lock();
+            if !tail.writing && std::mem::take(&mut tail.counted) {
+                self.store.uncount(tail.bytes);
+            }
+        }
         let mut fills = self.store.fills.lock();
         if fills.get(&self.hash).is_some_and(|f| f.id == self.fill.id) {
             fills.remove(&self.hash);

@@ -173,16 +173,17 @@ impl HandleHit for Hit {
                         fill.followed(place.as_deref(), *pos);
                         return Ok(Some(chunk));
                     }
-                    // The file, as far as it goes; past it, the bytes the
-                    // writer holds for its next page.
-                    let (in_file, tail) = fill.tail.lock().clone();
+                    // The file, as far as it goes; past it, the bytes its
+                    // writer has yet to write.
+                    let (in_file, tail) = {
+                        let tail = fill.tail.lock();
+                        (tail.in_file, tail.slice(*pos, available))
+                    };
                     if *pos >= in_file {
-                        let from = (*pos - in_file) as usize;
-                        let to = tail.len().min((available - in_file) as usize);
-                        if to > from {
-                            *pos += (to - from) as u64;
+                        if let Some(chunk) = tail {
+                            *pos += chunk.len() as u64;
                             fill.followed(place.as_deref(), *pos);
-                            return Ok(Some(tail.slice(from..to)));
+                            return Ok(Some(chunk));
                         }
                         // Past the tail of a fill not kept, only its own
                         // reader is handed the chunks.
@@ -196,7 +197,7 @@ impl HandleHit for Hit {
                         // body after its fill finished, and a read copied
                         // (and zeroed) each chunk once more (27 % of the
                         // edge's time, `perf`).
-                        if let (FillState::Complete(len), Some(map)) = (now, fill.mapping()) {
+                        if let (FillState::Complete(len), true, Some(map)) = (now, fill.on_file(), fill.mapping()) {
                             if map.len() as u64 != len {
                                 return Err(storage_error("read", "the fill's file was cut short"));
                             }

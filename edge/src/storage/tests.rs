@@ -39,6 +39,18 @@ async fn finish_fill(store: &'static CacheStore, key: &str, body: &[u8]) {
         miss.write_body(Bytes::copy_from_slice(chunk), false).await.expect("write");
     }
     miss.finish().await.expect("finish");
+    written_out(store, &cache_key(key, None)).await;
+}
+
+/// Waits (5 s at most) until the writer of `key`'s fill, if any, has
+/// written what it may yet write (all of a finished fill).
+async fn written_out(store: &CacheStore, key: &CacheKey) {
+    let Some(fill) = store.fills.lock().get(&key.combined()).cloned() else { return };
+    let mut wrote = fill.wrote.subscribe();
+    while fill.tail.lock().writing {
+        let woke = tokio::time::timeout(std::time::Duration::from_secs(5), wrote.changed()).await;
+        woke.expect("the fill's writer went on").expect("the fill is there");
+    }
 }
 
 /// A fill of `key` with a body of `len` bytes (a pattern), its first
@@ -502,8 +514,10 @@ async fn a_follower_behind_a_finished_fill_reads_its_mapping_not_the_file() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let span = Span::inactive().handle();
     let store = open_waiting(tmp.path(), 1024);
+    let begun_with = WRITE_MIN as usize;
     let (key, body, mut miss) =
-        begun(store, "example.com/stampede/@v/v1.0.0.zip", 2 * RECENT_MAX + 12_345, 64 << 10).await;
+        begun(store, "example.com/stampede/@v/v1.0.0.zip", 2 * RECENT_MAX + 12_345, begun_with).await;
+    written_out(store, &key).await;
     let (_, mut follower) = store.lookup(&key, &span).await.expect("lookup").expect("a follower");
     // (Joined after the first chunk was written: it reads it from the file,
     // mapped while written, as its blocks and length were taken at once.)
@@ -511,10 +525,11 @@ async fn a_follower_behind_a_finished_fill_reads_its_mapping_not_the_file() {
     assert_eq!(mappings_of(&key.combined()), 1, "the follower reads the fill being written from its mapping");
     let first = chunk.to_vec();
     drop(chunk);
-    for chunk in body[64 << 10..].chunks(64 << 10) {
+    for chunk in body[begun_with..].chunks(64 << 10) {
         miss.write_body(Bytes::copy_from_slice(chunk), false).await.expect("write");
     }
     miss.finish().await.expect("finish");
+    written_out(store, &key).await;
     assert!(pending(store, 1).await, "the fill waits for its durable write");
     let next = follower.read_body().await.expect("read").expect("the next chunk").to_vec();
     assert_eq!(mappings_of(&key.combined()), 1, "the follower reads the finished fill's mapping, the same one");
@@ -843,19 +858,24 @@ async fn the_filling_request_takes_its_chunks_as_written_and_the_file_only_for_g
     let (_, mut own) =
         store.lookup_streaming_write(&key, tag.as_deref(), &span).await.expect("lookup").expect("own reader");
     let write = |i: usize| Bytes::copy_from_slice(&body[i * chunk..(i + 1) * chunk]);
-    miss.write_body(write(0), false).await.expect("write");
+    let first = WRITE_MIN as usize / chunk;
+    for i in 0..first {
+        miss.write_body(write(i), false).await.expect("write");
+    }
+    written_out(store, &key).await;
     // Spoil the file behind the writer: another reader sees it, the
     // filling request's own reader does not read the file at all.
     let part = store.fills.lock().get(&key.combined()).expect("fill").part.clone();
     let spoil = std::fs::OpenOptions::new().write(true).open(&part).expect("part");
     spoil.write_all_at(&vec![0u8; chunk], 0).expect("spoil");
     let (_, mut other) = store.lookup(&key, &span).await.expect("lookup").expect("partial hit");
-    assert_eq!(other.read_body().await.expect("read").as_deref(), Some(&vec![0u8; chunk][..]));
+    let spoiled = other.read_body().await.expect("read").expect("a chunk");
+    assert_eq!(&spoiled[..chunk], &vec![0u8; chunk][..]);
     assert_eq!(own.read_body().await.expect("read").as_deref(), Some(&body[..chunk]));
     // A slow reader: past OWN_MAX the writer holds no more chunks; once the
     // reader takes one, the next is held again. The gap between comes from
     // the file, and the whole body arrives in order.
-    for i in 1..chunks - 1 {
+    for i in first..chunks - 1 {
         miss.write_body(write(i), false).await.expect("write");
     }
     assert!(store.fills.lock().get(&key.combined()).expect("fill").own.lock().bytes <= OWN_MAX);
@@ -1329,10 +1349,11 @@ async fn a_fill_is_written_a_page_at_a_time_and_readers_get_the_bytes_held_past_
     let key = cache_key("example.com/pages/@v/v1.0.0.zip", None);
     // As Pingora hands a body over: the bytes read with the head, then
     // whole reads, and small ones when the upstream trickles.
-    let sizes = [3793, 65536, 10, 100, 4000, 65536, 1, 8192, 300];
+    let sizes = [3793, 65536, 10, 100, 4000, 65536, 1, 8192, 300, 131072, 65536, 77, 65536];
     let body: Vec<u8> = (0..sizes.iter().sum::<usize>()).map(|i| (i % 241) as u8).collect();
     // No length given: the file grows as it is written (one made as long
-    // as the body at once is `a_fill_takes_the_blocks_of_its_whole_body_at_its_first_write`).
+    // as the body at once is `a_fill_takes_the_blocks_of_its_whole_body_at_its_first_write`),
+    // off the request's path, a page at a time.
     let mut no_length = meta(body.len());
     no_length.response_header_mut().remove_header("content-length");
     let mut miss = store.get_miss_handler(&key, &no_length, &span).await.expect("miss");
@@ -1344,9 +1365,9 @@ async fn a_fill_is_written_a_page_at_a_time_and_readers_get_the_bytes_held_past_
         written += size;
         // (No file before the body reaches a page.)
         assert_eq!(part.exists(), written as u64 >= fill::PAGE, "after {written} bytes");
+        // (Its writer writes on a thread of its own, as the bytes come.)
         let in_file = std::fs::metadata(&part).map_or(0, |m| m.len());
         assert_eq!(in_file % fill::PAGE, 0, "after {written} bytes the file ends mid-page, at {in_file}");
-        assert!(written as u64 - in_file < fill::PAGE, "{written} bytes taken, only {in_file} written");
         // A reader joining now, and one following all along, get every
         // byte taken so far, from the file and past it.
         let (_, late) = store.lookup(&key, &span).await.expect("lookup").expect("partial hit");
@@ -1365,7 +1386,8 @@ async fn a_fill_is_written_a_page_at_a_time_and_readers_get_the_bytes_held_past_
         assert!(got == body[..written], "the follower got {} bytes of {written}", got.len());
     }
     miss.finish().await.expect("finish");
-    assert!(std::fs::read(&part).expect("part") == body, "the whole body is in the file once finished");
+    written_out(store, &key).await;
+    assert!(std::fs::read(&part).expect("part") == body, "the whole body is in the file once written out");
     assert!(read_all(follower).await.expect("read").is_empty());
     store.settled().await;
     let (_, hit) = store.lookup(&key, &span).await.expect("lookup").expect("hit");
@@ -1379,4 +1401,118 @@ async fn read_up_to(mut hit: HitHandler, n: usize) -> Vec<u8> {
         out.extend_from_slice(&hit.read_body().await.expect("read").expect("a chunk"));
     }
     out
+}
+
+/// Holds the writers of `store`'s fills (as a disk that takes its time
+/// would); `open_writes` lets them go.
+fn hold_writes(store: &mut CacheStore) -> Arc<(Mutex<bool>, parking_lot::Condvar)> {
+    let gate = Arc::new((Mutex::new(false), parking_lot::Condvar::new()));
+    store.write_gate = Some(gate.clone());
+    gate
+}
+
+fn open_writes(gate: &(Mutex<bool>, parking_lot::Condvar)) {
+    *gate.0.lock() = true;
+    gate.1.notify_all();
+}
+
+#[tokio::test]
+async fn a_fill_is_answered_and_found_whole_before_its_file_is_written_and_published_only_once_it_is() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let span = Span::inactive().handle();
+    let mut gate = None;
+    let store = open_waiting_with(tmp.path(), |store| gate = Some(hold_writes(store)));
+    let gate = gate.expect("gate");
+    let len = (1 << 20) + 777;
+    let (key, body, mut miss) = begun(store, "example.com/behind/@v/v1.0.0.zip", len, 64 << 10).await;
+    let tag = miss.streaming_write_tag().map(<[u8]>::to_vec);
+    let (_, own) = store.lookup_streaming_write(&key, tag.as_deref(), &span).await.expect("lookup").expect("own");
+    for chunk in body[64 << 10..].chunks(64 << 10) {
+        miss.write_body(Bytes::copy_from_slice(chunk), false).await.expect("write");
+    }
+    let finished = tokio::time::timeout(std::time::Duration::from_secs(5), miss.finish());
+    finished.await.expect("the fill finishes while its file waits for the disk").expect("finish");
+    assert!(read_all(own).await.expect("read") == body, "its answer whole");
+    // Found by a lookup meanwhile: read from what the fill holds.
+    let (_, hit) = store.lookup(&key, &span).await.expect("lookup").expect("the fill");
+    assert!(read_all(hit).await.expect("read") == body, "a lookup's answer whole");
+    let part = store.fills.lock().get(&key.combined()).expect("the fill").part.clone();
+    let on_file = std::fs::read(&part).expect("its temp file");
+    assert!(on_file.iter().all(|b| *b == 0), "nothing written yet: its blocks only");
+    assert_eq!(*store.unwritten.borrow(), len as u64, "all of it counted as not written");
+    // Hurried to disk, it waits for its writer, and is then published whole.
+    store.hurry.send_modify(|n| *n += 1);
+    assert!(pending(store, 1).await, "not published while its file is not written");
+    open_writes(&gate);
+    store.settled().await;
+    assert_eq!(*store.unwritten.borrow(), 0);
+    assert!(store.fills.lock().is_empty(), "published");
+    let (_, hit) = store.lookup(&key, &span).await.expect("lookup").expect("the published entry");
+    assert!(read_all(hit).await.expect("read") == body, "published whole");
+    assert_eq!(std::fs::read(body_file(tmp.path(), &key.combined())).expect("body file"), body);
+}
+
+#[tokio::test]
+async fn fills_take_no_more_than_the_bound_of_bytes_not_yet_written_until_their_writers_write() {
+    use futures::FutureExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut gate = None;
+    let store = open_waiting_with(tmp.path(), |store| {
+        gate = Some(hold_writes(store));
+        store.unwritten_max = 1 << 20;
+    });
+    let gate = gate.expect("gate");
+    let chunk = 64 << 10;
+    let (_, body, mut miss) = begun(store, "example.com/bound/@v/v1.0.0.zip", 4 << 20, chunk).await;
+    let mut at = chunk;
+    while *store.unwritten.borrow() + chunk as u64 <= 1 << 20 {
+        miss.write_body(Bytes::copy_from_slice(&body[at..at + chunk]), false)
+            .now_or_never()
+            .expect("room")
+            .expect("write");
+        at += chunk;
+    }
+    // Past the bound: the next write is taken, and the fill waits.
+    let mut next = Box::pin(miss.write_body(Bytes::copy_from_slice(&body[at..at + chunk]), false));
+    assert!(futures::poll!(&mut next).is_pending(), "the fill waits for its writer past the bound");
+    open_writes(&gate);
+    tokio::time::timeout(std::time::Duration::from_secs(5), next).await.expect("on once written").expect("write");
+    drop(miss);
+}
+
+#[test]
+fn a_fills_writer_writes_from_page_to_page_in_bounded_calls_and_the_rest_once_finished() {
+    // As an upstream that trickles hands a body over: many small chunks
+    // of odd sizes, more than one call takes.
+    let sizes = [3793usize, 10, 100, 4000, 65536, 1, 8192, 300].repeat(300);
+    let body: Vec<u8> = (0..sizes.iter().sum::<usize>()).map(|i| (i % 239) as u8).collect();
+    let mut tail = Tail::default();
+    let mut at = 0;
+    for size in sizes {
+        tail.push(Bytes::copy_from_slice(&body[at..at + size]));
+        at += size;
+    }
+    let mut file = Vec::new();
+    // Until the fill is finished, from page to page; then the rest.
+    for last in [false, true] {
+        tail.last = last;
+        loop {
+            let pieces = tail.next_write();
+            if pieces.is_empty() {
+                break;
+            }
+            assert!(pieces.len() <= 512, "{} pieces in one call", pieces.len());
+            let n: usize = pieces.iter().map(Bytes::len).sum();
+            assert!(n as u64 <= WRITE_MAX + (64 << 10), "{n} bytes in one call");
+            assert_eq!(tail.in_file as usize, file.len());
+            pieces.iter().for_each(|p| file.extend_from_slice(p));
+            tail.wrote(n as u64);
+            if !last {
+                assert_eq!(file.len() as u64 % fill::PAGE, 0, "a write ended mid-page, at {}", file.len());
+            }
+        }
+        assert!(last || tail.bytes < fill::PAGE, "{} bytes left before the last write", tail.bytes);
+    }
+    assert_eq!(tail.bytes, 0);
+    assert!(file == body, "the file is the body");
 }
