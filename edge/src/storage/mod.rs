@@ -377,7 +377,8 @@ struct Fill {
 struct Tail {
     /// Where the file ends: every byte below is written.
     in_file: u64,
-    chunks: std::collections::VecDeque<Bytes>,
+    /// By offset.
+    chunks: std::collections::VecDeque<(u64, Bytes)>,
     /// Their bytes.
     bytes: u64,
     /// They count against the store's bound of bytes not yet written
@@ -394,33 +395,25 @@ struct Tail {
 
 impl Tail {
     fn push(&mut self, chunk: Bytes) {
+        let at = self.in_file + self.bytes;
         self.bytes += chunk.len() as u64;
-        self.chunks.push_back(chunk);
+        self.chunks.push_back((at, chunk));
     }
 
     /// The body from `pos` to at most `end` (within one chunk), if held.
     fn slice(&self, pos: u64, end: u64) -> Option<Bytes> {
-        let mut at = self.in_file;
-        if pos < at {
-            return None;
-        }
-        for chunk in &self.chunks {
-            let next = at + chunk.len() as u64;
-            if pos < next {
-                let (from, to) = ((pos - at) as usize, (end.min(next) - at) as usize);
-                return (to > from).then(|| chunk.slice(from..to));
-            }
-            at = next;
-        }
-        None
+        let i = self.chunks.partition_point(|(at, c)| at + c.len() as u64 <= pos);
+        let (at, chunk) = self.chunks.get(i).filter(|(at, _)| *at <= pos)?;
+        let (from, to) = ((pos - at) as usize, (end.min(at + chunk.len() as u64) - at) as usize);
+        (to > from).then(|| chunk.slice(from..to))
     }
 
     /// All it holds, as one piece: a body held whole.
     fn whole(&self) -> Bytes {
         match self.chunks.len() {
             0 => Bytes::new(),
-            1 => self.chunks[0].clone(),
-            _ => self.chunks.iter().flat_map(|c| c.iter().copied()).collect::<Vec<u8>>().into(),
+            1 => self.chunks[0].1.clone(),
+            _ => self.chunks.iter().flat_map(|(_, c)| c.iter().copied()).collect::<Vec<u8>>().into(),
         }
     }
 
@@ -433,7 +426,7 @@ impl Tail {
         let page = |at: u64| at / fill::PAGE * fill::PAGE;
         let mut end = if self.last { self.bytes } else { page(self.in_file + self.bytes) - self.in_file };
         let mut held = 0;
-        for (i, chunk) in self.chunks.iter().enumerate() {
+        for (i, (_, chunk)) in self.chunks.iter().enumerate() {
             if held >= end || (held > 0 && (held + chunk.len() as u64 > WRITE_MAX || i == 512)) {
                 // (Cut short of the end: at a page boundary too, if one is
                 // passed.)
@@ -443,7 +436,7 @@ impl Tail {
             held += chunk.len() as u64;
         }
         let (mut pieces, mut taken) = (Vec::new(), 0);
-        for chunk in &self.chunks {
+        for (_, chunk) in &self.chunks {
             if taken >= end {
                 break;
             }
@@ -459,12 +452,13 @@ impl Tail {
         self.in_file += n;
         self.bytes -= n;
         while n > 0 {
-            let Some(chunk) = self.chunks.front_mut() else { break };
+            let Some((at, chunk)) = self.chunks.front_mut() else { break };
             if chunk.len() as u64 <= n {
                 n -= chunk.len() as u64;
                 self.chunks.pop_front();
             } else {
                 *chunk = chunk.slice(n as usize..);
+                *at += n;
                 n = 0;
             }
         }
