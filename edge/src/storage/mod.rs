@@ -468,12 +468,13 @@ impl Tail {
 /// Bytes of fills taken from their origins and not yet in their files, at
 /// most: past them a fill takes no more until its writer has written some
 /// (the disk's pace). Answers do not wait for their files: the writer, on
-/// a thread of its own at the lowest priority, writes them beside or after
-/// the answer. One client's first download of a new 64 MiB zip (the edge
-/// on one core, ten fresh keys each, alternating) took 69–79 ms against
-/// 136–150 ms with the file written on the event loop as the body came
-/// (Varnish malloc 66–75, file 47–54): on this machine, writing fresh
-/// page-cache pages has slow spells (the copy 60–70 % of the edge).
+/// a thread of its own at the lowest priority, writes them beside the
+/// answer (on another core) or after it. One client's first download of a
+/// new 64 MiB zip (p50 of 8–12 fresh keys, alternating with the file
+/// written on the event loop as the body came): on one core, level in a
+/// fast spell of this machine (68–90 against 74–84 ms), 87–159 against
+/// 233–238 ms in a slow one (writing fresh page-cache pages slow, the copy
+/// 60–70 % of the edge); with two cores, 64–65 against 221–230 ms.
 const UNWRITTEN_MAX: u64 = 128 << 20;
 
 /// Bytes a fill's writer writes at most in one call.
